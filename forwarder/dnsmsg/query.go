@@ -1,0 +1,250 @@
+// Package dnsmsg reads and patches DNS messages in wire format without
+// unpacking them: the query view the hot path needs (header, first question,
+// OPT record) and the few in-place edits a forwarder makes to a response
+// (ID, question-name case, truncation, TTLs).
+//
+// Everything here works on caller-owned byte slices and allocates nothing.
+// miekg/dns is used for the slow path elsewhere (zones, building answers).
+package dnsmsg
+
+import (
+	"encoding/binary"
+	"errors"
+)
+
+// HeaderLen is the size of the fixed DNS header.
+const HeaderLen = 12
+
+// MinUDPSize is the response size every UDP client accepts (RFC 1035).
+const MinUDPSize = 512
+
+// Header flag bits (second 16-bit word of the header).
+const (
+	FlagQR = 1 << 15
+	FlagAA = 1 << 10
+	FlagTC = 1 << 9
+	FlagRD = 1 << 8
+	FlagRA = 1 << 7
+	FlagAD = 1 << 5
+	FlagCD = 1 << 4
+)
+
+// Resource record types and classes used by the parser.
+const (
+	TypeOPT  = 41
+	TypeSOA  = 6
+	ClassINET = 1
+)
+
+// RCODEs the forwarder produces itself.
+const (
+	RcodeSuccess  = 0
+	RcodeFormErr  = 1
+	RcodeServFail = 2
+	RcodeNXDomain = 3
+	RcodeNotImp   = 4
+	RcodeRefused  = 5
+)
+
+// Parse errors. A query that fails with ErrShort or ErrNotQuery gets no reply;
+// the others can be answered with FORMERR (the header is usable).
+var (
+	ErrShort       = errors.New("message shorter than a DNS header")
+	ErrNotQuery    = errors.New("message is a response (QR set)")
+	ErrQDCount     = errors.New("question count is not 1")
+	ErrOpcode      = errors.New("opcode is not QUERY")
+	ErrName        = errors.New("malformed question name")
+	ErrLabelLen    = errors.New("label longer than 63 octets")
+	ErrNameLen     = errors.New("name longer than 255 octets")
+	ErrPointer     = errors.New("compression pointer in question name")
+	ErrTruncated   = errors.New("message ends inside a record")
+	ErrOPT         = errors.New("malformed OPT record")
+	ErrTrailingRRs = errors.New("unexpected records after the question")
+)
+
+// Query is a view of a DNS query parsed straight from wire bytes. Name
+// aliases the message it was parsed from.
+type Query struct {
+	ID    uint16
+	Flags uint16
+	// Name is the question name in wire format, letter case as sent.
+	Name  []byte
+	Type  uint16
+	Class uint16
+	// QEnd is the offset just past the question section.
+	QEnd int
+
+	// EDNS, from the OPT record in the additional section, if any.
+	HasOPT  bool
+	UDPSize uint16 // as advertised; see MaxUDPSize
+	DO      bool
+	// OPTOff and OPTEnd delimit the OPT record in the message.
+	OPTOff, OPTEnd int
+}
+
+// Opcode returns the header opcode.
+func (q *Query) Opcode() int { return int(q.Flags>>11) & 0xF }
+
+// RD reports whether recursion was desired.
+func (q *Query) RD() bool { return q.Flags&FlagRD != 0 }
+
+// CD reports whether checking was disabled.
+func (q *Query) CD() bool { return q.Flags&FlagCD != 0 }
+
+// MaxUDPSize is the largest UDP response the client accepts.
+func (q *Query) MaxUDPSize() int {
+	if !q.HasOPT || q.UDPSize < MinUDPSize {
+		return MinUDPSize
+	}
+	return int(q.UDPSize)
+}
+
+// ParseHeader checks that msg can be answered at all: it is long enough for a
+// header and is not a response. Replying to anything else would turn xdoh into
+// a reflector.
+func ParseHeader(msg []byte) error {
+	if len(msg) < HeaderLen {
+		return ErrShort
+	}
+	if msg[2]&0x80 != 0 {
+		return ErrNotQuery
+	}
+	return nil
+}
+
+// Parse fills q from msg. It accepts exactly one question with an
+// uncompressed name, and in the additional section at most one OPT record
+// (other additional records, e.g. TSIG or cookies, are walked over).
+// Answer and authority sections must be empty.
+func Parse(msg []byte, q *Query) error {
+	*q = Query{}
+	if err := ParseHeader(msg); err != nil {
+		return err
+	}
+	q.ID = binary.BigEndian.Uint16(msg[0:])
+	q.Flags = binary.BigEndian.Uint16(msg[2:])
+	if binary.BigEndian.Uint16(msg[4:]) != 1 {
+		return ErrQDCount
+	}
+	if q.Opcode() != 0 {
+		return ErrOpcode
+	}
+	end, err := nameEnd(msg, HeaderLen)
+	if err != nil {
+		return err
+	}
+	q.Name = msg[HeaderLen:end]
+	if end+4 > len(msg) {
+		return ErrTruncated
+	}
+	q.Type = binary.BigEndian.Uint16(msg[end:])
+	q.Class = binary.BigEndian.Uint16(msg[end+2:])
+	q.QEnd = end + 4
+	if binary.BigEndian.Uint16(msg[6:]) != 0 || binary.BigEndian.Uint16(msg[8:]) != 0 {
+		return ErrTrailingRRs
+	}
+	arcount := int(binary.BigEndian.Uint16(msg[10:]))
+	off := q.QEnd
+	for i := 0; i < arcount; i++ {
+		rr, err := ReadRR(msg, off)
+		if err != nil {
+			return err
+		}
+		if rr.Type == TypeOPT {
+			if q.HasOPT || rr.NameLen != 1 || msg[off] != 0 {
+				return ErrOPT
+			}
+			q.HasOPT = true
+			q.UDPSize = rr.Class
+			q.DO = rr.TTL&0x8000 != 0
+			q.OPTOff, q.OPTEnd = off, rr.End
+		}
+		off = rr.End
+	}
+	return nil
+}
+
+// nameEnd validates an uncompressed wire name starting at off and returns the
+// offset just past it.
+func nameEnd(msg []byte, off int) (int, error) {
+	start := off
+	for {
+		if off >= len(msg) {
+			return 0, ErrName
+		}
+		l := int(msg[off])
+		switch {
+		case l == 0:
+			off++
+			if off-start > 255 {
+				return 0, ErrNameLen
+			}
+			return off, nil
+		case l&0xC0 == 0xC0:
+			return 0, ErrPointer
+		case l > 63:
+			return 0, ErrLabelLen
+		}
+		off += 1 + l
+		if off-start > 255 {
+			return 0, ErrNameLen
+		}
+	}
+}
+
+// AppendLower appends the wire name n with ASCII letters lower-cased.
+func AppendLower(dst, n []byte) []byte {
+	for _, c := range n {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		dst = append(dst, c)
+	}
+	return dst
+}
+
+// EqualFold reports whether two uncompressed wire names are equal ignoring
+// ASCII case.
+func EqualFold(a, b []byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		ca, cb := a[i], b[i]
+		if 'A' <= ca && ca <= 'Z' {
+			ca += 'a' - 'A'
+		}
+		if 'A' <= cb && cb <= 'Z' {
+			cb += 'a' - 'A'
+		}
+		if ca != cb {
+			return false
+		}
+	}
+	return true
+}
+
+// AppendPresentation appends the name in presentation format ("www.example.com.").
+// Bytes outside printable ASCII and the characters . and \ are escaped.
+func AppendPresentation(dst, n []byte) []byte {
+	if len(n) <= 1 {
+		return append(dst, '.')
+	}
+	for off := 0; off < len(n) && n[off] != 0; {
+		l := int(n[off])
+		off++
+		for _, c := range n[off : off+l] {
+			switch {
+			case c == '.' || c == '\\':
+				dst = append(dst, '\\', c)
+			case c < '!' || c > '~':
+				dst = append(dst, '\\', '0'+c/100, '0'+c/10%10, '0'+c%10)
+			default:
+				dst = append(dst, c)
+			}
+		}
+		dst = append(dst, '.')
+		off += l
+	}
+	return dst
+}

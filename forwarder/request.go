@@ -1,0 +1,54 @@
+package forwarder
+
+import (
+	"net/netip"
+
+	"xdoh/forwarder/dnsmsg"
+)
+
+// Transport is how a query reached xdoh (or how xdoh reached an upstream).
+type Transport uint8
+
+// Transports, named as in the Route 53 Resolver query log.
+const (
+	TransportUDP Transport = iota + 1
+	TransportTCP
+	TransportDoH
+	TransportDoHFIPS
+)
+
+func (t Transport) String() string {
+	switch t {
+	case TransportUDP:
+		return "UDP"
+	case TransportTCP:
+		return "TCP"
+	case TransportDoH:
+		return "DoH"
+	case TransportDoHFIPS:
+		return "DoH-FIPS"
+	}
+	return "unknown"
+}
+
+// Request is one client query on its way through the pipeline. A datapath
+// fills Msg, Transport, Client and Listener; the forwarder parses Msg into Q.
+// Msg must stay valid until the response has been produced.
+type Request struct {
+	Msg       []byte
+	Transport Transport
+	Client    netip.AddrPort
+	Listener  string
+
+	// Q is the parsed view of Msg, filled by the forwarder.
+	Q dnsmsg.Query
+}
+
+// MaxResponseSize is the largest response the client can take over its
+// transport: the EDNS UDP size (at least 512) for UDP, 65535 otherwise.
+func (r *Request) MaxResponseSize() int {
+	if r.Transport != TransportUDP {
+		return 65535
+	}
+	return r.Q.MaxUDPSize()
+}
