@@ -31,8 +31,8 @@ const (
 
 // Resource record types and classes used by the parser.
 const (
-	TypeOPT  = 41
-	TypeSOA  = 6
+	TypeOPT   = 41
+	TypeSOA   = 6
 	ClassINET = 1
 )
 

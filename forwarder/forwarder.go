@@ -1,0 +1,329 @@
+// Package forwarder is the resolution pipeline every transport feeds: parse
+// the query view, answer from the cache, pick the most specific rule (local
+// zone, forward, system, block) and, for forwarded names, exchange the query
+// with the rule's targets in order until one answers within the client's
+// deadline. Whatever happens the client gets an answer (SERVFAIL at worst),
+// except for packets that are not queries at all, which get nothing.
+//
+// Datapaths call Serve (non-blocking, for event loops) or ServeDNS (blocking,
+// for goroutine-per-request servers such as DoH). Both run the same pipeline.
+package forwarder
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"xdoh/forwarder/cache"
+	"xdoh/forwarder/dnsmsg"
+	"xdoh/forwarder/rules"
+)
+
+// Exchanger sends one query to one upstream target and returns its response
+// with the query's ID. forwarder/upstream provides DoH and Do53 exchangers.
+type Exchanger interface {
+	Exchange(ctx context.Context, query []byte) ([]byte, error)
+	String() string
+}
+
+// Authority answers queries for a local zone (forwarder/zone).
+type Authority interface {
+	Answer(req *dns.Msg) *dns.Msg
+}
+
+// Target is one upstream of a rule with its own attempt timeout.
+type Target struct {
+	Up      Exchanger
+	Timeout time.Duration // per attempt; default Config.TargetTimeout
+}
+
+// Rule is one configured rule. Forward rules carry Targets; Zone rules an
+// Authority; System rules resolve through Config.Default; Block rules answer
+// NXDOMAIN.
+type Rule struct {
+	Name    string
+	Domain  string
+	Type    rules.Type
+	Targets []Target
+	Zone    Authority
+}
+
+// Config assembles a Forwarder.
+type Config struct {
+	Rules   []Rule
+	Default []Target     // targets for names no forward rule covers
+	Cache   *cache.Cache // nil disables caching
+	// QueryTimeout is the whole budget for answering one client query
+	// (default 4s): targets are tried in order within it.
+	QueryTimeout time.Duration
+	// TargetTimeout is the default per-attempt timeout (default 2s).
+	TargetTimeout time.Duration
+	// MaxInflight bounds queries being resolved upstream at once (default
+	// 4096); past it clients get SERVFAIL and Stats.Overload counts it.
+	MaxInflight int
+}
+
+// Stats are cumulative pipeline counters.
+type Stats struct {
+	Queries, Dropped, FormErr, CacheHits, Local, Blocked, Forwarded,
+	ServFail, Overload, UpstreamErrors, Truncated uint64
+}
+
+// Forwarder is the pipeline. It is safe for concurrent use.
+type Forwarder struct {
+	cfg      Config
+	table    *rules.Table
+	inflight chan struct{}
+	bufs     sync.Pool // *[]byte, 64 KiB, for async queries
+
+	queries, dropped, formerr, hits, local, blocked, forwarded,
+	servfail, overload, upErrs, truncated atomic.Uint64
+}
+
+// New validates cfg and builds the pipeline.
+func New(cfg Config) (*Forwarder, error) {
+	if cfg.QueryTimeout <= 0 {
+		cfg.QueryTimeout = 4 * time.Second
+	}
+	if cfg.TargetTimeout <= 0 {
+		cfg.TargetTimeout = 2 * time.Second
+	}
+	if cfg.MaxInflight <= 0 {
+		cfg.MaxInflight = 4096
+	}
+	rs := make([]rules.Rule, 0, len(cfg.Rules))
+	for i := range cfg.Rules {
+		r := &cfg.Rules[i]
+		switch r.Type {
+		case rules.Forward:
+			if len(r.Targets) == 0 {
+				return nil, fmt.Errorf("rule %q: a forward rule needs targets", r.Name)
+			}
+		case rules.Zone:
+			if r.Zone == nil {
+				return nil, fmt.Errorf("rule %q: a zone rule needs a zone", r.Name)
+			}
+		case rules.System, rules.Block:
+		default:
+			return nil, fmt.Errorf("rule %q: unknown type %d", r.Name, r.Type)
+		}
+		rs = append(rs, rules.Rule{Name: r.Name, Domain: r.Domain, Type: r.Type, Value: r})
+	}
+	t, err := rules.New(rs)
+	if err != nil {
+		return nil, err
+	}
+	f := &Forwarder{cfg: cfg, table: t, inflight: make(chan struct{}, cfg.MaxInflight)}
+	f.bufs.New = func() any { b := make([]byte, 65536); return &b }
+	return f, nil
+}
+
+// Stats returns the counters.
+func (f *Forwarder) Stats() Stats {
+	return Stats{
+		Queries: f.queries.Load(), Dropped: f.dropped.Load(), FormErr: f.formerr.Load(),
+		CacheHits: f.hits.Load(), Local: f.local.Load(), Blocked: f.blocked.Load(),
+		Forwarded: f.forwarded.Load(), ServFail: f.servfail.Load(), Overload: f.overload.Load(),
+		UpstreamErrors: f.upErrs.Load(), Truncated: f.truncated.Load(),
+	}
+}
+
+// Serve runs the pipeline without blocking. When the answer is ready at once
+// (cache, local zone, block, bad input, overload) it is written into out (64
+// KiB) and returned with true; nil with true means "send nothing". Otherwise
+// Serve copies the query, resolves it upstream in a bounded background
+// goroutine and calls done with the response (done must copy it before
+// returning), and returns false.
+func (f *Forwarder) Serve(r *Request, out []byte, done func(resp []byte)) ([]byte, bool) {
+	resp, rule, ok := f.fast(r, out)
+	if ok {
+		return resp, true
+	}
+	select {
+	case f.inflight <- struct{}{}:
+	default:
+		f.overload.Add(1)
+		f.servfail.Add(1)
+		return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeServFail), true
+	}
+	bp := f.bufs.Get().(*[]byte)
+	ar := *r
+	ar.Msg = append((*bp)[:0], r.Msg...)
+	ar.Q.Name = ar.Msg[dnsmsg.HeaderLen : dnsmsg.HeaderLen+len(r.Q.Name)] // re-point the view at the copy
+	go func() {
+		defer func() { <-f.inflight }()
+		ob := f.bufs.Get().(*[]byte)
+		ctx, cancel := context.WithTimeout(context.Background(), f.cfg.QueryTimeout)
+		resp := f.slow(ctx, &ar, rule, (*ob)[:0])
+		cancel()
+		done(resp)
+		f.bufs.Put(bp)
+		f.bufs.Put(ob)
+	}()
+	return nil, false
+}
+
+// ServeDNS runs the whole pipeline and blocks until the answer is ready. The
+// response is appended to out[:0]; nil means "send nothing".
+func (f *Forwarder) ServeDNS(ctx context.Context, r *Request, out []byte) []byte {
+	if cap(out) < 65536 {
+		out = make([]byte, 0, 65536)
+	}
+	resp, rule, ok := f.fast(r, out[:cap(out)])
+	if ok {
+		return resp
+	}
+	select {
+	case f.inflight <- struct{}{}:
+	default:
+		f.overload.Add(1)
+		f.servfail.Add(1)
+		return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeServFail)
+	}
+	defer func() { <-f.inflight }()
+	ctx, cancel := context.WithTimeout(ctx, f.cfg.QueryTimeout)
+	defer cancel()
+	return f.slow(ctx, r, rule, out[:0])
+}
+
+// fast answers what needs no upstream. It returns the rule to resolve with
+// (nil: default targets) and false when the query must go upstream.
+func (f *Forwarder) fast(r *Request, out []byte) ([]byte, *Rule, bool) {
+	f.queries.Add(1)
+	if err := dnsmsg.Parse(r.Msg, &r.Q); err != nil {
+		switch {
+		case errors.Is(err, dnsmsg.ErrShort), errors.Is(err, dnsmsg.ErrNotQuery):
+			f.dropped.Add(1)
+			return nil, nil, true
+		case errors.Is(err, dnsmsg.ErrOpcode):
+			return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeNotImp), nil, true
+		}
+		f.formerr.Add(1)
+		q := &r.Q
+		if q.QEnd == 0 {
+			q = nil
+		}
+		return dnsmsg.AppendError(out[:0], r.Msg, q, dnsmsg.RcodeFormErr), nil, true
+	}
+	maxSize := r.MaxResponseSize()
+	if f.cfg.Cache != nil {
+		if resp, ok := f.cfg.Cache.Get(&r.Q, out, maxSize); ok {
+			f.hits.Add(1)
+			return resp, nil, true
+		}
+	}
+	var lb [256]byte
+	var rule *Rule
+	if m := f.table.Match(dnsmsg.AppendLower(lb[:0], r.Q.Name)); m != nil {
+		rule = m.Value.(*Rule)
+	}
+	if rule == nil {
+		return nil, nil, false
+	}
+	switch rule.Type {
+	case rules.Zone:
+		f.local.Add(1)
+		return f.answerLocal(r, rule.Zone, out, maxSize), rule, true
+	case rules.Block:
+		f.blocked.Add(1)
+		return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeNXDomain), rule, true
+	case rules.System:
+		return nil, nil, false // resolved through the default targets
+	}
+	return nil, rule, false
+}
+
+// answerLocal answers from a local zone. This is the slow path of miekg/dns
+// (unpack, build, pack); the cache will hold these answers too.
+func (f *Forwarder) answerLocal(r *Request, z Authority, out []byte, maxSize int) []byte {
+	req := new(dns.Msg)
+	if err := req.Unpack(r.Msg); err != nil {
+		f.formerr.Add(1)
+		return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeFormErr)
+	}
+	resp := z.Answer(req)
+	if opt := req.IsEdns0(); opt != nil {
+		resp.SetEdns0(1232, opt.Do())
+	}
+	b, err := resp.PackBuffer(out)
+	if err != nil {
+		f.servfail.Add(1)
+		return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeServFail)
+	}
+	return f.truncate(b, maxSize)
+}
+
+func (f *Forwarder) truncate(resp []byte, maxSize int) []byte {
+	if len(resp) > maxSize {
+		f.truncated.Add(1)
+		return dnsmsg.Truncate(resp, maxSize)
+	}
+	return resp
+}
+
+// slow resolves r upstream: the rule's targets in order (default targets when
+// rule is nil), each attempt bounded by its timeout and by ctx. The answer is
+// checked against the question, cached, given the client's ID and letter case,
+// and truncated to the client's size. Failure of every target is SERVFAIL.
+func (f *Forwarder) slow(ctx context.Context, r *Request, rule *Rule, out []byte) []byte {
+	targets := f.cfg.Default
+	if rule != nil {
+		targets = rule.Targets
+	}
+	if len(targets) == 0 {
+		// No rule covers the name and no default is configured: like a
+		// non-recursive server, refuse.
+		return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeRefused)
+	}
+	f.forwarded.Add(1)
+	var fallback []byte // a well-formed SERVFAIL/REFUSED, passed on if nobody does better
+	for _, t := range targets {
+		if ctx.Err() != nil {
+			break
+		}
+		to := t.Timeout
+		if to <= 0 {
+			to = f.cfg.TargetTimeout
+		}
+		actx, cancel := context.WithTimeout(ctx, to)
+		resp, err := t.Up.Exchange(actx, r.Msg)
+		cancel()
+		if err != nil {
+			f.upErrs.Add(1)
+			continue
+		}
+		qend, err := dnsmsg.CheckResponse(resp, &r.Q)
+		if err != nil {
+			f.upErrs.Add(1) // a broken or mismatched answer: try the next target
+			continue
+		}
+		if rc := dnsmsg.Rcode(resp); rc == dnsmsg.RcodeServFail || rc == dnsmsg.RcodeRefused {
+			f.upErrs.Add(1) // this target cannot help; another may
+			fallback = resp
+			continue
+		}
+		if f.cfg.Cache != nil {
+			f.cfg.Cache.Put(&r.Q, resp, qend)
+		}
+		return f.reply(r, resp, out)
+	}
+	if fallback != nil {
+		return f.reply(r, fallback, out)
+	}
+	f.servfail.Add(1)
+	return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeServFail)
+}
+
+// reply copies an upstream response into out for the client: its ID, its
+// letter case in the question, its size limit.
+func (f *Forwarder) reply(r *Request, resp, out []byte) []byte {
+	out = append(out[:0], resp...)
+	dnsmsg.SetID(out, r.Q.ID)
+	dnsmsg.CopyQuestionName(out, r.Q.Name)
+	return f.truncate(out, r.MaxResponseSize())
+}
