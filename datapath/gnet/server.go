@@ -1,0 +1,310 @@
+// Package gnet is xdoh's Do53 datapath on gnet/v2 event loops: UDP and TCP on
+// every configured address, IPv4 and IPv6, one listener per loop with
+// SO_REUSEPORT so the kernel spreads clients over the loops.
+//
+// UDP. A query is answered inside OnTraffic when the forwarder can answer at
+// once (cache, local zone, block, bad input). A cache miss goes upstream in a
+// bounded goroutine, and a gnet UDP Conn is not valid after OnTraffic returns
+// (gnet issue 141). So the miss path keeps only what a reply needs: the
+// listening socket's fd and the client's sockaddr, and answers with sendto(2)
+// on that fd from the resolving goroutine. sendto on a UDP socket is safe from
+// any thread and the reply leaves from the address the query arrived on. A full
+// socket buffer (EAGAIN) drops the reply, as UDP would; it is counted.
+//
+// TCP (RFC 7766). Messages are framed by a 2-byte length; many queries may be
+// pipelined on one connection and are answered as they complete, out of
+// order, with AsyncWrite (which gnet makes safe for TCP conns). Connections
+// are capped (MaxTCPConns), idle ones closed (TCPIdleTimeout, checked by the
+// engine ticker), and queries in flight per connection bounded
+// (MaxTCPPipeline, past it SERVFAIL).
+package gnet
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	gn "github.com/panjf2000/gnet/v2"
+	"github.com/panjf2000/gnet/v2/pkg/logging"
+	"golang.org/x/sys/unix"
+
+	"xdoh/forwarder"
+	"xdoh/forwarder/dnsmsg"
+)
+
+// Handler is the part of the forwarder the datapath needs.
+type Handler interface {
+	Serve(r *forwarder.Request, out []byte, done func(resp []byte)) ([]byte, bool)
+}
+
+// Config for one Do53 listener.
+type Config struct {
+	Name  string   // listener name, copied into each Request
+	Addrs []string // "127.0.0.1:53", "[::1]:53": each gets UDP and TCP
+	Loops int      // event loops (default GOMAXPROCS)
+
+	TCPIdleTimeout time.Duration // default 10s
+	MaxTCPConns    int           // default 1024
+	MaxTCPPipeline int           // queries in flight per TCP conn, default 128
+}
+
+// Stats are the datapath's counters.
+type Stats struct {
+	UDPQueries, TCPQueries, UDPReplyDrops, TCPRejected, TCPIdleClosed, TCPPipelineFull uint64
+	TCPConns                                                                          int64
+}
+
+// Server runs the gnet engine for one listener.
+type Server struct {
+	gn.BuiltinEventEngine
+	cfg Config
+	h   Handler
+	eng gn.Engine
+
+	booted chan struct{}
+	done   chan error
+	conns  sync.Map // gn.Conn → *tcpState
+	bufs   sync.Pool
+
+	udpQ, tcpQ, udpDrops, tcpRejected, tcpIdle, tcpPipe atomic.Uint64
+	tcpConns                                            atomic.Int64
+}
+
+type tcpState struct {
+	lastActive atomic.Int64 // unix nanoseconds
+	inflight   atomic.Int32
+	client     netip.AddrPort
+}
+
+// New checks cfg and prepares a server; Start runs it.
+func New(cfg Config, h Handler) (*Server, error) {
+	if len(cfg.Addrs) == 0 {
+		return nil, errors.New("do53: no addresses")
+	}
+	for i, a := range cfg.Addrs {
+		if _, err := netip.ParseAddrPort(a); err != nil {
+			return nil, fmt.Errorf("do53[%d]: %q is not an IP:port address: %w", i, a, err)
+		}
+	}
+	if cfg.Loops <= 0 {
+		cfg.Loops = runtime.GOMAXPROCS(0)
+	}
+	if cfg.TCPIdleTimeout <= 0 {
+		cfg.TCPIdleTimeout = 10 * time.Second
+	}
+	if cfg.MaxTCPConns <= 0 {
+		cfg.MaxTCPConns = 1024
+	}
+	if cfg.MaxTCPPipeline <= 0 {
+		cfg.MaxTCPPipeline = 128
+	}
+	s := &Server{cfg: cfg, h: h, booted: make(chan struct{}), done: make(chan error, 1)}
+	s.bufs.New = func() any { b := make([]byte, 65536+2); return &b }
+	return s, nil
+}
+
+// Start binds every address and serves in the background. It returns once
+// the engine is up, or the bind error.
+func (s *Server) Start() error {
+	var addrs []string
+	for _, a := range s.cfg.Addrs {
+		addrs = append(addrs, "udp://"+a, "tcp://"+a)
+	}
+	go func() {
+		s.done <- gn.Rotate(s, addrs,
+			gn.WithNumEventLoop(s.cfg.Loops),
+			gn.WithReusePort(true),
+			gn.WithTicker(true),
+			gn.WithTCPNoDelay(gn.TCPNoDelay),
+			gn.WithSocketRecvBuffer(4<<20),
+			gn.WithSocketSendBuffer(4<<20),
+			gn.WithLogLevel(logging.ErrorLevel),
+		)
+	}()
+	select {
+	case <-s.booted:
+		return nil
+	case err := <-s.done:
+		if err == nil {
+			err = errors.New("engine stopped during start")
+		}
+		return fmt.Errorf("starting do53 listener %q on %v: %w", s.cfg.Name, s.cfg.Addrs, err)
+	}
+}
+
+// Stop shuts the engine down.
+func (s *Server) Stop(ctx context.Context) error {
+	if err := s.eng.Stop(ctx); err != nil {
+		return fmt.Errorf("stopping do53 listener %q: %w", s.cfg.Name, err)
+	}
+	select {
+	case <-s.done:
+	case <-ctx.Done():
+	}
+	return nil
+}
+
+// Stats returns the counters.
+func (s *Server) Stats() Stats {
+	return Stats{
+		UDPQueries: s.udpQ.Load(), TCPQueries: s.tcpQ.Load(), UDPReplyDrops: s.udpDrops.Load(),
+		TCPRejected: s.tcpRejected.Load(), TCPIdleClosed: s.tcpIdle.Load(), TCPPipelineFull: s.tcpPipe.Load(),
+		TCPConns: s.tcpConns.Load(),
+	}
+}
+
+// OnBoot implements gn.EventHandler.
+func (s *Server) OnBoot(eng gn.Engine) gn.Action {
+	s.eng = eng
+	close(s.booted)
+	return gn.None
+}
+
+// OnOpen admits a TCP connection unless the cap is reached.
+func (s *Server) OnOpen(c gn.Conn) ([]byte, gn.Action) {
+	if n := s.tcpConns.Add(1); n > int64(s.cfg.MaxTCPConns) {
+		s.tcpConns.Add(-1)
+		s.tcpRejected.Add(1)
+		return nil, gn.Close
+	}
+	st := &tcpState{}
+	st.lastActive.Store(time.Now().UnixNano())
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		st.client = a.AddrPort()
+	}
+	c.SetContext(st)
+	s.conns.Store(c, st)
+	return nil, gn.None
+}
+
+// OnClose forgets a TCP connection.
+func (s *Server) OnClose(c gn.Conn, _ error) gn.Action {
+	if _, ok := s.conns.LoadAndDelete(c); ok {
+		s.tcpConns.Add(-1)
+	}
+	return gn.None
+}
+
+// OnTick closes idle TCP connections.
+func (s *Server) OnTick() (time.Duration, gn.Action) {
+	deadline := time.Now().Add(-s.cfg.TCPIdleTimeout).UnixNano()
+	s.conns.Range(func(k, v any) bool {
+		st := v.(*tcpState)
+		if st.inflight.Load() == 0 && st.lastActive.Load() < deadline {
+			s.tcpIdle.Add(1)
+			_ = k.(gn.Conn).Close()
+		}
+		return true
+	})
+	return time.Second, gn.None
+}
+
+// OnTraffic handles UDP datagrams and TCP bytes.
+func (s *Server) OnTraffic(c gn.Conn) gn.Action {
+	if st, ok := c.Context().(*tcpState); ok {
+		return s.onTCP(c, st)
+	}
+	return s.onUDP(c)
+}
+
+func (s *Server) onUDP(c gn.Conn) gn.Action {
+	msg, err := c.Next(-1)
+	if err != nil || len(msg) == 0 {
+		return gn.None
+	}
+	s.udpQ.Add(1)
+	ua, _ := c.RemoteAddr().(*net.UDPAddr)
+	if ua == nil {
+		return gn.None
+	}
+	bp := s.bufs.Get().(*[]byte)
+	defer s.bufs.Put(bp)
+	r := forwarder.Request{Msg: msg, Transport: forwarder.TransportUDP, Client: ua.AddrPort(), Listener: s.cfg.Name}
+	fd := c.Fd()
+	resp, ok := s.h.Serve(&r, *bp, func(resp []byte) {
+		if err := unix.Sendto(fd, resp, unix.MSG_DONTWAIT, sockaddr(r.Client)); err != nil {
+			s.udpDrops.Add(1)
+		}
+	})
+	if ok && resp != nil {
+		if _, err := c.Write(resp); err != nil {
+			s.udpDrops.Add(1)
+		}
+	}
+	return gn.None
+}
+
+func sockaddr(ap netip.AddrPort) unix.Sockaddr {
+	a := ap.Addr()
+	if a.Is4() || a.Is4In6() {
+		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.Unmap().As4()}
+	}
+	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16()}
+}
+
+func (s *Server) onTCP(c gn.Conn, st *tcpState) gn.Action {
+	st.lastActive.Store(time.Now().UnixNano())
+	for {
+		hdr, err := c.Peek(2)
+		if err != nil || len(hdr) < 2 {
+			return gn.None // wait for more bytes
+		}
+		n := int(binary.BigEndian.Uint16(hdr))
+		if n < dnsmsg.HeaderLen {
+			return gn.Close // not DNS; RFC 7766 lets us close
+		}
+		if c.InboundBuffered() < 2+n {
+			return gn.None
+		}
+		frame, err := c.Next(2 + n)
+		if err != nil {
+			return gn.Close
+		}
+		s.tcpQ.Add(1)
+		s.serveTCP(c, st, frame[2:])
+	}
+}
+
+func (s *Server) serveTCP(c gn.Conn, st *tcpState, msg []byte) {
+	bp := s.bufs.Get().(*[]byte)
+	defer s.bufs.Put(bp)
+	out := *bp
+	r := forwarder.Request{Msg: msg, Transport: forwarder.TransportTCP, Client: st.client, Listener: s.cfg.Name}
+	if st.inflight.Load() >= int32(s.cfg.MaxTCPPipeline) {
+		s.tcpPipe.Add(1)
+		if dnsmsg.Parse(msg, &r.Q) == nil {
+			writeFramed(c, out, dnsmsg.AppendError(out[2:2], msg, &r.Q, dnsmsg.RcodeServFail))
+		}
+		return
+	}
+	st.inflight.Add(1)
+	resp, ok := s.h.Serve(&r, out[2:], func(resp []byte) {
+		framed := make([]byte, 2+len(resp))
+		binary.BigEndian.PutUint16(framed, uint16(len(resp)))
+		copy(framed[2:], resp)
+		st.lastActive.Store(time.Now().UnixNano())
+		_ = c.AsyncWrite(framed, func(gn.Conn, error) error { st.inflight.Add(-1); return nil })
+	})
+	if !ok {
+		return
+	}
+	st.inflight.Add(-1)
+	if resp != nil {
+		writeFramed(c, out, resp)
+	}
+}
+
+// writeFramed writes resp with its length prefix, using out (at least 2+64 KiB,
+// which resp usually already occupies from offset 2) as the frame buffer.
+func writeFramed(c gn.Conn, out, resp []byte) {
+	n := copy(out[2:], resp)
+	binary.BigEndian.PutUint16(out, uint16(n))
+	_, _ = c.Write(out[:2+n])
+}
