@@ -141,6 +141,11 @@ func (s *Server) Start() error {
 
 // Stop shuts the engine down.
 func (s *Server) Stop(ctx context.Context) error {
+	select {
+	case <-s.booted:
+	default:
+		return nil // never started
+	}
 	if err := s.eng.Stop(ctx); err != nil {
 		return fmt.Errorf("stopping do53 listener %q: %w", s.cfg.Name, err)
 	}

@@ -1,0 +1,39 @@
+# xdoh — the two commands that matter: `make run` and `make test`.
+GO      ?= go
+BIN     := bin/xdoh
+PKGS    := ./...
+SHARED  ?= ../shared
+
+.PHONY: run test build bench peer-bench vet fuzz clean
+
+build:
+	$(GO) build -o $(BIN) ./cmd/xdoh
+
+# The seed's topology on one machine: xdoh on 127.0.0.1:5300 (UDP+TCP) with the
+# local zone aws.example.internal, forwarding example.com over DoH to an
+# in-process on-prem resolver with a CA generated at start. Ctrl-C stops it.
+run: build
+	./$(BIN) run --demo
+
+# Every test: unit, fuzz seeds, integration against real BIND 9.18 / kdig / dig.
+test:
+	$(GO) vet $(PKGS)
+	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+
+# Component benchmarks (allocations reported).
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+
+# Side-by-side with dnsdist (and BIND's own ceiling) using ../shared/bench.
+peer-bench: build
+	bash $(SHARED)/bench/setup.sh
+	PEERS="bind dnsdist target" TARGET_NAME=xdoh \
+	TARGET_CMD='$(CURDIR)/$(BIN) run --listen $$LISTEN_ADDR:$$LISTEN_PORT --upstream $$UPSTREAM_URL --ca-file $$CA_FILE' \
+	TARGET_NOCACHE_CMD='$(CURDIR)/$(BIN) run --listen $$LISTEN_ADDR:$$LISTEN_PORT --upstream $$UPSTREAM_URL --ca-file $$CA_FILE --no-cache' \
+	bash $(SHARED)/bench/run.sh
+
+vet:
+	$(GO) vet $(PKGS)
+
+clean:
+	rm -rf bin

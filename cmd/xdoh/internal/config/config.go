@@ -1,0 +1,360 @@
+// Package config reads and validates xdoh's YAML configuration. Decoding is
+// strict (unknown keys are errors), durations are written as Go durations
+// ("2s", "24h"), and every validation error names the field it is about,
+// e.g. `rules[1].targets[0]: …`. Relative file names are resolved against the
+// directory of the config file.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the whole file.
+type Config struct {
+	Listeners []Listener `yaml:"listeners"`
+	Zones     []Zone     `yaml:"zones"`
+	Rules     []Rule     `yaml:"rules"`
+	Default   *Group     `yaml:"default"`
+	Cache     Cache      `yaml:"cache"`
+	Upstream  Upstream   `yaml:"upstream"`
+
+	dir string // directory of the file, for relative paths
+}
+
+// Listener is one inbound endpoint.
+type Listener struct {
+	Name      string   `yaml:"name"`
+	Protocols []string `yaml:"protocols"` // do53 | doh; empty means do53
+	Do53      []string `yaml:"do53"`      // "IP:port" for UDP and TCP
+	DoH       *DoH     `yaml:"doh"`
+	TCP       TCP      `yaml:"tcp"`
+}
+
+// DoH is an inbound DNS-over-HTTPS server.
+type DoH struct {
+	Address string `yaml:"address"`
+	Path    string `yaml:"path"`
+	Cert    string `yaml:"cert"`
+	Key     string `yaml:"key"`
+}
+
+// TCP tunes Do53 over TCP.
+type TCP struct {
+	IdleTimeout Duration `yaml:"idle_timeout"`
+	MaxConns    int      `yaml:"max_conns"`
+	MaxPipeline int      `yaml:"max_pipeline"`
+}
+
+// Zone is a local authoritative zone from an RFC 1035 file.
+type Zone struct {
+	Name string `yaml:"name"`
+	File string `yaml:"file"`
+}
+
+// Rule maps a domain to an action.
+type Rule struct {
+	Name    string   `yaml:"name"`
+	Domain  string   `yaml:"domain"`
+	Type    string   `yaml:"type"` // forward | system | block
+	Targets []string `yaml:"targets"`
+	CAFile  string   `yaml:"ca_file"`
+	Timeout Duration `yaml:"timeout"`
+}
+
+// Group is the default target group.
+type Group struct {
+	Targets []string `yaml:"targets"`
+	CAFile  string   `yaml:"ca_file"`
+	Timeout Duration `yaml:"timeout"`
+}
+
+// Cache configures the response cache.
+type Cache struct {
+	Enabled     *bool    `yaml:"enabled"` // default true
+	Entries     int      `yaml:"entries"`
+	MinTTL      Duration `yaml:"min_ttl"`
+	MaxTTL      Duration `yaml:"max_ttl"`
+	ServFailTTL Duration `yaml:"servfail_ttl"`
+}
+
+// On reports whether the cache is enabled.
+func (c Cache) On() bool { return c.Enabled == nil || *c.Enabled }
+
+// Upstream holds settings shared by every target.
+type Upstream struct {
+	QueryTimeout Duration `yaml:"query_timeout"` // whole budget per client query
+	Timeout      Duration `yaml:"timeout"`       // default per-attempt timeout
+	MaxInflight  int      `yaml:"max_inflight"`
+	Conns        int      `yaml:"conns"` // DoH connections per target
+}
+
+// Duration is a time.Duration written as "1.5s".
+type Duration time.Duration
+
+// UnmarshalYAML reads a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("line %d: want a duration such as \"2s\"", n.Line)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration such as \"2s\"", n.Line, s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Load reads, decodes and validates a file.
+func Load(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	c, err := Parse(b, filepath.Dir(path))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes and validates YAML; dir resolves relative paths.
+func Parse(b []byte, dir string) (*Config, error) {
+	c := &Config{dir: dir}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) { // an empty file fails validation below
+		return nil, fmt.Errorf("decoding YAML: %w", err)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// SetDir sets the directory relative paths are resolved against.
+func (c *Config) SetDir(dir string) { c.dir = dir }
+
+// Path resolves a file name from the config.
+func (c *Config) Path(p string) string {
+	if p == "" || filepath.IsAbs(p) || c.dir == "" {
+		return p
+	}
+	return filepath.Join(c.dir, p)
+}
+
+// Validate checks every field and returns all problems at once, joined, each
+// naming its field.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, a...)))
+	}
+	if len(c.Listeners) == 0 {
+		bad("listeners", "at least one listener is needed")
+	}
+	names := map[string]int{}
+	for i, l := range c.Listeners {
+		f := fmt.Sprintf("listeners[%d]", i)
+		if l.Name == "" {
+			bad(f+".name", "is empty")
+		} else if j, dup := names[l.Name]; dup {
+			bad(f+".name", "%q is already the name of listeners[%d]", l.Name, j)
+		} else {
+			names[l.Name] = i
+		}
+		protos, err := l.ProtocolSet()
+		if err != nil {
+			bad(f+".protocols", "%v", err)
+		}
+		if protos["do53"] {
+			if len(l.Do53) == 0 {
+				bad(f+".do53", "protocol do53 needs at least one address")
+			}
+		} else if len(l.Do53) > 0 {
+			bad(f+".do53", "addresses given but do53 is not in protocols")
+		}
+		for j, a := range l.Do53 {
+			if _, err := netip.ParseAddrPort(a); err != nil {
+				bad(fmt.Sprintf("%s.do53[%d]", f, j), "%q is not IP:port (IPv6 as [::1]:53)", a)
+			}
+		}
+		if protos["doh"] {
+			if l.DoH == nil {
+				bad(f+".doh", "protocol doh needs a doh section (address, cert, key)")
+			} else {
+				if _, err := netip.ParseAddrPort(l.DoH.Address); err != nil {
+					bad(f+".doh.address", "%q is not IP:port", l.DoH.Address)
+				}
+				if l.DoH.Path != "" && !strings.HasPrefix(l.DoH.Path, "/") {
+					bad(f+".doh.path", "%q must start with /", l.DoH.Path)
+				}
+				for _, kf := range []struct{ name, path string }{{"cert", l.DoH.Cert}, {"key", l.DoH.Key}} {
+					if kf.path == "" {
+						bad(f+".doh."+kf.name, "is empty")
+					} else if _, err := os.Stat(c.Path(kf.path)); err != nil {
+						bad(f+".doh."+kf.name, "%v", err)
+					}
+				}
+			}
+		} else if l.DoH != nil {
+			bad(f+".doh", "doh section given but doh is not in protocols")
+		}
+		if l.TCP.MaxConns < 0 || l.TCP.MaxPipeline < 0 || l.TCP.IdleTimeout < 0 {
+			bad(f+".tcp", "limits must not be negative")
+		}
+	}
+	domains := map[string]string{}
+	claim := func(field, domain string) {
+		d := strings.ToLower(dns.Fqdn(domain))
+		if _, ok := dns.IsDomainName(d); !ok || domain == "" {
+			bad(field, "%q is not a domain name", domain)
+			return
+		}
+		if prev, dup := domains[d]; dup {
+			bad(field, "%q is already used by %s", domain, prev)
+			return
+		}
+		domains[d] = field
+	}
+	for i, z := range c.Zones {
+		f := fmt.Sprintf("zones[%d]", i)
+		claim(f+".name", z.Name)
+		if z.File == "" {
+			bad(f+".file", "is empty")
+		} else if _, err := os.Stat(c.Path(z.File)); err != nil {
+			bad(f+".file", "%v", err)
+		}
+	}
+	rnames := map[string]int{}
+	for i, r := range c.Rules {
+		f := fmt.Sprintf("rules[%d]", i)
+		if r.Name == "" {
+			bad(f+".name", "is empty")
+		} else if j, dup := rnames[r.Name]; dup {
+			bad(f+".name", "%q is already the name of rules[%d]", r.Name, j)
+		} else {
+			rnames[r.Name] = i
+		}
+		claim(f+".domain", r.Domain)
+		switch r.Type {
+		case "forward":
+			if len(r.Targets) == 0 {
+				bad(f+".targets", "a forward rule needs at least one target")
+			}
+		case "system", "block":
+			if len(r.Targets) > 0 {
+				bad(f+".targets", "a %s rule takes no targets", r.Type)
+			}
+		default:
+			bad(f+".type", "%q is not one of forward, system, block", r.Type)
+		}
+		c.checkTargets(f, r.Targets, r.CAFile, bad)
+		if r.Timeout < 0 {
+			bad(f+".timeout", "must not be negative")
+		}
+	}
+	if c.Default != nil {
+		c.checkTargets("default", c.Default.Targets, c.Default.CAFile, bad)
+	}
+	if c.Cache.Entries < 0 {
+		bad("cache.entries", "must not be negative")
+	}
+	if c.Cache.MaxTTL > 0 && c.Cache.MinTTL > c.Cache.MaxTTL {
+		bad("cache.min_ttl", "%v is above cache.max_ttl %v", c.Cache.MinTTL.D(), c.Cache.MaxTTL.D())
+	}
+	if c.Upstream.MaxInflight < 0 {
+		bad("upstream.max_inflight", "must not be negative")
+	}
+	if c.Upstream.Conns < 0 {
+		bad("upstream.conns", "must not be negative")
+	}
+	if c.Upstream.QueryTimeout > 0 && c.Upstream.Timeout > c.Upstream.QueryTimeout {
+		bad("upstream.timeout", "%v is longer than upstream.query_timeout %v", c.Upstream.Timeout.D(), c.Upstream.QueryTimeout.D())
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) checkTargets(f string, targets []string, caFile string, bad func(string, string, ...any)) {
+	for j, t := range targets {
+		if err := CheckTarget(t); err != nil {
+			bad(fmt.Sprintf("%s.targets[%d]", f, j), "%v", err)
+		}
+	}
+	if caFile != "" {
+		if _, err := os.Stat(c.Path(caFile)); err != nil {
+			bad(f+".ca_file", "%v", err)
+		}
+	}
+}
+
+// CheckTarget validates an upstream target's syntax: https://host[:port]/path
+// for DoH, or [udp://|tcp://]IP[:port] for Do53.
+func CheckTarget(t string) error {
+	if strings.HasPrefix(t, "https://") {
+		u, err := url.Parse(t)
+		if err != nil {
+			return fmt.Errorf("%q is not a URL: %w", t, err)
+		}
+		if u.Host == "" || u.Hostname() == "" {
+			return fmt.Errorf("%q has no host", t)
+		}
+		if u.Path == "" || u.Path[0] != '/' {
+			return fmt.Errorf("%q has no path (usually /dns-query)", t)
+		}
+		return nil
+	}
+	if i := strings.Index(t, "://"); i >= 0 {
+		switch t[:i] {
+		case "udp", "tcp":
+			t = t[i+3:]
+		default:
+			return fmt.Errorf("%q: scheme %q is not https, udp or tcp", t, t[:i])
+		}
+	}
+	if _, err := netip.ParseAddr(t); err == nil {
+		return nil
+	}
+	if _, err := netip.ParseAddrPort(t); err == nil {
+		return nil
+	}
+	return fmt.Errorf("%q is neither an https:// URL nor an IP address with optional port", t)
+}
+
+// ProtocolSet returns the listener's protocols as a set, checking the names
+// and the combinations Route 53 Resolver allows.
+func (l Listener) ProtocolSet() (map[string]bool, error) {
+	set := map[string]bool{}
+	for _, p := range l.Protocols {
+		switch p {
+		case "do53", "doh":
+		case "doh-fips":
+			return nil, errors.New("doh-fips is not supported yet")
+		default:
+			return nil, fmt.Errorf("%q is not one of do53, doh", p)
+		}
+		if set[p] {
+			return nil, fmt.Errorf("%q is listed twice", p)
+		}
+		set[p] = true
+	}
+	if len(set) == 0 {
+		set["do53"] = true
+	}
+	return set, nil
+}

@@ -1,0 +1,55 @@
+// Command xdoh is the edge DNS forwarder: one binary with the subcommands
+//
+//	xdoh run   -c xdoh.yaml | --listen ADDR --upstream URL [--ca-file F] [--no-cache] | --demo
+//	xdoh check -c xdoh.yaml
+//	xdoh query [@server[:port]] NAME [TYPE] [--tcp] [--doh URL] [--ca-file F]
+//
+// It is the composition root: it reads the config, builds the forwarder
+// pipeline, the upstreams and zones, and starts the datapaths. Everything else
+// lives in packages.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+)
+
+// errUsage marks command-line and config errors: exit status 2.
+var errUsage = errors.New("usage")
+
+const usage = `xdoh — edge DNS forwarder (Do53/DoH in, DoH/Do53 out)
+
+usage:
+  xdoh run   [-c FILE] [--listen IP:PORT]... [--upstream URL]... [--ca-file F] [--no-cache] [--demo]
+  xdoh check -c FILE
+  xdoh query [@server[:port]] NAME [TYPE] [--tcp] [--doh URL] [--ca-file F] [--timeout D]
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "run":
+		err = cmdRun(os.Args[2:])
+	case "check":
+		err = cmdCheck(os.Args[2:], os.Stdout)
+	case "query":
+		err = cmdQuery(os.Args[2:], os.Stdout)
+	case "-h", "--help", "help":
+		fmt.Print(usage)
+		return
+	default:
+		err = fmt.Errorf("%w: unknown command %q", errUsage, os.Args[1])
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "xdoh %s: %v\n", os.Args[1], err)
+		if errors.Is(err, errUsage) {
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
