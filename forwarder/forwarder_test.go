@@ -1,0 +1,390 @@
+package forwarder
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"xdoh/forwarder/cache"
+	"xdoh/forwarder/rules"
+	"xdoh/forwarder/zone"
+)
+
+// fakeUp is a fault-injection target: it answers from a function.
+type fakeUp struct {
+	name  string
+	calls atomic.Int32
+	fn    func(ctx context.Context, q *dns.Msg) (*dns.Msg, error)
+}
+
+func (f *fakeUp) String() string { return f.name }
+func (f *fakeUp) Exchange(ctx context.Context, query []byte) ([]byte, error) {
+	f.calls.Add(1)
+	q := new(dns.Msg)
+	if err := q.Unpack(query); err != nil {
+		return nil, err
+	}
+	r, err := f.fn(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	return r.Pack()
+}
+
+// answerA answers every A query with ip, TTL 300.
+func answerA(name, ip string) *fakeUp {
+	return &fakeUp{name: name, fn: func(_ context.Context, q *dns.Msg) (*dns.Msg, error) {
+		r := new(dns.Msg)
+		r.SetReply(q)
+		r.RecursionAvailable = true
+		r.Answer = append(r.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 300}, A: net.ParseIP(ip)})
+		return r, nil
+	}}
+}
+
+func failing(name string) *fakeUp {
+	return &fakeUp{name: name, fn: func(context.Context, *dns.Msg) (*dns.Msg, error) {
+		return nil, errors.New("connection refused")
+	}}
+}
+
+func hanging(name string) *fakeUp {
+	return &fakeUp{name: name, fn: func(ctx context.Context, _ *dns.Msg) (*dns.Msg, error) {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}}
+}
+
+func query(t testing.TB, name string, qtype uint16, edns bool) []byte {
+	t.Helper()
+	m := new(dns.Msg)
+	m.SetQuestion(name, qtype)
+	m.Id = 0xBEEF
+	if edns {
+		m.SetEdns0(1232, true)
+	}
+	b, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func serve(t testing.TB, f *Forwarder, msg []byte, tr Transport) *dns.Msg {
+	t.Helper()
+	r := &Request{Msg: msg, Transport: tr, Client: netip.MustParseAddrPort("127.0.0.1:1234")}
+	out := f.ServeDNS(context.Background(), r, make([]byte, 0, 65536))
+	if out == nil {
+		return nil
+	}
+	m := new(dns.Msg)
+	if err := m.Unpack(out); err != nil {
+		t.Fatalf("unpacking response: %v", err)
+	}
+	return m
+}
+
+const zoneText = `$ORIGIN aws.example.internal.
+$TTL 300
+@    IN SOA ns1 hostmaster 1 7200 900 1209600 60
+@    IN NS ns1
+ns1  IN A 10.2.0.53
+ipv4 IN A 10.2.1.10
+`
+
+func TestRouting(t *testing.T) {
+	z, err := zone.Parse("aws.example.internal.", strings.NewReader(zoneText), "test.zone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	onprem, def := answerA("onprem", "172.16.0.10"), answerA("default", "192.0.2.1")
+	f, err := New(Config{
+		Rules: []Rule{
+			{Name: "onprem", Domain: "example.com", Type: rules.Forward, Targets: []Target{{Up: onprem}}},
+			{Name: "keep", Domain: "sys.example.com", Type: rules.System},
+			{Name: "ads", Domain: "ads.example", Type: rules.Block},
+			{Name: "zone", Domain: "aws.example.internal", Type: rules.Zone, Zone: z},
+		},
+		Default: []Target{{Up: def}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name   string
+		q      string
+		rcode  int
+		answer string // expected A, "" for none
+		aa     bool
+	}{
+		{"forward rule", "foo.example.com.", dns.RcodeSuccess, "172.16.0.10", false},
+		{"system rule exempts subtree", "a.sys.example.com.", dns.RcodeSuccess, "192.0.2.1", false},
+		{"default for the rest", "www.example.org.", dns.RcodeSuccess, "192.0.2.1", false},
+		{"block rule", "x.ads.example.", dns.RcodeNameError, "", false},
+		{"local zone", "ipv4.aws.example.internal.", dns.RcodeSuccess, "10.2.1.10", true},
+		{"local zone nxdomain", "nope.aws.example.internal.", dns.RcodeNameError, "", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := serve(t, f, query(t, tt.q, dns.TypeA, false), TransportUDP)
+			if m.Rcode != tt.rcode {
+				t.Fatalf("rcode %s, want %s", dns.RcodeToString[m.Rcode], dns.RcodeToString[tt.rcode])
+			}
+			if m.Id != 0xBEEF {
+				t.Fatalf("id %x, want beef", m.Id)
+			}
+			if m.Authoritative != tt.aa {
+				t.Fatalf("AA %v, want %v", m.Authoritative, tt.aa)
+			}
+			got := ""
+			for _, rr := range m.Answer {
+				if a, ok := rr.(*dns.A); ok {
+					got = a.A.String()
+				}
+			}
+			if got != tt.answer {
+				t.Fatalf("answer %q, want %q", got, tt.answer)
+			}
+		})
+	}
+}
+
+func TestFailover(t *testing.T) {
+	wrongQ := &fakeUp{name: "wrong-question", fn: func(_ context.Context, q *dns.Msg) (*dns.Msg, error) {
+		r := new(dns.Msg)
+		r.SetQuestion("other.example.", dns.TypeA)
+		r.Response = true
+		return r, nil
+	}}
+	servfail := &fakeUp{name: "servfail", fn: func(_ context.Context, q *dns.Msg) (*dns.Msg, error) {
+		r := new(dns.Msg)
+		r.SetRcode(q, dns.RcodeServerFailure)
+		return r, nil
+	}}
+	tests := []struct {
+		name    string
+		targets []*fakeUp
+		rcode   int
+		max     time.Duration
+	}{
+		{"refusing then good", []*fakeUp{failing("a"), answerA("b", "192.0.2.2")}, dns.RcodeSuccess, time.Second},
+		{"hanging then good", []*fakeUp{hanging("a"), answerA("b", "192.0.2.2")}, dns.RcodeSuccess, 1500 * time.Millisecond},
+		{"wrong question then good", []*fakeUp{wrongQ, answerA("b", "192.0.2.2")}, dns.RcodeSuccess, time.Second},
+		{"servfail then good", []*fakeUp{servfail, answerA("b", "192.0.2.2")}, dns.RcodeSuccess, time.Second},
+		{"all failing", []*fakeUp{failing("a"), failing("b")}, dns.RcodeServerFailure, time.Second},
+		{"all hanging: SERVFAIL within the query deadline", []*fakeUp{hanging("a"), hanging("b"), hanging("c")}, dns.RcodeServerFailure, 2 * time.Second},
+		{"only servfail: passed on", []*fakeUp{servfail}, dns.RcodeServerFailure, time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var ts []Target
+			for _, u := range tt.targets {
+				ts = append(ts, Target{Up: u, Timeout: 300 * time.Millisecond})
+			}
+			f, err := New(Config{Default: ts, QueryTimeout: 800 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			m := serve(t, f, query(t, "foo.example.com.", dns.TypeA, false), TransportUDP)
+			if el := time.Since(start); el > tt.max {
+				t.Fatalf("answered after %v, want within %v", el, tt.max)
+			}
+			if m.Rcode != tt.rcode {
+				t.Fatalf("rcode %s, want %s", dns.RcodeToString[m.Rcode], dns.RcodeToString[tt.rcode])
+			}
+		})
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	f, err := New(Config{Default: []Target{{Up: answerA("d", "192.0.2.1")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := query(t, "foo.example.com.", dns.TypeA, true)
+	resp := func() []byte { b := append([]byte(nil), good...); b[2] |= 0x80; return b }()
+	twoQ := func() []byte { b := append([]byte(nil), good...); b[5] = 2; return b }()
+	longLabel := append(append([]byte(nil), good[:12]...), append([]byte{64}, make([]byte, 70)...)...)
+	loop := append(append([]byte(nil), good[:12]...), 0xC0, 12, 0, 1, 0, 1)
+	tests := []struct {
+		name    string
+		msg     []byte
+		noReply bool
+		rcode   int
+	}{
+		{"short header", good[:5], true, 0},
+		{"response", resp, true, 0},
+		{"two questions", twoQ, false, dns.RcodeFormatError},
+		{"label over 63", longLabel, false, dns.RcodeFormatError},
+		{"compression loop", loop, false, dns.RcodeFormatError},
+		{"truncated question", good[:20], false, dns.RcodeFormatError},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := &Request{Msg: tt.msg, Transport: TransportUDP}
+			out := f.ServeDNS(context.Background(), r, make([]byte, 0, 65536))
+			if tt.noReply {
+				if out != nil {
+					t.Fatalf("got a %d-byte reply, want none", len(out))
+				}
+				return
+			}
+			if len(out) > len(tt.msg) {
+				t.Fatalf("reply of %d bytes to a %d-byte query: amplification", len(out), len(tt.msg))
+			}
+			if len(out) < 12 || int(out[3]&0xF) != tt.rcode || out[2]&0x80 == 0 {
+				t.Fatalf("reply %x, want rcode %d with QR", out, tt.rcode)
+			}
+		})
+	}
+}
+
+func TestCaseAndTruncation(t *testing.T) {
+	big := &fakeUp{name: "big", fn: func(_ context.Context, q *dns.Msg) (*dns.Msg, error) {
+		r := new(dns.Msg)
+		r.SetReply(q)
+		for i := 0; i < 60; i++ {
+			r.Answer = append(r.Answer, &dns.A{Hdr: dns.RR_Header{Name: strings.ToLower(q.Question[0].Name), Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60},
+				A: net.IPv4(198, 18, 0, byte(i))})
+		}
+		return r, nil
+	}}
+	f, err := New(Config{Default: []Target{{Up: big}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := query(t, "MiXeD.Example.COM.", dns.TypeA, false)
+	udp := serve(t, f, q, TransportUDP)
+	if !udp.Truncated || len(udp.Answer) != 0 {
+		t.Fatalf("UDP: TC=%v answers=%d, want truncated with none", udp.Truncated, len(udp.Answer))
+	}
+	if udp.Question[0].Name != "MiXeD.Example.COM." {
+		t.Fatalf("question %q, want the client's case", udp.Question[0].Name)
+	}
+	tcp := serve(t, f, q, TransportTCP)
+	if tcp.Truncated || len(tcp.Answer) != 60 {
+		t.Fatalf("TCP: TC=%v answers=%d, want 60 untruncated", tcp.Truncated, len(tcp.Answer))
+	}
+	if tcp.Question[0].Name != "MiXeD.Example.COM." {
+		t.Fatalf("question %q, want the client's case", tcp.Question[0].Name)
+	}
+	// An EDNS client with 1232 octets gets more than 512 but still TC (60 A ≈ 1000+ octets with names).
+	e := serve(t, f, query(t, "mixed.example.com.", dns.TypeA, true), TransportUDP)
+	if e.Len() > 1232 {
+		t.Fatalf("EDNS response of %d octets exceeds the client's 1232", e.Len())
+	}
+}
+
+func TestCache(t *testing.T) {
+	up := answerA("up", "192.0.2.7")
+	f, err := New(Config{Default: []Target{{Up: up}}, Cache: cache.New(cache.Config{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		m := serve(t, f, query(t, "Cached.Example.com.", dns.TypeA, false), TransportUDP)
+		if len(m.Answer) != 1 || m.Question[0].Name != "Cached.Example.com." {
+			t.Fatalf("round %d: %v", i, m)
+		}
+	}
+	if n := up.calls.Load(); n != 1 {
+		t.Fatalf("upstream asked %d times, want 1 (then cache hits)", n)
+	}
+	if s := f.Stats(); s.CacheHits != 2 {
+		t.Fatalf("cache hits %d, want 2", s.CacheHits)
+	}
+}
+
+func TestServeAsyncAndOverload(t *testing.T) {
+	release := make(chan struct{})
+	slow := &fakeUp{name: "slow", fn: func(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
+		<-release
+		return answerA("x", "192.0.2.9").fn(ctx, q)
+	}}
+	f, err := New(Config{Default: []Target{{Up: slow}}, MaxInflight: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got sync.WaitGroup
+	got.Add(1)
+	var async []byte
+	msg := query(t, "a.example.com.", dns.TypeA, false)
+	r := &Request{Msg: msg, Transport: TransportUDP}
+	out := make([]byte, 65536)
+	if _, sync := f.Serve(r, out, func(resp []byte) { async = append([]byte(nil), resp...); got.Done() }); sync {
+		t.Fatal("miss answered synchronously")
+	}
+	// The query buffer may be reused by the datapath at once.
+	for i := range msg {
+		msg[i] = 0xFF
+	}
+	// The bound is 1: the next miss is SERVFAIL at once, and counted.
+	r2 := &Request{Msg: query(t, "b.example.com.", dns.TypeA, false), Transport: TransportUDP}
+	resp, sync := f.Serve(r2, out, func([]byte) { t.Error("overloaded query went async") })
+	if !sync || resp == nil || int(resp[3]&0xF) != dns.RcodeServerFailure {
+		t.Fatalf("overload: sync=%v resp=%x, want SERVFAIL now", sync, resp)
+	}
+	if f.Stats().Overload != 1 {
+		t.Fatalf("overload counter %d, want 1", f.Stats().Overload)
+	}
+	close(release)
+	got.Wait()
+	m := new(dns.Msg)
+	if err := m.Unpack(async); err != nil || m.Id != 0xBEEF || len(m.Answer) != 1 || m.Question[0].Name != "a.example.com." {
+		t.Fatalf("async answer %v (%v)", m, err)
+	}
+}
+
+func TestNoDefaultRefuses(t *testing.T) {
+	f, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := serve(t, f, query(t, "example.org.", dns.TypeA, false), TransportUDP); m.Rcode != dns.RcodeRefused {
+		t.Fatalf("rcode %s, want REFUSED", dns.RcodeToString[m.Rcode])
+	}
+}
+
+func BenchmarkServeCacheHit(b *testing.B) {
+	f, err := New(Config{Default: []Target{{Up: answerA("up", "192.0.2.7")}}, Cache: cache.New(cache.Config{})})
+	if err != nil {
+		b.Fatal(err)
+	}
+	msg := query(b, "hit.example.com.", dns.TypeA, true)
+	out := make([]byte, 65536)
+	r := &Request{Msg: msg, Transport: TransportUDP}
+	f.ServeDNS(context.Background(), r, out[:0])
+	b.ReportAllocs()
+	for b.Loop() {
+		*r = Request{Msg: msg, Transport: TransportUDP}
+		if _, ok := f.Serve(r, out, nil); !ok {
+			b.Fatal("miss")
+		}
+	}
+}
+
+func BenchmarkServeForward(b *testing.B) {
+	f, err := New(Config{Default: []Target{{Up: answerA("up", "192.0.2.7")}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	msg := query(b, "fwd.example.com.", dns.TypeA, true)
+	out := make([]byte, 0, 65536)
+	b.ReportAllocs()
+	for b.Loop() {
+		r := &Request{Msg: msg, Transport: TransportUDP}
+		if resp := f.ServeDNS(context.Background(), r, out); resp == nil {
+			b.Fatal(fmt.Errorf("no answer"))
+		}
+	}
+}
