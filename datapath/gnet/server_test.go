@@ -1,0 +1,263 @@
+package gnet
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"xdoh/forwarder"
+	"xdoh/forwarder/rules"
+	"xdoh/forwarder/zone"
+)
+
+// freePort finds a port free for both UDP and TCP on host.
+func freePort(t *testing.T, host string) string {
+	t.Helper()
+	for i := 0; i < 20; i++ {
+		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+		if err != nil {
+			t.Skipf("no %s: %v", host, err)
+		}
+		addr := l.Addr().String()
+		u, err := net.ListenPacket("udp", addr)
+		l.Close()
+		if err == nil {
+			u.Close()
+			return addr
+		}
+	}
+	t.Fatal("no free port")
+	return ""
+}
+
+// slowExchanger answers over Do53 from an in-process miekg server after a delay,
+// so the datapath's asynchronous miss path is exercised.
+type slowExchanger struct {
+	addr  string
+	delay time.Duration
+}
+
+func (s *slowExchanger) String() string { return s.addr }
+func (s *slowExchanger) Exchange(ctx context.Context, q []byte) ([]byte, error) {
+	time.Sleep(s.delay)
+	m := new(dns.Msg)
+	if err := m.Unpack(q); err != nil {
+		return nil, err
+	}
+	r, _, err := (&dns.Client{Net: "tcp"}).ExchangeContext(ctx, m, s.addr)
+	if err != nil {
+		return nil, err
+	}
+	return r.Pack()
+}
+
+func startUpstream(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &dns.Server{Listener: l, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		r := new(dns.Msg)
+		r.SetReply(q)
+		r.Answer = append(r.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(172, 16, 0, 10)})
+		_ = w.WriteMsg(r)
+	})}
+	go func() { _ = srv.ActivateAndServe() }()
+	t.Cleanup(func() { _ = srv.Shutdown() })
+	return l.Addr().String()
+}
+
+func startServer(t *testing.T, cfg Config) *Server {
+	t.Helper()
+	z, err := zone.Parse("aws.example.internal.", strings.NewReader(`$ORIGIN aws.example.internal.
+@ 300 IN SOA ns1 hostmaster 1 7200 900 1209600 60
+@ 300 IN NS ns1
+ns1 300 IN A 10.2.0.53
+ipv4 300 IN A 10.2.1.10
+`), "t.zone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := forwarder.New(forwarder.Config{
+		Rules:   []forwarder.Rule{{Name: "z", Domain: "aws.example.internal", Type: rules.Zone, Zone: z}},
+		Default: []forwarder.Target{{Up: &slowExchanger{addr: startUpstream(t), delay: 20 * time.Millisecond}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(cfg, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		_ = s.Stop(ctx)
+	})
+	return s
+}
+
+func TestUDPAndTCP(t *testing.T) {
+	a4 := freePort(t, "127.0.0.1")
+	addrs := []string{a4}
+	if l, err := net.Listen("tcp", "[::1]:0"); err == nil {
+		l.Close()
+		addrs = append(addrs, freePort(t, "::1"))
+	}
+	startServer(t, Config{Name: "t", Addrs: addrs})
+	tests := []struct{ name, qname, want string }{
+		{"local zone, answered in the event loop", "ipv4.aws.example.internal.", "10.2.1.10"},
+		{"forwarded, answered from the miss goroutine", "foo.example.com.", "172.16.0.10"},
+	}
+	for _, addr := range addrs {
+		for _, proto := range []string{"udp", "tcp"} {
+			for _, tt := range tests {
+				t.Run(fmt.Sprintf("%s/%s/%s", addr, proto, tt.name), func(t *testing.T) {
+					m := new(dns.Msg)
+					m.SetQuestion(tt.qname, dns.TypeA)
+					c := &dns.Client{Net: proto, Timeout: 3 * time.Second}
+					r, _, err := c.Exchange(m, addr)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != tt.want {
+						t.Fatalf("answer %v, want %s", r.Answer, tt.want)
+					}
+				})
+			}
+		}
+	}
+}
+
+// TestTCPPipelining sends many queries on one connection before reading and
+// expects every one answered (in any order), matched by ID.
+func TestTCPPipelining(t *testing.T) {
+	addr := freePort(t, "127.0.0.1")
+	startServer(t, Config{Name: "t", Addrs: []string{addr}})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const n = 50
+	var buf []byte
+	for i := 0; i < n; i++ {
+		m := new(dns.Msg)
+		name := "foo.example.com."
+		if i%2 == 0 {
+			name = "ipv4.aws.example.internal."
+		}
+		m.SetQuestion(name, dns.TypeA)
+		m.Id = uint16(i + 1)
+		b, _ := m.Pack()
+		buf = binary.BigEndian.AppendUint16(buf, uint16(len(b)))
+		buf = append(buf, b...)
+	}
+	if _, err := c.Write(buf); err != nil { // all queries in one segment
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	seen := map[uint16]bool{}
+	outOfOrder := false
+	for len(seen) < n {
+		var l [2]byte
+		if _, err := io.ReadFull(c, l[:]); err != nil {
+			t.Fatalf("after %d answers: %v", len(seen), err)
+		}
+		b := make([]byte, binary.BigEndian.Uint16(l[:]))
+		if _, err := io.ReadFull(c, b); err != nil {
+			t.Fatal(err)
+		}
+		r := new(dns.Msg)
+		if err := r.Unpack(b); err != nil {
+			t.Fatal(err)
+		}
+		if int(r.Id) != len(seen)+1 {
+			outOfOrder = true
+		}
+		seen[r.Id] = true
+		if len(r.Answer) != 1 {
+			t.Fatalf("id %d: %v", r.Id, r)
+		}
+	}
+	if !outOfOrder {
+		t.Log("answers came in order (local answers are fast, forwarded ones slow: expected out of order)")
+	}
+}
+
+func TestTCPLimits(t *testing.T) {
+	addr := freePort(t, "127.0.0.1")
+	s := startServer(t, Config{Name: "t", Addrs: []string{addr}, MaxTCPConns: 2, TCPIdleTimeout: time.Second})
+	var conns []net.Conn
+	for i := 0; i < 3; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	// The third connection is over the cap: closed by the server.
+	_ = conns[2].SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := conns[2].Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("third conn read: %v, want EOF", err)
+	}
+	// The others go idle and are closed after ~1s.
+	_ = conns[0].SetReadDeadline(time.Now().Add(4 * time.Second))
+	start := time.Now()
+	if _, err := conns[0].Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("idle conn read: %v, want EOF", err)
+	}
+	if el := time.Since(start); el < 500*time.Millisecond {
+		t.Fatalf("idle conn closed after %v, before the idle timeout", el)
+	}
+	st := s.Stats()
+	if st.TCPRejected != 1 || st.TCPIdleClosed < 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestGarbage(t *testing.T) {
+	addr := freePort(t, "127.0.0.1")
+	startServer(t, Config{Name: "t", Addrs: []string{addr}})
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	good := new(dns.Msg).SetQuestion("ipv4.aws.example.internal.", dns.TypeA)
+	gb, _ := good.Pack()
+	for _, g := range [][]byte{{1, 2, 3}, append([]byte{0, 1, 0x80}, make([]byte, 20)...), append(gb[:12:12], 0xC0, 12, 0, 1, 0, 1)} {
+		if _, err := c.Write(g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Only the last (header usable) deserves an answer: a FORMERR no larger than it.
+	_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	b := make([]byte, 1500)
+	n, err := c.Read(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n > 18 || b[3]&0xF != dns.RcodeFormatError {
+		t.Fatalf("reply %x, want a FORMERR of at most 18 octets", b[:n])
+	}
+	// The server still works.
+	if _, err := c.Write(gb); err != nil {
+		t.Fatal(err)
+	}
+	if n, err = c.Read(b); err != nil || n <= 12 {
+		t.Fatalf("after garbage: %d %v", n, err)
+	}
+}
