@@ -281,6 +281,12 @@ func (f *Forwarder) slow(ctx context.Context, r *Request, rule *Rule, out []byte
 		return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeRefused)
 	}
 	f.forwarded.Add(1)
+	query := r.Msg
+	if r.Q.HasOPT && r.Q.OPTEnd-r.Q.OPTOff > 11 {
+		// The client's EDNS options (its cookie above all) are for us, not
+		// for the upstream.
+		query = dnsmsg.StripHopOptions(append([]byte(nil), r.Msg...))
+	}
 	var fallback []byte // a well-formed SERVFAIL/REFUSED, passed on if nobody does better
 	for _, t := range targets {
 		if ctx.Err() != nil {
@@ -291,7 +297,7 @@ func (f *Forwarder) slow(ctx context.Context, r *Request, rule *Rule, out []byte
 			to = f.cfg.TargetTimeout
 		}
 		actx, cancel := context.WithTimeout(ctx, to)
-		resp, err := t.Up.Exchange(actx, r.Msg)
+		resp, err := t.Up.Exchange(actx, query)
 		cancel()
 		if err != nil {
 			f.upErrs.Add(1)
@@ -302,6 +308,9 @@ func (f *Forwarder) slow(ctx context.Context, r *Request, rule *Rule, out []byte
 			f.upErrs.Add(1) // a broken or mismatched answer: try the next target
 			continue
 		}
+		// The upstream's cookie (and padding) would reach the client as a
+		// cookie mismatch, from the cache even more so: drop them.
+		resp = dnsmsg.StripHopOptions(resp)
 		if rc := dnsmsg.Rcode(resp); rc == dnsmsg.RcodeServFail || rc == dnsmsg.RcodeRefused {
 			f.upErrs.Add(1) // this target cannot help; another may
 			fallback = resp

@@ -388,3 +388,48 @@ func BenchmarkServeForward(b *testing.B) {
 		}
 	}
 }
+
+// TestCookiesStayOnTheirHop: the client's cookie is not sent upstream and the
+// upstream's server cookie does not reach the client (dig warns "Client
+// COOKIE mismatch" otherwise, above all on cache hits).
+func TestCookiesStayOnTheirHop(t *testing.T) {
+	var upstreamSawCookie atomic.Bool
+	up := &fakeUp{name: "cookie", fn: func(_ context.Context, q *dns.Msg) (*dns.Msg, error) {
+		if o := q.IsEdns0(); o != nil {
+			for _, op := range o.Option {
+				if op.Option() == dns.EDNS0COOKIE {
+					upstreamSawCookie.Store(true)
+				}
+			}
+		}
+		r := new(dns.Msg)
+		r.SetReply(q)
+		r.Answer = append(r.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 3)})
+		r.SetEdns0(1232, false)
+		r.IsEdns0().Option = append(r.IsEdns0().Option, &dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "00112233445566778899aabbccddeeff0011223344556677"})
+		return r, nil
+	}}
+	f, err := New(Config{Default: []Target{{Up: up}}, Cache: cache.New(cache.Config{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ { // miss, then hit
+		m := new(dns.Msg).SetQuestion("c.example.com.", dns.TypeA)
+		m.SetEdns0(1232, false)
+		m.IsEdns0().Option = append(m.IsEdns0().Option, &dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "a1b2c3d4e5f60718"})
+		b, _ := m.Pack()
+		r := serve(t, f, b, TransportUDP)
+		o := r.IsEdns0()
+		if o == nil {
+			t.Fatalf("round %d: OPT missing", i)
+		}
+		for _, op := range o.Option {
+			if op.Option() == dns.EDNS0COOKIE {
+				t.Fatalf("round %d: upstream cookie passed to the client", i)
+			}
+		}
+	}
+	if upstreamSawCookie.Load() {
+		t.Fatal("client cookie forwarded upstream")
+	}
+}

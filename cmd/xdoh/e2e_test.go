@@ -1,0 +1,301 @@
+package main
+
+// End-to-end tests of the xdoh binary: built once, started as a real process,
+// queried by real clients (dig, kdig, xdoh query, miekg/dns), forwarding over
+// DoH to a real BIND 9.18.
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"xdoh/forwarder/upstream/upstreamtest"
+)
+
+var xdohBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "xdoh-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	xdohBin = filepath.Join(dir, "xdoh")
+	if out, err := exec.Command("go", "build", "-o", xdohBin, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building xdoh: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// freeAddr returns 127.0.0.1:PORT free for UDP and TCP.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	for i := 0; i < 20; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := l.Addr().String()
+		u, err := net.ListenPacket("udp", a)
+		l.Close()
+		if err == nil {
+			u.Close()
+			return a
+		}
+	}
+	t.Fatal("no free port")
+	return ""
+}
+
+// startXdoh runs `xdoh run args…` in its own process group, waits until addr
+// answers over UDP, and stops it at cleanup. It returns the stderr buffer.
+func startXdoh(t *testing.T, addr string, args ...string) *bytes.Buffer {
+	t.Helper()
+	var stderr bytes.Buffer
+	cmd := exec.Command(xdohBin, append([]string{"run"}, args...)...)
+	cmd.Stderr = &stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-exited
+		}
+	})
+	probe := new(dns.Msg).SetQuestion("probe.invalid.", dns.TypeA)
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-exited:
+			t.Fatalf("xdoh exited at start: %v\n%s", err, stderr.String())
+		default:
+		}
+		if _, _, err := (&dns.Client{Timeout: 200 * time.Millisecond}).Exchange(probe, addr); err == nil {
+			return &stderr
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("xdoh did not answer on %s within 10s\n%s", addr, stderr.String())
+	return nil
+}
+
+func hostPort(t *testing.T, addr string) (string, string) {
+	h, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, p
+}
+
+// TestForwardToBINDOverDoH is the seed's outbound path: client Do53 (UDP and
+// TCP) → xdoh → DoH → BIND 9.18, proven on BIND's side by its counters: the
+// queries arrive on a TCP-based transport and never over UDP (xdoh knows only
+// BIND's DoH URL), and BIND's query log shows them.
+func TestForwardToBINDOverDoH(t *testing.T) {
+	bind := upstreamtest.StartBIND(t, upstreamtest.BINDOptions{QueryLog: true})
+	for _, cache := range []bool{false, true} {
+		t.Run(fmt.Sprintf("cache=%v", cache), func(t *testing.T) {
+			addr := freeAddr(t)
+			args := []string{"--listen", addr, "--upstream", bind.DoHURL, "--ca-file", bind.CAFile}
+			if !cache {
+				args = append(args, "--no-cache")
+			}
+			startXdoh(t, addr, args...)
+			before := bind.Stats(t)
+			tests := []struct {
+				proto, name string
+				qtype       uint16
+				want        string
+			}{
+				{"udp", "foo.example.com.", dns.TypeA, "172.16.0.10"},
+				{"tcp", "foo.example.com.", dns.TypeA, "172.16.0.10"},
+				{"udp", "FOO.Example.COM.", dns.TypeAAAA, "2001:db8:5678::abc"},
+				{"tcp", "foo.example.com.", dns.TypeAAAA, "2001:db8:5678::abc"},
+			}
+			for _, tt := range tests {
+				m := new(dns.Msg).SetQuestion(tt.name, tt.qtype)
+				r, _, err := (&dns.Client{Net: tt.proto, Timeout: 3 * time.Second}).Exchange(m, addr)
+				if err != nil {
+					t.Fatalf("%s %s: %v", tt.proto, tt.name, err)
+				}
+				if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 || r.Question[0].Name != tt.name {
+					t.Fatalf("%s %s: %v", tt.proto, tt.name, r)
+				}
+				var got string
+				switch rr := r.Answer[0].(type) {
+				case *dns.A:
+					got = rr.A.String()
+				case *dns.AAAA:
+					got = rr.AAAA.String()
+				}
+				if got != tt.want {
+					t.Fatalf("%s %s: got %s, want %s", tt.proto, tt.name, got, tt.want)
+				}
+			}
+			d := bind.Stats(t).Sub(before)
+			if d.QueriesUDP != 0 {
+				t.Fatalf("BIND saw %d UDP queries; everything should arrive over DoH: %v", d.QueriesUDP, d)
+			}
+			want := uint64(len(tests))
+			if cache {
+				want = 2 // one A, one AAAA; the rest are cache hits
+			}
+			if d.QueriesTCP < want {
+				t.Fatalf("BIND saw %d TCP-based (DoH) queries, want ≥ %d: %v", d.QueriesTCP, want, d)
+			}
+			if cache && d.QueriesTCP > want+1 {
+				t.Fatalf("BIND saw %d queries with the cache on, want %d: %v", d.QueriesTCP, want, d)
+			}
+		})
+	}
+	var sawDoH bool
+	for _, e := range bind.QueryLog(t) {
+		if strings.EqualFold(e.Name, "foo.example.com") {
+			sawDoH = true
+		}
+	}
+	if !sawDoH {
+		t.Fatalf("BIND's query log has no foo.example.com query:\n%s", strings.Join(bind.QueryLogLines(t), "\n"))
+	}
+}
+
+// TestRealClients queries xdoh with dig and kdig (Debian bind9-dnsutils and
+// knot-dnsutils) over UDP and TCP.
+func TestRealClients(t *testing.T) {
+	bind := upstreamtest.StartBIND(t, upstreamtest.BINDOptions{})
+	addr := freeAddr(t)
+	startXdoh(t, addr, "--listen", addr, "--upstream", bind.DoHURL, "--ca-file", bind.CAFile)
+	host, port := hostPort(t, addr)
+	for _, tool := range []string{"dig", "kdig"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Logf("%s not installed; .ci/run installs it", tool)
+			continue
+		}
+		for _, tcp := range []string{"+notcp", "+tcp"} {
+			out, err := exec.Command(tool, "@"+host, "-p", port, tcp, "+short", "foo.example.com", "AAAA").CombinedOutput()
+			if err != nil {
+				t.Fatalf("%s %s: %v\n%s", tool, tcp, err, out)
+			}
+			if strings.TrimSpace(string(out)) != "2001:db8:5678::abc" {
+				t.Fatalf("%s %s: %q", tool, tcp, out)
+			}
+		}
+	}
+}
+
+// TestUntrustedCA: without --ca-file the system roots do not trust BIND's
+// private CA, so xdoh refuses the connection and answers SERVFAIL — never
+// silence, never an unverified answer.
+func TestUntrustedCA(t *testing.T) {
+	bind := upstreamtest.StartBIND(t, upstreamtest.BINDOptions{})
+	addr := freeAddr(t)
+	startXdoh(t, addr, "--listen", addr, "--upstream", bind.DoHURL)
+	m := new(dns.Msg).SetQuestion("foo.example.com.", dns.TypeA)
+	r, _, err := (&dns.Client{Timeout: 6 * time.Second}).Exchange(m, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Rcode != dns.RcodeServerFailure || len(r.Answer) != 0 {
+		t.Fatalf("got %v, want SERVFAIL", r)
+	}
+}
+
+// TestDemo is `make run`: the seed's topology in one process.
+func TestDemo(t *testing.T) {
+	addr := freeAddr(t)
+	startXdoh(t, addr, "--demo", "--listen", addr)
+	host, port := hostPort(t, addr)
+	tests := []struct{ name, qtype, want string }{
+		{"ipv4.aws.example.internal", "A", "10.2.1.10"},
+		{"foo.example.com", "A", "172.16.0.10"},
+		{"foo.example.com", "AAAA", "2001:db8:5678::abc"},
+	}
+	for _, tt := range tests {
+		var out bytes.Buffer
+		if err := cmdQuery([]string{"@" + addr, tt.name, tt.qtype}, &out); err != nil {
+			t.Fatalf("xdoh query %s: %v\n%s", tt.name, err, out.String())
+		}
+		if !strings.Contains(out.String(), tt.want) || !strings.Contains(out.String(), ";; TRANSPORT: UDP") {
+			t.Fatalf("xdoh query %s %s:\n%s", tt.name, tt.qtype, out.String())
+		}
+	}
+	// The local zone answers authoritatively.
+	m := new(dns.Msg).SetQuestion("ipv4.aws.example.internal.", dns.TypeA)
+	r, _, err := (&dns.Client{Net: "tcp"}).Exchange(m, net.JoinHostPort(host, port))
+	if err != nil || !r.Authoritative {
+		t.Fatalf("local zone over TCP: %v %v", r, err)
+	}
+}
+
+func TestCheck(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, text string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	tests := []struct {
+		name     string
+		config   string
+		code     int
+		contains []string
+	}{
+		{"example config", "", 0, []string{"OK"}},
+		{"bad target and type", `listeners: [{name: a, do53: ["127.0.0.1:5300"]}]
+rules:
+  - {name: r0, domain: example.com, type: forward, targets: ["https://127.0.0.1:8443/dns-query"]}
+  - {name: r1, domain: example.net, type: forward, targets: ["ftp://x"]}
+  - {name: r2, domain: example.org, type: forwrd}
+`, 2, []string{"rules[1].targets[0]", "rules[2].type"}},
+		{"unknown key", `listeners: [{name: a, do53: ["127.0.0.1:5300"], colour: blue}]`, 2, []string{"colour"}},
+		{"bad zone file", `listeners: [{name: a, do53: ["127.0.0.1:5300"]}]
+zones: [{name: bad.example, file: ` + write("bad.zone", "this is not a zone\n") + `}]
+`, 2, []string{"zones[0]"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join("..", "..", "deploy", "xdoh.example.yaml")
+			if tt.config != "" {
+				path = write("c.yaml", tt.config)
+			}
+			cmd := exec.Command(xdohBin, "check", "-c", path)
+			out, err := cmd.CombinedOutput()
+			code := 0
+			if ee, ok := err.(*exec.ExitError); ok {
+				code = ee.ExitCode()
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if code != tt.code {
+				t.Fatalf("exit %d, want %d\n%s", code, tt.code, out)
+			}
+			for _, c := range tt.contains {
+				if !strings.Contains(string(out), c) {
+					t.Fatalf("output lacks %q:\n%s", c, out)
+				}
+			}
+		})
+	}
+}
+
