@@ -167,9 +167,14 @@ func TestForwardToBINDOverDoH(t *testing.T) {
 			}
 		})
 	}
+	// BIND 9.18 logs DoH like TCP ("T" flag); its only TCP-based port that
+	// xdoh knows is the TLS+HTTP/2 one, so every xdoh query must carry "T".
 	var sawDoH bool
 	for _, e := range bind.QueryLog(t) {
 		if strings.EqualFold(e.Name, "foo.example.com") {
+			if !e.TCP {
+				t.Fatalf("BIND got a non-TCP (so non-DoH) query: %s", e.Line)
+			}
 			sawDoH = true
 		}
 	}
