@@ -247,6 +247,7 @@ func (f *Forwarder) answerLocal(r *Request, z Authority, out []byte, maxSize int
 		return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeFormErr)
 	}
 	resp := z.Answer(req)
+	resp.RecursionAvailable = true // xdoh is the client's resolver, not just this zone's server
 	if opt := req.IsEdns0(); opt != nil {
 		resp.SetEdns0(1232, opt.Do())
 	}
@@ -311,6 +312,7 @@ func (f *Forwarder) slow(ctx context.Context, r *Request, rule *Rule, out []byte
 		// The upstream's cookie (and padding) would reach the client as a
 		// cookie mismatch, from the cache even more so: drop them.
 		resp = dnsmsg.StripHopOptions(resp)
+		resp[3] |= byte(dnsmsg.FlagRA) // recursion is what xdoh offers its clients
 		if rc := dnsmsg.Rcode(resp); rc == dnsmsg.RcodeServFail || rc == dnsmsg.RcodeRefused {
 			f.upErrs.Add(1) // this target cannot help; another may
 			fallback = resp

@@ -142,6 +142,9 @@ func TestRouting(t *testing.T) {
 			if m.Id != 0xBEEF {
 				t.Fatalf("id %x, want beef", m.Id)
 			}
+			if !m.RecursionAvailable {
+				t.Fatal("RA not set: xdoh is the client's recursive service")
+			}
 			if m.Authoritative != tt.aa {
 				t.Fatalf("AA %v, want %v", m.Authoritative, tt.aa)
 			}
