@@ -26,11 +26,7 @@ bench:
 
 # Side-by-side with dnsdist (and BIND's own ceiling) using ../shared/bench.
 peer-bench: build
-	bash $(SHARED)/bench/setup.sh
-	PEERS="bind dnsdist target" TARGET_NAME=xdoh \
-	TARGET_CMD='$(CURDIR)/$(BIN) run --listen $$LISTEN_ADDR:$$LISTEN_PORT --upstream $$UPSTREAM_URL --ca-file $$CA_FILE' \
-	TARGET_NOCACHE_CMD='$(CURDIR)/$(BIN) run --listen $$LISTEN_ADDR:$$LISTEN_PORT --upstream $$UPSTREAM_URL --ca-file $$CA_FILE --no-cache' \
-	bash $(SHARED)/bench/run.sh
+	SHARED=$(SHARED) bash bench/peers.sh
 
 vet:
 	$(GO) vet $(PKGS)

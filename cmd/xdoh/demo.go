@@ -32,7 +32,10 @@ func startDemo(log *slog.Logger) (*config.Config, func(), error) {
 		return nil, nil, fmt.Errorf("demo: making a work directory: %w", err)
 	}
 	cleanup := func() { _ = os.RemoveAll(dir) }
-	fail := func(err error) (*config.Config, func(), error) { cleanup(); return nil, nil, fmt.Errorf("demo: %w", err) }
+	fail := func(err error) (*config.Config, func(), error) {
+		cleanup()
+		return nil, nil, fmt.Errorf("demo: %w", err)
+	}
 
 	pki, err := doh.NewPKI("127.0.0.1", "localhost")
 	if err != nil {

@@ -303,4 +303,3 @@ zones: [{name: bad.example, file: ` + write("bad.zone", "this is not a zone\n") 
 		})
 	}
 }
-

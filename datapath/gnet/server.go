@@ -58,7 +58,7 @@ type Config struct {
 // Stats are the datapath's counters.
 type Stats struct {
 	UDPQueries, TCPQueries, UDPReplyDrops, TCPRejected, TCPIdleClosed, TCPPipelineFull uint64
-	TCPConns                                                                          int64
+	TCPConns                                                                           int64
 }
 
 // Server runs the gnet engine for one listener.

@@ -60,7 +60,9 @@ type shard struct {
 // Cache is safe for concurrent use.
 type Cache struct {
 	cfg     Config
-	perSh   int
+	nsh     uint64 // shards in use: min(shards, Entries)
+	perSh   int    // every shard in use holds perSh entries,
+	extra   uint64 // the first extra shards one more (they sum to Entries)
 	seed    maphash.Seed
 	shards  [shards]shard
 	hits    atomic.Uint64
@@ -80,7 +82,14 @@ func New(cfg Config) *Cache {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	c := &Cache{cfg: cfg, seed: maphash.MakeSeed(), perSh: (cfg.Entries + shards - 1) / shards}
+	nsh := min(cfg.Entries, shards)
+	c := &Cache{
+		cfg:   cfg,
+		seed:  maphash.MakeSeed(),
+		nsh:   uint64(nsh),
+		perSh: cfg.Entries / nsh,
+		extra: uint64(cfg.Entries % nsh),
+	}
 	for i := range c.shards {
 		c.shards[i].m = make(map[uint64]*entry)
 	}
@@ -113,7 +122,7 @@ func (c *Cache) Get(q *dnsmsg.Query, out []byte, maxSize int) ([]byte, bool) {
 	var kb [maxKey]byte
 	k := key(&kb, q)
 	h := maphash.Bytes(c.seed, k)
-	sh := &c.shards[h%shards]
+	sh := &c.shards[h%c.nsh]
 	sh.mu.RLock()
 	e := sh.m[h]
 	sh.mu.RUnlock()
@@ -172,13 +181,18 @@ func (c *Cache) Put(q *dnsmsg.Query, resp []byte, qend int) {
 		resp:    append([]byte(nil), resp...),
 		qend:    qend,
 		stored:  now,
-		expires: now + int64(ttl/time.Second),
+		expires: now + int64((ttl+time.Second-1)/time.Second), // a partial second counts
 	}
 	binary.BigEndian.PutUint16(e.resp, 0)
 	h := maphash.Bytes(c.seed, k)
-	sh := &c.shards[h%shards]
+	i := h % c.nsh
+	limit := c.perSh
+	if i < c.extra {
+		limit++
+	}
+	sh := &c.shards[i]
 	sh.mu.Lock()
-	if _, exists := sh.m[h]; !exists && len(sh.m) >= c.perSh {
+	if _, exists := sh.m[h]; !exists && len(sh.m) >= limit {
 		for victim := range sh.m { // map order is random: a random eviction
 			delete(sh.m, victim)
 			c.evicts.Add(1)

@@ -61,29 +61,36 @@ func CopyQuestionName(resp, name []byte) {
 // is. Otherwise the answer is cut to the header, the question and the OPT
 // record (when the response has one and it fits), with TC set, so the client
 // retries over TCP. resp is modified in place and the shortened slice returned.
+//
+// A message without exactly one uncompressed question (which CheckResponse
+// would have rejected) is cut to its header with all counts zero; one shorter
+// than a header is returned as is.
 func Truncate(resp []byte, size int) []byte {
-	if len(resp) <= size {
+	if len(resp) <= size || len(resp) < HeaderLen {
 		return resp
 	}
+	qd, an, ns, ar := Counts(resp)
 	qend := HeaderLen
-	if n, err := skipName(resp, HeaderLen); err == nil && n+4 <= len(resp) {
+	if n, err := nameEnd(resp, HeaderLen); qd == 1 && err == nil && n+4 <= len(resp) {
 		qend = n + 4
 	}
 	// Find the OPT record, if any, in the additional section.
-	_, an, ns, ar := Counts(resp)
 	optOff, optEnd := -1, -1
 	off := qend
-	for i := 0; i < an+ns+ar; i++ {
+	for i := 0; qend > HeaderLen && i < an+ns+ar; i++ {
 		rr, err := ReadRR(resp, off)
 		if err != nil {
 			break
 		}
-		if i >= an+ns && rr.Type == TypeOPT {
+		if i >= an+ns && rr.Type == TypeOPT && rr.NameLen == 1 && resp[off] == 0 {
 			optOff, optEnd = off, rr.End
 		}
 		off = rr.End
 	}
 	out := resp[:qend]
+	if qend == HeaderLen {
+		binary.BigEndian.PutUint16(resp[4:], 0)
+	}
 	binary.BigEndian.PutUint16(resp[6:], 0)
 	binary.BigEndian.PutUint16(resp[8:], 0)
 	binary.BigEndian.PutUint16(resp[10:], 0)

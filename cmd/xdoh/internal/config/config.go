@@ -182,11 +182,14 @@ func (c *Config) Validate() error {
 		if err != nil {
 			bad(f+".protocols", "%v", err)
 		}
-		if protos["do53"] {
+		switch {
+		case err != nil:
+			// Which sections are needed depends on the protocols.
+		case protos["do53"]:
 			if len(l.Do53) == 0 {
 				bad(f+".do53", "protocol do53 needs at least one address")
 			}
-		} else if len(l.Do53) > 0 {
+		case len(l.Do53) > 0:
 			bad(f+".do53", "addresses given but do53 is not in protocols")
 		}
 		for j, a := range l.Do53 {
@@ -194,7 +197,13 @@ func (c *Config) Validate() error {
 				bad(fmt.Sprintf("%s.do53[%d]", f, j), "%q is not IP:port (IPv6 as [::1]:53)", a)
 			}
 		}
-		if protos["doh"] {
+		switch {
+		case err != nil:
+		case !protos["doh"]:
+			if l.DoH != nil {
+				bad(f+".doh", "doh section given but doh is not in protocols")
+			}
+		default:
 			if l.DoH == nil {
 				bad(f+".doh", "protocol doh needs a doh section (address, cert, key)")
 			} else {
@@ -212,8 +221,6 @@ func (c *Config) Validate() error {
 					}
 				}
 			}
-		} else if l.DoH != nil {
-			bad(f+".doh", "doh section given but doh is not in protocols")
 		}
 		if l.TCP.MaxConns < 0 || l.TCP.MaxPipeline < 0 || l.TCP.IdleTimeout < 0 {
 			bad(f+".tcp", "limits must not be negative")
@@ -270,7 +277,24 @@ func (c *Config) Validate() error {
 		}
 	}
 	if c.Default != nil {
+		if len(c.Default.Targets) == 0 {
+			bad("default.targets", "a default section needs at least one target")
+		}
 		c.checkTargets("default", c.Default.Targets, c.Default.CAFile, bad)
+		if c.Default.Timeout < 0 {
+			bad("default.timeout", "must not be negative")
+		}
+	}
+	for _, d := range []struct {
+		field string
+		v     Duration
+	}{
+		{"cache.min_ttl", c.Cache.MinTTL}, {"cache.max_ttl", c.Cache.MaxTTL}, {"cache.servfail_ttl", c.Cache.ServFailTTL},
+		{"upstream.query_timeout", c.Upstream.QueryTimeout}, {"upstream.timeout", c.Upstream.Timeout},
+	} {
+		if d.v < 0 {
+			bad(d.field, "must not be negative")
+		}
 	}
 	if c.Cache.Entries < 0 {
 		bad("cache.entries", "must not be negative")
@@ -330,7 +354,10 @@ func CheckTarget(t string) error {
 	if _, err := netip.ParseAddr(t); err == nil {
 		return nil
 	}
-	if _, err := netip.ParseAddrPort(t); err == nil {
+	if ap, err := netip.ParseAddrPort(t); err == nil {
+		if ap.Port() == 0 {
+			return fmt.Errorf("%q: port 0 cannot be dialled", t)
+		}
 		return nil
 	}
 	return fmt.Errorf("%q is neither an https:// URL nor an IP address with optional port", t)

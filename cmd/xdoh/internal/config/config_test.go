@@ -1,0 +1,322 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// testDir makes a directory holding cert.pem, key.pem, ca.pem and
+// example.zone, the files a config refers to.
+func testDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, f := range []string{"cert.pem", "key.pem", "ca.pem", "example.zone"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+const fullConfig = `
+listeners:
+  - name: inbound
+    protocols: [do53, doh]
+    do53: ["127.0.0.1:5353", "[::1]:5353"]
+    doh:
+      address: 127.0.0.1:8443
+      path: /dns-query
+      cert: cert.pem
+      key: KEYFILE
+    tcp:
+      idle_timeout: 30s
+      max_conns: 100
+      max_pipeline: 8
+  - name: plain
+    do53: ["0.0.0.0:53"]
+zones:
+  - name: corp.example
+    file: example.zone
+rules:
+  - name: onprem
+    domain: Internal.Example.
+    type: forward
+    targets: ["https://doh.internal.example/dns-query", "udp://10.0.0.2:53", "[2001:db8::1]:53"]
+    ca_file: ca.pem
+    timeout: 1500ms
+  - name: aws
+    domain: amazonaws.com
+    type: system
+  - name: ads
+    domain: ads.example.net
+    type: block
+default:
+  targets: ["https://1.1.1.1/dns-query", "9.9.9.9"]
+  timeout: 2s
+cache:
+  enabled: false
+  entries: 5000
+  min_ttl: 5s
+  max_ttl: 1h
+  servfail_ttl: 2s
+upstream:
+  query_timeout: 4s
+  timeout: 1s
+  max_inflight: 1000
+  conns: 4
+`
+
+func TestParseFull(t *testing.T) {
+	dir := testDir(t)
+	keyAbs := filepath.Join(dir, "key.pem")
+	c, err := Parse([]byte(strings.ReplaceAll(fullConfig, "KEYFILE", keyAbs)), dir)
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	if len(c.Listeners) != 2 {
+		t.Fatalf("%d listeners", len(c.Listeners))
+	}
+	l := c.Listeners[0]
+	if l.Name != "inbound" || len(l.Do53) != 2 || l.Do53[1] != "[::1]:5353" || l.DoH == nil || l.DoH.Address != "127.0.0.1:8443" || l.DoH.Path != "/dns-query" {
+		t.Errorf("listener 0 = %+v (doh %+v)", l, l.DoH)
+	}
+	if l.TCP.IdleTimeout.D() != 30*time.Second || l.TCP.MaxConns != 100 || l.TCP.MaxPipeline != 8 {
+		t.Errorf("tcp = %+v", l.TCP)
+	}
+	if p, err := l.ProtocolSet(); err != nil || len(p) != 2 || !p["do53"] || !p["doh"] {
+		t.Errorf("protocols = %v, %v", p, err)
+	}
+	if p, err := c.Listeners[1].ProtocolSet(); err != nil || len(p) != 1 || !p["do53"] {
+		t.Errorf("default protocols = %v, %v", p, err)
+	}
+	if got := c.Path(l.DoH.Cert); got != filepath.Join(dir, "cert.pem") {
+		t.Errorf("relative cert resolves to %q", got)
+	}
+	if got := c.Path(l.DoH.Key); got != keyAbs {
+		t.Errorf("absolute key resolves to %q", got)
+	}
+	if len(c.Zones) != 1 || c.Zones[0].Name != "corp.example" || c.Path(c.Zones[0].File) != filepath.Join(dir, "example.zone") {
+		t.Errorf("zones = %+v", c.Zones)
+	}
+	if len(c.Rules) != 3 {
+		t.Fatalf("%d rules", len(c.Rules))
+	}
+	r := c.Rules[0]
+	if r.Type != "forward" || len(r.Targets) != 3 || r.Timeout.D() != 1500*time.Millisecond || r.CAFile != "ca.pem" {
+		t.Errorf("rule 0 = %+v", r)
+	}
+	if c.Rules[1].Type != "system" || c.Rules[2].Type != "block" || c.Rules[2].Domain != "ads.example.net" {
+		t.Errorf("rules 1, 2 = %+v, %+v", c.Rules[1], c.Rules[2])
+	}
+	if c.Default == nil || len(c.Default.Targets) != 2 || c.Default.Timeout.D() != 2*time.Second {
+		t.Errorf("default = %+v", c.Default)
+	}
+	want := Cache{Entries: 5000, MinTTL: Duration(5 * time.Second), MaxTTL: Duration(time.Hour), ServFailTTL: Duration(2 * time.Second)}
+	got := c.Cache
+	got.Enabled = nil
+	if got != want || c.Cache.On() {
+		t.Errorf("cache = %+v (on %v), want %+v, off", c.Cache, c.Cache.On(), want)
+	}
+	if c.Upstream != (Upstream{QueryTimeout: Duration(4 * time.Second), Timeout: Duration(time.Second), MaxInflight: 1000, Conns: 4}) {
+		t.Errorf("upstream = %+v", c.Upstream)
+	}
+}
+
+func TestCacheOnByDefault(t *testing.T) {
+	c, err := Parse([]byte("listeners: [{name: a, do53: [\"127.0.0.1:53\"]}]\n"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Cache.On() || c.Default != nil {
+		t.Errorf("cache on %v, default %+v", c.Cache.On(), c.Default)
+	}
+}
+
+// base is a minimal valid config that error cases extend.
+const base = `
+listeners:
+  - name: a
+    do53: ["127.0.0.1:53"]
+`
+
+func TestParseErrors(t *testing.T) {
+	dir := testDir(t)
+	tests := []struct {
+		name  string
+		yaml  string
+		want  []string // substrings of the error
+		count int      // number of joined errors (0: don't check)
+	}{
+		{name: "empty file", yaml: "", want: []string{"listeners:"}, count: 1},
+		{name: "only a comment", yaml: "# nothing\n", want: []string{"listeners:"}, count: 1},
+		{name: "unknown top-level key", yaml: base + "listners: []\n", want: []string{"listners"}},
+		{name: "unknown nested key", yaml: "listeners:\n  - name: a\n    do53: [\"127.0.0.1:53\"]\n    adress: x\n", want: []string{"adress"}},
+		{name: "unknown cache key", yaml: base + "cache:\n  ttl: 5s\n", want: []string{"ttl"}},
+		{name: "bad duration", yaml: base + "upstream:\n  timeout: 5 seconds\n", want: []string{`"5 seconds"`, "duration"}},
+		{name: "duration as a mapping", yaml: base + "cache:\n  min_ttl: {a: 1}\n", want: []string{"duration"}},
+		{name: "number as a duration", yaml: base + "cache:\n  max_ttl: 30\n", want: []string{`"30"`, "duration"}},
+		{name: "string for an int", yaml: base + "cache:\n  entries: many\n", want: []string{"many"}},
+		{name: "listener without a name", yaml: "listeners:\n  - do53: [\"127.0.0.1:53\"]\n", want: []string{"listeners[0].name"}, count: 1},
+		{name: "duplicate listener names", yaml: base + "  - name: a\n    do53: [\"127.0.0.1:54\"]\n", want: []string{"listeners[1].name", `"a"`, "listeners[0]"}, count: 1},
+		{name: "bad do53 address", yaml: "listeners:\n  - name: a\n    do53: [\"127.0.0.1:53\", \"localhost:53\"]\n", want: []string{"listeners[0].do53[1]", "localhost:53"}, count: 1},
+		{name: "do53 without port", yaml: "listeners:\n  - name: a\n    do53: [\"::1\"]\n", want: []string{"listeners[0].do53[0]"}, count: 1},
+		{name: "unknown protocol", yaml: "listeners:\n  - name: a\n    protocols: [do53, dot]\n    do53: [\"127.0.0.1:53\"]\n", want: []string{"listeners[0].protocols", `"dot"`}, count: 1},
+		{name: "protocol twice", yaml: "listeners:\n  - name: a\n    protocols: [do53, do53]\n    do53: [\"127.0.0.1:53\"]\n", want: []string{"listeners[0].protocols", "twice"}, count: 1},
+		{name: "doh-fips", yaml: "listeners:\n  - name: a\n    protocols: [doh-fips]\n", want: []string{"listeners[0].protocols", "doh-fips"}, count: 1},
+		{name: "do53 protocol without addresses", yaml: "listeners:\n  - name: a\n    protocols: [do53]\n", want: []string{"listeners[0].do53"}, count: 1},
+		{name: "do53 addresses without the protocol", yaml: "listeners:\n  - name: a\n    protocols: [doh]\n    do53: [\"127.0.0.1:53\"]\n    doh: {address: \"127.0.0.1:443\", cert: cert.pem, key: key.pem}\n", want: []string{"listeners[0].do53:"}, count: 1},
+		{name: "doh without section", yaml: "listeners:\n  - name: a\n    protocols: [doh]\n", want: []string{"listeners[0].doh:"}, count: 1},
+		{name: "doh section without the protocol", yaml: base + "    doh: {address: \"127.0.0.1:443\", cert: cert.pem, key: key.pem}\n", want: []string{"listeners[0].doh:"}, count: 1},
+		{name: "doh bad address", yaml: "listeners:\n  - name: a\n    protocols: [doh]\n    doh: {address: \":443\", cert: cert.pem, key: key.pem}\n", want: []string{"listeners[0].doh.address"}, count: 1},
+		{name: "doh relative path", yaml: "listeners:\n  - name: a\n    protocols: [doh]\n    doh: {address: \"127.0.0.1:443\", path: dns-query, cert: cert.pem, key: key.pem}\n", want: []string{"listeners[0].doh.path"}, count: 1},
+		{name: "doh missing cert file", yaml: "listeners:\n  - name: a\n    protocols: [doh]\n    doh: {address: \"127.0.0.1:443\", cert: nope.pem, key: key.pem}\n", want: []string{"listeners[0].doh.cert", "nope.pem"}, count: 1},
+		{name: "doh empty key", yaml: "listeners:\n  - name: a\n    protocols: [doh]\n    doh: {address: \"127.0.0.1:443\", cert: cert.pem}\n", want: []string{"listeners[0].doh.key"}, count: 1},
+		{name: "negative tcp limit", yaml: base + "    tcp: {max_conns: -1}\n", want: []string{"listeners[0].tcp"}, count: 1},
+		{name: "zone file missing", yaml: base + "zones:\n  - name: corp.example\n    file: missing.zone\n", want: []string{"zones[0].file", "missing.zone"}, count: 1},
+		{name: "zone file empty", yaml: base + "zones:\n  - name: corp.example\n", want: []string{"zones[0].file"}, count: 1},
+		{name: "zone name empty", yaml: base + "zones:\n  - file: example.zone\n", want: []string{"zones[0].name"}, count: 1},
+		{name: "duplicate zones", yaml: base + "zones:\n  - {name: corp.example, file: example.zone}\n  - {name: CORP.example., file: example.zone}\n", want: []string{"zones[1].name", "zones[0].name"}, count: 1},
+		{name: "bad rule type", yaml: base + "rules:\n  - {name: r, domain: a.example, type: recurse}\n", want: []string{"rules[0].type", `"recurse"`}, count: 1},
+		{name: "empty rule type", yaml: base + "rules:\n  - {name: r, domain: a.example}\n", want: []string{"rules[0].type"}, count: 1},
+		{name: "forward without targets", yaml: base + "rules:\n  - {name: r, domain: a.example, type: forward}\n", want: []string{"rules[0].targets"}, count: 1},
+		{name: "block with targets", yaml: base + "rules:\n  - {name: r, domain: a.example, type: block, targets: [\"1.1.1.1\"]}\n", want: []string{"rules[0].targets"}, count: 1},
+		{name: "bad second target of second rule", yaml: base + "rules:\n  - {name: r0, domain: a.example, type: forward, targets: [\"1.1.1.1\"]}\n  - {name: r1, domain: b.example, type: forward, targets: [\"ftp://x\", \"8.8.8.8\"]}\n", want: []string{"rules[1].targets[0]", "ftp"}, count: 1},
+		{name: "rule name empty", yaml: base + "rules:\n  - {domain: a.example, type: system}\n", want: []string{"rules[0].name"}, count: 1},
+		{name: "duplicate rule names", yaml: base + "rules:\n  - {name: r, domain: a.example, type: system}\n  - {name: r, domain: b.example, type: system}\n", want: []string{"rules[1].name", "rules[0]"}, count: 1},
+		{name: "duplicate domains, case and dot", yaml: base + "rules:\n  - {name: r0, domain: Example.COM, type: system}\n  - {name: r1, domain: example.com., type: block}\n", want: []string{"rules[1].domain", "rules[0].domain"}, count: 1},
+		{name: "rule domain taken by a zone", yaml: base + "zones:\n  - {name: corp.example, file: example.zone}\nrules:\n  - {name: r, domain: corp.example, type: system}\n", want: []string{"rules[0].domain", "zones[0].name"}, count: 1},
+		{name: "rule domain empty", yaml: base + "rules:\n  - {name: r, type: system}\n", want: []string{"rules[0].domain"}, count: 1},
+		{name: "rule domain invalid", yaml: base + "rules:\n  - {name: r, domain: \"a..b\", type: system}\n", want: []string{"rules[0].domain"}, count: 1},
+		{name: "rule ca_file missing", yaml: base + "rules:\n  - {name: r, domain: a.example, type: forward, targets: [\"1.1.1.1\"], ca_file: none.pem}\n", want: []string{"rules[0].ca_file"}, count: 1},
+		{name: "rule timeout negative", yaml: base + "rules:\n  - {name: r, domain: a.example, type: forward, targets: [\"1.1.1.1\"], timeout: -1s}\n", want: []string{"rules[0].timeout"}, count: 1},
+		{name: "default bad target", yaml: base + "default:\n  targets: [\"1.1.1.1\", \"https://dns.google\"]\n", want: []string{"default.targets[1]", "path"}, count: 1},
+		{name: "default without targets", yaml: base + "default:\n  timeout: 1s\n", want: []string{"default.targets"}, count: 1},
+		{name: "default negative timeout", yaml: base + "default:\n  targets: [\"1.1.1.1\"]\n  timeout: -2s\n", want: []string{"default.timeout"}, count: 1},
+		{name: "default ca_file missing", yaml: base + "default:\n  targets: [\"1.1.1.1\"]\n  ca_file: /nonexistent/ca.pem\n", want: []string{"default.ca_file"}, count: 1},
+		{name: "cache min above max", yaml: base + "cache:\n  min_ttl: 2h\n  max_ttl: 1h\n", want: []string{"cache.min_ttl", "cache.max_ttl"}, count: 1},
+		{name: "cache negative min", yaml: base + "cache:\n  min_ttl: -5s\n", want: []string{"cache.min_ttl"}, count: 1},
+		{name: "cache negative servfail", yaml: base + "cache:\n  servfail_ttl: -5s\n", want: []string{"cache.servfail_ttl"}, count: 1},
+		{name: "cache negative entries", yaml: base + "cache:\n  entries: -1\n", want: []string{"cache.entries"}, count: 1},
+		{name: "upstream timeout above budget", yaml: base + "upstream:\n  query_timeout: 2s\n  timeout: 3s\n", want: []string{"upstream.timeout", "upstream.query_timeout"}, count: 1},
+		{name: "upstream negative query_timeout", yaml: base + "upstream:\n  query_timeout: -1s\n", want: []string{"upstream.query_timeout"}, count: 1},
+		{name: "upstream negative inflight", yaml: base + "upstream:\n  max_inflight: -1\n", want: []string{"upstream.max_inflight"}, count: 1},
+		{name: "upstream negative conns", yaml: base + "upstream:\n  conns: -3\n", want: []string{"upstream.conns"}, count: 1},
+		{
+			name: "several at once",
+			yaml: "listeners:\n  - name: a\n    do53: [\"nope\"]\nrules:\n  - {name: r, domain: a.example, type: forward, targets: [\"ftp://x\"]}\ncache:\n  entries: -1\n",
+			want: []string{"listeners[0].do53[0]", "rules[0].targets[0]", "cache.entries"}, count: 3,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse([]byte(tt.yaml), dir)
+			if err == nil {
+				t.Fatalf("accepted: %+v", c)
+			}
+			if c != nil {
+				t.Error("returned a config with the error")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+			if tt.count > 0 {
+				var joined interface{ Unwrap() []error }
+				n := 1
+				if errors.As(err, &joined) {
+					n = len(joined.Unwrap())
+				}
+				if n != tt.count {
+					t.Errorf("%d errors, want %d: %v", n, tt.count, err)
+				}
+			}
+		})
+	}
+}
+
+func TestLoad(t *testing.T) {
+	dir := testDir(t)
+	good := filepath.Join(dir, "xdoh.yaml")
+	if err := os.WriteFile(good, []byte(base+"zones:\n  - {name: corp.example, file: example.zone}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(good)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if got := c.Path(c.Zones[0].File); got != filepath.Join(dir, "example.zone") {
+		t.Errorf("zone file resolves to %q", got)
+	}
+
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("listeners: []\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(bad); err == nil || !strings.Contains(err.Error(), bad) || !strings.Contains(err.Error(), "listeners") {
+		t.Errorf("Load(bad) = %v, want the file and the field", err)
+	}
+	if _, err := Load(filepath.Join(dir, "absent.yaml")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Load(absent) = %v, want ErrNotExist", err)
+	}
+}
+
+func TestCheckTarget(t *testing.T) {
+	tests := []struct {
+		target string
+		ok     bool
+		want   string // substring of the error
+	}{
+		{target: "https://dns.google/dns-query", ok: true},
+		{target: "https://[2001:db8::1]:8443/dns-query", ok: true},
+		{target: "https://1.1.1.1/dns-query{?dns}", ok: true},
+		{target: "https://dns.google", want: "path"},
+		{target: "https://dns.google:443", want: "path"},
+		{target: "https:///dns-query", want: "host"},
+		{target: "https://:443/dns-query", want: "host"},
+		{target: "https://dns google/x", want: "URL"},
+		{target: "ftp://1.1.1.1", want: `"ftp"`},
+		{target: "tls://1.1.1.1", want: `"tls"`},
+		{target: "1.1.1.1", ok: true},
+		{target: "1.1.1.1:5353", ok: true},
+		{target: "2001:db8::1", ok: true},
+		{target: "[2001:db8::1]:53", ok: true},
+		{target: "[2001:db8::1]", want: "neither"},
+		{target: "udp://9.9.9.9", ok: true},
+		{target: "tcp://[::1]:53", ok: true},
+		{target: "udp://", want: "neither"},
+		{target: "1.1.1.1:0", want: "port 0"},
+		{target: "1.1.1.1:99999", want: "neither"},
+		{target: "dns.google", want: "neither"},
+		{target: "dns.google:53", want: "neither"},
+		{target: "", want: "neither"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.target, func(t *testing.T) {
+			err := CheckTarget(tt.target)
+			if tt.ok {
+				if err != nil {
+					t.Errorf("CheckTarget = %v, want nil", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("CheckTarget = %v, want an error mentioning %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestDurationUnmarshal(t *testing.T) {
+	c, err := Parse([]byte(base+"upstream:\n  timeout: 1m30s\n  query_timeout: \"2m\"\n"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Upstream.Timeout.D() != 90*time.Second || c.Upstream.QueryTimeout.D() != 2*time.Minute {
+		t.Errorf("durations = %v, %v", c.Upstream.Timeout.D(), c.Upstream.QueryTimeout.D())
+	}
+}

@@ -1,0 +1,482 @@
+package doh
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"xdoh/forwarder"
+)
+
+const testMaxBody = 1024
+
+// answerHandler answers example.com A with two records, nx.example.com with
+// NXDOMAIN, fail.example.com with SERVFAIL and drop.example.com not at all.
+// Any query arriving with the wrong Request fields gets REFUSED.
+func answerHandler(t testing.TB) Handler {
+	return HandlerFunc(func(ctx context.Context, r *forwarder.Request, out []byte) []byte {
+		req := new(dns.Msg)
+		if err := req.Unpack(r.Msg); err != nil || len(req.Question) != 1 {
+			t.Errorf("handler got an unparsable query: %v", err)
+			return nil
+		}
+		resp := new(dns.Msg).SetReply(req)
+		switch {
+		case ctx == nil, r.Transport != forwarder.TransportDoH, r.Listener != "test",
+			!r.Client.Addr().IsLoopback(), r.Client.Port() == 0:
+			t.Errorf("unexpected request fields: transport %v listener %q client %v", r.Transport, r.Listener, r.Client)
+			resp.Rcode = dns.RcodeRefused
+		default:
+			switch strings.ToLower(req.Question[0].Name) {
+			case "example.com.":
+				resp.Answer = []dns.RR{
+					mustRR(t, "example.com. 300 IN A 192.0.2.1"),
+					mustRR(t, "example.com. 120 IN A 192.0.2.2"),
+				}
+			case "nx.example.com.":
+				resp.Rcode = dns.RcodeNameError
+				resp.Ns = []dns.RR{mustRR(t, "example.com. 900 IN SOA ns.example.com. host.example.com. 1 7200 900 1209600 60")}
+			case "fail.example.com.":
+				resp.Rcode = dns.RcodeServerFailure
+			case "drop.example.com.":
+				return nil
+			}
+		}
+		b, err := resp.PackBuffer(out[:cap(out)])
+		if err != nil {
+			t.Errorf("packing response: %v", err)
+			return nil
+		}
+		return b
+	})
+}
+
+func mustRR(t testing.TB, s string) dns.RR {
+	rr, err := dns.NewRR(s)
+	if err != nil {
+		t.Fatalf("dns.NewRR(%q): %v", s, err)
+	}
+	return rr
+}
+
+func query(t testing.TB, name string, qtype uint16, mutate func(*dns.Msg)) []byte {
+	m := new(dns.Msg).SetQuestion(name, qtype)
+	m.Id = 0 // RFC 8484 section 4.1
+	if mutate != nil {
+		mutate(m)
+	}
+	b, err := m.Pack()
+	if err != nil {
+		t.Fatalf("packing query: %v", err)
+	}
+	return b
+}
+
+// startServer runs a Server on a loopback port with a fresh private CA.
+func startServer(t testing.TB) (*Server, *PKI) {
+	t.Helper()
+	pki, err := NewPKI("127.0.0.1", "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{
+		Name:        "test",
+		Addr:        "127.0.0.1:0",
+		TLS:         &tls.Config{Certificates: []tls.Certificate{pki.Cert}},
+		MaxBodySize: testMaxBody,
+	}, answerHandler(t))
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := s.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	})
+	return s, pki
+}
+
+// newClient returns an HTTP client trusting pki, speaking HTTP/2 or, with
+// h1, only HTTP/1.1.
+func newClient(t testing.TB, pki *PKI, h1 bool) *http.Client {
+	tr := &http.Transport{
+		TLSClientConfig:   &tls.Config{RootCAs: pki.Pool},
+		ForceAttemptHTTP2: !h1,
+	}
+	if h1 {
+		tr.Protocols = new(http.Protocols)
+		tr.Protocols.SetHTTP1(true)
+	}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+func TestServer(t *testing.T) {
+	s, pki := startServer(t)
+	base := "https://" + s.Addr().String()
+	h2, h1 := newClient(t, pki, false), newClient(t, pki, true)
+	b64 := base64.RawURLEncoding.EncodeToString
+
+	okQuery := query(t, "example.com.", dns.TypeA, nil)
+	big := make([]byte, testMaxBody+1)
+	copy(big, okQuery)
+
+	tests := []struct {
+		name        string
+		h1          bool
+		method      string
+		url         string // after base
+		contentType string
+		body        []byte
+		chunked     bool // hide the body's length
+
+		wantStatus   int
+		wantRcode    int
+		wantAnswers  int
+		wantMaxAge   string
+		wantProtoMaj int
+	}{
+		{
+			name: "POST", method: "POST", url: "/dns-query", contentType: mediaType, body: okQuery,
+			wantStatus: 200, wantAnswers: 2, wantMaxAge: "max-age=120", wantProtoMaj: 2,
+		},
+		{
+			name: "POST with media type parameters", method: "POST", url: "/dns-query", contentType: "Application/DNS-Message; charset=binary", body: okQuery,
+			wantStatus: 200, wantAnswers: 2, wantMaxAge: "max-age=120", wantProtoMaj: 2,
+		},
+		{
+			name: "GET", method: "GET", url: "/dns-query?dns=" + b64(okQuery),
+			wantStatus: 200, wantAnswers: 2, wantMaxAge: "max-age=120", wantProtoMaj: 2,
+		},
+		{
+			name: "GET with padding", method: "GET", url: "/dns-query?ct&dns=" + base64.URLEncoding.EncodeToString(query(t, "example.com.", dns.TypeA, func(m *dns.Msg) { m.Id = 1 })),
+			wantStatus: 200, wantAnswers: 2, wantMaxAge: "max-age=120", wantProtoMaj: 2,
+		},
+		{
+			name: "GET with percent-encoded padding", method: "GET", url: "/dns-query?dns=" + strings.ReplaceAll(base64.URLEncoding.EncodeToString(query(t, "example.com.", dns.TypeA, func(m *dns.Msg) { m.Id = 1 })), "=", "%3D"),
+			wantStatus: 200, wantAnswers: 2, wantMaxAge: "max-age=120", wantProtoMaj: 2,
+		},
+		{
+			name: "negative answer takes the SOA minimum", method: "POST", url: "/dns-query", contentType: mediaType, body: query(t, "nx.example.com.", dns.TypeA, nil),
+			wantStatus: 200, wantRcode: dns.RcodeNameError, wantMaxAge: "max-age=60", wantProtoMaj: 2,
+		},
+		{
+			name: "SERVFAIL is not cacheable", method: "GET", url: "/dns-query?dns=" + b64(query(t, "fail.example.com.", dns.TypeA, nil)),
+			wantStatus: 200, wantRcode: dns.RcodeServerFailure, wantMaxAge: "max-age=0", wantProtoMaj: 2,
+		},
+		{
+			name: "HTTP/1.1 POST", h1: true, method: "POST", url: "/dns-query", contentType: mediaType, body: okQuery,
+			wantStatus: 200, wantAnswers: 2, wantMaxAge: "max-age=120", wantProtoMaj: 1,
+		},
+		{
+			name: "HTTP/1.1 GET", h1: true, method: "GET", url: "/dns-query?dns=" + b64(okQuery),
+			wantStatus: 200, wantAnswers: 2, wantMaxAge: "max-age=120", wantProtoMaj: 1,
+		},
+		{
+			name: "HTTP/1.1 chunked POST", h1: true, method: "POST", url: "/dns-query", contentType: mediaType, body: okQuery, chunked: true,
+			wantStatus: 200, wantAnswers: 2, wantMaxAge: "max-age=120", wantProtoMaj: 1,
+		},
+		{name: "wrong content type", method: "POST", url: "/dns-query", contentType: "application/octet-stream", body: okQuery, wantStatus: 415},
+		{name: "missing content type", method: "POST", url: "/dns-query", body: okQuery, wantStatus: 415},
+		{name: "GET without dns", method: "GET", url: "/dns-query?name=example.com", wantStatus: 400},
+		{name: "GET with empty dns", method: "GET", url: "/dns-query?dns=", wantStatus: 400},
+		{name: "GET with bad base64", method: "GET", url: "/dns-query?dns=!!!!", wantStatus: 400},
+		{name: "GET with standard base64 alphabet", method: "GET", url: "/dns-query?dns=" + strings.Repeat("+/", 10), wantStatus: 400},
+		{name: "POST shorter than a header", method: "POST", url: "/dns-query", contentType: mediaType, body: okQuery[:11], wantStatus: 400},
+		{name: "POST empty", method: "POST", url: "/dns-query", contentType: mediaType, wantStatus: 400},
+		{
+			name: "POST of a response", method: "POST", url: "/dns-query", contentType: mediaType,
+			body: query(t, "example.com.", dns.TypeA, func(m *dns.Msg) { m.Response = true }), wantStatus: 400,
+		},
+		{name: "GET of a short message", method: "GET", url: "/dns-query?dns=" + b64(okQuery[:5]), wantStatus: 400},
+		{name: "handler returns nil", method: "POST", url: "/dns-query", contentType: mediaType, body: query(t, "drop.example.com.", dns.TypeA, nil), wantStatus: 400},
+		{name: "POST over MaxBodySize", method: "POST", url: "/dns-query", contentType: mediaType, body: big, wantStatus: 413},
+		{name: "chunked POST over MaxBodySize", h1: true, method: "POST", url: "/dns-query", contentType: mediaType, body: big, chunked: true, wantStatus: 413},
+		{name: "POST at MaxBodySize", method: "POST", url: "/dns-query", contentType: mediaType, body: big[:testMaxBody], wantStatus: 200, wantAnswers: 2, wantMaxAge: "max-age=120", wantProtoMaj: 2},
+		{name: "GET over MaxBodySize", method: "GET", url: "/dns-query?dns=" + b64(big), wantStatus: 413},
+		{name: "PUT", method: "PUT", url: "/dns-query", contentType: mediaType, body: okQuery, wantStatus: 405},
+		{name: "DELETE", method: "DELETE", url: "/dns-query", wantStatus: 405},
+		{name: "HEAD", method: "HEAD", url: "/dns-query?dns=" + b64(okQuery), wantStatus: 405},
+		{name: "other path", method: "POST", url: "/resolve", contentType: mediaType, body: okQuery, wantStatus: 404},
+		{name: "path prefix", method: "GET", url: "/dns-query/x?dns=" + b64(okQuery), wantStatus: 404},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var body io.Reader
+			if tt.body != nil {
+				body = bytes.NewReader(tt.body)
+				if tt.chunked {
+					body = io.MultiReader(body) // no length known to net/http
+				}
+			}
+			req, err := http.NewRequest(tt.method, base+tt.url, body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.contentType != "" {
+				req.Header.Set("Content-Type", tt.contentType)
+			}
+			req.Header.Set("Accept", mediaType)
+			c := h2
+			if tt.h1 {
+				c = h1
+			}
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatalf("%s %s: %v", tt.method, tt.url, err)
+			}
+			defer resp.Body.Close()
+			raw, err := io.ReadAll(resp.Body)
+			if err != nil {
+				t.Fatalf("reading body: %v", err)
+			}
+			if resp.StatusCode != tt.wantStatus {
+				t.Fatalf("status = %d (%q), want %d", resp.StatusCode, raw, tt.wantStatus)
+			}
+			if tt.wantStatus != 200 {
+				if tt.wantStatus == 405 && resp.Header.Get("Allow") != "GET, POST" {
+					t.Errorf("Allow = %q, want %q", resp.Header.Get("Allow"), "GET, POST")
+				}
+				return
+			}
+			if resp.ProtoMajor != tt.wantProtoMaj {
+				t.Errorf("proto = %s, want major version %d", resp.Proto, tt.wantProtoMaj)
+			}
+			if got := resp.Header.Get("Content-Type"); got != mediaType {
+				t.Errorf("Content-Type = %q, want %q", got, mediaType)
+			}
+			if got := resp.Header.Get("Cache-Control"); got != tt.wantMaxAge {
+				t.Errorf("Cache-Control = %q, want %q", got, tt.wantMaxAge)
+			}
+			m := new(dns.Msg)
+			if err := m.Unpack(raw); err != nil {
+				t.Fatalf("unpacking response: %v", err)
+			}
+			if m.Rcode != tt.wantRcode || len(m.Answer) != tt.wantAnswers {
+				t.Errorf("response rcode %s with %d answers, want %s with %d:\n%v",
+					dns.RcodeToString[m.Rcode], len(m.Answer), dns.RcodeToString[tt.wantRcode], tt.wantAnswers, m)
+			}
+		})
+	}
+}
+
+// TestServerConcurrentStreams multiplexes many queries over one HTTP/2
+// connection.
+func TestServerConcurrentStreams(t *testing.T) {
+	s, pki := startServer(t)
+	c := newClient(t, pki, false)
+	url := "https://" + s.Addr().String() + "/dns-query"
+	q := query(t, "example.com.", dns.TypeA, nil)
+	// One request first, so that the rest share its connection.
+	resp, err := c.Post(url, mediaType, bytes.NewReader(q))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	errs := make(chan error, 64)
+	for range cap(errs) {
+		go func() {
+			resp, err := c.Post(url, mediaType, bytes.NewReader(q))
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer resp.Body.Close()
+			io.Copy(io.Discard, resp.Body)
+			if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
+				errs <- &unexpectedStatus{resp.Status, resp.Proto}
+				return
+			}
+			errs <- nil
+		}()
+	}
+	for range cap(errs) {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+type unexpectedStatus struct{ status, proto string }
+
+func (e *unexpectedStatus) Error() string { return "unexpected " + e.proto + " " + e.status }
+
+// TestServeHTTPPlainHandler uses the Server as an http.Handler without Start.
+func TestServeHTTPPlainHandler(t *testing.T) {
+	pki, err := NewPKI("localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{Name: "test", Addr: "127.0.0.1:0", TLS: &tls.Config{Certificates: []tls.Certificate{pki.Cert}}}, answerHandler(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Addr() != nil {
+		t.Errorf("Addr() before Start = %v, want nil", s.Addr())
+	}
+	tests := []struct {
+		name       string
+		method     string
+		target     string
+		body       []byte
+		wantStatus int
+	}{
+		{name: "POST", method: "POST", target: "/dns-query", body: query(t, "example.com.", dns.TypeA, nil), wantStatus: 200},
+		{name: "GET", method: "GET", target: "/dns-query?dns=" + base64.RawURLEncoding.EncodeToString(query(t, "example.com.", dns.TypeA, nil)), wantStatus: 200},
+		{name: "not found", method: "GET", target: "/", wantStatus: 404},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req := httptest.NewRequest(tt.method, tt.target, bytes.NewReader(tt.body))
+			req.Header.Set("Content-Type", mediaType)
+			req.RemoteAddr = "[::ffff:127.0.0.1]:5353" // mapped: the handler sees 127.0.0.1
+			w := httptest.NewRecorder()
+			s.ServeHTTP(w, req)
+			if w.Code != tt.wantStatus {
+				t.Fatalf("status = %d (%q), want %d", w.Code, w.Body.Bytes(), tt.wantStatus)
+			}
+		})
+	}
+	if err := s.Shutdown(context.Background()); err != nil {
+		t.Errorf("Shutdown without Start: %v", err)
+	}
+}
+
+func TestServerLifecycle(t *testing.T) {
+	pki, err := NewPKI("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, certFile, keyFile, err := pki.WriteFiles(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{Name: "files", Addr: "127.0.0.1:0", CertFile: certFile, KeyFile: keyFile}, answerHandler(t))
+	if err != nil {
+		t.Fatalf("New with CertFile/KeyFile: %v", err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	addr := s.Addr().String()
+	if strings.HasSuffix(addr, ":0") {
+		t.Errorf("Addr() = %s, port not resolved", addr)
+	}
+	if err := s.Start(); err == nil {
+		t.Error("second Start succeeded")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		c.Close()
+		t.Errorf("dial after Shutdown succeeded")
+	}
+	if err := s.Start(); err != ErrServerClosed {
+		t.Errorf("Start after Shutdown = %v, want %v", err, ErrServerClosed)
+	}
+}
+
+func TestNewErrors(t *testing.T) {
+	pki, err := NewPKI("localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, certFile, keyFile, err := pki.WriteFiles(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := &tls.Config{Certificates: []tls.Certificate{pki.Cert}}
+	tests := []struct {
+		name    string
+		cfg     Config
+		nilH    bool
+		wantErr string // substring naming the field
+	}{
+		{name: "nil handler", cfg: Config{Addr: "127.0.0.1:0", TLS: good}, nilH: true, wantErr: "Handler"},
+		{name: "no address", cfg: Config{TLS: good}, wantErr: "Addr"},
+		{name: "address without port", cfg: Config{Addr: "127.0.0.1", TLS: good}, wantErr: "Addr"},
+		{name: "relative path", cfg: Config{Addr: "127.0.0.1:0", Path: "dns-query", TLS: good}, wantErr: "Path"},
+		{name: "no certificate", cfg: Config{Addr: "127.0.0.1:0"}, wantErr: "CertFile/KeyFile"},
+		{name: "TLS without certificate", cfg: Config{Addr: "127.0.0.1:0", TLS: &tls.Config{}}, wantErr: "TLS"},
+		{name: "TLS and files", cfg: Config{Addr: "127.0.0.1:0", TLS: good, CertFile: certFile, KeyFile: keyFile}, wantErr: "TLS and CertFile/KeyFile"},
+		{name: "cert without key", cfg: Config{Addr: "127.0.0.1:0", CertFile: certFile}, wantErr: "KeyFile"},
+		{name: "key without cert", cfg: Config{Addr: "127.0.0.1:0", KeyFile: keyFile}, wantErr: "CertFile"},
+		{name: "missing cert file", cfg: Config{Addr: "127.0.0.1:0", CertFile: certFile + ".nope", KeyFile: keyFile}, wantErr: ".nope"},
+		{name: "key file is not a key", cfg: Config{Addr: "127.0.0.1:0", CertFile: certFile, KeyFile: certFile}, wantErr: "CertFile/KeyFile"},
+		{name: "MaxBodySize too small", cfg: Config{Addr: "127.0.0.1:0", TLS: good, MaxBodySize: 11}, wantErr: "MaxBodySize"},
+		{name: "MaxBodySize too large", cfg: Config{Addr: "127.0.0.1:0", TLS: good, MaxBodySize: 70000}, wantErr: "MaxBodySize"},
+		{name: "negative IdleTimeout", cfg: Config{Addr: "127.0.0.1:0", TLS: good, IdleTimeout: -time.Second}, wantErr: "IdleTimeout"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var h Handler = answerHandler(t)
+			if tt.nilH {
+				h = nil
+			}
+			_, err := New(tt.cfg, h)
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("New error = %v, want one naming %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func BenchmarkServeHTTPPost(b *testing.B) {
+	pki, err := NewPKI("localhost")
+	if err != nil {
+		b.Fatal(err)
+	}
+	resp := new(dns.Msg).SetReply(new(dns.Msg).SetQuestion("example.com.", dns.TypeA))
+	resp.Answer = []dns.RR{mustRR(b, "example.com. 300 IN A 192.0.2.1")}
+	wire, err := resp.Pack()
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := HandlerFunc(func(_ context.Context, r *forwarder.Request, out []byte) []byte {
+		out = append(out, wire...)
+		out[0], out[1] = r.Msg[0], r.Msg[1]
+		return out
+	})
+	s, err := New(Config{Addr: "127.0.0.1:0", TLS: &tls.Config{Certificates: []tls.Certificate{pki.Cert}}}, h)
+	if err != nil {
+		b.Fatal(err)
+	}
+	q := query(b, "example.com.", dns.TypeA, nil)
+	req := httptest.NewRequest("POST", "/dns-query", nil)
+	req.Header.Set("Content-Type", mediaType)
+	req.RemoteAddr = "192.0.2.9:5353"
+	body := bytes.NewReader(q)
+	w := &discardWriter{h: make(http.Header)}
+	b.ReportAllocs()
+	for b.Loop() {
+		body.Reset(q)
+		req.Body = io.NopCloser(body)
+		req.ContentLength = int64(len(q))
+		clear(w.h)
+		s.ServeHTTP(w, req)
+	}
+}
+
+type discardWriter struct{ h http.Header }
+
+func (w *discardWriter) Header() http.Header         { return w.h }
+func (w *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (w *discardWriter) WriteHeader(int)             {}

@@ -1,0 +1,179 @@
+package dnsmsg
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/miekg/dns"
+)
+
+func validQuerySeeds(t testing.TB) [][]byte {
+	plain := newQuery("www.example.com.", dns.TypeA)
+	edns := newQuery("WwW.ExAmPlE.cOm.", dns.TypeAAAA)
+	edns.SetEdns0(4096, true)
+	cookie := newQuery("example.org.", dns.TypeTXT)
+	cookie.SetEdns0(1232, false)
+	o := cookie.IsEdns0()
+	o.Option = append(o.Option, &dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708"})
+	root := newQuery(".", dns.TypeNS)
+	return [][]byte{pack(t, plain), pack(t, edns), pack(t, cookie), pack(t, root)}
+}
+
+// questionLen returns the length of header plus first question when the
+// message has QDCOUNT 1 and an uncompressed, valid question; else -1.
+func questionLen(msg []byte) int {
+	if len(msg) < HeaderLen || msg[4] != 0 || msg[5] != 1 {
+		return -1
+	}
+	for off := HeaderLen; off < len(msg) && off-HeaderLen < 256; {
+		l := int(msg[off])
+		if l == 0 {
+			if !validWireName(msg[HeaderLen:off+1]) || off+5 > len(msg) {
+				return -1
+			}
+			return off + 5
+		}
+		if l > 63 {
+			return -1
+		}
+		off += 1 + l
+	}
+	return -1
+}
+
+func FuzzParse(f *testing.F) {
+	for _, s := range validQuerySeeds(f) {
+		f.Add(s)
+	}
+	for _, c := range malformedQueries() {
+		f.Add(c.msg)
+	}
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		orig := append([]byte(nil), msg...)
+		var q Query
+		err := Parse(msg, &q)
+		if !bytes.Equal(msg, orig) {
+			t.Fatal("Parse modified its input")
+		}
+		if err == nil {
+			if !validWireName(q.Name) {
+				t.Fatalf("accepted an invalid name %q", q.Name)
+			}
+			if q.QEnd > len(msg) || q.QEnd != HeaderLen+len(q.Name)+4 {
+				t.Fatalf("QEnd %d, name %d octets, message %d", q.QEnd, len(q.Name), len(msg))
+			}
+			if q.HasOPT && (q.OPTOff < q.QEnd || q.OPTEnd > len(msg) || q.OPTEnd-q.OPTOff < 11) {
+				t.Fatalf("OPT at [%d:%d], QEnd %d, len %d", q.OPTOff, q.OPTEnd, q.QEnd, len(msg))
+			}
+			if q.Opcode() != 0 || msg[2]&0x80 != 0 {
+				t.Fatal("accepted a non-query")
+			}
+			// Whatever Parse accepts miekg/dns must read the question of.
+			var m dns.Msg
+			if err := m.Unpack(msg[:q.QEnd]); err == nil {
+				if len(m.Question) != 1 || m.Question[0].Qtype != q.Type || m.Question[0].Qclass != q.Class {
+					t.Fatalf("miekg reads question %v, Parse %d/%d", m.Question, q.Type, q.Class)
+				}
+			}
+		}
+		if ParseHeader(msg) != nil {
+			return
+		}
+		for _, rcode := range []int{RcodeFormErr, RcodeServFail} {
+			out := AppendError(nil, msg, &q, rcode)
+			if len(out) > len(msg) {
+				t.Fatalf("error response of %d octets for a %d-octet query (%v)", len(out), len(msg), err)
+			}
+			var m dns.Msg
+			if err := m.Unpack(out); err != nil {
+				t.Fatalf("error response does not unpack: %v", err)
+			}
+			if !m.Response || m.Rcode != rcode {
+				t.Fatalf("error response QR %v rcode %d", m.Response, m.Rcode)
+			}
+		}
+	})
+}
+
+func FuzzCheckResponse(f *testing.F) {
+	query := newQuery("www.example.com.", dns.TypeA)
+	query.SetEdns0(1232, true)
+	q := mustParse(f, pack(f, query))
+
+	ok := bigResponse(f, query, 40)
+	ok.Ns = append(ok.Ns, rr(f, "example.com. 3600 IN SOA ns.example.com. h.example.com. 1 2 3 4 300"))
+	ok.Compress = true
+	f.Add(pack(f, ok))
+	ok.Compress = false
+	f.Add(pack(f, ok))
+	f.Add(pack(f, bigResponse(f, query, 0)))
+	f.Add([]byte{})
+	f.Add(hdr(0, FlagQR, 1, 0, 0, 0))
+	f.Fuzz(func(t *testing.T, resp []byte) {
+		qend, err := CheckResponse(resp, q)
+		if err != nil {
+			return
+		}
+		if qend != HeaderLen+len(q.Name)+4 || qend > len(resp) {
+			t.Fatalf("qend %d, len %d", qend, len(resp))
+		}
+		// The cache and forwarder then do all of this; none may panic.
+		SetID(resp, 7)
+		CopyQuestionName(resp, q.Name)
+		MinTTL(resp, qend)
+		AgeTTLs(resp, qend, 30, 0)
+		out := Truncate(resp, MinUDPSize)
+		if len(out) > MinUDPSize {
+			t.Fatalf("truncated to %d octets", len(out))
+		}
+	})
+}
+
+func FuzzTruncate(f *testing.F) {
+	query := newQuery("www.example.com.", dns.TypeA)
+	query.SetEdns0(4096, false)
+	for _, n := range []int{0, 1, 50} {
+		m := bigResponse(f, query, n)
+		m.Compress = n == 50
+		f.Add(pack(f, m), uint16(512))
+		f.Add(pack(f, m), uint16(40))
+	}
+	f.Add([]byte{1, 2, 3}, uint16(1))
+	f.Fuzz(func(t *testing.T, msg []byte, size uint16) {
+		in := append([]byte(nil), msg...)
+		var before dns.Msg
+		unpacked := before.Unpack(in) == nil
+		out := Truncate(msg, int(size))
+		if len(out) > len(in) {
+			t.Fatalf("grew from %d to %d octets", len(in), len(out))
+		}
+		if len(in) <= int(size) {
+			if !bytes.Equal(out, in) {
+				t.Fatal("changed a message that fits")
+			}
+			return
+		}
+		ql := questionLen(in)
+		if ql > 0 && int(size) >= ql && len(out) > int(size) {
+			t.Fatalf("%d octets for size %d (question ends at %d)", len(out), size, ql)
+		}
+		if ql < 0 && int(size) >= HeaderLen && len(out) > int(size) {
+			t.Fatalf("%d octets for size %d, no usable question", len(out), size)
+		}
+		if len(in) < HeaderLen {
+			return
+		}
+		if out[2]&(FlagTC>>8) == 0 {
+			t.Fatal("TC not set")
+		}
+		if _, an, ns, ar := Counts(out); an != 0 || ns != 0 || ar > 1 {
+			t.Fatalf("counts an/ns/ar %d/%d/%d", an, ns, ar)
+		}
+		if unpacked {
+			var after dns.Msg
+			if err := after.Unpack(out); err != nil {
+				t.Fatalf("miekg read the message but not its truncation: %v\nin  % x\nout % x", err, in, out)
+			}
+		}
+	})
+}

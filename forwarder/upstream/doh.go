@@ -1,0 +1,388 @@
+package upstream
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Limits of the DoH client.
+const (
+	maxStreamsPerConn = 256       // our own cap on concurrent streams per connection
+	maxResponseSize   = 65535     // largest DNS message
+	streamRecvWindow  = 1 << 20   // SETTINGS_INITIAL_WINDOW_SIZE we advertise
+	connRecvWindow    = 1 << 24   // connection receive window after our WINDOW_UPDATE
+	maxClientStreamID = 1<<31 - 1 // last usable client stream ID
+	writeBufSize      = 32 << 10  // bufio.Writer per connection
+	readBufSize       = 16 << 10  // bufio.Reader per connection
+	minDialBackoff    = 50 * time.Millisecond
+	maxDialBackoff    = 2 * time.Second
+	maxHeaderBlock    = 16384 - 64 // precomputed header block must fit one HEADERS frame
+)
+
+// DoH is a DNS-over-HTTPS upstream (RFC 8484, POST) over HTTP/2 connections
+// it manages itself. See the package documentation for the design.
+type DoH struct {
+	target    string
+	dialAddr  string // host:port
+	authority string
+	path      string
+	tlsConf   *tls.Config
+	timeout   time.Duration
+	dialTime  time.Duration
+	slots     []connSlot
+	next      atomic.Uint32
+	backoff   backoff
+	reqs      sync.Pool // *request
+	hdr       headerBlocks
+
+	ctx    context.Context // cancelled by Close; parent of dials
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // dial, reader and writer goroutines
+
+	mu     sync.Mutex
+	closed bool
+	conns  map[*h2Conn]struct{} // every live connection, draining ones included
+	isDone atomic.Bool
+
+	// Test hooks.
+	wrapConn    func(net.Conn) net.Conn // wraps the TCP connection under TLS
+	maxStreamID uint32
+}
+
+var _ Upstream = (*DoH)(nil)
+
+// connSlot is one of the Options.Conns connections of a target.
+type connSlot struct {
+	conn atomic.Pointer[h2Conn]
+
+	mu      sync.Mutex
+	dialing chan struct{} // closed when the running dial ends; nil if none
+	dialErr error         // failure of the last dial, nil after a success
+}
+
+// backoff spaces out dials to a target after failures, whichever slot they
+// were for, so that a dead target is not hammered.
+type backoff struct {
+	mu       sync.Mutex
+	failures int
+	retryAt  time.Time
+	err      error
+}
+
+// check returns the last dial error while dials are suspended.
+func (b *backoff) check(now time.Time) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.failures > 0 && now.Before(b.retryAt) {
+		return b.err
+	}
+	return nil
+}
+
+func (b *backoff) record(err error, now time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err == nil {
+		b.failures, b.err = 0, nil
+		return
+	}
+	b.failures++
+	b.err = err
+	b.retryAt = now.Add(min(minDialBackoff<<min(b.failures-1, 10), maxDialBackoff))
+}
+
+func newDoH(target string, opts Options) (*DoH, error) {
+	dialAddr, authority, path, host, err := parseDoHURL(target)
+	if err != nil {
+		return nil, err
+	}
+	conf, err := tlsConfig(opts, host)
+	if err != nil {
+		return nil, err
+	}
+	hdr, err := newHeaderBlocks(authority, path)
+	if err != nil {
+		return nil, err
+	}
+	d := &DoH{
+		target:      target,
+		dialAddr:    dialAddr,
+		authority:   authority,
+		path:        path,
+		tlsConf:     conf,
+		timeout:     opts.Timeout,
+		dialTime:    max(2*opts.Timeout, time.Second),
+		slots:       make([]connSlot, opts.Conns),
+		hdr:         hdr,
+		conns:       make(map[*h2Conn]struct{}),
+		maxStreamID: maxClientStreamID,
+	}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	d.reqs.New = func() any {
+		t := time.NewTimer(time.Hour)
+		t.Stop()
+		return &request{done: make(chan struct{}, 1), timer: t}
+	}
+	return d, nil
+}
+
+// String returns the target as configured.
+func (d *DoH) String() string { return d.target }
+
+// request is one query on its way through a connection. Its state field is
+// guarded by the mutex of the connection it is queued on; the reader owns
+// the response fields while the stream is open, and the caller owns the
+// request again once done has been signalled.
+type request struct {
+	query []byte // copy of the caller's query with ID 0
+	done  chan struct{}
+	timer *time.Timer
+
+	state reqState
+	id    uint32 // stream ID once sent
+	resp  []byte
+	err   error
+
+	abandoned bool // caller-owned: the caller gave up on it, do not reuse
+
+	// Reader-owned while the stream is open.
+	gotHeaders bool
+	recvd      uint32 // stream bytes consumed since the last stream WINDOW_UPDATE
+}
+
+type reqState uint8
+
+const (
+	stIdle      reqState = iota
+	stQueued             // on the writer's queue
+	stSent               // stream open, in the connection's stream map
+	stDone               // finished; done is (being) signalled
+	stAbandoned          // the caller gave up; nobody signals it
+)
+
+// Exchange sends query over DoH and returns the response with the query's ID.
+// A query that fails because its connection broke or went away is retried
+// once on a fresh connection.
+func (d *DoH) Exchange(ctx context.Context, query []byte) ([]byte, error) {
+	if len(query) < headerLen || len(query) > maxResponseSize {
+		return nil, fmt.Errorf("upstream %s: %w: %d bytes", d.target, ErrBadQuery, len(query))
+	}
+	if d.isDone.Load() {
+		return nil, fmt.Errorf("upstream %s: %w", d.target, ErrClosed)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", d.target, ctxErr(ctx, "before sending"))
+	}
+	r := d.reqs.Get().(*request)
+	r.query = append(r.query[:0], query...)
+	r.query[0], r.query[1] = 0, 0
+	r.timer.Reset(d.timeout)
+	resp, err := d.exchange(ctx, r)
+	r.timer.Stop()
+	if !r.abandoned { // else a reader or writer may still hold it: leave it to the GC
+		r.resp, r.err, r.state = nil, nil, stIdle
+		d.reqs.Put(r)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", d.target, err)
+	}
+	if err := checkResponse(query, resp); err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", d.target, err)
+	}
+	resp[0], resp[1] = query[0], query[1]
+	return resp, nil
+}
+
+func (d *DoH) exchange(ctx context.Context, r *request) ([]byte, error) {
+	for attempt := 0; ; attempt++ {
+		c, err := d.getConn(ctx, r)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := c.roundTrip(ctx, r)
+		if err == nil || attempt > 0 || r.abandoned || !Retryable(err) {
+			return resp, err
+		}
+	}
+}
+
+// getConn returns a connection that accepts new streams. It takes the next
+// slot round-robin; if that slot has no usable connection it starts dialling
+// one and meanwhile uses any other slot's connection, waiting for the dial
+// only when there is none.
+func (d *DoH) getConn(ctx context.Context, r *request) (*h2Conn, error) {
+	n := uint32(len(d.slots))
+	i := d.next.Add(1) % n
+	s := &d.slots[i]
+	if c := s.conn.Load(); c != nil && !c.closing.Load() {
+		return c, nil
+	}
+	ch, err := d.startDial(s)
+	for j := uint32(1); j < n; j++ {
+		if c := d.slots[(i+j)%n].conn.Load(); c != nil && !c.closing.Load() {
+			return c, nil
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-ch:
+	case <-ctx.Done():
+		return nil, ctxErr(ctx, "waiting for connection to "+d.dialAddr)
+	case <-r.timer.C:
+		return nil, fmt.Errorf("waiting for connection to %s: %w", d.dialAddr, ErrTimeout)
+	}
+	if c := s.conn.Load(); c != nil && !c.closing.Load() {
+		return c, nil
+	}
+	s.mu.Lock()
+	err = s.dialErr
+	s.mu.Unlock()
+	if err == nil {
+		err = fmt.Errorf("connection to %s: %w", d.dialAddr, ErrConnClosed)
+	}
+	return nil, err
+}
+
+// startDial starts dialling slot s unless a dial is already running, and
+// returns the channel closed when that dial ends. While backing off after a
+// failed dial it returns the failure instead.
+func (d *DoH) startDial(s *connSlot) (<-chan struct{}, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dialing != nil {
+		return s.dialing, nil
+	}
+	if c := s.conn.Load(); c != nil && !c.closing.Load() { // a dial just finished
+		ch := make(chan struct{})
+		close(ch)
+		return ch, nil
+	}
+	if err := d.backoff.check(time.Now()); err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil, ErrClosed
+	}
+	d.wg.Add(1)
+	d.mu.Unlock()
+	ch := make(chan struct{})
+	s.dialing = ch
+	go d.dial(s, ch)
+	return ch, nil
+}
+
+func (d *DoH) dial(s *connSlot, ch chan struct{}) {
+	defer d.wg.Done()
+	ctx, cancel := context.WithTimeout(d.ctx, d.dialTime)
+	c, err := d.dialConn(ctx)
+	cancel()
+	if err == nil {
+		d.mu.Lock()
+		if d.closed {
+			err = ErrClosed
+		} else {
+			d.conns[c] = struct{}{}
+			c.start()
+		}
+		d.mu.Unlock()
+		if err != nil {
+			c.nc.Close()
+		}
+	}
+	if err != nil {
+		err = fmt.Errorf("dialing %s: %w", d.dialAddr, err)
+	}
+	d.backoff.record(err, time.Now())
+	s.mu.Lock()
+	s.dialErr = err
+	if err == nil {
+		s.conn.Store(c)
+	}
+	s.dialing = nil
+	close(ch)
+	s.mu.Unlock()
+}
+
+// dialConn connects, runs the TLS handshake (ALPN h2 required) and the
+// HTTP/2 preface exchange; the returned connection is not started yet.
+func (d *DoH) dialConn(ctx context.Context) (*h2Conn, error) {
+	var dialer net.Dialer
+	raw, err := dialer.DialContext(ctx, "tcp", d.dialAddr)
+	if err != nil {
+		return nil, err
+	}
+	if tcp, ok := raw.(*net.TCPConn); ok {
+		if err := tcp.SetNoDelay(true); err != nil {
+			raw.Close()
+			return nil, fmt.Errorf("setting TCP_NODELAY: %w", err)
+		}
+	}
+	if d.wrapConn != nil {
+		raw = d.wrapConn(raw)
+	}
+	tc := tls.Client(raw, d.tlsConf)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("TLS handshake: %w", err)
+	}
+	if p := tc.ConnectionState().NegotiatedProtocol; p != "h2" {
+		raw.Close()
+		return nil, fmt.Errorf("server did not negotiate HTTP/2 via ALPN (got %q)", p)
+	}
+	c := newH2Conn(d, tc)
+	if err := c.handshake(ctx); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("HTTP/2 handshake: %w", err)
+	}
+	return c, nil
+}
+
+// removeConn forgets a connection that has shut down.
+func (d *DoH) removeConn(c *h2Conn) {
+	d.mu.Lock()
+	delete(d.conns, c)
+	d.mu.Unlock()
+}
+
+// Close stops dialling, closes every connection (failing their streams with
+// ErrClosed) and waits for the connection goroutines to end.
+func (d *DoH) Close() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	d.closed = true
+	d.isDone.Store(true)
+	conns := make([]*h2Conn, 0, len(d.conns))
+	for c := range d.conns {
+		conns = append(conns, c)
+	}
+	d.mu.Unlock()
+	d.cancel()
+	for _, c := range conns {
+		c.shutdown(ErrClosed)
+	}
+	d.wg.Wait()
+	return nil
+}
+
+// errDraining fails requests that reached a connection no longer taking new
+// streams; they are retried elsewhere.
+var errDraining = fmt.Errorf("%w: connection is draining", ErrConnClosed)
+
+// isTimeout reports whether err is a network timeout.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}

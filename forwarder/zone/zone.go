@@ -1,0 +1,75 @@
+// Package zone holds local authoritative zones: RFC 1035 zone files loaded
+// into memory and answered authoritatively, the way a private hosted zone is
+// answered by the Route 53 Resolver.
+//
+// A Zone is built once by Load or Parse, checked for the mistakes a zone file
+// can hold (no SOA at the apex, records outside the origin, a CNAME beside
+// other data, data hidden below a delegation), and never changes afterwards,
+// so it is safe for concurrent use. Answer resolves one question inside the
+// zone: positive answers, NXDOMAIN and NODATA with the SOA for negative
+// caching (RFC 2308), CNAME chains inside the zone, wildcards (RFC 4592) and
+// referrals for delegated subdomains.
+//
+// EDNS and truncation are left to the caller: Answer never adds an OPT record.
+package zone
+
+import (
+	"slices"
+
+	"github.com/miekg/dns"
+)
+
+// Zone is one loaded zone. It is immutable after Load or Parse and safe for
+// concurrent use.
+type Zone struct {
+	origin string // lower-case FQDN
+	soa    *dns.SOA
+	negSOA *dns.SOA // the SOA as it goes into negative answers (RFC 2308 TTL)
+	nodes  map[string]*node
+	hasCut bool // at least one delegation below the apex
+}
+
+// node is one name in the zone. A node without RRsets is an empty
+// non-terminal: it exists only because names below it do.
+type node struct {
+	sets []rrset // sorted by type
+	cut  bool    // NS records below the apex: a delegation point
+}
+
+// rrset is the records of one type at one name.
+type rrset struct {
+	typ uint16
+	rrs []dns.RR
+}
+
+// Origin returns the zone apex as a lower-case FQDN, e.g.
+// "aws.example.internal.".
+func (z *Zone) Origin() string { return z.origin }
+
+// get returns the records of type t at n, or nil.
+func (n *node) get(t uint16) []dns.RR {
+	for i := range n.sets {
+		if n.sets[i].typ == t {
+			return n.sets[i].rrs
+		}
+	}
+	return nil
+}
+
+// add appends rr to the RRset of its type, keeping the sets sorted by type
+// and dropping exact duplicates. It reports whether rr was new.
+func (n *node) add(rr dns.RR) bool {
+	t := rr.Header().Rrtype
+	i, found := slices.BinarySearchFunc(n.sets, t, func(s rrset, t uint16) int { return int(s.typ) - int(t) })
+	if !found {
+		n.sets = slices.Insert(n.sets, i, rrset{typ: t, rrs: []dns.RR{rr}})
+		return true
+	}
+	for _, old := range n.sets[i].rrs {
+		if dns.IsDuplicate(old, rr) {
+			return false
+		}
+	}
+	n.sets[i].rrs = append(n.sets[i].rrs, rr)
+	return true
+}
