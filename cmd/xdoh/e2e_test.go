@@ -303,3 +303,32 @@ zones: [{name: bad.example, file: ` + write("bad.zone", "this is not a zone\n") 
 		})
 	}
 }
+
+// TestFlagsOverFile: a file may leave out what the flags give (here the
+// listener); the flags are layered over it before validation.
+func TestFlagsOverFile(t *testing.T) {
+	dir := t.TempDir()
+	zone, err := os.ReadFile(filepath.Join("demo", "aws.example.internal.zone"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "aws.zone"), zone, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "xdoh.yaml")
+	if err := os.WriteFile(cfg, []byte("zones: [{name: aws.example.internal, file: aws.zone}]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	startXdoh(t, addr, "-c", cfg, "--listen", addr, "--no-cache")
+	m := new(dns.Msg).SetQuestion("ipv4.aws.example.internal.", dns.TypeA)
+	r, _, err := (&dns.Client{Timeout: 3 * time.Second}).Exchange(m, addr)
+	if err != nil || len(r.Answer) != 1 {
+		t.Fatalf("%v %v", r, err)
+	}
+	// Without --listen the same file is rejected, naming the field.
+	out, err := exec.Command(xdohBin, "run", "-c", cfg).CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "listeners") {
+		t.Fatalf("run without listeners: %v\n%s", err, out)
+	}
+}

@@ -97,7 +97,7 @@ func cmdRun(args []string) error {
 		}
 		defer cleanup()
 	case f.config != "":
-		if cfg, err = config.Load(f.config); err != nil {
+		if cfg, err = config.Read(f.config); err != nil { // validated below, after the flags
 			return fmt.Errorf("%w: %v", errUsage, err)
 		}
 	default:

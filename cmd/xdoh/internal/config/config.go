@@ -122,11 +122,25 @@ func (d Duration) D() time.Duration { return time.Duration(d) }
 
 // Load reads, decodes and validates a file.
 func Load(path string) (*Config, error) {
+	c, err := Read(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Read reads and decodes a file without validating it, for callers that
+// change it first (command-line flags layered over the file) and validate
+// after.
+func Read(path string) (*Config, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("reading config: %w", err)
 	}
-	c, err := Parse(b, filepath.Dir(path))
+	c, err := decode(b, filepath.Dir(path))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -135,14 +149,22 @@ func Load(path string) (*Config, error) {
 
 // Parse decodes and validates YAML; dir resolves relative paths.
 func Parse(b []byte, dir string) (*Config, error) {
-	c := &Config{dir: dir}
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) { // an empty file fails validation below
-		return nil, fmt.Errorf("decoding YAML: %w", err)
+	c, err := decode(b, dir)
+	if err != nil {
+		return nil, err
 	}
 	if err := c.Validate(); err != nil {
 		return nil, err
+	}
+	return c, nil
+}
+
+func decode(b []byte, dir string) (*Config, error) {
+	c := &Config{dir: dir}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) { // an empty file fails validation later
+		return nil, fmt.Errorf("decoding YAML: %w", err)
 	}
 	return c, nil
 }
