@@ -18,6 +18,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"xdoh/datapath/doh"
 	"xdoh/forwarder/upstream/upstreamtest"
 )
 
@@ -331,4 +332,62 @@ func TestFlagsOverFile(t *testing.T) {
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "listeners") {
 		t.Fatalf("run without listeners: %v\n%s", err, out)
 	}
+}
+
+// TestDoHListenerAndQuery: a listener serving Do53 and DoH from one config,
+// queried with kdig +https and with `xdoh query --doh`, the answer coming from
+// BIND over DoH.
+func TestDoHListenerAndQuery(t *testing.T) {
+	bind := upstreamtest.StartBIND(t, upstreamtest.BINDOptions{})
+	dir := t.TempDir()
+	pkiCA, cert, key := writePKI(t, dir)
+	addr, dohAddr := freeAddr(t), freeAddr(t)
+	cfg := filepath.Join(dir, "xdoh.yaml")
+	text := fmt.Sprintf(`listeners:
+  - name: inbound
+    protocols: [do53, doh]
+    do53: [%q]
+    doh: {address: %q, path: /dns-query, cert: %s, key: %s}
+rules:
+  - {name: onprem, domain: example.com, type: forward, targets: [%q], ca_file: %s}
+`, addr, dohAddr, cert, key, bind.DoHURL, bind.CAFile)
+	if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	startXdoh(t, addr, "-c", cfg)
+	url := "https://" + dohAddr + "/dns-query"
+
+	var out bytes.Buffer
+	if err := cmdQuery([]string{"foo.example.com", "AAAA", "--doh", url, "--ca-file", pkiCA}, &out); err != nil {
+		t.Fatalf("xdoh query --doh: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "2001:db8:5678::abc") || !strings.Contains(out.String(), ";; TRANSPORT: DoH "+url) {
+		t.Fatalf("xdoh query --doh:\n%s", out.String())
+	}
+	if _, err := exec.LookPath("kdig"); err != nil {
+		t.Log("kdig not installed; .ci/run installs it")
+		return
+	}
+	host, port := hostPort(t, dohAddr)
+	kout, err := exec.Command("kdig", "@"+host, "-p", port, "+https=/dns-query", "+tls-ca="+pkiCA,
+		"+tls-hostname=localhost", "foo.example.com", "A").CombinedOutput()
+	if err != nil {
+		t.Fatalf("kdig: %v\n%s", err, kout)
+	}
+	if !strings.Contains(string(kout), "172.16.0.10") || !strings.Contains(string(kout), "HTTP/2") {
+		t.Fatalf("kdig +https:\n%s", kout)
+	}
+}
+
+func writePKI(t *testing.T, dir string) (ca, cert, key string) {
+	t.Helper()
+	p, err := doh.NewPKI("127.0.0.1", "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, cert, key, err = p.WriteFiles(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca, cert, key
 }

@@ -42,6 +42,7 @@ type runFlags struct {
 	caFile   string
 	noCache  bool
 	demo     bool
+	pprof    string
 }
 
 func parseRunFlags(args []string) (*runFlags, error) {
@@ -52,6 +53,7 @@ func parseRunFlags(args []string) (*runFlags, error) {
 	fs.Var(&f.upstream, "upstream", "default upstream target (https://… DoH, or IP[:port] Do53); repeatable")
 	fs.StringVar(&f.caFile, "ca-file", "", "PEM CA to trust for the --upstream targets instead of the system roots")
 	fs.BoolVar(&f.noCache, "no-cache", false, "disable the response cache")
+	fs.StringVar(&f.pprof, "pprof", "", "serve net/http/pprof on this loopback address (debugging)")
 	fs.BoolVar(&f.demo, "demo", false, "run the seed's topology on loopback with an in-process on-prem DoH resolver")
 	if err := fs.Parse(args); err != nil {
 		return nil, fmt.Errorf("%w: %v", errUsage, err)
@@ -84,6 +86,11 @@ func cmdRun(args []string) error {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	if f.pprof != "" {
+		if err := servePprof(f.pprof); err != nil {
+			return err
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
