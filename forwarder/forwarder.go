@@ -13,7 +13,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -79,7 +78,6 @@ type Forwarder struct {
 	cfg      Config
 	table    *rules.Table
 	inflight chan struct{}
-	bufs     sync.Pool // *[]byte, 64 KiB, for async queries
 
 	queries, dropped, formerr, hits, local, blocked, forwarded,
 	servfail, overload, upErrs, truncated atomic.Uint64
@@ -119,7 +117,6 @@ func New(cfg Config) (*Forwarder, error) {
 		return nil, err
 	}
 	f := &Forwarder{cfg: cfg, table: t, inflight: make(chan struct{}, cfg.MaxInflight)}
-	f.bufs.New = func() any { b := make([]byte, 65536); return &b }
 	return f, nil
 }
 
@@ -151,19 +148,17 @@ func (f *Forwarder) Serve(r *Request, out []byte, done func(resp []byte)) ([]byt
 		f.servfail.Add(1)
 		return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeServFail), true
 	}
-	bp := f.bufs.Get().(*[]byte)
+	// The datapath reuses its buffer as soon as Serve returns: keep a copy
+	// of just the query. The response is built by append, sized as it comes.
 	ar := *r
-	ar.Msg = append((*bp)[:0], r.Msg...)
+	ar.Msg = append([]byte(nil), r.Msg...)
 	ar.Q.Name = ar.Msg[dnsmsg.HeaderLen : dnsmsg.HeaderLen+len(r.Q.Name)] // re-point the view at the copy
 	go func() {
 		defer func() { <-f.inflight }()
-		ob := f.bufs.Get().(*[]byte)
 		ctx, cancel := context.WithTimeout(context.Background(), f.cfg.QueryTimeout)
-		resp := f.slow(ctx, &ar, rule, (*ob)[:0])
+		resp := f.slow(ctx, &ar, rule, nil)
 		cancel()
 		done(resp)
-		f.bufs.Put(bp)
-		f.bufs.Put(ob)
 	}()
 	return nil, false
 }

@@ -24,6 +24,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"runtime"
@@ -32,7 +33,6 @@ import (
 	"time"
 
 	gn "github.com/panjf2000/gnet/v2"
-	"github.com/panjf2000/gnet/v2/pkg/logging"
 	"golang.org/x/sys/unix"
 
 	"xdoh/forwarder"
@@ -125,7 +125,7 @@ func (s *Server) Start() error {
 			gn.WithTCPNoDelay(gn.TCPNoDelay),
 			gn.WithSocketRecvBuffer(4<<20),
 			gn.WithSocketSendBuffer(4<<20),
-			gn.WithLogLevel(logging.ErrorLevel),
+			gn.WithLogger(gnetLogger{slog.Default()}),
 		)
 	}()
 	select {
