@@ -130,17 +130,33 @@ func (f *Forwarder) Stats() Stats {
 	}
 }
 
-// Serve runs the pipeline without blocking. When the answer is ready at once
-// (cache, local zone, block, bad input, overload) it is written into out (64
-// KiB) and returned with true; nil with true means "send nothing". Otherwise
-// Serve copies the query, resolves it upstream in a bounded background
-// goroutine and calls done with the response (done must copy it before
-// returning), and returns false.
+// Serve runs the pipeline without blocking: Answer, then Resolve when the
+// query must go upstream. See both.
 func (f *Forwarder) Serve(r *Request, out []byte, done func(resp []byte)) ([]byte, bool) {
-	resp, rule, ok := f.fast(r, out)
-	if ok {
+	if resp, ok := f.Answer(r, out); ok {
 		return resp, true
 	}
+	return f.Resolve(r, out, done)
+}
+
+// Answer runs the part of the pipeline that never blocks. When the answer is
+// ready at once (cache, local zone, block, bad input) it is written into out
+// (64 KiB) and returned with true; nil with true means "send nothing". False
+// means the query must go upstream: call Resolve with the same request. On a
+// cache hit Answer allocates nothing.
+func (f *Forwarder) Answer(r *Request, out []byte) ([]byte, bool) {
+	resp, rule, ok := f.fast(r, out)
+	r.rule = rule
+	return resp, ok
+}
+
+// Resolve resolves upstream a request that Answer could not answer. It copies
+// what it needs from r (the datapath may reuse r and its buffer as soon as
+// Resolve returns), resolves in a bounded background goroutine and calls done
+// with the response (done must copy it before returning), and returns false.
+// When the bound on queries in flight is reached it answers SERVFAIL into out
+// at once, counts it, and returns true.
+func (f *Forwarder) Resolve(r *Request, out []byte, done func(resp []byte)) ([]byte, bool) {
 	select {
 	case f.inflight <- struct{}{}:
 	default:
@@ -148,15 +164,13 @@ func (f *Forwarder) Serve(r *Request, out []byte, done func(resp []byte)) ([]byt
 		f.servfail.Add(1)
 		return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeServFail), true
 	}
-	// The datapath reuses its buffer as soon as Serve returns: keep a copy
-	// of just the query. The response is built by append, sized as it comes.
 	ar := *r
 	ar.Msg = append([]byte(nil), r.Msg...)
 	ar.Q.Name = ar.Msg[dnsmsg.HeaderLen : dnsmsg.HeaderLen+len(r.Q.Name)] // re-point the view at the copy
 	go func() {
 		defer func() { <-f.inflight }()
 		ctx, cancel := context.WithTimeout(context.Background(), f.cfg.QueryTimeout)
-		resp := f.slow(ctx, &ar, rule, nil)
+		resp := f.slow(ctx, &ar, ar.rule, nil)
 		cancel()
 		done(resp)
 	}()

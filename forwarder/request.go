@@ -42,6 +42,8 @@ type Request struct {
 
 	// Q is the parsed view of Msg, filled by the forwarder.
 	Q dnsmsg.Query
+
+	rule *Rule // the rule Answer matched, for Resolve (nil: default targets)
 }
 
 // MaxResponseSize is the largest response the client can take over its

@@ -18,6 +18,9 @@ const HeaderLen = 12
 // MinUDPSize is the response size every UDP client accepts (RFC 1035).
 const MinUDPSize = 512
 
+// MaxUDPSize caps the UDP response size whatever the client advertises.
+const MaxUDPSize = 4096
+
 // Header flag bits (second 16-bit word of the header).
 const (
 	FlagQR = 1 << 15
@@ -91,10 +94,15 @@ func (q *Query) RD() bool { return q.Flags&FlagRD != 0 }
 // CD reports whether checking was disabled.
 func (q *Query) CD() bool { return q.Flags&FlagCD != 0 }
 
-// MaxUDPSize is the largest UDP response the client accepts.
+// MaxUDPSize is the largest UDP response xdoh sends the client: its EDNS UDP
+// size, at least 512 and at most MaxUDPSize (larger datagrams fragment, and
+// fragments are what gets lost and spoofed; RFC 9715).
 func (q *Query) MaxUDPSize() int {
-	if !q.HasOPT || q.UDPSize < MinUDPSize {
+	switch {
+	case !q.HasOPT || q.UDPSize < MinUDPSize:
 		return MinUDPSize
+	case q.UDPSize > MaxUDPSize:
+		return MaxUDPSize
 	}
 	return int(q.UDPSize)
 }
