@@ -18,7 +18,7 @@ const (
 	headerLen = 12 // DNS header
 
 	initialInSize  = 1 << 10
-	initialOutSize = 4 << 10
+	initialOutSize = 64 << 10   // the forwarder wants room for any response
 	maxPooledSize  = 64<<10 + 1 // larger buffers are left to the GC
 )
 

@@ -39,9 +39,14 @@ import (
 	"xdoh/forwarder/dnsmsg"
 )
 
+// maxTCPBacklog bounds the answers buffered for a TCP client that does not
+// read them; past it the connection is closed.
+const maxTCPBacklog = 1 << 20
+
 // Handler is the part of the forwarder the datapath needs.
 type Handler interface {
-	Serve(r *forwarder.Request, out []byte, done func(resp []byte)) ([]byte, bool)
+	Answer(r *forwarder.Request, out []byte) ([]byte, bool)
+	Resolve(r *forwarder.Request, out []byte, done func(resp []byte)) ([]byte, bool)
 }
 
 // Config for one Do53 listener.
@@ -49,6 +54,8 @@ type Config struct {
 	Name  string   // listener name, copied into each Request
 	Addrs []string // "127.0.0.1:53", "[::1]:53": each gets UDP and TCP
 	Loops int      // event loops (default GOMAXPROCS)
+	// TCPOnly leaves UDP to another datapath (datapath/udp, the default).
+	TCPOnly bool
 
 	TCPIdleTimeout time.Duration // default 10s
 	MaxTCPConns    int           // default 1024
@@ -57,8 +64,8 @@ type Config struct {
 
 // Stats are the datapath's counters.
 type Stats struct {
-	UDPQueries, TCPQueries, UDPReplyDrops, TCPRejected, TCPIdleClosed, TCPPipelineFull uint64
-	TCPConns                                                                           int64
+	UDPQueries, TCPQueries, UDPReplyDrops, TCPRejected, TCPIdleClosed, TCPPipelineFull, TCPBacklogClosed uint64
+	TCPConns                                                                                             int64
 }
 
 // Server runs the gnet engine for one listener.
@@ -73,8 +80,8 @@ type Server struct {
 	conns  sync.Map // gn.Conn → *tcpState
 	bufs   sync.Pool
 
-	udpQ, tcpQ, udpDrops, tcpRejected, tcpIdle, tcpPipe atomic.Uint64
-	tcpConns                                            atomic.Int64
+	udpQ, tcpQ, udpDrops, tcpRejected, tcpIdle, tcpPipe, tcpBacklog atomic.Uint64
+	tcpConns                                                        atomic.Int64
 }
 
 type tcpState struct {
@@ -115,7 +122,10 @@ func New(cfg Config, h Handler) (*Server, error) {
 func (s *Server) Start() error {
 	var addrs []string
 	for _, a := range s.cfg.Addrs {
-		addrs = append(addrs, "udp://"+a, "tcp://"+a)
+		if !s.cfg.TCPOnly {
+			addrs = append(addrs, "udp://"+a)
+		}
+		addrs = append(addrs, "tcp://"+a)
 	}
 	go func() {
 		s.done <- gn.Rotate(s, addrs,
@@ -156,12 +166,18 @@ func (s *Server) Stop(ctx context.Context) error {
 	return nil
 }
 
+// Name is the listener's name.
+func (s *Server) Name() string { return s.cfg.Name }
+
+// Addrs are the configured addresses.
+func (s *Server) Addrs() []string { return s.cfg.Addrs }
+
 // Stats returns the counters.
 func (s *Server) Stats() Stats {
 	return Stats{
 		UDPQueries: s.udpQ.Load(), TCPQueries: s.tcpQ.Load(), UDPReplyDrops: s.udpDrops.Load(),
 		TCPRejected: s.tcpRejected.Load(), TCPIdleClosed: s.tcpIdle.Load(), TCPPipelineFull: s.tcpPipe.Load(),
-		TCPConns: s.tcpConns.Load(),
+		TCPConns: s.tcpConns.Load(), TCPBacklogClosed: s.tcpBacklog.Load(),
 	}
 }
 
@@ -232,12 +248,15 @@ func (s *Server) onUDP(c gn.Conn) gn.Action {
 	bp := s.bufs.Get().(*[]byte)
 	defer s.bufs.Put(bp)
 	r := forwarder.Request{Msg: msg, Transport: forwarder.TransportUDP, Client: ua.AddrPort(), Listener: s.cfg.Name}
-	fd := c.Fd()
-	resp, ok := s.h.Serve(&r, *bp, func(resp []byte) {
-		if err := unix.Sendto(fd, resp, unix.MSG_DONTWAIT, sockaddr(r.Client)); err != nil {
-			s.udpDrops.Add(1)
-		}
-	})
+	resp, ok := s.h.Answer(&r, *bp)
+	if !ok {
+		fd, client := c.Fd(), r.Client
+		resp, ok = s.h.Resolve(&r, *bp, func(resp []byte) {
+			if err := unix.Sendto(fd, resp, unix.MSG_DONTWAIT, sockaddr(client)); err != nil {
+				s.udpDrops.Add(1)
+			}
+		})
+	}
 	if ok && resp != nil {
 		if _, err := c.Write(resp); err != nil {
 			s.udpDrops.Add(1)
@@ -255,8 +274,13 @@ func sockaddr(ap netip.AddrPort) unix.Sockaddr {
 }
 
 func (s *Server) onTCP(c gn.Conn, st *tcpState) gn.Action {
-	st.lastActive.Store(time.Now().UnixNano())
 	for {
+		if c.OutboundBuffered() > maxTCPBacklog {
+			// The client sends queries but does not read the answers:
+			// buffering them would grow without bound.
+			s.tcpBacklog.Add(1)
+			return gn.Close
+		}
 		hdr, err := c.Peek(2)
 		if err != nil || len(hdr) < 2 {
 			return gn.None // wait for more bytes
@@ -272,6 +296,9 @@ func (s *Server) onTCP(c gn.Conn, st *tcpState) gn.Action {
 		if err != nil {
 			return gn.Close
 		}
+		// Only whole messages count as activity: a byte now and then does
+		// not keep a connection from the idle timeout.
+		st.lastActive.Store(time.Now().UnixNano())
 		s.tcpQ.Add(1)
 		s.serveTCP(c, st, frame[2:])
 	}
@@ -290,7 +317,15 @@ func (s *Server) serveTCP(c gn.Conn, st *tcpState, msg []byte) {
 		return
 	}
 	st.inflight.Add(1)
-	resp, ok := s.h.Serve(&r, out[2:], func(resp []byte) {
+	resp, ok := s.h.Answer(&r, out[2:])
+	if ok {
+		st.inflight.Add(-1)
+		if resp != nil {
+			writeFramed(c, out, resp)
+		}
+		return
+	}
+	resp, ok = s.h.Resolve(&r, out[2:], func(resp []byte) {
 		framed := make([]byte, 2+len(resp))
 		binary.BigEndian.PutUint16(framed, uint16(len(resp)))
 		copy(framed[2:], resp)

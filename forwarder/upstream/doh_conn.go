@@ -473,6 +473,11 @@ func (c *h2Conn) writeFrames(ctl *ctlFrames, maxFrame int) error {
 	if ctl.empty() && len(c.sends) == 0 {
 		return nil
 	}
+	// The deadline covers every write of this batch, including the ones
+	// bufio makes by itself when a batch outgrows its buffer.
+	if err := c.nc.SetWriteDeadline(time.Now().Add(c.d.dialTime)); err != nil {
+		return err
+	}
 	fr := c.fr
 	for range ctl.settingsAck {
 		if err := fr.WriteSettingsAck(); err != nil {
@@ -529,9 +534,6 @@ func (c *h2Conn) writeFrames(ctl *ctlFrames, maxFrame int) error {
 		if err := fr.WriteData(s.id, true, data); err != nil {
 			return err
 		}
-	}
-	if err := c.nc.SetWriteDeadline(time.Now().Add(c.d.dialTime)); err != nil {
-		return err
 	}
 	return c.bw.Flush()
 }
