@@ -13,6 +13,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -70,7 +72,7 @@ type Config struct {
 // Stats are cumulative pipeline counters.
 type Stats struct {
 	Queries, Dropped, FormErr, CacheHits, Local, Blocked, Forwarded,
-	ServFail, Overload, UpstreamErrors, Truncated uint64
+	ServFail, Overload, UpstreamErrors, Truncated, Stale, Coalesced, Prefetches uint64
 }
 
 // Forwarder is the pipeline. It is safe for concurrent use.
@@ -79,8 +81,11 @@ type Forwarder struct {
 	table    *rules.Table
 	inflight chan struct{}
 
+	seed    maphash.Seed
+	flights [flightShards]flightShard
+
 	queries, dropped, formerr, hits, local, blocked, forwarded,
-	servfail, overload, upErrs, truncated atomic.Uint64
+	servfail, overload, upErrs, truncated, stale, coalesced, prefetches atomic.Uint64
 }
 
 // New validates cfg and builds the pipeline.
@@ -116,7 +121,10 @@ func New(cfg Config) (*Forwarder, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &Forwarder{cfg: cfg, table: t, inflight: make(chan struct{}, cfg.MaxInflight)}
+	f := &Forwarder{cfg: cfg, table: t, inflight: make(chan struct{}, cfg.MaxInflight), seed: maphash.MakeSeed()}
+	for i := range f.flights {
+		f.flights[i].m = make(map[string]*flight)
+	}
 	return f, nil
 }
 
@@ -127,6 +135,7 @@ func (f *Forwarder) Stats() Stats {
 		CacheHits: f.hits.Load(), Local: f.local.Load(), Blocked: f.blocked.Load(),
 		Forwarded: f.forwarded.Load(), ServFail: f.servfail.Load(), Overload: f.overload.Load(),
 		UpstreamErrors: f.upErrs.Load(), Truncated: f.truncated.Load(),
+		Stale: f.stale.Load(), Coalesced: f.coalesced.Load(), Prefetches: f.prefetches.Load(),
 	}
 }
 
@@ -221,16 +230,15 @@ func (f *Forwarder) fast(r *Request, out []byte) ([]byte, *Rule, bool) {
 	}
 	maxSize := r.MaxResponseSize()
 	if f.cfg.Cache != nil {
-		if resp, ok := f.cfg.Cache.Get(&r.Q, out, maxSize); ok {
+		if resp, res := f.cfg.Cache.Get(&r.Q, out, maxSize); res != cache.Miss {
 			f.hits.Add(1)
+			if res == cache.HitPrefetch {
+				f.prefetch(r)
+			}
 			return resp, nil, true
 		}
 	}
-	var lb [256]byte
-	var rule *Rule
-	if m := f.table.Match(dnsmsg.AppendLower(lb[:0], r.Q.Name)); m != nil {
-		rule = m.Value.(*Rule)
-	}
+	rule := f.route(&r.Q)
 	if rule == nil {
 		return nil, nil, false
 	}
@@ -247,8 +255,47 @@ func (f *Forwarder) fast(r *Request, out []byte) ([]byte, *Rule, bool) {
 	return nil, rule, false
 }
 
+// route returns the most specific rule for q, nil for none.
+func (f *Forwarder) route(q *dnsmsg.Query) *Rule {
+	var lb [256]byte
+	if m := f.table.Match(dnsmsg.AppendLower(lb[:0], q.Name)); m != nil {
+		return m.Value.(*Rule)
+	}
+	return nil
+}
+
+// prefetch refreshes in the background a cache entry that is still being
+// asked for shortly before it expires, so its clients never see the miss. It
+// uses a slot of the in-flight bound only if one is free.
+func (f *Forwarder) prefetch(r *Request) {
+	select {
+	case f.inflight <- struct{}{}:
+	default:
+		return
+	}
+	f.prefetches.Add(1)
+	ar := *r
+	ar.Msg = append([]byte(nil), r.Msg...)
+	ar.Q.Name = ar.Msg[dnsmsg.HeaderLen : dnsmsg.HeaderLen+len(r.Q.Name)]
+	go func() {
+		defer func() { <-f.inflight }()
+		rule := f.route(&ar.Q)
+		targets := f.cfg.Default
+		switch {
+		case rule == nil || rule.Type == rules.System:
+		case rule.Type == rules.Forward:
+			targets = rule.Targets
+		default:
+			return // local answers are not refreshed from upstream
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), f.cfg.QueryTimeout)
+		defer cancel()
+		f.coalesce(ctx, &ar, targets) // a good answer lands in the cache
+	}()
+}
+
 // answerLocal answers from a local zone. This is the slow path of miekg/dns
-// (unpack, build, pack); the cache will hold these answers too.
+// (unpack, build, pack); the answer is then cached like any other.
 func (f *Forwarder) answerLocal(r *Request, z Authority, out []byte, maxSize int) []byte {
 	req := new(dns.Msg)
 	if err := req.Unpack(r.Msg); err != nil {
@@ -257,6 +304,7 @@ func (f *Forwarder) answerLocal(r *Request, z Authority, out []byte, maxSize int
 	}
 	resp := z.Answer(req)
 	resp.RecursionAvailable = true // xdoh is the client's resolver, not just this zone's server
+	resp.Compress = true
 	if opt := req.IsEdns0(); opt != nil {
 		resp.SetEdns0(1232, opt.Do())
 	}
@@ -264,6 +312,13 @@ func (f *Forwarder) answerLocal(r *Request, z Authority, out []byte, maxSize int
 	if err != nil {
 		f.servfail.Add(1)
 		return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeServFail)
+	}
+	if f.cfg.Cache != nil {
+		// Local answers go in the same table: the next one is a hit, with no
+		// unpacking and no allocation. (A zone reload must flush them.)
+		if qend, err := dnsmsg.CheckResponse(b, &r.Q); err == nil {
+			f.cfg.Cache.Put(&r.Q, b, qend)
+		}
 	}
 	return f.truncate(b, maxSize)
 }
@@ -277,9 +332,9 @@ func (f *Forwarder) truncate(resp []byte, maxSize int) []byte {
 }
 
 // slow resolves r upstream: the rule's targets in order (default targets when
-// rule is nil), each attempt bounded by its timeout and by ctx. The answer is
-// checked against the question, cached, given the client's ID and letter case,
-// and truncated to the client's size. Failure of every target is SERVFAIL.
+// rule is nil), identical queries in flight sharing one exchange. When no
+// target gives a usable answer, a stale cache entry (RFC 8767) is better than
+// the upstream's SERVFAIL/REFUSED, which is better than our own SERVFAIL.
 func (f *Forwarder) slow(ctx context.Context, r *Request, rule *Rule, out []byte) []byte {
 	targets := f.cfg.Default
 	if rule != nil {
@@ -291,6 +346,81 @@ func (f *Forwarder) slow(ctx context.Context, r *Request, rule *Rule, out []byte
 		return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeRefused)
 	}
 	f.forwarded.Add(1)
+	res := f.coalesce(ctx, r, targets)
+	if res.ok {
+		return f.reply(r, res.resp, out)
+	}
+	if f.cfg.Cache != nil {
+		buf := make([]byte, 65536)
+		if resp, ok := f.cfg.Cache.GetStale(&r.Q, buf, r.MaxResponseSize()); ok {
+			f.stale.Add(1)
+			return append(out[:0], resp...)
+		}
+	}
+	if res.resp != nil {
+		return f.reply(r, res.resp, out)
+	}
+	f.servfail.Add(1)
+	return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeServFail)
+}
+
+// result is the outcome of one upstream resolution: a usable answer (ok), or
+// the best failure an upstream gave (a SERVFAIL/REFUSED response), or nil.
+// resp is shared by every query coalesced onto it: read only.
+type result struct {
+	resp []byte
+	ok   bool
+}
+
+// flight is one upstream resolution that identical queries wait on.
+type flight struct {
+	done chan struct{}
+	res  result
+}
+
+const flightShards = 32
+
+type flightShard struct {
+	mu sync.Mutex
+	m  map[string]*flight
+}
+
+// coalesce shares one upstream exchange among identical queries in flight
+// (same name ignoring case, type, class and EDNS flags). The first query
+// resolves; the others wait for it or for their own deadline.
+func (f *Forwarder) coalesce(ctx context.Context, r *Request, targets []Target) result {
+	var kb [dnsmsg.MaxKeyLen]byte
+	k := dnsmsg.AppendKey(kb[:0], &r.Q)
+	sh := &f.flights[maphash.Bytes(f.seed, k)%flightShards]
+	sh.mu.Lock()
+	if fl := sh.m[string(k)]; fl != nil {
+		sh.mu.Unlock()
+		f.coalesced.Add(1)
+		select {
+		case <-fl.done:
+			return fl.res
+		case <-ctx.Done():
+			return result{}
+		}
+	}
+	key := string(k)
+	fl := &flight{done: make(chan struct{})}
+	sh.m[key] = fl
+	sh.mu.Unlock()
+
+	fl.res = f.exchange(ctx, r, targets)
+
+	sh.mu.Lock()
+	delete(sh.m, key)
+	sh.mu.Unlock()
+	close(fl.done)
+	return fl.res
+}
+
+// exchange tries the targets in order, each attempt bounded by its timeout
+// and by ctx. A usable answer is checked against the question, stripped of
+// hop-by-hop EDNS options, marked RA and cached.
+func (f *Forwarder) exchange(ctx context.Context, r *Request, targets []Target) result {
 	query := r.Msg
 	if r.Q.HasOPT && r.Q.OPTEnd-r.Q.OPTOff > 11 {
 		// The client's EDNS options (its cookie above all) are for us, not
@@ -330,13 +460,9 @@ func (f *Forwarder) slow(ctx context.Context, r *Request, rule *Rule, out []byte
 		if f.cfg.Cache != nil {
 			f.cfg.Cache.Put(&r.Q, resp, qend)
 		}
-		return f.reply(r, resp, out)
+		return result{resp: resp, ok: true}
 	}
-	if fallback != nil {
-		return f.reply(r, fallback, out)
-	}
-	f.servfail.Add(1)
-	return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeServFail)
+	return result{resp: fallback}
 }
 
 // reply copies an upstream response into out for the client: its ID, its

@@ -1,74 +1,190 @@
 // Package cache keeps DNS responses in wire format, keyed by the lower-cased
 // question name, type, class and the EDNS bits that change an answer (OPT
-// present, DO, CD).
+// present, DO, CD; dnsmsg.AppendKey).
 //
 // A hit copies the stored response into a caller-owned buffer and patches it
 // for the client: its ID, every TTL minus the entry's age, the question name in
-// the client's letter case, and truncation to the client's size limit. Stored
-// entries are immutable, so readers never copy under a lock for longer than a
-// pointer load.
+// the client's letter case, and truncation to the client's size limit.
 //
-// This is the foundation version: a table of shards, each a map from a 64-bit
-// key hash to an immutable entry under a RWMutex, bounded by entries and
-// evicting a random entry of a full shard. The lock-free table with CLOCK
-// eviction, serve-stale and prefetch replaces the storage behind the same API.
+// # Structure
+//
+// The table is a power-of-two array of buckets. A bucket is one 64-octet cache
+// line holding five ways: five atomic pointers to entries, five 32-bit tag
+// hints and a CLOCK hand for the writers. A key's 64-bit maphash (seeded per
+// cache) picks the bucket with its low bits; its high bits are the hint, so a
+// reader skips the ways of other keys without touching their entries. An
+// entry is immutable once published (key and response in one byte slice,
+// stored/expiry/stale-until times in unix seconds, the original TTL) except
+// for two small atomics: the CLOCK reference bit and the prefetch-claimed
+// flag.
+//
+// Readers take no lock: a lookup is one bucket line, one entry and its bytes.
+// Writers publish with CompareAndSwap on a way. The entry and byte counters
+// are adjusted from the pointer each successful CAS replaced, so they stay
+// exact however writers race.
+//
+// # Eviction
+//
+// A Put into a full bucket replaces, in this order: the same key, an empty
+// way, an entry expired past its stale window, an expired entry still inside
+// it, and otherwise runs CLOCK over the bucket's ways: a hit sets an entry's
+// reference bit, the sweeping writer clears it and takes the first entry
+// found without one. When the table holds more than Config.Entries entries or
+// Config.MaxBytes octets, a global CLOCK hand sweeps all ways the same way
+// (dead entries go regardless of their bit) until both bounds hold again,
+// passing over the entry whose insert triggered it. New entries start with
+// the bit clear, so an entry asked for once goes before one asked for again;
+// popular entries set their bit again between two passes of a hand and
+// survive.
+//
+// # Memory bound
+//
+// Config.MaxBytes bounds the octets of keys and responses. Each entry adds
+// about 100 octets the bound does not count (the entry struct, allocator
+// size-class slack of the byte slice) and the table 13 octets per way; the
+// table has at least 1.25 ways per entry, for min(Entries, MaxBytes/64)
+// entries, rounded up to a power of two of buckets. So the heap used is at
+// most roughly MaxBytes·1.125 + Entries·(100+32) octets.
+//
+// # GC pressure
+//
+// Every entry is two heap objects: the entry struct (which holds a pointer)
+// and its pointer-free byte slice. With millions of entries the collector
+// marks millions of objects and scans the whole bucket array on every cycle;
+// a large, stable live heap makes cycles rarer but each one costs CPU in
+// proportion to the entry count. An arena (one big pointer-free slab, ways
+// holding offsets instead of pointers) would make the table invisible to the
+// GC, but then the cache must reclaim memory itself, and a lock-free reader
+// may still be copying from a slab region a writer reuses: that needs epochs,
+// hazard pointers or a copy-then-validate generation check on every hit.
+// Garbage-collected pointers give safe reclamation for free, which is why
+// this package uses them; an arena is the next step if GC CPU shows in
+// profiles at tens of millions of entries.
+//
+// # False sharing
+//
+// The read path writes nothing shared: bucket lines change only when writers
+// publish, the reference bit is written only when it is clear, and the hit,
+// miss, stale and prefetch counters are striped over padded slots chosen by
+// the calling goroutine's stack address, so each event loop increments its
+// own line and a single hot key does not make all cores fight over one.
+// Writer-side counters (entries, bytes, the global hand) sit on their own
+// padded lines, away from the read-only fields every Get loads.
+//
+// # Races between writers
+//
+// Two Puts of the same key race only when two upstream answers to the same
+// question arrive moments apart; either is a correct answer, so the last
+// writer wins. A writer that finds another copy of its key in the bucket
+// (both published into different empty ways) removes the older one. A reader
+// may briefly miss an entry whose way is being rewritten (its tag hint lags
+// the pointer); that costs one upstream query, never a wrong answer, because
+// a hit is confirmed against the entry's full tag and key.
 package cache
 
 import (
-	"encoding/binary"
 	"hash/maphash"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"xdoh/forwarder/dnsmsg"
 )
 
-const shards = 64
-
 // Config bounds the cache.
 type Config struct {
-	Entries int           // maximum entries (default 100000)
-	MinTTL  time.Duration // answers are kept at least this long (default 0)
-	MaxTTL  time.Duration // and at most this long (default 24h)
-	// ServFailTTL is how long a SERVFAIL from upstream is kept (0: not cached).
+	// Entries is the maximum number of entries (default 100000). The table
+	// capacity derives from it.
+	Entries int
+	// MaxBytes bounds the octets of stored responses and keys
+	// (default Entries*512).
+	MaxBytes int64
+	MinTTL   time.Duration // answers are kept at least this long (default 0)
+	MaxTTL   time.Duration // and at most this long (default 24h)
+	// ServFailTTL is how long a SERVFAIL from upstream is kept (0: not
+	// cached; at most 30s).
 	ServFailTTL time.Duration
+	// StaleWindow is how long after expiry an entry may still be served by
+	// GetStale (RFC 8767; 0: off).
+	StaleWindow time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
 
-// Stats are cumulative counters.
+// Result says what Get found.
+type Result uint8
+
+const (
+	// Miss: nothing fresh for the query.
+	Miss Result = iota
+	// Hit: a fresh entry was copied out.
+	Hit
+	// HitPrefetch is a Hit on an entry whose remaining TTL is under 10% of
+	// its original TTL (of at least 10s). It is returned once per stored
+	// entry, so exactly one caller refreshes it.
+	HitPrefetch
+)
+
+func (r Result) String() string {
+	switch r {
+	case Miss:
+		return "miss"
+	case Hit:
+		return "hit"
+	case HitPrefetch:
+		return "hit-prefetch"
+	}
+	return "invalid"
+}
+
+// Stats are cumulative counters plus the current size.
 type Stats struct {
-	Hits, Misses, Inserts, Evictions uint64
-	Entries                          int
+	Hits, Misses, Stale, Inserts, Evictions, Prefetches uint64
+	Entries                                             int
+	Bytes                                               int64
 }
 
-type entry struct {
-	key     []byte // lower-case wire name + type + class + flags
-	resp    []byte // as received, ID 0
-	qend    int
-	stored  int64 // unix seconds
-	expires int64 // unix seconds
-}
+const (
+	// maxServFailTTL caps Config.ServFailTTL.
+	maxServFailTTL = 30 * time.Second
+	// staleTTL is the TTL of every record of a stale answer (RFC 8767 §4).
+	staleTTL = 30
+	// prefetchMinTTL is the shortest original TTL that is prefetched.
+	prefetchMinTTL = 10
+	// minEntryBytes sizes the table for a MaxBytes far below Entries*512:
+	// key, header, question and one A record of a short name.
+	minEntryBytes = 64
+)
 
-type shard struct {
-	mu sync.RWMutex
-	m  map[uint64]*entry
-	_  [40]byte // keep shards on separate cache lines
-}
+// pad separates fields written by different cores.
+type pad [128]byte
 
 // Cache is safe for concurrent use.
 type Cache struct {
-	cfg     Config
-	nsh     uint64 // shards in use: min(shards, Entries)
-	perSh   int    // every shard in use holds perSh entries,
-	extra   uint64 // the first extra shards one more (they sum to Entries)
-	seed    maphash.Seed
-	shards  [shards]shard
-	hits    atomic.Uint64
-	misses  atomic.Uint64
-	inserts atomic.Uint64
-	evicts  atomic.Uint64
+	// Read-only after New; every Get loads these.
+	buckets    []bucket
+	mask       uint64 // len(buckets)-1
+	slots      uint64 // len(buckets)*ways
+	seed       maphash.Seed
+	now        func() time.Time
+	minTTL     time.Duration
+	maxTTL     time.Duration
+	servFail   time.Duration
+	stale      int64 // StaleWindow in seconds, rounded up
+	maxEntries int64
+	maxBytes   int64
+
+	_ pad
+	// Written by Put.
+	entries   atomic.Int64
+	bytes     atomic.Int64
+	hand      atomic.Uint64 // global CLOCK hand, a way index modulo slots
+	seq       atomic.Uint64 // orders entries of one key
+	inserts   atomic.Uint64
+	evictions atomic.Uint64
+	_         pad
+
+	// Written by Get and GetStale.
+	ctr [stripes]stripe
 }
 
 // New makes a cache; zero fields of cfg take their defaults.
@@ -76,141 +192,150 @@ func New(cfg Config) *Cache {
 	if cfg.Entries <= 0 {
 		cfg.Entries = 100000
 	}
+	if cfg.MaxBytes <= 0 {
+		cfg.MaxBytes = int64(cfg.Entries) * 512
+	}
 	if cfg.MaxTTL <= 0 {
 		cfg.MaxTTL = 24 * time.Hour
+	}
+	if cfg.ServFailTTL > maxServFailTTL {
+		cfg.ServFailTTL = maxServFailTTL
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	nsh := min(cfg.Entries, shards)
-	c := &Cache{
-		cfg:   cfg,
-		seed:  maphash.MakeSeed(),
-		nsh:   uint64(nsh),
-		perSh: cfg.Entries / nsh,
-		extra: uint64(cfg.Entries % nsh),
+	// At least 1.25 ways per entry, so buckets rarely fill before the
+	// entry bound is reached. A response with its key is rarely under
+	// minEntryBytes, so a tight MaxBytes needs fewer ways, and the global
+	// hand then does not crawl over empty ones.
+	n := min(int64(cfg.Entries), (cfg.MaxBytes+minEntryBytes-1)/minEntryBytes)
+	nb := uint64(1)
+	for nb*ways*4 < uint64(n)*5 {
+		nb <<= 1
 	}
-	for i := range c.shards {
-		c.shards[i].m = make(map[uint64]*entry)
+	return &Cache{
+		buckets:    make([]bucket, nb),
+		mask:       nb - 1,
+		slots:      nb * ways,
+		seed:       maphash.MakeSeed(),
+		now:        cfg.Now,
+		minTTL:     cfg.MinTTL,
+		maxTTL:     cfg.MaxTTL,
+		servFail:   cfg.ServFailTTL,
+		stale:      ceilSeconds(cfg.StaleWindow),
+		maxEntries: int64(cfg.Entries),
+		maxBytes:   cfg.MaxBytes,
 	}
-	return c
 }
 
-// maxKey is the longest key: a 255-octet name + type + class + flags.
-const maxKey = 255 + 5
+// ceilSeconds returns d in whole seconds, a partial second counting as one.
+func ceilSeconds(d time.Duration) int64 {
+	if d <= 0 {
+		return 0
+	}
+	return int64((d + time.Second - 1) / time.Second)
+}
 
-// key writes the cache key of q into buf and returns it.
-func key(buf *[maxKey]byte, q *dnsmsg.Query) []byte {
-	k := dnsmsg.AppendLower(buf[:0], q.Name)
-	var flags byte
-	if q.HasOPT {
-		flags |= 1
-	}
-	if q.DO {
-		flags |= 2
-	}
-	if q.CD() {
-		flags |= 4
-	}
-	return append(k, byte(q.Type>>8), byte(q.Type), byte(q.Class>>8), byte(q.Class), flags)
+// hash returns the key of q (written into kb) and its hash.
+func (c *Cache) hash(kb *[dnsmsg.MaxKeyLen]byte, q *dnsmsg.Query) ([]byte, uint64) {
+	k := dnsmsg.AppendKey(kb[:0], q)
+	return k, maphash.Bytes(c.seed, k)
 }
 
 // Get answers q from the cache into out (which must have room for a 64 KiB
 // message) patched for the client: ID, TTLs, question-name case, truncated to
-// maxSize. It returns the response and true on a hit.
-func (c *Cache) Get(q *dnsmsg.Query, out []byte, maxSize int) ([]byte, bool) {
-	var kb [maxKey]byte
-	k := key(&kb, q)
-	h := maphash.Bytes(c.seed, k)
-	sh := &c.shards[h%c.nsh]
-	sh.mu.RLock()
-	e := sh.m[h]
-	sh.mu.RUnlock()
-	now := c.cfg.Now().Unix()
-	if e == nil || now >= e.expires || string(e.key) != string(k) {
-		c.misses.Add(1)
-		return nil, false
+// maxSize. Only fresh entries answer; see GetStale for the others.
+func (c *Cache) Get(q *dnsmsg.Query, out []byte, maxSize int) ([]byte, Result) {
+	var kb [dnsmsg.MaxKeyLen]byte
+	k, h := c.hash(&kb, q)
+	e := c.lookup(h, k)
+	now := c.now().Unix()
+	ctr := c.stripe()
+	if e == nil || now >= e.expires || cap(out) < len(e.data)-int(e.klen) {
+		ctr.misses.Add(1)
+		return nil, Miss
 	}
-	c.hits.Add(1)
-	resp := out[:len(e.resp)]
-	copy(resp, e.resp)
-	dnsmsg.SetID(resp, q.ID)
-	dnsmsg.CopyQuestionName(resp, q.Name)
-	if age := now - e.stored; age > 0 {
-		dnsmsg.AgeTTLs(resp, e.qend, uint32(age), 0)
+	e.touch()
+	ctr.hits.Add(1)
+	res := Hit
+	if e.orig >= prefetchMinTTL && (e.expires-now)*10 < e.orig &&
+		e.claimed.Load() == 0 && e.claimed.CompareAndSwap(0, 1) {
+		ctr.prefetches.Add(1)
+		res = HitPrefetch
 	}
-	return dnsmsg.Truncate(resp, maxSize), true
+	return e.patch(out, q, now, 0, maxSize), res
 }
 
-// Put stores resp, the upstream's answer to q. resp must already have been
-// checked against q (dnsmsg.CheckResponse); qend is the offset after its
-// question. Truncated responses and most errors are not stored.
+// GetStale answers q from an entry that expired less than StaleWindow ago
+// (RFC 8767), with every TTL set to 30 seconds; the caller uses it when
+// upstream failed. Such answers are counted in Stats.Stale. An entry that is
+// fresh again (another caller refreshed it meanwhile) is returned as by Get.
+// SERVFAIL entries are never served stale.
+func (c *Cache) GetStale(q *dnsmsg.Query, out []byte, maxSize int) ([]byte, bool) {
+	if c.stale == 0 {
+		return nil, false
+	}
+	var kb [dnsmsg.MaxKeyLen]byte
+	k, h := c.hash(&kb, q)
+	e := c.lookup(h, k)
+	now := c.now().Unix()
+	if e == nil || now >= e.staleUntil || cap(out) < len(e.data)-int(e.klen) {
+		return nil, false
+	}
+	e.touch()
+	ctr := c.stripe()
+	if now < e.expires {
+		ctr.hits.Add(1)
+		return e.patch(out, q, now, 0, maxSize), true
+	}
+	ctr.stale.Add(1)
+	return e.patch(out, q, now, staleTTL, maxSize), true
+}
+
+// Put stores resp, the upstream's answer to q; qend is the offset after its
+// question. resp is copied. Responses that must not be cached are ignored:
+// see cacheTTL.
 func (c *Cache) Put(q *dnsmsg.Query, resp []byte, qend int) {
-	if len(resp) < dnsmsg.HeaderLen || resp[2]&(dnsmsg.FlagTC>>8) != 0 {
+	ttl, ok := c.cacheTTL(q, resp, qend)
+	if !ok {
 		return
 	}
-	var ttl time.Duration
-	switch dnsmsg.Rcode(resp) {
-	case dnsmsg.RcodeSuccess, dnsmsg.RcodeNXDomain:
-		min, ok := dnsmsg.MinTTL(resp, qend)
-		if !ok {
-			// NOERROR/NXDOMAIN without any record has no TTL to go by
-			// (RFC 2308 §5: without an SOA a negative answer is not cached).
-			return
-		}
-		ttl = time.Duration(min) * time.Second
-		if ttl < c.cfg.MinTTL {
-			ttl = c.cfg.MinTTL
-		}
-		if ttl > c.cfg.MaxTTL {
-			ttl = c.cfg.MaxTTL
-		}
-	case dnsmsg.RcodeServFail:
-		ttl = c.cfg.ServFailTTL
-	default:
+	var kb [dnsmsg.MaxKeyLen]byte
+	k, h := c.hash(&kb, q)
+	if int64(len(k)+len(resp)) > c.maxBytes {
 		return
 	}
-	if ttl <= 0 {
-		return
+	now := c.now().Unix()
+	e := newEntry(k, resp, qend)
+	dnsmsg.CapTTLs(e.resp(), qend, uint32(c.maxTTL/time.Second))
+	e.tag = h
+	e.seq = c.seq.Add(1)
+	e.stored = now
+	e.orig = ceilSeconds(ttl)
+	e.expires = now + e.orig
+	e.staleUntil = e.expires
+	if dnsmsg.Rcode(resp) != dnsmsg.RcodeServFail {
+		e.staleUntil += c.stale
+	} else {
+		e.orig = 0 // not prefetched
 	}
-	var kb [maxKey]byte
-	k := key(&kb, q)
-	now := c.cfg.Now().Unix()
-	e := &entry{
-		key:     append([]byte(nil), k...),
-		resp:    append([]byte(nil), resp...),
-		qend:    qend,
-		stored:  now,
-		expires: now + int64((ttl+time.Second-1)/time.Second), // a partial second counts
-	}
-	binary.BigEndian.PutUint16(e.resp, 0)
-	h := maphash.Bytes(c.seed, k)
-	i := h % c.nsh
-	limit := c.perSh
-	if i < c.extra {
-		limit++
-	}
-	sh := &c.shards[i]
-	sh.mu.Lock()
-	if _, exists := sh.m[h]; !exists && len(sh.m) >= limit {
-		for victim := range sh.m { // map order is random: a random eviction
-			delete(sh.m, victim)
-			c.evicts.Add(1)
-			break
-		}
-	}
-	sh.m[h] = e
-	sh.mu.Unlock()
-	c.inserts.Add(1)
+	c.insert(e, now)
 }
 
 // Stats returns the counters.
 func (c *Cache) Stats() Stats {
-	s := Stats{Hits: c.hits.Load(), Misses: c.misses.Load(), Inserts: c.inserts.Load(), Evictions: c.evicts.Load()}
-	for i := range c.shards {
-		c.shards[i].mu.RLock()
-		s.Entries += len(c.shards[i].m)
-		c.shards[i].mu.RUnlock()
+	s := Stats{
+		Inserts:   c.inserts.Load(),
+		Evictions: c.evictions.Load(),
+		Entries:   int(c.entries.Load()),
+		Bytes:     c.bytes.Load(),
+	}
+	for i := range c.ctr {
+		t := &c.ctr[i]
+		s.Hits += t.hits.Load()
+		s.Misses += t.misses.Load()
+		s.Stale += t.stale.Load()
+		s.Prefetches += t.prefetches.Load()
 	}
 	return s
 }

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"encoding/binary"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -130,8 +131,8 @@ func get(t testing.TB, c *Cache, spec qspec, maxSize int) (*dns.Msg, []byte, boo
 	t.Helper()
 	_, q := spec.query(t)
 	out := make([]byte, 65535)
-	b, ok := c.Get(q, out, maxSize)
-	if !ok {
+	b, res := c.Get(q, out, maxSize)
+	if res == Miss {
 		return nil, nil, false
 	}
 	var m dns.Msg
@@ -277,7 +278,7 @@ func TestKey(t *testing.T) {
 		{name: "same", spec: base, wantHit: true},
 		{name: "upper case", spec: qspec{name: "WWW.EXAMPLE.COM.", edns: true}, wantHit: true},
 		{name: "other EDNS size", spec: qspec{name: "www.example.com.", edns: true, size: 4096}, wantHit: true},
-		{name: "RD clear", spec: qspec{name: "www.example.com.", edns: true, noRD: true}, wantHit: true},
+		{name: "RD clear (an RD=0 answer may be a referral)", spec: qspec{name: "www.example.com.", edns: true, noRD: true}},
 		{name: "DO set", spec: qspec{name: "www.example.com.", edns: true, do: true}},
 		{name: "CD set", spec: qspec{name: "www.example.com.", edns: true, cd: true}},
 		{name: "no EDNS", spec: qspec{name: "www.example.com."}},
@@ -316,8 +317,9 @@ func TestPutPolicy(t *testing.T) {
 		rcode    int
 		an, ns   []string
 		edit     func(*dns.Msg)
-		lastHit  time.Duration // still a hit at this age (negative: never cached)
-		firstOut time.Duration // a miss from this age on
+		wire     func(b []byte, qend int) // edits the packed response CheckResponse accepted
+		lastHit  time.Duration            // still a hit at this age (negative: never cached)
+		firstOut time.Duration            // a miss from this age on
 	}{
 		{name: "NOERROR answer", rcode: dns.RcodeSuccess, an: aRecords, lastHit: 119 * time.Second, firstOut: 120 * time.Second},
 		{name: "NXDOMAIN with SOA, MINIMUM below TTL", rcode: dns.RcodeNameError, ns: []string{soa3600min300}, lastHit: 299 * time.Second, firstOut: 300 * time.Second},
@@ -336,6 +338,25 @@ func TestPutPolicy(t *testing.T) {
 		{name: "min TTL raises", cfg: Config{MinTTL: time.Minute}, rcode: dns.RcodeSuccess, an: []string{"www.example.com. 10 IN A 192.0.2.1"}, lastHit: 59 * time.Second, firstOut: time.Minute},
 		{name: "zero TTL not cached", rcode: dns.RcodeSuccess, an: []string{"www.example.com. 0 IN A 192.0.2.1"}, lastHit: -1},
 		{name: "zero TTL with min TTL", cfg: Config{MinTTL: 10 * time.Second}, rcode: dns.RcodeSuccess, an: []string{"www.example.com. 0 IN A 192.0.2.1"}, lastHit: 9 * time.Second, firstOut: 10 * time.Second},
+		{name: "SERVFAIL, ServFailTTL clamped to 30s", cfg: Config{ServFailTTL: 5 * time.Minute}, rcode: dns.RcodeServerFailure, lastHit: 29 * time.Second, firstOut: 30 * time.Second},
+		{name: "TTL 2^31-1 is valid", rcode: dns.RcodeSuccess, an: []string{"www.example.com. 2147483647 IN A 192.0.2.1"},
+			lastHit: 24*time.Hour - time.Second, firstOut: 24 * time.Hour},
+
+		// Bad upstream data must not poison the cache.
+		{name: "answer TTL above 2^31-1", cfg: Config{MinTTL: time.Minute}, rcode: dns.RcodeSuccess, an: aRecords,
+			edit: func(m *dns.Msg) { m.Answer[1].Header().Ttl = 1 << 31 }, lastHit: -1},
+		{name: "authority TTL above 2^31-1", rcode: dns.RcodeNameError, ns: []string{soa3600min300},
+			edit: func(m *dns.Msg) { m.Ns[0].Header().Ttl = 0xFFFFFFFF }, lastHit: -1},
+		{name: "NOERROR, authority NS but no SOA", rcode: dns.RcodeSuccess, ns: []string{"example.com. 3600 IN NS ns.example.com."}, lastHit: -1},
+		{name: "NXDOMAIN, CNAME but no SOA", rcode: dns.RcodeNameError, an: []string{"www.example.com. 300 IN CNAME gone.example.com."}, lastHit: -1},
+		{name: "NXDOMAIN, CNAME and SOA", rcode: dns.RcodeNameError, an: []string{"www.example.com. 600 IN CNAME gone.example.com."}, ns: []string{soa3600min300}, lastHit: 299 * time.Second, firstOut: 300 * time.Second},
+		{name: "QR clear", rcode: dns.RcodeSuccess, an: aRecords, wire: func(b []byte, _ int) { b[2] &^= 0x80 }, lastHit: -1},
+		{name: "QDCOUNT 0", rcode: dns.RcodeSuccess, an: aRecords, wire: func(b []byte, _ int) { b[5] = 0 }, lastHit: -1},
+		{name: "QDCOUNT 2", rcode: dns.RcodeSuccess, an: aRecords, wire: func(b []byte, _ int) { b[5] = 2 }, lastHit: -1},
+		{name: "question of another type", rcode: dns.RcodeSuccess, an: aRecords, wire: func(b []byte, qend int) { b[qend-3] = byte(dns.TypeAAAA) }, lastHit: -1},
+		{name: "question of another name", rcode: dns.RcodeSuccess, an: aRecords, wire: func(b []byte, _ int) { b[13] = 'x' }, lastHit: -1},
+		{name: "records cut short", rcode: dns.RcodeSuccess, an: aRecords, wire: func(b []byte, _ int) { b[7]++ }, lastHit: -1},
+		{name: "TC set after the check", rcode: dns.RcodeSuccess, an: aRecords, wire: func(b []byte, _ int) { b[2] |= 0x02 }, lastHit: -1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -344,6 +365,9 @@ func TestPutPolicy(t *testing.T) {
 			c := newCache(tt.cfg, clk)
 			m, q := spec.query(t)
 			b, qend := answer(t, m, tt.rcode, tt.an, tt.ns, tt.edit)
+			if tt.wire != nil {
+				tt.wire(b, qend)
+			}
 			c.Put(q, b, qend)
 			if tt.lastHit < 0 {
 				if s := c.Stats(); s.Entries != 0 || s.Inserts != 0 {
@@ -427,9 +451,12 @@ func TestEntryBound(t *testing.T) {
 			m, _ := qspec{name: "x.example."}.query(t)
 			b, qend := answer(t, m, dns.RcodeSuccess, []string{"x.example. 300 IN A 192.0.2.1"}, nil, nil)
 			for i := range tt.inserts {
-				// Same length names, so the stored response fits them all.
+				// Same length names: the stored response with its question
+				// rewritten answers them all.
 				spec := qspec{name: fmt.Sprintf("%c.example.", 'a'+i%26), qtype: uint16(1000 + i/26)}
 				_, q := spec.query(t)
+				dnsmsg.CopyQuestionName(b, q.Name)
+				binary.BigEndian.PutUint16(b[qend-4:], q.Type)
 				c.Put(q, b, qend)
 				if i%97 == 0 {
 					if n := c.Stats().Entries; n > tt.entries {
@@ -483,8 +510,8 @@ func TestConcurrent(t *testing.T) {
 				case n%500 == 0 && w == 0:
 					clk.Advance(time.Second)
 				default:
-					b, ok := c.Get(it.q, out, 512)
-					if !ok {
+					b, res := c.Get(it.q, out, 512)
+					if res == Miss {
 						continue
 					}
 					hits.Add(1)
@@ -514,8 +541,8 @@ func TestGetHitAllocs(t *testing.T) {
 	store(t, c, spec, dns.RcodeSuccess, aRecords, nil)
 	_, q := qspec{name: "WWW.Example.com.", edns: true, do: true}.query(t)
 	out := make([]byte, 65535)
-	if _, ok := c.Get(q, out, 512); !ok {
-		t.Fatal("miss")
+	if _, res := c.Get(q, out, 512); res != Hit {
+		t.Fatalf("Get = %v, want a hit", res)
 	}
 	if n := testing.AllocsPerRun(200, func() { c.Get(q, out, 512) }); n != 0 {
 		t.Errorf("Get on a hit allocates %v times", n)
@@ -530,7 +557,7 @@ func BenchmarkGetHit(b *testing.B) {
 	out := make([]byte, 65535)
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, ok := c.Get(q, out, 1232); !ok {
+		if _, res := c.Get(q, out, 1232); res == Miss {
 			b.Fatal("miss")
 		}
 	}
@@ -550,7 +577,7 @@ func BenchmarkGetHitParallel(b *testing.B) {
 		out := make([]byte, 65535)
 		i := 0
 		for pb.Next() {
-			if _, ok := c.Get(qs[i%n], out, 1232); !ok {
+			if _, res := c.Get(qs[i%n], out, 1232); res == Miss {
 				b.Error("miss")
 				return
 			}

@@ -63,3 +63,21 @@ func AgeTTLs(msg []byte, qend int, age, floor uint32) {
 		off = rr.End
 	}
 }
+
+// CapTTLs lowers to max every TTL above it in the records after the question
+// (qend); OPT records are left alone. A cache whose max_ttl is 1h must not
+// hand out a week-long TTL for clients to keep.
+func CapTTLs(msg []byte, qend int, max uint32) {
+	_, an, ns, ar := Counts(msg)
+	off := qend
+	for i := 0; i < an+ns+ar; i++ {
+		rr, err := ReadRR(msg, off)
+		if err != nil {
+			return
+		}
+		if rr.Type != TypeOPT && rr.TTL > max {
+			binary.BigEndian.PutUint32(msg[rr.TTLOff:], max)
+		}
+		off = rr.End
+	}
+}
