@@ -371,8 +371,10 @@ func TestBINDRetriesOnPortConflict(t *testing.T) {
 	defer func() { pickPortsFunc = orig }()
 
 	b := StartBIND(t, BINDOptions{})
-	if calls != 2 {
-		t.Fatalf("pickPorts called %d times, want 2", calls)
+	// At least one retry; another can happen when a port picked for the
+	// second attempt is taken meanwhile by a test running in parallel.
+	if calls < 2 {
+		t.Fatalf("pickPorts called %d times, want a retry after the conflict", calls)
 	}
 	if strings.HasSuffix(b.DoHURL, fmt.Sprintf(":%d/dns-query", busyPort)) {
 		t.Fatalf("DoH URL %s uses the busy port", b.DoHURL)
