@@ -15,6 +15,7 @@ import (
 	"xdoh/cmd/xdoh/internal/config"
 	"xdoh/datapath/doh"
 	dpgnet "xdoh/datapath/gnet"
+	"xdoh/datapath/udp"
 	"xdoh/forwarder"
 	"xdoh/forwarder/cache"
 	"xdoh/forwarder/rules"
@@ -135,7 +136,8 @@ type app struct {
 	cfg  *config.Config
 	fwd  *forwarder.Forwarder
 	ups  []upstream.Upstream
-	do53 []*dpgnet.Server
+	do53 []*dpgnet.Server // TCP, and UDP when udp_engine is gnet
+	udp  []*udp.Server
 	doh  []*doh.Server
 }
 
@@ -157,6 +159,9 @@ func build(cfg *config.Config, log *slog.Logger) (*app, error) {
 	fail := func(err error) (*app, error) { a.closeUpstreams(); return nil, err }
 
 	mkTargets := func(field string, targets []string, caFile string, timeout config.Duration) ([]forwarder.Target, error) {
+		if timeout == 0 {
+			timeout = cfg.Upstream.Timeout // the rule's own, else the global per-attempt timeout
+		}
 		var ts []forwarder.Target
 		for j, t := range targets {
 			up, err := upstream.New(t, upstream.Options{
@@ -203,8 +208,9 @@ func build(cfg *config.Config, log *slog.Logger) (*app, error) {
 	}
 	if cfg.Cache.On() {
 		fc.Cache = cache.New(cache.Config{
-			Entries: cfg.Cache.Entries, MinTTL: cfg.Cache.MinTTL.D(), MaxTTL: cfg.Cache.MaxTTL.D(),
-			ServFailTTL: cfg.Cache.ServFailTTL.D(),
+			Entries: cfg.Cache.Entries, MaxBytes: cfg.Cache.MaxBytes,
+			MinTTL: cfg.Cache.MinTTL.D(), MaxTTL: cfg.Cache.MaxTTL.D(),
+			ServFailTTL: cfg.Cache.ServFailTTL.D(), StaleWindow: cfg.Cache.ServeStale.D(),
 		})
 	}
 	if a.fwd, err = forwarder.New(fc); err != nil {
@@ -213,14 +219,22 @@ func build(cfg *config.Config, log *slog.Logger) (*app, error) {
 	for i, l := range cfg.Listeners {
 		protos, _ := l.ProtocolSet()
 		if protos["do53"] {
+			gnetUDP := l.UDPEngine == "gnet"
 			s, err := dpgnet.New(dpgnet.Config{
-				Name: l.Name, Addrs: l.Do53,
+				Name: l.Name, Addrs: l.Do53, TCPOnly: !gnetUDP,
 				TCPIdleTimeout: l.TCP.IdleTimeout.D(), MaxTCPConns: l.TCP.MaxConns, MaxTCPPipeline: l.TCP.MaxPipeline,
 			}, a.fwd)
 			if err != nil {
 				return fail(fmt.Errorf("listeners[%d]: %w", i, err))
 			}
 			a.do53 = append(a.do53, s)
+			if !gnetUDP {
+				u, err := udp.New(udp.Config{Name: l.Name, Addrs: l.Do53}, a.fwd)
+				if err != nil {
+					return fail(fmt.Errorf("listeners[%d]: %w", i, err))
+				}
+				a.udp = append(a.udp, u)
+			}
 		}
 		if protos["doh"] {
 			s, err := doh.New(doh.Config{
@@ -237,11 +251,16 @@ func build(cfg *config.Config, log *slog.Logger) (*app, error) {
 }
 
 func (a *app) start() error {
-	for i, s := range a.do53 {
+	for _, s := range a.udp {
 		if err := s.Start(); err != nil {
 			return err
 		}
-		a.log.Info("listening", "transport", "do53 udp+tcp", "listener", a.cfg.Listeners[i].Name, "addrs", strings.Join(a.cfg.Listeners[i].Do53, " "))
+	}
+	for _, s := range a.do53 {
+		if err := s.Start(); err != nil {
+			return err
+		}
+		a.log.Info("listening", "transport", "do53", "listener", s.Name(), "addrs", strings.Join(s.Addrs(), " "))
 	}
 	for _, s := range a.doh {
 		if err := s.Start(); err != nil {
@@ -258,6 +277,9 @@ func (a *app) stop() {
 	defer cancel()
 	var errs []error
 	for _, s := range a.do53 {
+		errs = append(errs, s.Stop(ctx))
+	}
+	for _, s := range a.udp {
 		errs = append(errs, s.Stop(ctx))
 	}
 	for _, s := range a.doh {

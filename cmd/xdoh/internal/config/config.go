@@ -40,6 +40,9 @@ type Listener struct {
 	Do53      []string `yaml:"do53"`      // "IP:port" for UDP and TCP
 	DoH       *DoH     `yaml:"doh"`
 	TCP       TCP      `yaml:"tcp"`
+	// UDPEngine picks the Do53 UDP datapath: "mmsg" (default: recvmmsg/
+	// sendmmsg loops, no allocation per cache hit) or "gnet" (event loops).
+	UDPEngine string `yaml:"udp_engine"`
 }
 
 // DoH is an inbound DNS-over-HTTPS server.
@@ -84,6 +87,8 @@ type Group struct {
 type Cache struct {
 	Enabled     *bool    `yaml:"enabled"` // default true
 	Entries     int      `yaml:"entries"`
+	MaxBytes    int64    `yaml:"max_bytes"`   // bound on stored bytes (default entries × 512)
+	ServeStale  Duration `yaml:"serve_stale"` // RFC 8767 window after expiry (0: off)
 	MinTTL      Duration `yaml:"min_ttl"`
 	MaxTTL      Duration `yaml:"max_ttl"`
 	ServFailTTL Duration `yaml:"servfail_ttl"`
@@ -244,6 +249,11 @@ func (c *Config) Validate() error {
 				}
 			}
 		}
+		switch l.UDPEngine {
+		case "", "mmsg", "gnet":
+		default:
+			bad(f+".udp_engine", "%q is not one of mmsg, gnet", l.UDPEngine)
+		}
 		if l.TCP.MaxConns < 0 || l.TCP.MaxPipeline < 0 || l.TCP.IdleTimeout < 0 {
 			bad(f+".tcp", "limits must not be negative")
 		}
@@ -320,6 +330,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Cache.Entries < 0 {
 		bad("cache.entries", "must not be negative")
+	}
+	if c.Cache.MaxBytes < 0 {
+		bad("cache.max_bytes", "must not be negative")
+	}
+	if c.Cache.ServeStale < 0 {
+		bad("cache.serve_stale", "must not be negative")
 	}
 	if c.Cache.MaxTTL > 0 && c.Cache.MinTTL > c.Cache.MaxTTL {
 		bad("cache.min_ttl", "%v is above cache.max_ttl %v", c.Cache.MinTTL.D(), c.Cache.MaxTTL.D())
