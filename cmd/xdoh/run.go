@@ -229,7 +229,7 @@ func build(cfg *config.Config, log *slog.Logger) (*app, error) {
 			}
 			a.do53 = append(a.do53, s)
 			if !gnetUDP {
-				u, err := udp.New(udp.Config{Name: l.Name, Addrs: l.Do53}, a.fwd)
+				u, err := udp.New(udp.Config{Name: l.Name, Addrs: l.Do53, Sockets: l.UDPSockets}, a.fwd)
 				if err != nil {
 					return fail(fmt.Errorf("listeners[%d]: %w", i, err))
 				}

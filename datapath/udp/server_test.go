@@ -159,7 +159,7 @@ func TestNew(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if s.cfg.Sockets != runtime.GOMAXPROCS(0) || s.cfg.Batch != defaultBatch {
+				if s.cfg.Sockets != max(1, runtime.GOMAXPROCS(0)/2) || s.cfg.Batch != defaultBatch {
 					t.Fatalf("defaults: %+v", s.cfg)
 				}
 				return

@@ -43,6 +43,9 @@ type Listener struct {
 	// UDPEngine picks the Do53 UDP datapath: "mmsg" (default: recvmmsg/
 	// sendmmsg loops, no allocation per cache hit) or "gnet" (event loops).
 	UDPEngine string `yaml:"udp_engine"`
+	// UDPSockets is the number of SO_REUSEPORT sockets per address for
+	// the mmsg engine (default GOMAXPROCS/2, at least 1).
+	UDPSockets int `yaml:"udp_sockets"`
 }
 
 // DoH is an inbound DNS-over-HTTPS server.
@@ -253,6 +256,9 @@ func (c *Config) Validate() error {
 		case "", "mmsg", "gnet":
 		default:
 			bad(f+".udp_engine", "%q is not one of mmsg, gnet", l.UDPEngine)
+		}
+		if l.UDPSockets < 0 || l.UDPSockets > 256 {
+			bad(f+".udp_sockets", "%d is not between 0 (default) and 256", l.UDPSockets)
 		}
 		if l.TCP.MaxConns < 0 || l.TCP.MaxPipeline < 0 || l.TCP.IdleTimeout < 0 {
 			bad(f+".tcp", "limits must not be negative")
