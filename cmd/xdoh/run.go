@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"xdoh/cmd/xdoh/internal/config"
+	"xdoh/cmd/xdoh/internal/metrics"
 	"xdoh/datapath/doh"
 	dpgnet "xdoh/datapath/gnet"
 	"xdoh/datapath/udp"
@@ -44,6 +45,7 @@ type runFlags struct {
 	noCache  bool
 	demo     bool
 	pprof    string
+	metrics  string
 }
 
 func parseRunFlags(args []string) (*runFlags, error) {
@@ -54,6 +56,7 @@ func parseRunFlags(args []string) (*runFlags, error) {
 	fs.Var(&f.upstream, "upstream", "default upstream target (https://… DoH, or IP[:port] Do53); repeatable")
 	fs.StringVar(&f.caFile, "ca-file", "", "PEM CA to trust for the --upstream targets instead of the system roots")
 	fs.BoolVar(&f.noCache, "no-cache", false, "disable the response cache")
+	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus /metrics, /healthz, /readyz on IP:PORT")
 	fs.StringVar(&f.pprof, "pprof", "", "serve net/http/pprof on this loopback address (debugging)")
 	fs.BoolVar(&f.demo, "demo", false, "run the seed's topology on loopback with an in-process on-prem DoH resolver")
 	if err := fs.Parse(args); err != nil {
@@ -74,6 +77,9 @@ func (f *runFlags) layer(cfg *config.Config) {
 		cfg.Default = &config.Group{Targets: f.upstream, CAFile: f.caFile}
 	} else if f.caFile != "" && cfg.Default != nil {
 		cfg.Default.CAFile = f.caFile
+	}
+	if f.metrics != "" {
+		cfg.Metrics.Address = f.metrics
 	}
 	if f.noCache {
 		off := false
@@ -132,13 +138,15 @@ func cmdRun(args []string) error {
 
 // app is a running xdoh: the pipeline and its datapaths.
 type app struct {
-	log  *slog.Logger
-	cfg  *config.Config
-	fwd  *forwarder.Forwarder
-	ups  []upstream.Upstream
-	do53 []*dpgnet.Server // TCP, and UDP when udp_engine is gnet
-	udp  []*udp.Server
-	doh  []*doh.Server
+	log   *slog.Logger
+	cfg   *config.Config
+	fwd   *forwarder.Forwarder
+	ups   []upstream.Upstream
+	do53  []*dpgnet.Server // TCP, and UDP when udp_engine is gnet
+	udp   []*udp.Server
+	cache *cache.Cache
+	mx    *metrics.Server
+	doh   []*doh.Server
 }
 
 func loadZones(cfg *config.Config) ([]*zone.Zone, error) {
@@ -207,11 +215,12 @@ func build(cfg *config.Config, log *slog.Logger) (*app, error) {
 		}
 	}
 	if cfg.Cache.On() {
-		fc.Cache = cache.New(cache.Config{
+		a.cache = cache.New(cache.Config{
 			Entries: cfg.Cache.Entries, MaxBytes: cfg.Cache.MaxBytes,
 			MinTTL: cfg.Cache.MinTTL.D(), MaxTTL: cfg.Cache.MaxTTL.D(),
 			ServFailTTL: cfg.Cache.ServFailTTL.D(), StaleWindow: cfg.Cache.ServeStale.D(),
 		})
+		fc.Cache = a.cache
 	}
 	if a.fwd, err = forwarder.New(fc); err != nil {
 		return fail(err)
@@ -251,6 +260,16 @@ func build(cfg *config.Config, log *slog.Logger) (*app, error) {
 }
 
 func (a *app) start() error {
+	if a.cfg.Metrics.Address != "" {
+		reg, err := a.collector().Registry()
+		if err != nil {
+			return err
+		}
+		if a.mx, err = metrics.Listen(a.cfg.Metrics.Address, reg); err != nil {
+			return err
+		}
+		a.log.Info("metrics", "url", "http://"+a.mx.Addr().String()+"/metrics")
+	}
 	for _, s := range a.udp {
 		if err := s.Start(); err != nil {
 			return err
@@ -268,6 +287,9 @@ func (a *app) start() error {
 		}
 		a.log.Info("listening", "transport", "doh", "addr", s.Addr().String())
 	}
+	if a.mx != nil {
+		a.mx.SetReady(true)
+	}
 	a.log.Info("xdoh running", "rules", len(a.cfg.Rules), "zones", len(a.cfg.Zones), "cache", a.cfg.Cache.On())
 	return nil
 }
@@ -284,6 +306,9 @@ func (a *app) stop() {
 	}
 	for _, s := range a.doh {
 		errs = append(errs, s.Shutdown(ctx))
+	}
+	if a.mx != nil {
+		errs = append(errs, a.mx.Shutdown(ctx))
 	}
 	a.closeUpstreams()
 	if err := errors.Join(errs...); err != nil {

@@ -359,3 +359,6 @@ func (so *socket) close() {
 		_ = unix.Close(so.fd)
 	}
 }
+
+// Name is the listener's name.
+func (s *Server) Name() string { return s.cfg.Name }

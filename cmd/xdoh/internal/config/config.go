@@ -29,6 +29,7 @@ type Config struct {
 	Default   *Group     `yaml:"default"`
 	Cache     Cache      `yaml:"cache"`
 	Upstream  Upstream   `yaml:"upstream"`
+	Metrics   Metrics    `yaml:"metrics"`
 
 	dir string // directory of the file, for relative paths
 }
@@ -106,6 +107,11 @@ type Upstream struct {
 	Timeout      Duration `yaml:"timeout"`       // default per-attempt timeout
 	MaxInflight  int      `yaml:"max_inflight"`
 	Conns        int      `yaml:"conns"` // DoH connections per target
+}
+
+// Metrics configures the Prometheus endpoint (/metrics, /healthz, /readyz).
+type Metrics struct {
+	Address string `yaml:"address"` // "127.0.0.1:9153"; empty: off
 }
 
 // Duration is a time.Duration written as "1.5s".
@@ -345,6 +351,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Cache.MaxTTL > 0 && c.Cache.MinTTL > c.Cache.MaxTTL {
 		bad("cache.min_ttl", "%v is above cache.max_ttl %v", c.Cache.MinTTL.D(), c.Cache.MaxTTL.D())
+	}
+	if c.Metrics.Address != "" {
+		if _, err := netip.ParseAddrPort(c.Metrics.Address); err != nil {
+			bad("metrics.address", "%q is not IP:port", c.Metrics.Address)
+		}
 	}
 	if c.Upstream.MaxInflight < 0 {
 		bad("upstream.max_inflight", "must not be negative")
