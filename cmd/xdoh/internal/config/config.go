@@ -30,6 +30,8 @@ type Config struct {
 	Cache     Cache      `yaml:"cache"`
 	Upstream  Upstream   `yaml:"upstream"`
 	Metrics   Metrics    `yaml:"metrics"`
+	QueryLog  QueryLog   `yaml:"querylog"`
+	Control   Control    `yaml:"control"`
 
 	dir string // directory of the file, for relative paths
 }
@@ -37,9 +39,13 @@ type Config struct {
 // Listener is one inbound endpoint.
 type Listener struct {
 	Name      string   `yaml:"name"`
-	Protocols []string `yaml:"protocols"` // do53 | doh; empty means do53
+	Protocols []string `yaml:"protocols"` // do53 | doh | doh-fips; empty means do53
 	Do53      []string `yaml:"do53"`      // "IP:port" for UDP and TCP
-	DoH       *DoH     `yaml:"doh"`
+	DoH       *DoH     `yaml:"doh"`       // for protocol doh or doh-fips
+	// Allow is the source ACL (the security-group analog): CIDRs or single
+	// addresses. Empty allows everyone. Others get ACLAction.
+	Allow     []string `yaml:"allow"`
+	ACLAction string   `yaml:"acl_action"` // refuse (REFUSED, default) | drop
 	TCP       TCP      `yaml:"tcp"`
 	// UDPEngine picks the Do53 UDP datapath: "mmsg" (default: recvmmsg/
 	// sendmmsg loops, no allocation per cache hit) or "gnet" (event loops).
@@ -107,6 +113,24 @@ type Upstream struct {
 	Timeout      Duration `yaml:"timeout"`       // default per-attempt timeout
 	MaxInflight  int      `yaml:"max_inflight"`
 	Conns        int      `yaml:"conns"` // DoH connections per target
+}
+
+// QueryLog configures the query log (JSON lines with Route 53 Resolver field
+// names) and its dnstap output.
+type QueryLog struct {
+	Path         string  `yaml:"path"`   // file, reopened on SIGHUP; "-" for stdout
+	Buffer       int     `yaml:"buffer"` // entries queued before dropping (default 4096)
+	SampleRate   float64 `yaml:"sample_rate"`
+	DnstapSocket string  `yaml:"dnstap_socket"`
+	DnstapFile   string  `yaml:"dnstap_file"`
+}
+
+// On reports whether any query-log output is configured.
+func (q QueryLog) On() bool { return q.Path != "" || q.DnstapSocket != "" || q.DnstapFile != "" }
+
+// Control configures the control socket used by `xdoh reload`.
+type Control struct {
+	Socket string `yaml:"socket"` // unix socket path; empty: off
 }
 
 // Metrics configures the Prometheus endpoint (/metrics, /healthz, /readyz).
@@ -233,15 +257,16 @@ func (c *Config) Validate() error {
 				bad(fmt.Sprintf("%s.do53[%d]", f, j), "%q is not IP:port (IPv6 as [::1]:53)", a)
 			}
 		}
+		https := protos["doh"] || protos["doh-fips"]
 		switch {
 		case err != nil:
-		case !protos["doh"]:
+		case !https:
 			if l.DoH != nil {
-				bad(f+".doh", "doh section given but doh is not in protocols")
+				bad(f+".doh", "doh section given but neither doh nor doh-fips is in protocols")
 			}
 		default:
 			if l.DoH == nil {
-				bad(f+".doh", "protocol doh needs a doh section (address, cert, key)")
+				bad(f+".doh", "protocol doh/doh-fips needs a doh section (address, cert, key)")
 			} else {
 				if _, err := netip.ParseAddrPort(l.DoH.Address); err != nil {
 					bad(f+".doh.address", "%q is not IP:port", l.DoH.Address)
@@ -257,6 +282,16 @@ func (c *Config) Validate() error {
 					}
 				}
 			}
+		}
+		for j, a := range l.Allow {
+			if _, err := ParsePrefix(a); err != nil {
+				bad(fmt.Sprintf("%s.allow[%d]", f, j), "%v", err)
+			}
+		}
+		switch l.ACLAction {
+		case "", "refuse", "drop":
+		default:
+			bad(f+".acl_action", "%q is not one of refuse, drop", l.ACLAction)
 		}
 		switch l.UDPEngine {
 		case "", "mmsg", "gnet":
@@ -352,6 +387,12 @@ func (c *Config) Validate() error {
 	if c.Cache.MaxTTL > 0 && c.Cache.MinTTL > c.Cache.MaxTTL {
 		bad("cache.min_ttl", "%v is above cache.max_ttl %v", c.Cache.MinTTL.D(), c.Cache.MaxTTL.D())
 	}
+	if c.QueryLog.Buffer < 0 {
+		bad("querylog.buffer", "must not be negative")
+	}
+	if c.QueryLog.SampleRate < 0 || c.QueryLog.SampleRate > 1 {
+		bad("querylog.sample_rate", "%v is not between 0 and 1", c.QueryLog.SampleRate)
+	}
 	if c.Metrics.Address != "" {
 		if _, err := netip.ParseAddrPort(c.Metrics.Address); err != nil {
 			bad("metrics.address", "%q is not IP:port", c.Metrics.Address)
@@ -424,19 +465,33 @@ func (l Listener) ProtocolSet() (map[string]bool, error) {
 	set := map[string]bool{}
 	for _, p := range l.Protocols {
 		switch p {
-		case "do53", "doh":
-		case "doh-fips":
-			return nil, errors.New("doh-fips is not supported yet")
+		case "do53", "doh", "doh-fips":
 		default:
-			return nil, fmt.Errorf("%q is not one of do53, doh", p)
+			return nil, fmt.Errorf("%q is not one of do53, doh, doh-fips", p)
 		}
 		if set[p] {
 			return nil, fmt.Errorf("%q is listed twice", p)
 		}
 		set[p] = true
 	}
+	if set["doh"] && set["doh-fips"] {
+		return nil, errors.New("doh and doh-fips cannot be used together on one listener")
+	}
 	if len(set) == 0 {
 		set["do53"] = true
 	}
 	return set, nil
+}
+
+// ParsePrefix reads an ACL entry: a CIDR ("10.0.0.0/8", "fd00::/8") or a
+// single address (a /32 or /128).
+func ParsePrefix(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is neither a CIDR nor an IP address", s)
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
 }

@@ -1,0 +1,61 @@
+package config
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// CheckMigration checks that going from the running config old to next
+// keeps clients able to reach every listener that stays: like a Route 53
+// Resolver endpoint, a listener may not switch directly from Do53 only to
+// DoH (or DoH-FIPS) only, or back. It must pass through a set holding both,
+// so clients can move over while the query log shows who still uses which.
+func CheckMigration(old, next *Config) error {
+	prev := map[string]map[string]bool{}
+	for _, l := range old.Listeners {
+		if set, err := l.ProtocolSet(); err == nil {
+			prev[l.Name] = set
+		}
+	}
+	var problems []string
+	for i, l := range next.Listeners {
+		was, ok := prev[l.Name]
+		if !ok {
+			continue // a new listener may start with any set
+		}
+		now, err := l.ProtocolSet()
+		if err != nil {
+			continue // Validate reports it
+		}
+		if plain(was) && httpsOnly(now) || httpsOnly(was) && plain(now) {
+			problems = append(problems, fmt.Sprintf(
+				"listeners[%d].protocols: %q cannot go from %s straight to %s; pass through a set with both (e.g. [do53, %s]) and check the query log first",
+				i, l.Name, setString(was), setString(now), httpsName(was, now)))
+		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%s", strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+func plain(set map[string]bool) bool { return len(set) == 1 && set["do53"] }
+
+func httpsOnly(set map[string]bool) bool { return !set["do53"] && (set["doh"] || set["doh-fips"]) }
+
+func httpsName(a, b map[string]bool) string {
+	if a["doh-fips"] || b["doh-fips"] {
+		return "doh-fips"
+	}
+	return "doh"
+}
+
+func setString(set map[string]bool) string {
+	var ps []string
+	for p := range set {
+		ps = append(ps, p)
+	}
+	slices.Sort(ps)
+	return "[" + strings.Join(ps, ", ") + "]"
+}

@@ -1,0 +1,38 @@
+package config
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestCheckMigration(t *testing.T) {
+	l := func(name string, protos ...string) Listener { return Listener{Name: name, Protocols: protos} }
+	tests := []struct {
+		name      string
+		old, next []Listener
+		wantErr   string
+	}{
+		{"do53 to do53+doh", []Listener{l("in", "do53")}, []Listener{l("in", "do53", "doh")}, ""},
+		{"do53+doh to doh", []Listener{l("in", "do53", "doh")}, []Listener{l("in", "doh")}, ""},
+		{"do53 straight to doh", []Listener{l("in", "do53")}, []Listener{l("in", "doh")}, `listeners[0].protocols: "in" cannot go from [do53] straight to [doh]`},
+		{"implicit do53 straight to doh-fips", []Listener{l("in")}, []Listener{l("in", "doh-fips")}, "[do53, doh-fips]"},
+		{"doh straight back to do53", []Listener{l("in", "doh")}, []Listener{l("in", "do53")}, "cannot go from [doh] straight to [do53]"},
+		{"doh-fips back to do53", []Listener{l("x", "do53"), l("in", "doh-fips")}, []Listener{l("x", "do53"), l("in")}, "listeners[1].protocols"},
+		{"doh to doh-fips", []Listener{l("in", "doh")}, []Listener{l("in", "doh-fips")}, ""},
+		{"new listener with doh only", []Listener{l("in", "do53")}, []Listener{l("in", "do53"), l("new", "doh")}, ""},
+		{"removed listener", []Listener{l("in", "do53"), l("gone", "doh")}, []Listener{l("in", "do53")}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := CheckMigration(&Config{Listeners: tt.old}, &Config{Listeners: tt.next})
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Fatalf("unexpected error: %v", err)
+			case tt.wantErr != "" && err == nil:
+				t.Fatalf("no error, want %q", tt.wantErr)
+			case tt.wantErr != "" && !strings.Contains(err.Error(), tt.wantErr):
+				t.Fatalf("error %q, want it to contain %q", err, tt.wantErr)
+			}
+		})
+	}
+}
