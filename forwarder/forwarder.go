@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"hash/maphash"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
@@ -67,12 +66,21 @@ type Config struct {
 	// MaxInflight bounds queries being resolved upstream at once (default
 	// 4096); past it clients get SERVFAIL and Stats.Overload counts it.
 	MaxInflight int
+	// Listeners carry each listener's source ACL; queries from listeners
+	// not named here are not filtered.
+	Listeners []Listener
+	// Counters to count into (default: new ones). Pass the running
+	// pipeline's on reload so counters carry on.
+	Counters *Counters
+	// Log receives every answered query (nil: no query log).
+	Log QueryLogger
 }
 
 // Stats are cumulative pipeline counters.
 type Stats struct {
 	Queries, Dropped, FormErr, CacheHits, Local, Blocked, Forwarded,
-	ServFail, Overload, UpstreamErrors, Truncated, Stale, Coalesced, Prefetches uint64
+	ServFail, Overload, UpstreamErrors, Truncated, Stale, Coalesced, Prefetches,
+	ACLRefused, ACLDropped, Logged uint64
 }
 
 // Forwarder is the pipeline. It is safe for concurrent use.
@@ -81,11 +89,10 @@ type Forwarder struct {
 	table    *rules.Table
 	inflight chan struct{}
 
-	seed    maphash.Seed
-	flights [flightShards]flightShard
-
-	queries, dropped, formerr, hits, local, blocked, forwarded,
-	servfail, overload, upErrs, truncated, stale, coalesced, prefetches atomic.Uint64
+	seed      maphash.Seed
+	flights   [flightShards]flightShard
+	c         *Counters
+	listeners map[string]*Listener
 }
 
 // New validates cfg and builds the pipeline.
@@ -121,7 +128,18 @@ func New(cfg Config) (*Forwarder, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &Forwarder{cfg: cfg, table: t, inflight: make(chan struct{}, cfg.MaxInflight), seed: maphash.MakeSeed()}
+	if cfg.Counters == nil {
+		names := make([]string, len(cfg.Listeners))
+		for i, l := range cfg.Listeners {
+			names[i] = l.Name
+		}
+		cfg.Counters = NewCounters(names...)
+	}
+	f := &Forwarder{cfg: cfg, table: t, inflight: make(chan struct{}, cfg.MaxInflight), seed: maphash.MakeSeed(),
+		c: cfg.Counters, listeners: map[string]*Listener{}}
+	for i := range cfg.Listeners {
+		f.listeners[cfg.Listeners[i].Name] = &cfg.Listeners[i]
+	}
 	for i := range f.flights {
 		f.flights[i].m = make(map[string]*flight)
 	}
@@ -131,13 +149,17 @@ func New(cfg Config) (*Forwarder, error) {
 // Stats returns the counters.
 func (f *Forwarder) Stats() Stats {
 	return Stats{
-		Queries: f.queries.Load(), Dropped: f.dropped.Load(), FormErr: f.formerr.Load(),
-		CacheHits: f.hits.Load(), Local: f.local.Load(), Blocked: f.blocked.Load(),
-		Forwarded: f.forwarded.Load(), ServFail: f.servfail.Load(), Overload: f.overload.Load(),
-		UpstreamErrors: f.upErrs.Load(), Truncated: f.truncated.Load(),
-		Stale: f.stale.Load(), Coalesced: f.coalesced.Load(), Prefetches: f.prefetches.Load(),
+		Queries: f.c.queries.Load(), Dropped: f.c.dropped.Load(), FormErr: f.c.formerr.Load(),
+		CacheHits: f.c.hits.Load(), Local: f.c.local.Load(), Blocked: f.c.blocked.Load(),
+		Forwarded: f.c.forwarded.Load(), ServFail: f.c.servfail.Load(), Overload: f.c.overload.Load(),
+		UpstreamErrors: f.c.upErrs.Load(), Truncated: f.c.truncated.Load(),
+		Stale: f.c.stale.Load(), Coalesced: f.c.coalesced.Load(), Prefetches: f.c.prefetches.Load(),
+		ACLRefused: f.c.aclRefused.Load(), ACLDropped: f.c.aclDropped.Load(), Logged: f.c.logged.Load(),
 	}
 }
+
+// Counters returns the counters this pipeline counts into.
+func (f *Forwarder) Counters() *Counters { return f.c }
 
 // Serve runs the pipeline without blocking: Answer, then Resolve when the
 // query must go upstream. See both.
@@ -154,8 +176,13 @@ func (f *Forwarder) Serve(r *Request, out []byte, done func(resp []byte)) ([]byt
 // means the query must go upstream: call Resolve with the same request. On a
 // cache hit Answer allocates nothing.
 func (f *Forwarder) Answer(r *Request, out []byte) ([]byte, bool) {
+	r.start = time.Now()
+	r.owner, r.target, r.cacheHit = f, "", false
 	resp, rule, ok := f.fast(r, out)
 	r.rule = rule
+	if ok {
+		f.finish(r, resp)
+	}
 	return resp, ok
 }
 
@@ -169,9 +196,11 @@ func (f *Forwarder) Resolve(r *Request, out []byte, done func(resp []byte)) ([]b
 	select {
 	case f.inflight <- struct{}{}:
 	default:
-		f.overload.Add(1)
-		f.servfail.Add(1)
-		return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeServFail), true
+		f.c.overload.Add(1)
+		f.c.servfail.Add(1)
+		resp := dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeServFail)
+		f.finish(r, resp)
+		return resp, true
 	}
 	ar := *r
 	ar.Msg = append([]byte(nil), r.Msg...)
@@ -181,6 +210,7 @@ func (f *Forwarder) Resolve(r *Request, out []byte, done func(resp []byte)) ([]b
 		ctx, cancel := context.WithTimeout(context.Background(), f.cfg.QueryTimeout)
 		resp := f.slow(ctx, &ar, ar.rule, nil)
 		cancel()
+		f.finish(&ar, resp)
 		done(resp)
 	}()
 	return nil, false
@@ -192,36 +222,47 @@ func (f *Forwarder) ServeDNS(ctx context.Context, r *Request, out []byte) []byte
 	if cap(out) < 65536 {
 		out = make([]byte, 0, 65536)
 	}
-	resp, rule, ok := f.fast(r, out[:cap(out)])
-	if ok {
+	if resp, ok := f.Answer(r, out[:cap(out)]); ok {
 		return resp
 	}
 	select {
 	case f.inflight <- struct{}{}:
 	default:
-		f.overload.Add(1)
-		f.servfail.Add(1)
-		return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeServFail)
+		f.c.overload.Add(1)
+		f.c.servfail.Add(1)
+		resp := dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeServFail)
+		f.finish(r, resp)
+		return resp
 	}
 	defer func() { <-f.inflight }()
 	ctx, cancel := context.WithTimeout(ctx, f.cfg.QueryTimeout)
 	defer cancel()
-	return f.slow(ctx, r, rule, out[:0])
+	resp := f.slow(ctx, r, r.rule, out[:0])
+	f.finish(r, resp)
+	return resp
 }
 
 // fast answers what needs no upstream. It returns the rule to resolve with
 // (nil: default targets) and false when the query must go upstream.
 func (f *Forwarder) fast(r *Request, out []byte) ([]byte, *Rule, bool) {
-	f.queries.Add(1)
+	f.c.queries.Add(1)
+	if l := f.listeners[r.Listener]; l != nil && !l.allowed(r.Client.Addr()) {
+		if l.Drop || dnsmsg.Parse(r.Msg, &r.Q) != nil {
+			f.c.aclDropped.Add(1)
+			return nil, nil, true
+		}
+		f.c.aclRefused.Add(1)
+		return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeRefused), nil, true
+	}
 	if err := dnsmsg.Parse(r.Msg, &r.Q); err != nil {
 		switch {
 		case errors.Is(err, dnsmsg.ErrShort), errors.Is(err, dnsmsg.ErrNotQuery):
-			f.dropped.Add(1)
+			f.c.dropped.Add(1)
 			return nil, nil, true
 		case errors.Is(err, dnsmsg.ErrOpcode):
 			return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeNotImp), nil, true
 		}
-		f.formerr.Add(1)
+		f.c.formerr.Add(1)
 		q := &r.Q
 		if q.QEnd == 0 {
 			q = nil
@@ -231,7 +272,8 @@ func (f *Forwarder) fast(r *Request, out []byte) ([]byte, *Rule, bool) {
 	maxSize := r.MaxResponseSize()
 	if f.cfg.Cache != nil {
 		if resp, res := f.cfg.Cache.Get(&r.Q, out, maxSize); res != cache.Miss {
-			f.hits.Add(1)
+			f.c.hits.Add(1)
+			r.cacheHit = true
 			if res == cache.HitPrefetch {
 				f.prefetch(r)
 			}
@@ -244,10 +286,10 @@ func (f *Forwarder) fast(r *Request, out []byte) ([]byte, *Rule, bool) {
 	}
 	switch rule.Type {
 	case rules.Zone:
-		f.local.Add(1)
+		f.c.local.Add(1)
 		return f.answerLocal(r, rule.Zone, out, maxSize), rule, true
 	case rules.Block:
-		f.blocked.Add(1)
+		f.c.blocked.Add(1)
 		return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeNXDomain), rule, true
 	case rules.System:
 		return nil, nil, false // resolved through the default targets
@@ -273,7 +315,7 @@ func (f *Forwarder) prefetch(r *Request) {
 	default:
 		return
 	}
-	f.prefetches.Add(1)
+	f.c.prefetches.Add(1)
 	ar := *r
 	ar.Msg = append([]byte(nil), r.Msg...)
 	ar.Q.Name = ar.Msg[dnsmsg.HeaderLen : dnsmsg.HeaderLen+len(r.Q.Name)]
@@ -299,7 +341,7 @@ func (f *Forwarder) prefetch(r *Request) {
 func (f *Forwarder) answerLocal(r *Request, z Authority, out []byte, maxSize int) []byte {
 	req := new(dns.Msg)
 	if err := req.Unpack(r.Msg); err != nil {
-		f.formerr.Add(1)
+		f.c.formerr.Add(1)
 		return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeFormErr)
 	}
 	resp := z.Answer(req)
@@ -310,7 +352,7 @@ func (f *Forwarder) answerLocal(r *Request, z Authority, out []byte, maxSize int
 	}
 	b, err := resp.PackBuffer(out)
 	if err != nil {
-		f.servfail.Add(1)
+		f.c.servfail.Add(1)
 		return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeServFail)
 	}
 	if f.cfg.Cache != nil {
@@ -325,7 +367,7 @@ func (f *Forwarder) answerLocal(r *Request, z Authority, out []byte, maxSize int
 
 func (f *Forwarder) truncate(resp []byte, maxSize int) []byte {
 	if len(resp) > maxSize {
-		f.truncated.Add(1)
+		f.c.truncated.Add(1)
 		return dnsmsg.Truncate(resp, maxSize)
 	}
 	return resp
@@ -345,22 +387,23 @@ func (f *Forwarder) slow(ctx context.Context, r *Request, rule *Rule, out []byte
 		// non-recursive server, refuse.
 		return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeRefused)
 	}
-	f.forwarded.Add(1)
+	f.c.forwarded.Add(1)
 	res := f.coalesce(ctx, r, targets)
+	r.target = res.target
 	if res.ok {
 		return f.reply(r, res.resp, out)
 	}
 	if f.cfg.Cache != nil {
 		buf := make([]byte, 65536)
 		if resp, ok := f.cfg.Cache.GetStale(&r.Q, buf, r.MaxResponseSize()); ok {
-			f.stale.Add(1)
+			f.c.stale.Add(1)
 			return append(out[:0], resp...)
 		}
 	}
 	if res.resp != nil {
 		return f.reply(r, res.resp, out)
 	}
-	f.servfail.Add(1)
+	f.c.servfail.Add(1)
 	return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeServFail)
 }
 
@@ -368,8 +411,9 @@ func (f *Forwarder) slow(ctx context.Context, r *Request, rule *Rule, out []byte
 // the best failure an upstream gave (a SERVFAIL/REFUSED response), or nil.
 // resp is shared by every query coalesced onto it: read only.
 type result struct {
-	resp []byte
-	ok   bool
+	resp   []byte
+	ok     bool
+	target string // the target that gave resp
 }
 
 // flight is one upstream resolution that identical queries wait on.
@@ -395,7 +439,7 @@ func (f *Forwarder) coalesce(ctx context.Context, r *Request, targets []Target) 
 	sh.mu.Lock()
 	if fl := sh.m[string(k)]; fl != nil {
 		sh.mu.Unlock()
-		f.coalesced.Add(1)
+		f.c.coalesced.Add(1)
 		select {
 		case <-fl.done:
 			return fl.res
@@ -428,6 +472,7 @@ func (f *Forwarder) exchange(ctx context.Context, r *Request, targets []Target) 
 		query = dnsmsg.StripHopOptions(append([]byte(nil), r.Msg...))
 	}
 	var fallback []byte // a well-formed SERVFAIL/REFUSED, passed on if nobody does better
+	var fallbackFrom string
 	for _, t := range targets {
 		if ctx.Err() != nil {
 			break
@@ -440,12 +485,12 @@ func (f *Forwarder) exchange(ctx context.Context, r *Request, targets []Target) 
 		resp, err := t.Up.Exchange(actx, query)
 		cancel()
 		if err != nil {
-			f.upErrs.Add(1)
+			f.c.upErrs.Add(1)
 			continue
 		}
 		qend, err := dnsmsg.CheckResponse(resp, &r.Q)
 		if err != nil {
-			f.upErrs.Add(1) // a broken or mismatched answer: try the next target
+			f.c.upErrs.Add(1) // a broken or mismatched answer: try the next target
 			continue
 		}
 		// The upstream's cookie (and padding) would reach the client as a
@@ -453,16 +498,16 @@ func (f *Forwarder) exchange(ctx context.Context, r *Request, targets []Target) 
 		resp = dnsmsg.StripHopOptions(resp)
 		resp[3] |= byte(dnsmsg.FlagRA) // recursion is what xdoh offers its clients
 		if rc := dnsmsg.Rcode(resp); rc == dnsmsg.RcodeServFail || rc == dnsmsg.RcodeRefused {
-			f.upErrs.Add(1) // this target cannot help; another may
-			fallback = resp
+			f.c.upErrs.Add(1) // this target cannot help; another may
+			fallback, fallbackFrom = resp, t.Up.String()
 			continue
 		}
 		if f.cfg.Cache != nil {
 			f.cfg.Cache.Put(&r.Q, resp, qend)
 		}
-		return result{resp: resp, ok: true}
+		return result{resp: resp, ok: true, target: t.Up.String()}
 	}
-	return result{resp: fallback}
+	return result{resp: fallback, target: fallbackFrom}
 }
 
 // reply copies an upstream response into out for the client: its ID, its

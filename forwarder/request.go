@@ -2,6 +2,7 @@ package forwarder
 
 import (
 	"net/netip"
+	"time"
 
 	"xdoh/forwarder/dnsmsg"
 )
@@ -43,7 +44,11 @@ type Request struct {
 	// Q is the parsed view of Msg, filled by the forwarder.
 	Q dnsmsg.Query
 
-	rule *Rule // the rule Answer matched, for Resolve (nil: default targets)
+	rule     *Rule      // the rule Answer matched, for Resolve (nil: default targets)
+	owner    *Forwarder // the pipeline that answered (a reload may swap in another)
+	start    time.Time  // when the pipeline took the query
+	target   string     // the upstream that answered, for the query log
+	cacheHit bool
 }
 
 // MaxResponseSize is the largest response the client can take over its

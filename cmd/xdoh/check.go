@@ -1,11 +1,13 @@
 package main
 
 import (
+	"crypto/fips140"
 	"flag"
 	"fmt"
 	"io"
 
 	"xdoh/cmd/xdoh/internal/config"
+	"xdoh/datapath/doh"
 )
 
 // cmdCheck validates a config file, including that its zones load.
@@ -25,6 +27,11 @@ func cmdCheck(args []string, out io.Writer) error {
 	if _, err := loadZones(cfg); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
-	fmt.Fprintf(out, "%s: OK (%d listeners, %d zones, %d rules)\n", *path, len(cfg.Listeners), len(cfg.Zones), len(cfg.Rules))
+	for i, l := range cfg.Listeners {
+		if protos, _ := l.ProtocolSet(); protos["doh-fips"] && !fips140.Enabled() {
+			return fmt.Errorf("%w: listeners[%d].protocols: doh-fips needs Go's FIPS 140-3 mode: run with GODEBUG=fips140=on", errUsage, i)
+		}
+	}
+	fmt.Fprintf(out, "%s: OK (%d listeners, %d zones, %d rules); %s\n", *path, len(cfg.Listeners), len(cfg.Zones), len(cfg.Rules), doh.FIPSStatus())
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -60,13 +61,31 @@ func freeAddr(t *testing.T) string {
 	return ""
 }
 
+// syncBuffer is a bytes.Buffer safe to read while the process writes to it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
 // startXdoh runs `xdoh run args…` in its own process group, waits until addr
 // answers over UDP, and stops it at cleanup. It returns the stderr buffer.
-func startXdoh(t *testing.T, addr string, args ...string) *bytes.Buffer {
+func startXdoh(t *testing.T, addr string, args ...string) *syncBuffer {
 	t.Helper()
-	var stderr bytes.Buffer
+	stderr := &syncBuffer{}
 	cmd := exec.Command(xdohBin, append([]string{"run"}, args...)...)
-	cmd.Stderr = &stderr
+	cmd.Stderr = stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -91,7 +110,7 @@ func startXdoh(t *testing.T, addr string, args ...string) *bytes.Buffer {
 		default:
 		}
 		if _, _, err := (&dns.Client{Timeout: 200 * time.Millisecond}).Exchange(probe, addr); err == nil {
-			return &stderr
+			return stderr
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

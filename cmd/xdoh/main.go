@@ -2,6 +2,7 @@
 //
 //	xdoh run   -c xdoh.yaml | --listen ADDR --upstream URL [--ca-file F] [--no-cache] | --demo
 //	xdoh check -c xdoh.yaml
+//	xdoh reload -s /run/xdoh.sock
 //	xdoh query [@server[:port]] NAME [TYPE] [--tcp] [--doh URL] [--ca-file F]
 //
 // It is the composition root: it reads the config, builds the forwarder
@@ -23,6 +24,7 @@ const usage = `xdoh — edge DNS forwarder (Do53/DoH in, DoH/Do53 out)
 usage:
   xdoh run   [-c FILE] [--listen IP:PORT]... [--upstream URL]... [--ca-file F] [--no-cache] [--demo]
   xdoh check -c FILE
+  xdoh reload -s SOCKET | -c FILE      (also: kill -HUP)
   xdoh query [@server[:port]] NAME [TYPE] [--tcp] [--doh URL] [--ca-file F] [--timeout D]
 `
 
@@ -39,6 +41,8 @@ func main() {
 		err = cmdCheck(os.Args[2:], os.Stdout)
 	case "query":
 		err = cmdQuery(os.Args[2:], os.Stdout)
+	case "reload":
+		err = cmdReload(os.Args[2:], os.Stdout)
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return

@@ -4,15 +4,20 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"xdoh/cmd/xdoh/internal/metrics"
+	"xdoh/datapath/doh"
+	dpgnet "xdoh/datapath/gnet"
+	"xdoh/datapath/udp"
 	"xdoh/forwarder"
 	"xdoh/forwarder/cache"
 )
 
-// collector exports the counters of every part of a running app.
+// collector exports the counters of every part of the app. Everything is
+// read at scrape time through the current pipeline and listeners, so a
+// reload changes nothing here.
 func (a *app) collector() *metrics.Collector {
 	c := &metrics.Collector{}
 	fs := func(get func(forwarder.Stats) uint64) func() uint64 {
-		return func() uint64 { return get(a.fwd.Stats()) }
+		return func() uint64 { return get(a.pipe.Load().fwd.Stats()) }
 	}
 	for _, m := range []struct {
 		name, help string
@@ -31,38 +36,111 @@ func (a *app) collector() *metrics.Collector {
 		{"xdoh_forwarder_stale_answers_total", "Stale answers served because every target failed (RFC 8767).", func(s forwarder.Stats) uint64 { return s.Stale }},
 		{"xdoh_forwarder_coalesced_total", "Queries that waited on an identical query already in flight.", func(s forwarder.Stats) uint64 { return s.Coalesced }},
 		{"xdoh_forwarder_prefetches_total", "Background refreshes of cache entries about to expire.", func(s forwarder.Stats) uint64 { return s.Prefetches }},
+		{"xdoh_acl_refused_total", "Queries from sources outside a listener's allow list, answered REFUSED.", func(s forwarder.Stats) uint64 { return s.ACLRefused }},
+		{"xdoh_acl_dropped_total", "Queries from sources outside a listener's allow list, dropped.", func(s forwarder.Stats) uint64 { return s.ACLDropped }},
 	} {
 		c.Counter(m.name, m.help, nil, fs(m.get))
 	}
-	if ch := a.cache; ch != nil {
-		cs := func(get func(cache.Stats) uint64) func() uint64 {
-			return func() uint64 { return get(ch.Stats()) }
+	c.Dynamic("xdoh_responses_total", "Queries answered, by listener, client transport and RCODE (none: no answer sent).",
+		[]string{"listener", "transport", "rcode"}, func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
+			for _, ac := range a.counters.Answers() {
+				ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(ac.Count), ac.Listener, ac.Transport, ac.Rcode)
+			}
+		})
+	c.Dynamic("xdoh_query_duration_seconds", "Time from a query entering the pipeline to its answer, by client transport.",
+		[]string{"transport"}, func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
+			for _, l := range a.counters.Latencies() {
+				buckets := map[float64]uint64{}
+				for i, b := range forwarder.LatencyBuckets {
+					buckets[b.Seconds()] = l.Buckets[i]
+				}
+				ch <- prometheus.MustNewConstHistogram(d, l.Buckets[len(l.Buckets)-1], l.Sum.Seconds(), buckets, l.Transport)
+			}
+		})
+	cs := func(get func(cache.Stats) float64) func() float64 {
+		return func() float64 {
+			if ch := a.pipe.Load().cache; ch != nil {
+				return get(ch.Stats())
+			}
+			return 0
 		}
-		c.Counter("xdoh_cache_hits_total", "Cache lookups answered from a fresh entry.", nil, cs(func(s cache.Stats) uint64 { return s.Hits }))
-		c.Counter("xdoh_cache_misses_total", "Cache lookups that found no fresh entry.", nil, cs(func(s cache.Stats) uint64 { return s.Misses }))
-		c.Counter("xdoh_cache_stale_total", "Expired entries served within the stale window.", nil, cs(func(s cache.Stats) uint64 { return s.Stale }))
-		c.Counter("xdoh_cache_inserts_total", "Responses stored.", nil, cs(func(s cache.Stats) uint64 { return s.Inserts }))
-		c.Counter("xdoh_cache_evictions_total", "Entries evicted to make room.", nil, cs(func(s cache.Stats) uint64 { return s.Evictions }))
-		c.Counter("xdoh_cache_prefetches_total", "Hits that triggered a prefetch.", nil, cs(func(s cache.Stats) uint64 { return s.Prefetches }))
-		c.Gauge("xdoh_cache_entries", "Entries in the cache.", nil, func() float64 { return float64(ch.Stats().Entries) })
-		c.Gauge("xdoh_cache_size_bytes", "Bytes of responses and keys in the cache.", nil, func() float64 { return float64(ch.Stats().Bytes) })
 	}
-	for _, u := range a.udp {
-		l := prometheus.Labels{"listener": u.Name()}
-		c.Counter("xdoh_udp_queries_total", "Datagrams received on Do53 UDP.", l, func() uint64 { return u.Stats().Queries })
-		c.Counter("xdoh_udp_replies_total", "Replies sent on Do53 UDP.", l, func() uint64 { return u.Stats().Replies })
-		c.Counter("xdoh_udp_reply_drops_total", "Replies that could not be sent (socket buffer full).", l, func() uint64 { return u.Stats().ReplyDrops })
-		c.Counter("xdoh_udp_oversize_total", "Datagrams over 4096 octets, dropped.", l, func() uint64 { return u.Stats().Truncated })
-		c.Counter("xdoh_udp_batches_total", "recvmmsg calls that returned datagrams.", l, func() uint64 { return u.Stats().Batches })
+	cc := func(get func(cache.Stats) uint64) func() uint64 {
+		return func() uint64 { return uint64(cs(func(s cache.Stats) float64 { return float64(get(s)) })()) }
 	}
-	for _, s := range a.do53 {
-		l := prometheus.Labels{"listener": s.Name()}
-		c.Counter("xdoh_tcp_queries_total", "Queries received on Do53 TCP (and UDP with udp_engine gnet).", l, func() uint64 { return s.Stats().TCPQueries + s.Stats().UDPQueries })
-		c.Gauge("xdoh_tcp_connections", "Open Do53 TCP connections.", l, func() float64 { return float64(s.Stats().TCPConns) })
-		c.Counter("xdoh_tcp_rejected_connections_total", "TCP connections closed at once: over max_conns.", l, func() uint64 { return s.Stats().TCPRejected })
-		c.Counter("xdoh_tcp_idle_closed_total", "TCP connections closed after idle_timeout.", l, func() uint64 { return s.Stats().TCPIdleClosed })
-		c.Counter("xdoh_tcp_pipeline_full_total", "TCP queries answered SERVFAIL: max_pipeline in flight on the connection.", l, func() uint64 { return s.Stats().TCPPipelineFull })
-		c.Counter("xdoh_tcp_backlog_closed_total", "TCP connections closed because the client did not read its answers.", l, func() uint64 { return s.Stats().TCPBacklogClosed })
-	}
+	c.Counter("xdoh_cache_hits_total", "Cache lookups answered from a fresh entry.", nil, cc(func(s cache.Stats) uint64 { return s.Hits }))
+	c.Counter("xdoh_cache_misses_total", "Cache lookups that found no fresh entry.", nil, cc(func(s cache.Stats) uint64 { return s.Misses }))
+	c.Counter("xdoh_cache_stale_total", "Expired entries served within the stale window.", nil, cc(func(s cache.Stats) uint64 { return s.Stale }))
+	c.Counter("xdoh_cache_inserts_total", "Responses stored.", nil, cc(func(s cache.Stats) uint64 { return s.Inserts }))
+	c.Counter("xdoh_cache_evictions_total", "Entries evicted to make room.", nil, cc(func(s cache.Stats) uint64 { return s.Evictions }))
+	c.Counter("xdoh_cache_prefetches_total", "Hits that triggered a prefetch.", nil, cc(func(s cache.Stats) uint64 { return s.Prefetches }))
+	c.Gauge("xdoh_cache_entries", "Entries in the cache (of the running pipeline).", nil, cs(func(s cache.Stats) float64 { return float64(s.Entries) }))
+	c.Gauge("xdoh_cache_size_bytes", "Bytes of responses and keys in the cache.", nil, cs(func(s cache.Stats) float64 { return float64(s.Bytes) }))
+
+	c.Dynamic("xdoh_listener_datapath_events_total", "Datapath events by listener: udp_queries, udp_replies, udp_reply_drops, udp_oversize, udp_batches, tcp_queries, tcp_rejected, tcp_idle_closed, tcp_pipeline_full, tcp_backlog_closed, doh_ok, doh_bad_request, doh_unsupported_media, doh_too_large, doh_bad_method, doh_not_found, doh_server_error, doh_handshake_errors.",
+		[]string{"listener", "event"}, func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			for name, l := range a.listeners {
+				emit := func(event string, v uint64) {
+					ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), name, event)
+				}
+				if l.udp != nil {
+					emitUDP(emit, l.udp.Stats())
+				}
+				if l.do53 != nil {
+					emitTCP(emit, l.do53.Stats())
+				}
+				if l.doh != nil {
+					emitDoH(emit, l.doh.Stats())
+				}
+			}
+		})
+	c.Dynamic("xdoh_tcp_connections", "Open Do53 TCP connections by listener.", []string{"listener"},
+		func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			for name, l := range a.listeners {
+				if l.do53 != nil {
+					ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(l.do53.Stats().TCPConns), name)
+				}
+			}
+		})
+	c.Counter("xdoh_querylog_dropped_total", "Query-log entries dropped because the log buffer was full.", nil, func() uint64 {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if a.qlog == nil {
+			return 0
+		}
+		return a.qlog.Stats().Dropped
+	})
 	return c
+}
+
+func emitUDP(emit func(string, uint64), s udp.Stats) {
+	emit("udp_queries", s.Queries)
+	emit("udp_replies", s.Replies)
+	emit("udp_reply_drops", s.ReplyDrops)
+	emit("udp_oversize", s.Truncated)
+	emit("udp_batches", s.Batches)
+}
+
+func emitTCP(emit func(string, uint64), s dpgnet.Stats) {
+	emit("tcp_queries", s.TCPQueries)
+	emit("udp_queries_gnet", s.UDPQueries)
+	emit("tcp_rejected", s.TCPRejected)
+	emit("tcp_idle_closed", s.TCPIdleClosed)
+	emit("tcp_pipeline_full", s.TCPPipelineFull)
+	emit("tcp_backlog_closed", s.TCPBacklogClosed)
+}
+
+func emitDoH(emit func(string, uint64), s doh.Stats) {
+	emit("doh_ok", s.OK)
+	emit("doh_bad_request", s.BadRequest)
+	emit("doh_unsupported_media", s.UnsupportedMediaType)
+	emit("doh_too_large", s.TooLarge)
+	emit("doh_bad_method", s.MethodNotAllowed)
+	emit("doh_not_found", s.NotFound)
+	emit("doh_server_error", s.ServerError)
+	emit("doh_handshake_errors", s.HandshakeErrors)
 }

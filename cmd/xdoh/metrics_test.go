@@ -1,9 +1,12 @@
 package main
 
 import (
+	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,22 +15,32 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 
 	"xdoh/cmd/xdoh/internal/config"
+	"xdoh/forwarder"
 )
 
 // TestMetricNames lints every name xdoh exports (Prometheus conventions).
 func TestMetricNames(t *testing.T) {
-	cfg, err := config.Parse([]byte(`listeners: [{name: edge, do53: ["127.0.0.1:5300"]}]
-default: {targets: ["127.0.0.1:5301"]}
-`), ".")
+	dir := t.TempDir()
+	ca, cert, key := writePKI(t, dir)
+	_ = ca
+	cfg, err := config.Parse([]byte(fmt.Sprintf(`listeners:
+  - {name: edge, protocols: [do53, doh], do53: ["127.0.0.1:0"], doh: {address: "127.0.0.1:0", cert: %s, key: %s}}
+zones: [{name: aws.example.internal, file: %s}]
+`, cert, key, filepath.Join("demo", "aws.example.internal.zone"))), ".")
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := build(cfg, slog.New(slog.DiscardHandler))
-	if err != nil {
+	a := newApp(slog.New(slog.DiscardHandler), nil)
+	if err := a.start(cfg); err != nil {
 		t.Fatal(err)
 	}
-	defer a.closeUpstreams()
-	// The datapaths are built (not started): their counters read zero.
+	defer a.stop()
+	// One query through the pipeline, so the per-answer families have samples.
+	q := new(dns.Msg).SetQuestion("ipv4.aws.example.internal.", dns.TypeA)
+	b, _ := q.Pack()
+	if resp := a.sw.ServeDNS(context.Background(), &forwarder.Request{Msg: b, Transport: forwarder.TransportUDP, Listener: "edge"}, nil); resp == nil {
+		t.Fatal("no answer")
+	}
 	reg, err := a.collector().Registry()
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +93,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	if code != 200 {
 		t.Fatalf("/metrics %d", code)
 	}
-	for _, want := range []string{"xdoh_cache_hits_total 2", "xdoh_forwarder_local_answers_total 1", `xdoh_udp_queries_total{listener="cli"}`} {
+	for _, want := range []string{"xdoh_cache_hits_total 2", "xdoh_forwarder_local_answers_total 1", `xdoh_listener_datapath_events_total{event="udp_queries",listener="cli"}`, `xdoh_responses_total{listener="cli",rcode="NOERROR",transport="UDP"}`, `xdoh_query_duration_seconds_bucket{transport="UDP",le="0.001"}`} {
 		if !strings.Contains(body, want) {
 			t.Fatalf("/metrics lacks %q", want)
 		}

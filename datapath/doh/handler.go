@@ -51,7 +51,7 @@ func (s *Server) putExchange(ex *exchange) {
 // as a plain http.Handler too, e.g. behind another server.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path != s.cfg.Path {
-		http.NotFound(w, r)
+		s.fail(w, http.StatusNotFound, "404 page not found")
 		return
 	}
 	ex := s.pool.Get().(*exchange)
@@ -69,25 +69,25 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		msg, code, why = s.readGet(r, ex)
 	default:
 		w.Header()["Allow"] = allowMethods
-		http.Error(w, "method not allowed: use GET or POST", http.StatusMethodNotAllowed)
+		s.fail(w, http.StatusMethodNotAllowed, "method not allowed: use GET or POST")
 		return
 	}
 	if code != 0 {
-		http.Error(w, why, code)
+		s.fail(w, code, why)
 		return
 	}
 	switch {
 	case len(msg) < headerLen:
-		http.Error(w, "not a DNS query: shorter than a DNS header", http.StatusBadRequest)
+		s.fail(w, http.StatusBadRequest, "not a DNS query: shorter than a DNS header")
 		return
 	case msg[2]&0x80 != 0:
-		http.Error(w, "not a DNS query: QR bit set", http.StatusBadRequest)
+		s.fail(w, http.StatusBadRequest, "not a DNS query: QR bit set")
 		return
 	}
 
 	ex.req = forwarder.Request{
 		Msg:       msg,
-		Transport: forwarder.TransportDoH,
+		Transport: s.transport,
 		Client:    clientAddr(r.RemoteAddr),
 		Listener:  s.cfg.Name,
 	}
@@ -95,11 +95,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// only ex.out goes back to the pool.
 	out := s.h.ServeDNS(r.Context(), &ex.req, ex.out[:0])
 	if out == nil {
-		http.Error(w, "query not answered", http.StatusBadRequest)
+		s.fail(w, http.StatusBadRequest, "query not answered")
 		return
 	}
 	if len(out) < headerLen {
-		http.Error(w, "malformed response", http.StatusInternalServerError)
+		s.fail(w, http.StatusInternalServerError, "malformed response")
 		return
 	}
 	h := w.Header()
@@ -107,7 +107,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h["Cache-Control"] = []string{"max-age=" + strconv.FormatUint(uint64(maxAge(out)), 10)}
 	h["Content-Length"] = []string{strconv.Itoa(len(out))}
 	w.WriteHeader(http.StatusOK)
+	s.stats.ok.Add(1)
 	w.Write(out) // the client's problem if it fails; nothing left to tell it
+}
+
+// fail answers with an HTTP error status and counts it.
+func (s *Server) fail(w http.ResponseWriter, code int, why string) {
+	s.stats.count(code)
+	http.Error(w, why, code)
 }
 
 // readPost reads a POST body into ex.in. A non-zero code is the HTTP status

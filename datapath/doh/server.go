@@ -10,14 +10,18 @@ package doh
 
 import (
 	"context"
+	"crypto/fips140"
 	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"xdoh/forwarder"
@@ -29,9 +33,10 @@ const (
 	DefaultMaxBodySize          = 65535
 	DefaultMaxConcurrentStreams = 256
 	DefaultIdleTimeout          = 2 * time.Minute
+	DefaultReadHeaderTimeout    = 10 * time.Second
+	DefaultReadTimeout          = 30 * time.Second
 
-	readHeaderTimeout = 10 * time.Second
-	shutdownRetry     = 2 * time.Second
+	shutdownRetry = 2 * time.Second
 )
 
 // ErrServerClosed is returned by Start on a server that was shut down.
@@ -60,23 +65,50 @@ type Config struct {
 	Path string // URL path of the endpoint; default "/dns-query"
 
 	// TLS is the server's TLS configuration; alternatively CertFile and
-	// KeyFile name a PEM certificate chain and key. Exactly one of the two
-	// must be given. TLS 1.2 is the minimum version either way.
+	// KeyFile name a PEM certificate chain and key, which
+	// Server.ReloadCertificate reads again. Exactly one of the two must be
+	// given. TLS 1.2 is the minimum version either way.
 	TLS               *tls.Config
 	CertFile, KeyFile string
 
-	MaxBodySize          int           // largest query accepted, octets; default and maximum 65535
-	MaxConcurrentStreams uint32        // HTTP/2 streams per connection; default 256
-	IdleTimeout          time.Duration // idle keep-alive connections are closed after it; default 2m
+	// FIPS makes this a DoH-FIPS listener: New fails unless the process runs
+	// in Go's FIPS 140-3 mode (GODEBUG=fips140=on or only), TLS is limited
+	// to FIPS-approved parameters (TLS 1.2–1.3, ECDHE with AES-GCM, P-256,
+	// P-384 and the ML-KEM hybrids; see tls.go), the certificate key must be
+	// an approved one, and requests carry forwarder.TransportDoHFIPS.
+	FIPS bool
+
+	MaxBodySize          int    // largest query accepted, octets; default and maximum 65535
+	MaxConcurrentStreams uint32 // HTTP/2 streams per connection; default 256
+	// MaxHeaderBytes bounds an HTTP/1.1 request line and header, and the
+	// HTTP/2 header list; default: room for a GET of MaxBodySize plus 8 KiB.
+	MaxHeaderBytes int
+	// ReadHeaderTimeout bounds the TLS handshake and reading a request's
+	// header; default 10s.
+	ReadHeaderTimeout time.Duration
+	// ReadTimeout bounds reading a whole request, header and body (per
+	// stream on HTTP/2); default 30s. On HTTP/1.1 net/http also ends the
+	// request's context when it passes, so it caps a query's whole life too.
+	ReadTimeout time.Duration
+	IdleTimeout time.Duration // idle keep-alive connections are closed after it; default 2m
+
+	// ErrorLog receives what net/http reports: failed TLS handshakes and
+	// client protocol errors at debug level, panics and accept errors at
+	// warn. Nil means slog.Default().
+	ErrorLog *slog.Logger
 }
 
 // Server is a DoH listener. Create it with New, run it with Start and stop it
 // with Shutdown; or use it as a plain http.Handler.
 type Server struct {
-	cfg  Config
-	h    Handler
-	srv  *http.Server
-	pool sync.Pool // *exchange
+	cfg       Config
+	h         Handler
+	transport forwarder.Transport
+	srv       *http.Server
+	pool      sync.Pool // *exchange
+
+	cert  atomic.Pointer[tls.Certificate] // served when loaded from CertFile/KeyFile
+	stats counters
 
 	mu       sync.Mutex
 	ln       net.Listener
@@ -96,11 +128,17 @@ func New(cfg Config, h Handler) (*Server, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, fmt.Errorf("doh listener %q: %w", cfg.Name, err)
 	}
-	tlsConf, err := cfg.tlsConfig()
+	if cfg.FIPS && !fips140.Enabled() {
+		return nil, fmt.Errorf("doh listener %q: FIPS: %w", cfg.Name, ErrFIPSModeOff)
+	}
+	s := &Server{cfg: cfg, h: h, transport: forwarder.TransportDoH}
+	if cfg.FIPS {
+		s.transport = forwarder.TransportDoHFIPS
+	}
+	tlsConf, err := s.tlsConfig()
 	if err != nil {
 		return nil, fmt.Errorf("doh listener %q: %w", cfg.Name, err)
 	}
-	s := &Server{cfg: cfg, h: h}
 	s.pool.New = func() any { return newExchange() }
 
 	var protocols http.Protocols
@@ -110,10 +148,11 @@ func New(cfg Config, h Handler) (*Server, error) {
 		Handler:           s,
 		TLSConfig:         tlsConf,
 		Protocols:         &protocols,
-		ReadHeaderTimeout: readHeaderTimeout,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		ReadTimeout:       cfg.ReadTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
-		// A GET carries the whole query in the URL.
-		MaxHeaderBytes: base64.URLEncoding.EncodedLen(cfg.MaxBodySize) + 8<<10,
+		MaxHeaderBytes:    cfg.MaxHeaderBytes,
+		ErrorLog:          log.New(errorLogWriter{s}, "", 0),
 		HTTP2: &http.HTTP2Config{
 			MaxConcurrentStreams: int(cfg.MaxConcurrentStreams),
 		},
@@ -144,44 +183,29 @@ func (c *Config) setDefaults() error {
 		c.MaxConcurrentStreams = DefaultMaxConcurrentStreams
 	}
 	switch {
-	case c.IdleTimeout == 0:
-		c.IdleTimeout = DefaultIdleTimeout
-	case c.IdleTimeout < 0:
-		return fmt.Errorf("IdleTimeout: %v is negative", c.IdleTimeout)
+	case c.MaxHeaderBytes == 0:
+		// A GET carries the whole query in the URL.
+		c.MaxHeaderBytes = base64.URLEncoding.EncodedLen(c.MaxBodySize) + 8<<10
+	case c.MaxHeaderBytes < 0:
+		return fmt.Errorf("MaxHeaderBytes: %d is negative", c.MaxHeaderBytes)
+	}
+	for _, d := range []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{
+		{"ReadHeaderTimeout", &c.ReadHeaderTimeout, DefaultReadHeaderTimeout},
+		{"ReadTimeout", &c.ReadTimeout, DefaultReadTimeout},
+		{"IdleTimeout", &c.IdleTimeout, DefaultIdleTimeout},
+	} {
+		switch {
+		case *d.v == 0:
+			*d.v = d.def
+		case *d.v < 0:
+			return fmt.Errorf("%s: %v is negative", d.name, *d.v)
+		}
 	}
 	return nil
-}
-
-// tlsConfig builds the server's TLS configuration from TLS or the files.
-func (c *Config) tlsConfig() (*tls.Config, error) {
-	files := c.CertFile != "" || c.KeyFile != ""
-	switch {
-	case c.TLS != nil && files:
-		return nil, errors.New("TLS and CertFile/KeyFile: only one may be set")
-	case c.TLS == nil && !files:
-		return nil, errors.New("TLS or CertFile/KeyFile: no certificate configured")
-	case files && c.CertFile == "":
-		return nil, errors.New("CertFile: empty while KeyFile is set")
-	case files && c.KeyFile == "":
-		return nil, errors.New("KeyFile: empty while CertFile is set")
-	}
-	var conf *tls.Config
-	if c.TLS != nil {
-		conf = c.TLS.Clone()
-		if len(conf.Certificates) == 0 && conf.GetCertificate == nil && conf.GetConfigForClient == nil {
-			return nil, errors.New("TLS: no certificate (Certificates, GetCertificate or GetConfigForClient)")
-		}
-	} else {
-		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("CertFile/KeyFile: loading key pair: %w", err)
-		}
-		conf = &tls.Config{Certificates: []tls.Certificate{cert}}
-	}
-	if conf.MinVersion < tls.VersionTLS12 {
-		conf.MinVersion = tls.VersionTLS12
-	}
-	return conf, nil
 }
 
 // Start listens on Config.Addr (TCP) and serves TLS in the background.
@@ -261,4 +285,33 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return fmt.Errorf("doh listener %q: serving: %w", s.cfg.Name, s.serveErr)
 	}
 	return nil
+}
+
+// errorLogWriter turns net/http's log lines into slog records. Most are what
+// clients do wrong (handshakes that fail, HTTP/2 protocol errors): debug
+// level. Panics, accept errors and misuse of the ResponseWriter are ours:
+// warn.
+type errorLogWriter struct{ s *Server }
+
+var warnMarkers = []string{"panic serving", "Accept error", "superfluous", "hijacked", "WriteHeader called", "invalid Content-Length"}
+
+func (w errorLogWriter) Write(p []byte) (int, error) {
+	msg := strings.TrimSuffix(string(p), "\n")
+	level := slog.LevelDebug
+	if strings.HasPrefix(msg, "http: TLS handshake error") {
+		w.s.stats.handshakeErrors.Add(1)
+	} else {
+		for _, m := range warnMarkers {
+			if strings.Contains(msg, m) {
+				level = slog.LevelWarn
+				break
+			}
+		}
+	}
+	l := w.s.cfg.ErrorLog
+	if l == nil {
+		l = slog.Default()
+	}
+	l.Log(context.Background(), level, msg, "listener", w.s.cfg.Name)
+	return len(p), nil
 }

@@ -75,15 +75,15 @@ type Handler interface {
 
 // Config for one Do53/UDP listener.
 type Config struct {
-	Name    string   // listener name, copied into each Request
-	Addrs   []string // "127.0.0.1:53", "[::1]:53"
+	Name  string   // listener name, copied into each Request
+	Addrs []string // "127.0.0.1:53", "[::1]:53"
 	// Sockets is the number of SO_REUSEPORT sockets (and loop goroutines)
 	// per address; default GOMAXPROCS/2, at least 1. The kernel's UDP work
 	// per packet (softirq, copies) needs CPU too: one loop per core halves
 	// the batch each recvmmsg gets and measured slower on 2 cores (79k vs
 	// 128k QPS of cache hits with dnsperf on the same box).
 	Sockets int
-	Batch   int      // datagrams per recvmmsg/sendmmsg; default 32, at most 1024
+	Batch   int // datagrams per recvmmsg/sendmmsg; default 32, at most 1024
 }
 
 // Stats are the datapath's counters.

@@ -27,7 +27,22 @@ type metric struct {
 }
 
 // Collector is a prometheus.Collector over read functions.
-type Collector struct{ ms []metric }
+type Collector struct {
+	ms  []metric
+	dyn []dynamic
+}
+
+// dynamic is a metric family whose label values are known only at scrape.
+type dynamic struct {
+	desc    *prometheus.Desc
+	collect func(desc *prometheus.Desc, ch chan<- prometheus.Metric)
+}
+
+// Dynamic adds a family with variable labels, emitted by collect at scrape
+// time (for example one counter per listener, transport and rcode).
+func (c *Collector) Dynamic(name, help string, labels []string, collect func(desc *prometheus.Desc, ch chan<- prometheus.Metric)) {
+	c.dyn = append(c.dyn, dynamic{prometheus.NewDesc(name, help, labels, nil), collect})
+}
 
 // Counter adds a counter (name must end in _total).
 func (c *Collector) Counter(name, help string, labels prometheus.Labels, read func() uint64) {
@@ -44,12 +59,18 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, m := range c.ms {
 		ch <- m.desc
 	}
+	for _, d := range c.dyn {
+		ch <- d.desc
+	}
 }
 
 // Collect implements prometheus.Collector.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for _, m := range c.ms {
 		ch <- prometheus.MustNewConstMetric(m.desc, m.typ, m.read())
+	}
+	for _, d := range c.dyn {
+		d.collect(d.desc, ch)
 	}
 }
 

@@ -1,0 +1,475 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"xdoh/cmd/xdoh/internal/config"
+	"xdoh/cmd/xdoh/internal/metrics"
+	"xdoh/datapath/doh"
+	dpgnet "xdoh/datapath/gnet"
+	"xdoh/datapath/udp"
+	"xdoh/forwarder"
+	"xdoh/forwarder/cache"
+	"xdoh/forwarder/querylog"
+	"xdoh/forwarder/rules"
+	"xdoh/forwarder/upstream"
+	"xdoh/forwarder/zone"
+)
+
+// app is a running xdoh: listeners bound to datapaths that all feed one
+// forwarder.Switch, and the pipeline behind it. A reload builds a new
+// pipeline, checks the protocol migration, swaps the pipeline in one atomic
+// store, and starts or stops only the datapaths whose settings changed; the
+// old pipeline finishes its queries in flight and is closed after the query
+// timeout.
+type app struct {
+	log  *slog.Logger
+	load func() (*config.Config, error)
+
+	mu        sync.Mutex // serialises start, reload, stop
+	cfg       *config.Config
+	sw        *forwarder.Switch
+	pipe      atomic.Pointer[pipeline]
+	counters  *forwarder.Counters
+	listeners map[string]*listener
+	qlog      *querylog.Logger
+	qlogCfg   config.QueryLog
+	mx        *metrics.Server
+	ctl       *controlServer
+}
+
+// pipeline is one generation of the forwarder and what it owns.
+type pipeline struct {
+	fwd   *forwarder.Forwarder
+	cache *cache.Cache
+	ups   []upstream.Upstream
+}
+
+func (p *pipeline) close() {
+	for _, u := range p.ups {
+		_ = u.Close()
+	}
+}
+
+// listener is the datapaths of one configured listener.
+type listener struct {
+	cfg  config.Listener
+	do53 *dpgnet.Server // TCP, and UDP when udp_engine is gnet
+	udp  *udp.Server
+	doh  *doh.Server
+}
+
+func newApp(log *slog.Logger, load func() (*config.Config, error)) *app {
+	return &app{log: log, load: load, listeners: map[string]*listener{}}
+}
+
+func loadZones(cfg *config.Config) ([]*zone.Zone, error) {
+	var zs []*zone.Zone
+	for i, zc := range cfg.Zones {
+		z, err := zone.Load(zc.Name, cfg.Path(zc.File))
+		if err != nil {
+			return nil, fmt.Errorf("zones[%d]: loading %s: %w", i, zc.Name, err)
+		}
+		zs = append(zs, z)
+	}
+	return zs, nil
+}
+
+// buildPipeline turns a validated config into a forwarder (nothing listens).
+func buildPipeline(cfg *config.Config, counters *forwarder.Counters, qlog forwarder.QueryLogger) (*pipeline, error) {
+	p := &pipeline{}
+	fail := func(err error) (*pipeline, error) { p.close(); return nil, err }
+	mkTargets := func(field string, targets []string, caFile string, timeout config.Duration) ([]forwarder.Target, error) {
+		if timeout == 0 {
+			timeout = cfg.Upstream.Timeout // the rule's own, else the global per-attempt timeout
+		}
+		var ts []forwarder.Target
+		for j, t := range targets {
+			up, err := upstream.New(t, upstream.Options{
+				CAFile:  cfg.Path(caFile),
+				Timeout: timeout.D(),
+				Conns:   cfg.Upstream.Conns,
+			})
+			if err != nil {
+				return nil, fmt.Errorf("%s.targets[%d]: %w", field, j, err)
+			}
+			p.ups = append(p.ups, up)
+			ts = append(ts, forwarder.Target{Up: up, Timeout: timeout.D()})
+		}
+		return ts, nil
+	}
+	fc := forwarder.Config{
+		QueryTimeout:  cfg.Upstream.QueryTimeout.D(),
+		TargetTimeout: cfg.Upstream.Timeout.D(),
+		MaxInflight:   cfg.Upstream.MaxInflight,
+		Counters:      counters,
+	}
+	if qlog != nil {
+		fc.Log = qlog
+	}
+	for _, l := range cfg.Listeners {
+		fl := forwarder.Listener{Name: l.Name, Drop: l.ACLAction == "drop"}
+		for _, a := range l.Allow {
+			pfx, _ := config.ParsePrefix(a) // validated
+			fl.Allow = append(fl.Allow, pfx)
+		}
+		fc.Listeners = append(fc.Listeners, fl)
+	}
+	zs, err := loadZones(cfg)
+	if err != nil {
+		return fail(fmt.Errorf("%w: %v", errUsage, err))
+	}
+	for i, z := range zs {
+		fc.Rules = append(fc.Rules, forwarder.Rule{Name: "zone:" + cfg.Zones[i].Name, Domain: z.Origin(), Type: rules.Zone, Zone: z})
+	}
+	for i, rc := range cfg.Rules {
+		typ, err := rules.ParseType(rc.Type)
+		if err != nil {
+			return fail(fmt.Errorf("rules[%d].type: %w", i, err))
+		}
+		r := forwarder.Rule{Name: rc.Name, Domain: rc.Domain, Type: typ}
+		if r.Targets, err = mkTargets(fmt.Sprintf("rules[%d]", i), rc.Targets, rc.CAFile, rc.Timeout); err != nil {
+			return fail(err)
+		}
+		fc.Rules = append(fc.Rules, r)
+	}
+	if cfg.Default != nil {
+		if fc.Default, err = mkTargets("default", cfg.Default.Targets, cfg.Default.CAFile, cfg.Default.Timeout); err != nil {
+			return fail(err)
+		}
+	}
+	if cfg.Cache.On() {
+		p.cache = cache.New(cache.Config{
+			Entries: cfg.Cache.Entries, MaxBytes: cfg.Cache.MaxBytes,
+			MinTTL: cfg.Cache.MinTTL.D(), MaxTTL: cfg.Cache.MaxTTL.D(),
+			ServFailTTL: cfg.Cache.ServFailTTL.D(), StaleWindow: cfg.Cache.ServeStale.D(),
+		})
+		fc.Cache = p.cache
+	}
+	if p.fwd, err = forwarder.New(fc); err != nil {
+		return fail(err)
+	}
+	return p, nil
+}
+
+func listenerNames(cfg *config.Config) []string {
+	var ns []string
+	for _, l := range cfg.Listeners {
+		ns = append(ns, l.Name)
+	}
+	return ns
+}
+
+// start builds everything from cfg and starts listening.
+func (a *app) start(cfg *config.Config) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err := a.openQueryLog(cfg.QueryLog, cfg); err != nil {
+		return err
+	}
+	a.counters = forwarder.NewCounters(listenerNames(cfg)...)
+	p, err := buildPipeline(cfg, a.counters, a.queryLogger())
+	if err != nil {
+		return err
+	}
+	a.pipe.Store(p)
+	a.sw = forwarder.NewSwitch(p.fwd)
+	a.cfg = cfg
+	if cfg.Metrics.Address != "" {
+		reg, err := a.collector().Registry()
+		if err != nil {
+			return err
+		}
+		if a.mx, err = metrics.Listen(cfg.Metrics.Address, reg); err != nil {
+			return err
+		}
+		a.log.Info("metrics", "url", "http://"+a.mx.Addr().String()+"/metrics")
+	}
+	if err := a.reconcile(nil, cfg); err != nil {
+		return err
+	}
+	if cfg.Control.Socket != "" {
+		if a.ctl, err = listenControl(cfg.Path(cfg.Control.Socket), a); err != nil {
+			return err
+		}
+	}
+	if a.mx != nil {
+		a.mx.SetReady(true)
+	}
+	a.log.Info("xdoh running", "pid", os.Getpid(), "listeners", len(cfg.Listeners), "rules", len(cfg.Rules), "zones", len(cfg.Zones),
+		"cache", cfg.Cache.On(), "fips", doh.FIPSStatus())
+	return nil
+}
+
+func (a *app) queryLogger() forwarder.QueryLogger {
+	if a.qlog == nil {
+		return nil
+	}
+	return a.qlog
+}
+
+// openQueryLog opens the query log for qc unless the one open has the same
+// settings (then a reload keeps it, and only reopens the file).
+func (a *app) openQueryLog(qc config.QueryLog, cfg *config.Config) error {
+	if a.qlog != nil && reflect.DeepEqual(qc, a.qlogCfg) {
+		return a.qlog.Reopen()
+	}
+	var l *querylog.Logger
+	if qc.On() {
+		var err error
+		l, err = querylog.New(querylog.Config{
+			Path: cfg.Path(qc.Path), Stdout: qc.Path == "-", Buffer: qc.Buffer, SampleRate: qc.SampleRate,
+			DnstapSocket: cfg.Path(qc.DnstapSocket), DnstapFile: cfg.Path(qc.DnstapFile), Identity: "xdoh",
+		})
+		if err != nil {
+			return fmt.Errorf("querylog: %w", err)
+		}
+	}
+	if old := a.qlog; old != nil {
+		// The old pipeline may still log its last queries: close it later.
+		time.AfterFunc(a.grace(), func() { _ = old.Close() })
+	}
+	a.qlog, a.qlogCfg = l, qc
+	return nil
+}
+
+// grace is how long an old pipeline may still have queries in flight.
+func (a *app) grace() time.Duration {
+	qt := time.Duration(0)
+	if a.cfg != nil {
+		qt = a.cfg.Upstream.QueryTimeout.D()
+	}
+	if qt <= 0 {
+		qt = 4 * time.Second
+	}
+	return qt + time.Second
+}
+
+// reload reads the config again and applies it, or keeps the running one and
+// says why.
+func (a *app) reload() error {
+	next, err := a.load()
+	if err != nil {
+		return err
+	}
+	if _, err := loadZones(next); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err := config.CheckMigration(a.cfg, next); err != nil {
+		return err
+	}
+	if !slices.Equal(listenerNames(next), listenerNames(a.cfg)) {
+		return fmt.Errorf("listeners: adding, removing or renaming listeners needs a restart (running: %s)", strings.Join(listenerNames(a.cfg), ", "))
+	}
+	prevQlog, prevQlogCfg := a.qlog, a.qlogCfg
+	if err := a.openQueryLog(next.QueryLog, next); err != nil {
+		return err
+	}
+	p, err := buildPipeline(next, a.counters, a.queryLogger())
+	if err != nil {
+		if a.qlog != prevQlog { // keep the log the running pipeline uses
+			_ = a.qlog.Close()
+			a.qlog, a.qlogCfg = prevQlog, prevQlogCfg
+		}
+		return err
+	}
+	prev := a.cfg
+	if err := a.reconcile(prev, next); err != nil {
+		p.close()
+		return err
+	}
+	old := a.pipe.Swap(p)
+	a.sw.Store(p.fwd)
+	a.cfg = next
+	time.AfterFunc(a.grace(), old.close)
+	a.log.Info("reloaded", "listeners", len(next.Listeners), "rules", len(next.Rules), "zones", len(next.Zones))
+	return nil
+}
+
+// do53Key and dohKey say when a listener's sockets must be rebuilt.
+func do53Key(l config.Listener) string {
+	return fmt.Sprint(l.Do53, l.UDPEngine, l.UDPSockets, l.TCP)
+}
+
+func dohKey(l config.Listener, protos map[string]bool) string {
+	if l.DoH == nil {
+		return ""
+	}
+	return fmt.Sprint(l.DoH.Address, l.DoH.Path, protos["doh-fips"])
+}
+
+// reconcile starts, keeps or stops each listener's datapaths to go from prev
+// (nil at start) to next. New Do53 sockets are bound before old ones close;
+// a DoH server whose address or path changes is shut down gracefully first.
+func (a *app) reconcile(prev, next *config.Config) error {
+	old := map[string]config.Listener{}
+	if prev != nil {
+		for _, l := range prev.Listeners {
+			old[l.Name] = l
+		}
+	}
+	for _, l := range next.Listeners {
+		protos, _ := l.ProtocolSet()
+		cur := a.listeners[l.Name]
+		if cur == nil {
+			cur = &listener{}
+			a.listeners[l.Name] = cur
+		}
+		was, existed := old[l.Name]
+		wasProtos, _ := was.ProtocolSet()
+
+		// Do53: keep the sockets when nothing about them changed. Otherwise
+		// the new sockets (SO_REUSEPORT) are bound before the old close.
+		keepDo53 := existed && wasProtos["do53"] && protos["do53"] && do53Key(was) == do53Key(l)
+		if !keepDo53 {
+			oldDo53 := &listener{do53: cur.do53, udp: cur.udp}
+			cur.do53, cur.udp = nil, nil
+			if protos["do53"] {
+				if err := a.startDo53(cur, l); err != nil {
+					cur.do53, cur.udp = oldDo53.do53, oldDo53.udp
+					return err
+				}
+			}
+			stopDo53(oldDo53)
+		}
+		// DoH / DoH-FIPS: keep the server (with a fresh certificate) when
+		// its address, path and FIPS mode are unchanged.
+		https := protos["doh"] || protos["doh-fips"]
+		wasHTTPS := wasProtos["doh"] || wasProtos["doh-fips"]
+		if existed && https && wasHTTPS && dohKey(was, wasProtos) == dohKey(l, protos) && cur.doh != nil {
+			if err := cur.doh.ReloadCertificate(); err != nil {
+				return fmt.Errorf("listener %q: %w", l.Name, err)
+			}
+		} else {
+			if cur.doh != nil {
+				stopDoH(cur)
+			}
+			if https {
+				if err := a.startDoH(cur, l, protos["doh-fips"]); err != nil {
+					return err
+				}
+			}
+		}
+		cur.cfg = l
+	}
+	return nil
+}
+
+func (a *app) startDo53(cur *listener, l config.Listener) error {
+	gnetUDP := l.UDPEngine == "gnet"
+	s, err := dpgnet.New(dpgnet.Config{
+		Name: l.Name, Addrs: l.Do53, TCPOnly: !gnetUDP,
+		TCPIdleTimeout: l.TCP.IdleTimeout.D(), MaxTCPConns: l.TCP.MaxConns, MaxTCPPipeline: l.TCP.MaxPipeline,
+	}, a.sw)
+	if err != nil {
+		return fmt.Errorf("listener %q: %w", l.Name, err)
+	}
+	var u *udp.Server
+	if !gnetUDP {
+		if u, err = udp.New(udp.Config{Name: l.Name, Addrs: l.Do53, Sockets: l.UDPSockets}, a.sw); err != nil {
+			return fmt.Errorf("listener %q: %w", l.Name, err)
+		}
+		if err := u.Start(); err != nil {
+			return fmt.Errorf("listener %q: %w", l.Name, err)
+		}
+	}
+	if err := s.Start(); err != nil {
+		if u != nil {
+			_ = u.Stop(context.Background())
+		}
+		return fmt.Errorf("listener %q: %w", l.Name, err)
+	}
+	cur.do53, cur.udp = s, u
+	a.log.Info("listening", "listener", l.Name, "transport", "do53 (udp+tcp)", "addrs", strings.Join(l.Do53, " "))
+	return nil
+}
+
+func (a *app) startDoH(cur *listener, l config.Listener, fips bool) error {
+	s, err := doh.New(doh.Config{
+		Name: l.Name, Addr: l.DoH.Address, Path: l.DoH.Path, FIPS: fips,
+		CertFile: a.pathFor(l.DoH.Cert), KeyFile: a.pathFor(l.DoH.Key), ErrorLog: a.log,
+	}, a.sw)
+	if err != nil {
+		return fmt.Errorf("listener %q: doh: %w", l.Name, err)
+	}
+	if err := s.Start(); err != nil {
+		return fmt.Errorf("listener %q: doh: %w", l.Name, err)
+	}
+	cur.doh = s
+	tr := "doh"
+	if fips {
+		tr = "doh-fips"
+	}
+	a.log.Info("listening", "listener", l.Name, "transport", tr, "addr", s.Addr().String())
+	return nil
+}
+
+// pathFor resolves a file name against the directory of the config being
+// applied (the running one at start, the next one on reload: same file).
+func (a *app) pathFor(p string) string {
+	if a.cfg == nil {
+		return p
+	}
+	return a.cfg.Path(p)
+}
+
+func stopDo53(cur *listener) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if cur.udp != nil {
+		_ = cur.udp.Stop(ctx)
+		cur.udp = nil
+	}
+	if cur.do53 != nil {
+		_ = cur.do53.Stop(ctx)
+		cur.do53 = nil
+	}
+}
+
+func stopDoH(cur *listener) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = cur.doh.Shutdown(ctx)
+	cur.doh = nil
+}
+
+func (a *app) stop() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var errs []error
+	if a.ctl != nil {
+		errs = append(errs, a.ctl.Close())
+	}
+	for _, l := range a.listeners {
+		stopDo53(l)
+		if l.doh != nil {
+			stopDoH(l)
+		}
+	}
+	if a.mx != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		errs = append(errs, a.mx.Shutdown(ctx))
+		cancel()
+	}
+	if p := a.pipe.Load(); p != nil {
+		p.close()
+	}
+	if a.qlog != nil {
+		errs = append(errs, a.qlog.Close())
+	}
+	if err := errors.Join(errs...); err != nil {
+		a.log.Warn("stopping", "err", err)
+	}
+}

@@ -1,0 +1,201 @@
+package forwarder
+
+import (
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"xdoh/forwarder/querylog"
+)
+
+// QueryLogger receives one entry per answered query (forwarder/querylog).
+// Log must not block and must copy what it keeps.
+type QueryLogger interface {
+	Log(e *querylog.Entry)
+}
+
+// Listener is the pipeline's view of an inbound listener: its name and its
+// source ACL (the security-group analog), enforced here for every transport.
+type Listener struct {
+	Name  string
+	Allow []netip.Prefix // empty: everyone
+	Drop  bool           // refused clients get no answer instead of REFUSED
+}
+
+func (l *Listener) allowed(a netip.Addr) bool {
+	if len(l.Allow) == 0 {
+		return true
+	}
+	a = a.Unmap()
+	for _, p := range l.Allow {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// Transports and RCODE slots counted per listener. Slot 16 of the RCODEs is
+// "no answer sent".
+const (
+	nTransports = int(TransportDoHFIPS) + 1
+	nRcodes     = 17
+	rcodeNone   = 16
+)
+
+// LatencyBuckets are the upper bounds of the latency histogram.
+var LatencyBuckets = []time.Duration{
+	50 * time.Microsecond, 100 * time.Microsecond, 250 * time.Microsecond, 500 * time.Microsecond,
+	time.Millisecond, 2500 * time.Microsecond, 5 * time.Millisecond, 10 * time.Millisecond,
+	25 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond, 250 * time.Millisecond,
+	500 * time.Millisecond, time.Second, 2500 * time.Millisecond, 5 * time.Second,
+}
+
+type histogram struct {
+	buckets [17]atomic.Uint64 // len(LatencyBuckets) + the +Inf bucket
+	sumNs   atomic.Uint64
+}
+
+// Counters outlive a Forwarder: a reload builds a new pipeline on the same
+// Counters, so exported counters never go backwards.
+type Counters struct {
+	queries, dropped, formerr, hits, local, blocked, forwarded,
+	servfail, overload, upErrs, truncated, stale, coalesced, prefetches,
+	aclRefused, aclDropped, logged atomic.Uint64
+
+	listeners []string                              // index → name; 0 is "" (unknown)
+	index     map[string]int                        // name → index
+	answers   [][nTransports][nRcodes]atomic.Uint64 // [listener][transport][rcode]
+	latency   [nTransports]histogram
+}
+
+// NewCounters makes counters for the named listeners.
+func NewCounters(listeners ...string) *Counters {
+	c := &Counters{listeners: append([]string{""}, listeners...), index: map[string]int{}}
+	for i, n := range c.listeners {
+		c.index[n] = i
+	}
+	c.answers = make([][nTransports][nRcodes]atomic.Uint64, len(c.listeners))
+	return c
+}
+
+// record counts one finished query by listener, transport and rcode, and its
+// latency by transport.
+func (c *Counters) record(r *Request, resp []byte, lat time.Duration) {
+	rc := rcodeNone
+	if len(resp) >= 4 {
+		rc = int(resp[3] & 0xF)
+	}
+	t := int(r.Transport)
+	if t >= nTransports {
+		t = 0
+	}
+	c.answers[c.index[r.Listener]][t][rc].Add(1) // unknown names map to 0
+	h := &c.latency[t]
+	i := 0
+	for i < len(LatencyBuckets) && lat > LatencyBuckets[i] {
+		i++
+	}
+	h.buckets[i].Add(1)
+	h.sumNs.Add(uint64(lat))
+}
+
+// AnswerCount is one (listener, transport, rcode) series.
+type AnswerCount struct {
+	Listener, Transport, Rcode string
+	Count                      uint64
+}
+
+// Answers returns the non-zero answer counters. Rcode is the RCODE's name or
+// "none" when no answer was sent.
+func (c *Counters) Answers() []AnswerCount {
+	var out []AnswerCount
+	for li := range c.answers {
+		for t := range c.answers[li] {
+			for rc := range c.answers[li][t] {
+				n := c.answers[li][t][rc].Load()
+				if n == 0 {
+					continue
+				}
+				out = append(out, AnswerCount{Listener: c.listeners[li], Transport: Transport(t).String(), Rcode: rcodeName(rc), Count: n})
+			}
+		}
+	}
+	return out
+}
+
+// Latency is a cumulative histogram for one transport.
+type Latency struct {
+	Transport string
+	Buckets   []uint64 // cumulative counts per LatencyBuckets bound, then +Inf
+	Sum       time.Duration
+}
+
+// Latencies returns the latency histograms of the transports seen.
+func (c *Counters) Latencies() []Latency {
+	var out []Latency
+	for t := 1; t < nTransports; t++ {
+		h := &c.latency[t]
+		l := Latency{Transport: Transport(t).String(), Sum: time.Duration(h.sumNs.Load())}
+		var cum uint64
+		for i := range h.buckets {
+			cum += h.buckets[i].Load()
+			l.Buckets = append(l.Buckets, cum)
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+func rcodeName(rc int) string {
+	switch rc {
+	case 0:
+		return "NOERROR"
+	case 1:
+		return "FORMERR"
+	case 2:
+		return "SERVFAIL"
+	case 3:
+		return "NXDOMAIN"
+	case 4:
+		return "NOTIMP"
+	case 5:
+		return "REFUSED"
+	case rcodeNone:
+		return "none"
+	}
+	return "RCODE" + string(rune('0'+rc/10)) + string(rune('0'+rc%10))
+}
+
+// finish accounts for a query whose response (nil: none) is final: counters,
+// latency, query log.
+func (f *Forwarder) finish(r *Request, resp []byte) {
+	lat := time.Since(r.start)
+	f.c.record(r, resp, lat)
+	if f.cfg.Log == nil {
+		return
+	}
+	ruleName := ""
+	if r.rule != nil {
+		ruleName = r.rule.Name
+	}
+	f.cfg.Log.Log(&querylog.Entry{
+		Time: r.start, Query: r.Msg, Response: resp, Client: r.Client,
+		Transport: r.Transport.String(), Listener: r.Listener,
+		Rule: ruleName, Target: r.target, UpstreamTransport: upstreamTransport(r.target),
+		CacheHit: r.cacheHit, Latency: lat,
+	})
+	f.c.logged.Add(1)
+}
+
+func upstreamTransport(target string) string {
+	switch {
+	case target == "":
+		return ""
+	case len(target) > 8 && target[:8] == "https://":
+		return "DoH"
+	case len(target) > 6 && target[:6] == "tcp://":
+		return "TCP"
+	}
+	return "UDP"
+}
