@@ -179,12 +179,15 @@ func (f *Forwarder) finish(r *Request, resp []byte) {
 	if r.rule != nil {
 		ruleName = r.rule.Name
 	}
-	f.cfg.Log.Log(&querylog.Entry{
+	// The entry lives in the request (no allocation per query); the logger
+	// copies what it keeps.
+	r.logEntry = querylog.Entry{
 		Time: r.start, Query: r.Msg, Response: resp, Client: r.Client,
 		Transport: r.Transport.String(), Listener: r.Listener,
 		Rule: ruleName, Target: r.target, UpstreamTransport: upstreamTransport(r.target),
 		CacheHit: r.cacheHit, Latency: lat,
-	})
+	}
+	f.cfg.Log.Log(&r.logEntry)
 	f.c.logged.Add(1)
 }
 

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"xdoh/forwarder/dnsmsg"
+	"xdoh/forwarder/querylog"
 )
 
 // Transport is how a query reached xdoh (or how xdoh reached an upstream).
@@ -49,6 +50,7 @@ type Request struct {
 	start    time.Time  // when the pipeline took the query
 	target   string     // the upstream that answered, for the query log
 	cacheHit bool
+	logEntry querylog.Entry // reused for the query log
 }
 
 // MaxResponseSize is the largest response the client can take over its

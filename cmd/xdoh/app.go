@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/fips140"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -44,6 +45,7 @@ type app struct {
 	listeners map[string]*listener
 	qlog      *querylog.Logger
 	qlogCfg   config.QueryLog
+	qsw       logSwitch
 	mx        *metrics.Server
 	ctl       *controlServer
 }
@@ -127,7 +129,7 @@ func buildPipeline(cfg *config.Config, counters *forwarder.Counters, qlog forwar
 	}
 	zs, err := loadZones(cfg)
 	if err != nil {
-		return fail(fmt.Errorf("%w: %v", errUsage, err))
+		return fail(usagef("%v", err))
 	}
 	for i, z := range zs {
 		fc.Rules = append(fc.Rules, forwarder.Rule{Name: "zone:" + cfg.Zones[i].Name, Domain: z.Origin(), Type: rules.Zone, Zone: z})
@@ -170,15 +172,32 @@ func listenerNames(cfg *config.Config) []string {
 	return ns
 }
 
+// checkFIPS refuses doh-fips listeners outside Go's FIPS 140-3 mode, before
+// anything is bound.
+func checkFIPS(cfg *config.Config) error {
+	for i, l := range cfg.Listeners {
+		if protos, _ := l.ProtocolSet(); protos["doh-fips"] && !fips140.Enabled() {
+			return usagef("listeners[%d].protocols: %w", i, doh.ErrFIPSModeOff)
+		}
+	}
+	return nil
+}
+
 // start builds everything from cfg and starts listening.
 func (a *app) start(cfg *config.Config) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if err := a.openQueryLog(cfg.QueryLog, cfg); err != nil {
+	if err := checkFIPS(cfg); err != nil {
 		return err
 	}
+	ql, err := openQueryLog(cfg.QueryLog, cfg)
+	if err != nil {
+		return err
+	}
+	a.qlog, a.qlogCfg = ql, cfg.QueryLog
+	a.qsw.cur.Store(ql)
 	a.counters = forwarder.NewCounters(listenerNames(cfg)...)
-	p, err := buildPipeline(cfg, a.counters, a.queryLogger())
+	p, err := buildPipeline(cfg, a.counters, a.queryLogger(cfg))
 	if err != nil {
 		return err
 	}
@@ -211,36 +230,43 @@ func (a *app) start(cfg *config.Config) error {
 	return nil
 }
 
-func (a *app) queryLogger() forwarder.QueryLogger {
-	if a.qlog == nil {
-		return nil
-	}
-	return a.qlog
+// logSwitch is the query logger every pipeline holds: the open
+// querylog.Logger behind it is replaced on reload without rebuilding anything.
+type logSwitch struct {
+	cur atomic.Pointer[querylog.Logger]
 }
 
-// openQueryLog opens the query log for qc unless the one open has the same
-// settings (then a reload keeps it, and only reopens the file).
-func (a *app) openQueryLog(qc config.QueryLog, cfg *config.Config) error {
-	if a.qlog != nil && reflect.DeepEqual(qc, a.qlogCfg) {
-		return a.qlog.Reopen()
+func (s *logSwitch) Log(e *querylog.Entry) {
+	if l := s.cur.Load(); l != nil {
+		l.Log(e)
 	}
-	var l *querylog.Logger
-	if qc.On() {
-		var err error
-		l, err = querylog.New(querylog.Config{
-			Path: cfg.Path(qc.Path), Stdout: qc.Path == "-", Buffer: qc.Buffer, SampleRate: qc.SampleRate,
-			DnstapSocket: cfg.Path(qc.DnstapSocket), DnstapFile: cfg.Path(qc.DnstapFile), Identity: "xdoh",
-		})
-		if err != nil {
-			return fmt.Errorf("querylog: %w", err)
-		}
+}
+
+// queryLogger is what a pipeline for cfg logs to (nil: no query log).
+func (a *app) queryLogger(cfg *config.Config) forwarder.QueryLogger {
+	if !cfg.QueryLog.On() {
+		return nil
 	}
-	if old := a.qlog; old != nil {
-		// The old pipeline may still log its last queries: close it later.
-		time.AfterFunc(a.grace(), func() { _ = old.Close() })
+	return &a.qsw
+}
+
+func openQueryLog(qc config.QueryLog, cfg *config.Config) (*querylog.Logger, error) {
+	if !qc.On() {
+		return nil, nil
 	}
-	a.qlog, a.qlogCfg = l, qc
-	return nil
+	lc := querylog.Config{Buffer: qc.Buffer, SampleRate: qc.SampleRate, Identity: "xdoh"}
+	if qc.Path == "-" {
+		lc.Stdout = true
+	} else if qc.Path != "" {
+		lc.Path = cfg.Path(qc.Path)
+	}
+	if qc.DnstapSocket != "" {
+		lc.DnstapSocket = cfg.Path(qc.DnstapSocket)
+	}
+	if qc.DnstapFile != "" {
+		lc.DnstapFile = cfg.Path(qc.DnstapFile)
+	}
+	return querylog.New(lc) // its errors name the querylog field
 }
 
 // grace is how long an old pipeline may still have queries in flight.
@@ -265,6 +291,9 @@ func (a *app) reload() error {
 	if _, err := loadZones(next); err != nil {
 		return err
 	}
+	if err := checkFIPS(next); err != nil {
+		return err
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if err := config.CheckMigration(a.cfg, next); err != nil {
@@ -273,15 +302,21 @@ func (a *app) reload() error {
 	if !slices.Equal(listenerNames(next), listenerNames(a.cfg)) {
 		return fmt.Errorf("listeners: adding, removing or renaming listeners needs a restart (running: %s)", strings.Join(listenerNames(a.cfg), ", "))
 	}
-	prevQlog, prevQlogCfg := a.qlog, a.qlogCfg
-	if err := a.openQueryLog(next.QueryLog, next); err != nil {
-		return err
+	// A query log at a new path is opened now, so a bad one rejects the
+	// reload; one at the same path only after the old logger is closed
+	// (two writers must not share a file).
+	qc := next.QueryLog
+	qlChanged := !reflect.DeepEqual(qc, a.qlogCfg)
+	var newQlog *querylog.Logger
+	if qlChanged && qc.On() && (a.qlog == nil || qc.Path != a.qlogCfg.Path || qc.DnstapFile != a.qlogCfg.DnstapFile) {
+		if newQlog, err = openQueryLog(qc, next); err != nil {
+			return err
+		}
 	}
-	p, err := buildPipeline(next, a.counters, a.queryLogger())
+	p, err := buildPipeline(next, a.counters, a.queryLogger(next))
 	if err != nil {
-		if a.qlog != prevQlog { // keep the log the running pipeline uses
-			_ = a.qlog.Close()
-			a.qlog, a.qlogCfg = prevQlog, prevQlogCfg
+		if newQlog != nil {
+			_ = newQlog.Close()
 		}
 		return err
 	}
@@ -293,6 +328,24 @@ func (a *app) reload() error {
 	old := a.pipe.Swap(p)
 	a.sw.Store(p.fwd)
 	a.cfg = next
+	switch {
+	case !qlChanged && a.qlog != nil:
+		if err := a.qlog.Reopen(); err != nil { // SIGHUP after logrotate
+			a.log.Error("reopening the query log", "err", err)
+		}
+	case qlChanged:
+		if a.qlog != nil {
+			a.qsw.cur.Store(newQlog) // nil until reopened below when the path is the same
+			_ = a.qlog.Close()
+		}
+		if newQlog == nil && qc.On() {
+			if newQlog, err = openQueryLog(qc, next); err != nil {
+				a.log.Error("opening the query log; queries are not logged", "err", err)
+			}
+		}
+		a.qlog, a.qlogCfg = newQlog, qc
+		a.qsw.cur.Store(newQlog)
+	}
 	time.AfterFunc(a.grace(), old.close)
 	a.log.Info("reloaded", "listeners", len(next.Listeners), "rules", len(next.Rules), "zones", len(next.Zones))
 	return nil

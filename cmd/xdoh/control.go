@@ -79,17 +79,17 @@ func cmdReload(args []string, out io.Writer) error {
 	sock := fs.String("s", "", "control socket")
 	path := fs.String("c", "", "config file naming control.socket")
 	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
+		return usagef("%v", err)
 	}
 	if *sock == "" && *path != "" {
 		cfg, err := config.Read(*path)
 		if err != nil {
-			return fmt.Errorf("%w: %v", errUsage, err)
+			return usagef("%v", err)
 		}
 		*sock = cfg.Path(cfg.Control.Socket)
 	}
 	if *sock == "" {
-		return fmt.Errorf("%w: -s SOCKET or -c FILE with control.socket is required", errUsage)
+		return usagef("-s SOCKET or -c FILE with control.socket is required")
 	}
 	c, err := net.DialTimeout("unix", *sock, 2*time.Second)
 	if err != nil {

@@ -16,8 +16,14 @@ import (
 	"os"
 )
 
-// errUsage marks command-line and config errors: exit status 2.
-var errUsage = errors.New("usage")
+// usageError marks command-line and config errors: exit status 2.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+// usagef makes a usageError.
+func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
 
 const usage = `xdoh — edge DNS forwarder (Do53/DoH in, DoH/Do53 out)
 
@@ -47,11 +53,11 @@ func main() {
 		fmt.Print(usage)
 		return
 	default:
-		err = fmt.Errorf("%w: unknown command %q", errUsage, os.Args[1])
+		err = usagef("unknown command %q", os.Args[1])
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "xdoh %s: %v\n", os.Args[1], err)
-		if errors.Is(err, errUsage) {
+		if ue := (usageError{}); errors.As(err, &ue) {
 			os.Exit(2)
 		}
 		os.Exit(1)

@@ -106,14 +106,22 @@ func (a *app) collector() *metrics.Collector {
 				}
 			}
 		})
-	c.Counter("xdoh_querylog_dropped_total", "Query-log entries dropped because the log buffer was full.", nil, func() uint64 {
-		a.mu.Lock()
-		defer a.mu.Unlock()
-		if a.qlog == nil {
-			return 0
-		}
-		return a.qlog.Stats().Dropped
-	})
+	c.Dynamic("xdoh_querylog_entries_total", "Query-log entries by outcome: logged, dropped (buffer full), sampled_out, write_errors, dnstap_dropped.",
+		[]string{"outcome"}, func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
+			a.mu.Lock()
+			l := a.qlog
+			a.mu.Unlock()
+			if l == nil {
+				return
+			}
+			s := l.Stats()
+			for _, o := range []struct {
+				name string
+				v    uint64
+			}{{"logged", s.Logged}, {"dropped", s.Dropped}, {"sampled_out", s.SampledOut}, {"write_errors", s.WriteErrors}, {"dnstap_dropped", s.DnstapDropped}} {
+				ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(o.v), o.name)
+			}
+		})
 	return c
 }
 

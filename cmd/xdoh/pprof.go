@@ -12,7 +12,7 @@ import (
 func servePprof(addr string) error {
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil || !ap.Addr().IsLoopback() {
-		return fmt.Errorf("%w: --pprof wants a loopback IP:port, got %q", errUsage, addr)
+		return usagef("--pprof wants a loopback IP:port, got %q", addr)
 	}
 	l, err := net.Listen("tcp", addr)
 	if err != nil {

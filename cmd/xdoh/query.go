@@ -34,7 +34,7 @@ func parseQueryArgs(args []string) (*queryArgs, error) {
 				return a[k+1:], nil
 			}
 			if i+1 >= len(args) {
-				return "", fmt.Errorf("%w: %s needs a value", errUsage, a)
+				return "", usagef("%s needs a value", a)
 			}
 			i++
 			return args[i], nil
@@ -59,10 +59,10 @@ func parseQueryArgs(args []string) (*queryArgs, error) {
 				q.timeout, err = time.ParseDuration(v)
 			}
 		default:
-			return nil, fmt.Errorf("%w: unknown flag %s", errUsage, a)
+			return nil, usagef("unknown flag %s", a)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s: %v", errUsage, a, err)
+			return nil, usagef("%s: %v", a, err)
 		}
 	}
 	switch len(pos) {
@@ -70,15 +70,15 @@ func parseQueryArgs(args []string) (*queryArgs, error) {
 	case 2:
 		t, ok := dns.StringToType[strings.ToUpper(pos[1])]
 		if !ok {
-			return nil, fmt.Errorf("%w: unknown query type %q", errUsage, pos[1])
+			return nil, usagef("unknown query type %q", pos[1])
 		}
 		q.qtype = t
 	default:
-		return nil, fmt.Errorf("%w: want [@server[:port]] NAME [TYPE]", errUsage)
+		return nil, usagef("want [@server[:port]] NAME [TYPE]")
 	}
 	q.name = dns.Fqdn(pos[0])
 	if _, ok := dns.IsDomainName(q.name); !ok {
-		return nil, fmt.Errorf("%w: %q is not a domain name", errUsage, pos[0])
+		return nil, usagef("%q is not a domain name", pos[0])
 	}
 	if _, _, err := net.SplitHostPort(q.server); err != nil {
 		q.server = net.JoinHostPort(strings.Trim(q.server, "[]"), "53")

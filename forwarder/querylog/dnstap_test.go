@@ -158,11 +158,26 @@ func TestDnstapSocket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := dnstap.NewFrameStreamSockInput(ln)
-	in.SetTimeout(5 * time.Second)
+	// One collector connection, read with dnstap's bidirectional input.
+	// (FrameStreamSockInput.ReadInto spins on Accept errors once the
+	// listener is closed, so it does not suit a test.)
 	frames := make(chan []byte, 64)
-	go in.ReadInto(frames)
-	defer ln.Close()
+	collectorDone := make(chan struct{})
+	defer func() { ln.Close(); <-collectorDone }()
+	go func() {
+		defer close(collectorDone)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		in, err := dnstap.NewFrameStreamInputTimeout(c, true, 5*time.Second)
+		if err != nil {
+			t.Errorf("collector handshake: %v", err)
+			return
+		}
+		in.ReadInto(frames)
+	}()
 
 	l, err := New(Config{DnstapSocket: sock, Identity: "edge-sock"})
 	if err != nil {
