@@ -68,3 +68,24 @@ func TestSourceACL(t *testing.T) {
 		t.Fatalf("answers by listener/transport/rcode: %+v", f.Counters().Answers())
 	}
 }
+
+func TestUpstreamStats(t *testing.T) {
+	bad, good := failing("bad"), answerA("good", "192.0.2.2")
+	f, err := New(Config{Default: []Target{{Up: bad}, {Up: good}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		serve(t, f, query(t, "u.example.com.", dns.TypeA, false), TransportUDP)
+	}
+	got := map[string]Upstream{}
+	for _, u := range f.Counters().Upstreams() {
+		got[u.Target] = u
+	}
+	if b := got["bad"]; b.Attempts != 3 || b.Errors != 3 || b.Up {
+		t.Fatalf("bad target: %+v", b)
+	}
+	if g := got["good"]; g.Attempts != 3 || g.Errors != 0 || !g.Up || g.Latency.Buckets[len(g.Latency.Buckets)-1] != 3 {
+		t.Fatalf("good target: %+v", g)
+	}
+}

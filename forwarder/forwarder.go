@@ -40,6 +40,8 @@ type Authority interface {
 type Target struct {
 	Up      Exchanger
 	Timeout time.Duration // per attempt; default Config.TargetTimeout
+
+	stats *TargetStats
 }
 
 // Rule is one configured rule. Forward rules carry Targets; Zone rules an
@@ -139,6 +141,15 @@ func New(cfg Config) (*Forwarder, error) {
 		c: cfg.Counters, listeners: map[string]*Listener{}}
 	for i := range cfg.Listeners {
 		f.listeners[cfg.Listeners[i].Name] = &cfg.Listeners[i]
+	}
+	for i := range f.cfg.Default {
+		f.cfg.Default[i].stats = f.c.target(f.cfg.Default[i].Up.String())
+	}
+	for i := range f.cfg.Rules {
+		for j := range f.cfg.Rules[i].Targets {
+			t := &f.cfg.Rules[i].Targets[j]
+			t.stats = f.c.target(t.Up.String())
+		}
 	}
 	for i := range f.flights {
 		f.flights[i].m = make(map[string]*flight)
@@ -461,6 +472,12 @@ func (f *Forwarder) coalesce(ctx context.Context, r *Request, targets []Target) 
 	return fl.res
 }
 
+func (t *Target) record(ok bool, lat time.Duration) {
+	if t.stats != nil {
+		t.stats.record(ok, lat)
+	}
+}
+
 // exchange tries the targets in order, each attempt bounded by its timeout
 // and by ctx. A usable answer is checked against the question, stripped of
 // hop-by-hop EDNS options, marked RA and cached.
@@ -482,17 +499,21 @@ func (f *Forwarder) exchange(ctx context.Context, r *Request, targets []Target) 
 			to = f.cfg.TargetTimeout
 		}
 		actx, cancel := context.WithTimeout(ctx, to)
+		start := time.Now()
 		resp, err := t.Up.Exchange(actx, query)
 		cancel()
 		if err != nil {
 			f.c.upErrs.Add(1)
+			t.record(false, time.Since(start))
 			continue
 		}
 		qend, err := dnsmsg.CheckResponse(resp, &r.Q)
 		if err != nil {
 			f.c.upErrs.Add(1) // a broken or mismatched answer: try the next target
+			t.record(false, time.Since(start))
 			continue
 		}
+		t.record(true, time.Since(start))
 		// The upstream's cookie (and padding) would reach the client as a
 		// cookie mismatch, from the cache even more so: drop them.
 		resp = dnsmsg.StripHopOptions(resp)

@@ -2,6 +2,7 @@ package forwarder
 
 import (
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -63,6 +64,9 @@ type Counters struct {
 	servfail, overload, upErrs, truncated, stale, coalesced, prefetches,
 	aclRefused, aclDropped, logged atomic.Uint64
 
+	upMu      sync.Mutex
+	upstreams map[string]*TargetStats // by target as configured
+
 	listeners []string                              // index → name; 0 is "" (unknown)
 	index     map[string]int                        // name → index
 	answers   [][nTransports][nRcodes]atomic.Uint64 // [listener][transport][rcode]
@@ -79,6 +83,77 @@ func NewCounters(listeners ...string) *Counters {
 	return c
 }
 
+// TargetStats counts one upstream target's exchanges.
+type TargetStats struct {
+	attempts, errors atomic.Uint64
+	up               atomic.Bool // the last exchange gave a usable answer
+	latency          histogram
+}
+
+// target returns the stats of the named target, created on first use; a
+// reload keeps them.
+func (c *Counters) target(name string) *TargetStats {
+	c.upMu.Lock()
+	defer c.upMu.Unlock()
+	if c.upstreams == nil {
+		c.upstreams = map[string]*TargetStats{}
+	}
+	ts := c.upstreams[name]
+	if ts == nil {
+		ts = &TargetStats{}
+		ts.up.Store(true)
+		c.upstreams[name] = ts
+	}
+	return ts
+}
+
+func (ts *TargetStats) record(ok bool, lat time.Duration) {
+	ts.attempts.Add(1)
+	if !ok {
+		ts.errors.Add(1)
+	}
+	ts.up.Store(ok)
+	ts.latency.observe(lat)
+}
+
+// Upstream is the exported view of one target's stats.
+type Upstream struct {
+	Target           string
+	Attempts, Errors uint64
+	Up               bool
+	Latency          Latency
+}
+
+// Upstreams returns every target's stats.
+func (c *Counters) Upstreams() []Upstream {
+	c.upMu.Lock()
+	defer c.upMu.Unlock()
+	var out []Upstream
+	for name, ts := range c.upstreams {
+		out = append(out, Upstream{Target: name, Attempts: ts.attempts.Load(), Errors: ts.errors.Load(), Up: ts.up.Load(), Latency: ts.latency.snapshot()})
+	}
+	return out
+}
+
+func (h *histogram) observe(lat time.Duration) {
+	i := 0
+	for i < len(LatencyBuckets) && lat > LatencyBuckets[i] {
+		i++
+	}
+	h.buckets[i].Add(1)
+	h.sumNs.Add(uint64(lat))
+}
+
+func (h *histogram) snapshot() Latency {
+	l := Latency{Sum: time.Duration(h.sumNs.Load())}
+	var cum uint64
+	for i := range h.buckets {
+		cum += h.buckets[i].Load()
+		l.Buckets = append(l.Buckets, cum)
+	}
+	return l
+}
+
 // record counts one finished query by listener, transport and rcode, and its
 // latency by transport.
 func (c *Counters) record(r *Request, resp []byte, lat time.Duration) {
@@ -91,13 +166,7 @@ func (c *Counters) record(r *Request, resp []byte, lat time.Duration) {
 		t = 0
 	}
 	c.answers[c.index[r.Listener]][t][rc].Add(1) // unknown names map to 0
-	h := &c.latency[t]
-	i := 0
-	for i < len(LatencyBuckets) && lat > LatencyBuckets[i] {
-		i++
-	}
-	h.buckets[i].Add(1)
-	h.sumNs.Add(uint64(lat))
+	c.latency[t].observe(lat)
 }
 
 // AnswerCount is one (listener, transport, rcode) series.
@@ -135,13 +204,8 @@ type Latency struct {
 func (c *Counters) Latencies() []Latency {
 	var out []Latency
 	for t := 1; t < nTransports; t++ {
-		h := &c.latency[t]
-		l := Latency{Transport: Transport(t).String(), Sum: time.Duration(h.sumNs.Load())}
-		var cum uint64
-		for i := range h.buckets {
-			cum += h.buckets[i].Load()
-			l.Buckets = append(l.Buckets, cum)
-		}
+		l := c.latency[t].snapshot()
+		l.Transport = Transport(t).String()
 		out = append(out, l)
 	}
 	return out

@@ -57,6 +57,38 @@ func (a *app) collector() *metrics.Collector {
 				ch <- prometheus.MustNewConstHistogram(d, l.Buckets[len(l.Buckets)-1], l.Sum.Seconds(), buckets, l.Transport)
 			}
 		})
+	c.Dynamic("xdoh_upstream_requests_total", "Exchanges attempted with each upstream target.", []string{"target"},
+		func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
+			for _, u := range a.counters.Upstreams() {
+				ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(u.Attempts), u.Target)
+			}
+		})
+	c.Dynamic("xdoh_upstream_errors_total", "Failed exchanges (error, timeout, unusable answer) by upstream target.", []string{"target"},
+		func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
+			for _, u := range a.counters.Upstreams() {
+				ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(u.Errors), u.Target)
+			}
+		})
+	c.Dynamic("xdoh_upstream_up", "1 if the target's last exchange gave a usable answer (passive health).", []string{"target"},
+		func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
+			for _, u := range a.counters.Upstreams() {
+				v := 0.0
+				if u.Up {
+					v = 1
+				}
+				ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, u.Target)
+			}
+		})
+	c.Dynamic("xdoh_upstream_duration_seconds", "Time of each exchange with an upstream target.", []string{"target"},
+		func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
+			for _, u := range a.counters.Upstreams() {
+				buckets := map[float64]uint64{}
+				for i, b := range forwarder.LatencyBuckets {
+					buckets[b.Seconds()] = u.Latency.Buckets[i]
+				}
+				ch <- prometheus.MustNewConstHistogram(d, u.Latency.Buckets[len(u.Latency.Buckets)-1], u.Latency.Sum.Seconds(), buckets, u.Target)
+			}
+		})
 	cs := func(get func(cache.Stats) float64) func() float64 {
 		return func() float64 {
 			if ch := a.pipe.Load().cache; ch != nil {

@@ -26,6 +26,7 @@ func TestMetricNames(t *testing.T) {
 	cfg, err := config.Parse([]byte(fmt.Sprintf(`listeners:
   - {name: edge, protocols: [do53, doh], do53: ["127.0.0.1:0"], doh: {address: "127.0.0.1:0", cert: %s, key: %s}}
 zones: [{name: aws.example.internal, file: %s}]
+default: {targets: ["127.0.0.1:9"]}
 `, cert, key, filepath.Join("demo", "aws.example.internal.zone"))), ".")
 	if err != nil {
 		t.Fatal(err)
