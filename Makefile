@@ -18,6 +18,8 @@ run: build
 # Every test: unit, fuzz seeds, integration against real BIND 9.18 / kdig / dig.
 test:
 	$(GO) vet $(PKGS)
+	# Allocation tests without -race first (-race makes sync.Pool drop items).
+	$(GO) test -count=1 -run 'Alloc' ./datapath/udp ./forwarder/...
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
 
 # Component benchmarks (allocations reported).
