@@ -90,6 +90,7 @@ type Forwarder struct {
 	cfg      Config
 	table    *rules.Table
 	inflight chan struct{}
+	workers  *workers
 
 	seed      maphash.Seed
 	flights   [flightShards]flightShard
@@ -137,7 +138,7 @@ func New(cfg Config) (*Forwarder, error) {
 		}
 		cfg.Counters = NewCounters(names...)
 	}
-	f := &Forwarder{cfg: cfg, table: t, inflight: make(chan struct{}, cfg.MaxInflight), seed: maphash.MakeSeed(),
+	f := &Forwarder{cfg: cfg, table: t, inflight: make(chan struct{}, cfg.MaxInflight), workers: newWorkers(10 * time.Second), seed: maphash.MakeSeed(),
 		c: cfg.Counters, listeners: map[string]*Listener{}}
 	for i := range cfg.Listeners {
 		f.listeners[cfg.Listeners[i].Name] = &cfg.Listeners[i]
@@ -216,14 +217,14 @@ func (f *Forwarder) Resolve(r *Request, out []byte, done func(resp []byte)) ([]b
 	ar := *r
 	ar.Msg = append([]byte(nil), r.Msg...)
 	ar.Q.Name = ar.Msg[dnsmsg.HeaderLen : dnsmsg.HeaderLen+len(r.Q.Name)] // re-point the view at the copy
-	go func() {
+	f.workers.run(func() {
 		defer func() { <-f.inflight }()
 		ctx, cancel := context.WithTimeout(context.Background(), f.cfg.QueryTimeout)
 		resp := f.slow(ctx, &ar, ar.rule, nil)
 		cancel()
 		f.finish(&ar, resp)
 		done(resp)
-	}()
+	})
 	return nil, false
 }
 
@@ -330,7 +331,7 @@ func (f *Forwarder) prefetch(r *Request) {
 	ar := *r
 	ar.Msg = append([]byte(nil), r.Msg...)
 	ar.Q.Name = ar.Msg[dnsmsg.HeaderLen : dnsmsg.HeaderLen+len(r.Q.Name)]
-	go func() {
+	f.workers.run(func() {
 		defer func() { <-f.inflight }()
 		rule := f.route(&ar.Q)
 		targets := f.cfg.Default
@@ -344,7 +345,7 @@ func (f *Forwarder) prefetch(r *Request) {
 		ctx, cancel := context.WithTimeout(context.Background(), f.cfg.QueryTimeout)
 		defer cancel()
 		f.coalesce(ctx, &ar, targets) // a good answer lands in the cache
-	}()
+	})
 }
 
 // answerLocal answers from a local zone. This is the slow path of miekg/dns
