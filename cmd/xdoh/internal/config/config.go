@@ -84,6 +84,7 @@ type Rule struct {
 	Targets []string `yaml:"targets"`
 	CAFile  string   `yaml:"ca_file"`
 	Timeout Duration `yaml:"timeout"`
+	Select  Select   `yaml:",inline"`
 }
 
 // Group is the default target group.
@@ -91,6 +92,24 @@ type Group struct {
 	Targets []string `yaml:"targets"`
 	CAFile  string   `yaml:"ca_file"`
 	Timeout Duration `yaml:"timeout"`
+	Select  Select   `yaml:",inline"`
+}
+
+// Select is how a rule (or default) chooses among its targets.
+type Select struct {
+	Policy string `yaml:"policy"` // ordered (default) | round_robin | fastest
+	// Hedge: send a slow query to a second target too. "off", a
+	// duration ("20ms"), or empty for adaptive (the target's p95 latency).
+	Hedge  string `yaml:"hedge"`
+	Health Health `yaml:"health"`
+}
+
+// Health tunes passive and active health checks.
+type Health struct {
+	FailAfter     int      `yaml:"fail_after"`     // consecutive failures → down (default 3)
+	RecoverAfter  int      `yaml:"recover_after"`  // consecutive probe successes → up (default 2)
+	ProbeName     string   `yaml:"probe_name"`     // default "."
+	ProbeInterval Duration `yaml:"probe_interval"` // default 5s
 }
 
 // Cache configures the response cache.
@@ -351,6 +370,7 @@ func (c *Config) Validate() error {
 			bad(f+".type", "%q is not one of forward, system, block", r.Type)
 		}
 		c.checkTargets(f, r.Targets, r.CAFile, bad)
+		checkSelect(f, r.Select, bad)
 		if r.Timeout < 0 {
 			bad(f+".timeout", "must not be negative")
 		}
@@ -419,6 +439,27 @@ func (c *Config) checkTargets(f string, targets []string, caFile string, bad fun
 	if caFile != "" {
 		if _, err := os.Stat(c.Path(caFile)); err != nil {
 			bad(f+".ca_file", "%v", err)
+		}
+	}
+}
+
+func checkSelect(f string, s Select, bad func(string, string, ...any)) {
+	switch s.Policy {
+	case "", "ordered", "round_robin", "fastest":
+	default:
+		bad(f+".policy", "%q is not one of ordered, round_robin, fastest", s.Policy)
+	}
+	if s.Hedge != "" && s.Hedge != "off" {
+		if d, err := time.ParseDuration(s.Hedge); err != nil || d <= 0 {
+			bad(f+".hedge", "%q is not off or a positive duration such as \"20ms\"", s.Hedge)
+		}
+	}
+	if s.Health.FailAfter < 0 || s.Health.RecoverAfter < 0 || s.Health.ProbeInterval < 0 {
+		bad(f+".health", "values must not be negative")
+	}
+	if s.Health.ProbeName != "" {
+		if _, ok := dns.IsDomainName(s.Health.ProbeName); !ok {
+			bad(f+".health.probe_name", "%q is not a domain name", s.Health.ProbeName)
 		}
 	}
 }

@@ -36,3 +36,27 @@ func TestCheckMigration(t *testing.T) {
 		})
 	}
 }
+
+func TestSelectValidation(t *testing.T) {
+	base := "listeners: [{name: a, do53: [\"127.0.0.1:53\"]}]\n"
+	tests := []struct{ name, yaml, want string }{
+		{"ok", "rules: [{name: r, domain: example.com, type: forward, targets: [\"127.0.0.1\"], policy: fastest, hedge: 20ms, health: {fail_after: 2, probe_interval: 1s}}]\n", ""},
+		{"bad policy", "rules: [{name: r, domain: example.com, type: forward, targets: [\"127.0.0.1\"], policy: random}]\n", "rules[0].policy"},
+		{"bad hedge", "default: {targets: [\"127.0.0.1\"], hedge: soon}\n", "default.hedge"},
+		{"bad probe name", "default: {targets: [\"127.0.0.1\"], health: {probe_name: \"a..b\"}}\n", "default.health.probe_name"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(base+tt.yaml), t.TempDir())
+			if tt.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
