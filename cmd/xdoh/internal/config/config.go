@@ -380,6 +380,7 @@ func (c *Config) Validate() error {
 			bad("default.targets", "a default section needs at least one target")
 		}
 		c.checkTargets("default", c.Default.Targets, c.Default.CAFile, bad)
+		checkSelect("default", c.Default.Select, bad)
 		if c.Default.Timeout < 0 {
 			bad("default.timeout", "must not be negative")
 		}
