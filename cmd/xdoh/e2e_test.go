@@ -83,8 +83,15 @@ func (s *syncBuffer) String() string {
 // answers over UDP, and stops it at cleanup. It returns the stderr buffer.
 func startXdoh(t *testing.T, addr string, args ...string) *syncBuffer {
 	t.Helper()
+	return startXdohEnv(t, addr, nil, args...)
+}
+
+// startXdohEnv is startXdoh with the process environment env (nil: ours).
+func startXdohEnv(t *testing.T, addr string, env []string, args ...string) *syncBuffer {
+	t.Helper()
 	stderr := &syncBuffer{}
 	cmd := exec.Command(xdohBin, append([]string{"run"}, args...)...)
+	cmd.Env = env
 	cmd.Stderr = stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {

@@ -88,40 +88,7 @@ func interopEnv(extra ...string) []string {
 // in its own process group, waiting until Do53 answers, stopped at cleanup.
 func interopStart(t *testing.T, s *interopSetup, env []string) *syncBuffer {
 	t.Helper()
-	stderr := &syncBuffer{}
-	cmd := exec.Command(xdohBin, "run", "-c", s.cfg)
-	cmd.Env = env
-	cmd.Stderr = stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(5 * time.Second):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-exited
-		}
-	})
-	probe := new(dns.Msg).SetQuestion("probe.invalid.", dns.TypeA)
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case err := <-exited:
-			t.Fatalf("xdoh exited at start: %v\n%s", err, stderr.String())
-		default:
-		}
-		if _, _, err := (&dns.Client{Timeout: 200 * time.Millisecond}).Exchange(probe, s.addr); err == nil {
-			return stderr
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("xdoh did not answer on %s within 10s\n%s", s.addr, stderr.String())
-	return nil
+	return startXdohEnv(t, s.addr, env, "-c", s.cfg)
 }
 
 func interopNeed(t *testing.T, tool string) {
