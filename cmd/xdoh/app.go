@@ -101,6 +101,7 @@ func buildPipeline(cfg *config.Config, counters *forwarder.Counters, qlog forwar
 				CAFile:  cfg.Path(caFile),
 				Timeout: timeout.D(),
 				Conns:   cfg.Upstream.Conns,
+				Prewarm: true, // connections ready before the first query
 			})
 			if err != nil {
 				return nil, fmt.Errorf("%s.targets[%d]: %w", field, j, err)

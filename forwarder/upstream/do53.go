@@ -1,8 +1,10 @@
 package upstream
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -13,24 +15,108 @@ import (
 	"time"
 )
 
+// Limits of the Do53 client.
+const (
+	maxInflightPerConn = 1024             // waiting queries per UDP socket or TCP connection
+	udpSockMaxUses     = 1 << 16          // queries after which a UDP socket gets a new source port
+	udpReadBuffer      = 1 << 20          // SO_RCVBUF asked for; the kernel may cap it
+	tcpIdleTimeout     = 10 * time.Second // a TCP connection without queries is closed
+	maxPooledSendBuf   = 4096             // larger UDP send buffers are not pooled
+)
+
+var (
+	errIdle    = fmt.Errorf("%w: idle", ErrConnClosed)
+	errRetired = fmt.Errorf("%w: socket retired", ErrConnClosed)
+)
+
 // Do53 is a classic DNS upstream: UDP with a retry over TCP when the answer
-// is truncated, or TCP only.
+// is truncated, or TCP only. See the package documentation for the design.
 type Do53 struct {
-	target  string
-	addr    netip.AddrPort
-	tcpOnly bool
-	timeout time.Duration
-	closed  atomic.Bool
-	bufs    sync.Pool // *[]byte of maxResponseSize, for UDP reads
+	target      string
+	addr        netip.AddrPort
+	tcpOnly     bool
+	timeout     time.Duration
+	dialTime    time.Duration
+	idleTimeout time.Duration // TCP; a test hook
+	maxInflight int           // per socket or connection; a test hook
+	udpMaxUses  int           // queries per UDP socket; a test hook
+
+	udp     []atomic.Pointer[dnsConn]
+	udpNext atomic.Uint32
+	tcp     []tcpSlot
+	tcpNext atomic.Uint32
+	backoff backoff
+	waiters sync.Pool // *waiter
+	bufs    sync.Pool // *[]byte, UDP send buffers
+
+	ctx    context.Context // cancelled by Close; parent of dials
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // dial, reader and writer goroutines
+
+	mu     sync.Mutex
+	closed bool
+	live   map[*dnsConn]struct{} // every open socket and connection
+	isDone atomic.Bool
 }
 
 var _ Upstream = (*Do53)(nil)
 
+// tcpSlot is one of the Options.Conns TCP connections of a target.
+type tcpSlot struct {
+	conn atomic.Pointer[dnsConn]
+
+	mu      sync.Mutex
+	dialing chan struct{} // closed when the running dial ends; nil if none
+	dialErr error         // failure of the last dial, nil after a success
+}
+
+// waiter is one query waiting for its response on a dnsConn. It is in the
+// connection's map while it waits; whoever removes it from the map under the
+// connection's mutex (reader, shutdown or the giving-up caller) completes
+// it, and only the first two signal done.
+type waiter struct {
+	query []byte // the caller's query, for matching the question
+	id    uint16 // ID on the wire
+	done  chan struct{}
+	timer *time.Timer
+	resp  []byte
+	err   error
+}
+
 func newDo53(target string, addr netip.AddrPort, tcpOnly bool, opts Options) *Do53 {
-	u := &Do53{target: target, addr: addr, tcpOnly: tcpOnly, timeout: opts.Timeout}
+	u := &Do53{
+		target:      target,
+		addr:        addr,
+		tcpOnly:     tcpOnly,
+		timeout:     opts.Timeout,
+		dialTime:    max(2*opts.Timeout, time.Second),
+		idleTimeout: tcpIdleTimeout,
+		maxInflight: maxInflightPerConn,
+		udpMaxUses:  udpSockMaxUses,
+		udp:         make([]atomic.Pointer[dnsConn], opts.Conns),
+		tcp:         make([]tcpSlot, opts.Conns),
+		live:        make(map[*dnsConn]struct{}),
+	}
+	u.ctx, u.cancel = context.WithCancel(context.Background())
+	u.waiters.New = func() any {
+		t := time.NewTimer(time.Hour)
+		t.Stop()
+		return &waiter{done: make(chan struct{}, 1), timer: t}
+	}
 	u.bufs.New = func() any {
-		b := make([]byte, maxResponseSize)
+		b := make([]byte, 0, 512)
 		return &b
+	}
+	if opts.Prewarm {
+		if tcpOnly {
+			for i := range u.tcp {
+				u.startDial(&u.tcp[i]) // errors are the next Exchange's business
+			}
+		} else {
+			for i := range u.udp {
+				u.udpConn(i) // no network I/O: a socket and connect(2)
+			}
+		}
 	}
 	return u
 }
@@ -38,35 +124,58 @@ func newDo53(target string, addr netip.AddrPort, tcpOnly bool, opts Options) *Do
 // String returns the target as configured.
 func (u *Do53) String() string { return u.target }
 
-// Close makes later exchanges fail; Do53 holds no connections between
-// exchanges.
+// Close stops dialling, closes every socket and connection (failing their
+// queries with ErrClosed) and waits for their goroutines to end.
 func (u *Do53) Close() error {
-	u.closed.Store(true)
+	u.mu.Lock()
+	if u.closed {
+		u.mu.Unlock()
+		return nil
+	}
+	u.closed = true
+	u.isDone.Store(true)
+	conns := make([]*dnsConn, 0, len(u.live))
+	for c := range u.live {
+		conns = append(conns, c)
+	}
+	u.mu.Unlock()
+	u.cancel()
+	for _, c := range conns {
+		c.shutdown(ErrClosed)
+	}
+	u.wg.Wait()
 	return nil
 }
 
 // Exchange sends query with a random ID on the wire and returns the matching
-// response carrying the query's ID.
+// response carrying the query's ID. Over TCP, a query whose connection broke
+// is retried once on a fresh connection.
 func (u *Do53) Exchange(ctx context.Context, query []byte) ([]byte, error) {
 	if len(query) < headerLen || len(query) > maxResponseSize {
 		return nil, fmt.Errorf("upstream %s: %w: %d bytes", u.target, ErrBadQuery, len(query))
 	}
-	if u.closed.Load() {
+	if u.isDone.Load() {
 		return nil, fmt.Errorf("upstream %s: %w", u.target, ErrClosed)
 	}
-	deadline := deadlineFor(ctx, u.timeout)
-	id := uint16(rand.Uint32()) // runtime ChaCha8 source: unpredictable
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", u.target, ctxErr(ctx, "before sending"))
+	}
+	w := u.waiters.Get().(*waiter)
+	w.timer.Reset(u.timeout)
 	var resp []byte
 	var err error
 	if !u.tcpOnly {
-		resp, err = u.exchangeUDP(ctx, query, id, deadline)
+		resp, err = u.exchangeUDP(ctx, query, w)
 		if err == nil && resp[2]&0x02 != 0 { // TC
 			resp = nil
 		}
 	}
 	if err == nil && resp == nil {
-		resp, err = u.exchangeTCP(ctx, query, id, deadline)
+		resp, err = u.exchangeTCP(ctx, query, w)
 	}
+	w.timer.Stop()
+	w.query, w.resp, w.err = nil, nil, nil
+	u.waiters.Put(w)
 	if err != nil {
 		return nil, fmt.Errorf("upstream %s: %w", u.target, err)
 	}
@@ -74,79 +183,441 @@ func (u *Do53) Exchange(ctx context.Context, query []byte) ([]byte, error) {
 	return resp, nil
 }
 
-// exchangeUDP sends query over a connected UDP socket and returns the first
-// datagram that answers it; others (wrong ID or question) are ignored.
-func (u *Do53) exchangeUDP(ctx context.Context, query []byte, id uint16, deadline time.Time) ([]byte, error) {
-	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(u.addr))
+// exchangeUDP sends query on one of the pooled sockets and waits for the
+// datagram that answers it.
+func (u *Do53) exchangeUDP(ctx context.Context, query []byte, w *waiter) ([]byte, error) {
+	c, err := u.registerUDP(w, query)
 	if err != nil {
-		return nil, fmt.Errorf("dialing %s over UDP: %w", u.addr, err)
+		return nil, err
 	}
-	defer conn.Close()
-	if err := conn.SetDeadline(deadline); err != nil {
-		return nil, fmt.Errorf("setting deadline: %w", err)
-	}
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-
 	bp := u.bufs.Get().(*[]byte)
-	defer u.bufs.Put(bp)
-	buf := *bp
-	msg := append(buf[:0], query...)
-	binary.BigEndian.PutUint16(msg, id)
-	if _, err := conn.Write(msg); err != nil {
-		return nil, netError(ctx, "sending over UDP", err)
+	msg := append((*bp)[:0], query...)
+	binary.BigEndian.PutUint16(msg, w.id)
+	_, err = c.nc.Write(msg)
+	if cap(msg) <= maxPooledSendBuf {
+		*bp = msg
+		u.bufs.Put(bp)
 	}
-	for {
-		n, err := conn.Read(buf)
+	if err != nil {
+		return c.cancel(w, netError(ctx, "sending over UDP", err))
+	}
+	return c.wait(ctx, w, "over UDP")
+}
+
+// registerUDP registers w on the next socket round-robin, or on the
+// following ones if that one is full.
+func (u *Do53) registerUDP(w *waiter, query []byte) (*dnsConn, error) {
+	n := len(u.udp)
+	first := int(u.udpNext.Add(1))
+	for j := range n {
+		for range 2 { // a socket that died since udpConn looked is replaced once
+			c, err := u.udpConn((first + j) % n)
+			if err != nil {
+				return nil, err
+			}
+			err = c.register(w, query)
+			if err == nil {
+				return c, nil
+			}
+			if errors.Is(err, ErrBusy) {
+				break
+			}
+		}
+	}
+	return nil, fmt.Errorf("%w: %d sockets with %d queries each", ErrBusy, n, u.maxInflight)
+}
+
+// udpConn returns the socket of slot i, opening a new one if the slot is
+// empty, its socket died or retired.
+func (u *Do53) udpConn(i int) (*dnsConn, error) {
+	slot := &u.udp[i]
+	if c := slot.Load(); c != nil && !c.closing.Load() {
+		return c, nil
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.closed {
+		return nil, ErrClosed
+	}
+	if c := slot.Load(); c != nil && !c.closing.Load() {
+		return c, nil
+	}
+	nc, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(u.addr))
+	if err != nil {
+		return nil, fmt.Errorf("opening UDP socket to %s: %w", u.addr, err)
+	}
+	nc.SetReadBuffer(udpReadBuffer) // best effort: bursts of answers
+	c := newDNSConn(u, nc, false)
+	u.live[c] = struct{}{}
+	u.wg.Add(1)
+	go c.readUDP()
+	slot.Store(c)
+	return c, nil
+}
+
+// exchangeTCP sends query on one of the pooled TCP connections, retrying
+// once on a fresh one if the connection broke or went idle meanwhile.
+func (u *Do53) exchangeTCP(ctx context.Context, query []byte, w *waiter) ([]byte, error) {
+	for attempt := 0; ; attempt++ {
+		c, err := u.getTCP(ctx, w)
 		if err != nil {
-			return nil, netError(ctx, "reading over UDP", err)
+			return nil, err
 		}
-		resp := buf[:n]
-		if n < headerLen || binary.BigEndian.Uint16(resp) != id || checkResponse(query, resp) != nil {
-			continue // late, spoofed or garbage: keep waiting for ours
+		var resp []byte
+		if err = c.register(w, query); err == nil {
+			c.signal()
+			resp, err = c.wait(ctx, w, "over TCP")
 		}
-		return append([]byte(nil), resp...), nil
+		if err == nil || attempt > 0 || !Retryable(err) {
+			return resp, err
+		}
 	}
 }
 
-// exchangeTCP sends query over a new TCP connection with RFC 7766 framing.
-func (u *Do53) exchangeTCP(ctx context.Context, query []byte, id uint16, deadline time.Time) ([]byte, error) {
-	dctx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel()
-	var dialer net.Dialer
-	conn, err := dialer.DialContext(dctx, "tcp", u.addr.String())
+// getTCP returns a TCP connection that takes queries, like DoH.getConn: the
+// next slot round-robin, another slot's connection while that one is being
+// dialled, and waiting for the dial only when there is none.
+func (u *Do53) getTCP(ctx context.Context, w *waiter) (*dnsConn, error) {
+	n := uint32(len(u.tcp))
+	i := u.tcpNext.Add(1) % n
+	s := &u.tcp[i]
+	if c := s.conn.Load(); c != nil && !c.closing.Load() {
+		return c, nil
+	}
+	ch, err := u.startDial(s)
+	for j := uint32(1); j < n; j++ {
+		if c := u.tcp[(i+j)%n].conn.Load(); c != nil && !c.closing.Load() {
+			return c, nil
+		}
+	}
 	if err != nil {
-		return nil, netError(ctx, "dialing over TCP", err)
-	}
-	defer conn.Close()
-	if err := conn.SetDeadline(deadline); err != nil {
-		return nil, fmt.Errorf("setting deadline: %w", err)
-	}
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-
-	msg := make([]byte, 2+len(query))
-	binary.BigEndian.PutUint16(msg, uint16(len(query)))
-	copy(msg[2:], query)
-	binary.BigEndian.PutUint16(msg[2:], id)
-	if _, err := conn.Write(msg); err != nil {
-		return nil, netError(ctx, "sending over TCP", err)
-	}
-	var l [2]byte
-	if _, err := io.ReadFull(conn, l[:]); err != nil {
-		return nil, netError(ctx, "reading length over TCP", err)
-	}
-	resp := make([]byte, binary.BigEndian.Uint16(l[:]))
-	if _, err := io.ReadFull(conn, resp); err != nil {
-		return nil, netError(ctx, "reading response over TCP", err)
-	}
-	if len(resp) < headerLen || binary.BigEndian.Uint16(resp) != id {
-		return nil, fmt.Errorf("%w: ID mismatch over TCP", ErrBadResponse)
-	}
-	if err := checkResponse(query, resp); err != nil {
 		return nil, err
 	}
-	return resp, nil
+	select {
+	case <-ch:
+	case <-ctx.Done():
+		return nil, ctxErr(ctx, "waiting for TCP connection to "+u.addr.String())
+	case <-w.timer.C:
+		return nil, fmt.Errorf("waiting for TCP connection to %s: %w", u.addr, ErrTimeout)
+	}
+	if c := s.conn.Load(); c != nil && !c.closing.Load() {
+		return c, nil
+	}
+	s.mu.Lock()
+	err = s.dialErr
+	s.mu.Unlock()
+	if err == nil {
+		err = fmt.Errorf("TCP connection to %s: %w", u.addr, ErrConnClosed)
+	}
+	return nil, err
+}
+
+// startDial starts dialling slot s unless a dial is already running, and
+// returns the channel closed when that dial ends. While backing off after a
+// failed dial it returns the failure instead.
+func (u *Do53) startDial(s *tcpSlot) (<-chan struct{}, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dialing != nil {
+		return s.dialing, nil
+	}
+	if c := s.conn.Load(); c != nil && !c.closing.Load() { // a dial just finished
+		ch := make(chan struct{})
+		close(ch)
+		return ch, nil
+	}
+	if err := u.backoff.check(time.Now()); err != nil {
+		return nil, err
+	}
+	u.mu.Lock()
+	if u.closed {
+		u.mu.Unlock()
+		return nil, ErrClosed
+	}
+	u.wg.Add(1)
+	u.mu.Unlock()
+	ch := make(chan struct{})
+	s.dialing = ch
+	go u.dialTCP(s, ch)
+	return ch, nil
+}
+
+func (u *Do53) dialTCP(s *tcpSlot, ch chan struct{}) {
+	defer u.wg.Done()
+	ctx, cancel := context.WithTimeout(u.ctx, u.dialTime)
+	var dialer net.Dialer
+	nc, err := dialer.DialContext(ctx, "tcp", u.addr.String())
+	cancel()
+	var c *dnsConn
+	if err == nil {
+		c = newDNSConn(u, nc, true)
+		u.mu.Lock()
+		if u.closed {
+			err = ErrClosed
+		} else {
+			u.live[c] = struct{}{}
+			u.wg.Add(2)
+			go c.readTCP()
+			go c.writeTCP()
+		}
+		u.mu.Unlock()
+		if err != nil {
+			nc.Close()
+		}
+	}
+	if err != nil {
+		err = fmt.Errorf("dialing %s over TCP: %w", u.addr, err)
+	}
+	u.backoff.record(err, time.Now())
+	s.mu.Lock()
+	s.dialErr = err
+	if err == nil {
+		s.conn.Store(c)
+	}
+	s.dialing = nil
+	close(ch)
+	s.mu.Unlock()
+}
+
+func (u *Do53) removeConn(c *dnsConn) {
+	u.mu.Lock()
+	delete(u.live, c)
+	u.mu.Unlock()
+}
+
+// dnsConn is a pooled UDP socket (one reader goroutine; callers write their
+// datagrams themselves) or TCP connection (a reader and a writer goroutine,
+// RFC 7766 framing and pipelining). Responses are matched to waiters by ID
+// and question.
+type dnsConn struct {
+	u       *Do53
+	nc      net.Conn
+	tcp     bool
+	closing atomic.Bool   // takes no new queries: dead or retired
+	quit    chan struct{} // closed by shutdown
+	wake    chan struct{} // TCP, cap 1: pending has data
+
+	mu       sync.Mutex
+	dead     bool
+	err      error // why it died
+	waiters  map[uint16]*waiter
+	uses     int       // UDP: queries so far
+	pending  []byte    // TCP: framed queries for the writer
+	lastUsed time.Time // TCP: when the last waiter left
+
+	out []byte // TCP writer-owned: the batch being written
+}
+
+func newDNSConn(u *Do53, nc net.Conn, tcp bool) *dnsConn {
+	return &dnsConn{
+		u:        u,
+		nc:       nc,
+		tcp:      tcp,
+		quit:     make(chan struct{}),
+		wake:     make(chan struct{}, 1),
+		waiters:  make(map[uint16]*waiter, 64),
+		lastUsed: time.Now(),
+	}
+}
+
+// register gives w a random ID not in use on c and adds it to the waiters;
+// over TCP it also queues the framed query for the writer (the caller then
+// signals it). It fails with ErrBusy when c is full, and with c's error
+// (retryable) when c is dead.
+func (c *dnsConn) register(w *waiter, query []byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.dead {
+		return c.err
+	}
+	if len(c.waiters) >= c.u.maxInflight {
+		return ErrBusy
+	}
+	for { // the runtime's ChaCha8 source: unpredictable IDs
+		w.id = uint16(rand.Uint32())
+		if _, taken := c.waiters[w.id]; !taken {
+			break
+		}
+	}
+	w.query, w.resp, w.err = query, nil, nil
+	c.waiters[w.id] = w
+	if c.tcp {
+		c.pending = binary.BigEndian.AppendUint16(c.pending, uint16(len(query)))
+		c.pending = append(c.pending, query...)
+		binary.BigEndian.PutUint16(c.pending[len(c.pending)-len(query):], w.id)
+		return nil
+	}
+	c.uses++
+	if c.uses == c.u.udpMaxUses {
+		// Give later queries a fresh source port; the queries in flight
+		// have at most the exchange timeout left.
+		c.closing.Store(true)
+		time.AfterFunc(c.u.timeout, func() { c.shutdown(errRetired) })
+	}
+	return nil
+}
+
+func (c *dnsConn) signal() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// wait waits for w's response, its deadline or the caller's context.
+func (c *dnsConn) wait(ctx context.Context, w *waiter, over string) ([]byte, error) {
+	select {
+	case <-w.done:
+		return w.resp, w.err
+	case <-ctx.Done():
+		return c.cancel(w, ctxErr(ctx, "waiting for response "+over))
+	case <-w.timer.C:
+		return c.cancel(w, fmt.Errorf("waiting for response %s: %w", over, ErrTimeout))
+	}
+}
+
+// cancel withdraws w with err, unless it has been completed meanwhile:
+// then it returns that outcome.
+func (c *dnsConn) cancel(w *waiter, err error) ([]byte, error) {
+	c.mu.Lock()
+	if c.waiters[w.id] == w {
+		c.removeLocked(w.id)
+		c.mu.Unlock()
+		return nil, err
+	}
+	c.mu.Unlock()
+	<-w.done
+	return w.resp, w.err
+}
+
+func (c *dnsConn) removeLocked(id uint16) {
+	delete(c.waiters, id)
+	if len(c.waiters) == 0 && c.tcp {
+		c.lastUsed = time.Now()
+	}
+}
+
+// deliver hands msg to the waiter it answers. Messages that are too short,
+// carry an ID nobody waits for (late, unsolicited or spoofed) or a question
+// other than the waiter's are dropped; the waiter keeps waiting.
+func (c *dnsConn) deliver(msg []byte) {
+	if len(msg) < headerLen {
+		return
+	}
+	id := binary.BigEndian.Uint16(msg)
+	c.mu.Lock()
+	w := c.waiters[id]
+	if w == nil || checkResponse(w.query, msg) != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.removeLocked(id)
+	c.mu.Unlock()
+	w.resp = append([]byte(nil), msg...)
+	w.done <- struct{}{}
+}
+
+// shutdown closes c and fails its waiters with err. It is idempotent.
+func (c *dnsConn) shutdown(err error) {
+	c.mu.Lock()
+	if c.dead {
+		c.mu.Unlock()
+		return
+	}
+	c.dead, c.err = true, err
+	c.closing.Store(true)
+	victims := make([]*waiter, 0, len(c.waiters))
+	for _, w := range c.waiters {
+		victims = append(victims, w)
+	}
+	clear(c.waiters)
+	c.mu.Unlock()
+	close(c.quit)
+	c.nc.Close()
+	for _, w := range victims {
+		w.err = err
+		w.done <- struct{}{}
+	}
+	c.u.removeConn(c)
+}
+
+// readUDP is the socket's only reader.
+func (c *dnsConn) readUDP() {
+	defer c.u.wg.Done()
+	buf := make([]byte, maxResponseSize)
+	for {
+		n, err := c.nc.Read(buf)
+		if err != nil {
+			// ICMP errors such as "connection refused" end the socket too:
+			// they concern every query to the target, and the next
+			// exchange opens a new socket.
+			c.shutdown(fmt.Errorf("reading from %s over UDP: %w", c.u.addr, err))
+			return
+		}
+		c.deliver(buf[:n])
+	}
+}
+
+// readTCP is the connection's only reader.
+func (c *dnsConn) readTCP() {
+	defer c.u.wg.Done()
+	br := bufio.NewReaderSize(c.nc, readBufSize)
+	buf := make([]byte, maxResponseSize)
+	for {
+		var l [2]byte
+		_, err := io.ReadFull(br, l[:])
+		if err == nil {
+			_, err = io.ReadFull(br, buf[:binary.BigEndian.Uint16(l[:])])
+		}
+		if err != nil {
+			c.shutdown(fmt.Errorf("%w: reading from %s over TCP: %w", ErrConnClosed, c.u.addr, err))
+			return
+		}
+		c.deliver(buf[:binary.BigEndian.Uint16(l[:])])
+	}
+}
+
+// writeTCP is the connection's only writer: it writes everything queued
+// since its last write at once, and closes the connection after
+// idleTimeout without queries.
+func (c *dnsConn) writeTCP() {
+	defer c.u.wg.Done()
+	idle := time.NewTimer(c.u.idleTimeout)
+	defer idle.Stop()
+	for {
+		select {
+		case <-c.wake:
+		case <-idle.C:
+			c.mu.Lock()
+			left := c.u.idleTimeout - time.Since(c.lastUsed)
+			if len(c.waiters) > 0 {
+				left = c.u.idleTimeout
+			}
+			c.mu.Unlock()
+			if left <= 0 {
+				c.shutdown(errIdle)
+				return
+			}
+			idle.Reset(left)
+			continue
+		case <-c.quit:
+			return
+		}
+		c.mu.Lock()
+		c.out, c.pending = c.pending, c.out[:0]
+		c.mu.Unlock()
+		if len(c.out) == 0 {
+			continue
+		}
+		err := c.nc.SetWriteDeadline(time.Now().Add(c.u.dialTime))
+		if err == nil {
+			_, err = c.nc.Write(c.out)
+		}
+		if err != nil {
+			c.shutdown(fmt.Errorf("%w: writing to %s over TCP: %w", ErrConnClosed, c.u.addr, err))
+			return
+		}
+	}
 }
 
 // netError says what was being done and maps deadlines to ErrTimeout and

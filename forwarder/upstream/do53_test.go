@@ -3,7 +3,11 @@ package upstream
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -104,6 +108,261 @@ func TestDo53Timeout(t *testing.T) {
 func BenchmarkDo53UDPExchange(b *testing.B) {
 	srv := startDo53Server(b)
 	u, err := New(srv.addr, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer u.Close()
+	q := makeQuery(b, "bench.example.", 1)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := u.Exchange(context.Background(), q); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func newTestDo53(t testing.TB, target string, opts Options) *Do53 {
+	t.Helper()
+	u, err := New(target, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { u.Close() })
+	return u.(*Do53)
+}
+
+// exchangeMany runs n concurrent exchanges with distinct names and checks
+// every answer.
+func exchangeMany(t *testing.T, u Upstream, n int, prefix string) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			name := fmt.Sprintf("%s%d.example.", prefix, i)
+			id := uint16(i * 13)
+			resp, err := u.Exchange(context.Background(), makeQuery(t, name, id))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			checkAnswer(t, resp, name, id)
+		})
+	}
+	wg.Wait()
+}
+
+func TestDo53UDPPoolConcurrent(t *testing.T) {
+	srv := startDo53Server(t)
+	u := newTestDo53(t, srv.addr, Options{Conns: 2, Timeout: 10 * time.Second})
+	const n = 500
+	exchangeMany(t, u, n, "u")
+	if got := srv.queries.Load(); got != n {
+		t.Errorf("server saw %d queries, want %d", got, n)
+	}
+	if got := srv.clients("udp"); got != 2 {
+		t.Errorf("server saw %d UDP client sockets, want 2", got)
+	}
+}
+
+func TestDo53UDPIgnoresSpoofedConcurrent(t *testing.T) {
+	addr := spoofingUDPServer(t)
+	u := newTestDo53(t, addr, Options{Conns: 1, Timeout: 10 * time.Second})
+	// Concurrent queries on one socket: a datagram with a neighbour's ID
+	// (the server's "ID+1") must still be rejected by its question.
+	exchangeMany(t, u, 100, "s")
+}
+
+func TestDo53UDPBusy(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0") // never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	u := newTestDo53(t, pc.LocalAddr().String(), Options{Conns: 1, Timeout: 300 * time.Millisecond})
+	u.maxInflight = 2
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() { u.Exchange(context.Background(), makeQuery(t, "a.example.", 1)) })
+	}
+	waitFor(t, "two queries in flight", func() bool {
+		c := u.udp[0].Load()
+		if c == nil {
+			return false
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return len(c.waiters) == 2
+	})
+	if _, err := u.Exchange(context.Background(), makeQuery(t, "b.example.", 2)); !errors.Is(err, ErrBusy) {
+		t.Errorf("third query: %v, want ErrBusy", err)
+	}
+	wg.Wait()
+}
+
+func TestDo53UDPSocketRetires(t *testing.T) {
+	srv := startDo53Server(t)
+	u := newTestDo53(t, srv.addr, Options{Conns: 1, Timeout: 200 * time.Millisecond})
+	u.udpMaxUses = 10
+	first := u.udpConnForTest(t)
+	for i := range 25 {
+		resp, err := u.Exchange(context.Background(), makeQuery(t, "r.example.", uint16(i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkAnswer(t, resp, "r.example.", uint16(i))
+	}
+	if got := srv.clients("udp"); got != 3 {
+		t.Errorf("server saw %d UDP client sockets, want 3 (10 queries each)", got)
+	}
+	waitFor(t, "retired socket closed", func() bool {
+		first.mu.Lock()
+		defer first.mu.Unlock()
+		return first.dead
+	})
+}
+
+func (u *Do53) udpConnForTest(t *testing.T) *dnsConn {
+	t.Helper()
+	c, err := u.udpConn(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestDo53TCPPipelining(t *testing.T) {
+	srv := startDo53Server(t)
+	u := newTestDo53(t, "tcp://"+srv.addr, Options{Conns: 2, Timeout: 10 * time.Second})
+	const n = 200
+	exchangeMany(t, u, n, "t")
+	if got := srv.queries.Load(); got != n {
+		t.Errorf("server saw %d queries, want %d", got, n)
+	}
+	if got := srv.clients("tcp"); got > 2 {
+		t.Errorf("server saw %d TCP connections for %d queries, want at most 2", got, n)
+	}
+}
+
+func TestDo53TCPServerClosesMidFlight(t *testing.T) {
+	var seen atomic.Int32
+	srv := startTCPDNSServer(t, func(conn int, q *dns.Msg) tcpAction {
+		if conn > 1 {
+			return tcpAnswer
+		}
+		if seen.Add(1) < 20 {
+			return tcpIgnore // in flight on the first connection
+		}
+		return tcpClose
+	})
+	u := newTestDo53(t, "tcp://"+srv.ln.Addr().String(), Options{Conns: 1, Timeout: 10 * time.Second})
+	start := time.Now()
+	exchangeMany(t, u, 20, "m")
+	if el := time.Since(start); el > 2*time.Second {
+		t.Errorf("took %v: queries on a closed connection must fail at once and be retried", el)
+	}
+	if n := srv.nconn.Load(); n != 2 {
+		t.Errorf("%d connections, want 2", n)
+	}
+}
+
+func TestDo53TCPClosedEveryTimeFailsFast(t *testing.T) {
+	srv := startTCPDNSServer(t, func(int, *dns.Msg) tcpAction { return tcpClose })
+	u := newTestDo53(t, "tcp://"+srv.ln.Addr().String(), Options{Conns: 1, Timeout: 10 * time.Second})
+	for round := 1; round <= 2; round++ {
+		start := time.Now()
+		_, err := u.Exchange(context.Background(), makeQuery(t, "x.example.", 1))
+		if !errors.Is(err, ErrConnClosed) || !Retryable(err) {
+			t.Fatalf("error %v, want a retryable ErrConnClosed", err)
+		}
+		if el := time.Since(start); el > time.Second {
+			t.Errorf("failed after %v, want at once", el)
+		}
+		if n := srv.nconn.Load(); n != int32(2*round) {
+			t.Errorf("round %d: %d connections, want %d (one retry per query, redial after)", round, n, 2*round)
+		}
+	}
+}
+
+func TestDo53TCPIdleClose(t *testing.T) {
+	srv := startTCPDNSServer(t, func(int, *dns.Msg) tcpAction { return tcpAnswer })
+	u := newTestDo53(t, "tcp://"+srv.ln.Addr().String(), Options{Conns: 1})
+	u.idleTimeout = 100 * time.Millisecond
+	if _, err := u.Exchange(context.Background(), makeQuery(t, "a.example.", 1)); err != nil {
+		t.Fatal(err)
+	}
+	c := u.tcp[0].conn.Load()
+	waitFor(t, "idle connection closed", c.closing.Load)
+	if _, err := u.Exchange(context.Background(), makeQuery(t, "b.example.", 2)); err != nil {
+		t.Fatal(err)
+	}
+	if n := srv.nconn.Load(); n != 2 {
+		t.Errorf("%d connections, want 2", n)
+	}
+}
+
+func TestDo53Prewarm(t *testing.T) {
+	srv := startTCPDNSServer(t, func(int, *dns.Msg) tcpAction { return tcpAnswer })
+	u := newTestDo53(t, "tcp://"+srv.ln.Addr().String(), Options{Conns: 3, Prewarm: true})
+	waitFor(t, "3 connections before the first exchange", func() bool { return srv.nconn.Load() == 3 })
+	waitFor(t, "connections in their slots", func() bool {
+		for i := range u.tcp {
+			if u.tcp[i].conn.Load() == nil {
+				return false
+			}
+		}
+		return true
+	})
+	exchangeMany(t, u, 30, "p")
+	if n := srv.nconn.Load(); n != 3 {
+		t.Errorf("%d connections, want 3", n)
+	}
+}
+
+func TestDo53CloseNoLeaks(t *testing.T) {
+	srv := startDo53Server(t)
+	before := runtime.NumGoroutine()
+	for _, target := range []string{srv.addr, "tcp://" + srv.addr} {
+		u, err := New(target, Options{Conns: 2, Timeout: 5 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		exchangeMany(t, u, 50, "l")
+		if _, err := u.Exchange(context.Background(), makeQuery(t, "big.example.", 1)); err != nil {
+			t.Fatal(err)
+		}
+		if err := u.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := u.Exchange(context.Background(), makeQuery(t, "late.example.", 1)); !errors.Is(err, ErrClosed) {
+			t.Errorf("%s after Close: %v, want ErrClosed", target, err)
+		}
+	}
+	waitGoroutines(t, before)
+}
+
+func BenchmarkDo53UDPExchangeParallel(b *testing.B) {
+	srv := startDo53Server(b)
+	u, err := New(srv.addr, Options{Timeout: 10 * time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer u.Close()
+	q := makeQuery(b, "bench.example.", 1)
+	b.ReportAllocs()
+	b.SetParallelism(16)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := u.Exchange(context.Background(), q); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+func BenchmarkDo53TCPExchange(b *testing.B) {
+	srv := startDo53Server(b)
+	u, err := New("tcp://"+srv.addr, Options{})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -13,15 +13,13 @@ import (
 
 // Limits of the DoH client.
 const (
-	maxStreamsPerConn = 256       // our own cap on concurrent streams per connection
-	maxResponseSize   = 65535     // largest DNS message
-	streamRecvWindow  = 1 << 20   // SETTINGS_INITIAL_WINDOW_SIZE we advertise
-	connRecvWindow    = 1 << 24   // connection receive window after our WINDOW_UPDATE
-	maxClientStreamID = 1<<31 - 1 // last usable client stream ID
-	writeBufSize      = 32 << 10  // bufio.Writer per connection
-	readBufSize       = 16 << 10  // bufio.Reader per connection
-	minDialBackoff    = 50 * time.Millisecond
-	maxDialBackoff    = 2 * time.Second
+	maxStreamsPerConn = 256        // our own cap on concurrent streams per connection
+	maxResponseSize   = 65535      // largest DNS message
+	streamRecvWindow  = 1 << 20    // SETTINGS_INITIAL_WINDOW_SIZE we advertise
+	connRecvWindow    = 1 << 24    // connection receive window after our WINDOW_UPDATE
+	maxClientStreamID = 1<<31 - 1  // last usable client stream ID
+	writeBufSize      = 32 << 10   // bufio.Writer per connection
+	readBufSize       = 16 << 10   // bufio.Reader per connection
 	maxHeaderBlock    = 16384 - 64 // precomputed header block must fit one HEADERS frame
 )
 
@@ -35,6 +33,9 @@ type DoH struct {
 	tlsConf   *tls.Config
 	timeout   time.Duration
 	dialTime  time.Duration
+	pingEvery time.Duration // idle time before a keepalive PING; <= 0: none
+	pingWait  time.Duration // time for a PING ACK
+	rtt       atomic.Int64  // EWMA of PING round trips, ns; 0 before the first
 	slots     []connSlot
 	next      atomic.Uint32
 	backoff   backoff
@@ -66,37 +67,6 @@ type connSlot struct {
 	dialErr error         // failure of the last dial, nil after a success
 }
 
-// backoff spaces out dials to a target after failures, whichever slot they
-// were for, so that a dead target is not hammered.
-type backoff struct {
-	mu       sync.Mutex
-	failures int
-	retryAt  time.Time
-	err      error
-}
-
-// check returns the last dial error while dials are suspended.
-func (b *backoff) check(now time.Time) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.failures > 0 && now.Before(b.retryAt) {
-		return b.err
-	}
-	return nil
-}
-
-func (b *backoff) record(err error, now time.Time) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if err == nil {
-		b.failures, b.err = 0, nil
-		return
-	}
-	b.failures++
-	b.err = err
-	b.retryAt = now.Add(min(minDialBackoff<<min(b.failures-1, 10), maxDialBackoff))
-}
-
 func newDoH(target string, opts Options) (*DoH, error) {
 	dialAddr, authority, path, host, err := parseDoHURL(target)
 	if err != nil {
@@ -118,6 +88,8 @@ func newDoH(target string, opts Options) (*DoH, error) {
 		tlsConf:     conf,
 		timeout:     opts.Timeout,
 		dialTime:    max(2*opts.Timeout, time.Second),
+		pingEvery:   opts.PingInterval,
+		pingWait:    opts.PingTimeout,
 		slots:       make([]connSlot, opts.Conns),
 		hdr:         hdr,
 		conns:       make(map[*h2Conn]struct{}),
@@ -129,11 +101,38 @@ func newDoH(target string, opts Options) (*DoH, error) {
 		t.Stop()
 		return &request{done: make(chan struct{}, 1), timer: t}
 	}
+	if opts.Prewarm {
+		for i := range d.slots {
+			d.startDial(&d.slots[i]) // errors are the next Exchange's business
+		}
+	}
 	return d, nil
 }
 
 // String returns the target as configured.
 func (d *DoH) String() string { return d.target }
+
+// RTT returns the smoothed round-trip time of HTTP/2 PINGs to the target
+// (an exponentially weighted moving average, weight 1/4 for the newest
+// sample), or 0 before the first PING has been answered. Every connection
+// sends a PING with its handshake, when idle and after a stream timed out.
+func (d *DoH) RTT() time.Duration { return time.Duration(d.rtt.Load()) }
+
+func (d *DoH) recordRTT(sample time.Duration) {
+	for {
+		old := d.rtt.Load()
+		v := int64(sample)
+		if old != 0 {
+			v = old + (v-old)/4
+		}
+		if v <= 0 {
+			v = 1 // 0 means "no sample"
+		}
+		if d.rtt.CompareAndSwap(old, v) {
+			return
+		}
+	}
+}
 
 // request is one query on its way through a connection. Its state field is
 // guarded by the mutex of the connection it is queued on; the reader owns

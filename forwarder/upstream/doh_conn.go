@@ -3,8 +3,10 @@ package upstream
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"strconv"
 	"strings"
@@ -27,7 +29,9 @@ type h2Conn struct {
 	wake  chan struct{} // cap 1: the writer has control frames or window to act on
 	quit  chan struct{} // closed by shutdown
 
-	closing atomic.Bool // no new streams: draining or dead
+	closing  atomic.Bool  // no new streams: draining or dead
+	born     time.Time    // monotonic base of lastRead
+	lastRead atomic.Int64 // when the reader last got a frame, ns since born
 
 	mu             sync.Mutex
 	dead           bool
@@ -44,6 +48,9 @@ type h2Conn struct {
 	peerMaxFrame   int
 	tableUpdate    int64 // new, smaller HPACK table size to announce; -1 if none
 	ctl            ctlFrames
+	pingOut        bool    // our PING awaits its ACK
+	pingData       [8]byte // its payload (random); written by the writer only
+	pingSent       time.Time
 
 	// Writer-owned.
 	batch        []*request
@@ -55,6 +62,7 @@ type h2Conn struct {
 	hdrIndexed   bool  // the first block went out: the dynamic table holds our fields
 	hdrLiteral   bool  // do not use the dynamic table (server shrank it)
 	pendingTable int64 // table size update to put in the next header block; -1 if none
+	armPing      bool  // a PING went out with the last batch: time its ACK
 
 	// Reader-owned.
 	dec        *hpack.Decoder
@@ -69,18 +77,19 @@ type h2Conn struct {
 // writer to send.
 type ctlFrames struct {
 	settingsAck int
-	pings       [][8]byte
+	ping        bool      // send a PING of our own unless one is outstanding
+	pings       [][8]byte // PING ACKs
 	connWU      uint32
 	streamWU    []streamWU
 	rst         []streamRST
 }
 
 func (f *ctlFrames) empty() bool {
-	return f.settingsAck == 0 && len(f.pings) == 0 && f.connWU == 0 && len(f.streamWU) == 0 && len(f.rst) == 0
+	return f.settingsAck == 0 && !f.ping && len(f.pings) == 0 && f.connWU == 0 && len(f.streamWU) == 0 && len(f.rst) == 0
 }
 
 func (f *ctlFrames) reset() {
-	f.settingsAck, f.connWU = 0, 0
+	f.settingsAck, f.connWU, f.ping = 0, 0, false
 	f.pings, f.streamWU, f.rst = f.pings[:0], f.streamWU[:0], f.rst[:0]
 }
 
@@ -116,6 +125,7 @@ func newH2Conn(d *DoH, nc net.Conn) *h2Conn {
 		tableUpdate:    -1,
 		pendingTable:   -1,
 		hCLen:          -1,
+		born:           time.Now(),
 	}
 	c.fr = http2.NewFramer(c.bw, bufio.NewReaderSize(nc, readBufSize))
 	c.fr.SetMaxReadFrameSize(16384) // the default we advertise
@@ -148,6 +158,13 @@ func (c *h2Conn) handshake(ctx context.Context) error {
 	if err := c.fr.WriteWindowUpdate(0, connRecvWindow-65535); err != nil {
 		return fmt.Errorf("writing WINDOW_UPDATE: %w", err)
 	}
+	// The first PING measures the round trip at once; its ACK is read by
+	// the reader once the connection runs.
+	c.pingData = randomPingData()
+	if err := c.fr.WritePing(false, c.pingData); err != nil {
+		return fmt.Errorf("writing PING: %w", err)
+	}
+	c.pingOut, c.pingSent = true, time.Now()
 	if err := c.bw.Flush(); err != nil {
 		return fmt.Errorf("writing preface: %w", err)
 	}
@@ -269,15 +286,16 @@ func (c *h2Conn) roundTrip(ctx context.Context, r *request) ([]byte, error) {
 	case <-r.done:
 		return r.resp, r.err
 	case <-ctx.Done():
-		return c.abandon(r, ctxErr(ctx, "waiting for response"))
+		return c.abandon(r, ctxErr(ctx, "waiting for response"), errors.Is(ctx.Err(), context.DeadlineExceeded))
 	case <-r.timer.C:
-		return c.abandon(r, fmt.Errorf("waiting for response: %w", ErrTimeout))
+		return c.abandon(r, fmt.Errorf("waiting for response: %w", ErrTimeout), true)
 	}
 }
 
 // abandon gives up on r after its caller's deadline: a queued request is
-// dropped by the writer, an open stream is reset with CANCEL.
-func (c *h2Conn) abandon(r *request, err error) ([]byte, error) {
+// dropped by the writer, an open stream is reset with CANCEL. A stream that
+// timed out makes the connection suspect: the writer checks it with a PING.
+func (c *h2Conn) abandon(r *request, err error, timedOut bool) ([]byte, error) {
 	c.mu.Lock()
 	switch r.state {
 	case stDone: // completed concurrently; the signal is on its way
@@ -287,6 +305,7 @@ func (c *h2Conn) abandon(r *request, err error) ([]byte, error) {
 	case stSent:
 		delete(c.streams, r.id)
 		c.ctl.rst = append(c.ctl.rst, streamRST{r.id, http2.ErrCodeCancel})
+		c.ctl.ping = c.ctl.ping || timedOut
 		c.signal()
 	}
 	r.state = stAbandoned
@@ -357,11 +376,19 @@ func (c *h2Conn) failQueued(r *request) {
 // writeLoop is the connection's only writer; see the package documentation.
 func (c *h2Conn) writeLoop() {
 	defer c.d.wg.Done()
+	keepalive := time.NewTimer(c.d.pingPoll()) // the handshake's PING is out
+	defer keepalive.Stop()
 	for {
 		select {
 		case r := <-c.reqCh:
 			c.batch = append(c.batch, r)
 		case <-c.wake:
+		case <-keepalive.C:
+			if err := c.onKeepalive(keepalive); err != nil {
+				c.shutdown(err)
+				c.writerExit()
+				return
+			}
 		case <-c.quit:
 			c.writerExit()
 			return
@@ -380,7 +407,56 @@ func (c *h2Conn) writeLoop() {
 			c.writerExit()
 			return
 		}
+		if c.armPing {
+			c.armPing = false
+			keepalive.Reset(c.d.pingPoll())
+		}
 	}
+}
+
+// onKeepalive runs when the writer's timer fires: it gives up the
+// connection if the outstanding PING is late, asks for a PING if nothing
+// has been read for the ping interval, and re-arms the timer otherwise.
+// The timer stays stopped while keepalive is off and no PING is out; a
+// PING after a stream timeout re-arms it.
+func (c *h2Conn) onKeepalive(t *time.Timer) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	if c.pingOut {
+		if left := c.pingSent.Add(c.d.pingWait).Sub(now); left > 0 {
+			t.Reset(min(left, c.d.pingPoll()))
+			return nil
+		}
+		return fmt.Errorf("%w: no PING ACK from %s within %v", ErrConnClosed, c.d.dialAddr, c.d.pingWait)
+	}
+	if c.d.pingEvery <= 0 {
+		return nil
+	}
+	idle := now.Sub(c.born) - time.Duration(c.lastRead.Load())
+	if idle < c.d.pingEvery {
+		t.Reset(c.d.pingEvery - idle)
+		return nil
+	}
+	c.ctl.ping = true // writeBatch sends it and re-arms the timer
+	return nil
+}
+
+// pingPoll is how often the writer looks at an outstanding PING: at its
+// deadline, or sooner if the ping interval is shorter, so that the idle
+// interval runs from the ACK and not from the deadline.
+func (d *DoH) pingPoll() time.Duration {
+	if d.pingEvery > 0 {
+		return min(d.pingWait, d.pingEvery)
+	}
+	return d.pingWait
+}
+
+// randomPingData returns an unpredictable PING payload, so that an ACK
+// cannot be forged by someone who did not see the PING.
+func randomPingData() (p [8]byte) {
+	binary.LittleEndian.PutUint64(p[:], rand.Uint64())
+	return p
 }
 
 func (c *h2Conn) writerExit() {
@@ -411,6 +487,15 @@ func (c *h2Conn) writeBatch() error {
 	}
 	c.ctl, c.ctlSpare = c.ctlSpare, c.ctl
 	ctl := &c.ctlSpare
+	if ctl.ping {
+		if c.pingOut {
+			ctl.ping = false // the one outstanding is enough
+		} else {
+			c.pingData = randomPingData()
+			c.pingOut, c.pingSent = true, time.Now()
+			c.armPing = true
+		}
+	}
 	if c.tableUpdate >= 0 {
 		c.pendingTable, c.tableUpdate = c.tableUpdate, -1
 		c.hdrLiteral = true
@@ -484,6 +569,11 @@ func (c *h2Conn) writeFrames(ctl *ctlFrames, maxFrame int) error {
 			return err
 		}
 	}
+	if ctl.ping {
+		if err := fr.WritePing(false, c.pingData); err != nil {
+			return err
+		}
+	}
 	for _, p := range ctl.pings {
 		if err := fr.WritePing(true, p); err != nil {
 			return err
@@ -544,6 +634,7 @@ func (c *h2Conn) readLoop() {
 	for {
 		f, err := c.fr.ReadFrame()
 		if err == nil {
+			c.lastRead.Store(int64(time.Since(c.born)))
 			err = c.handleFrame(f)
 		}
 		if err != nil {
@@ -614,6 +705,17 @@ func (c *h2Conn) handleFrame(f http2.Frame) error {
 		return err
 	case *http2.PingFrame:
 		if f.IsAck() {
+			c.mu.Lock()
+			ours := c.pingOut && f.Data == c.pingData
+			var rtt time.Duration
+			if ours {
+				c.pingOut = false
+				rtt = time.Since(c.pingSent)
+			}
+			c.mu.Unlock()
+			if ours {
+				c.d.recordRTT(rtt)
+			}
 			return nil
 		}
 		c.mu.Lock()

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -172,12 +173,15 @@ func startDoHServer(t testing.TB, http2Enabled bool) *dohServer {
 
 // fakeH2 is a raw HTTP/2 server built on the Framer, for fault injection.
 // onRequest runs on the connection's read goroutine for every complete
-// request; conn counts from 1.
+// request; conn counts from 1. PINGs are acknowledged unless ackPing (set
+// before the first dial) says otherwise for the nth PING (from 1) of conn.
 type fakeH2 struct {
 	ln        net.Listener
 	settings  []http2.Setting
 	tableSize uint32 // HPACK decoder table size (the SETTINGS we announce)
 	onRequest func(fc *fakeConn, conn int, id uint32, q *dns.Msg)
+	ackPing   func(conn, n int) bool
+	pings     atomic.Int32 // PINGs received, all connections
 
 	nconn atomic.Int32
 	mu    sync.Mutex
@@ -264,12 +268,24 @@ func (f *fakeH2) serve(c net.Conn, idx int) {
 		}
 	})
 	bodies := map[uint32][]byte{}
+	npings := 0
 	for {
 		fr, err := fc.fr.ReadFrame()
 		if err != nil {
 			return
 		}
 		switch fr := fr.(type) {
+		case *http2.PingFrame:
+			if fr.IsAck() {
+				continue
+			}
+			f.pings.Add(1)
+			npings++
+			if f.ackPing == nil || f.ackPing(idx, npings) {
+				fc.mu.Lock()
+				fc.fr.WritePing(true, fr.Data)
+				fc.mu.Unlock()
+			}
 		case *http2.SettingsFrame:
 			if !fr.IsAck() {
 				fc.mu.Lock()
@@ -339,6 +355,23 @@ type do53Server struct {
 	udp     *dns.Server
 	tcp     *dns.Server
 	queries atomic.Int64
+
+	mu      sync.Mutex
+	sources map[string]bool // "udp 127.0.0.1:port" / "tcp …": client sockets seen
+}
+
+// clients returns how many distinct client sockets of network (udp or tcp)
+// sent queries.
+func (s *do53Server) clients(network string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for k := range s.sources {
+		if strings.HasPrefix(k, network+" ") {
+			n++
+		}
+	}
+	return n
 }
 
 func startDo53Server(t testing.TB) *do53Server {
@@ -352,10 +385,14 @@ func startDo53Server(t testing.TB) *do53Server {
 		pc.Close()
 		t.Skipf("TCP port of the UDP listener is taken: %v", err)
 	}
-	s := &do53Server{addr: pc.LocalAddr().String()}
+	pc.(*net.UDPConn).SetReadBuffer(4 << 20) // bursts of hundreds of queries; best effort
+	s := &do53Server{addr: pc.LocalAddr().String(), sources: make(map[string]bool)}
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
 		s.queries.Add(1)
 		_, isUDP := w.RemoteAddr().(*net.UDPAddr)
+		s.mu.Lock()
+		s.sources[w.RemoteAddr().Network()+" "+w.RemoteAddr().String()] = true
+		s.mu.Unlock()
 		m := answerFor(q)
 		if q.Question[0].Name == "big.example." {
 			m.Answer = nil
@@ -374,7 +411,8 @@ func startDo53Server(t testing.TB) *do53Server {
 	})
 	started := make(chan struct{}, 2)
 	s.udp = &dns.Server{PacketConn: pc, Handler: h, NotifyStartedFunc: func() { started <- struct{}{} }}
-	s.tcp = &dns.Server{Listener: ln, Handler: h, NotifyStartedFunc: func() { started <- struct{}{} }}
+	s.tcp = &dns.Server{Listener: ln, Handler: h, NotifyStartedFunc: func() { started <- struct{}{} },
+		MaxTCPQueries: -1} // the default closes a connection after 128 queries
 	var wg sync.WaitGroup
 	for _, srv := range []*dns.Server{s.udp, s.tcp} {
 		wg.Add(1)
@@ -430,4 +468,81 @@ func spoofingUDPServer(t testing.TB) string {
 		}
 	}()
 	return pc.LocalAddr().String()
+}
+
+// tcpDNSServer is a raw RFC 7766 server for fault injection. For every
+// query on connection conn (counting from 1) it asks onQuery what to do.
+type tcpDNSServer struct {
+	ln      net.Listener
+	onQuery func(conn int, q *dns.Msg) tcpAction
+	nconn   atomic.Int32
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	open    []net.Conn
+}
+
+type tcpAction int
+
+const (
+	tcpAnswer tcpAction = iota
+	tcpIgnore           // read, never answer
+	tcpClose            // close the connection without answering
+)
+
+func startTCPDNSServer(t testing.TB, onQuery func(conn int, q *dns.Msg) tcpAction) *tcpDNSServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &tcpDNSServer{ln: ln, onQuery: onQuery}
+	s.wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s.mu.Lock()
+			s.open = append(s.open, c)
+			s.mu.Unlock()
+			idx := int(s.nconn.Add(1))
+			s.wg.Go(func() { s.serve(c, idx) })
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		s.mu.Lock()
+		for _, c := range s.open {
+			c.Close()
+		}
+		s.mu.Unlock()
+		s.wg.Wait()
+	})
+	return s
+}
+
+func (s *tcpDNSServer) serve(c net.Conn, idx int) {
+	defer c.Close()
+	for {
+		var l [2]byte
+		if _, err := io.ReadFull(c, l[:]); err != nil {
+			return
+		}
+		b := make([]byte, binary.BigEndian.Uint16(l[:]))
+		if _, err := io.ReadFull(c, b); err != nil {
+			return
+		}
+		q := new(dns.Msg)
+		if q.Unpack(b) != nil || len(q.Question) != 1 {
+			return
+		}
+		switch s.onQuery(idx, q) {
+		case tcpIgnore:
+			continue
+		case tcpClose:
+			return
+		}
+		out, _ := answerFor(q).Pack()
+		c.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(out))), out...))
+	}
 }

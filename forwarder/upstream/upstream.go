@@ -8,17 +8,19 @@
 // The DoH client speaks HTTP/2 itself on top of golang.org/x/net/http2's
 // Framer and hpack; it does not use net/http. A [DoH] upstream keeps
 // Options.Conns TLS connections to its target, dialled lazily by the first
-// Exchange that needs one, and spreads queries over them round-robin. Each
-// connection has exactly two goroutines:
+// Exchange that needs one (or all at once in the background by New with
+// Options.Prewarm; Close cancels those dials), and spreads queries over them
+// round-robin. Each connection has exactly two goroutines:
 //
 //   - The writer owns every write. Callers put their request on a bounded
 //     queue; the writer takes the first one and then everything else that
 //     is queued at that moment, assigns stream IDs, encodes HEADERS and DATA
 //     (END_STREAM) of every request into one bufio.Writer, adds the control
 //     frames the reader asked for (SETTINGS ACK, PING ACK, WINDOW_UPDATE,
-//     RST_STREAM), and flushes once. A query's HEADERS and DATA therefore
-//     never leave as two TLS records, and under load many queries share one
-//     record and one write system call. TCP_NODELAY is set.
+//     RST_STREAM) and its own PING, and flushes once. A query's HEADERS and
+//     DATA therefore never leave as two TLS records, and under load many
+//     queries share one record and one write system call. TCP_NODELAY is
+//     set.
 //     The header block is precomputed per connection: the first request
 //     inserts :authority, :path, content-type and accept into the server's
 //     HPACK dynamic table, later ones refer to them with one byte each, and
@@ -28,7 +30,19 @@
 //     content-type, collects the body (at most 65535 bytes), and handles the
 //     connection-level frames: SETTINGS (MAX_CONCURRENT_STREAMS,
 //     INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE, HEADER_TABLE_SIZE), PING,
-//     GOAWAY, RST_STREAM and WINDOW_UPDATE.
+//     GOAWAY, RST_STREAM and WINDOW_UPDATE. It notes when it last read a
+//     frame.
+//
+// Keepalive: a connection sends a PING with random payload with its
+// handshake, whenever nothing has been read from it for
+// Options.PingInterval (default 15s), and at once when one of its streams
+// times out, since a server that stops answering streams usually stops
+// answering everything. At most one PING is outstanding; the writer's timer
+// watches it. If its ACK does not come within Options.PingTimeout (default
+// 2s, at most Timeout), the connection is shut down like a broken one: its
+// streams fail with [ErrConnClosed] and are retried once, and the next
+// Exchange dials a replacement. The ACKs' round trips feed [DoH.RTT], a
+// moving average over all connections of the target.
 //
 // Flow control: the client advertises a 1 MiB stream window and a 16 MiB
 // connection window and returns credit with WINDOW_UPDATE once half of a
@@ -42,15 +56,40 @@
 // A GOAWAY marks the connection draining: streams above the last stream ID
 // fail with [ErrGoAway] and are retried once on a fresh connection. A
 // connection that breaks fails all of its streams at once with
-// [ErrConnClosed] (also retried once) and is re-dialled by the next Exchange,
-// after a short backoff if dialling failed.
+// [ErrConnClosed] (also retried once) and is re-dialled by the next Exchange.
+//
+// Failed dials to a target back off: 50ms after the first failure, doubling
+// up to 2s, each delay spread by ±20% at random so that many clients that
+// lost a target together do not redial it in lockstep. Meanwhile Exchange
+// fails at once with the last dial error. A successful dial resets it.
 //
 // # Do53
 //
-// UDP uses a connected socket per exchange, a random ID on the wire, ignores
-// datagrams whose ID or question do not match, and retries over TCP when the
-// answer is truncated. TCP uses RFC 7766 length framing, one connection per
-// exchange.
+// UDP: Options.Conns connected UDP sockets per target (opened on first use)
+// are shared by all exchanges. Each query gets a random ID on the wire,
+// re-rolled until no other query in flight on its socket has it, and is
+// registered with its socket (a map under a mutex, at most 1024 queries per
+// socket; beyond that on all sockets Exchange fails with [ErrBusy]). The
+// caller writes its datagram itself; one reader goroutine per socket hands
+// each datagram to the query with its ID if the question matches too, and
+// drops anything else (late, unsolicited, spoofed or garbage), so the query
+// keeps waiting for its real answer. A socket retires after 65536 queries,
+// so that its source port does not stay predictable, and is closed once its
+// last queries have had their time. A read error such as an ICMP port
+// unreachable fails the socket's queries and the socket, which the next
+// Exchange replaces. A truncated (TC) answer is asked again over TCP.
+//
+// TCP (tcp:// targets and the TC retry) reuses up to Options.Conns
+// connections per target with pipelining (RFC 7766): many queries in
+// flight on a connection, answers matched by ID and question in any order.
+// Each connection has a writer goroutine, which writes the length-framed
+// queries that piled up since its last write with one system call, and a
+// reader goroutine. Connections are dialled like DoH's (round-robin over
+// slots, another slot's connection used while one dials, the same jittered
+// backoff, prewarmed by Options.Prewarm for tcp:// targets) and closed after
+// 10s without queries. A connection that breaks, by error, by the server
+// closing it or by idling out under a racing query, fails its queries with
+// [ErrConnClosed]; they are retried once on a fresh connection.
 package upstream
 
 import (
@@ -84,13 +123,28 @@ type Options struct {
 	RootCAs    *x509.CertPool // alternative to CAFile (tests, demo); CAFile wins if both set
 	ServerName string         // TLS name to verify; default: host of the URL
 	Timeout    time.Duration  // cap per exchange (default 2s); ctx deadline may be shorter
-	Conns      int            // DoH: connections per target (default 2); queries spread over them
+	Conns      int            // connections (Do53: UDP sockets and TCP connections) per target (default 2)
+
+	// PingInterval (DoH): idle time after which a connection is checked
+	// with an HTTP/2 PING (default 15s; negative: only after a stream
+	// timed out).
+	PingInterval time.Duration
+	// PingTimeout (DoH): how long a PING may wait for its ACK before the
+	// connection is given up (default 2s, at most Timeout).
+	PingTimeout time.Duration
+	// Prewarm makes New start dialling all Conns connections in the
+	// background (DoH and TCP-only Do53), so that the first queries do not
+	// wait for handshakes. New still neither blocks nor fails on the
+	// network; dial errors surface in Exchange.
+	Prewarm bool
 }
 
 // Defaults for Options.
 const (
-	DefaultTimeout = 2 * time.Second
-	DefaultConns   = 2
+	DefaultTimeout      = 2 * time.Second
+	DefaultConns        = 2
+	DefaultPingInterval = 15 * time.Second
+	DefaultPingTimeout  = 2 * time.Second
 )
 
 // Errors returned by Exchange, to be tested with errors.Is. The returned
@@ -117,6 +171,10 @@ var (
 	ErrStreamReset = errors.New("upstream reset the stream")
 	// ErrClosed: Exchange was called after Close.
 	ErrClosed = errors.New("upstream is closed")
+	// ErrBusy: every socket or connection of a Do53 target already has the
+	// maximum number of queries in flight. It is not retryable on the same
+	// target.
+	ErrBusy = errors.New("too many queries in flight to upstream")
 )
 
 // Retryable reports whether err means the upstream did not process the query
@@ -128,7 +186,8 @@ func Retryable(err error) bool {
 // New parses target: "https://host[:port]/path" → DoH (RFC 8484);
 // "udp://ip[:port]", "ip[:port]" or "[v6]:port" → Do53 UDP with TCP retry on TC;
 // "tcp://ip[:port]" → Do53 over TCP only. Default ports 443 / 53.
-// A DoH target without a path uses /dns-query. New does no network I/O.
+// A DoH target without a path uses /dns-query. New does no network I/O
+// itself; with Options.Prewarm it starts dialling in the background.
 // Errors say what was wrong with which target ("upstream \"x\": …").
 func New(target string, opts Options) (Upstream, error) {
 	u, err := newUpstream(target, opts)
@@ -151,6 +210,16 @@ func newUpstream(target string, opts Options) (Upstream, error) {
 	if opts.Conns == 0 {
 		opts.Conns = DefaultConns
 	}
+	if opts.PingInterval == 0 {
+		opts.PingInterval = DefaultPingInterval
+	}
+	if opts.PingTimeout < 0 {
+		return nil, fmt.Errorf("negative ping timeout %v", opts.PingTimeout)
+	}
+	if opts.PingTimeout == 0 {
+		opts.PingTimeout = DefaultPingTimeout
+	}
+	opts.PingTimeout = min(opts.PingTimeout, opts.Timeout)
 	scheme, rest, found := strings.Cut(target, "://")
 	if !found {
 		scheme, rest = "udp", target
