@@ -1,8 +1,8 @@
 // Package forwarder is the resolution pipeline every transport feeds: parse
 // the query view, answer from the cache, pick the most specific rule (local
 // zone, forward, system, block) and, for forwarded names, exchange the query
-// with the rule's targets in order until one answers within the client's
-// deadline. Whatever happens the client gets an answer (SERVFAIL at worst),
+// with the rule's target group (forwarder/group: policy, failover, hedging,
+// health) within the client's deadline. Whatever happens the client gets an answer (SERVFAIL at worst),
 // except for packets that are not queries at all, which get nothing.
 //
 // Datapaths call Serve (non-blocking, for event loops) or ServeDNS (blocking,
@@ -21,6 +21,7 @@ import (
 
 	"xdoh/forwarder/cache"
 	"xdoh/forwarder/dnsmsg"
+	"xdoh/forwarder/group"
 	"xdoh/forwarder/rules"
 )
 
@@ -40,8 +41,6 @@ type Authority interface {
 type Target struct {
 	Up      Exchanger
 	Timeout time.Duration // per attempt; default Config.TargetTimeout
-
-	stats *TargetStats
 }
 
 // Rule is one configured rule. Forward rules carry Targets; Zone rules an
@@ -53,13 +52,19 @@ type Rule struct {
 	Type    rules.Type
 	Targets []Target
 	Zone    Authority
+	// Select is how the targets are chosen: policy, hedging, health.
+	Select group.Config
+
+	grp *group.Group
 }
 
 // Config assembles a Forwarder.
 type Config struct {
 	Rules   []Rule
-	Default []Target     // targets for names no forward rule covers
-	Cache   *cache.Cache // nil disables caching
+	Default []Target // targets for names no forward rule covers
+	// DefaultSelect is how the default targets are chosen.
+	DefaultSelect group.Config
+	Cache         *cache.Cache // nil disables caching
 	// QueryTimeout is the whole budget for answering one client query
 	// (default 4s): targets are tried in order within it.
 	QueryTimeout time.Duration
@@ -91,6 +96,8 @@ type Forwarder struct {
 	table    *rules.Table
 	inflight chan struct{}
 	workers  *workers
+	defGroup *group.Group   // the default targets (nil: none)
+	groups   []*group.Group // every group, for health checks
 
 	seed      maphash.Seed
 	flights   [flightShards]flightShard
@@ -143,14 +150,22 @@ func New(cfg Config) (*Forwarder, error) {
 	for i := range cfg.Listeners {
 		f.listeners[cfg.Listeners[i].Name] = &cfg.Listeners[i]
 	}
-	for i := range f.cfg.Default {
-		f.cfg.Default[i].stats = f.c.target(f.cfg.Default[i].Up.String())
+	if len(f.cfg.Default) > 0 {
+		if f.defGroup, err = f.newGroup("default", f.cfg.Default, f.cfg.DefaultSelect); err != nil {
+			return nil, err
+		}
 	}
 	for i := range f.cfg.Rules {
-		for j := range f.cfg.Rules[i].Targets {
-			t := &f.cfg.Rules[i].Targets[j]
-			t.stats = f.c.target(t.Up.String())
+		r := &f.cfg.Rules[i]
+		if r.Type == rules.Forward {
+			if r.grp, err = f.newGroup("rule "+r.Name, r.Targets, r.Select); err != nil {
+				return nil, err
+			}
+			f.groups = append(f.groups, r.grp)
 		}
+	}
+	if f.defGroup != nil {
+		f.groups = append(f.groups, f.defGroup)
 	}
 	for i := range f.flights {
 		f.flights[i].m = make(map[string]*flight)
@@ -334,17 +349,20 @@ func (f *Forwarder) prefetch(r *Request) {
 	f.workers.run(func() {
 		defer func() { <-f.inflight }()
 		rule := f.route(&ar.Q)
-		targets := f.cfg.Default
+		g := f.defGroup
 		switch {
 		case rule == nil || rule.Type == rules.System:
 		case rule.Type == rules.Forward:
-			targets = rule.Targets
+			g = rule.grp
 		default:
 			return // local answers are not refreshed from upstream
 		}
+		if g == nil {
+			return
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), f.cfg.QueryTimeout)
 		defer cancel()
-		f.coalesce(ctx, &ar, targets) // a good answer lands in the cache
+		f.coalesce(ctx, &ar, g) // a good answer lands in the cache
 	})
 }
 
@@ -390,17 +408,17 @@ func (f *Forwarder) truncate(resp []byte, maxSize int) []byte {
 // target gives a usable answer, a stale cache entry (RFC 8767) is better than
 // the upstream's SERVFAIL/REFUSED, which is better than our own SERVFAIL.
 func (f *Forwarder) slow(ctx context.Context, r *Request, rule *Rule, out []byte) []byte {
-	targets := f.cfg.Default
+	g := f.defGroup
 	if rule != nil {
-		targets = rule.Targets
+		g = rule.grp
 	}
-	if len(targets) == 0 {
+	if g == nil {
 		// No rule covers the name and no default is configured: like a
 		// non-recursive server, refuse.
 		return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeRefused)
 	}
 	f.c.forwarded.Add(1)
-	res := f.coalesce(ctx, r, targets)
+	res := f.coalesce(ctx, r, g)
 	r.target = res.target
 	if res.ok {
 		return f.reply(r, res.resp, out)
@@ -444,7 +462,7 @@ type flightShard struct {
 // coalesce shares one upstream exchange among identical queries in flight
 // (same name ignoring case, type, class and EDNS flags). The first query
 // resolves; the others wait for it or for their own deadline.
-func (f *Forwarder) coalesce(ctx context.Context, r *Request, targets []Target) result {
+func (f *Forwarder) coalesce(ctx context.Context, r *Request, g *group.Group) result {
 	var kb [dnsmsg.MaxKeyLen]byte
 	k := dnsmsg.AppendKey(kb[:0], &r.Q)
 	sh := &f.flights[maphash.Bytes(f.seed, k)%flightShards]
@@ -464,7 +482,7 @@ func (f *Forwarder) coalesce(ctx context.Context, r *Request, targets []Target) 
 	sh.m[key] = fl
 	sh.mu.Unlock()
 
-	fl.res = f.exchange(ctx, r, targets)
+	fl.res = f.exchange(ctx, r, g)
 
 	sh.mu.Lock()
 	delete(sh.m, key)
@@ -473,63 +491,101 @@ func (f *Forwarder) coalesce(ctx context.Context, r *Request, targets []Target) 
 	return fl.res
 }
 
-func (t *Target) record(ok bool, lat time.Duration) {
-	if t.stats != nil {
-		t.stats.record(ok, lat)
-	}
-}
-
-// exchange tries the targets in order, each attempt bounded by its timeout
-// and by ctx. A usable answer is checked against the question, stripped of
-// hop-by-hop EDNS options, marked RA and cached.
-func (f *Forwarder) exchange(ctx context.Context, r *Request, targets []Target) result {
+// exchange asks the group for an answer (its policy picks the targets,
+// fails over and hedges within ctx). A usable answer is checked against the
+// question, stripped of hop-by-hop EDNS options, marked RA and cached; a
+// SERVFAIL/REFUSED is passed on only when no target did better.
+func (f *Forwarder) exchange(ctx context.Context, r *Request, g *group.Group) result {
 	query := r.Msg
 	if r.Q.HasOPT && r.Q.OPTEnd-r.Q.OPTOff > 11 {
 		// The client's EDNS options (its cookie above all) are for us, not
 		// for the upstream.
 		query = dnsmsg.StripHopOptions(append([]byte(nil), r.Msg...))
 	}
-	var fallback []byte // a well-formed SERVFAIL/REFUSED, passed on if nobody does better
-	var fallbackFrom string
-	for _, t := range targets {
-		if ctx.Err() != nil {
-			break
+	classify := func(resp []byte) group.Verdict {
+		if _, err := dnsmsg.CheckResponse(resp, &r.Q); err != nil {
+			f.c.upErrs.Add(1) // a broken or mismatched answer: a failure of that target
+			return group.Bad
 		}
+		if rc := dnsmsg.Rcode(resp); rc == dnsmsg.RcodeServFail || rc == dnsmsg.RcodeRefused {
+			f.c.upErrs.Add(1) // this target cannot help; another may
+			return group.Fallback
+		}
+		return group.Good
+	}
+	resp, target, err := g.Exchange(ctx, query, classify)
+	if err != nil || resp == nil {
+		return result{}
+	}
+	qend, err := dnsmsg.CheckResponse(resp, &r.Q)
+	if err != nil {
+		return result{}
+	}
+	// The upstream's cookie (and padding) would reach the client as a
+	// cookie mismatch, from the cache even more so: drop them.
+	resp = dnsmsg.StripHopOptions(resp)
+	resp[3] |= byte(dnsmsg.FlagRA) // recursion is what xdoh offers its clients
+	if rc := dnsmsg.Rcode(resp); rc == dnsmsg.RcodeServFail || rc == dnsmsg.RcodeRefused {
+		return result{resp: resp, target: target}
+	}
+	if f.cfg.Cache != nil {
+		f.cfg.Cache.Put(&r.Q, resp, qend)
+	}
+	return result{resp: resp, ok: true, target: target}
+}
+
+// newGroup builds the target group of a rule (or the default), each target
+// wrapped to count its exchanges.
+func (f *Forwarder) newGroup(name string, targets []Target, sel group.Config) (*group.Group, error) {
+	members := make([]group.Member, len(targets))
+	for i, t := range targets {
 		to := t.Timeout
 		if to <= 0 {
 			to = f.cfg.TargetTimeout
 		}
-		actx, cancel := context.WithTimeout(ctx, to)
-		start := time.Now()
-		resp, err := t.Up.Exchange(actx, query)
-		cancel()
-		if err != nil {
-			f.c.upErrs.Add(1)
-			t.record(false, time.Since(start))
-			continue
-		}
-		qend, err := dnsmsg.CheckResponse(resp, &r.Q)
-		if err != nil {
-			f.c.upErrs.Add(1) // a broken or mismatched answer: try the next target
-			t.record(false, time.Since(start))
-			continue
-		}
-		t.record(true, time.Since(start))
-		// The upstream's cookie (and padding) would reach the client as a
-		// cookie mismatch, from the cache even more so: drop them.
-		resp = dnsmsg.StripHopOptions(resp)
-		resp[3] |= byte(dnsmsg.FlagRA) // recursion is what xdoh offers its clients
-		if rc := dnsmsg.Rcode(resp); rc == dnsmsg.RcodeServFail || rc == dnsmsg.RcodeRefused {
-			f.c.upErrs.Add(1) // this target cannot help; another may
-			fallback, fallbackFrom = resp, t.Up.String()
-			continue
-		}
-		if f.cfg.Cache != nil {
-			f.cfg.Cache.Put(&r.Q, resp, qend)
-		}
-		return result{resp: resp, ok: true, target: t.Up.String()}
+		members[i] = group.Member{Up: &countingExchanger{Exchanger: t.Up, stats: f.c.target(t.Up.String())}, Timeout: to}
 	}
-	return result{resp: fallback, target: fallbackFrom}
+	g, err := group.New(members, sel)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return g, nil
+}
+
+// countingExchanger records each exchange with a target in its stats.
+type countingExchanger struct {
+	Exchanger
+	stats *TargetStats
+}
+
+func (c *countingExchanger) Exchange(ctx context.Context, q []byte) ([]byte, error) {
+	start := time.Now()
+	resp, err := c.Exchanger.Exchange(ctx, q)
+	c.stats.record(err == nil, time.Since(start))
+	return resp, err
+}
+
+// StartHealthChecks starts the active probes of every target group.
+func (f *Forwarder) StartHealthChecks() {
+	for _, g := range f.groups {
+		g.Start()
+	}
+}
+
+// Close stops the health checks. Upstreams belong to the caller.
+func (f *Forwarder) Close() {
+	for _, g := range f.groups {
+		g.Close()
+	}
+}
+
+// Health returns the state of every target of every group.
+func (f *Forwarder) Health() []group.State {
+	var out []group.State
+	for _, g := range f.groups {
+		out = append(out, g.States()...)
+	}
+	return out
 }
 
 // reply copies an upstream response into out for the client: its ID, its

@@ -21,6 +21,7 @@ import (
 	"xdoh/datapath/udp"
 	"xdoh/forwarder"
 	"xdoh/forwarder/cache"
+	"xdoh/forwarder/group"
 	"xdoh/forwarder/querylog"
 	"xdoh/forwarder/rules"
 	"xdoh/forwarder/upstream"
@@ -58,6 +59,9 @@ type pipeline struct {
 }
 
 func (p *pipeline) close() {
+	if p.fwd != nil {
+		p.fwd.Close()
+	}
 	for _, u := range p.ups {
 		_ = u.Close()
 	}
@@ -141,12 +145,18 @@ func buildPipeline(cfg *config.Config, counters *forwarder.Counters, qlog forwar
 			return fail(fmt.Errorf("rules[%d].type: %w", i, err))
 		}
 		r := forwarder.Rule{Name: rc.Name, Domain: rc.Domain, Type: typ}
+		if r.Select, err = selectConfig(rc.Select); err != nil {
+			return fail(fmt.Errorf("rules[%d]: %w", i, err))
+		}
 		if r.Targets, err = mkTargets(fmt.Sprintf("rules[%d]", i), rc.Targets, rc.CAFile, rc.Timeout); err != nil {
 			return fail(err)
 		}
 		fc.Rules = append(fc.Rules, r)
 	}
 	if cfg.Default != nil {
+		if fc.DefaultSelect, err = selectConfig(cfg.Default.Select); err != nil {
+			return fail(fmt.Errorf("default: %w", err))
+		}
 		if fc.Default, err = mkTargets("default", cfg.Default.Targets, cfg.Default.CAFile, cfg.Default.Timeout); err != nil {
 			return fail(err)
 		}
@@ -163,6 +173,33 @@ func buildPipeline(cfg *config.Config, counters *forwarder.Counters, qlog forwar
 		return fail(err)
 	}
 	return p, nil
+}
+
+// selectConfig turns a rule's selection settings into a group.Config.
+func selectConfig(s config.Select) (group.Config, error) {
+	gc := group.Config{
+		FailAfter: s.Health.FailAfter, RecoverAfter: s.Health.RecoverAfter,
+		ProbeName: s.Health.ProbeName, ProbeInterval: s.Health.ProbeInterval.D(),
+	}
+	if s.Policy != "" {
+		p, err := group.ParsePolicy(s.Policy)
+		if err != nil {
+			return gc, fmt.Errorf("policy: %w", err)
+		}
+		gc.Policy = p
+	}
+	switch s.Hedge {
+	case "": // adaptive: the target's p95 latency
+	case "off":
+		gc.HedgeDelay = -1
+	default:
+		d, err := time.ParseDuration(s.Hedge)
+		if err != nil {
+			return gc, fmt.Errorf("hedge: %w", err)
+		}
+		gc.HedgeDelay = d
+	}
+	return gc, nil
 }
 
 func listenerNames(cfg *config.Config) []string {
@@ -203,6 +240,7 @@ func (a *app) start(cfg *config.Config) error {
 		return err
 	}
 	a.pipe.Store(p)
+	p.fwd.StartHealthChecks()
 	a.sw = forwarder.NewSwitch(p.fwd)
 	a.cfg = cfg
 	if cfg.Metrics.Address != "" {
@@ -328,6 +366,7 @@ func (a *app) reload() error {
 	}
 	old := a.pipe.Swap(p)
 	a.sw.Store(p.fwd)
+	p.fwd.StartHealthChecks()
 	a.cfg = next
 	switch {
 	case !qlChanged && a.qlog != nil:

@@ -69,14 +69,29 @@ func (a *app) collector() *metrics.Collector {
 				ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(u.Errors), u.Target)
 			}
 		})
-	c.Dynamic("xdoh_upstream_up", "1 if the target's last exchange gave a usable answer (passive health).", []string{"target"},
+	c.Dynamic("xdoh_upstream_up", "1 while the target is healthy (passive failures and active probes, with hysteresis), by rule group.", []string{"target"},
 		func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
-			for _, u := range a.counters.Upstreams() {
+			seen := map[string]bool{}
+			for _, st := range a.pipe.Load().fwd.Health() {
+				if seen[st.Target] { // a target in several groups: report it once
+					continue
+				}
+				seen[st.Target] = true
 				v := 0.0
-				if u.Up {
+				if st.Up {
 					v = 1
 				}
-				ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, u.Target)
+				ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, st.Target)
+			}
+		})
+	c.Dynamic("xdoh_upstream_hedges_total", "Hedged queries sent to each target.", []string{"target"},
+		func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
+			sum := map[string]uint64{}
+			for _, st := range a.pipe.Load().fwd.Health() {
+				sum[st.Target] += st.Hedges
+			}
+			for t, n := range sum {
+				ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(n), t)
 			}
 		})
 	c.Dynamic("xdoh_upstream_duration_seconds", "Time of each exchange with an upstream target.", []string{"target"},

@@ -1,0 +1,424 @@
+package group
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// Exchanger sends one query to one target and returns the response carrying
+// the query's ID. It honours ctx and does not retain query.
+// forwarder/upstream's Upstream satisfies it.
+type Exchanger interface {
+	Exchange(ctx context.Context, query []byte) ([]byte, error)
+	String() string
+}
+
+// Verdict is the caller's judgement of one response.
+type Verdict uint8
+
+const (
+	// Good: the answer to give the client.
+	Good Verdict = iota
+	// Fallback: a well-formed answer that says the target could not help
+	// (SERVFAIL, REFUSED); used only if no target gives a Good one. The
+	// target is alive, so it counts as a success for its health.
+	Fallback
+	// Bad: malformed or mismatched; counts as a failure of the target.
+	Bad
+)
+
+func (v Verdict) String() string {
+	switch v {
+	case Good:
+		return "good"
+	case Fallback:
+		return "fallback"
+	case Bad:
+		return "bad"
+	}
+	return fmt.Sprintf("verdict(%d)", uint8(v))
+}
+
+// Member is one target of a group.
+type Member struct {
+	Up      Exchanger
+	Timeout time.Duration // per attempt; 0 = no limit but the caller's context
+}
+
+// Config configures a Group. The zero value is usable: ordered failover,
+// adaptive hedging within a 10% budget, default health thresholds.
+type Config struct {
+	Policy Policy
+	// HedgeDelay: when the chosen target has not answered after HedgeDelay,
+	// the query is also sent to the next healthy target; the first Good
+	// answer wins and the other attempt is cancelled. 0 = adaptive (the
+	// target's p95 latency clamped to [HedgeMin, Timeout/2]); negative =
+	// hedging off.
+	HedgeDelay time.Duration
+	// HedgeBudget is the largest fraction of queries that may be hedged
+	// (default 0.1, at most 1).
+	HedgeBudget float64
+	// FailAfter consecutive failures (error, timeout, Bad) mark a target
+	// down (default 3).
+	FailAfter int
+	// RecoverAfter consecutive successful probes bring it back (default 2).
+	RecoverAfter int
+	// ProbeName is the name of the health probe, asked as type NS
+	// (default ".").
+	ProbeName string
+	// ProbeInterval is the time between probe rounds (default 5s).
+	ProbeInterval time.Duration
+	// ProbeAll probes the up targets too, not only the down ones.
+	ProbeAll bool
+	// Now is the clock used to measure round trips (default time.Now).
+	Now func() time.Time
+}
+
+// Defaults and bounds.
+const (
+	DefaultHedgeBudget   = 0.1
+	DefaultFailAfter     = 3
+	DefaultRecoverAfter  = 2
+	DefaultProbeName     = "."
+	DefaultProbeInterval = 5 * time.Second
+	// HedgeMin is the shortest adaptive hedge delay.
+	HedgeMin = 2 * time.Millisecond
+)
+
+const (
+	// hedgeUnknown is the adaptive hedge delay of a target without enough
+	// samples when neither its Timeout nor the context bounds it.
+	hedgeUnknown = 100 * time.Millisecond
+	// hedgeBurst is the capacity of the hedge token bucket, in hedges.
+	hedgeBurst = 5
+	// tokenUnit is one hedge in the fixed-point token bucket.
+	tokenUnit = 1 << 20
+	// exploreEvery: under Fastest, one query in exploreEvery goes first to
+	// another healthy target than the fastest.
+	exploreEvery = 32
+	// maxStackTargets is how many targets an order is computed for without
+	// allocating.
+	maxStackTargets = 16
+)
+
+// Errors returned by Exchange, to be tested with errors.Is.
+var (
+	// ErrNoAnswer: no target gave a Good or Fallback answer. It is wrapped
+	// together with the last target's error and, when the context ended
+	// the query, the context's error.
+	ErrNoAnswer = errors.New("no target answered")
+	// ErrRejected: a target's response was judged Bad.
+	ErrRejected = errors.New("response rejected")
+)
+
+// Group chooses among the targets of one rule. It is safe for concurrent use.
+type Group struct {
+	cfg     Config
+	targets []*target
+	now     func() time.Time
+
+	seq      atomic.Uint64 // queries: round robin rotation, exploration
+	tokens   atomic.Int64  // hedge budget, in tokenUnit per hedge
+	tokenAdd int64         // earned per query
+	probeMsg []byte        // packed probe query, ID to be set
+
+	mu     sync.Mutex // guards the prober's lifecycle
+	stop   context.CancelFunc
+	done   chan struct{}
+	closed bool
+}
+
+// State is a snapshot of one target.
+type State struct {
+	Target   string
+	Up       bool
+	EWMA     time.Duration // 0 until the first answer
+	Attempts uint64        // query attempts sent to it, hedges included; probes not
+	Failures uint64        // attempts that failed: error, timeout, Bad response
+	Hedges   uint64        // hedged attempts sent to it
+}
+
+// New validates cfg, fills in its defaults and builds a group of members,
+// all of them up.
+func New(members []Member, cfg Config) (*Group, error) {
+	if len(members) == 0 {
+		return nil, errors.New("building group: no members")
+	}
+	switch cfg.Policy {
+	case Ordered, RoundRobin, Fastest:
+	default:
+		return nil, fmt.Errorf("building group: unknown policy %d", cfg.Policy)
+	}
+	if cfg.HedgeBudget == 0 {
+		cfg.HedgeBudget = DefaultHedgeBudget
+	}
+	if !(cfg.HedgeBudget > 0 && cfg.HedgeBudget <= 1) { // catches NaN
+		return nil, fmt.Errorf("building group: HedgeBudget %v is not in (0, 1]", cfg.HedgeBudget)
+	}
+	if cfg.FailAfter < 0 || cfg.RecoverAfter < 0 {
+		return nil, fmt.Errorf("building group: negative FailAfter %d or RecoverAfter %d", cfg.FailAfter, cfg.RecoverAfter)
+	}
+	if cfg.FailAfter == 0 {
+		cfg.FailAfter = DefaultFailAfter
+	}
+	if cfg.RecoverAfter == 0 {
+		cfg.RecoverAfter = DefaultRecoverAfter
+	}
+	if cfg.ProbeInterval < 0 {
+		return nil, fmt.Errorf("building group: negative ProbeInterval %v", cfg.ProbeInterval)
+	}
+	if cfg.ProbeInterval == 0 {
+		cfg.ProbeInterval = DefaultProbeInterval
+	}
+	if cfg.ProbeName == "" {
+		cfg.ProbeName = DefaultProbeName
+	}
+	if _, ok := dns.IsDomainName(cfg.ProbeName); !ok {
+		return nil, fmt.Errorf("building group: ProbeName %q is not a domain name", cfg.ProbeName)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	probe := new(dns.Msg)
+	probe.SetQuestion(dns.Fqdn(cfg.ProbeName), dns.TypeNS)
+	probeMsg, err := probe.Pack()
+	if err != nil {
+		return nil, fmt.Errorf("building group: packing probe for %q: %w", cfg.ProbeName, err)
+	}
+	g := &Group{cfg: cfg, now: cfg.Now, probeMsg: probeMsg,
+		tokenAdd: int64(cfg.HedgeBudget * tokenUnit)}
+	g.tokens.Store(tokenUnit)
+	for i, m := range members {
+		if m.Up == nil {
+			return nil, fmt.Errorf("building group: members[%d]: no upstream", i)
+		}
+		if m.Timeout < 0 {
+			return nil, fmt.Errorf("building group: members[%d] (%s): negative timeout %v", i, m.Up, m.Timeout)
+		}
+		t := &target{up: m.Up, name: m.Up.String(), timeout: m.Timeout}
+		t.healthy.Store(true)
+		g.targets = append(g.targets, t)
+	}
+	return g, nil
+}
+
+// States returns a snapshot of the targets, in configured order.
+func (g *Group) States() []State {
+	out := make([]State, len(g.targets))
+	for i, t := range g.targets {
+		out[i] = State{
+			Target: t.name, Up: t.healthy.Load(), EWMA: time.Duration(t.ewma.Load()),
+			Attempts: t.attempts.Load(), Failures: t.failures.Load(), Hedges: t.hedges.Load(),
+		}
+	}
+	return out
+}
+
+// Exchange sends query to the group's targets and returns the first Good
+// response, or the first Fallback one when no target gives a Good one, with
+// the target that gave it. When none answers it returns an error wrapping
+// ErrNoAnswer, the last error and, if the context ended the query, the
+// context's error; target is then the last target tried. Targets are tried
+// healthy ones first, per the policy, then down ones; a failed attempt
+// moves on to the next target at once, a slow one may be hedged. Exchange
+// returns when the context ends at the latest.
+//
+// classify judges each response (nil: every response is Good); it is called
+// on the caller's goroutine, never after Exchange has returned. query is not
+// retained.
+func (g *Group) Exchange(ctx context.Context, query []byte, classify func([]byte) Verdict) (resp []byte, target string, err error) {
+	if err := ctx.Err(); err != nil {
+		return nil, "", fmt.Errorf("%w: %w", ErrNoAnswer, err)
+	}
+	if classify == nil {
+		classify = allGood
+	}
+	var buf [maxStackTargets]int
+	order, nUp := g.order(buf[:0])
+	if g.cfg.HedgeDelay >= 0 {
+		g.earn()
+		if nUp >= 2 && g.tokens.Load() >= tokenUnit {
+			c := call{g: g, ctx: ctx, query: append([]byte(nil), query...), nUp: nUp}
+			return c.run(order, classify)
+		}
+	}
+	return g.serial(ctx, query, order, classify)
+}
+
+func allGood([]byte) Verdict { return Good }
+
+// serial tries the targets in order on the caller's goroutine.
+func (g *Group) serial(ctx context.Context, query []byte, order []int, classify func([]byte) Verdict) ([]byte, string, error) {
+	var o outcome
+	for _, i := range order {
+		if ctx.Err() != nil {
+			break
+		}
+		t := g.targets[i]
+		actx, cancel := ctx, context.CancelFunc(nil)
+		if t.timeout > 0 {
+			actx, cancel = context.WithTimeout(ctx, t.timeout)
+		}
+		t.attempts.Add(1)
+		o.tried = t.name
+		start := g.now()
+		resp, err := t.up.Exchange(actx, query)
+		rtt := g.now().Sub(start)
+		if cancel != nil {
+			cancel()
+		}
+		v, err := g.settle(ctx, t, resp, err, rtt, classify)
+		if v == Good {
+			return resp, t.name, nil
+		}
+		o.add(t, v, resp, err)
+	}
+	return o.result(ctx)
+}
+
+// settle judges one finished attempt and records it in its target's health.
+// It returns Bad with the error for a failure.
+func (g *Group) settle(ctx context.Context, t *target, resp []byte, err error, rtt time.Duration, classify func([]byte) Verdict) (Verdict, error) {
+	if err == nil {
+		v := classify(resp)
+		if v == Good || v == Fallback {
+			t.succeeded(rtt, g.cfg.RecoverAfter, false)
+			return v, nil
+		}
+		err = ErrRejected
+	} else if ctx.Err() != nil {
+		return Bad, err // the caller gave up: nothing learnt about the target
+	}
+	t.failures.Add(1)
+	t.failed(g.cfg.FailAfter)
+	return Bad, err
+}
+
+// outcome collects what a query's failed attempts left.
+type outcome struct {
+	fallback        []byte
+	fallbackFrom    string
+	lastErr         error
+	lastFrom, tried string
+}
+
+func (o *outcome) add(t *target, v Verdict, resp []byte, err error) {
+	switch {
+	case v == Fallback && o.fallback == nil:
+		o.fallback, o.fallbackFrom = resp, t.name
+	case v == Bad:
+		o.lastErr, o.lastFrom = err, t.name
+	}
+}
+
+func (o *outcome) result(ctx context.Context) ([]byte, string, error) {
+	if o.fallback != nil {
+		return o.fallback, o.fallbackFrom, nil
+	}
+	cerr := ctx.Err()
+	switch {
+	case o.lastErr == nil:
+		return nil, o.tried, fmt.Errorf("%w: %w", ErrNoAnswer, cerr)
+	case cerr != nil && !errors.Is(o.lastErr, cerr):
+		return nil, o.tried, fmt.Errorf("%w: %w (last error from %s: %w)", ErrNoAnswer, cerr, o.lastFrom, o.lastErr)
+	}
+	return nil, o.tried, fmt.Errorf("%w: %s: %w", ErrNoAnswer, o.lastFrom, o.lastErr)
+}
+
+// earn adds one query's share to the hedge budget.
+func (g *Group) earn() {
+	const capacity = hedgeBurst * tokenUnit
+	for {
+		old := g.tokens.Load()
+		if old >= capacity {
+			return // no write: a saturated bucket costs no cache-line traffic
+		}
+		if g.tokens.CompareAndSwap(old, min(old+g.tokenAdd, capacity)) {
+			return
+		}
+	}
+}
+
+// spend takes one hedge from the budget if there is one.
+func (g *Group) spend() bool {
+	for {
+		old := g.tokens.Load()
+		if old < tokenUnit {
+			return false
+		}
+		if g.tokens.CompareAndSwap(old, old-tokenUnit) {
+			return true
+		}
+	}
+}
+
+// hedgeDelay is how long a query waits for t before hedging.
+func (g *Group) hedgeDelay(ctx context.Context, t *target) time.Duration {
+	if g.cfg.HedgeDelay > 0 {
+		return g.cfg.HedgeDelay
+	}
+	hi := t.timeout
+	if dl, ok := ctx.Deadline(); ok {
+		if left := time.Until(dl); hi <= 0 || left < hi {
+			hi = left
+		}
+	}
+	hi /= 2
+	d := time.Duration(t.p95.Load())
+	if d == 0 { // not enough samples yet
+		d = hi
+		if d <= 0 {
+			d = hedgeUnknown
+		}
+	}
+	if hi > 0 && d > hi {
+		d = hi
+	}
+	return max(d, HedgeMin)
+}
+
+// Start starts the prober goroutine. It does nothing if the prober runs
+// already or the group is closed.
+func (g *Group) Start() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.done != nil || g.closed {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	g.stop, g.done = cancel, make(chan struct{})
+	go g.prober(ctx, g.done)
+}
+
+// Close stops the prober and waits for it to end. Exchange keeps working
+// (with passive health only).
+func (g *Group) Close() {
+	g.mu.Lock()
+	g.closed = true
+	stop, done := g.stop, g.done
+	g.mu.Unlock()
+	if stop != nil {
+		stop()
+		<-done
+	}
+}
+
+func (g *Group) prober(ctx context.Context, done chan<- struct{}) {
+	defer close(done)
+	tick := time.NewTicker(g.cfg.ProbeInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			g.probeRound(ctx)
+		}
+	}
+}

@@ -1,0 +1,74 @@
+package group
+
+import (
+	"context"
+	"encoding/binary"
+	"sync"
+
+	"github.com/miekg/dns"
+)
+
+// probeRound probes, concurrently, every down target (every target with
+// ProbeAll) and returns when all probes have ended.
+func (g *Group) probeRound(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, t := range g.targets {
+		if t.healthy.Load() && !g.cfg.ProbeAll {
+			continue
+		}
+		wg.Go(func() { g.probe(ctx, t) })
+	}
+	wg.Wait()
+}
+
+// probe sends one health probe to t and records the outcome. A probe is
+// bounded by the member's timeout and by ProbeInterval.
+func (g *Group) probe(ctx context.Context, t *target) {
+	q := append([]byte(nil), g.probeMsg...)
+	id := dns.Id()
+	binary.BigEndian.PutUint16(q, id)
+	to := g.cfg.ProbeInterval
+	if t.timeout > 0 && t.timeout < to {
+		to = t.timeout
+	}
+	pctx, cancel := context.WithTimeout(ctx, to)
+	start := g.now()
+	resp, err := t.up.Exchange(pctx, q)
+	rtt := g.now().Sub(start)
+	cancel()
+	switch {
+	case ctx.Err() != nil:
+		// Closing: the probe was cut short, it says nothing.
+	case err == nil && probeAnswered(q, resp):
+		t.succeeded(rtt, g.cfg.RecoverAfter, true)
+	default:
+		t.failed(g.cfg.FailAfter)
+	}
+}
+
+// probeAnswered reports whether resp is a response to the probe q: same ID,
+// QR set, one question equal to q's (name compared case-insensitively).
+// The RCODE does not matter: any answer shows the target is alive.
+func probeAnswered(q, resp []byte) bool {
+	const hdr = 12
+	if len(resp) < len(q) || resp[0] != q[0] || resp[1] != q[1] || resp[2]&0x80 == 0 ||
+		binary.BigEndian.Uint16(resp[4:]) != 1 {
+		return false
+	}
+	// q holds exactly one question and nothing else, uncompressed; a
+	// response's first name cannot be compressed either (nothing precedes
+	// it to point at).
+	for i := hdr; i < len(q); i++ {
+		if lower(resp[i]) != lower(q[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func lower(b byte) byte {
+	if 'A' <= b && b <= 'Z' {
+		return b + 'a' - 'A'
+	}
+	return b
+}
