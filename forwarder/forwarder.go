@@ -482,7 +482,16 @@ func (f *Forwarder) coalesce(ctx context.Context, r *Request, g *group.Group) re
 	sh.m[key] = fl
 	sh.mu.Unlock()
 
-	fl.res = f.exchange(ctx, r, g)
+	// The exchange is shared: it must not end because the leader's client
+	// went away (a DoH request context is cancelled when its stream is),
+	// only at the query timeout. Waiters keep their own deadlines.
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(f.cfg.QueryTimeout)
+	}
+	lctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
+	fl.res = f.exchange(lctx, r, g)
+	cancel()
 
 	sh.mu.Lock()
 	delete(sh.m, key)
