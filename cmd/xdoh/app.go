@@ -49,6 +49,7 @@ type app struct {
 	qsw       logSwitch
 	mx        *metrics.Server
 	ctl       *controlServer
+	stopped   bool
 }
 
 // pipeline is one generation of the forwarder and what it owns.
@@ -253,7 +254,11 @@ func (a *app) start(cfg *config.Config) error {
 		}
 		a.log.Info("metrics", "url", "http://"+a.mx.Addr().String()+"/metrics")
 	}
-	if err := a.reconcile(nil, cfg); err != nil {
+	plan, err := a.prepare(cfg)
+	if err != nil {
+		return err
+	}
+	if err := a.commit(plan); err != nil {
 		return err
 	}
 	if cfg.Control.Socket != "" {
@@ -323,6 +328,11 @@ func (a *app) grace() time.Duration {
 // reload reads the config again and applies it, or keeps the running one and
 // says why.
 func (a *app) reload() error {
+	a.mu.Lock() // reloads apply in the order their configs were read
+	defer a.mu.Unlock()
+	if a.stopped {
+		return errors.New("shutting down")
+	}
 	next, err := a.load()
 	if err != nil {
 		return err
@@ -333,8 +343,6 @@ func (a *app) reload() error {
 	if err := checkFIPS(next); err != nil {
 		return err
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	if err := config.CheckMigration(a.cfg, next); err != nil {
 		return err
 	}
@@ -359,9 +367,13 @@ func (a *app) reload() error {
 		}
 		return err
 	}
-	prev := a.cfg
-	if err := a.reconcile(prev, next); err != nil {
+	grace := a.grace() // of the running config: its queries may still be in flight
+	plan, err := a.prepare(next)
+	if err != nil {
 		p.close()
+		if newQlog != nil {
+			_ = newQlog.Close()
+		}
 		return err
 	}
 	old := a.pipe.Swap(p)
@@ -386,7 +398,11 @@ func (a *app) reload() error {
 		a.qlog, a.qlogCfg = newQlog, qc
 		a.qsw.cur.Store(newQlog)
 	}
-	time.AfterFunc(a.grace(), old.close)
+	if err := a.commit(plan); err != nil {
+		// Only a DoH server re-bound on its own address can fail here.
+		a.log.Error("reload applied with an error", "err", err)
+	}
+	time.AfterFunc(grace, old.close)
 	a.log.Info("reloaded", "listeners", len(next.Listeners), "rules", len(next.Rules), "zones", len(next.Zones))
 	return nil
 }
@@ -400,64 +416,121 @@ func dohKey(l config.Listener, protos map[string]bool) string {
 	if l.DoH == nil {
 		return ""
 	}
-	return fmt.Sprint(l.DoH.Address, l.DoH.Path, protos["doh-fips"])
+	return fmt.Sprint(l.DoH.Address, l.DoH.Path, l.DoH.Cert, l.DoH.Key, protos["doh-fips"])
 }
 
-// reconcile starts, keeps or stops each listener's datapaths to go from prev
-// (nil at start) to next. New Do53 sockets are bound before old ones close;
-// a DoH server whose address or path changes is shut down gracefully first.
-func (a *app) reconcile(prev, next *config.Config) error {
-	old := map[string]config.Listener{}
-	if prev != nil {
-		for _, l := range prev.Listeners {
-			old[l.Name] = l
+// change is what a reload does to one listener's datapaths.
+type change struct {
+	cur      *listener
+	next     config.Listener
+	do53     *listener // new Do53 datapaths, already serving (nil: keep)
+	stopDo53 bool      // stop the running Do53 datapaths at commit
+	doh      *doh.Server
+	dohFIPS  bool
+	// dohRebind: the new DoH server takes the old one's address, so it
+	// starts at commit, after the old one is shut down.
+	dohRebind  bool
+	stopDoH    bool
+	reloadCert bool
+}
+
+// prepare works out each listener's change against what it is running now
+// and starts every new datapath that can run beside the old one (Do53 via
+// SO_REUSEPORT, DoH on a new address). If anything fails, everything new is
+// stopped and the running listeners are untouched.
+func (a *app) prepare(next *config.Config) (plan []*change, err error) {
+	defer func() {
+		if err != nil {
+			for _, c := range plan {
+				if c.do53 != nil {
+					stopDo53(c.do53)
+				}
+				if c.doh != nil && !c.dohRebind {
+					ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+					_ = c.doh.Shutdown(ctx)
+					cancel()
+				}
+			}
 		}
-	}
+	}()
 	for _, l := range next.Listeners {
-		protos, _ := l.ProtocolSet()
 		cur := a.listeners[l.Name]
 		if cur == nil {
 			cur = &listener{}
 			a.listeners[l.Name] = cur
 		}
-		was, existed := old[l.Name]
-		wasProtos, _ := was.ProtocolSet()
-
-		// Do53: keep the sockets when nothing about them changed. Otherwise
-		// the new sockets (SO_REUSEPORT) are bound before the old close.
-		keepDo53 := existed && wasProtos["do53"] && protos["do53"] && do53Key(was) == do53Key(l)
-		if !keepDo53 {
-			oldDo53 := &listener{do53: cur.do53, udp: cur.udp}
-			cur.do53, cur.udp = nil, nil
+		c := &change{cur: cur, next: l}
+		plan = append(plan, c)
+		protos, _ := l.ProtocolSet()
+		running := cur.do53 != nil || cur.udp != nil
+		if !(running && protos["do53"] && do53Key(cur.cfg) == do53Key(l)) {
+			c.stopDo53 = running
 			if protos["do53"] {
-				if err := a.startDo53(cur, l); err != nil {
-					cur.do53, cur.udp = oldDo53.do53, oldDo53.udp
-					return err
+				c.do53 = &listener{}
+				if err := a.startDo53(c.do53, l); err != nil {
+					return plan, err
 				}
 			}
-			stopDo53(oldDo53)
 		}
-		// DoH / DoH-FIPS: keep the server (with a fresh certificate) when
-		// its address, path and FIPS mode are unchanged.
 		https := protos["doh"] || protos["doh-fips"]
-		wasHTTPS := wasProtos["doh"] || wasProtos["doh-fips"]
-		if existed && https && wasHTTPS && dohKey(was, wasProtos) == dohKey(l, protos) && cur.doh != nil {
-			if err := cur.doh.ReloadCertificate(); err != nil {
-				return fmt.Errorf("listener %q: %w", l.Name, err)
+		fips := protos["doh-fips"]
+		curProtos, _ := cur.cfg.ProtocolSet()
+		switch {
+		case cur.doh != nil && https && dohKey(cur.cfg, curProtos) == dohKey(l, protos):
+			c.reloadCert = true
+		case https:
+			c.stopDoH = cur.doh != nil
+			c.dohRebind = cur.doh != nil && cur.cfg.DoH != nil && cur.cfg.DoH.Address == l.DoH.Address
+			if c.doh, err = a.newDoH(l, fips); err != nil { // certificate loaded and checked here
+				return plan, err
 			}
-		} else {
-			if cur.doh != nil {
-				stopDoH(cur)
-			}
-			if https {
-				if err := a.startDoH(cur, l, protos["doh-fips"]); err != nil {
-					return err
+			c.dohFIPS = fips
+			if !c.dohRebind {
+				if err := c.doh.Start(); err != nil {
+					c.doh = nil
+					return plan, fmt.Errorf("listener %q: doh: %w", l.Name, err)
 				}
 			}
+		default:
+			c.stopDoH = cur.doh != nil
 		}
-		cur.cfg = l
+		if c.reloadCert {
+			if err := cur.doh.ReloadCertificate(); err != nil {
+				return plan, fmt.Errorf("listener %q: %w", l.Name, err)
+			}
+		}
 	}
-	return nil
+	return plan, nil
+}
+
+// commit stops what the plan replaces and starts DoH servers that take
+// over their predecessor's address.
+func (a *app) commit(plan []*change) error {
+	var errs []error
+	for _, c := range plan {
+		if c.stopDo53 {
+			stopDo53(c.cur)
+		}
+		if c.do53 != nil {
+			c.cur.do53, c.cur.udp = c.do53.do53, c.do53.udp
+		}
+		if c.stopDoH {
+			stopDoH(c.cur)
+		}
+		if c.doh != nil {
+			if c.dohRebind {
+				if err := c.doh.Start(); err != nil {
+					errs = append(errs, fmt.Errorf("listener %q: doh: %w", c.next.Name, err))
+					c.cur.cfg = c.next
+					continue
+				}
+			}
+			c.cur.doh = c.doh
+			a.logDoH(c.next.Name, c.doh, c.dohFIPS)
+		}
+		c.cur.cfg = c.next
+	}
+	return errors.Join(errs...)
 }
 
 func (a *app) startDo53(cur *listener, l config.Listener) error {
@@ -489,24 +562,23 @@ func (a *app) startDo53(cur *listener, l config.Listener) error {
 	return nil
 }
 
-func (a *app) startDoH(cur *listener, l config.Listener, fips bool) error {
+func (a *app) newDoH(l config.Listener, fips bool) (*doh.Server, error) {
 	s, err := doh.New(doh.Config{
 		Name: l.Name, Addr: l.DoH.Address, Path: l.DoH.Path, FIPS: fips,
 		CertFile: a.pathFor(l.DoH.Cert), KeyFile: a.pathFor(l.DoH.Key), ErrorLog: a.log,
 	}, a.sw)
 	if err != nil {
-		return fmt.Errorf("listener %q: doh: %w", l.Name, err)
+		return nil, fmt.Errorf("listener %q: doh: %w", l.Name, err)
 	}
-	if err := s.Start(); err != nil {
-		return fmt.Errorf("listener %q: doh: %w", l.Name, err)
-	}
-	cur.doh = s
+	return s, nil
+}
+
+func (a *app) logDoH(name string, s *doh.Server, fips bool) {
 	tr := "doh"
 	if fips {
 		tr = "doh-fips"
 	}
-	a.log.Info("listening", "listener", l.Name, "transport", tr, "addr", s.Addr().String())
-	return nil
+	a.log.Info("listening", "listener", name, "transport", tr, "addr", s.Addr().String())
 }
 
 // pathFor resolves a file name against the directory of the config being
@@ -539,9 +611,15 @@ func stopDoH(cur *listener) {
 }
 
 func (a *app) stop() {
+	var errs []error
+	if a.mx != nil { // first: a scrape must not wait on a.mu while we stop
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		errs = append(errs, a.mx.Shutdown(ctx))
+		cancel()
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	var errs []error
+	a.stopped = true
 	if a.ctl != nil {
 		errs = append(errs, a.ctl.Close())
 	}
@@ -550,11 +628,6 @@ func (a *app) stop() {
 		if l.doh != nil {
 			stopDoH(l)
 		}
-	}
-	if a.mx != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		errs = append(errs, a.mx.Shutdown(ctx))
-		cancel()
 	}
 	if p := a.pipe.Load(); p != nil {
 		p.close()

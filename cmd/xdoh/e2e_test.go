@@ -97,8 +97,9 @@ func startXdohEnv(t *testing.T, addr string, env []string, args ...string) *sync
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	exited := make(chan struct{}) // closed when the process has ended
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
 		select {
@@ -112,8 +113,8 @@ func startXdohEnv(t *testing.T, addr string, env []string, args ...string) *sync
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
-		case err := <-exited:
-			t.Fatalf("xdoh exited at start: %v\n%s", err, stderr.String())
+		case <-exited:
+			t.Fatalf("xdoh exited at start: %v\n%s", waitErr, stderr.String())
 		default:
 		}
 		if _, _, err := (&dns.Client{Timeout: 200 * time.Millisecond}).Exchange(probe, addr); err == nil {

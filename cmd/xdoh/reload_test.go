@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -148,4 +149,63 @@ func xdohPID(t *testing.T, stderr interface{ String() string }) string {
 	}
 	t.Fatalf("no pid= in the log:\n%s", stderr.String())
 	return ""
+}
+
+// TestRejectedReloadTouchesNothing (review): a reload that fails half way
+// (the second listener's new DoH address is taken) leaves every listener as
+// it was: the first keeps its old Do53 address and does not gain the new one.
+func TestRejectedReloadTouchesNothing(t *testing.T) {
+	dir := t.TempDir()
+	_, cert, key := writePKI(t, dir)
+	a1, a2, d1 := freeAddr(t), freeAddr(t), freeAddr(t)
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	sock := filepath.Join(dir, "x.sock")
+	cfgPath := filepath.Join(dir, "x.yaml")
+	zonePath, err := filepath.Abs(filepath.Join("demo", "aws.example.internal.zone"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(do53, dohAddr string) {
+		text := fmt.Sprintf(`listeners:
+  - {name: l1, do53: [%q]}
+  - {name: l2, protocols: [do53, doh], do53: [%q], doh: {address: %q, cert: %s, key: %s}}
+zones: [{name: aws.example.internal, file: %s}]
+control: {socket: %s}
+`, do53, freeAddrFor(t), dohAddr, cert, key, zonePath, sock)
+		if err := os.WriteFile(cfgPath, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(a1, d1)
+	startXdoh(t, a1, "-c", cfgPath)
+	answers := func(addr string) bool {
+		m := new(dns.Msg).SetQuestion("ipv4.aws.example.internal.", dns.TypeA)
+		_, _, err := (&dns.Client{Timeout: 300 * time.Millisecond}).Exchange(m, addr)
+		return err == nil
+	}
+	write(a2, busy.Addr().String())
+	if out, err := exec.Command(xdohBin, "reload", "-s", sock).CombinedOutput(); err == nil {
+		t.Fatalf("reload onto a taken address succeeded: %s", out)
+	}
+	if !answers(a1) || answers(a2) {
+		t.Fatalf("after a rejected reload: old address answers=%v, new address answers=%v", answers(a1), answers(a2))
+	}
+	c, err := net.DialTimeout("tcp", d1, time.Second)
+	if err != nil {
+		t.Fatalf("DoH on its old address is gone after a rejected reload: %v", err)
+	}
+	c.Close()
+}
+
+var freeAddrs sync.Mutex
+
+// freeAddrFor is freeAddr for use inside a config writer.
+func freeAddrFor(t *testing.T) string {
+	freeAddrs.Lock()
+	defer freeAddrs.Unlock()
+	return freeAddr(t)
 }

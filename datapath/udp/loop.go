@@ -79,13 +79,17 @@ func newLoop(so *socket, h Handler, name string, batch int, stopping *atomic.Boo
 	return l
 }
 
-// run receives and answers batches until Stop. It closes the socket when it
-// returns.
+// run receives and answers batches until Stop. On Stop it answers what is
+// still queued on the socket; the socket stays open for replies of misses
+// still resolving and is closed by the Server when they are done.
 func (l *loop) run() error {
-	defer l.sock.close()
 	for {
 		n, errno := l.recv()
 		if l.stopping.Load() {
+			if errno == 0 && n > 0 {
+				l.flush(l.process(n))
+			}
+			l.drain()
 			return nil
 		}
 		switch errno {
@@ -103,6 +107,34 @@ func (l *loop) run() error {
 		}
 		l.batches.Add(1)
 		l.flush(l.process(n))
+	}
+}
+
+// drain answers the datagrams still queued on a socket that was shut down for
+// reading, without blocking.
+func (l *loop) drain() {
+	for {
+		for i := range l.rxHdrs {
+			l.rxHdrs[i].Hdr.Namelen = nameSize
+			if l.rxCtl != nil {
+				l.rxHdrs[i].Hdr.SetControllen(ctlSize)
+			}
+		}
+		n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(l.sock.fd),
+			uintptr(unsafe.Pointer(&l.rxHdrs[0])), uintptr(len(l.rxHdrs)), unix.MSG_DONTWAIT, 0, 0)
+		if errno != 0 || n == 0 {
+			return
+		}
+		k := 0
+		for i := range int(n) {
+			if l.rxHdrs[i].Len > 0 {
+				k++
+			}
+		}
+		if k == 0 {
+			return // the shutdown's empty wake-ups only
+		}
+		l.flush(l.process(int(n)))
 	}
 }
 
@@ -162,9 +194,11 @@ func (l *loop) process(n int) int {
 		out := l.txBufs[k*slotSize : k*slotSize+answerRoom]
 		resp, ok := l.h.Answer(&l.req, out)
 		if !ok {
+			l.sock.misses.Add(1)
 			if resp, ok = l.h.Resolve(&l.req, out, l.missDone(name, ctl)); !ok {
 				continue // done will reply
 			}
+			l.sock.misses.Add(-1) // answered at once (overload): no done
 		}
 		switch {
 		case len(resp) == 0:
@@ -254,6 +288,7 @@ type pending struct {
 }
 
 func (d *pending) done(resp []byte) {
+	defer d.l.sock.misses.Add(-1)
 	if len(resp) == 0 {
 		return
 	}

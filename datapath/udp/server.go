@@ -56,6 +56,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -213,10 +214,33 @@ func (s *Server) Stop(ctx context.Context) error {
 	for _, so := range socks {
 		so.shutdown()
 	}
+	defer func() {
+		for _, so := range socks {
+			so.close()
+		}
+	}()
 	select {
 	case <-s.done:
 	case <-ctx.Done():
 		return fmt.Errorf("stopping do53 listener %q: %w", s.cfg.Name, ctx.Err())
+	}
+	// The loops have answered what was queued; misses still resolving get
+	// their replies out before the sockets close (until ctx is done).
+	for t := time.NewTicker(5 * time.Millisecond); ; {
+		pending := int64(0)
+		for _, so := range socks {
+			pending += so.misses.Load()
+		}
+		if pending <= 0 {
+			t.Stop()
+			break
+		}
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil // the rest are dropped and counted
+		}
 	}
 	if err := errors.Join(s.errs...); err != nil {
 		return fmt.Errorf("do53 listener %q: %w", s.cfg.Name, err)
@@ -257,6 +281,7 @@ type socket struct {
 
 	mu     sync.RWMutex
 	closed bool
+	misses atomic.Int64 // queries resolving whose reply goes out on this socket
 }
 
 // listen opens a blocking UDP socket with SO_REUSEPORT bound to ap.

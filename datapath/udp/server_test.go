@@ -440,38 +440,62 @@ func TestStop(t *testing.T) {
 // its reply, when it comes, is dropped and counted, not sent on a closed (or
 // reused) descriptor.
 func TestStopWithMissInFlight(t *testing.T) {
-	f, up := newForwarder(t)
-	up.delay = 200 * time.Millisecond
-	s, err := New(Config{Name: "t", Addrs: []string{"127.0.0.1:0"}, Sockets: 1}, f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(s.LocalAddrs()[0]))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	q, _ := new(dns.Msg).SetQuestion("late.example.com.", dns.TypeA).Pack()
-	if _, err := c.Write(q); err != nil {
-		t.Fatal(err)
-	}
-	for s.Stats().Queries == 0 {
-		time.Sleep(time.Millisecond)
-	}
-	if err := s.Stop(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	for deadline := time.Now().Add(2 * time.Second); s.Stats().ReplyDrops == 0; {
-		if time.Now().After(deadline) {
-			t.Fatalf("stats %+v: the late reply was not dropped", s.Stats())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	if st := s.Stats(); st.Replies != 0 {
-		t.Fatalf("stats %+v: a reply went out after Stop", st)
+	for _, tt := range []struct {
+		name    string
+		grace   time.Duration // Stop's context
+		replied bool
+	}{
+		{"stop waits for the miss: the client gets its answer", 2 * time.Second, true},
+		{"stop's deadline passes first: the late reply is dropped, not sent on a closed socket", 50 * time.Millisecond, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f, up := newForwarder(t)
+			up.delay = 200 * time.Millisecond
+			s, err := New(Config{Name: "t", Addrs: []string{"127.0.0.1:0"}, Sockets: 1}, f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Start(); err != nil {
+				t.Fatal(err)
+			}
+			c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(s.LocalAddrs()[0]))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			q, _ := new(dns.Msg).SetQuestion("late.example.com.", dns.TypeA).Pack()
+			if _, err := c.Write(q); err != nil {
+				t.Fatal(err)
+			}
+			for s.Stats().Queries == 0 {
+				time.Sleep(time.Millisecond)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), tt.grace)
+			defer cancel()
+			if err := s.Stop(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if tt.replied {
+				_ = c.SetReadDeadline(time.Now().Add(time.Second))
+				b := make([]byte, 512)
+				if n, err := c.Read(b); err != nil || n < 12 {
+					t.Fatalf("no reply after a graceful Stop: %v", err)
+				}
+				if st := s.Stats(); st.Replies != 1 {
+					t.Fatalf("stats %+v", st)
+				}
+				return
+			}
+			for deadline := time.Now().Add(2 * time.Second); s.Stats().ReplyDrops == 0; {
+				if time.Now().After(deadline) {
+					t.Fatalf("stats %+v: the late reply was not dropped", s.Stats())
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			if st := s.Stats(); st.Replies != 0 {
+				t.Fatalf("stats %+v: a reply went out after the sockets closed", st)
+			}
+		})
 	}
 }
 
