@@ -75,6 +75,9 @@ type Server struct {
 	h   Handler
 	eng gn.Engine
 
+	sendMu   sync.RWMutex // held by UDP miss replies, which use the engine's fd
+	stopping bool
+
 	booted chan struct{}
 	done   chan error
 	conns  sync.Map // gn.Conn → *tcpState
@@ -156,6 +159,9 @@ func (s *Server) Stop(ctx context.Context) error {
 	default:
 		return nil // never started
 	}
+	s.sendMu.Lock()
+	s.stopping = true
+	s.sendMu.Unlock()
 	if err := s.eng.Stop(ctx); err != nil {
 		return fmt.Errorf("stopping do53 listener %q: %w", s.cfg.Name, err)
 	}
@@ -252,6 +258,14 @@ func (s *Server) onUDP(c gn.Conn) gn.Action {
 	if !ok {
 		fd, client := c.Fd(), r.Client
 		resp, ok = s.h.Resolve(&r, *bp, func(resp []byte) {
+			// The fd is the engine's: after Stop it may be closed and its
+			// number reused, so nothing is sent once stopping is set.
+			s.sendMu.RLock()
+			defer s.sendMu.RUnlock()
+			if s.stopping {
+				s.udpDrops.Add(1)
+				return
+			}
 			if err := unix.Sendto(fd, resp, unix.MSG_DONTWAIT, sockaddr(client)); err != nil {
 				s.udpDrops.Add(1)
 			}
