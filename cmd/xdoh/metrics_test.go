@@ -90,6 +90,9 @@ func TestMetricsEndpoint(t *testing.T) {
 	if code, _ := get("/readyz"); code != 200 {
 		t.Fatalf("/readyz %d", code)
 	}
+	if code, body := get("/healthz"); code != 200 || body != "ok\n" {
+		t.Fatalf("/healthz %d %q", code, body)
+	}
 	code, body := get("/metrics")
 	if code != 200 {
 		t.Fatalf("/metrics %d", code)
