@@ -50,11 +50,7 @@ func (a *app) collector() *metrics.Collector {
 	c.Dynamic("xdoh_query_duration_seconds", "Time from a query entering the pipeline to its answer, by client transport.",
 		[]string{"transport"}, func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
 			for _, l := range a.counters.Latencies() {
-				buckets := map[float64]uint64{}
-				for i, b := range forwarder.LatencyBuckets {
-					buckets[b.Seconds()] = l.Buckets[i]
-				}
-				ch <- prometheus.MustNewConstHistogram(d, l.Buckets[len(l.Buckets)-1], l.Sum.Seconds(), buckets, l.Transport)
+				ch <- constHistogram(d, l, l.Transport)
 			}
 		})
 	c.Dynamic("xdoh_upstream_requests_total", "Exchanges attempted with each upstream target.", []string{"target"},
@@ -97,11 +93,7 @@ func (a *app) collector() *metrics.Collector {
 	c.Dynamic("xdoh_upstream_duration_seconds", "Time of each exchange with an upstream target.", []string{"target"},
 		func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
 			for _, u := range a.counters.Upstreams() {
-				buckets := map[float64]uint64{}
-				for i, b := range forwarder.LatencyBuckets {
-					buckets[b.Seconds()] = u.Latency.Buckets[i]
-				}
-				ch <- prometheus.MustNewConstHistogram(d, u.Latency.Buckets[len(u.Latency.Buckets)-1], u.Latency.Sum.Seconds(), buckets, u.Target)
+				ch <- constHistogram(d, u.Latency, u.Target)
 			}
 		})
 	cs := func(get func(cache.Stats) float64) func() float64 {
@@ -170,6 +162,15 @@ func (a *app) collector() *metrics.Collector {
 			}
 		})
 	return c
+}
+
+// constHistogram turns a cumulative latency histogram into a Prometheus one.
+func constHistogram(d *prometheus.Desc, l forwarder.Latency, labels ...string) prometheus.Metric {
+	buckets := make(map[float64]uint64, len(forwarder.LatencyBuckets))
+	for i, b := range forwarder.LatencyBuckets {
+		buckets[b.Seconds()] = l.Buckets[i]
+	}
+	return prometheus.MustNewConstHistogram(d, l.Buckets[len(l.Buckets)-1], l.Sum.Seconds(), buckets, labels...)
 }
 
 func emitUDP(emit func(string, uint64), s udp.Stats) {
