@@ -43,9 +43,7 @@ type Do53 struct {
 
 	udp     []atomic.Pointer[dnsConn]
 	udpNext atomic.Uint32
-	tcp     []tcpSlot
-	tcpNext atomic.Uint32
-	backoff backoff
+	tcp     connPool[dnsConn, *dnsConn]
 	waiters sync.Pool // *waiter
 	bufs    sync.Pool // *[]byte, UDP send buffers
 
@@ -60,15 +58,6 @@ type Do53 struct {
 }
 
 var _ Upstream = (*Do53)(nil)
-
-// tcpSlot is one of the Options.Conns TCP connections of a target.
-type tcpSlot struct {
-	conn atomic.Pointer[dnsConn]
-
-	mu      sync.Mutex
-	dialing chan struct{} // closed when the running dial ends; nil if none
-	dialErr error         // failure of the last dial, nil after a success
-}
 
 // waiter is one query waiting for its response on a dnsConn. It is in the
 // connection's map while it waits; whoever removes it from the map under the
@@ -94,7 +83,6 @@ func newDo53(target string, addr netip.AddrPort, tcpOnly bool, opts Options) *Do
 		maxInflight: maxInflightPerConn,
 		udpMaxUses:  udpSockMaxUses,
 		udp:         make([]atomic.Pointer[dnsConn], opts.Conns),
-		tcp:         make([]tcpSlot, opts.Conns),
 		live:        make(map[*dnsConn]struct{}),
 	}
 	u.ctx, u.cancel = context.WithCancel(context.Background())
@@ -107,11 +95,14 @@ func newDo53(target string, addr netip.AddrPort, tcpOnly bool, opts Options) *Do
 		b := make([]byte, 0, 512)
 		return &b
 	}
+	u.tcp = connPool[dnsConn, *dnsConn]{
+		slots: make([]poolSlot[dnsConn], opts.Conns),
+		what:  "TCP connection to " + u.addr.String(), dialed: u.addr.String() + " over TCP",
+		spawn: u.spawn, done: u.wg.Done, dial: u.dialTCP,
+	}
 	if opts.Prewarm {
 		if tcpOnly {
-			for i := range u.tcp {
-				u.startDial(&u.tcp[i]) // errors are the next Exchange's business
-			}
+			u.tcp.prewarm()
 		} else {
 			for i := range u.udp {
 				u.udpConn(i) // no network I/O: a socket and connect(2)
@@ -274,110 +265,46 @@ func (u *Do53) exchangeTCP(ctx context.Context, query []byte, w *waiter) ([]byte
 	}
 }
 
-// getTCP returns a TCP connection that takes queries, like DoH.getConn: the
-// next slot round-robin, another slot's connection while that one is being
-// dialled, and waiting for the dial only when there is none.
+// getTCP returns a TCP connection that takes queries (see connPool).
 func (u *Do53) getTCP(ctx context.Context, w *waiter) (*dnsConn, error) {
-	n := uint32(len(u.tcp))
-	i := u.tcpNext.Add(1) % n
-	s := &u.tcp[i]
-	if c := s.conn.Load(); c != nil && !c.closing.Load() {
-		return c, nil
-	}
-	ch, err := u.startDial(s)
-	for j := uint32(1); j < n; j++ {
-		if c := u.tcp[(i+j)%n].conn.Load(); c != nil && !c.closing.Load() {
-			return c, nil
-		}
-	}
-	if err != nil {
-		return nil, err
-	}
-	select {
-	case <-ch:
-	case <-ctx.Done():
-		return nil, ctxErr(ctx, "waiting for TCP connection to "+u.addr.String())
-	case <-w.timer.C:
-		return nil, fmt.Errorf("waiting for TCP connection to %s: %w", u.addr, ErrTimeout)
-	}
-	if c := s.conn.Load(); c != nil && !c.closing.Load() {
-		return c, nil
-	}
-	s.mu.Lock()
-	err = s.dialErr
-	s.mu.Unlock()
-	if err == nil {
-		err = fmt.Errorf("TCP connection to %s: %w", u.addr, ErrConnClosed)
-	}
-	return nil, err
+	return u.tcp.get(ctx, w.timer.C)
 }
 
-// startDial starts dialling slot s unless a dial is already running, and
-// returns the channel closed when that dial ends. While backing off after a
-// failed dial it returns the failure instead.
-func (u *Do53) startDial(s *tcpSlot) (<-chan struct{}, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.dialing != nil {
-		return s.dialing, nil
-	}
-	if c := s.conn.Load(); c != nil && !c.closing.Load() { // a dial just finished
-		ch := make(chan struct{})
-		close(ch)
-		return ch, nil
-	}
-	if err := u.backoff.check(time.Now()); err != nil {
-		return nil, err
-	}
+// spawn accounts for a pool dial goroutine; false once closed.
+func (u *Do53) spawn() bool {
 	u.mu.Lock()
+	defer u.mu.Unlock()
 	if u.closed {
-		u.mu.Unlock()
-		return nil, ErrClosed
+		return false
 	}
 	u.wg.Add(1)
-	u.mu.Unlock()
-	ch := make(chan struct{})
-	s.dialing = ch
-	go u.dialTCP(s, ch)
-	return ch, nil
+	return true
 }
 
-func (u *Do53) dialTCP(s *tcpSlot, ch chan struct{}) {
-	defer u.wg.Done()
+// dialTCP dials, registers and starts one TCP connection for the pool.
+func (u *Do53) dialTCP() (*dnsConn, error) {
 	ctx, cancel := context.WithTimeout(u.ctx, u.dialTime)
 	var dialer net.Dialer
 	nc, err := dialer.DialContext(ctx, "tcp", u.addr.String())
 	cancel()
-	var c *dnsConn
-	if err == nil {
-		c = newDNSConn(u, nc, true)
-		u.mu.Lock()
-		if u.closed {
-			err = ErrClosed
-		} else {
-			u.live[c] = struct{}{}
-			u.wg.Add(2)
-			go c.readTCP()
-			go c.writeTCP()
-		}
-		u.mu.Unlock()
-		if err != nil {
-			nc.Close()
-		}
-	}
 	if err != nil {
-		err = fmt.Errorf("dialing %s over TCP: %w", u.addr, err)
+		return nil, err
 	}
-	u.backoff.record(err, time.Now())
-	s.mu.Lock()
-	s.dialErr = err
-	if err == nil {
-		s.conn.Store(c)
+	c := newDNSConn(u, nc, true)
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.closed {
+		nc.Close()
+		return nil, ErrClosed
 	}
-	s.dialing = nil
-	close(ch)
-	s.mu.Unlock()
+	u.live[c] = struct{}{}
+	u.wg.Add(2)
+	go c.readTCP()
+	go c.writeTCP()
+	return c, nil
 }
+
+func (c *dnsConn) usable() bool { return !c.closing.Load() }
 
 func (u *Do53) removeConn(c *dnsConn) {
 	u.mu.Lock()

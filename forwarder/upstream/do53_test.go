@@ -290,7 +290,7 @@ func TestDo53TCPIdleClose(t *testing.T) {
 	if _, err := u.Exchange(context.Background(), makeQuery(t, "a.example.", 1)); err != nil {
 		t.Fatal(err)
 	}
-	c := u.tcp[0].conn.Load()
+	c := u.tcp.slots[0].conn.Load()
 	waitFor(t, "idle connection closed", c.closing.Load)
 	if _, err := u.Exchange(context.Background(), makeQuery(t, "b.example.", 2)); err != nil {
 		t.Fatal(err)
@@ -305,8 +305,8 @@ func TestDo53Prewarm(t *testing.T) {
 	u := newTestDo53(t, "tcp://"+srv.ln.Addr().String(), Options{Conns: 3, Prewarm: true})
 	waitFor(t, "3 connections before the first exchange", func() bool { return srv.nconn.Load() == 3 })
 	waitFor(t, "connections in their slots", func() bool {
-		for i := range u.tcp {
-			if u.tcp[i].conn.Load() == nil {
+		for i := range u.tcp.slots {
+			if u.tcp.slots[i].conn.Load() == nil {
 				return false
 			}
 		}

@@ -36,9 +36,7 @@ type DoH struct {
 	pingEvery time.Duration // idle time before a keepalive PING; <= 0: none
 	pingWait  time.Duration // time for a PING ACK
 	rtt       atomic.Int64  // EWMA of PING round trips, ns; 0 before the first
-	slots     []connSlot
-	next      atomic.Uint32
-	backoff   backoff
+	pool      connPool[h2Conn, *h2Conn]
 	reqs      sync.Pool // *request
 	hdr       headerBlocks
 
@@ -57,15 +55,6 @@ type DoH struct {
 }
 
 var _ Upstream = (*DoH)(nil)
-
-// connSlot is one of the Options.Conns connections of a target.
-type connSlot struct {
-	conn atomic.Pointer[h2Conn]
-
-	mu      sync.Mutex
-	dialing chan struct{} // closed when the running dial ends; nil if none
-	dialErr error         // failure of the last dial, nil after a success
-}
 
 func newDoH(target string, opts Options) (*DoH, error) {
 	dialAddr, authority, path, host, err := parseDoHURL(target)
@@ -90,7 +79,6 @@ func newDoH(target string, opts Options) (*DoH, error) {
 		dialTime:    max(2*opts.Timeout, time.Second),
 		pingEvery:   opts.PingInterval,
 		pingWait:    opts.PingTimeout,
-		slots:       make([]connSlot, opts.Conns),
 		hdr:         hdr,
 		conns:       make(map[*h2Conn]struct{}),
 		maxStreamID: maxClientStreamID,
@@ -101,10 +89,13 @@ func newDoH(target string, opts Options) (*DoH, error) {
 		t.Stop()
 		return &request{done: make(chan struct{}, 1), timer: t}
 	}
+	d.pool = connPool[h2Conn, *h2Conn]{
+		slots: make([]poolSlot[h2Conn], opts.Conns),
+		what:  "connection to " + dialAddr, dialed: dialAddr,
+		spawn: d.spawn, done: d.wg.Done, dial: d.dialOne,
+	}
 	if opts.Prewarm {
-		for i := range d.slots {
-			d.startDial(&d.slots[i]) // errors are the next Exchange's business
-		}
+		d.pool.prewarm()
 	}
 	return d, nil
 }
@@ -211,106 +202,42 @@ func (d *DoH) exchange(ctx context.Context, r *request) ([]byte, error) {
 	}
 }
 
-// getConn returns a connection that accepts new streams. It takes the next
-// slot round-robin; if that slot has no usable connection it starts dialling
-// one and meanwhile uses any other slot's connection, waiting for the dial
-// only when there is none.
+// getConn returns a connection that accepts new streams (see connPool).
 func (d *DoH) getConn(ctx context.Context, r *request) (*h2Conn, error) {
-	n := uint32(len(d.slots))
-	i := d.next.Add(1) % n
-	s := &d.slots[i]
-	if c := s.conn.Load(); c != nil && !c.closing.Load() {
-		return c, nil
-	}
-	ch, err := d.startDial(s)
-	for j := uint32(1); j < n; j++ {
-		if c := d.slots[(i+j)%n].conn.Load(); c != nil && !c.closing.Load() {
-			return c, nil
-		}
-	}
-	if err != nil {
-		return nil, err
-	}
-	select {
-	case <-ch:
-	case <-ctx.Done():
-		return nil, ctxErr(ctx, "waiting for connection to "+d.dialAddr)
-	case <-r.timer.C:
-		return nil, fmt.Errorf("waiting for connection to %s: %w", d.dialAddr, ErrTimeout)
-	}
-	if c := s.conn.Load(); c != nil && !c.closing.Load() {
-		return c, nil
-	}
-	s.mu.Lock()
-	err = s.dialErr
-	s.mu.Unlock()
-	if err == nil {
-		err = fmt.Errorf("connection to %s: %w", d.dialAddr, ErrConnClosed)
-	}
-	return nil, err
+	return d.pool.get(ctx, r.timer.C)
 }
 
-// startDial starts dialling slot s unless a dial is already running, and
-// returns the channel closed when that dial ends. While backing off after a
-// failed dial it returns the failure instead.
-func (d *DoH) startDial(s *connSlot) (<-chan struct{}, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.dialing != nil {
-		return s.dialing, nil
-	}
-	if c := s.conn.Load(); c != nil && !c.closing.Load() { // a dial just finished
-		ch := make(chan struct{})
-		close(ch)
-		return ch, nil
-	}
-	if err := d.backoff.check(time.Now()); err != nil {
-		return nil, err
-	}
-	d.mu.Lock()
-	if d.closed {
-		d.mu.Unlock()
-		return nil, ErrClosed
-	}
-	d.wg.Add(1)
-	d.mu.Unlock()
-	ch := make(chan struct{})
-	s.dialing = ch
-	go d.dial(s, ch)
-	return ch, nil
-}
-
-func (d *DoH) dial(s *connSlot, ch chan struct{}) {
-	defer d.wg.Done()
+// dialOne dials, registers and starts one connection for the pool.
+func (d *DoH) dialOne() (*h2Conn, error) {
 	ctx, cancel := context.WithTimeout(d.ctx, d.dialTime)
 	c, err := d.dialConn(ctx)
 	cancel()
-	if err == nil {
-		d.mu.Lock()
-		if d.closed {
-			err = ErrClosed
-		} else {
-			d.conns[c] = struct{}{}
-			c.start()
-		}
-		d.mu.Unlock()
-		if err != nil {
-			c.nc.Close()
-		}
-	}
 	if err != nil {
-		err = fmt.Errorf("dialing %s: %w", d.dialAddr, err)
+		return nil, err
 	}
-	d.backoff.record(err, time.Now())
-	s.mu.Lock()
-	s.dialErr = err
-	if err == nil {
-		s.conn.Store(c)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		c.nc.Close()
+		return nil, ErrClosed
 	}
-	s.dialing = nil
-	close(ch)
-	s.mu.Unlock()
+	d.conns[c] = struct{}{}
+	c.start()
+	return c, nil
 }
+
+// spawn accounts for a pool dial goroutine; false once closed.
+func (d *DoH) spawn() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return false
+	}
+	d.wg.Add(1)
+	return true
+}
+
+func (h *h2Conn) usable() bool { return !h.closing.Load() }
 
 // dialConn connects, runs the TLS handshake (ALPN h2 required) and the
 // HTTP/2 preface exchange; the returned connection is not started yet.

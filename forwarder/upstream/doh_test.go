@@ -488,7 +488,7 @@ func TestDoHHeadersAndDataInOneWrite(t *testing.T) {
 	for i := 1; i < n; i++ {
 		wg.Go(func() { query(i) })
 	}
-	c := u.slots[0].conn.Load()
+	c := u.pool.slots[0].conn.Load()
 	waitFor(t, "queries queued", func() bool { return len(c.reqCh) == n-1 })
 	cc.gate.Store(nil)
 	close(gate)

@@ -79,7 +79,7 @@ func TestDoHPingTimeout(t *testing.T) {
 			if _, err := u.Exchange(context.Background(), makeQuery(t, "a.example.", 1)); err != nil {
 				t.Fatal(err)
 			}
-			first := u.slots[0].conn.Load()
+			first := u.pool.slots[0].conn.Load()
 			waitFor(t, "connection given up", first.closing.Load)
 			first.mu.Lock()
 			err := first.err
@@ -158,8 +158,8 @@ func TestDoHPrewarm(t *testing.T) {
 	}
 	waitFor(t, "3 connections before the first exchange", func() bool { return f.nconn.Load() == 3 })
 	waitFor(t, "connections in their slots", func() bool {
-		for i := range u.slots {
-			if u.slots[i].conn.Load() == nil {
+		for i := range u.pool.slots {
+			if u.pool.slots[i].conn.Load() == nil {
 				return false
 			}
 		}

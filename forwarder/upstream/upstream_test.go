@@ -74,8 +74,8 @@ func TestNewOptions(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := u.(*DoH)
-	if d.timeout != DefaultTimeout || len(d.slots) != DefaultConns {
-		t.Errorf("defaults: timeout %v, %d conns", d.timeout, len(d.slots))
+	if d.timeout != DefaultTimeout || len(d.pool.slots) != DefaultConns {
+		t.Errorf("defaults: timeout %v, %d conns", d.timeout, len(d.pool.slots))
 	}
 	if d.tlsConf.ServerName != "127.0.0.1" || d.tlsConf.ClientSessionCache == nil {
 		t.Errorf("TLS config: %+v", d.tlsConf)

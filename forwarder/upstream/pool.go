@@ -1,0 +1,135 @@
+package upstream
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// connPool is a fixed number of connection slots shared by DoH and Do53 over
+// TCP. A slot without a usable connection is dialled in the background (one
+// dial at a time per slot, with the target's backoff after failures); while it
+// dials, callers use another slot's connection and wait only when there is
+// none. E is the connection type; C is *E with its usable check.
+type connPool[E any, C interface {
+	*E
+	usable() bool
+}] struct {
+	slots   []poolSlot[E]
+	next    atomic.Uint32
+	backoff backoff
+	what    string // "connection to host:port", for errors while waiting
+	dialed  string // "host:port" or "host:port over TCP", for dial errors
+
+	// spawn accounts for a dial goroutine in the owner's lifecycle (false:
+	// the owner is closed); done ends that accounting.
+	spawn func() bool
+	done  func()
+	// dial connects and, unless the owner closed meanwhile, registers and
+	// starts the connection. Its errors are wrapped by the pool.
+	dial func() (C, error)
+}
+
+type poolSlot[E any] struct {
+	conn atomic.Pointer[E]
+
+	mu      sync.Mutex
+	dialing chan struct{} // closed when the running dial ends; nil if none
+	dialErr error         // failure of the last dial, nil after a success
+}
+
+func (p *connPool[E, C]) usable(s *poolSlot[E]) C {
+	if c := C(s.conn.Load()); c != nil && c.usable() {
+		return c
+	}
+	return nil
+}
+
+// get returns a connection that takes new queries, waiting for a dial at
+// most until ctx is done or timeout fires.
+func (p *connPool[E, C]) get(ctx context.Context, timeout <-chan time.Time) (C, error) {
+	n := uint32(len(p.slots))
+	i := p.next.Add(1) % n
+	s := &p.slots[i]
+	if c := p.usable(s); c != nil {
+		return c, nil
+	}
+	ch, err := p.startDial(s)
+	for j := uint32(1); j < n; j++ {
+		if c := p.usable(&p.slots[(i+j)%n]); c != nil {
+			return c, nil
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-ch:
+	case <-ctx.Done():
+		return nil, ctxErr(ctx, "waiting for "+p.what)
+	case <-timeout:
+		return nil, fmt.Errorf("waiting for %s: %w", p.what, ErrTimeout)
+	}
+	if c := p.usable(s); c != nil {
+		return c, nil
+	}
+	s.mu.Lock()
+	err = s.dialErr
+	s.mu.Unlock()
+	if err == nil {
+		err = fmt.Errorf("%s: %w", p.what, ErrConnClosed)
+	}
+	return nil, err
+}
+
+// prewarm starts dialling every slot; errors are the next query's business.
+func (p *connPool[E, C]) prewarm() {
+	for i := range p.slots {
+		_, _ = p.startDial(&p.slots[i])
+	}
+}
+
+// startDial starts dialling slot s unless a dial is already running, and
+// returns the channel closed when that dial ends. While backing off after a
+// failed dial it returns the failure instead.
+func (p *connPool[E, C]) startDial(s *poolSlot[E]) (<-chan struct{}, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dialing != nil {
+		return s.dialing, nil
+	}
+	if p.usable(s) != nil { // a dial just finished
+		ch := make(chan struct{})
+		close(ch)
+		return ch, nil
+	}
+	if err := p.backoff.check(time.Now()); err != nil {
+		return nil, err
+	}
+	if !p.spawn() {
+		return nil, ErrClosed
+	}
+	ch := make(chan struct{})
+	s.dialing = ch
+	go p.run(s, ch)
+	return ch, nil
+}
+
+func (p *connPool[E, C]) run(s *poolSlot[E], ch chan struct{}) {
+	defer p.done()
+	c, err := p.dial()
+	if err != nil {
+		err = fmt.Errorf("dialing %s: %w", p.dialed, err)
+	}
+	p.backoff.record(err, time.Now())
+	s.mu.Lock()
+	s.dialErr = err
+	if err == nil {
+		s.conn.Store((*E)(c))
+	}
+	s.dialing = nil
+	close(ch)
+	s.mu.Unlock()
+}
