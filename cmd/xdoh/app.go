@@ -462,16 +462,6 @@ func (a *app) prepare(next *config.Config) (plan []*change, err error) {
 		c := &change{cur: cur, next: l}
 		plan = append(plan, c)
 		protos, _ := l.ProtocolSet()
-		running := cur.do53 != nil || cur.udp != nil
-		if !(running && protos["do53"] && do53Key(cur.cfg) == do53Key(l)) {
-			c.stopDo53 = running
-			if protos["do53"] {
-				c.do53 = &listener{}
-				if err := a.startDo53(c.do53, l); err != nil {
-					return plan, err
-				}
-			}
-		}
 		https := protos["doh"] || protos["doh-fips"]
 		fips := protos["doh-fips"]
 		curProtos, _ := cur.cfg.ProtocolSet()
@@ -497,6 +487,18 @@ func (a *app) prepare(next *config.Config) (plan []*change, err error) {
 		if c.reloadCert {
 			if err := cur.doh.ReloadCertificate(); err != nil {
 				return plan, fmt.Errorf("listener %q: %w", l.Name, err)
+			}
+		}
+		// Do53 last: once it answers, the listener's DoH side is bound too
+		// (a client or test that waits for Do53 finds DoH ready).
+		running := cur.do53 != nil || cur.udp != nil
+		if !(running && protos["do53"] && do53Key(cur.cfg) == do53Key(l)) {
+			c.stopDo53 = running
+			if protos["do53"] {
+				c.do53 = &listener{}
+				if err := a.startDo53(c.do53, l); err != nil {
+					return plan, err
+				}
 			}
 		}
 	}
