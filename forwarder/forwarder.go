@@ -102,7 +102,7 @@ type Forwarder struct {
 	seed      maphash.Seed
 	flights   [flightShards]flightShard
 	c         *Counters
-	listeners map[string]*Listener
+	listeners map[string]listenerInfo
 }
 
 // New validates cfg and builds the pipeline.
@@ -146,9 +146,10 @@ func New(cfg Config) (*Forwarder, error) {
 		cfg.Counters = NewCounters(names...)
 	}
 	f := &Forwarder{cfg: cfg, table: t, inflight: make(chan struct{}, cfg.MaxInflight), workers: newWorkers(10 * time.Second), seed: maphash.MakeSeed(),
-		c: cfg.Counters, listeners: map[string]*Listener{}}
+		c: cfg.Counters, listeners: map[string]listenerInfo{}}
 	for i := range cfg.Listeners {
-		f.listeners[cfg.Listeners[i].Name] = &cfg.Listeners[i]
+		l := &f.cfg.Listeners[i]
+		f.listeners[l.Name] = listenerInfo{acl: l, idx: f.c.index[l.Name]}
 	}
 	if len(f.cfg.Default) > 0 {
 		if f.defGroup, err = f.newGroup("default", f.cfg.Default, f.cfg.DefaultSelect); err != nil {
@@ -273,7 +274,9 @@ func (f *Forwarder) ServeDNS(ctx context.Context, r *Request, out []byte) []byte
 // (nil: default targets) and false when the query must go upstream.
 func (f *Forwarder) fast(r *Request, out []byte) ([]byte, *Rule, bool) {
 	f.c.queries.Add(1)
-	if l := f.listeners[r.Listener]; l != nil && !l.allowed(r.Client.Addr()) {
+	li := f.listeners[r.Listener] // one lookup: the ACL and the counters' slot
+	r.lidx = li.idx
+	if l := li.acl; l != nil && !l.allowed(r.Client.Addr()) {
 		if l.Drop || dnsmsg.Parse(r.Msg, &r.Q) != nil {
 			f.c.aclDropped.Add(1)
 			return nil, nil, true

@@ -15,6 +15,13 @@ type QueryLogger interface {
 	Log(e *querylog.Entry)
 }
 
+// listenerInfo is what the pipeline looks up once per query by listener
+// name: the ACL and the listener's slot in Counters.
+type listenerInfo struct {
+	acl *Listener
+	idx int
+}
+
 // Listener is the pipeline's view of an inbound listener: its name and its
 // source ACL (the security-group analog), enforced here for every transport.
 type Listener struct {
@@ -165,7 +172,7 @@ func (c *Counters) record(r *Request, resp []byte, lat time.Duration) {
 	if t >= nTransports {
 		t = 0
 	}
-	c.answers[c.index[r.Listener]][t][rc].Add(1) // unknown names map to 0
+	c.answers[r.lidx][t][rc].Add(1) // 0: a listener the pipeline was not told about
 	c.latency[t].observe(lat)
 }
 

@@ -50,6 +50,7 @@ type Request struct {
 	start    time.Time  // when the pipeline took the query
 	target   string     // the upstream that answered, for the query log
 	cacheHit bool
+	lidx     int            // the listener's slot in Counters
 	logEntry querylog.Entry // reused for the query log
 }
 

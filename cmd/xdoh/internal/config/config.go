@@ -247,16 +247,24 @@ func (c *Config) Validate() error {
 	if len(c.Listeners) == 0 {
 		bad("listeners", "at least one listener is needed")
 	}
-	names := map[string]int{}
+	// unique checks that a section's names are set and distinct.
+	unique := func(section string) func(i int, name string) {
+		seen := map[string]int{}
+		return func(i int, name string) {
+			field := fmt.Sprintf("%s[%d].name", section, i)
+			if name == "" {
+				bad(field, "is empty")
+			} else if j, dup := seen[name]; dup {
+				bad(field, "%q is already the name of %s[%d]", name, section, j)
+			} else {
+				seen[name] = i
+			}
+		}
+	}
+	listenerName := unique("listeners")
 	for i, l := range c.Listeners {
 		f := fmt.Sprintf("listeners[%d]", i)
-		if l.Name == "" {
-			bad(f+".name", "is empty")
-		} else if j, dup := names[l.Name]; dup {
-			bad(f+".name", "%q is already the name of listeners[%d]", l.Name, j)
-		} else {
-			names[l.Name] = i
-		}
+		listenerName(i, l.Name)
 		protos, err := l.ProtocolSet()
 		if err != nil {
 			bad(f+".protocols", "%v", err)
@@ -346,16 +354,10 @@ func (c *Config) Validate() error {
 			bad(f+".file", "%v", err)
 		}
 	}
-	rnames := map[string]int{}
+	ruleName := unique("rules")
 	for i, r := range c.Rules {
 		f := fmt.Sprintf("rules[%d]", i)
-		if r.Name == "" {
-			bad(f+".name", "is empty")
-		} else if j, dup := rnames[r.Name]; dup {
-			bad(f+".name", "%q is already the name of rules[%d]", r.Name, j)
-		} else {
-			rnames[r.Name] = i
-		}
+		ruleName(i, r.Name)
 		claim(f+".domain", r.Domain)
 		switch r.Type {
 		case "forward":
