@@ -230,15 +230,19 @@ func (f *Forwarder) Resolve(r *Request, out []byte, done func(resp []byte)) ([]b
 		f.finish(r, resp)
 		return resp, true
 	}
-	ar := *r
+	ar := new(Request)
+	*ar = *r
 	ar.Msg = append([]byte(nil), r.Msg...)
 	ar.Q.Name = ar.Msg[dnsmsg.HeaderLen : dnsmsg.HeaderLen+len(r.Q.Name)] // re-point the view at the copy
+	if f.resolveAsync(ar, done) {
+		return nil, false
+	}
 	f.workers.run(func() {
 		defer func() { <-f.inflight }()
 		ctx, cancel := context.WithTimeout(context.Background(), f.cfg.QueryTimeout)
-		resp := f.slow(ctx, &ar, ar.rule, nil)
+		resp := f.slow(ctx, ar, ar.rule, nil)
 		cancel()
-		f.finish(&ar, resp)
+		f.finish(ar, resp)
 		done(resp)
 	})
 	return nil, false
@@ -421,7 +425,12 @@ func (f *Forwarder) slow(ctx context.Context, r *Request, rule *Rule, out []byte
 		return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeRefused)
 	}
 	f.c.forwarded.Add(1)
-	res := f.coalesce(ctx, r, g)
+	return f.respond(r, f.coalesce(ctx, r, g), out)
+}
+
+// respond turns the outcome of an upstream resolution into r's answer,
+// appended to out[:0].
+func (f *Forwarder) respond(r *Request, res result, out []byte) []byte {
 	r.target = res.target
 	if res.ok {
 		return f.reply(r, res.resp, out)
@@ -449,10 +458,12 @@ type result struct {
 	target string // the target that gave resp
 }
 
-// flight is one upstream resolution that identical queries wait on.
+// flight is one upstream resolution that identical queries wait on:
+// blocked ones on done, asynchronous ones in waiters.
 type flight struct {
-	done chan struct{}
-	res  result
+	done    chan struct{}
+	res     result
+	waiters []func(result) // guarded by the shard's mutex until done is closed
 }
 
 const flightShards = 32
@@ -493,14 +504,24 @@ func (f *Forwarder) coalesce(ctx context.Context, r *Request, g *group.Group) re
 		deadline = time.Now().Add(f.cfg.QueryTimeout)
 	}
 	lctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
-	fl.res = f.exchange(lctx, r, g)
+	res := f.exchange(lctx, r, g)
 	cancel()
+	sh.land(key, fl, res)
+	return res
+}
 
+// land ends flight fl (key in sh) with res and hands res to its waiters.
+func (sh *flightShard) land(key string, fl *flight, res result) {
 	sh.mu.Lock()
 	delete(sh.m, key)
-	sh.mu.Unlock()
+	fl.res = res
+	waiters := fl.waiters
+	fl.waiters = nil
 	close(fl.done)
-	return fl.res
+	sh.mu.Unlock()
+	for _, w := range waiters {
+		w(res)
+	}
 }
 
 // exchange asks the group for an answer (its policy picks the targets,
@@ -508,13 +529,22 @@ func (f *Forwarder) coalesce(ctx context.Context, r *Request, g *group.Group) re
 // question, stripped of hop-by-hop EDNS options, marked RA and cached; a
 // SERVFAIL/REFUSED is passed on only when no target did better.
 func (f *Forwarder) exchange(ctx context.Context, r *Request, g *group.Group) result {
-	query := r.Msg
+	resp, target, err := g.Exchange(ctx, upstreamQuery(r), f.classifier(r))
+	return f.accept(r, resp, target, err)
+}
+
+// upstreamQuery is the query to send upstream for r: the client's EDNS
+// options (its cookie above all) are for us, not for the upstream.
+func upstreamQuery(r *Request) []byte {
 	if r.Q.HasOPT && r.Q.OPTEnd-r.Q.OPTOff > 11 {
-		// The client's EDNS options (its cookie above all) are for us, not
-		// for the upstream.
-		query = dnsmsg.StripHopOptions(append([]byte(nil), r.Msg...))
+		return dnsmsg.StripHopOptions(append([]byte(nil), r.Msg...))
 	}
-	classify := func(resp []byte) group.Verdict {
+	return r.Msg
+}
+
+// classifier judges upstream responses to r for the group.
+func (f *Forwarder) classifier(r *Request) func([]byte) group.Verdict {
+	return func(resp []byte) group.Verdict {
 		if _, err := dnsmsg.CheckResponse(resp, &r.Q); err != nil {
 			f.c.upErrs.Add(1) // a broken or mismatched answer: a failure of that target
 			return group.Bad
@@ -525,7 +555,11 @@ func (f *Forwarder) exchange(ctx context.Context, r *Request, g *group.Group) re
 		}
 		return group.Good
 	}
-	resp, target, err := g.Exchange(ctx, query, classify)
+}
+
+// accept turns what the group returned for r into a result: a usable
+// answer is prepared for clients and cached.
+func (f *Forwarder) accept(r *Request, resp []byte, target string, err error) result {
 	if err != nil || resp == nil {
 		return result{}
 	}
@@ -555,7 +589,12 @@ func (f *Forwarder) newGroup(name string, targets []Target, sel group.Config) (*
 		if to <= 0 {
 			to = f.cfg.TargetTimeout
 		}
-		members[i] = group.Member{Up: &countingExchanger{Exchanger: t.Up, stats: f.c.target(t.Up.String())}, Timeout: to}
+		ce := &countingExchanger{Exchanger: t.Up, stats: f.c.target(t.Up.String())}
+		var up group.Exchanger = ce
+		if a, ok := t.Up.(group.AsyncExchanger); ok {
+			up = &countingAsync{countingExchanger: ce, async: a}
+		}
+		members[i] = group.Member{Up: up, Timeout: to}
 	}
 	g, err := group.New(members, sel)
 	if err != nil {
@@ -575,6 +614,20 @@ func (c *countingExchanger) Exchange(ctx context.Context, q []byte) ([]byte, err
 	resp, err := c.Exchanger.Exchange(ctx, q)
 	c.stats.record(err == nil, time.Since(start))
 	return resp, err
+}
+
+// countingAsync is a countingExchanger for a target that can Submit.
+type countingAsync struct {
+	*countingExchanger
+	async group.AsyncExchanger
+}
+
+func (c *countingAsync) Submit(q []byte, timeout time.Duration, done func([]byte, error)) {
+	start := time.Now()
+	c.async.Submit(q, timeout, func(resp []byte, err error) {
+		c.stats.record(err == nil, time.Since(start))
+		done(resp, err)
+	})
 }
 
 // StartHealthChecks starts the active probes of every target group.

@@ -42,6 +42,7 @@ type loop struct {
 	txBufs  []byte // slot k starts at k*slotSize; Answer gets answerRoom from there
 
 	req forwarder.Request // reused for every datagram
+	out *outbox           // replies of misses
 
 	queries, replies, drops, truncated, batches atomic.Uint64
 }
@@ -60,6 +61,7 @@ func newLoop(so *socket, h Handler, name string, batch int, stopping *atomic.Boo
 	if so.pktinfo {
 		l.rxCtl = make([]byte, batch*ctlSize)
 	}
+	l.out = newOutbox(l)
 	for i := range batch {
 		l.rxIovs[i].Base = &l.rxBufs[i*slotSize]
 		l.rxIovs[i].SetLen(slotSize)
@@ -236,29 +238,10 @@ func (l *loop) process(n int) int {
 // flush sends the first k send slots with as few sendmmsg calls as the kernel
 // allows. It never blocks: a full socket buffer drops what is left.
 func (l *loop) flush(k int) {
-	var sent, drops uint64
-	for i := 0; i < k; {
-		n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(l.sock.fd),
-			uintptr(unsafe.Pointer(&l.txHdrs[i])), uintptr(k-i), unix.MSG_DONTWAIT, 0, 0)
-		switch errno {
-		case 0:
-			if n == 0 {
-				drops += uint64(k - i)
-				i = k
-			}
-			sent += uint64(n)
-			i += int(n)
-		case unix.EINTR:
-		case unix.EAGAIN:
-			drops += uint64(k - i)
-			i = k
-		default:
-			// This message cannot go (an address the kernel refuses, say):
-			// skip it and send the rest.
-			drops++
-			i++
-		}
+	if k == 0 {
+		return
 	}
+	sent, drops := sendAll(l.sock.fd, l.txHdrs[:k])
 	if sent != 0 {
 		l.replies.Add(sent)
 	}
@@ -269,8 +252,8 @@ func (l *loop) flush(k int) {
 
 // missDone returns Resolve's callback for the client whose raw sockaddr is
 // name (and, on a wildcard socket, whose reply source is in the pktinfo
-// message ctl): it copies both, then sends the reply from the resolving
-// goroutine on this loop's socket.
+// message ctl): it copies both, then queues the reply on the socket's outbox
+// (or, when that is full, sends it from the resolving goroutine).
 func (l *loop) missDone(name, ctl []byte) func([]byte) {
 	d := &pending{l: l}
 	d.salen = copy(d.sa[:], name)
@@ -288,6 +271,9 @@ type pending struct {
 }
 
 func (d *pending) done(resp []byte) {
+	if len(resp) > 0 && d.l.out.put(resp, d) {
+		return // the outbox counts the miss done once it is sent
+	}
 	defer d.l.sock.misses.Add(-1)
 	if len(resp) == 0 {
 		return

@@ -116,7 +116,8 @@ type Server struct {
 	loops   []*loop
 	errs    []error // one per loop, written before the loop's wg.Done
 	wg      sync.WaitGroup
-	done    chan struct{} // closed when every loop has returned
+	senders sync.WaitGroup // the outboxes' sender goroutines, ended by closing their sockets
+	done    chan struct{}  // closed when every loop has returned
 
 	stopping atomic.Bool
 }
@@ -189,6 +190,11 @@ func (s *Server) Start() error {
 			defer s.wg.Done()
 			s.errs[i] = l.run()
 		}()
+		s.senders.Add(1)
+		go func() {
+			defer s.senders.Done()
+			l.out.run(so.quit)
+		}()
 	}
 	go func() {
 		s.wg.Wait()
@@ -218,6 +224,7 @@ func (s *Server) Stop(ctx context.Context) error {
 		for _, so := range socks {
 			so.close()
 		}
+		s.senders.Wait()
 	}()
 	select {
 	case <-s.done:
@@ -281,7 +288,8 @@ type socket struct {
 
 	mu     sync.RWMutex
 	closed bool
-	misses atomic.Int64 // queries resolving whose reply goes out on this socket
+	quit   chan struct{} // closed with the socket: ends its outbox's sender
+	misses atomic.Int64  // queries resolving (or queued in the outbox) whose reply goes out on this socket
 }
 
 // listen opens a blocking UDP socket with SO_REUSEPORT bound to ap.
@@ -295,7 +303,7 @@ func listen(ap netip.AddrPort) (*socket, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating socket: %w", err)
 	}
-	so := &socket{fd: fd}
+	so := &socket{fd: fd, quit: make(chan struct{})}
 	opts := []struct {
 		level, opt, v int
 		name          string
@@ -382,6 +390,7 @@ func (so *socket) close() {
 	if !so.closed {
 		so.closed = true
 		_ = unix.Close(so.fd)
+		close(so.quit)
 	}
 }
 

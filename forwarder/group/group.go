@@ -127,6 +127,7 @@ type Group struct {
 	tokens   atomic.Int64  // hedge budget, in tokenUnit per hedge
 	tokenAdd int64         // earned per query
 	probeMsg []byte        // packed probe query, ID to be set
+	async    bool          // every target is an AsyncExchanger
 
 	mu     sync.Mutex // guards the prober's lifecycle
 	stop   context.CancelFunc
@@ -194,6 +195,7 @@ func New(members []Member, cfg Config) (*Group, error) {
 	g := &Group{cfg: cfg, now: cfg.Now, probeMsg: probeMsg,
 		tokenAdd: int64(cfg.HedgeBudget * tokenUnit)}
 	g.tokens.Store(tokenUnit)
+	g.async = true
 	for i, m := range members {
 		if m.Up == nil {
 			return nil, fmt.Errorf("building group: members[%d]: no upstream", i)
@@ -202,7 +204,9 @@ func New(members []Member, cfg Config) (*Group, error) {
 			return nil, fmt.Errorf("building group: members[%d] (%s): negative timeout %v", i, m.Up, m.Timeout)
 		}
 		t := &target{up: m.Up, name: m.Up.String(), timeout: m.Timeout}
+		t.async, _ = m.Up.(AsyncExchanger)
 		t.healthy.Store(true)
+		g.async = g.async && t.async != nil
 		g.targets = append(g.targets, t)
 	}
 	return g, nil
@@ -273,18 +277,18 @@ func (g *Group) serial(ctx context.Context, query []byte, order []int, classify 
 		if cancel != nil {
 			cancel()
 		}
-		v, err := g.settle(ctx, t, resp, err, rtt, classify)
+		v, err := g.settle(ctx.Err() != nil, t, resp, err, rtt, classify)
 		if v == Good {
 			return resp, t.name, nil
 		}
 		o.add(t, v, resp, err)
 	}
-	return o.result(ctx)
+	return o.result(ctx.Err())
 }
 
 // settle judges one finished attempt and records it in its target's health.
 // It returns Bad with the error for a failure.
-func (g *Group) settle(ctx context.Context, t *target, resp []byte, err error, rtt time.Duration, classify func([]byte) Verdict) (Verdict, error) {
+func (g *Group) settle(gaveUp bool, t *target, resp []byte, err error, rtt time.Duration, classify func([]byte) Verdict) (Verdict, error) {
 	if err == nil {
 		v := classify(resp)
 		if v == Good || v == Fallback {
@@ -292,7 +296,7 @@ func (g *Group) settle(ctx context.Context, t *target, resp []byte, err error, r
 			return v, nil
 		}
 		err = ErrRejected
-	} else if ctx.Err() != nil {
+	} else if gaveUp {
 		return Bad, err // the caller gave up: nothing learnt about the target
 	}
 	t.failures.Add(1)
@@ -317,11 +321,12 @@ func (o *outcome) add(t *target, v Verdict, resp []byte, err error) {
 	}
 }
 
-func (o *outcome) result(ctx context.Context) ([]byte, string, error) {
+// result is the query's outcome after its last attempt; cerr is why the
+// caller's context ended, nil if it has not.
+func (o *outcome) result(cerr error) ([]byte, string, error) {
 	if o.fallback != nil {
 		return o.fallback, o.fallbackFrom, nil
 	}
-	cerr := ctx.Err()
 	switch {
 	case o.lastErr == nil:
 		return nil, o.tried, fmt.Errorf("%w: %w", ErrNoAnswer, cerr)

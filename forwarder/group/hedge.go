@@ -53,7 +53,7 @@ func (c *call) run(order []int, classify func([]byte) Verdict) ([]byte, string, 
 			s.busy = false
 			c.inflight--
 			s.cancel()
-			v, err := c.g.settle(c.ctx, s.t, r.resp, r.err, c.g.now().Sub(s.start), classify)
+			v, err := c.g.settle(c.ctx.Err() != nil, s.t, r.resp, r.err, c.g.now().Sub(s.start), classify)
 			if v == Good {
 				c.abandon(true)
 				return r.resp, s.t.name, nil
@@ -63,7 +63,7 @@ func (c *call) run(order []int, classify func([]byte) Verdict) ([]byte, string, 
 				continue // the other attempt is our failover already
 			}
 			if c.next == len(order) || c.ctx.Err() != nil {
-				return c.o.result(c.ctx)
+				return c.o.result(c.ctx.Err())
 			}
 			c.launch(order, false)
 		case <-c.timerC:
@@ -74,7 +74,7 @@ func (c *call) run(order []int, classify func([]byte) Verdict) ([]byte, string, 
 			}
 		case <-c.ctx.Done():
 			c.abandon(false)
-			return c.o.result(c.ctx)
+			return c.o.result(c.ctx.Err())
 		}
 	}
 }

@@ -141,6 +141,13 @@ type request struct {
 
 	abandoned bool // caller-owned: the caller gave up on it, do not reuse
 
+	// Async requests (Submit): the callback instead of done, and what a
+	// retry needs. timer is then an AfterFunc that expires the request.
+	cb       func(resp []byte, err error)
+	deadline time.Time
+	qid      [2]byte // the caller's ID; query carries 0
+	retried  bool
+
 	// Reader-owned while the stream is open.
 	gotHeaders bool
 	recvd      uint32 // stream bytes consumed since the last stream WINDOW_UPDATE

@@ -339,7 +339,7 @@ func (c *h2Conn) shutdown(err error) {
 	close(c.quit)
 	c.nc.Close()
 	for _, r := range victims {
-		r.done <- struct{}{}
+		c.d.complete(r)
 	}
 	c.drainQueue()
 	c.d.removeConn(c)
@@ -370,7 +370,7 @@ func (c *h2Conn) failQueued(r *request) {
 	}
 	c.finishLocked(r, err)
 	c.mu.Unlock()
-	r.done <- struct{}{}
+	c.d.complete(r)
 }
 
 // writeLoop is the connection's only writer; see the package documentation.
@@ -542,7 +542,7 @@ func (c *h2Conn) writeBatch() error {
 	c.mu.Unlock()
 
 	for _, r := range failed {
-		r.done <- struct{}{}
+		c.d.complete(r)
 	}
 	if err := c.writeFrames(ctl, maxFrame); err != nil {
 		return fmt.Errorf("%w: writing to %s: %w", ErrConnClosed, c.d.dialAddr, err)
@@ -670,7 +670,7 @@ func (c *h2Conn) failStream(id uint32, err error, code http2.ErrCode) {
 		c.signal()
 	}
 	c.mu.Unlock()
-	r.done <- struct{}{}
+	c.d.complete(r)
 }
 
 func (c *h2Conn) handleFrame(f http2.Frame) error {
@@ -807,7 +807,7 @@ func (c *h2Conn) endHeaders(id uint32, endStream bool) error {
 		c.signal()
 	}
 	c.mu.Unlock()
-	r.done <- struct{}{}
+	c.d.complete(r)
 	return nil
 }
 
@@ -867,7 +867,7 @@ func (c *h2Conn) onData(f *http2.DataFrame) error {
 	if wakeWriter {
 		c.signal()
 	}
-	r.done <- struct{}{}
+	c.d.complete(r)
 	return nil
 }
 
@@ -893,7 +893,7 @@ func (c *h2Conn) onGoAway(f *http2.GoAwayFrame) {
 	c.mu.Unlock()
 	c.signal() // fail queued requests; close if nothing is left
 	for _, r := range victims {
-		r.done <- struct{}{}
+		c.d.complete(r)
 	}
 }
 

@@ -133,3 +133,21 @@ func (p *connPool[E, C]) run(s *poolSlot[E], ch chan struct{}) {
 	close(ch)
 	s.mu.Unlock()
 }
+
+// tryGet returns a connection that takes new queries if one is ready now,
+// nil otherwise; like get it starts dialling an unusable slot it looks at.
+func (p *connPool[E, C]) tryGet() C {
+	n := uint32(len(p.slots))
+	i := p.next.Add(1) % n
+	s := &p.slots[i]
+	if c := p.usable(s); c != nil {
+		return c
+	}
+	_, _ = p.startDial(s)
+	for j := uint32(1); j < n; j++ {
+		if c := p.usable(&p.slots[(i+j)%n]); c != nil {
+			return c
+		}
+	}
+	return nil
+}

@@ -1,0 +1,132 @@
+package upstream
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// Submit sends query over DoH like Exchange but does not block: done is
+// called exactly once with the response (carrying the query's ID) or the
+// error, within timeout. On the fast path — a connection with a free stream
+// is ready — nothing waits: the request is queued for the connection's
+// writer, and the connection's reader (or the request's timer, or whoever
+// fails the connection) calls done. Otherwise one goroutine runs Exchange
+// for it. done runs on one of those goroutines, or on the caller's when the
+// query is refused at once; it must not block, and the response is its to
+// keep. query is copied before Submit returns.
+//
+// This is the miss path of a busy forwarder: no goroutine, context or
+// channel per query, only one timer.
+func (d *DoH) Submit(query []byte, timeout time.Duration, done func(resp []byte, err error)) {
+	if len(query) < headerLen || len(query) > maxResponseSize {
+		done(nil, fmt.Errorf("upstream %s: %w: %d bytes", d.target, ErrBadQuery, len(query)))
+		return
+	}
+	if d.isDone.Load() {
+		done(nil, fmt.Errorf("upstream %s: %w", d.target, ErrClosed))
+		return
+	}
+	if timeout <= 0 || timeout > d.timeout {
+		timeout = d.timeout
+	}
+	r := &request{cb: done, deadline: time.Now().Add(timeout)}
+	r.query = append(make([]byte, 0, len(query)), query...)
+	r.qid = [2]byte{query[0], query[1]}
+	r.query[0], r.query[1] = 0, 0
+	d.submit(r)
+}
+
+// submit puts async request r on a ready connection, or hands it to a
+// goroutine that waits for one.
+func (d *DoH) submit(r *request) {
+	if c := d.pool.tryGet(); c != nil && c.submit(r) {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithDeadline(context.Background(), r.deadline)
+		q := append([]byte(nil), r.query...)
+		q[0], q[1] = r.qid[0], r.qid[1]
+		resp, err := d.Exchange(ctx, q)
+		cancel()
+		r.cb(resp, err)
+	}()
+}
+
+// submit queues async request r for the writer if c has a free stream and
+// room on its queue, and arms r's timer. False: c cannot take it now.
+func (c *h2Conn) submit(r *request) bool {
+	left := time.Until(r.deadline)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.dead || c.draining || c.active >= c.maxStreams || left <= 0 {
+		return false
+	}
+	r.state, r.resp, r.err, r.gotHeaders, r.recvd = stQueued, nil, nil, false, 0
+	r.timer = time.AfterFunc(left, func() { c.expire(r) })
+	select {
+	case c.reqCh <- r:
+	default:
+		r.timer.Stop()
+		r.state = stIdle
+		return false
+	}
+	c.active++
+	return true
+}
+
+// expire ends async request r at its deadline unless it has finished: a
+// queued request is dropped by the writer, an open stream is reset, and the
+// connection is checked with a PING (see abandon).
+func (c *h2Conn) expire(r *request) {
+	c.mu.Lock()
+	switch r.state {
+	case stQueued:
+	case stSent:
+		delete(c.streams, r.id)
+		c.ctl.rst = append(c.ctl.rst, streamRST{r.id, http2.ErrCodeCancel})
+		c.ctl.ping = true
+		c.signal()
+	default: // finished or already expired
+		c.mu.Unlock()
+		return
+	}
+	r.state = stAbandoned
+	r.abandoned = true
+	c.releaseLocked()
+	c.mu.Unlock()
+	r.cb(nil, fmt.Errorf("upstream %s: waiting for response: %w", c.d.target, ErrTimeout))
+}
+
+// complete hands a finished request (state stDone, set under its
+// connection's lock) to its caller: a blocked Exchange is signalled; an
+// async request's callback gets the response, or the request is retried
+// once on another connection when its connection broke or went away.
+func (d *DoH) complete(r *request) {
+	if r.cb == nil {
+		r.done <- struct{}{}
+		return
+	}
+	r.timer.Stop()
+	resp, err := r.resp, r.err
+	if err != nil && !r.retried && Retryable(err) && time.Until(r.deadline) > 0 {
+		// A fresh request: the old one may still be seen by its timer.
+		nr := &request{cb: r.cb, deadline: r.deadline, query: r.query, qid: r.qid, retried: true}
+		d.submit(nr)
+		return
+	}
+	if err == nil {
+		q := r.query
+		q[0], q[1] = r.qid[0], r.qid[1] // checkResponse compares the opcode and question only
+		if err = checkResponse(q, resp); err == nil {
+			resp[0], resp[1] = r.qid[0], r.qid[1]
+		}
+	}
+	if err != nil {
+		r.cb(nil, fmt.Errorf("upstream %s: %w", d.target, err))
+		return
+	}
+	r.cb(resp, nil)
+}
