@@ -216,8 +216,11 @@ func (f *Forwarder) Answer(r *Request, out []byte) ([]byte, bool) {
 
 // Resolve resolves upstream a request that Answer could not answer. It copies
 // what it needs from r (the datapath may reuse r and its buffer as soon as
-// Resolve returns), resolves in a bounded background goroutine and calls done
-// with the response (done must copy it before returning), and returns false.
+// Resolve returns), resolves in the background and calls done with the
+// response (done must copy it before returning, and must not block), and
+// returns false. done runs on the goroutine that completed the resolution:
+// an upstream connection's reader when every target can Submit (see
+// resolveAsync), else one of a bounded pool of workers.
 // When the bound on queries in flight is reached it answers SERVFAIL into out
 // at once, counts it, and returns true.
 func (f *Forwarder) Resolve(r *Request, out []byte, done func(resp []byte)) ([]byte, bool) {

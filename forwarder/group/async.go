@@ -2,6 +2,7 @@ package group
 
 import (
 	"context"
+	"sync"
 	"time"
 )
 
@@ -14,110 +15,193 @@ type AsyncExchanger interface {
 	Submit(query []byte, timeout time.Duration, done func(resp []byte, err error))
 }
 
+// CanSubmit reports whether every target can Submit, so that ExchangeAsync
+// needs no goroutine of its own.
+func (g *Group) CanSubmit() bool { return g.async }
+
 // ExchangeAsync is Exchange without blocking the caller: done receives what
-// Exchange would return, once, by the deadline at the latest. When every
-// target is an AsyncExchanger and the query is not hedged, the attempts are
-// chained from one callback to the next with no goroutine of their own (the
-// miss path of a busy forwarder); otherwise one goroutine runs Exchange.
-// classify and done run on whichever goroutine completed the attempt (or on
-// the caller's, for an attempt refused at once); query must stay unchanged
-// until done is called.
+// Exchange would return, once, by the deadline at the latest (plus the
+// scheduling of a callback). When every target is an AsyncExchanger the
+// attempts — failover and hedging as in Exchange — are started from the
+// callbacks of the ones before and from a hedge timer, with no goroutine of
+// their own (the miss path of a busy forwarder); otherwise one goroutine
+// runs Exchange. classify and done run on whichever goroutine completed an
+// attempt (or on the caller's, for an attempt refused at once); query must
+// stay unchanged until done is called.
 func (g *Group) ExchangeAsync(query []byte, deadline time.Time, classify func([]byte) Verdict, done func(resp []byte, target string, err error)) {
 	if classify == nil {
 		classify = allGood
 	}
 	c := &chain{g: g, query: query, deadline: deadline, classify: classify, done: done}
-	order, nUp := g.order(c.orderBuf[:0])
-	c.order = order
-	hedge := false
+	c.order, c.nUp = g.order(c.orderBuf[:0])
 	if g.cfg.HedgeDelay >= 0 {
 		g.earn()
-		hedge = nUp >= 2 && g.tokens.Load() >= tokenUnit
+		c.mayHedge = c.nUp >= 2 && g.tokens.Load() >= tokenUnit
 	}
-	if hedge || !g.async {
-		go c.blocking(hedge, nUp)
+	if !g.async {
+		go c.blocking()
 		return
 	}
-	c.next()
+	c.mu.Lock()
+	c.launch(false) // unlocks
 }
 
-// chain is one query's attempts, one after the other, each started by the
-// callback of the one before.
+// chain is one query's attempts without a goroutine: at most two at a time
+// (the second a hedge), each started by a callback or the hedge timer.
 type chain struct {
 	g        *Group
 	query    []byte
 	deadline time.Time
 	classify func([]byte) Verdict
 	done     func(resp []byte, target string, err error)
-
 	orderBuf [maxStackTargets]int
-	order    []int
-	i        int // next index in order
-	t        *target
-	start    time.Time
+	order    []int // order[:nUp] are up
+	nUp      int
+	mayHedge bool // the budget allowed a hedge when the query started
+
+	mu       sync.Mutex
+	next     int // index in order of the next target to try
+	inflight int
+	hedged   bool
+	finished bool // done has been called (or is being called)
+	slots    [2]aslot
+	timer    *time.Timer // the hedge timer, once armed
 	o        outcome
 }
 
-// next starts the next attempt, or ends the query when no target or no
-// time is left.
-func (c *chain) next() {
+type aslot struct {
+	t     *target
+	start time.Time
+	busy  bool
+}
+
+// launch starts an attempt at the next target with c.mu held, and releases
+// it: Submit may call back at once. Without a target or time left it ends
+// the query. The hedge timer is armed while a hedge is still possible.
+func (c *chain) launch(hedge bool) {
 	g := c.g
-	for c.i < len(c.order) {
-		now := g.now()
-		left := c.deadline.Sub(now)
-		if left <= 0 {
-			break
-		}
-		t := g.targets[c.order[c.i]]
-		c.i++
-		if t.timeout > 0 && t.timeout < left {
-			left = t.timeout
-		}
-		t.attempts.Add(1)
-		c.o.tried, c.t, c.start = t.name, t, now
-		t.async.Submit(c.query, left, c.reply)
+	now := g.now()
+	left := c.deadline.Sub(now)
+	if c.next >= len(c.order) || left <= 0 {
+		c.finish()
 		return
 	}
+	s := 0
+	if c.slots[0].busy {
+		s = 1
+	}
+	t := g.targets[c.order[c.next]]
+	c.next++
+	if t.timeout > 0 && t.timeout < left {
+		left = t.timeout
+	}
+	c.slots[s] = aslot{t: t, start: now, busy: true}
+	c.inflight++
+	c.o.tried = t.name
+	t.attempts.Add(1)
+	if hedge {
+		t.hedges.Add(1)
+	}
+	if c.mayHedge && !c.hedged && c.next < c.nUp {
+		d := g.hedgeDelayUntil(c.deadline, true, t)
+		if c.timer == nil {
+			c.timer = time.AfterFunc(d, c.hedge)
+		} else {
+			c.timer.Reset(d)
+		}
+	}
+	c.mu.Unlock()
+	t.async.Submit(c.query, left, func(resp []byte, err error) { c.reply(s, resp, err) })
+}
+
+// hedge runs when the hedge timer fires: if the first attempt is still
+// alone and unanswered and the budget allows, the next target is asked too.
+func (c *chain) hedge() {
+	c.mu.Lock()
+	if c.finished || c.hedged || c.inflight != 1 || c.next >= c.nUp || !c.g.spend() {
+		c.mu.Unlock()
+		return
+	}
+	c.hedged = true
+	c.launch(true)
+}
+
+// reply settles the attempt in slot s. The first Good answer ends the query
+// (an attempt still running is abandoned, as Exchange cancels it); a failure
+// moves on to the next target unless the other attempt is still running.
+func (c *chain) reply(s int, resp []byte, err error) {
+	g := c.g
+	c.mu.Lock()
+	if c.finished {
+		c.mu.Unlock()
+		return // a loser: abandoned when the winner answered
+	}
+	sl := c.slots[s]
+	c.slots[s].busy = false
+	c.inflight--
+	c.mu.Unlock()
+
+	now := g.now()
+	gaveUp := err != nil && !now.Before(c.deadline) // as in serial: the query's time ran out, not the target
+	v, err := g.settle(gaveUp, sl.t, resp, err, now.Sub(sl.start), c.classify)
+
+	c.mu.Lock()
+	if c.finished {
+		c.mu.Unlock()
+		return
+	}
+	if v == Good {
+		c.finished = true
+		if c.timer != nil {
+			c.timer.Stop()
+		}
+		for i := range c.slots {
+			if o := &c.slots[i]; o.busy {
+				o.busy = false
+				o.t.overtaken(now.Sub(o.start))
+			}
+		}
+		c.mu.Unlock()
+		c.done(resp, sl.t.name, nil)
+		return
+	}
+	c.o.add(sl.t, v, resp, err)
+	if c.inflight > 0 {
+		c.mu.Unlock()
+		return // the other attempt is our failover already
+	}
+	c.launch(false)
+}
+
+// finish ends the query without a Good answer, with c.mu held; it releases
+// it.
+func (c *chain) finish() {
+	c.finished = true
+	if c.timer != nil {
+		c.timer.Stop()
+	}
 	var cerr error
-	if !g.now().Before(c.deadline) {
+	if !c.g.now().Before(c.deadline) {
 		cerr = context.DeadlineExceeded
 	}
 	resp, target, err := c.o.result(cerr)
+	c.mu.Unlock()
 	c.done(resp, target, err)
 }
 
-// reply settles the current attempt: a Good answer ends the query, anything
-// else moves on to the next target.
-func (c *chain) reply(resp []byte, err error) {
-	g := c.g
-	now := g.now()
-	gaveUp := err != nil && !now.Before(c.deadline) // as in serial: the query's time ran out, not the target
-	v, err := g.settle(gaveUp, c.t, resp, err, now.Sub(c.start), c.classify)
-	if v == Good {
-		c.done(resp, c.t.name, nil)
-		return
-	}
-	c.o.add(c.t, v, resp, err)
-	c.next()
-}
-
-// blocking runs the query as Exchange does, on its own goroutine: for
-// hedged queries and for groups with a target that cannot Submit.
-func (c *chain) blocking(hedge bool, nUp int) {
+// blocking runs the query as Exchange does, on its own goroutine, for
+// groups with a target that cannot Submit.
+func (c *chain) blocking() {
 	ctx, cancel := context.WithDeadline(context.Background(), c.deadline)
 	defer cancel()
 	var resp []byte
 	var target string
 	var err error
-	if hedge {
-		h := call{g: c.g, ctx: ctx, query: append([]byte(nil), c.query...), nUp: nUp}
+	if c.mayHedge {
+		h := call{g: c.g, ctx: ctx, query: append([]byte(nil), c.query...), nUp: c.nUp}
 		resp, target, err = h.run(c.order, c.classify)
 	} else {
 		resp, target, err = c.g.serial(ctx, c.query, c.order, c.classify)
 	}
 	c.done(resp, target, err)
 }
-
-// CanSubmit reports whether every target can Submit, so that ExchangeAsync
-// chains attempts without goroutines (hedged queries aside).
-func (g *Group) CanSubmit() bool { return g.async }

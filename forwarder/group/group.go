@@ -365,11 +365,17 @@ func (g *Group) spend() bool {
 
 // hedgeDelay is how long a query waits for t before hedging.
 func (g *Group) hedgeDelay(ctx context.Context, t *target) time.Duration {
+	dl, ok := ctx.Deadline()
+	return g.hedgeDelayUntil(dl, ok, t)
+}
+
+// hedgeDelayUntil is hedgeDelay for a query ending at dl (if ok).
+func (g *Group) hedgeDelayUntil(dl time.Time, ok bool, t *target) time.Duration {
 	if g.cfg.HedgeDelay > 0 {
 		return g.cfg.HedgeDelay
 	}
 	hi := t.timeout
-	if dl, ok := ctx.Deadline(); ok {
+	if ok {
 		if left := time.Until(dl); hi <= 0 || left < hi {
 			hi = left
 		}

@@ -58,6 +58,15 @@
 // connection that breaks fails all of its streams at once with
 // [ErrConnClosed] (also retried once) and is re-dialled by the next Exchange.
 //
+// Two ways in: Exchange blocks its caller until the answer, an error or its
+// deadline; [DoH.Submit] does not block. A submitted request is put on a
+// ready connection's queue with a timer (time.AfterFunc) as its deadline,
+// and the connection's reader calls the caller's callback with the answer;
+// the timer, a GOAWAY or a broken connection call it with the error (after
+// the one retry on a fresh connection). No goroutine, context or channel is
+// spent per query. Only when no connection is ready (dialling, every stream
+// busy) does a submitted request get a goroutine that waits as Exchange does.
+//
 // Failed dials to a target back off: 50ms after the first failure, doubling
 // up to 2s, each delay spread by ±20% at random so that many clients that
 // lost a target together do not redial it in lockstep. Meanwhile Exchange

@@ -1,0 +1,607 @@
+package group
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// errTimeout is what afake reports when an attempt's timeout ends it (as
+// forwarder/upstream's ErrTimeout, it does not wrap the context's error).
+var errTimeout = errors.New("waiting for response: timeout")
+
+// behaviour is what an afake does with each query, through Submit and
+// Exchange alike.
+type behaviour struct {
+	resp   string        // the response, when err is nil
+	err    error         // the error to fail with
+	delay  time.Duration // before answering
+	never  bool          // no answer: only the attempt's timeout (or ctx) ends it
+	inline bool          // Submit answers inside the call, on the caller's goroutine
+}
+
+func good() behaviour                              { return behaviour{resp: "G"} }
+func says(resp string) behaviour                   { return behaviour{resp: resp} }
+func errs() behaviour                              { return behaviour{err: errDown} }
+func silent() behaviour                            { return behaviour{never: true} }
+func after(d time.Duration, b behaviour) behaviour { b.delay = d; return b }
+func inline(b behaviour) behaviour                 { b.inline = true; return b }
+
+func (b behaviour) result() ([]byte, error) {
+	if b.err != nil {
+		return nil, b.err
+	}
+	return []byte(b.resp), nil // done owns the response
+}
+
+// afake is a programmable AsyncExchanger. It keeps the timeout and the
+// stack depth of each Submit.
+type afake struct {
+	name                string
+	submits, exchanges  atomic.Int64
+	mu                  sync.Mutex
+	b                   behaviour
+	timeouts            []time.Duration
+	trackDepth          bool // record the stack depth of each Submit in depths
+	depths              []int
+	badTimeout, badCopy atomic.Bool
+}
+
+var _ AsyncExchanger = (*afake)(nil)
+
+func newAsync(name string, b behaviour) *afake { return &afake{name: name, b: b} }
+
+func (f *afake) String() string { return f.name }
+
+func (f *afake) Submit(q []byte, timeout time.Duration, done func([]byte, error)) {
+	f.submits.Add(1)
+	f.mu.Lock()
+	b := f.b
+	f.timeouts = append(f.timeouts, timeout)
+	if f.trackDepth {
+		pcs := make([]uintptr, 1024)
+		f.depths = append(f.depths, runtime.Callers(0, pcs))
+	}
+	f.mu.Unlock()
+	if timeout <= 0 {
+		f.badTimeout.Store(true) // the contract asks for an answer within timeout
+		done(nil, errTimeout)
+		return
+	}
+	want := string(q)
+	check := func() {
+		if string(q) != want {
+			f.badCopy.Store(true) // the caller changed the query before done
+		}
+	}
+	switch {
+	case b.inline:
+		done(b.result())
+	case b.never || b.delay >= timeout:
+		time.AfterFunc(timeout, func() { check(); done(nil, errTimeout) })
+	default:
+		time.AfterFunc(b.delay, func() { check(); done(b.result()) })
+	}
+}
+
+func (f *afake) Exchange(ctx context.Context, _ []byte) ([]byte, error) {
+	f.exchanges.Add(1)
+	f.mu.Lock()
+	b := f.b
+	f.mu.Unlock()
+	if b.never {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	if b.delay > 0 {
+		t := time.NewTimer(b.delay)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return b.result()
+}
+
+func (f *afake) attemptTimeouts() []time.Duration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]time.Duration(nil), f.timeouts...)
+}
+
+func asyncMembers(timeouts []time.Duration, fs ...*afake) []Member {
+	ms := make([]Member, len(fs))
+	for i, f := range fs {
+		ms[i] = Member{Up: f}
+		if i < len(timeouts) {
+			ms[i].Timeout = timeouts[i]
+		}
+	}
+	return ms
+}
+
+// asyncCall is one ExchangeAsync: what done got, and how often it ran.
+type asyncCall struct {
+	calls  atomic.Int32
+	landed chan struct{}
+	inside bool // done ran before ExchangeAsync returned
+	resp   []byte
+	from   string
+	err    error
+	took   time.Duration
+}
+
+// startAsync calls g.ExchangeAsync with a deadline d from now.
+func startAsync(g *Group, query []byte, d time.Duration) *asyncCall {
+	c := &asyncCall{landed: make(chan struct{})}
+	start := time.Now()
+	var returned atomic.Bool
+	g.ExchangeAsync(query, start.Add(d), classify, func(resp []byte, from string, err error) {
+		if c.calls.Add(1) != 1 {
+			return
+		}
+		c.inside = !returned.Load()
+		c.resp, c.from, c.err, c.took = resp, from, err, time.Since(start)
+		close(c.landed)
+	})
+	returned.Store(true)
+	return c
+}
+
+// wait waits for c's done, failing after limit.
+func (c *asyncCall) wait(t *testing.T, limit time.Duration) {
+	t.Helper()
+	select {
+	case <-c.landed:
+	case <-time.After(limit):
+		t.Fatalf("done not called within %v", limit)
+	}
+}
+
+// sentinels are the errors whose presence Exchange and ExchangeAsync must
+// agree on.
+var sentinels = []error{ErrNoAnswer, ErrRejected, errDown, context.DeadlineExceeded}
+
+// TestExchangeAsyncMatchesExchange runs each case through Exchange
+// (serial) and ExchangeAsync on fresh fakes that behave alike, and checks
+// both give the expected answer and leave the same health records.
+func TestExchangeAsyncMatchesExchange(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		bs       []behaviour
+		timeouts []time.Duration // members'
+		deadline time.Duration
+		want     string // response; "" for an error
+		wantFrom string
+		wantErrs []error
+		failures []uint64
+		attempts []uint64
+	}{
+		{name: "first answers", bs: []behaviour{good(), good()}, want: "G", wantFrom: "a",
+			failures: []uint64{0, 0}, attempts: []uint64{1, 0}},
+		{name: "error then good", bs: []behaviour{errs(), good()}, want: "G", wantFrom: "b",
+			failures: []uint64{1, 0}, attempts: []uint64{1, 1}},
+		{name: "bad then good", bs: []behaviour{says("X"), good()}, want: "G", wantFrom: "b",
+			failures: []uint64{1, 0}, attempts: []uint64{1, 1}},
+		{name: "fallback then good", bs: []behaviour{says("F"), good()}, want: "G", wantFrom: "b",
+			failures: []uint64{0, 0}, attempts: []uint64{1, 1}},
+		{name: "fallback kept when no good", bs: []behaviour{says("F"), errs()}, want: "F", wantFrom: "a",
+			failures: []uint64{0, 1}, attempts: []uint64{1, 1}},
+		{name: "first fallback", bs: []behaviour{says("Fa"), says("Fb")}, want: "Fa", wantFrom: "a",
+			failures: []uint64{0, 0}, attempts: []uint64{1, 1}},
+		{name: "fallback beats bad", bs: []behaviour{says("X"), says("F")}, want: "F", wantFrom: "b",
+			failures: []uint64{1, 0}, attempts: []uint64{1, 1}},
+		{name: "all fail", bs: []behaviour{errs(), says("X")}, wantFrom: "b", wantErrs: []error{ErrNoAnswer, ErrRejected},
+			failures: []uint64{1, 1}, attempts: []uint64{1, 1}},
+		{name: "all errors", bs: []behaviour{errs(), errs(), errs()}, wantFrom: "c", wantErrs: []error{ErrNoAnswer, errDown},
+			failures: []uint64{1, 1, 1}, attempts: []uint64{1, 1, 1}},
+		{name: "delayed error then delayed good", bs: []behaviour{after(5*time.Millisecond, errs()), after(5*time.Millisecond, good())},
+			want: "G", wantFrom: "b", failures: []uint64{1, 0}, attempts: []uint64{1, 1}},
+		{name: "member timeout", bs: []behaviour{silent(), good()}, timeouts: []time.Duration{20 * time.Millisecond},
+			want: "G", wantFrom: "b", failures: []uint64{1, 0}, attempts: []uint64{1, 1}},
+		{name: "slow but within its timeout", bs: []behaviour{after(10*time.Millisecond, good()), good()},
+			timeouts: []time.Duration{200 * time.Millisecond}, want: "G", wantFrom: "a", failures: []uint64{0, 0}, attempts: []uint64{1, 0}},
+		// No member timeout: a has the whole budget; the caller's deadline
+		// ends it, which is not a failure of a, and b is never tried.
+		{name: "caller deadline", bs: []behaviour{silent(), good()}, deadline: 50 * time.Millisecond,
+			wantFrom: "a", wantErrs: []error{ErrNoAnswer, context.DeadlineExceeded}, failures: []uint64{0, 0}, attempts: []uint64{1, 0}},
+		{name: "fallback, then caller deadline", bs: []behaviour{says("F"), silent(), good()}, deadline: 50 * time.Millisecond,
+			want: "F", wantFrom: "a", failures: []uint64{0, 0, 0}, attempts: []uint64{1, 1, 0}},
+		{name: "inline error then inline good", bs: []behaviour{inline(errs()), inline(good())}, want: "G", wantFrom: "b",
+			failures: []uint64{1, 0}, attempts: []uint64{1, 1}},
+		{name: "inline all fail", bs: []behaviour{inline(errs()), inline(says("X")), inline(errs())}, wantFrom: "c",
+			wantErrs: []error{ErrNoAnswer, errDown}, failures: []uint64{1, 1, 1}, attempts: []uint64{1, 1, 1}},
+		{name: "inline fallback then timer good", bs: []behaviour{inline(says("F")), after(time.Millisecond, good())}, want: "G", wantFrom: "b",
+			failures: []uint64{0, 0}, attempts: []uint64{1, 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			deadline := tc.deadline
+			if deadline == 0 {
+				deadline = time.Second
+			}
+			names := "abcdefgh"
+			var sf, af []*afake
+			for i, b := range tc.bs {
+				sf = append(sf, newAsync(names[i:i+1], b))
+				af = append(af, newAsync(names[i:i+1], b))
+			}
+			sg := mustNew(t, asyncMembers(tc.timeouts, sf...), Config{HedgeDelay: -1})
+			ag := mustNew(t, asyncMembers(tc.timeouts, af...), Config{HedgeDelay: -1})
+			if !ag.CanSubmit() {
+				t.Fatal("CanSubmit false for a group of AsyncExchangers")
+			}
+
+			ctx, cancel := context.WithTimeout(context.Background(), deadline)
+			sresp, sfrom, serr := sg.Exchange(ctx, []byte("q"), classify)
+			cancel()
+			c := startAsync(ag, []byte("q"), deadline)
+			c.wait(t, deadline+time.Second)
+
+			for _, r := range []struct {
+				path string
+				resp []byte
+				from string
+				err  error
+			}{{"Exchange", sresp, sfrom, serr}, {"ExchangeAsync", c.resp, c.from, c.err}} {
+				if string(r.resp) != tc.want || r.from != tc.wantFrom || (r.err == nil) != (tc.wantErrs == nil) {
+					t.Errorf("%s: got %q from %q, %v; want %q from %q, errors %v", r.path, r.resp, r.from, r.err, tc.want, tc.wantFrom, tc.wantErrs)
+				}
+				for _, e := range tc.wantErrs {
+					if !errors.Is(r.err, e) {
+						t.Errorf("%s: error %v does not wrap %v", r.path, r.err, e)
+					}
+				}
+			}
+			for _, e := range sentinels {
+				if errors.Is(serr, e) != errors.Is(c.err, e) {
+					t.Errorf("Exchange's error %v and ExchangeAsync's %v disagree on %v", serr, c.err, e)
+				}
+			}
+			if limit := deadline + 100*time.Millisecond; c.took > limit {
+				t.Errorf("ExchangeAsync answered after %v, beyond the deadline %v", c.took, deadline)
+			}
+
+			ss, as := sg.States(), ag.States()
+			for i := range as {
+				s, a := ss[i], as[i]
+				if a.Attempts != tc.attempts[i] || a.Failures != tc.failures[i] {
+					t.Errorf("%s: %d attempts, %d failures; want %d, %d", a.Target, a.Attempts, a.Failures, tc.attempts[i], tc.failures[i])
+				}
+				if s.Up != a.Up || s.Attempts != a.Attempts || s.Failures != a.Failures || s.Hedges != a.Hedges || (s.EWMA == 0) != (a.EWMA == 0) {
+					t.Errorf("%s: Exchange left %+v, ExchangeAsync %+v", a.Target, s, a)
+				}
+				if n := af[i].exchanges.Load(); n != 0 {
+					t.Errorf("%s: %d blocking exchanges on the async path", a.Target, n)
+				}
+				if af[i].badTimeout.Load() || af[i].badCopy.Load() {
+					t.Errorf("%s: submitted with a timeout <= 0, or the query changed before done", a.Target)
+				}
+				if sf[i].submits.Load() != 0 {
+					t.Errorf("%s: Exchange submitted", a.Target)
+				}
+			}
+			time.Sleep(10 * time.Millisecond) // room for a second call
+			if n := c.calls.Load(); n != 1 {
+				t.Errorf("done called %d times, want once", n)
+			}
+		})
+	}
+}
+
+// TestExchangeAsyncDeadline: each attempt is given min(member timeout, time
+// left), and done comes by the deadline even when no target ever answers.
+func TestExchangeAsyncDeadline(t *testing.T) {
+	const slack = 60 * time.Millisecond
+	ms := time.Millisecond
+	for _, tc := range []struct {
+		name     string
+		timeouts []time.Duration // members'; every member is silent
+		deadline time.Duration
+		// per member: the timeout it was given must be in [lo, hi]; lo
+		// -1: never tried
+		lo, hi   []time.Duration
+		failures []uint64
+	}{
+		{name: "member timeout below the deadline", timeouts: []time.Duration{30 * ms}, deadline: time.Second,
+			lo: []time.Duration{30 * ms}, hi: []time.Duration{30 * ms}, failures: []uint64{1}},
+		{name: "deadline below the member timeout", timeouts: []time.Duration{time.Second}, deadline: 40 * ms,
+			lo: []time.Duration{20 * ms}, hi: []time.Duration{40 * ms}, failures: []uint64{0}},
+		{name: "no member timeout", timeouts: []time.Duration{0}, deadline: 40 * ms,
+			lo: []time.Duration{20 * ms}, hi: []time.Duration{40 * ms}, failures: []uint64{0}},
+		// a and b time out on their own (failures); c gets what is left.
+		{name: "the last gets what is left", timeouts: []time.Duration{30 * ms, 30 * ms, 0}, deadline: 100 * ms,
+			lo: []time.Duration{30 * ms, 30 * ms, ms}, hi: []time.Duration{30 * ms, 30 * ms, 40 * ms}, failures: []uint64{1, 1, 0}},
+		{name: "no time for the second", timeouts: []time.Duration{time.Second, time.Second}, deadline: 30 * ms,
+			lo: []time.Duration{15 * ms, -1}, hi: []time.Duration{30 * ms, -1}, failures: []uint64{0, 0}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var fs []*afake
+			for i := range tc.timeouts {
+				fs = append(fs, newAsync(fmt.Sprint("t", i), silent()))
+			}
+			g := mustNew(t, asyncMembers(tc.timeouts, fs...), Config{HedgeDelay: -1})
+			c := startAsync(g, []byte("q"), tc.deadline)
+			c.wait(t, tc.deadline+time.Second)
+			if !errors.Is(c.err, ErrNoAnswer) || c.resp != nil {
+				t.Fatalf("got %q, %v; want %v", c.resp, c.err, ErrNoAnswer)
+			}
+			ended := tc.timeouts[len(tc.timeouts)-1] == 0 || tc.deadline < tc.timeouts[len(tc.timeouts)-1]
+			if ended != errors.Is(c.err, context.DeadlineExceeded) {
+				t.Errorf("error %v: wrapping %v is %v, want %v", c.err, context.DeadlineExceeded, !ended, ended)
+			}
+			wantTook := tc.deadline
+			if !ended {
+				wantTook = 0
+				for _, to := range tc.timeouts {
+					wantTook += to
+				}
+			}
+			if c.took < wantTook-5*ms || c.took > wantTook+slack {
+				t.Errorf("done after %v, want about %v", c.took, wantTook)
+			}
+			for i, f := range fs {
+				got := f.attemptTimeouts()
+				if tc.lo[i] < 0 {
+					if len(got) != 0 {
+						t.Errorf("%s: tried with %v, want no attempt", f.name, got)
+					}
+					continue
+				}
+				if len(got) != 1 || got[0] < tc.lo[i] || got[0] > tc.hi[i] {
+					t.Errorf("%s: attempt timeouts %v, want one in [%v, %v]", f.name, got, tc.lo[i], tc.hi[i])
+				}
+				if st := g.States()[i]; st.Failures != tc.failures[i] {
+					t.Errorf("%s: %d failures, want %d", f.name, st.Failures, tc.failures[i])
+				}
+			}
+		})
+	}
+}
+
+// TestExchangeAsyncPastDeadline: a query whose deadline has passed already
+// gets its error at once and sends nothing, on every path, as Exchange
+// with a done context does.
+func TestExchangeAsyncPastDeadline(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		hedge time.Duration
+		mixed bool
+	}{
+		{name: "chained", hedge: -1},
+		{name: "hedgeable", hedge: time.Millisecond},
+		{name: "mixed group", hedge: -1, mixed: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := newAsync("a", good()), newAsync("b", good())
+			ms := asyncMembers(nil, a, b)
+			plain := newFake("p", answer(0, "G"))
+			if tc.mixed {
+				ms = append(ms, Member{Up: plain})
+			}
+			g := mustNew(t, ms, Config{HedgeDelay: tc.hedge})
+			c := startAsync(g, []byte("q"), -time.Millisecond)
+			c.wait(t, time.Second)
+			if !errors.Is(c.err, ErrNoAnswer) || !errors.Is(c.err, context.DeadlineExceeded) {
+				t.Errorf("err %v, want %v and %v", c.err, ErrNoAnswer, context.DeadlineExceeded)
+			}
+			time.Sleep(10 * time.Millisecond) // let a stray attempt show
+			for _, s := range g.States() {
+				if s.Attempts != 0 {
+					t.Errorf("%s: %d attempts for a query past its deadline, want 0", s.Target, s.Attempts)
+				}
+			}
+			if n := a.submits.Load() + a.exchanges.Load() + b.submits.Load() + b.exchanges.Load() + plain.calls.Load(); n != 0 {
+				t.Errorf("%d queries sent upstream past the deadline", n)
+			}
+		})
+	}
+}
+
+// TestExchangeAsyncInline: targets that complete inside Submit chain on the
+// caller's stack: done runs before ExchangeAsync returns, without deadlock,
+// and each attempt adds only a few frames.
+func TestExchangeAsyncInline(t *testing.T) {
+	for _, n := range []int{2, maxStackTargets, 3 * maxStackTargets} {
+		t.Run(fmt.Sprint(n, " targets"), func(t *testing.T) {
+			var fs []*afake
+			for i := range n - 1 {
+				fs = append(fs, newAsync(fmt.Sprint("e", i), inline(errs())))
+			}
+			fs = append(fs, newAsync("last", inline(good())))
+			for _, f := range fs {
+				f.trackDepth = true
+			}
+			g := mustNew(t, asyncMembers(nil, fs...), Config{HedgeDelay: -1})
+			c := startAsync(g, []byte("q"), time.Second)
+			c.wait(t, time.Second)
+			if !c.inside {
+				t.Error("done ran after ExchangeAsync returned, want inside it")
+			}
+			if c.err != nil || string(c.resp) != "G" || c.from != "last" {
+				t.Fatalf("got %q from %q, %v; want G from last", c.resp, c.from, c.err)
+			}
+			first, last := fs[0].depths[0], fs[n-1].depths[0]
+			if per := (last - first) / (n - 1); per > 8 {
+				t.Errorf("stack grows by %d frames per attempt (%d → %d over %d attempts), want a few", per, first, last, n-1)
+			}
+			if got := c.calls.Load(); got != 1 {
+				t.Errorf("done called %d times", got)
+			}
+		})
+	}
+}
+
+// TestExchangeAsyncPaths: which path ExchangeAsync takes. Chained attempts
+// use Submit; hedgeable queries and groups with a target that cannot
+// Submit use Exchange on a goroutine. Both answer.
+func TestExchangeAsyncPaths(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		hedge     time.Duration
+		mixed     bool // b cannot Submit
+		bDown     bool
+		noTokens  bool
+		a         behaviour
+		canSubmit bool
+		submitted bool // the attempts went through Submit
+		wantFrom  string
+		hedges    uint64 // b's
+	}{
+		{name: "hedging off", hedge: -1, a: errs(), canSubmit: true, submitted: true, wantFrom: "b"},
+		{name: "one target up", hedge: 5 * time.Millisecond, bDown: true, a: good(), canSubmit: true, submitted: true, wantFrom: "a"},
+		{name: "no hedge budget", hedge: 5 * time.Millisecond, noTokens: true, a: errs(), canSubmit: true, submitted: true, wantFrom: "b"},
+		{name: "hedged", hedge: 5 * time.Millisecond, a: after(300*time.Millisecond, good()), canSubmit: true, wantFrom: "b", hedges: 1},
+		{name: "adaptive hedging, two up", hedge: 0, a: errs(), canSubmit: true, wantFrom: "b"},
+		{name: "mixed group", hedge: -1, mixed: true, a: errs(), wantFrom: "b"},
+		{name: "mixed group, slow target", hedge: -1, mixed: true, a: silent(), wantFrom: "b"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := newAsync("a", tc.a)
+			b := newAsync("b", good())
+			ms := []Member{{Up: a, Timeout: 30 * time.Millisecond}, {Up: b, Timeout: 30 * time.Millisecond}}
+			var plain *fake
+			if tc.mixed {
+				plain = newFake("b", answer(0, "G"))
+				ms[1].Up = plain
+			}
+			g := mustNew(t, ms, Config{HedgeDelay: tc.hedge, HedgeBudget: 1})
+			if g.CanSubmit() != tc.canSubmit {
+				t.Fatalf("CanSubmit %v, want %v", g.CanSubmit(), tc.canSubmit)
+			}
+			if tc.bDown {
+				g.targets[1].healthy.Store(false)
+			}
+			if tc.noTokens {
+				g.tokens.Store(0)
+				g.tokenAdd = 0
+			}
+			start := time.Now()
+			c := startAsync(g, []byte("q"), time.Second)
+			if took := time.Since(start); took > 10*time.Millisecond && !c.inside {
+				t.Errorf("ExchangeAsync blocked its caller for %v", took)
+			}
+			c.wait(t, 2*time.Second)
+			if c.err != nil || string(c.resp) != "G" || c.from != tc.wantFrom {
+				t.Fatalf("got %q from %q, %v; want G from %s", c.resp, c.from, c.err, tc.wantFrom)
+			}
+			if c.took > 200*time.Millisecond {
+				t.Errorf("answered after %v", c.took)
+			}
+			submits, exchanges := a.submits.Load()+b.submits.Load(), a.exchanges.Load()+b.exchanges.Load()
+			if plain != nil {
+				exchanges += plain.calls.Load()
+			}
+			if tc.submitted != (submits > 0) || tc.submitted == (exchanges > 0) {
+				t.Errorf("%d submits, %d exchanges; want only %s", submits, exchanges, map[bool]string{true: "submits", false: "exchanges"}[tc.submitted])
+			}
+			if h := g.States()[1].Hedges; h != tc.hedges {
+				t.Errorf("b hedged to %d times, want %d", h, tc.hedges)
+			}
+			time.Sleep(10 * time.Millisecond)
+			if n := c.calls.Load(); n != 1 {
+				t.Errorf("done called %d times, want once", n)
+			}
+		})
+	}
+}
+
+// TestExchangeAsyncHealth: failures through the async path mark a target
+// down after FailAfter, as through Exchange, and the chain then tries it
+// last.
+func TestExchangeAsyncHealth(t *testing.T) {
+	a, b := newAsync("a", errs()), newAsync("b", good())
+	g := mustNew(t, asyncMembers(nil, a, b), Config{FailAfter: 3, HedgeDelay: -1})
+	for i := range 3 {
+		if !g.States()[0].Up {
+			t.Fatalf("a down after %d failures, want 3", i)
+		}
+		c := startAsync(g, []byte("q"), time.Second)
+		c.wait(t, time.Second)
+	}
+	if g.States()[0].Up {
+		t.Fatal("a still up after 3 failures")
+	}
+	for range 5 {
+		c := startAsync(g, []byte("q"), time.Second)
+		c.wait(t, time.Second)
+		if c.from != "b" || c.err != nil {
+			t.Fatalf("from %q, %v; want b", c.from, c.err)
+		}
+	}
+	if n := a.submits.Load(); n != 3 {
+		t.Errorf("a (down) submitted %d times, want 3", n)
+	}
+}
+
+// TestExchangeAsyncConcurrent: many queries of every kind at once; each
+// done runs exactly once, and no goroutine outlives them.
+func TestExchangeAsyncConcurrent(t *testing.T) {
+	base := runtime.NumGoroutine()
+	ms := time.Millisecond
+	fs := []*afake{
+		newAsync("good", after(ms, good())),
+		newAsync("fails", after(ms, errs())),
+		newAsync("silent", silent()),
+		newAsync("inline", inline(good())),
+		newAsync("inline-fails", inline(errs())),
+		newAsync("fallback", says("F")),
+		newAsync("racy", after(19*ms, good())), // answers about when its timeout ends
+	}
+	var wg sync.WaitGroup
+	var calls []*asyncCall
+	var mu sync.Mutex
+	for i, p := range []Policy{Ordered, RoundRobin, Fastest} {
+		for j, hd := range []time.Duration{-1, 0, 2 * ms} {
+			g := mustNew(t, timed(20*ms, fs...), Config{Policy: p, HedgeDelay: hd, HedgeBudget: 0.5, FailAfter: 1000})
+			for k := range 20 {
+				wg.Go(func() {
+					c := startAsync(g, []byte("q"), time.Duration(5+(i+j+k)%4*15)*ms)
+					c.wait(t, 2*time.Second)
+					mu.Lock()
+					calls = append(calls, c)
+					mu.Unlock()
+				})
+			}
+		}
+	}
+	wg.Wait()
+	time.Sleep(30 * ms) // any late timer has fired
+	for _, c := range calls {
+		if n := c.calls.Load(); n != 1 {
+			t.Errorf("done called %d times", n)
+		}
+		if c.err != nil && !errors.Is(c.err, ErrNoAnswer) {
+			t.Errorf("error %v does not wrap %v", c.err, ErrNoAnswer)
+		}
+	}
+	waitGoroutines(t, base)
+}
+
+// timed makes members of fs, each with timeout.
+func timed(timeout time.Duration, fs ...*afake) []Member {
+	ms := make([]Member, len(fs))
+	for i, f := range fs {
+		ms[i] = Member{Up: f, Timeout: timeout}
+	}
+	return ms
+}
+
+// BenchmarkExchangeAsync: the chained path with a target that answers
+// inside Submit: the cost of the chain itself.
+func BenchmarkExchangeAsync(b *testing.B) {
+	g := mustNew(b, asyncMembers(nil, newAsync("a", inline(good())), newAsync("b", inline(good()))), Config{HedgeDelay: -1})
+	query := []byte("query")
+	done := func([]byte, string, error) {}
+	deadline := time.Now().Add(time.Hour)
+	b.ReportAllocs()
+	for b.Loop() {
+		g.ExchangeAsync(query, deadline, classify, done)
+	}
+}
