@@ -2,6 +2,7 @@ package group
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 )
@@ -66,6 +67,7 @@ type chain struct {
 	finished bool // done has been called (or is being called)
 	slots    [2]aslot
 	timer    *time.Timer // the hedge timer, once armed
+	armed    int         // how many times it was armed
 	o        outcome
 }
 
@@ -103,12 +105,14 @@ func (c *chain) launch(hedge bool) {
 		t.hedges.Add(1)
 	}
 	if c.mayHedge && !c.hedged && c.next < c.nUp {
-		d := g.hedgeDelayUntil(c.deadline, true, t)
-		if c.timer == nil {
-			c.timer = time.AfterFunc(d, c.hedge)
-		} else {
-			c.timer.Reset(d)
+		// A timer per arming, numbered: one that fired for an attempt that
+		// has failed since must not hedge its successor early.
+		if c.timer != nil {
+			c.timer.Stop()
 		}
+		c.armed++
+		armed := c.armed
+		c.timer = time.AfterFunc(g.hedgeDelayUntil(c.deadline, true, t), func() { c.hedge(armed) })
 	}
 	c.mu.Unlock()
 	t.async.Submit(c.query, left, func(resp []byte, err error) { c.reply(s, resp, err) })
@@ -116,9 +120,10 @@ func (c *chain) launch(hedge bool) {
 
 // hedge runs when the hedge timer fires: if the first attempt is still
 // alone and unanswered and the budget allows, the next target is asked too.
-func (c *chain) hedge() {
+func (c *chain) hedge(armed int) {
 	c.mu.Lock()
-	if c.finished || c.hedged || c.inflight != 1 || c.next >= c.nUp || !c.g.spend() {
+	alone := c.inflight == 1 && (c.slots[0].busy || c.slots[1].busy) // not being settled
+	if c.finished || c.hedged || armed != c.armed || !alone || c.next >= c.nUp || !c.g.spend() {
 		c.mu.Unlock()
 		return
 	}
@@ -127,7 +132,8 @@ func (c *chain) hedge() {
 }
 
 // reply settles the attempt in slot s. The first Good answer ends the query
-// (an attempt still running is abandoned, as Exchange cancels it); a failure
+// (an attempt still running is abandoned: its callback will be ignored, and
+// its request ends at its own timeout at the latest); a failure
 // moves on to the next target unless the other attempt is still running.
 func (c *chain) reply(s int, resp []byte, err error) {
 	g := c.g
@@ -137,8 +143,7 @@ func (c *chain) reply(s int, resp []byte, err error) {
 		return // a loser: abandoned when the winner answered
 	}
 	sl := c.slots[s]
-	c.slots[s].busy = false
-	c.inflight--
+	c.slots[s].busy = false // no longer overtaken by a winner; still in flight until settled
 	c.mu.Unlock()
 
 	now := g.now()
@@ -146,6 +151,7 @@ func (c *chain) reply(s int, resp []byte, err error) {
 	v, err := g.settle(gaveUp, sl.t, resp, err, now.Sub(sl.start), c.classify)
 
 	c.mu.Lock()
+	c.inflight--
 	if c.finished {
 		c.mu.Unlock()
 		return
@@ -194,6 +200,10 @@ func (c *chain) finish() {
 func (c *chain) blocking() {
 	ctx, cancel := context.WithDeadline(context.Background(), c.deadline)
 	defer cancel()
+	if err := ctx.Err(); err != nil { // as Exchange: nothing is sent
+		c.done(nil, "", fmt.Errorf("%w: %w", ErrNoAnswer, err))
+		return
+	}
 	var resp []byte
 	var target string
 	var err error

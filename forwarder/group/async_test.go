@@ -140,10 +140,14 @@ type asyncCall struct {
 
 // startAsync calls g.ExchangeAsync with a deadline d from now.
 func startAsync(g *Group, query []byte, d time.Duration) *asyncCall {
+	return startAsyncWith(g, query, d, classify)
+}
+
+func startAsyncWith(g *Group, query []byte, d time.Duration, cls func([]byte) Verdict) *asyncCall {
 	c := &asyncCall{landed: make(chan struct{})}
 	start := time.Now()
 	var returned atomic.Bool
-	g.ExchangeAsync(query, start.Add(d), classify, func(resp []byte, from string, err error) {
+	g.ExchangeAsync(query, start.Add(d), cls, func(resp []byte, from string, err error) {
 		if c.calls.Add(1) != 1 {
 			return
 		}
@@ -169,9 +173,10 @@ func (c *asyncCall) wait(t *testing.T, limit time.Duration) {
 // agree on.
 var sentinels = []error{ErrNoAnswer, ErrRejected, errDown, context.DeadlineExceeded}
 
-// TestExchangeAsyncMatchesExchange runs each case through Exchange
-// (serial) and ExchangeAsync on fresh fakes that behave alike, and checks
-// both give the expected answer and leave the same health records.
+// TestExchangeAsyncMatchesExchange runs each case through Exchange and
+// ExchangeAsync on fresh fakes that behave alike, with hedging off and with
+// a hedge that never fires, and checks both give the expected answer and
+// leave the same health records.
 func TestExchangeAsyncMatchesExchange(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
@@ -221,84 +226,86 @@ func TestExchangeAsyncMatchesExchange(t *testing.T) {
 		{name: "inline fallback then timer good", bs: []behaviour{inline(says("F")), after(time.Millisecond, good())}, want: "G", wantFrom: "b",
 			failures: []uint64{0, 0}, attempts: []uint64{1, 1}},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			deadline := tc.deadline
-			if deadline == 0 {
-				deadline = time.Second
-			}
-			names := "abcdefgh"
-			var sf, af []*afake
-			for i, b := range tc.bs {
-				sf = append(sf, newAsync(names[i:i+1], b))
-				af = append(af, newAsync(names[i:i+1], b))
-			}
-			sg := mustNew(t, asyncMembers(tc.timeouts, sf...), Config{HedgeDelay: -1})
-			ag := mustNew(t, asyncMembers(tc.timeouts, af...), Config{HedgeDelay: -1})
-			if !ag.CanSubmit() {
-				t.Fatal("CanSubmit false for a group of AsyncExchangers")
-			}
-
-			ctx, cancel := context.WithTimeout(context.Background(), deadline)
-			sresp, sfrom, serr := sg.Exchange(ctx, []byte("q"), classify)
-			cancel()
-			c := startAsync(ag, []byte("q"), deadline)
-			c.wait(t, deadline+time.Second)
-
-			for _, r := range []struct {
-				path string
-				resp []byte
-				from string
-				err  error
-			}{{"Exchange", sresp, sfrom, serr}, {"ExchangeAsync", c.resp, c.from, c.err}} {
-				if string(r.resp) != tc.want || r.from != tc.wantFrom || (r.err == nil) != (tc.wantErrs == nil) {
-					t.Errorf("%s: got %q from %q, %v; want %q from %q, errors %v", r.path, r.resp, r.from, r.err, tc.want, tc.wantFrom, tc.wantErrs)
+		for _, m := range modes {
+			t.Run(tc.name+"/"+m.name, func(t *testing.T) {
+				deadline := tc.deadline
+				if deadline == 0 {
+					deadline = time.Second
 				}
-				for _, e := range tc.wantErrs {
-					if !errors.Is(r.err, e) {
-						t.Errorf("%s: error %v does not wrap %v", r.path, r.err, e)
+				names := "abcdefgh"
+				var sf, af []*afake
+				for i, b := range tc.bs {
+					sf = append(sf, newAsync(names[i:i+1], b))
+					af = append(af, newAsync(names[i:i+1], b))
+				}
+				sg := mustNew(t, asyncMembers(tc.timeouts, sf...), Config{HedgeDelay: m.hedge})
+				ag := mustNew(t, asyncMembers(tc.timeouts, af...), Config{HedgeDelay: m.hedge})
+				if !ag.CanSubmit() {
+					t.Fatal("CanSubmit false for a group of AsyncExchangers")
+				}
+
+				ctx, cancel := context.WithTimeout(context.Background(), deadline)
+				sresp, sfrom, serr := sg.Exchange(ctx, []byte("q"), classify)
+				cancel()
+				c := startAsync(ag, []byte("q"), deadline)
+				c.wait(t, deadline+time.Second)
+
+				for _, r := range []struct {
+					path string
+					resp []byte
+					from string
+					err  error
+				}{{"Exchange", sresp, sfrom, serr}, {"ExchangeAsync", c.resp, c.from, c.err}} {
+					if string(r.resp) != tc.want || r.from != tc.wantFrom || (r.err == nil) != (tc.wantErrs == nil) {
+						t.Errorf("%s: got %q from %q, %v; want %q from %q, errors %v", r.path, r.resp, r.from, r.err, tc.want, tc.wantFrom, tc.wantErrs)
+					}
+					for _, e := range tc.wantErrs {
+						if !errors.Is(r.err, e) {
+							t.Errorf("%s: error %v does not wrap %v", r.path, r.err, e)
+						}
 					}
 				}
-			}
-			for _, e := range sentinels {
-				if errors.Is(serr, e) != errors.Is(c.err, e) {
-					t.Errorf("Exchange's error %v and ExchangeAsync's %v disagree on %v", serr, c.err, e)
+				for _, e := range sentinels {
+					if errors.Is(serr, e) != errors.Is(c.err, e) {
+						t.Errorf("Exchange's error %v and ExchangeAsync's %v disagree on %v", serr, c.err, e)
+					}
 				}
-			}
-			if limit := deadline + 100*time.Millisecond; c.took > limit {
-				t.Errorf("ExchangeAsync answered after %v, beyond the deadline %v", c.took, deadline)
-			}
+				if limit := deadline + 100*time.Millisecond; c.took > limit {
+					t.Errorf("ExchangeAsync answered after %v, beyond the deadline %v", c.took, deadline)
+				}
 
-			ss, as := sg.States(), ag.States()
-			for i := range as {
-				s, a := ss[i], as[i]
-				if a.Attempts != tc.attempts[i] || a.Failures != tc.failures[i] {
-					t.Errorf("%s: %d attempts, %d failures; want %d, %d", a.Target, a.Attempts, a.Failures, tc.attempts[i], tc.failures[i])
+				ss, as := sg.States(), ag.States()
+				for i := range as {
+					s, a := ss[i], as[i]
+					if a.Attempts != tc.attempts[i] || a.Failures != tc.failures[i] {
+						t.Errorf("%s: %d attempts, %d failures; want %d, %d", a.Target, a.Attempts, a.Failures, tc.attempts[i], tc.failures[i])
+					}
+					if s.Up != a.Up || s.Attempts != a.Attempts || s.Failures != a.Failures || s.Hedges != a.Hedges || (s.EWMA == 0) != (a.EWMA == 0) {
+						t.Errorf("%s: Exchange left %+v, ExchangeAsync %+v", a.Target, s, a)
+					}
+					if n := af[i].exchanges.Load(); n != 0 {
+						t.Errorf("%s: %d blocking exchanges on the async path", a.Target, n)
+					}
+					if af[i].badTimeout.Load() || af[i].badCopy.Load() {
+						t.Errorf("%s: submitted with a timeout <= 0, or the query changed before done", a.Target)
+					}
+					if sf[i].submits.Load() != 0 {
+						t.Errorf("%s: Exchange submitted", a.Target)
+					}
 				}
-				if s.Up != a.Up || s.Attempts != a.Attempts || s.Failures != a.Failures || s.Hedges != a.Hedges || (s.EWMA == 0) != (a.EWMA == 0) {
-					t.Errorf("%s: Exchange left %+v, ExchangeAsync %+v", a.Target, s, a)
+				time.Sleep(10 * time.Millisecond) // room for a second call
+				if n := c.calls.Load(); n != 1 {
+					t.Errorf("done called %d times, want once", n)
 				}
-				if n := af[i].exchanges.Load(); n != 0 {
-					t.Errorf("%s: %d blocking exchanges on the async path", a.Target, n)
-				}
-				if af[i].badTimeout.Load() || af[i].badCopy.Load() {
-					t.Errorf("%s: submitted with a timeout <= 0, or the query changed before done", a.Target)
-				}
-				if sf[i].submits.Load() != 0 {
-					t.Errorf("%s: Exchange submitted", a.Target)
-				}
-			}
-			time.Sleep(10 * time.Millisecond) // room for a second call
-			if n := c.calls.Load(); n != 1 {
-				t.Errorf("done called %d times, want once", n)
-			}
-		})
+			})
+		}
 	}
 }
 
 // TestExchangeAsyncDeadline: each attempt is given min(member timeout, time
 // left), and done comes by the deadline even when no target ever answers.
 func TestExchangeAsyncDeadline(t *testing.T) {
-	const slack = 60 * time.Millisecond
+	const slack = 100 * time.Millisecond
 	ms := time.Millisecond
 	for _, tc := range []struct {
 		name     string
@@ -375,8 +382,9 @@ func TestExchangeAsyncPastDeadline(t *testing.T) {
 		mixed bool
 	}{
 		{name: "chained", hedge: -1},
-		{name: "hedgeable", hedge: time.Millisecond},
+		{name: "chained, hedgeable", hedge: time.Millisecond},
 		{name: "mixed group", hedge: -1, mixed: true},
+		{name: "mixed group, hedgeable", hedge: time.Millisecond, mixed: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a, b := newAsync("a", good()), newAsync("b", good())
@@ -438,42 +446,48 @@ func TestExchangeAsyncInline(t *testing.T) {
 	}
 }
 
-// TestExchangeAsyncPaths: which path ExchangeAsync takes. Chained attempts
-// use Submit; hedgeable queries and groups with a target that cannot
-// Submit use Exchange on a goroutine. Both answer.
+// TestExchangeAsyncPaths: a group of AsyncExchangers is driven through
+// Submit, hedging included; a group with a target that cannot Submit runs
+// Exchange on a goroutine. Either way the caller is not blocked, and hedging
+// follows the rules of Exchange: a hedge needs a second target up and
+// budget.
 func TestExchangeAsyncPaths(t *testing.T) {
+	ms := time.Millisecond
 	for _, tc := range []struct {
-		name      string
-		hedge     time.Duration
-		mixed     bool // b cannot Submit
-		bDown     bool
-		noTokens  bool
-		a         behaviour
-		canSubmit bool
-		submitted bool // the attempts went through Submit
-		wantFrom  string
-		hedges    uint64 // b's
+		name     string
+		hedge    time.Duration
+		aTimeout time.Duration // a answers after 80ms; default timeout 1s
+		mixed    bool          // b cannot Submit
+		bDown    bool
+		noTokens bool
+		wantFrom string
+		hedges   uint64 // b's
 	}{
-		{name: "hedging off", hedge: -1, a: errs(), canSubmit: true, submitted: true, wantFrom: "b"},
-		{name: "one target up", hedge: 5 * time.Millisecond, bDown: true, a: good(), canSubmit: true, submitted: true, wantFrom: "a"},
-		{name: "no hedge budget", hedge: 5 * time.Millisecond, noTokens: true, a: errs(), canSubmit: true, submitted: true, wantFrom: "b"},
-		{name: "hedged", hedge: 5 * time.Millisecond, a: after(300*time.Millisecond, good()), canSubmit: true, wantFrom: "b", hedges: 1},
-		{name: "adaptive hedging, two up", hedge: 0, a: errs(), canSubmit: true, wantFrom: "b"},
-		{name: "mixed group", hedge: -1, mixed: true, a: errs(), wantFrom: "b"},
-		{name: "mixed group, slow target", hedge: -1, mixed: true, a: silent(), wantFrom: "b"},
+		{name: "hedging off", hedge: -1, wantFrom: "a"},
+		{name: "hedged", hedge: 5 * ms, wantFrom: "b", hedges: 1},
+		// No samples: the hedge delay is half of a's timeout.
+		{name: "adaptive hedge", hedge: 0, aTimeout: 60 * ms, wantFrom: "b", hedges: 1},
+		{name: "hedge target down", hedge: 5 * ms, bDown: true, wantFrom: "a"},
+		{name: "no hedge budget", hedge: 5 * ms, noTokens: true, wantFrom: "a"},
+		{name: "mixed group", hedge: -1, mixed: true, wantFrom: "a"},
+		{name: "mixed group, hedged", hedge: 5 * ms, mixed: true, wantFrom: "b", hedges: 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			a := newAsync("a", tc.a)
+			a := newAsync("a", after(80*ms, good()))
 			b := newAsync("b", good())
-			ms := []Member{{Up: a, Timeout: 30 * time.Millisecond}, {Up: b, Timeout: 30 * time.Millisecond}}
+			aTimeout := tc.aTimeout
+			if aTimeout == 0 {
+				aTimeout = time.Second
+			}
+			members := []Member{{Up: a, Timeout: aTimeout}, {Up: b, Timeout: time.Second}}
 			var plain *fake
 			if tc.mixed {
 				plain = newFake("b", answer(0, "G"))
-				ms[1].Up = plain
+				members[1].Up = plain
 			}
-			g := mustNew(t, ms, Config{HedgeDelay: tc.hedge, HedgeBudget: 1})
-			if g.CanSubmit() != tc.canSubmit {
-				t.Fatalf("CanSubmit %v, want %v", g.CanSubmit(), tc.canSubmit)
+			g := mustNew(t, members, Config{HedgeDelay: tc.hedge})
+			if g.CanSubmit() == tc.mixed {
+				t.Fatalf("CanSubmit %v for a group with a target that cannot Submit: %v", g.CanSubmit(), tc.mixed)
 			}
 			if tc.bDown {
 				g.targets[1].healthy.Store(false)
@@ -484,30 +498,219 @@ func TestExchangeAsyncPaths(t *testing.T) {
 			}
 			start := time.Now()
 			c := startAsync(g, []byte("q"), time.Second)
-			if took := time.Since(start); took > 10*time.Millisecond && !c.inside {
+			if took := time.Since(start); took > 20*ms {
 				t.Errorf("ExchangeAsync blocked its caller for %v", took)
 			}
 			c.wait(t, 2*time.Second)
 			if c.err != nil || string(c.resp) != "G" || c.from != tc.wantFrom {
 				t.Fatalf("got %q from %q, %v; want G from %s", c.resp, c.from, c.err, tc.wantFrom)
 			}
-			if c.took > 200*time.Millisecond {
-				t.Errorf("answered after %v", c.took)
+			if h := g.States()[1].Hedges; h != tc.hedges {
+				t.Errorf("b hedged to %d times, want %d", h, tc.hedges)
 			}
+			time.Sleep(time.Until(start.Add(100 * ms))) // a's late answer, if any, has come
 			submits, exchanges := a.submits.Load()+b.submits.Load(), a.exchanges.Load()+b.exchanges.Load()
 			if plain != nil {
 				exchanges += plain.calls.Load()
 			}
-			if tc.submitted != (submits > 0) || tc.submitted == (exchanges > 0) {
-				t.Errorf("%d submits, %d exchanges; want only %s", submits, exchanges, map[bool]string{true: "submits", false: "exchanges"}[tc.submitted])
+			if tc.mixed != (exchanges > 0) || tc.mixed == (submits > 0) {
+				t.Errorf("%d submits, %d exchanges; want only %s", submits, exchanges, map[bool]string{false: "submits", true: "exchanges"}[tc.mixed])
 			}
-			if h := g.States()[1].Hedges; h != tc.hedges {
-				t.Errorf("b hedged to %d times, want %d", h, tc.hedges)
-			}
-			time.Sleep(10 * time.Millisecond)
 			if n := c.calls.Load(); n != 1 {
 				t.Errorf("done called %d times, want once", n)
 			}
+		})
+	}
+}
+
+// TestExchangeAsyncHedgeSettleRace: the two attempts of a hedged query
+// settle at the same time, the first with a failure, the second with an
+// answer, and no target is left to try. The answer must be what done gets,
+// as in Exchange, where one goroutine settles the attempts in turn.
+func TestExchangeAsyncHedgeSettleRace(t *testing.T) {
+	for _, tc := range []struct{ name, bResp string }{{"good", "G"}, {"fallback", "F"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := newAsync("a", after(30*time.Millisecond, says("X")))
+			b := newAsync("b", after(10*time.Millisecond, says(tc.bResp))) // hedged at 5ms
+			g := mustNew(t, asyncMembers([]time.Duration{time.Second, time.Second}, a, b), Config{HedgeDelay: 5 * time.Millisecond})
+			bSettling, ready := make(chan struct{}), make(chan struct{})
+			var c *asyncCall
+			cls := func(resp []byte) Verdict {
+				if string(resp) == "X" {
+					// a's failure is settled while b's answer is being
+					// settled (or after a second: no such interleaving).
+					select {
+					case <-bSettling:
+					case <-time.After(time.Second):
+					}
+				} else {
+					// b's answer: let a's failure settle first, up to done.
+					close(bSettling)
+					<-ready
+					select {
+					case <-c.landed:
+					case <-time.After(100 * time.Millisecond):
+					}
+				}
+				return classify(resp)
+			}
+			c = startAsyncWith(g, []byte("q"), time.Second, cls)
+			close(ready)
+			c.wait(t, 3*time.Second)
+			if c.err != nil || string(c.resp) != tc.bResp || c.from != "b" {
+				t.Errorf("got %q from %q, %v; want %s from b", c.resp, c.from, c.err, tc.bResp)
+			}
+			if st := g.States(); st[1].Hedges != 1 || st[0].Failures != 1 {
+				t.Errorf("states %+v; want a hedge to b and a failure of a", st)
+			}
+		})
+	}
+}
+
+// TestExchangeAsyncHedgeTimerRearm: when the first attempt fails, the next
+// target gets a full hedge delay of its own, as in Exchange; a hedge timer
+// that fired for the failed attempt must not hedge the next one at once.
+// The clock stalls while the failover is being launched, until the first
+// attempt's hedge timer has fired.
+func TestExchangeAsyncHedgeTimerRearm(t *testing.T) {
+	const delay = 10 * time.Millisecond
+	for _, async := range []bool{false, true} {
+		t.Run(map[bool]string{false: "Exchange", true: "ExchangeAsync"}[async], func(t *testing.T) {
+			var stall atomic.Bool
+			now := func() time.Time {
+				if stall.CompareAndSwap(true, false) {
+					time.Sleep(3 * delay) // the hedge timer armed for a fires meanwhile
+				}
+				return time.Now()
+			}
+			cls := func(resp []byte) Verdict {
+				if string(resp) == "X" {
+					stall.Store(true) // the next reading of the clock is the failover's
+				}
+				return classify(resp)
+			}
+			a := newAsync("a", after(time.Millisecond, says("X")))
+			b := newAsync("b", after(delay/2, good())) // answers within its hedge delay
+			c := newAsync("c", good())
+			g := mustNew(t, asyncMembers([]time.Duration{time.Second, time.Second, time.Second}, a, b, c),
+				Config{HedgeDelay: delay, Now: now})
+			var resp []byte
+			var from string
+			var err error
+			if async {
+				q := startAsyncWith(g, []byte("q"), time.Second, cls)
+				q.wait(t, 2*time.Second)
+				resp, from, err = q.resp, q.from, q.err
+			} else {
+				resp, from, err = g.Exchange(context.Background(), []byte("q"), cls)
+			}
+			if err != nil || string(resp) != "G" || from != "b" {
+				t.Errorf("got %q from %q, %v; want G from b", resp, from, err)
+			}
+			if n := c.submits.Load() + c.exchanges.Load(); n != 0 {
+				t.Errorf("c asked %d times: b was hedged before its hedge delay", n)
+			}
+		})
+	}
+}
+
+// TestExchangeAsyncHedgeFallbackWaitsForGood: a Fallback that arrives
+// first does not end a hedged query; the Good answer of the hedge does.
+func TestExchangeAsyncHedgeFallbackWaitsForGood(t *testing.T) {
+	a, b := newAsync("a", after(20*time.Millisecond, says("F"))), newAsync("b", after(30*time.Millisecond, good()))
+	g := mustNew(t, asyncMembers([]time.Duration{time.Second, time.Second}, a, b), Config{HedgeDelay: 5 * time.Millisecond})
+	c := startAsync(g, []byte("q"), time.Second)
+	c.wait(t, 2*time.Second)
+	if c.err != nil || string(c.resp) != "G" || c.from != "b" {
+		t.Errorf("got %q from %q, %v; want G from b", c.resp, c.from, c.err)
+	}
+}
+
+// TestExchangeAsyncHedgeBudget: hedges through the async path spend the
+// same budget as Exchange's.
+func TestExchangeAsyncHedgeBudget(t *testing.T) {
+	a, b := newAsync("a", after(5*time.Millisecond, good())), newAsync("b", good())
+	g := mustNew(t, asyncMembers([]time.Duration{time.Second, time.Second}, a, b), Config{HedgeDelay: time.Millisecond, HedgeBudget: 0.1})
+	const n = 100
+	for range n {
+		c := startAsync(g, []byte("q"), time.Second)
+		c.wait(t, time.Second)
+		if c.err != nil {
+			t.Fatal(c.err)
+		}
+	}
+	var hedges uint64
+	for _, s := range g.States() {
+		hedges += s.Hedges
+	}
+	if hedges > 1+n/10 || hedges < 3 {
+		t.Errorf("%d hedges in %d queries, want about %d, at most %d", hedges, n, n/10, 1+n/10)
+	}
+}
+
+// TestExchangeAsyncNoGoroutinePerQuery: queries waiting on targets that can
+// Submit hold no goroutine, hedged or not; with a target that cannot, each
+// holds one, blocked in Exchange.
+func TestExchangeAsyncNoGoroutinePerQuery(t *testing.T) {
+	const n = 200
+	for _, tc := range []struct {
+		name  string
+		hedge time.Duration
+		mixed bool
+	}{
+		{name: "chained", hedge: -1},
+		{name: "hedged", hedge: 5 * time.Millisecond},
+		{name: "mixed group", hedge: -1, mixed: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := newAsync("a", silent()), newAsync("b", silent())
+			members := asyncMembers(nil, a, b)
+			if tc.mixed {
+				members[1].Up = newFake("b", hang)
+			}
+			g := mustNew(t, members, Config{HedgeDelay: tc.hedge, HedgeBudget: 1})
+			base := runtime.NumGoroutine()
+			calls := make([]*asyncCall, n)
+			for i := range calls {
+				calls[i] = startAsync(g, []byte("q"), 400*time.Millisecond)
+			}
+			time.Sleep(20 * time.Millisecond) // the hedges have gone out
+			if tc.mixed {
+				// Each query's goroutine is blocked in a's Exchange.
+				deadline := time.Now().Add(300 * time.Millisecond)
+				for a.exchanges.Load() < n && time.Now().Before(deadline) {
+					time.Sleep(time.Millisecond)
+				}
+				if e := a.exchanges.Load(); e != n {
+					t.Errorf("%d exchanges blocked, want %d", e, n)
+				}
+				if got := runtime.NumGoroutine() - base; got < n-10 {
+					t.Errorf("%d more goroutines with %d queries waiting on a blocking target, want about %d", got, n, n)
+				}
+			} else if got := goroutinesAbove(base, 10, 150*time.Millisecond); got > 10 {
+				t.Errorf("%d more goroutines with %d queries waiting, want at most 10", got, n)
+			}
+			for _, c := range calls {
+				select {
+				case <-c.landed:
+					t.Fatal("a query ended before the goroutines were counted")
+				default:
+				}
+			}
+			if tc.hedge > 0 {
+				// The budget (a burst of hedgeBurst) was earned before
+				// any hedge timer fired.
+				if h := g.States()[1].Hedges; h < hedgeBurst {
+					t.Errorf("%d of %d queries hedged, want at least %d", h, n, hedgeBurst)
+				}
+			}
+			for _, c := range calls {
+				c.wait(t, 2*time.Second)
+				if !errors.Is(c.err, context.DeadlineExceeded) {
+					t.Errorf("err %v, want %v", c.err, context.DeadlineExceeded)
+				}
+			}
+			waitGoroutines(t, base)
 		})
 	}
 }
@@ -593,15 +796,44 @@ func timed(timeout time.Duration, fs ...*afake) []Member {
 	return ms
 }
 
-// BenchmarkExchangeAsync: the chained path with a target that answers
-// inside Submit: the cost of the chain itself.
+// instant answers inside Submit with a fixed response, recording nothing:
+// for measuring the chain alone.
+type instant struct{ resp []byte }
+
+func (f instant) String() string                                   { return "instant" }
+func (f instant) Exchange(context.Context, []byte) ([]byte, error) { return f.resp, nil }
+func (f instant) Submit(_ []byte, _ time.Duration, done func([]byte, error)) {
+	done(f.resp, nil)
+}
+
+// BenchmarkExchangeAsync: the chained path with targets that answer inside
+// Submit: the cost of the chain itself.
 func BenchmarkExchangeAsync(b *testing.B) {
-	g := mustNew(b, asyncMembers(nil, newAsync("a", inline(good())), newAsync("b", inline(good()))), Config{HedgeDelay: -1})
-	query := []byte("query")
-	done := func([]byte, string, error) {}
-	deadline := time.Now().Add(time.Hour)
-	b.ReportAllocs()
-	for b.Loop() {
-		g.ExchangeAsync(query, deadline, classify, done)
+	up := instant{resp: []byte("G")}
+	for _, hd := range []time.Duration{-1, time.Hour} {
+		g := mustNew(b, []Member{{Up: up, Timeout: time.Second}, {Up: up, Timeout: time.Second}}, Config{HedgeDelay: hd})
+		b.Run(map[bool]string{true: "hedging off", false: "hedgeable"}[hd < 0], func(b *testing.B) {
+			query := []byte("query")
+			done := func([]byte, string, error) {}
+			deadline := time.Now().Add(time.Hour)
+			b.ReportAllocs()
+			for b.Loop() {
+				g.ExchangeAsync(query, deadline, classify, done)
+			}
+		})
+	}
+}
+
+// goroutinesAbove returns how many goroutines there are more than base,
+// waiting up to within for the number to come down to most (timer
+// callbacks run on short-lived goroutines of their own).
+func goroutinesAbove(base, most int, within time.Duration) int {
+	deadline := time.Now().Add(within)
+	for {
+		n := runtime.NumGoroutine() - base
+		if n <= most || time.Now().After(deadline) {
+			return n
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
