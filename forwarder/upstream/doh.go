@@ -176,11 +176,17 @@ func (d *DoH) Exchange(ctx context.Context, query []byte) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("upstream %s: %w", d.target, ctxErr(ctx, "before sending"))
 	}
+	return d.exchangeQuery(ctx, query, 2)
+}
+
+// exchangeQuery is Exchange with at most attempts tries (a second one only
+// after the first failed with a Retryable error).
+func (d *DoH) exchangeQuery(ctx context.Context, query []byte, attempts int) ([]byte, error) {
 	r := d.reqs.Get().(*request)
 	r.query = append(r.query[:0], query...)
 	r.query[0], r.query[1] = 0, 0
 	r.timer.Reset(d.timeout)
-	resp, err := d.exchange(ctx, r)
+	resp, err := d.exchange(ctx, r, attempts)
 	r.timer.Stop()
 	if !r.abandoned { // else a reader or writer may still hold it: leave it to the GC
 		r.resp, r.err, r.state = nil, nil, stIdle
@@ -196,14 +202,14 @@ func (d *DoH) Exchange(ctx context.Context, query []byte) ([]byte, error) {
 	return resp, nil
 }
 
-func (d *DoH) exchange(ctx context.Context, r *request) ([]byte, error) {
-	for attempt := 0; ; attempt++ {
+func (d *DoH) exchange(ctx context.Context, r *request, attempts int) ([]byte, error) {
+	for attempt := 1; ; attempt++ {
 		c, err := d.getConn(ctx, r)
 		if err != nil {
 			return nil, err
 		}
 		resp, err := c.roundTrip(ctx, r)
-		if err == nil || attempt > 0 || r.abandoned || !Retryable(err) {
+		if err == nil || attempt >= attempts || r.abandoned || !Retryable(err) {
 			return resp, err
 		}
 	}

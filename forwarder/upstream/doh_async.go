@@ -40,16 +40,21 @@ func (d *DoH) Submit(query []byte, timeout time.Duration, done func(resp []byte,
 }
 
 // submit puts async request r on a ready connection, or hands it to a
-// goroutine that waits for one.
+// goroutine that waits for one (and, for a request not yet retried, may
+// retry once as Exchange does).
 func (d *DoH) submit(r *request) {
 	if c := d.pool.tryGet(); c != nil && c.submit(r) {
 		return
+	}
+	attempts := 2
+	if r.retried {
+		attempts = 1
 	}
 	go func() {
 		ctx, cancel := context.WithDeadline(context.Background(), r.deadline)
 		q := append([]byte(nil), r.query...)
 		q[0], q[1] = r.qid[0], r.qid[1]
-		resp, err := d.Exchange(ctx, q)
+		resp, err := d.exchangeQuery(ctx, q, attempts)
 		cancel()
 		r.cb(resp, err)
 	}()

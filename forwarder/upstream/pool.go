@@ -48,40 +48,43 @@ func (p *connPool[E, C]) usable(s *poolSlot[E]) C {
 }
 
 // get returns a connection that takes new queries, waiting for a dial at
-// most until ctx is done or timeout fires.
+// most until ctx is done or timeout fires. A dial that succeeds with a
+// connection already going away (a GOAWAY or a reset right after the
+// handshake) is not an answer: get looks again, and dials again.
 func (p *connPool[E, C]) get(ctx context.Context, timeout <-chan time.Time) (C, error) {
 	n := uint32(len(p.slots))
-	i := p.next.Add(1) % n
-	s := &p.slots[i]
-	if c := p.usable(s); c != nil {
-		return c, nil
-	}
-	ch, err := p.startDial(s)
-	for j := uint32(1); j < n; j++ {
-		if c := p.usable(&p.slots[(i+j)%n]); c != nil {
+	for {
+		i := p.next.Add(1) % n
+		s := &p.slots[i]
+		if c := p.usable(s); c != nil {
 			return c, nil
 		}
+		ch, err := p.startDial(s)
+		for j := uint32(1); j < n; j++ {
+			if c := p.usable(&p.slots[(i+j)%n]); c != nil {
+				return c, nil
+			}
+		}
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, ctxErr(ctx, "waiting for "+p.what)
+		case <-timeout:
+			return nil, fmt.Errorf("waiting for %s: %w", p.what, ErrTimeout)
+		}
+		if c := p.usable(s); c != nil {
+			return c, nil
+		}
+		s.mu.Lock()
+		err = s.dialErr
+		s.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
 	}
-	if err != nil {
-		return nil, err
-	}
-	select {
-	case <-ch:
-	case <-ctx.Done():
-		return nil, ctxErr(ctx, "waiting for "+p.what)
-	case <-timeout:
-		return nil, fmt.Errorf("waiting for %s: %w", p.what, ErrTimeout)
-	}
-	if c := p.usable(s); c != nil {
-		return c, nil
-	}
-	s.mu.Lock()
-	err = s.dialErr
-	s.mu.Unlock()
-	if err == nil {
-		err = fmt.Errorf("%s: %w", p.what, ErrConnClosed)
-	}
-	return nil, err
 }
 
 // prewarm starts dialling every slot; errors are the next query's business.
