@@ -44,6 +44,10 @@ type loop struct {
 	req forwarder.Request // reused for every datagram
 	out *outbox           // replies of misses
 
+	recvFn func(fd uintptr) bool // l.tryRecv, bound once
+	rn     int                   // tryRecv's result
+	rerr   syscall.Errno
+
 	queries, replies, drops, truncated, batches atomic.Uint64
 }
 
@@ -62,6 +66,7 @@ func newLoop(so *socket, h Handler, name string, batch int, stopping *atomic.Boo
 		l.rxCtl = make([]byte, batch*ctlSize)
 	}
 	l.out = newOutbox(l)
+	l.recvFn = l.tryRecv
 	for i := range batch {
 		l.rxIovs[i].Base = &l.rxBufs[i*slotSize]
 		l.rxIovs[i].SetLen(slotSize)
@@ -122,7 +127,7 @@ func (l *loop) drain() {
 				l.rxHdrs[i].Hdr.SetControllen(ctlSize)
 			}
 		}
-		n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(l.sock.fd),
+		n, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(l.sock.fd),
 			uintptr(unsafe.Pointer(&l.rxHdrs[0])), uintptr(len(l.rxHdrs)), unix.MSG_DONTWAIT, 0, 0)
 		if errno != 0 || n == 0 {
 			return
@@ -140,23 +145,39 @@ func (l *loop) drain() {
 	}
 }
 
-// recv blocks in recvmmsg until at least one datagram is there (or the socket
-// is shut down) and takes whatever else is queued, up to the batch size.
-// Syscall6, not RawSyscall: the runtime hands our P to other goroutines
-// while the thread waits in the kernel.
+// recv waits until at least one datagram is there (or the socket is shut
+// down) and takes whatever else is queued, up to the batch size: recvmmsg
+// with MSG_DONTWAIT, and on EAGAIN the goroutine parks in the runtime's
+// poller until the socket is readable. A deadline set by Stop ends the wait
+// with EAGAIN.
 func (l *loop) recv() (int, syscall.Errno) {
+	l.rn, l.rerr = 0, 0
+	if err := l.sock.rc.Read(l.recvFn); err != nil {
+		return 0, unix.EAGAIN // deadline (Stop) or closed: run checks the flag
+	}
+	return l.rn, l.rerr
+}
+
+// tryRecv is recv's callback (made once: a closure per call would
+// allocate): one non-blocking recvmmsg; false asks the poller to wait.
+func (l *loop) tryRecv(fd uintptr) bool {
 	for i := range l.rxHdrs {
 		l.rxHdrs[i].Hdr.Namelen = nameSize
 		if l.rxCtl != nil {
 			l.rxHdrs[i].Hdr.SetControllen(ctlSize)
 		}
 	}
-	n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(l.sock.fd),
-		uintptr(unsafe.Pointer(&l.rxHdrs[0])), uintptr(len(l.rxHdrs)), unix.MSG_WAITFORONE, 0, 0)
-	if errno != 0 {
-		return 0, errno
+	r, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd,
+		uintptr(unsafe.Pointer(&l.rxHdrs[0])), uintptr(len(l.rxHdrs)), unix.MSG_DONTWAIT, 0, 0)
+	if e == unix.EAGAIN && !l.stopping.Load() {
+		return false // park until readable
 	}
-	return int(n), 0
+	if e != 0 {
+		l.rerr = e
+	} else {
+		l.rn = int(r)
+	}
+	return true
 }
 
 // process answers the n datagrams in the receive slots. Replies ready at once
@@ -298,7 +319,7 @@ func (so *socket) send(b, sa, ctl []byte) bool {
 	for {
 		var errno syscall.Errno
 		if len(ctl) == 0 {
-			_, _, errno = unix.Syscall6(unix.SYS_SENDTO, uintptr(so.fd),
+			_, _, errno = unix.RawSyscall6(unix.SYS_SENDTO, uintptr(so.fd),
 				uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), unix.MSG_DONTWAIT,
 				uintptr(unsafe.Pointer(&sa[0])), uintptr(len(sa)))
 		} else {
@@ -307,7 +328,7 @@ func (so *socket) send(b, sa, ctl []byte) bool {
 			msg := unix.Msghdr{Name: &sa[0], Namelen: uint32(len(sa)), Iov: &iov, Control: &ctl[0]}
 			msg.SetIovlen(1)
 			msg.SetControllen(len(ctl))
-			_, _, errno = unix.Syscall(unix.SYS_SENDMSG, uintptr(so.fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT)
+			_, _, errno = unix.RawSyscall(unix.SYS_SENDMSG, uintptr(so.fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT)
 		}
 		if errno != unix.EINTR {
 			return errno == 0

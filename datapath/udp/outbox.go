@@ -136,12 +136,12 @@ func (so *socket) sendBatch(hdrs []unix.Mmsghdr) (sent, drops uint64) {
 }
 
 // sendAll sends hdrs on fd with as few sendmmsg calls as the kernel allows,
-// without blocking. A full socket buffer drops what is left; a message the
+// without blocking (MSG_DONTWAIT: a raw system call, no P handoff). A full socket buffer drops what is left; a message the
 // kernel refuses (an address it will not send to, say) is skipped.
 func sendAll(fd int, hdrs []unix.Mmsghdr) (sent, drops uint64) {
 	k := len(hdrs)
 	for i := 0; i < k; {
-		n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd),
+		n, _, errno := unix.RawSyscall6(unix.SYS_SENDMMSG, uintptr(fd),
 			uintptr(unsafe.Pointer(&hdrs[i])), uintptr(k-i), unix.MSG_DONTWAIT, 0, 0)
 		switch errno {
 		case 0:

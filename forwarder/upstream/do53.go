@@ -306,6 +306,9 @@ func (u *Do53) dialTCP() (*dnsConn, error) {
 
 func (c *dnsConn) usable() bool { return !c.closing.Load() }
 
+// load is 0: TCP connections to a Do53 target take turns.
+func (c *dnsConn) load() int32 { return 0 }
+
 func (u *Do53) removeConn(c *dnsConn) {
 	u.mu.Lock()
 	delete(u.live, c)

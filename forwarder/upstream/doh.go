@@ -252,6 +252,8 @@ func (d *DoH) spawn() bool {
 
 func (h *h2Conn) usable() bool { return !h.closing.Load() }
 
+func (h *h2Conn) load() int32 { return h.inflight.Load() }
+
 // dialConn connects, runs the TLS handshake (ALPN h2 required) and the
 // HTTP/2 preface exchange; the returned connection is not started yet.
 func (d *DoH) dialConn(ctx context.Context) (*h2Conn, error) {

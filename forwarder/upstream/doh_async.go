@@ -79,6 +79,7 @@ func (c *h2Conn) submit(r *request) bool {
 		return false
 	}
 	c.active++
+	c.inflight.Add(1)
 	return true
 }
 

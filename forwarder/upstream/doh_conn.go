@@ -30,6 +30,7 @@ type h2Conn struct {
 	quit  chan struct{} // closed by shutdown
 
 	closing  atomic.Bool  // no new streams: draining or dead
+	inflight atomic.Int32 // active, readable without the lock (connection choice)
 	born     time.Time    // monotonic base of lastRead
 	lastRead atomic.Int64 // when the reader last got a frame, ns since born
 
@@ -38,7 +39,7 @@ type h2Conn struct {
 	err            error // why the connection died
 	draining       bool  // GOAWAY received or stream IDs exhausted
 	streams        map[uint32]*request
-	active         int // streams held by callers: queued or open
+	active         int // streams held by callers: queued or open; mirrored in inflight
 	maxStreams     int
 	waiting        int           // callers waiting for a free stream
 	freeCh         chan struct{} // closed and replaced when a stream frees up
@@ -218,6 +219,7 @@ func (c *h2Conn) broadcastLocked() {
 // or been abandoned.
 func (c *h2Conn) releaseLocked() {
 	c.active--
+	c.inflight.Add(-1)
 	if c.waiting > 0 {
 		c.broadcastLocked()
 	}
@@ -280,6 +282,7 @@ func (c *h2Conn) roundTrip(ctx context.Context, r *request) ([]byte, error) {
 		return nil, fmt.Errorf("%w: request queue full", ErrConnClosed)
 	}
 	c.active++
+	c.inflight.Add(1)
 	c.mu.Unlock()
 
 	select {

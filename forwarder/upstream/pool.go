@@ -9,13 +9,17 @@ import (
 )
 
 // connPool is a fixed number of connection slots shared by DoH and Do53 over
-// TCP. A slot without a usable connection is dialled in the background (one
+// TCP. A query goes to the usable connection with the fewest queries on it
+// (ties rotate): when connections end up on server threads of unequal speed
+// — BIND 9.18 spreads connections over per-thread listening sockets by a
+// hash, so two of them may share a thread — the faster ones take more. A slot without a usable connection is dialled in the background (one
 // dial at a time per slot, with the target's backoff after failures); while it
 // dials, callers use another slot's connection and wait only when there is
 // none. E is the connection type; C is *E with its usable check.
 type connPool[E any, C interface {
 	*E
 	usable() bool
+	load() int32 // queries on the connection now
 }] struct {
 	slots   []poolSlot[E]
 	next    atomic.Uint32
@@ -52,19 +56,12 @@ func (p *connPool[E, C]) usable(s *poolSlot[E]) C {
 // connection already going away (a GOAWAY or a reset right after the
 // handshake) is not an answer: get looks again, and dials again.
 func (p *connPool[E, C]) get(ctx context.Context, timeout <-chan time.Time) (C, error) {
-	n := uint32(len(p.slots))
 	for {
-		i := p.next.Add(1) % n
-		s := &p.slots[i]
-		if c := p.usable(s); c != nil {
+		c, s := p.pick()
+		if c != nil {
 			return c, nil
 		}
 		ch, err := p.startDial(s)
-		for j := uint32(1); j < n; j++ {
-			if c := p.usable(&p.slots[(i+j)%n]); c != nil {
-				return c, nil
-			}
-		}
 		if err != nil {
 			return nil, err
 		}
@@ -138,19 +135,40 @@ func (p *connPool[E, C]) run(s *poolSlot[E], ch chan struct{}) {
 }
 
 // tryGet returns a connection that takes new queries if one is ready now,
-// nil otherwise; like get it starts dialling an unusable slot it looks at.
+// nil otherwise; like get it starts dialling a slot without one.
 func (p *connPool[E, C]) tryGet() C {
+	c, s := p.pick()
+	if c == nil {
+		_, _ = p.startDial(s)
+	}
+	return c
+}
+
+// pick returns the usable connection with the fewest queries on it,
+// starting from the next slot in rotation so that ties take turns, and the
+// first slot it found without a usable connection (nil if none). Without a
+// usable connection it returns nil and the rotation's slot.
+func (p *connPool[E, C]) pick() (C, *poolSlot[E]) {
 	n := uint32(len(p.slots))
 	i := p.next.Add(1) % n
-	s := &p.slots[i]
-	if c := p.usable(s); c != nil {
-		return c
-	}
-	_, _ = p.startDial(s)
-	for j := uint32(1); j < n; j++ {
-		if c := p.usable(&p.slots[(i+j)%n]); c != nil {
-			return c
+	var best C
+	var bestLoad int32
+	var empty *poolSlot[E]
+	for j := range n {
+		s := &p.slots[(i+j)%n]
+		c := p.usable(s)
+		if c == nil {
+			if empty == nil {
+				empty = s
+			}
+			continue
+		}
+		if l := c.load(); best == nil || l < bestLoad {
+			best, bestLoad = c, l
 		}
 	}
-	return nil
+	if best != nil && empty != nil {
+		_, _ = p.startDial(empty) // refill the slot; best serves meanwhile
+	}
+	return best, empty
 }
