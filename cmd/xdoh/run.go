@@ -32,6 +32,7 @@ type runFlags struct {
 	upstream listFlag
 	caFile   string
 	noCache  bool
+	conns    int
 	demo     bool
 	pprof    string
 	metrics  string
@@ -45,6 +46,7 @@ func parseRunFlags(args []string) (*runFlags, error) {
 	fs.Var(&f.upstream, "upstream", "default upstream target (https://… DoH, or IP[:port] Do53); repeatable")
 	fs.StringVar(&f.caFile, "ca-file", "", "PEM CA to trust for the --upstream targets instead of the system roots")
 	fs.BoolVar(&f.noCache, "no-cache", false, "disable the response cache")
+	fs.IntVar(&f.conns, "conns", 0, "DoH connections per upstream target (upstream.conns; default 2)")
 	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus /metrics, /healthz, /readyz on IP:PORT")
 	fs.StringVar(&f.pprof, "pprof", "", "serve net/http/pprof on this loopback address (debugging)")
 	fs.BoolVar(&f.demo, "demo", false, "run the seed's topology on loopback with an in-process on-prem DoH resolver")
@@ -73,6 +75,9 @@ func (f *runFlags) layer(cfg *config.Config) {
 	if f.noCache {
 		off := false
 		cfg.Cache.Enabled = &off
+	}
+	if f.conns != 0 {
+		cfg.Upstream.Conns = f.conns // Validate names a bad value
 	}
 }
 
