@@ -44,10 +44,6 @@ type loop struct {
 	req forwarder.Request // reused for every datagram
 	out *outbox           // replies of misses
 
-	recvFn func(fd uintptr) bool // l.tryRecv, bound once
-	rn     int                   // tryRecv's result
-	rerr   syscall.Errno
-
 	queries, replies, drops, truncated, batches atomic.Uint64
 }
 
@@ -66,7 +62,6 @@ func newLoop(so *socket, h Handler, name string, batch int, stopping *atomic.Boo
 		l.rxCtl = make([]byte, batch*ctlSize)
 	}
 	l.out = newOutbox(l)
-	l.recvFn = l.tryRecv
 	for i := range batch {
 		l.rxIovs[i].Base = &l.rxBufs[i*slotSize]
 		l.rxIovs[i].SetLen(slotSize)
@@ -145,39 +140,23 @@ func (l *loop) drain() {
 	}
 }
 
-// recv waits until at least one datagram is there (or the socket is shut
-// down) and takes whatever else is queued, up to the batch size: recvmmsg
-// with MSG_DONTWAIT, and on EAGAIN the goroutine parks in the runtime's
-// poller until the socket is readable. A deadline set by Stop ends the wait
-// with EAGAIN.
+// recv blocks in recvmmsg until at least one datagram is there (or the socket
+// is shut down) and takes whatever else is queued, up to the batch size.
+// Syscall6, not RawSyscall: the runtime hands our P to other goroutines
+// while the thread waits in the kernel.
 func (l *loop) recv() (int, syscall.Errno) {
-	l.rn, l.rerr = 0, 0
-	if err := l.sock.rc.Read(l.recvFn); err != nil {
-		return 0, unix.EAGAIN // deadline (Stop) or closed: run checks the flag
-	}
-	return l.rn, l.rerr
-}
-
-// tryRecv is recv's callback (made once: a closure per call would
-// allocate): one non-blocking recvmmsg; false asks the poller to wait.
-func (l *loop) tryRecv(fd uintptr) bool {
 	for i := range l.rxHdrs {
 		l.rxHdrs[i].Hdr.Namelen = nameSize
 		if l.rxCtl != nil {
 			l.rxHdrs[i].Hdr.SetControllen(ctlSize)
 		}
 	}
-	r, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd,
-		uintptr(unsafe.Pointer(&l.rxHdrs[0])), uintptr(len(l.rxHdrs)), unix.MSG_DONTWAIT, 0, 0)
-	if e == unix.EAGAIN && !l.stopping.Load() {
-		return false // park until readable
+	n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(l.sock.fd),
+		uintptr(unsafe.Pointer(&l.rxHdrs[0])), uintptr(len(l.rxHdrs)), unix.MSG_WAITFORONE, 0, 0)
+	if errno != 0 {
+		return 0, errno
 	}
-	if e != 0 {
-		l.rerr = e
-	} else {
-		l.rn = int(r)
-	}
-	return true
+	return int(n), 0
 }
 
 // process answers the n datagrams in the receive slots. Replies ready at once

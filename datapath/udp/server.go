@@ -38,19 +38,13 @@
 // (a cache entry is copied whole, then cut to the client's size), plus
 // Batch × 64 octets for pktinfo on wildcard sockets.
 //
-// Waiting. The sockets are non-blocking and registered with the Go runtime's
-// network poller (os.NewFile, SyscallConn): a loop calls recvmmsg with
-// MSG_DONTWAIT and, when nothing is queued, parks its goroutine until epoll
-// says the socket is readable. No thread sits blocked in the kernel, so the
-// runtime never has to hand a blocked thread's P to another thread (with
-// blocking recvmmsg that handoff, driven by sysmon, cost a tenth of the miss
-// path's CPU and, with one P, added latency).
-//
-// Stopping. Stop sets a flag, calls shutdown(fd, SHUT_RD) (on Linux this
-// returns ENOTCONN for an unconnected UDP socket but still marks the socket
-// RCV_SHUTDOWN) and sets a read deadline in the past, which wakes a parked
-// loop at once. The loop sees the flag, answers what is still queued, and
-// exits. The test TestStop checks the wake-up takes well under a second.
+// Stopping. The loops block in recvmmsg, and close(2) on the descriptor does
+// not wake a thread blocked in it. Stop sets a flag and calls
+// shutdown(fd, SHUT_RD): on Linux this returns ENOTCONN for an unconnected UDP
+// socket but still marks the socket RCV_SHUTDOWN and wakes its waiters, and a
+// receive on a shut-down socket returns at once (an empty datagram) instead of
+// blocking. The loop sees the flag, closes its socket and exits. The test
+// TestStop checks the wake-up takes well under a second.
 package udp
 
 import (
@@ -59,11 +53,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -294,9 +286,6 @@ type socket struct {
 	local   netip.AddrPort
 	pktinfo bool // bound to a wildcard address: queries carry their destination
 
-	file *os.File        // owns fd once bound; registered with the poller
-	rc   syscall.RawConn // file's, for waiting in the poller
-
 	mu     sync.RWMutex
 	closed bool
 	quit   chan struct{} // closed with the socket: ends its outbox's sender
@@ -382,19 +371,6 @@ func listen(ap netip.AddrPort) (*socket, error) {
 	case *unix.SockaddrInet6:
 		so.local = netip.AddrPortFrom(netip.AddrFrom16(got.Addr).WithZone(a.Zone()), uint16(got.Port))
 	}
-	if err := unix.SetNonblock(fd, true); err != nil {
-		so.close()
-		return nil, fmt.Errorf("making the socket non-blocking: %w", err)
-	}
-	so.mu.Lock()
-	so.file = os.NewFile(uintptr(fd), "udp "+so.local.String()) // non-blocking: registered with the poller
-	so.mu.Unlock()
-	rc, err := so.file.SyscallConn()
-	if err != nil {
-		so.close()
-		return nil, fmt.Errorf("registering the socket with the poller: %w", err)
-	}
-	so.rc = rc
 	return so, nil
 }
 
@@ -405,9 +381,6 @@ func (so *socket) shutdown() {
 	defer so.mu.RUnlock()
 	if !so.closed {
 		_ = unix.Shutdown(so.fd, unix.SHUT_RD)
-		if so.file != nil {
-			_ = so.file.SetReadDeadline(time.Unix(1, 0)) // wakes a loop parked in the poller
-		}
 	}
 }
 
@@ -416,11 +389,7 @@ func (so *socket) close() {
 	defer so.mu.Unlock()
 	if !so.closed {
 		so.closed = true
-		if so.file != nil {
-			_ = so.file.Close() // leaves the poller, closes fd
-		} else {
-			_ = unix.Close(so.fd)
-		}
+		_ = unix.Close(so.fd)
 		close(so.quit)
 	}
 }
