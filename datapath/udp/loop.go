@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -43,6 +44,8 @@ type loop struct {
 
 	req forwarder.Request // reused for every datagram
 	out *outbox           // replies of misses
+
+	resolving bool // the current batch sent queries upstream
 
 	queries, replies, drops, truncated, batches atomic.Uint64
 }
@@ -109,6 +112,13 @@ func (l *loop) run() error {
 		}
 		l.batches.Add(1)
 		l.flush(l.process(n))
+		if l.resolving {
+			// The batch's misses are queued for their upstream connections'
+			// writers, which are ready to run on this P: let them, before
+			// this thread blocks in recvmmsg holding it.
+			l.resolving = false
+			runtime.Gosched()
+		}
 	}
 }
 
@@ -198,6 +208,7 @@ func (l *loop) process(n int) int {
 		if !ok {
 			l.sock.misses.Add(1)
 			if resp, ok = l.h.Resolve(&l.req, out, l.missDone(name, ctl)); !ok {
+				l.resolving = true
 				continue // done will reply
 			}
 			l.sock.misses.Add(-1) // answered at once (overload): no done
