@@ -43,7 +43,7 @@ func (f *Forwarder) resolveAsync(r *Request, done func(resp []byte)) bool {
 		return true
 	}
 	key := string(k)
-	fl := &flight{done: make(chan struct{})}
+	fl := &flight{}
 	sh.m[key] = fl
 	sh.mu.Unlock()
 	g.ExchangeAsync(upstreamQuery(r), r.start.Add(f.cfg.QueryTimeout), f.classifier(r),

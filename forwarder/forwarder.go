@@ -214,6 +214,13 @@ func (f *Forwarder) Answer(r *Request, out []byte) ([]byte, bool) {
 	return resp, ok
 }
 
+// pendingRequest is the pipeline's own copy of a request being resolved,
+// with room for a typical query.
+type pendingRequest struct {
+	Request
+	buf [512]byte
+}
+
 // Resolve resolves upstream a request that Answer could not answer. It copies
 // what it needs from r (the datapath may reuse r and its buffer as soon as
 // Resolve returns), resolves in the background and calls done with the
@@ -233,9 +240,14 @@ func (f *Forwarder) Resolve(r *Request, out []byte, done func(resp []byte)) ([]b
 		f.finish(r, resp)
 		return resp, true
 	}
-	ar := new(Request)
-	*ar = *r
-	ar.Msg = append([]byte(nil), r.Msg...)
+	// One allocation for the request and, usually, its message.
+	cp := &pendingRequest{Request: *r}
+	ar := &cp.Request
+	if len(r.Msg) <= len(cp.buf) {
+		ar.Msg = append(cp.buf[:0], r.Msg...)
+	} else {
+		ar.Msg = append([]byte(nil), r.Msg...)
+	}
 	ar.Q.Name = ar.Msg[dnsmsg.HeaderLen : dnsmsg.HeaderLen+len(r.Q.Name)] // re-point the view at the copy
 	if f.resolveAsync(ar, done) {
 		return nil, false
@@ -462,11 +474,14 @@ type result struct {
 }
 
 // flight is one upstream resolution that identical queries wait on:
-// blocked ones on done, asynchronous ones in waiters.
+// blocked ones on done, asynchronous ones in waiters. Both are guarded by
+// the shard's mutex while the flight is in the map; done is made by the
+// first blocked waiter (most flights have none) and res is set before it is
+// closed.
 type flight struct {
 	done    chan struct{}
 	res     result
-	waiters []func(result) // guarded by the shard's mutex until done is closed
+	waiters []func(result)
 }
 
 const flightShards = 32
@@ -485,17 +500,21 @@ func (f *Forwarder) coalesce(ctx context.Context, r *Request, g *group.Group) re
 	sh := &f.flights[maphash.Bytes(f.seed, k)%flightShards]
 	sh.mu.Lock()
 	if fl := sh.m[string(k)]; fl != nil {
+		if fl.done == nil {
+			fl.done = make(chan struct{}) // the first blocked waiter makes it
+		}
+		done := fl.done
 		sh.mu.Unlock()
 		f.c.coalesced.Add(1)
 		select {
-		case <-fl.done:
+		case <-done:
 			return fl.res
 		case <-ctx.Done():
 			return result{}
 		}
 	}
 	key := string(k)
-	fl := &flight{done: make(chan struct{})}
+	fl := &flight{}
 	sh.m[key] = fl
 	sh.mu.Unlock()
 
@@ -520,7 +539,9 @@ func (sh *flightShard) land(key string, fl *flight, res result) {
 	fl.res = res
 	waiters := fl.waiters
 	fl.waiters = nil
-	close(fl.done)
+	if fl.done != nil {
+		close(fl.done)
+	}
 	sh.mu.Unlock()
 	for _, w := range waiters {
 		w(res)
