@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -264,12 +265,14 @@ func (l *loop) flush(k int) {
 // missDone returns Resolve's callback for the client whose raw sockaddr is
 // name (and, on a wildcard socket, whose reply source is in the pktinfo
 // message ctl): it copies both, then queues the reply on the socket's outbox
-// (or, when that is full, sends it from the resolving goroutine).
+// (or, when that is full, sends it from the resolving goroutine). The
+// callback's state is pooled: the forwarder calls it exactly once.
 func (l *loop) missDone(name, ctl []byte) func([]byte) {
-	d := &pending{l: l}
+	d := pendingPool.Get().(*pending)
+	d.l = l
 	d.salen = copy(d.sa[:], name)
 	d.ctllen = copy(d.ctl[:], ctl)
-	return d.done
+	return d.fn
 }
 
 // pending is what a miss needs to send its reply later.
@@ -279,20 +282,33 @@ type pending struct {
 	salen  int
 	ctl    [ctlSize]byte
 	ctllen int
+	fn     func([]byte) // d.done, bound once
+}
+
+var pendingPool sync.Pool // of *pending
+
+func init() { // not in the declaration: done refers to the pool
+	pendingPool.New = func() any {
+		d := new(pending)
+		d.fn = d.done
+		return d
+	}
 }
 
 func (d *pending) done(resp []byte) {
-	if len(resp) > 0 && d.l.out.put(resp, d) {
-		return // the outbox counts the miss done once it is sent
+	l := d.l
+	queued := len(resp) > 0 && l.out.put(resp, d) // the outbox counts the miss done once it is sent
+	if !queued && len(resp) > 0 {
+		if l.sock.send(resp, d.sa[:d.salen], d.ctl[:d.ctllen]) {
+			l.replies.Add(1)
+		} else {
+			l.drops.Add(1)
+		}
 	}
-	defer d.l.sock.misses.Add(-1)
-	if len(resp) == 0 {
-		return
-	}
-	if d.l.sock.send(resp, d.sa[:d.salen], d.ctl[:d.ctllen]) {
-		d.l.replies.Add(1)
-	} else {
-		d.l.drops.Add(1)
+	d.l = nil
+	pendingPool.Put(d)
+	if !queued {
+		l.sock.misses.Add(-1)
 	}
 }
 
