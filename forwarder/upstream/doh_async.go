@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"time"
-
-	"golang.org/x/net/http2"
 )
 
 // Submit sends query over DoH like Exchange but does not block: done is
@@ -88,20 +86,11 @@ func (c *h2Conn) submit(r *request) bool {
 // connection is checked with a PING (see abandon).
 func (c *h2Conn) expire(r *request) {
 	c.mu.Lock()
-	switch r.state {
-	case stQueued:
-	case stSent:
-		delete(c.streams, r.id)
-		c.ctl.rst = append(c.ctl.rst, streamRST{r.id, http2.ErrCodeCancel})
-		c.ctl.ping = true
-		c.signal()
-	default: // finished or already expired
+	if r.state != stQueued && r.state != stSent { // finished or already expired
 		c.mu.Unlock()
 		return
 	}
-	r.state = stAbandoned
-	r.abandoned = true
-	c.releaseLocked()
+	c.abandonLocked(r, true)
 	c.mu.Unlock()
 	r.cb(nil, fmt.Errorf("upstream %s: waiting for response: %w", c.d.target, ErrTimeout))
 }

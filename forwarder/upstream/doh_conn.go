@@ -305,7 +305,17 @@ func (c *h2Conn) abandon(r *request, err error, timedOut bool) ([]byte, error) {
 		c.mu.Unlock()
 		<-r.done
 		return r.resp, r.err
-	case stSent:
+	}
+	c.abandonLocked(r, timedOut)
+	c.mu.Unlock()
+	return nil, err
+}
+
+// abandonLocked gives up on r, queued or open, with c.mu held: the writer
+// drops a queued request, an open stream is reset with CANCEL, and a stream
+// that timed out has the connection checked with a PING.
+func (c *h2Conn) abandonLocked(r *request, timedOut bool) {
+	if r.state == stSent {
 		delete(c.streams, r.id)
 		c.ctl.rst = append(c.ctl.rst, streamRST{r.id, http2.ErrCodeCancel})
 		c.ctl.ping = c.ctl.ping || timedOut
@@ -314,8 +324,6 @@ func (c *h2Conn) abandon(r *request, err error, timedOut bool) ([]byte, error) {
 	r.state = stAbandoned
 	r.abandoned = true
 	c.releaseLocked()
-	c.mu.Unlock()
-	return nil, err
 }
 
 // shutdown closes the connection and fails every request on it with err.
