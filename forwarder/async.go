@@ -1,11 +1,5 @@
 package forwarder
 
-import (
-	"hash/maphash"
-
-	"xdoh/forwarder/dnsmsg"
-)
-
 // resolveAsync resolves r (the pipeline's own copy, holding a slot of the
 // in-flight bound) without a goroutine of its own when every target of its
 // group can Submit: the group chains the attempts by callback, and the
@@ -30,22 +24,14 @@ func (f *Forwarder) resolveAsync(r *Request, done func(resp []byte)) bool {
 		done(resp)
 		<-f.inflight
 	}
-	var kb [dnsmsg.MaxKeyLen]byte
-	k := dnsmsg.AppendKey(kb[:0], &r.Q)
-	sh := &f.flights[maphash.Bytes(f.seed, k)%flightShards]
-	sh.mu.Lock()
-	if fl := sh.m[string(k)]; fl != nil {
+	sh, key, fl := f.board(r, func(fl *flight) {
 		// An identical query is being resolved (by either path): its
 		// answer is ours. Its deadline is no later than ours would be.
 		fl.waiters = append(fl.waiters, complete)
-		sh.mu.Unlock()
-		f.c.coalesced.Add(1)
+	})
+	if fl == nil {
 		return true
 	}
-	key := string(k)
-	fl := &flight{}
-	sh.m[key] = fl
-	sh.mu.Unlock()
 	g.ExchangeAsync(upstreamQuery(r), r.start.Add(f.cfg.QueryTimeout), f.classifier(r),
 		func(resp []byte, target string, err error) {
 			res := f.accept(r, resp, target, err)

@@ -495,28 +495,22 @@ type flightShard struct {
 // (same name ignoring case, type, class and EDNS flags). The first query
 // resolves; the others wait for it or for their own deadline.
 func (f *Forwarder) coalesce(ctx context.Context, r *Request, g *group.Group) result {
-	var kb [dnsmsg.MaxKeyLen]byte
-	k := dnsmsg.AppendKey(kb[:0], &r.Q)
-	sh := &f.flights[maphash.Bytes(f.seed, k)%flightShards]
-	sh.mu.Lock()
-	if fl := sh.m[string(k)]; fl != nil {
+	var joined *flight
+	var done <-chan struct{}
+	sh, key, fl := f.board(r, func(fl *flight) {
 		if fl.done == nil {
 			fl.done = make(chan struct{}) // the first blocked waiter makes it
 		}
-		done := fl.done
-		sh.mu.Unlock()
-		f.c.coalesced.Add(1)
+		joined, done = fl, fl.done
+	})
+	if fl == nil {
 		select {
 		case <-done:
-			return fl.res
+			return joined.res
 		case <-ctx.Done():
 			return result{}
 		}
 	}
-	key := string(k)
-	fl := &flight{}
-	sh.m[key] = fl
-	sh.mu.Unlock()
 
 	// The exchange is shared: it must not end because the leader's client
 	// went away (a DoH request context is cancelled when its stream is),
@@ -530,6 +524,28 @@ func (f *Forwarder) coalesce(ctx context.Context, r *Request, g *group.Group) re
 	cancel()
 	sh.land(key, fl, res)
 	return res
+}
+
+// board finds the flight of r's question. If there is one, it calls join
+// with it while the shard is locked, counts r as coalesced and returns a nil
+// flight; otherwise it starts a flight that r leads and returns it with its
+// shard and key, for land.
+func (f *Forwarder) board(r *Request, join func(*flight)) (*flightShard, string, *flight) {
+	var kb [dnsmsg.MaxKeyLen]byte
+	k := dnsmsg.AppendKey(kb[:0], &r.Q)
+	sh := &f.flights[maphash.Bytes(f.seed, k)%flightShards]
+	sh.mu.Lock()
+	if fl := sh.m[string(k)]; fl != nil {
+		join(fl)
+		sh.mu.Unlock()
+		f.c.coalesced.Add(1)
+		return nil, "", nil
+	}
+	key := string(k)
+	fl := &flight{}
+	sh.m[key] = fl
+	sh.mu.Unlock()
+	return sh, key, fl
 }
 
 // land ends flight fl (key in sh) with res and hands res to its waiters.
