@@ -540,6 +540,7 @@ func (a *app) startDo53(cur *listener, l config.Listener) error {
 	s, err := dpgnet.New(dpgnet.Config{
 		Name: l.Name, Addrs: l.Do53, TCPOnly: !gnetUDP,
 		TCPIdleTimeout: l.TCP.IdleTimeout.D(), MaxTCPConns: l.TCP.MaxConns, MaxTCPPipeline: l.TCP.MaxPipeline,
+		Loops: l.TCP.Loops,
 	}, a.sw)
 	if err != nil {
 		return fmt.Errorf("listener %q: %w", l.Name, err)

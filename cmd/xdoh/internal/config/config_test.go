@@ -36,6 +36,7 @@ listeners:
       idle_timeout: 30s
       max_conns: 100
       max_pipeline: 8
+      loops: 3
   - name: plain
     do53: ["0.0.0.0:53"]
 zones:
@@ -84,7 +85,7 @@ func TestParseFull(t *testing.T) {
 	if l.Name != "inbound" || len(l.Do53) != 2 || l.Do53[1] != "[::1]:5353" || l.DoH == nil || l.DoH.Address != "127.0.0.1:8443" || l.DoH.Path != "/dns-query" {
 		t.Errorf("listener 0 = %+v (doh %+v)", l, l.DoH)
 	}
-	if l.TCP.IdleTimeout.D() != 30*time.Second || l.TCP.MaxConns != 100 || l.TCP.MaxPipeline != 8 {
+	if l.TCP.IdleTimeout.D() != 30*time.Second || l.TCP.MaxConns != 100 || l.TCP.MaxPipeline != 8 || l.TCP.Loops != 3 {
 		t.Errorf("tcp = %+v", l.TCP)
 	}
 	if p, err := l.ProtocolSet(); err != nil || len(p) != 2 || !p["do53"] || !p["doh"] {
@@ -179,6 +180,7 @@ func TestParseErrors(t *testing.T) {
 		{name: "doh relative path", yaml: "listeners:\n  - name: a\n    protocols: [doh]\n    doh: {address: \"127.0.0.1:443\", path: dns-query, cert: cert.pem, key: key.pem}\n", want: []string{"listeners[0].doh.path"}, count: 1},
 		{name: "doh missing cert file", yaml: "listeners:\n  - name: a\n    protocols: [doh]\n    doh: {address: \"127.0.0.1:443\", cert: nope.pem, key: key.pem}\n", want: []string{"listeners[0].doh.cert", "nope.pem"}, count: 1},
 		{name: "doh empty key", yaml: "listeners:\n  - name: a\n    protocols: [doh]\n    doh: {address: \"127.0.0.1:443\", cert: cert.pem}\n", want: []string{"listeners[0].doh.key"}, count: 1},
+		{name: "too many tcp loops", yaml: base + "    tcp: {loops: 1000}\n", want: []string{"listeners[0].tcp.loops"}, count: 1},
 		{name: "negative tcp limit", yaml: base + "    tcp: {max_conns: -1}\n", want: []string{"listeners[0].tcp"}, count: 1},
 		{name: "zone file missing", yaml: base + "zones:\n  - name: corp.example\n    file: missing.zone\n", want: []string{"zones[0].file", "missing.zone"}, count: 1},
 		{name: "zone file empty", yaml: base + "zones:\n  - name: corp.example\n", want: []string{"zones[0].file"}, count: 1},
