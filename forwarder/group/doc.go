@@ -93,8 +93,8 @@
 // per-target mutex per answer and otherwise uses atomics.
 //
 // [Group.ExchangeAsync] runs the same policy, failover and hedging without a
-// goroutine when every target can Submit ([AsyncExchanger], as DoH
-// upstreams can): each attempt is started by the callback of the one before
+// goroutine when every target can Submit ([AsyncExchanger], as DoH and
+// Do53 upstreams can): each attempt is started by the callback of the one before
 // or by a hedge timer (time.AfterFunc), and the callback that settles the
 // query calls the caller's. A late loser's callback is ignored, as Exchange
 // ignores a cancelled attempt.

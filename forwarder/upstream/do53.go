@@ -62,7 +62,7 @@ var _ Upstream = (*Do53)(nil)
 // waiter is one query waiting for its response on a dnsConn. It is in the
 // connection's map while it waits; whoever removes it from the map under the
 // connection's mutex (reader, shutdown or the giving-up caller) completes
-// it, and only the first two signal done.
+// it, and only the first two signal it (finish).
 type waiter struct {
 	query []byte // the caller's query, for matching the question
 	id    uint16 // ID on the wire
@@ -70,6 +70,17 @@ type waiter struct {
 	timer *time.Timer
 	resp  []byte
 	err   error
+	async *asyncQuery // set for Submit's waiters, which have no done channel
+}
+
+// finish signals a waiter that the reader or shutdown removed from its
+// connection, with resp or err set.
+func (w *waiter) finish() {
+	if w.async != nil {
+		w.async.landed()
+		return
+	}
+	w.done <- struct{}{}
 }
 
 func newDo53(target string, addr netip.AddrPort, tcpOnly bool, opts Options) *Do53 {
@@ -162,7 +173,7 @@ func (u *Do53) Exchange(ctx context.Context, query []byte) ([]byte, error) {
 		}
 	}
 	if err == nil && resp == nil {
-		resp, err = u.exchangeTCP(ctx, query, w)
+		resp, err = u.exchangeTCP(ctx, query, w, 2)
 	}
 	w.timer.Stop()
 	w.query, w.resp, w.err = nil, nil, nil
@@ -181,18 +192,32 @@ func (u *Do53) exchangeUDP(ctx context.Context, query []byte, w *waiter) ([]byte
 	if err != nil {
 		return nil, err
 	}
+	if err := u.sendUDP(c, w, query); err != nil {
+		c.failSend(err)
+		return c.cancel(w, netError(ctx, "sending over UDP", err))
+	}
+	return c.wait(ctx, w, "over UDP")
+}
+
+// failSend ends UDP socket c after a send failed. The error may be an ICMP
+// error (port unreachable) that the kernel kept for the socket and this
+// send picked up instead of the reader: the queries that caused it wait on
+// c too, and must hear it now rather than at their deadlines.
+func (c *dnsConn) failSend(err error) {
+	c.shutdown(fmt.Errorf("sending to %s over UDP: %w", c.u.addr, err))
+}
+
+// sendUDP sends query with w's wire ID on socket c, where w is registered.
+func (u *Do53) sendUDP(c *dnsConn, w *waiter, query []byte) error {
 	bp := u.bufs.Get().(*[]byte)
 	msg := append((*bp)[:0], query...)
 	binary.BigEndian.PutUint16(msg, w.id)
-	_, err = c.nc.Write(msg)
+	_, err := c.nc.Write(msg)
 	if cap(msg) <= maxPooledSendBuf {
 		*bp = msg
 		u.bufs.Put(bp)
 	}
-	if err != nil {
-		return c.cancel(w, netError(ctx, "sending over UDP", err))
-	}
-	return c.wait(ctx, w, "over UDP")
+	return err
 }
 
 // registerUDP registers w on the next socket round-robin, or on the
@@ -246,10 +271,10 @@ func (u *Do53) udpConn(i int) (*dnsConn, error) {
 	return c, nil
 }
 
-// exchangeTCP sends query on one of the pooled TCP connections, retrying
-// once on a fresh one if the connection broke or went idle meanwhile.
-func (u *Do53) exchangeTCP(ctx context.Context, query []byte, w *waiter) ([]byte, error) {
-	for attempt := 0; ; attempt++ {
+// exchangeTCP sends query on one of the pooled TCP connections, trying up
+// to attempts connections if the one it used broke or went idle meanwhile.
+func (u *Do53) exchangeTCP(ctx context.Context, query []byte, w *waiter, attempts int) ([]byte, error) {
+	for attempt := 1; ; attempt++ {
 		c, err := u.getTCP(ctx, w)
 		if err != nil {
 			return nil, err
@@ -259,7 +284,7 @@ func (u *Do53) exchangeTCP(ctx context.Context, query []byte, w *waiter) ([]byte
 			c.signal()
 			resp, err = c.wait(ctx, w, "over TCP")
 		}
-		if err == nil || attempt > 0 || !Retryable(err) {
+		if err == nil || attempt >= attempts || !Retryable(err) {
 			return resp, err
 		}
 	}
@@ -409,15 +434,23 @@ func (c *dnsConn) wait(ctx context.Context, w *waiter, over string) ([]byte, err
 // cancel withdraws w with err, unless it has been completed meanwhile:
 // then it returns that outcome.
 func (c *dnsConn) cancel(w *waiter, err error) ([]byte, error) {
-	c.mu.Lock()
-	if c.waiters[w.id] == w {
-		c.removeLocked(w.id)
-		c.mu.Unlock()
+	if c.withdraw(w) {
 		return nil, err
 	}
-	c.mu.Unlock()
 	<-w.done
 	return w.resp, w.err
+}
+
+// withdraw removes w from c if it is still waiting there: then the caller
+// completes it. False: the reader or shutdown has it, or it was never here.
+func (c *dnsConn) withdraw(w *waiter) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.waiters[w.id] == w {
+		c.removeLocked(w.id)
+		return true
+	}
+	return false
 }
 
 func (c *dnsConn) removeLocked(id uint16) {
@@ -444,7 +477,7 @@ func (c *dnsConn) deliver(msg []byte) {
 	c.removeLocked(id)
 	c.mu.Unlock()
 	w.resp = append([]byte(nil), msg...)
-	w.done <- struct{}{}
+	w.finish()
 }
 
 // shutdown closes c and fails its waiters with err. It is idempotent.
@@ -466,7 +499,7 @@ func (c *dnsConn) shutdown(err error) {
 	c.nc.Close()
 	for _, w := range victims {
 		w.err = err
-		w.done <- struct{}{}
+		w.finish()
 	}
 	c.u.removeConn(c)
 }

@@ -84,9 +84,11 @@
 // drops anything else (late, unsolicited, spoofed or garbage), so the query
 // keeps waiting for its real answer. A socket retires after 65536 queries,
 // so that its source port does not stay predictable, and is closed once its
-// last queries have had their time. A read error such as an ICMP port
-// unreachable fails the socket's queries and the socket, which the next
-// Exchange replaces. A truncated (TC) answer is asked again over TCP.
+// last queries have had their time. A read or send error such as an ICMP
+// port unreachable fails the socket's queries and the socket, which the
+// next Exchange replaces (a send can pick up the ICMP error meant for the
+// queries before it: they hear it at once, not at their deadline). A
+// truncated (TC) answer is asked again over TCP.
 //
 // TCP (tcp:// targets and the TC retry) reuses up to Options.Conns
 // connections per target with pipelining (RFC 7766): many queries in
@@ -99,6 +101,13 @@
 // 10s without queries. A connection that breaks, by error, by the server
 // closing it or by idling out under a racing query, fails its queries with
 // [ErrConnClosed]; they are retried once on a fresh connection.
+//
+// [Do53.Submit] is the non-blocking form, as DoH's: the query is registered
+// on a socket with a callback instead of a channel and sent from the
+// caller's goroutine; the socket's reader, the query's one timer or the
+// socket's failure completes it, and a TC answer or a broken connection
+// moves it to a TCP connection the same way. Only while no TCP connection
+// is open does one goroutine dial and exchange for it.
 package upstream
 
 import (

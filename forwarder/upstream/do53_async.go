@@ -1,0 +1,199 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Submit sends query like Exchange but does not block: done is called
+// exactly once with the response (carrying the query's ID) or the error,
+// within timeout (at most the upstream's own timeout). Over UDP nothing
+// waits: the query is registered on a pooled socket and sent from the
+// caller's goroutine, and the socket's reader (or the query's timer, or
+// whoever fails the socket) calls done. A truncated answer moves the query
+// to a pooled TCP connection the same way; only when none is open yet does
+// one goroutine dial and exchange for it. A TCP connection that breaks with
+// the query in flight is retried once, as Exchange does. done runs on one of
+// those goroutines, or on the caller's when the query is refused at once;
+// it must not block, and the response is its to keep. query is copied
+// before Submit returns.
+func (u *Do53) Submit(query []byte, timeout time.Duration, done func(resp []byte, err error)) {
+	if len(query) < headerLen || len(query) > maxResponseSize {
+		done(nil, fmt.Errorf("upstream %s: %w: %d bytes", u.target, ErrBadQuery, len(query)))
+		return
+	}
+	if u.isDone.Load() {
+		done(nil, fmt.Errorf("upstream %s: %w", u.target, ErrClosed))
+		return
+	}
+	if timeout <= 0 || timeout > u.timeout {
+		timeout = u.timeout
+	}
+	a := &asyncQuery{u: u, cb: done, deadline: time.Now().Add(timeout), tcp: u.tcpOnly}
+	a.w.query = append(make([]byte, 0, len(query)), query...)
+	a.w.async = a
+	a.mu.Lock()
+	a.timer = time.AfterFunc(timeout, a.expire)
+	a.mu.Unlock()
+	a.send()
+}
+
+// asyncQuery is one Submit in flight. Its waiter is registered on at most
+// one connection at a time; completion is decided once, by settled.
+type asyncQuery struct {
+	u        *Do53
+	w        waiter
+	cb       func([]byte, error)
+	deadline time.Time
+	retried  bool // a broken TCP connection has been retried
+	settled  atomic.Bool
+
+	mu    sync.Mutex
+	tcp   bool     // over TCP now (TCP only, or after a truncated answer); written under mu
+	c     *dnsConn // where w was last registered
+	timer *time.Timer
+}
+
+// send registers the query on a socket or connection and sends it. Only
+// one goroutine runs send or landed for a query at a time: the submitter,
+// then the reader or shutdown that took the waiter off its connection (so
+// they read tcp without the lock). Registering (which sets the waiter's
+// wire ID) and recording the connection happen under mu, as does expire's
+// withdrawal, so that expire always withdraws from where the waiter is.
+func (a *asyncQuery) send() {
+	u := a.u
+	if !a.tcp {
+		a.mu.Lock()
+		c, err := u.registerUDP(&a.w, a.w.query)
+		late := err == nil && a.registeredLocked(c)
+		a.mu.Unlock()
+		switch {
+		case err != nil:
+			a.complete(nil, err)
+		case late:
+		default:
+			if err := u.sendUDP(c, &a.w, a.w.query); err != nil {
+				c.failSend(err) // completes this query and the socket's others
+			}
+		}
+		return
+	}
+	c := u.tcp.tryGet()
+	if c == nil {
+		a.exchangeTCP() // still dialling
+		return
+	}
+	a.mu.Lock()
+	err := c.register(&a.w, a.w.query)
+	late := err == nil && a.registeredLocked(c)
+	a.mu.Unlock()
+	switch {
+	case errors.Is(err, ErrBusy):
+		a.complete(nil, err)
+	case err != nil:
+		a.exchangeTCP() // died since tryGet looked
+	case !late:
+		c.signal()
+	}
+}
+
+// registeredLocked records that the waiter is on c. If the query's timer
+// has already settled it, it takes the waiter back off and reports true.
+func (a *asyncQuery) registeredLocked(c *dnsConn) (late bool) {
+	a.c = c
+	if a.settled.Load() {
+		c.withdraw(&a.w)
+		return true
+	}
+	return false
+}
+
+// exchangeTCP hands the query to one goroutine that waits for a TCP
+// connection (dialling one) and exchanges on it.
+func (a *asyncQuery) exchangeTCP() {
+	a.mu.Lock()
+	a.c = nil // nothing of ours is registered anywhere
+	a.mu.Unlock()
+	attempts := 2
+	if a.retried {
+		attempts = 1
+	}
+	go func() {
+		u := a.u
+		// Not u.ctx: on Close the connection's shutdown tells the waiter
+		// ErrClosed, as Exchange's callers hear it.
+		ctx, cancel := context.WithDeadline(context.Background(), a.deadline)
+		defer cancel()
+		w := u.waiters.Get().(*waiter)
+		w.timer.Reset(time.Until(a.deadline))
+		resp, err := u.exchangeTCP(ctx, a.w.query, w, attempts)
+		w.timer.Stop()
+		w.query, w.resp, w.err = nil, nil, nil
+		u.waiters.Put(w)
+		a.complete(resp, err)
+	}()
+}
+
+// landed runs on the goroutine that took the waiter off its connection,
+// with the answer or the connection's error in it.
+func (a *asyncQuery) landed() {
+	w := &a.w
+	if w.err != nil {
+		if a.tcp && !a.retried && Retryable(w.err) && !a.settled.Load() {
+			a.retried = true
+			w.err = nil
+			a.send()
+			return
+		}
+		a.complete(nil, w.err)
+		return
+	}
+	if !a.tcp && w.resp[2]&0x02 != 0 && !a.settled.Load() { // TC: again over TCP
+		w.resp = nil
+		a.mu.Lock()
+		a.tcp = true
+		a.mu.Unlock()
+		a.send()
+		return
+	}
+	a.complete(w.resp, nil)
+}
+
+// expire settles the query at its deadline unless it is settled already,
+// and takes its waiter off the connection it waits on.
+func (a *asyncQuery) expire() {
+	if !a.settled.CompareAndSwap(false, true) {
+		return
+	}
+	a.mu.Lock()
+	c, tcp := a.c, a.tcp
+	if c != nil {
+		c.withdraw(&a.w)
+	}
+	a.mu.Unlock()
+	over := "UDP"
+	if tcp {
+		over = "TCP"
+	}
+	a.cb(nil, fmt.Errorf("upstream %s: waiting for response over %s: %w", a.u.target, over, ErrTimeout))
+}
+
+// complete settles the query with resp or err unless it is settled already.
+func (a *asyncQuery) complete(resp []byte, err error) {
+	if !a.settled.CompareAndSwap(false, true) {
+		return
+	}
+	a.mu.Lock()
+	a.timer.Stop()
+	a.mu.Unlock()
+	if err != nil {
+		a.cb(nil, fmt.Errorf("upstream %s: %w", a.u.target, err))
+		return
+	}
+	resp[0], resp[1] = a.w.query[0], a.w.query[1]
+	a.cb(resp, nil)
+}
