@@ -109,7 +109,7 @@ func newDo53(target string, addr netip.AddrPort, tcpOnly bool, opts Options) *Do
 	u.tcp = connPool[dnsConn, *dnsConn]{
 		slots: make([]poolSlot[dnsConn], opts.Conns),
 		what:  "TCP connection to " + u.addr.String(), dialed: u.addr.String() + " over TCP",
-		spawn: u.spawn, done: u.wg.Done, dial: u.dialTCP,
+		spawn: u.spawn, done: u.wg.Done, dial: u.dialTCP, closed: u.isDone.Load,
 	}
 	if opts.Prewarm {
 		if tcpOnly {

@@ -1113,7 +1113,7 @@ func TestDoHSubmitCloseInFlight(t *testing.T) {
 				s := startTCPSink(t, false)
 				return s.URL(), Options{Conns: 2}, func() bool { return s.accepted.Load() == 2 }
 			},
-			want: expect{}, // the aborted dial's error or ErrClosed
+			want: expect{is: ErrClosed}, // the aborted dial's error wrapped in it
 		},
 	}
 	var all settled

@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -28,9 +29,12 @@ type connPool[E any, C interface {
 	dialed  string // "host:port" or "host:port over TCP", for dial errors
 
 	// spawn accounts for a dial goroutine in the owner's lifecycle (false:
-	// the owner is closed); done ends that accounting.
-	spawn func() bool
-	done  func()
+	// the owner is closed); done ends that accounting; closed reports
+	// whether the owner has been closed (a dial it aborted is ErrClosed to
+	// the callers waiting for it).
+	spawn  func() bool
+	done   func()
+	closed func() bool
 	// dial connects and, unless the owner closed meanwhile, registers and
 	// starts the connection. Its errors are wrapped by the pool.
 	dial func() (C, error)
@@ -63,7 +67,7 @@ func (p *connPool[E, C]) get(ctx context.Context, timeout <-chan time.Time) (C, 
 		}
 		ch, err := p.startDial(s)
 		if err != nil {
-			return nil, err
+			return nil, p.fail(err)
 		}
 		select {
 		case <-ch:
@@ -79,9 +83,18 @@ func (p *connPool[E, C]) get(ctx context.Context, timeout <-chan time.Time) (C, 
 		err = s.dialErr
 		s.mu.Unlock()
 		if err != nil {
-			return nil, err
+			return nil, p.fail(err)
 		}
 	}
+}
+
+// fail is a dial's error (or the backoff after one) for the callers waiting
+// for it: ErrClosed too if the owner has been closed, which aborts dials.
+func (p *connPool[E, C]) fail(err error) error {
+	if p.closed != nil && p.closed() && !errors.Is(err, ErrClosed) {
+		return fmt.Errorf("%w (%w)", ErrClosed, err)
+	}
+	return err
 }
 
 // prewarm starts dialling every slot; errors are the next query's business.
