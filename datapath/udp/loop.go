@@ -48,6 +48,10 @@ type loop struct {
 
 	resolving bool // the current batch sent queries upstream
 
+	recvFn func(fd uintptr) bool // l.tryRecv, bound once (poller mode)
+	rn     int                   // tryRecv's result
+	rerr   syscall.Errno
+
 	queries, replies, drops, truncated, batches atomic.Uint64
 }
 
@@ -66,6 +70,7 @@ func newLoop(so *socket, h Handler, name string, batch int, stopping *atomic.Boo
 		l.rxCtl = make([]byte, batch*ctlSize)
 	}
 	l.out = newOutbox(l)
+	l.recvFn = l.tryRecv
 	for i := range batch {
 		l.rxIovs[i].Base = &l.rxBufs[i*slotSize]
 		l.rxIovs[i].SetLen(slotSize)
@@ -116,7 +121,8 @@ func (l *loop) run() error {
 		if l.resolving {
 			// The batch's misses are queued for their upstream connections'
 			// writers, which are ready to run on this P: let them, before
-			// this thread blocks in recvmmsg holding it.
+			// this thread blocks in recvmmsg holding it (or, in poller
+			// mode, before this goroutine reads again).
 			l.resolving = false
 			runtime.Gosched()
 		}
@@ -151,23 +157,61 @@ func (l *loop) drain() {
 	}
 }
 
-// recv blocks in recvmmsg until at least one datagram is there (or the socket
-// is shut down) and takes whatever else is queued, up to the batch size.
-// Syscall6, not RawSyscall: the runtime hands our P to other goroutines
-// while the thread waits in the kernel.
+// recv waits until at least one datagram is there (or the socket is shut
+// down) and takes whatever else is queued, up to the batch size. How it
+// waits is the socket's wait mode (see the package documentation): blocked
+// in recvmmsg, or parked in the runtime's poller.
 func (l *loop) recv() (int, syscall.Errno) {
+	if l.sock.rc != nil {
+		return l.recvPoller()
+	}
 	for i := range l.rxHdrs {
 		l.rxHdrs[i].Hdr.Namelen = nameSize
 		if l.rxCtl != nil {
 			l.rxHdrs[i].Hdr.SetControllen(ctlSize)
 		}
 	}
+	// Syscall6, not RawSyscall: the runtime hands our P to other goroutines
+	// while the thread waits in the kernel.
 	n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(l.sock.fd),
 		uintptr(unsafe.Pointer(&l.rxHdrs[0])), uintptr(len(l.rxHdrs)), unix.MSG_WAITFORONE, 0, 0)
 	if errno != 0 {
 		return 0, errno
 	}
 	return int(n), 0
+}
+
+// recvPoller is recv in poller mode: recvmmsg with MSG_DONTWAIT, and on
+// EAGAIN the goroutine parks in the runtime's poller until the socket is
+// readable. A deadline set by Stop ends the wait with EAGAIN.
+func (l *loop) recvPoller() (int, syscall.Errno) {
+	l.rn, l.rerr = 0, 0
+	if err := l.sock.rc.Read(l.recvFn); err != nil {
+		return 0, unix.EAGAIN // deadline (Stop) or closed: run checks the flag
+	}
+	return l.rn, l.rerr
+}
+
+// tryRecv is recvPoller's callback (made once: a closure per call would
+// allocate): one non-blocking recvmmsg; false asks the poller to wait.
+func (l *loop) tryRecv(fd uintptr) bool {
+	for i := range l.rxHdrs {
+		l.rxHdrs[i].Hdr.Namelen = nameSize
+		if l.rxCtl != nil {
+			l.rxHdrs[i].Hdr.SetControllen(ctlSize)
+		}
+	}
+	r, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd,
+		uintptr(unsafe.Pointer(&l.rxHdrs[0])), uintptr(len(l.rxHdrs)), unix.MSG_DONTWAIT, 0, 0)
+	if e == unix.EAGAIN && !l.stopping.Load() {
+		return false // park until readable
+	}
+	if e != 0 {
+		l.rerr = e
+	} else {
+		l.rn = int(r)
+	}
+	return true
 }
 
 // process answers the n datagrams in the receive slots. Replies ready at once
