@@ -28,10 +28,13 @@ func newClock() *clock {
 func (c *clock) now() time.Time      { return time.Unix(0, c.ns.Load()) }
 func (c *clock) add(d time.Duration) { c.ns.Add(int64(d)) }
 
-// switchable answers with TTL ttl, or fails while down is set.
+// switchable answers with TTL ttl, or fails while down is set. With gate
+// set (before the first query) it answers only once gate is closed, instead
+// of after its delay.
 type switchable struct {
 	fakeUp
 	down atomic.Bool
+	gate chan struct{}
 }
 
 func newSwitchable(ttl uint32, delay time.Duration) *switchable {
@@ -41,8 +44,13 @@ func newSwitchable(ttl uint32, delay time.Duration) *switchable {
 		if s.down.Load() {
 			return nil, errors.New("connection refused")
 		}
+		var wait <-chan time.Time // nil: forever
+		if s.gate == nil {
+			wait = time.After(delay)
+		}
 		select {
-		case <-time.After(delay):
+		case <-wait:
+		case <-s.gate: // nil without a gate: never
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
@@ -55,7 +63,11 @@ func newSwitchable(ttl uint32, delay time.Duration) *switchable {
 }
 
 func TestCoalescedMisses(t *testing.T) {
-	up := newSwitchable(300, 150*time.Millisecond)
+	up := newSwitchable(300, 0)
+	// The upstream answers once every query has joined the flight (or after
+	// a second, when the count below fails): a goroutine scheduled late on a
+	// loaded machine must not find the flight already landed.
+	up.gate = make(chan struct{})
 	f, err := New(Config{Default: []Target{{Up: up}}})
 	if err != nil {
 		t.Fatal(err)
@@ -85,6 +97,10 @@ func TestCoalescedMisses(t *testing.T) {
 			}
 		}()
 	}
+	for deadline := time.Now().Add(time.Second); f.Stats().Coalesced < n-1 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	close(up.gate)
 	wg.Wait()
 	close(errs)
 	for err := range errs {
