@@ -133,12 +133,7 @@ func (l *loop) run() error {
 // reading, without blocking.
 func (l *loop) drain() {
 	for {
-		for i := range l.rxHdrs {
-			l.rxHdrs[i].Hdr.Namelen = nameSize
-			if l.rxCtl != nil {
-				l.rxHdrs[i].Hdr.SetControllen(ctlSize)
-			}
-		}
+		l.resetRx()
 		n, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(l.sock.fd),
 			uintptr(unsafe.Pointer(&l.rxHdrs[0])), uintptr(len(l.rxHdrs)), unix.MSG_DONTWAIT, 0, 0)
 		if errno != 0 || n == 0 {
@@ -157,6 +152,17 @@ func (l *loop) drain() {
 	}
 }
 
+// resetRx gives every receive slot back its full name and control room
+// before a recvmmsg.
+func (l *loop) resetRx() {
+	for i := range l.rxHdrs {
+		l.rxHdrs[i].Hdr.Namelen = nameSize
+		if l.rxCtl != nil {
+			l.rxHdrs[i].Hdr.SetControllen(ctlSize)
+		}
+	}
+}
+
 // recv waits until at least one datagram is there (or the socket is shut
 // down) and takes whatever else is queued, up to the batch size. How it
 // waits is the socket's wait mode (see the package documentation): blocked
@@ -165,12 +171,7 @@ func (l *loop) recv() (int, syscall.Errno) {
 	if l.sock.rc != nil {
 		return l.recvPoller()
 	}
-	for i := range l.rxHdrs {
-		l.rxHdrs[i].Hdr.Namelen = nameSize
-		if l.rxCtl != nil {
-			l.rxHdrs[i].Hdr.SetControllen(ctlSize)
-		}
-	}
+	l.resetRx()
 	// Syscall6, not RawSyscall: the runtime hands our P to other goroutines
 	// while the thread waits in the kernel.
 	n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(l.sock.fd),
@@ -195,12 +196,7 @@ func (l *loop) recvPoller() (int, syscall.Errno) {
 // tryRecv is recvPoller's callback (made once: a closure per call would
 // allocate): one non-blocking recvmmsg; false asks the poller to wait.
 func (l *loop) tryRecv(fd uintptr) bool {
-	for i := range l.rxHdrs {
-		l.rxHdrs[i].Hdr.Namelen = nameSize
-		if l.rxCtl != nil {
-			l.rxHdrs[i].Hdr.SetControllen(ctlSize)
-		}
-	}
+	l.resetRx()
 	r, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd,
 		uintptr(unsafe.Pointer(&l.rxHdrs[0])), uintptr(len(l.rxHdrs)), unix.MSG_DONTWAIT, 0, 0)
 	if e == unix.EAGAIN && !l.stopping.Load() {
