@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -199,12 +200,18 @@ func (u *Do53) exchangeUDP(ctx context.Context, query []byte, w *waiter) ([]byte
 	return c.wait(ctx, w, "over UDP")
 }
 
-// failSend ends UDP socket c after a send failed. The error may be an ICMP
-// error (port unreachable) that the kernel kept for the socket and this
-// send picked up instead of the reader: the queries that caused it wait on
-// c too, and must hear it now rather than at their deadlines.
+// failSend ends UDP socket c after a send failed with an ICMP error (port
+// or host unreachable) that the kernel kept for the socket and this send
+// picked up instead of the reader: the queries that caused it wait on c too,
+// and must hear it now rather than at their deadlines. Other send errors
+// concern only the query being sent.
 func (c *dnsConn) failSend(err error) {
-	c.shutdown(fmt.Errorf("sending to %s over UDP: %w", c.u.addr, err))
+	for _, icmp := range []error{syscall.ECONNREFUSED, syscall.EHOSTUNREACH, syscall.ENETUNREACH, syscall.EHOSTDOWN} {
+		if errors.Is(err, icmp) {
+			c.shutdown(fmt.Errorf("sending to %s over UDP: %w", c.u.addr, err))
+			return
+		}
+	}
 }
 
 // sendUDP sends query with w's wire ID on socket c, where w is registered.

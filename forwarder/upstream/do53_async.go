@@ -77,7 +77,10 @@ func (a *asyncQuery) send() {
 		case late:
 		default:
 			if err := u.sendUDP(c, &a.w, a.w.query); err != nil {
-				c.failSend(err) // completes this query and the socket's others
+				c.failSend(err) // an ICMP error: completes this query and the socket's others
+				if c.withdraw(&a.w) {
+					a.complete(nil, fmt.Errorf("sending over UDP: %w", err))
+				}
 			}
 		}
 		return
