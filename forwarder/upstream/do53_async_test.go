@@ -217,7 +217,7 @@ func startDo53Fault(t testing.TB, onUDP udpHandler, onTCP tcpHandler) *do53Fault
 		// spare TCP server stops at cleanup).
 	}
 	if pc == nil {
-		t.Skip("no loopback port free for both UDP and TCP")
+		t.Fatal("no loopback port free for both UDP and TCP in 10 tries")
 	}
 	f.addr = pc.LocalAddr().String()
 	done := make(chan struct{})

@@ -376,14 +376,19 @@ func (s *do53Server) clients(network string) int {
 
 func startDo53Server(t testing.TB) *do53Server {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		pc.Close()
-		t.Skipf("TCP port of the UDP listener is taken: %v", err)
+	var pc net.PacketConn
+	var ln net.Listener
+	for try := 0; ln == nil; try++ {
+		var err error
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err != nil {
+			pc.Close() // the TCP port of this UDP port is taken: another one
+			if try == 20 {
+				t.Fatalf("no loopback port free for both UDP and TCP in 20 tries: %v", err)
+			}
+		}
 	}
 	pc.(*net.UDPConn).SetReadBuffer(4 << 20) // bursts of hundreds of queries; best effort
 	s := &do53Server{addr: pc.LocalAddr().String(), sources: make(map[string]bool)}
