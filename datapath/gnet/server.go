@@ -316,7 +316,6 @@ func (s *Server) queueReply(c gn.Conn, st *tcpState, resp []byte) {
 	wake := !st.woken
 	st.woken = true
 	st.mu.Unlock()
-	st.lastActive.Store(time.Now().UnixNano())
 	if wake {
 		// An error means the loop is gone (engine stopped): so is c.
 		_ = c.Wake(nil)
@@ -338,6 +337,9 @@ func (s *Server) flushReplies(c gn.Conn, st *tcpState) {
 	st.mu.Unlock()
 	s.replyFlushes.Add(1) // before the write: a test counts on seeing it once the answers arrive
 	_, _ = c.Write(out)   // written, or copied into gnet's outbound buffer
+	// Activity once per flush, not per answer: the idle check looks at it
+	// only when nothing is in flight, which is after a flush.
+	st.lastActive.Store(time.Now().UnixNano())
 	st.inflight.Add(-n)
 	if cap(out) <= maxKeptReplyBuf {
 		st.spare = out[:0]
