@@ -220,27 +220,10 @@ func startDo53Fault(t testing.TB, onUDP udpHandler, onTCP tcpHandler) *do53Fault
 		t.Fatal("no loopback port free for both UDP and TCP in 10 tries")
 	}
 	f.addr = pc.LocalAddr().String()
-	done := make(chan struct{})
-	t.Cleanup(func() {
-		pc.Close()
-		<-done
+	serveUDP(t, pc, func(q *dns.Msg, reply func([]byte)) {
+		f.udpQueries.Add(1)
+		onUDP(q, reply)
 	})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 65535)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			f.udpQueries.Add(1)
-			q := new(dns.Msg)
-			if q.Unpack(buf[:n]) != nil || len(q.Question) != 1 {
-				continue
-			}
-			onUDP(q, func(msg []byte) { pc.WriteTo(msg, from) })
-		}
-	}()
 	return f
 }
 

@@ -444,6 +444,24 @@ func spoofingUDPServer(t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	serveUDP(t, pc, func(q *dns.Msg, reply func([]byte)) {
+		good, _ := answerFor(q).Pack()
+		wrongID := bytes.Clone(good)
+		binary.BigEndian.PutUint16(wrongID, q.Id+1)
+		other := q.Copy()
+		other.Question[0].Name = "spoofed.example."
+		wrongQ, _ := answerFor(other).Pack()
+		for _, b := range [][]byte{wrongID, wrongQ, []byte{1, 2, 3}, good} {
+			reply(b)
+		}
+	})
+	return pc.LocalAddr().String()
+}
+
+// serveUDP hands every DNS query that arrives on pc to handle, with a reply
+// function that sends a datagram back to its sender, until the test ends
+// (which closes pc and waits for the serving goroutine).
+func serveUDP(t testing.TB, pc net.PacketConn, handle func(q *dns.Msg, reply func([]byte))) {
 	done := make(chan struct{})
 	t.Cleanup(func() {
 		pc.Close()
@@ -458,21 +476,12 @@ func spoofingUDPServer(t testing.TB) string {
 				return
 			}
 			q := new(dns.Msg)
-			if q.Unpack(buf[:n]) != nil {
+			if q.Unpack(buf[:n]) != nil || len(q.Question) != 1 {
 				continue
 			}
-			good, _ := answerFor(q).Pack()
-			wrongID := bytes.Clone(good)
-			binary.BigEndian.PutUint16(wrongID, q.Id+1)
-			other := q.Copy()
-			other.Question[0].Name = "spoofed.example."
-			wrongQ, _ := answerFor(other).Pack()
-			for _, b := range [][]byte{wrongID, wrongQ, []byte{1, 2, 3}, good} {
-				pc.WriteTo(b, from)
-			}
+			handle(q, func(msg []byte) { pc.WriteTo(msg, from) })
 		}
 	}()
-	return pc.LocalAddr().String()
 }
 
 // tcpDNSServer is a raw RFC 7766 server for fault injection. For every
