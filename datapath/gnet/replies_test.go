@@ -80,16 +80,10 @@ func (h *heldHandler) waitHeld(t *testing.T, n int) {
 // pipeline slots come back, so round after round of a full pipeline never
 // sees SERVFAIL.
 func TestTCPUpstreamAnswersBatched(t *testing.T) {
-	addr := freePort(t, "127.0.0.1")
 	h := &heldHandler{busy: make(chan struct{}), unbusy: make(chan struct{})}
 	const pipeline = 100
-	s, err := New(Config{Name: "t", Addrs: []string{addr}, TCPOnly: true, Loops: 1, MaxTCPPipeline: pipeline}, h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
+	s := start(t, Config{Name: "t", Addrs: []string{freePort(t, "127.0.0.1")}, TCPOnly: true, Loops: 1, MaxTCPPipeline: pipeline}, h)
+	addr := s.Addrs()[0]
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()

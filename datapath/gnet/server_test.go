@@ -3,10 +3,12 @@ package gnet
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -93,13 +95,7 @@ ipv4 300 IN A 10.2.1.10
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(cfg, f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
+	s := start(t, cfg, f)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
@@ -108,14 +104,40 @@ ipv4 300 IN A 10.2.1.10
 	return s
 }
 
+// start starts a server on cfg.Addrs (from freePort). Another test process
+// may take such a port between freePort and the bind: then it picks new
+// ports on the same hosts and tries again. Use s.Addrs() for where it
+// listens.
+func start(t *testing.T, cfg Config, h Handler) *Server {
+	t.Helper()
+	for try := 1; ; try++ {
+		s, err := New(cfg, h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = s.Start()
+		if err == nil {
+			return s
+		}
+		if try == 10 || !errors.Is(err, syscall.EADDRINUSE) {
+			t.Fatal(err)
+		}
+		addrs := make([]string, len(cfg.Addrs))
+		for i, a := range cfg.Addrs {
+			host, _, _ := net.SplitHostPort(a)
+			addrs[i] = freePort(t, host)
+		}
+		cfg.Addrs = addrs
+	}
+}
+
 func TestUDPAndTCP(t *testing.T) {
-	a4 := freePort(t, "127.0.0.1")
-	addrs := []string{a4}
+	addrs := []string{freePort(t, "127.0.0.1")}
 	if l, err := net.Listen("tcp", "[::1]:0"); err == nil {
 		l.Close()
 		addrs = append(addrs, freePort(t, "::1"))
 	}
-	startServer(t, Config{Name: "t", Addrs: addrs})
+	addrs = startServer(t, Config{Name: "t", Addrs: addrs}).Addrs()
 	tests := []struct{ name, qname, want string }{
 		{"local zone, answered in the event loop", "ipv4.aws.example.internal.", "10.2.1.10"},
 		{"forwarded, answered from the miss goroutine", "foo.example.com.", "172.16.0.10"},
@@ -143,8 +165,7 @@ func TestUDPAndTCP(t *testing.T) {
 // TestTCPPipelining sends many queries on one connection before reading and
 // expects every one answered (in any order), matched by ID.
 func TestTCPPipelining(t *testing.T) {
-	addr := freePort(t, "127.0.0.1")
-	startServer(t, Config{Name: "t", Addrs: []string{addr}})
+	addr := startServer(t, Config{Name: "t", Addrs: []string{freePort(t, "127.0.0.1")}}).Addrs()[0]
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -197,8 +218,8 @@ func TestTCPPipelining(t *testing.T) {
 }
 
 func TestTCPLimits(t *testing.T) {
-	addr := freePort(t, "127.0.0.1")
-	s := startServer(t, Config{Name: "t", Addrs: []string{addr}, MaxTCPConns: 2, TCPIdleTimeout: time.Second})
+	s := startServer(t, Config{Name: "t", Addrs: []string{freePort(t, "127.0.0.1")}, MaxTCPConns: 2, TCPIdleTimeout: time.Second})
+	addr := s.Addrs()[0]
 	var conns []net.Conn
 	opened := time.Now()
 	for i := 0; i < 3; i++ {
@@ -250,8 +271,7 @@ func TestTCPLimits(t *testing.T) {
 }
 
 func TestGarbage(t *testing.T) {
-	addr := freePort(t, "127.0.0.1")
-	startServer(t, Config{Name: "t", Addrs: []string{addr}})
+	addr := startServer(t, Config{Name: "t", Addrs: []string{freePort(t, "127.0.0.1")}}).Addrs()[0]
 	c, err := net.Dial("udp", addr)
 	if err != nil {
 		t.Fatal(err)

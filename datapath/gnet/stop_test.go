@@ -15,20 +15,14 @@ import (
 // sent on the engine's fd (closed, its number possibly reused by then); it
 // is dropped and counted, and no datagram reaches the client from anywhere.
 func TestUDPMissAfterStop(t *testing.T) {
-	addr := freePort(t, "127.0.0.1")
 	f, err := forwarder.New(forwarder.Config{
 		Default: []forwarder.Target{{Up: &slowExchanger{addr: startUpstream(t), delay: 300 * time.Millisecond}}},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Name: "t", Addrs: []string{addr}}, f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
+	s := start(t, Config{Name: "t", Addrs: []string{freePort(t, "127.0.0.1")}}, f)
+	addr := s.Addrs()[0]
 	// Unconnected: it would see a reply from any source port.
 	c, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
