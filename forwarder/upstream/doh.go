@@ -267,6 +267,9 @@ func (d *DoH) dialConn(ctx context.Context) (*h2Conn, error) {
 			raw.Close()
 			return nil, fmt.Errorf("setting TCP_NODELAY: %w", err)
 		}
+		if r := newRawTCP(tcp); r != nil {
+			raw = r
+		}
 	}
 	if d.wrapConn != nil {
 		raw = d.wrapConn(raw)

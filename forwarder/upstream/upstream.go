@@ -25,6 +25,12 @@
 //     inserts :authority, :path, content-type and accept into the server's
 //     HPACK dynamic table, later ones refer to them with one byte each, and
 //     only content-length is encoded per request.
+//     Under TLS the connection reads and writes its socket with raw system
+//     calls and parks in the runtime's poller when the socket is not ready
+//     ([rawTCP]): the runtime's syscall bookkeeping, which net.TCPConn pays
+//     on every call, woke the runtime's monitor thread each time the process
+//     came back from idle, and on a shared virtual machine those wake-ups
+//     cost more than the queries.
 //   - The reader demultiplexes frames by stream ID to the waiting callers
 //     (a map guarded by the connection mutex), checks :status and
 //     content-type, collects the body (at most 65535 bytes), and handles the

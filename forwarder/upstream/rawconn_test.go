@@ -1,0 +1,176 @@
+package upstream
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// rawPair returns a rawTCP client and the server's end of a loopback TCP
+// connection.
+func rawPair(t *testing.T) (*rawTCP, *net.TCPConn) {
+	t.Helper()
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type acc struct {
+		c   *net.TCPConn
+		err error
+	}
+	ch := make(chan acc, 1)
+	go func() {
+		c, err := ln.AcceptTCP()
+		ch <- acc{c, err}
+	}()
+	nc, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := <-ch
+	if a.err != nil {
+		t.Fatal(a.err)
+	}
+	rc := newRawTCP(nc)
+	if rc == nil {
+		t.Fatal("newRawTCP: nil for a fresh TCP connection")
+	}
+	t.Cleanup(func() { rc.Close(); a.c.Close() })
+	return rc, a.c
+}
+
+func TestRawTCPRoundTrip(t *testing.T) {
+	rc, peer := rawPair(t)
+	if n, err := rc.Write(nil); n != 0 || err != nil {
+		t.Fatalf("Write(nil) = %d, %v", n, err)
+	}
+	if n, err := rc.Read(nil); n != 0 || err != nil {
+		t.Fatalf("Read(nil) = %d, %v", n, err)
+	}
+	msg := []byte("query over a raw socket")
+	if n, err := rc.Write(msg); n != len(msg) || err != nil {
+		t.Fatalf("Write = %d, %v", n, err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(peer, got); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("peer read %q, %v", got, err)
+	}
+	// A Read parks until the answer arrives.
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		peer.Write([]byte("answer"))
+	}()
+	buf := make([]byte, 64)
+	n, err := rc.Read(buf)
+	if err != nil || string(buf[:n]) != "answer" {
+		t.Fatalf("Read = %q, %v", buf[:n], err)
+	}
+	peer.Close()
+	if n, err := rc.Read(buf); n != 0 || err != io.EOF {
+		t.Fatalf("Read after the peer closed = %d, %v; want 0, EOF", n, err)
+	}
+}
+
+// A write far larger than the socket buffers parks whenever the socket is
+// full and finishes once the peer has read everything, bytes intact.
+func TestRawTCPLargeWrite(t *testing.T) {
+	rc, peer := rawPair(t)
+	big := make([]byte, 16<<20)
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(peer)
+		got <- b
+	}()
+	n, err := rc.Write(big)
+	if n != len(big) || err != nil {
+		t.Fatalf("Write = %d, %v; want %d, nil", n, err, len(big))
+	}
+	rc.CloseWrite()
+	if b := <-got; !bytes.Equal(b, big) {
+		t.Fatalf("peer got %d bytes, not the %d written", len(b), len(big))
+	}
+}
+
+// Deadlines apply as on net.TCPConn: a parked Read or Write ends with a
+// timeout, and a Write reports how much went out.
+func TestRawTCPDeadlines(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		op   func(rc *rawTCP) (int, error)
+	}{
+		{"read", func(rc *rawTCP) (int, error) {
+			rc.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+			return rc.Read(make([]byte, 10))
+		}},
+		{"write to a peer that never reads", func(rc *rawTCP) (int, error) {
+			rc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+			return rc.Write(make([]byte, 64<<20))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rc, _ := rawPair(t)
+			start := time.Now()
+			n, err := tc.op(rc)
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("err = %v; want a deadline error", err)
+			}
+			var ne net.Error
+			if !errors.As(err, &ne) || !ne.Timeout() {
+				t.Errorf("err %v is not a net.Error with Timeout()", err)
+			}
+			if tc.name != "read" && (n == 0 || n >= 64<<20) {
+				t.Errorf("Write reported %d bytes written; want some, not all", n)
+			}
+			if d := time.Since(start); d > 5*time.Second {
+				t.Errorf("took %v", d)
+			}
+		})
+	}
+}
+
+// Close wakes a parked Read; a reset from the peer is an error, not EOF.
+func TestRawTCPCloseAndReset(t *testing.T) {
+	t.Run("close", func(t *testing.T) {
+		rc, _ := rawPair(t)
+		errc := make(chan error, 1)
+		go func() {
+			_, err := rc.Read(make([]byte, 10))
+			errc <- err
+		}()
+		time.Sleep(20 * time.Millisecond)
+		rc.Close()
+		select {
+		case err := <-errc:
+			if !errors.Is(err, net.ErrClosed) {
+				t.Fatalf("Read = %v; want net.ErrClosed", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("Close did not wake the parked Read")
+		}
+		if _, err := rc.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("Write after Close = %v; want net.ErrClosed", err)
+		}
+	})
+	t.Run("reset", func(t *testing.T) {
+		rc, peer := rawPair(t)
+		peer.SetLinger(0)
+		peer.Close()
+		_, err := rc.Read(make([]byte, 10))
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("Read = %v; want ECONNRESET", err)
+		}
+		var oe *net.OpError
+		if !errors.As(err, &oe) || oe.Op != "read" || oe.Addr == nil {
+			t.Errorf("err %v is not a *net.OpError naming the read and the peer", err)
+		}
+	})
+}
