@@ -270,7 +270,7 @@ func (u *Do53) udpConn(i int) (*dnsConn, error) {
 		return nil, fmt.Errorf("opening UDP socket to %s: %w", u.addr, err)
 	}
 	nc.SetReadBuffer(udpReadBuffer) // best effort: bursts of answers
-	c := newDNSConn(u, nc, false)
+	c := newDNSConn(u, newRawConn(nc), false)
 	u.live[c] = struct{}{}
 	u.wg.Add(1)
 	go c.readUDP()
@@ -322,7 +322,7 @@ func (u *Do53) dialTCP() (*dnsConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := newDNSConn(u, nc, true)
+	c := newDNSConn(u, newRawConn(nc), true)
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.closed {

@@ -267,10 +267,8 @@ func (d *DoH) dialConn(ctx context.Context) (*h2Conn, error) {
 			raw.Close()
 			return nil, fmt.Errorf("setting TCP_NODELAY: %w", err)
 		}
-		if r := newRawTCP(tcp); r != nil {
-			raw = r
-		}
 	}
+	raw = newRawConn(raw)
 	if d.wrapConn != nil {
 		raw = d.wrapConn(raw)
 	}

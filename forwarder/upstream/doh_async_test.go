@@ -862,7 +862,7 @@ func TestDoHSubmitTimeoutReplacesSilentConnection(t *testing.T) {
 			fc.respond(id, q)
 		}
 	})
-	f.ackPing = func(conn, n int) bool { return conn > 1 || n == 1 }
+	f.setAckPing(func(conn, n int) bool { return conn > 1 || n == 1 })
 	u := newTestDoH(t, f.URL(), Options{Conns: 1, Timeout: 300 * time.Millisecond, PingTimeout: 50 * time.Millisecond,
 		PingInterval: -1, Prewarm: true})
 	waitFor(t, "handshake PING answered", func() bool { return u.RTT() > 0 })

@@ -379,7 +379,7 @@ func TestDoHStreamIDExhaustion(t *testing.T) {
 func TestDoHMaxConcurrentStreams(t *testing.T) {
 	var open, peak atomic.Int32
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	t.Cleanup(wg.Wait) // after the server's cleanup: no request can add to wg then
 	f := startFakeH2(t, []http2.Setting{{ID: http2.SettingMaxConcurrentStreams, Val: 2}},
 		func(fc *fakeConn, conn int, id uint32, q *dns.Msg) {
 			n := open.Add(1)

@@ -24,7 +24,7 @@ func TestDoHPingAfterStreamTimeoutReplacesConnection(t *testing.T) {
 	})
 	// The first connection answers the PING of its handshake, then goes
 	// silent: the idle keepalive (off here) would not notice it.
-	f.ackPing = func(conn, n int) bool { return conn > 1 || n == 1 }
+	f.setAckPing(func(conn, n int) bool { return conn > 1 || n == 1 })
 	u := newTestDoH(t, f.URL(), Options{Conns: 1, Timeout: 300 * time.Millisecond, PingTimeout: 50 * time.Millisecond,
 		PingInterval: -1, Prewarm: true})
 	waitFor(t, "handshake PING answered", func() bool { return u.RTT() > 0 })
@@ -74,7 +74,7 @@ func TestDoHPingTimeout(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := startFakeH2(t, nil, func(fc *fakeConn, conn int, id uint32, q *dns.Msg) { fc.respond(id, q) })
-			f.ackPing = tt.ack
+			f.setAckPing(tt.ack)
 			u := newTestDoH(t, f.URL(), Options{Conns: 1, PingInterval: tt.interval, PingTimeout: 50 * time.Millisecond})
 			if _, err := u.Exchange(context.Background(), makeQuery(t, "a.example.", 1)); err != nil {
 				t.Fatal(err)

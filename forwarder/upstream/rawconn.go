@@ -3,18 +3,20 @@ package upstream
 import (
 	"io"
 	"net"
+	"sync"
 	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
-// rawTCP is a TCP connection whose reads and writes are raw system calls on
-// its non-blocking socket; when the socket is not ready the goroutine parks
-// in the runtime's network poller, as with net.TCPConn, and the connection's
-// deadlines apply the same way.
+// rawConn is a TCP connection, or a connected UDP socket, whose reads and
+// writes are raw system calls on its non-blocking socket; when the socket
+// is not ready the goroutine parks in the runtime's network poller, as with
+// the net package's connections, and the connection's deadlines apply the
+// same way. Everything else is the wrapped connection's.
 //
-// Why: net.TCPConn's reads and writes enter the runtime's syscall state,
+// Why: the net package's reads and writes enter the runtime's syscall state,
 // and the first such call after the process was idle wakes the runtime's
 // monitor thread (sysmon) and sets it polling every 20 µs again. A
 // forwarder at a few thousand queries per second goes idle and busy
@@ -22,34 +24,52 @@ import (
 // more CPU than the queries. A read or write on a non-blocking socket never
 // blocks, so it needs no syscall state.
 //
-// One Read and one Write may run at a time (tls.Conn serializes each).
-type rawTCP struct {
-	*net.TCPConn
-	rc syscall.RawConn
+// One Read may run at a time (each connection has one reader); Writes are
+// serialized, as the net package serializes them (a Do53 UDP socket is
+// written by every caller).
+type rawConn struct {
+	net.Conn
+	rc     syscall.RawConn
+	stream bool // TCP: reading 0 bytes is the end of the stream, not an empty datagram
 
 	rb   []byte
 	rn   int
 	rerr syscall.Errno
 	rfn  func(uintptr) bool // c.tryRead, bound once
 
+	wmu  sync.Mutex
 	wb   []byte
 	wn   int
 	werr syscall.Errno
 	wfn  func(uintptr) bool // c.tryWrite, bound once
 }
 
-// newRawTCP wraps tc; it returns nil if tc's socket cannot be reached.
-func newRawTCP(tc *net.TCPConn) *rawTCP {
-	rc, err := tc.SyscallConn()
-	if err != nil {
-		return nil
+// newRawConn wraps a *net.TCPConn or a connected *net.UDPConn; any other
+// connection, or one whose socket cannot be reached, is returned as it is.
+func newRawConn(nc net.Conn) net.Conn {
+	var (
+		rc     syscall.RawConn
+		err    error
+		stream bool
+	)
+	switch c := nc.(type) {
+	case *net.TCPConn:
+		rc, err = c.SyscallConn()
+		stream = true
+	case *net.UDPConn:
+		rc, err = c.SyscallConn()
+	default:
+		return nc
 	}
-	c := &rawTCP{TCPConn: tc, rc: rc}
+	if err != nil {
+		return nc
+	}
+	c := &rawConn{Conn: nc, rc: rc, stream: stream}
 	c.rfn, c.wfn = c.tryRead, c.tryWrite
 	return c
 }
 
-func (c *rawTCP) Read(b []byte) (int, error) {
+func (c *rawConn) Read(b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
@@ -61,13 +81,13 @@ func (c *rawTCP) Read(b []byte) (int, error) {
 		return 0, c.opError("read", err)
 	case c.rerr != 0:
 		return 0, c.opError("read", c.rerr)
-	case c.rn == 0:
+	case c.rn == 0 && c.stream:
 		return 0, io.EOF
 	}
 	return c.rn, nil
 }
 
-func (c *rawTCP) tryRead(fd uintptr) bool {
+func (c *rawConn) tryRead(fd uintptr) bool {
 	for {
 		n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&c.rb[0])), uintptr(len(c.rb)))
 		switch e {
@@ -84,26 +104,28 @@ func (c *rawTCP) tryRead(fd uintptr) bool {
 	}
 }
 
-func (c *rawTCP) Write(b []byte) (int, error) {
+func (c *rawConn) Write(b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
+	c.wmu.Lock()
 	c.wb, c.wn, c.werr = b, 0, 0
 	err := c.rc.Write(c.wfn)
-	n := c.wn
+	n, werr := c.wn, c.werr
 	c.wb = nil
+	c.wmu.Unlock()
 	switch {
 	case err != nil:
 		return n, c.opError("write", err)
-	case c.werr != 0:
-		return n, c.opError("write", c.werr)
+	case werr != 0:
+		return n, c.opError("write", werr)
 	}
 	return n, nil
 }
 
 // tryWrite writes what is left of c.wb; false waits until the socket is
 // writable again.
-func (c *rawTCP) tryWrite(fd uintptr) bool {
+func (c *rawConn) tryWrite(fd uintptr) bool {
 	for c.wn < len(c.wb) {
 		p := c.wb[c.wn:]
 		n, _, e := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
@@ -121,6 +143,6 @@ func (c *rawTCP) tryWrite(fd uintptr) bool {
 	return true
 }
 
-func (c *rawTCP) opError(op string, err error) error {
-	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+func (c *rawConn) opError(op string, err error) error {
+	return &net.OpError{Op: op, Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }

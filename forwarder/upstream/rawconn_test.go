@@ -6,14 +6,15 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 )
 
-// rawPair returns a rawTCP client and the server's end of a loopback TCP
+// rawPair returns a rawConn client and the server's end of a loopback TCP
 // connection.
-func rawPair(t *testing.T) (*rawTCP, *net.TCPConn) {
+func rawPair(t *testing.T) (*rawConn, *net.TCPConn) {
 	t.Helper()
 	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -37,15 +38,15 @@ func rawPair(t *testing.T) (*rawTCP, *net.TCPConn) {
 	if a.err != nil {
 		t.Fatal(a.err)
 	}
-	rc := newRawTCP(nc)
-	if rc == nil {
-		t.Fatal("newRawTCP: nil for a fresh TCP connection")
+	rc, ok := newRawConn(nc).(*rawConn)
+	if !ok {
+		t.Fatal("newRawConn did not wrap a TCP connection")
 	}
 	t.Cleanup(func() { rc.Close(); a.c.Close() })
 	return rc, a.c
 }
 
-func TestRawTCPRoundTrip(t *testing.T) {
+func TestRawConnTCPRoundTrip(t *testing.T) {
 	rc, peer := rawPair(t)
 	if n, err := rc.Write(nil); n != 0 || err != nil {
 		t.Fatalf("Write(nil) = %d, %v", n, err)
@@ -79,7 +80,7 @@ func TestRawTCPRoundTrip(t *testing.T) {
 
 // A write far larger than the socket buffers parks whenever the socket is
 // full and finishes once the peer has read everything, bytes intact.
-func TestRawTCPLargeWrite(t *testing.T) {
+func TestRawConnTCPLargeWrite(t *testing.T) {
 	rc, peer := rawPair(t)
 	big := make([]byte, 16<<20)
 	for i := range big {
@@ -94,7 +95,7 @@ func TestRawTCPLargeWrite(t *testing.T) {
 	if n != len(big) || err != nil {
 		t.Fatalf("Write = %d, %v; want %d, nil", n, err, len(big))
 	}
-	rc.CloseWrite()
+	rc.Conn.(*net.TCPConn).CloseWrite()
 	if b := <-got; !bytes.Equal(b, big) {
 		t.Fatalf("peer got %d bytes, not the %d written", len(b), len(big))
 	}
@@ -102,16 +103,16 @@ func TestRawTCPLargeWrite(t *testing.T) {
 
 // Deadlines apply as on net.TCPConn: a parked Read or Write ends with a
 // timeout, and a Write reports how much went out.
-func TestRawTCPDeadlines(t *testing.T) {
+func TestRawConnTCPDeadlines(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		op   func(rc *rawTCP) (int, error)
+		op   func(rc *rawConn) (int, error)
 	}{
-		{"read", func(rc *rawTCP) (int, error) {
+		{"read", func(rc *rawConn) (int, error) {
 			rc.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 			return rc.Read(make([]byte, 10))
 		}},
-		{"write to a peer that never reads", func(rc *rawTCP) (int, error) {
+		{"write to a peer that never reads", func(rc *rawConn) (int, error) {
 			rc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 			return rc.Write(make([]byte, 64<<20))
 		}},
@@ -138,7 +139,7 @@ func TestRawTCPDeadlines(t *testing.T) {
 }
 
 // Close wakes a parked Read; a reset from the peer is an error, not EOF.
-func TestRawTCPCloseAndReset(t *testing.T) {
+func TestRawConnTCPCloseAndReset(t *testing.T) {
 	t.Run("close", func(t *testing.T) {
 		rc, _ := rawPair(t)
 		errc := make(chan error, 1)
@@ -173,4 +174,75 @@ func TestRawTCPCloseAndReset(t *testing.T) {
 			t.Errorf("err %v is not a *net.OpError naming the read and the peer", err)
 		}
 	})
+}
+
+// A connected UDP socket: every datagram is one Read, an empty one is not
+// the end of anything, writes from many goroutines at once each go out
+// whole, and an ICMP port unreachable is the next Read's error.
+func TestRawConnUDP(t *testing.T) {
+	srv, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	nc, err := net.DialUDP("udp", nil, srv.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, ok := newRawConn(nc).(*rawConn)
+	if !ok {
+		t.Fatal("newRawConn did not wrap a UDP socket")
+	}
+	defer rc.Close()
+
+	const writers, each = 8, 20
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				msg := []byte{byte(w), byte(i), 'x', 'y', 'z'}
+				if n, err := rc.Write(msg); n != len(msg) || err != nil {
+					t.Errorf("Write = %d, %v", n, err)
+					return
+				}
+			}
+		}()
+	}
+	seen := map[[2]byte]bool{}
+	buf := make([]byte, 64)
+	srv.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for range writers * each {
+		n, _, err := srv.ReadFromUDP(buf)
+		if err != nil {
+			t.Fatalf("server read: %v (got %d of %d datagrams)", err, len(seen), writers*each)
+		}
+		if n != 5 || string(buf[2:5]) != "xyz" {
+			t.Fatalf("server got %q: not one whole datagram", buf[:n])
+		}
+		seen[[2]byte{buf[0], buf[1]}] = true
+	}
+	wg.Wait()
+	if len(seen) != writers*each {
+		t.Fatalf("%d distinct datagrams of %d", len(seen), writers*each)
+	}
+
+	client := rc.LocalAddr().(*net.UDPAddr)
+	for _, d := range [][]byte{{}, []byte("answer")} {
+		if _, err := srv.WriteToUDP(d, client); err != nil {
+			t.Fatal(err)
+		}
+		n, err := rc.Read(buf)
+		if err != nil || string(buf[:n]) != string(d) {
+			t.Fatalf("Read = %q, %v; want %q, nil", buf[:n], err, d)
+		}
+	}
+
+	srv.Close() // nobody listens: the kernel answers with port unreachable
+	rc.Write([]byte("query"))
+	rc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := rc.Read(buf); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("Read after an ICMP port unreachable = %v; want ECONNREFUSED", err)
+	}
 }

@@ -173,15 +173,15 @@ func startDoHServer(t testing.TB, http2Enabled bool) *dohServer {
 
 // fakeH2 is a raw HTTP/2 server built on the Framer, for fault injection.
 // onRequest runs on the connection's read goroutine for every complete
-// request; conn counts from 1. PINGs are acknowledged unless ackPing (set
-// before the first dial) says otherwise for the nth PING (from 1) of conn.
+// request; conn counts from 1. PINGs are acknowledged unless ackPing (see
+// setAckPing) says otherwise for the nth PING (from 1) of conn.
 type fakeH2 struct {
 	ln        net.Listener
 	settings  []http2.Setting
 	tableSize uint32 // HPACK decoder table size (the SETTINGS we announce)
 	onRequest func(fc *fakeConn, conn int, id uint32, q *dns.Msg)
-	ackPing   func(conn, n int) bool
-	pings     atomic.Int32 // PINGs received, all connections
+	ackPing   func(conn, n int) bool // guarded by mu
+	pings     atomic.Int32           // PINGs received, all connections
 
 	nconn atomic.Int32
 	mu    sync.Mutex
@@ -224,6 +224,15 @@ func startFakeH2(t testing.TB, settings []http2.Setting, onRequest func(fc *fake
 		f.wg.Wait()
 	})
 	return f
+}
+
+// setAckPing decides which PINGs are acknowledged from now on. (The server
+// reads it under f.mu: the client's socket calls do not order memory for
+// the race detector.)
+func (f *fakeH2) setAckPing(ack func(conn, n int) bool) {
+	f.mu.Lock()
+	f.ackPing = ack
+	f.mu.Unlock()
 }
 
 func (f *fakeH2) URL() string { return "https://" + f.ln.Addr().String() + "/dns-query" }
@@ -281,7 +290,10 @@ func (f *fakeH2) serve(c net.Conn, idx int) {
 			}
 			f.pings.Add(1)
 			npings++
-			if f.ackPing == nil || f.ackPing(idx, npings) {
+			f.mu.Lock()
+			ack := f.ackPing
+			f.mu.Unlock()
+			if ack == nil || ack(idx, npings) {
 				fc.mu.Lock()
 				fc.fr.WritePing(true, fr.Data)
 				fc.mu.Unlock()

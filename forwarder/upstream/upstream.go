@@ -27,7 +27,7 @@
 //     only content-length is encoded per request.
 //     Under TLS the connection reads and writes its socket with raw system
 //     calls and parks in the runtime's poller when the socket is not ready
-//     ([rawTCP]): the runtime's syscall bookkeeping, which net.TCPConn pays
+//     ([rawConn]): the runtime's syscall bookkeeping, which net.TCPConn pays
 //     on every call, woke the runtime's monitor thread each time the process
 //     came back from idle, and on a shared virtual machine those wake-ups
 //     cost more than the queries.
@@ -94,7 +94,8 @@
 // port unreachable fails the socket's queries and the socket, which the
 // next Exchange replaces (a send can pick up the ICMP error meant for the
 // queries before it: they hear it at once, not at their deadline). A
-// truncated (TC) answer is asked again over TCP.
+// truncated (TC) answer is asked again over TCP. Sockets and connections
+// are read and written with raw system calls, as DoH's are.
 //
 // TCP (tcp:// targets and the TC retry) reuses up to Options.Conns
 // connections per target with pipelining (RFC 7766): many queries in
