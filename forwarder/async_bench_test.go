@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"xdoh/forwarder/group"
 )
 
 // echoAsync answers every Submit inline with a prepared response carrying
@@ -18,9 +20,10 @@ func (e *echoAsync) Exchange(_ context.Context, q []byte) ([]byte, error) {
 	return r, nil
 }
 func (e *echoAsync) String() string { return "https://bench.invalid/dns-query" }
-func (e *echoAsync) Submit(q []byte, _ time.Duration, done func([]byte, error)) {
+func (e *echoAsync) Submit(q []byte, _ time.Duration, done func([]byte, error)) group.Canceler {
 	r, _ := e.Exchange(context.Background(), q) // a fresh response, as an upstream's is
 	done(r, nil)
+	return nil
 }
 
 // BenchmarkResolveAsync: one miss through Resolve on the goroutine-free path

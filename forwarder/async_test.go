@@ -73,7 +73,7 @@ func (u *asyncUp) answer(query []byte) ([]byte, error) {
 	return r.Pack()
 }
 
-func (u *asyncUp) Submit(query []byte, timeout time.Duration, done func([]byte, error)) {
+func (u *asyncUp) Submit(query []byte, timeout time.Duration, done func([]byte, error)) group.Canceler {
 	u.submits.Add(1)
 	var once sync.Once
 	finish := func(resp []byte, err error) {
@@ -86,11 +86,11 @@ func (u *asyncUp) Submit(query []byte, timeout time.Duration, done func([]byte, 
 	}
 	if timeout <= 0 {
 		finish(nil, fmt.Errorf("%s: no time given", u.name))
-		return
+		return nil
 	}
 	if u.silent {
 		time.AfterFunc(timeout, func() { finish(nil, errUpTimeout) })
-		return
+		return nil
 	}
 	resp, err := u.answer(query) // query is not retained
 	switch {
@@ -104,7 +104,7 @@ func (u *asyncUp) Submit(query []byte, timeout time.Duration, done func([]byte, 
 			u.mu.Unlock()
 			t.Stop()
 			finish(resp, err)
-			return
+			return nil
 		default:
 		}
 		u.waiting = append(u.waiting, func() { t.Stop(); finish(resp, err) })
@@ -114,6 +114,7 @@ func (u *asyncUp) Submit(query []byte, timeout time.Duration, done func([]byte, 
 	default:
 		time.AfterFunc(u.delay, func() { finish(resp, err) })
 	}
+	return nil
 }
 
 func (u *asyncUp) Exchange(ctx context.Context, query []byte) ([]byte, error) {

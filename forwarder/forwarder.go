@@ -662,9 +662,9 @@ type countingAsync struct {
 	async group.AsyncExchanger
 }
 
-func (c *countingAsync) Submit(q []byte, timeout time.Duration, done func([]byte, error)) {
+func (c *countingAsync) Submit(q []byte, timeout time.Duration, done func([]byte, error)) group.Canceler {
 	start := time.Now()
-	c.async.Submit(q, timeout, func(resp []byte, err error) {
+	return c.async.Submit(q, timeout, func(resp []byte, err error) {
 		c.stats.record(err == nil, time.Since(start))
 		done(resp, err)
 	})

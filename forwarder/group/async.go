@@ -8,13 +8,21 @@ import (
 )
 
 // AsyncExchanger is an Exchanger that can also exchange without blocking
-// its caller (forwarder/upstream's DoH does): Submit calls done exactly once,
-// within timeout, with the response carrying the query's ID or an error. It
-// does not retain query; done must not block and owns the response.
+// its caller (forwarder/upstream's DoH and Do53 do): Submit calls done
+// exactly once, within timeout, with the response carrying the query's ID
+// or an error, unless the query is cancelled. It does not retain query;
+// done must not block and owns the response. The Canceler it returns (nil
+// if done has already been called) abandons the query, freeing what it
+// holds upstream; done is then not called unless it already has been or
+// is being called. Cancel must not be called with a lock that done takes.
 type AsyncExchanger interface {
 	Exchanger
-	Submit(query []byte, timeout time.Duration, done func(resp []byte, err error))
+	Submit(query []byte, timeout time.Duration, done func(resp []byte, err error)) Canceler
 }
+
+// Canceler abandons a submitted query. An alias of the interface literal,
+// so that forwarder/upstream's own alias of it is the same type.
+type Canceler = interface{ Cancel() }
 
 // CanSubmit reports whether every target can Submit, so that ExchangeAsync
 // needs no goroutine of its own.
@@ -68,13 +76,17 @@ type chain struct {
 	slots    [2]aslot
 	timer    *time.Timer // the hedge timer, once armed
 	armed    int         // how many times it was armed
+	launches int         // attempts started; numbers the slots' generations
 	o        outcome
 }
 
 type aslot struct {
-	t     *target
-	start time.Time
-	busy  bool
+	t      *target
+	start  time.Time
+	busy   bool
+	gen    int      // which launch of the chain is in the slot
+	cancel Canceler // the attempt's, once Submit has returned
+	lost   bool     // overtaken before its Canceler was stored: cancel it then
 }
 
 // launch starts an attempt at the next target with c.mu held, and releases
@@ -97,7 +109,9 @@ func (c *chain) launch(hedge bool) {
 	if t.timeout > 0 && t.timeout < left {
 		left = t.timeout
 	}
-	c.slots[s] = aslot{t: t, start: now, busy: true}
+	c.launches++
+	gen := c.launches
+	c.slots[s] = aslot{t: t, start: now, busy: true, gen: gen}
 	c.inflight++
 	c.o.tried = t.name
 	t.attempts.Add(1)
@@ -115,7 +129,27 @@ func (c *chain) launch(hedge bool) {
 		c.timer = time.AfterFunc(g.hedgeDelayUntil(c.deadline, true, t), func() { c.hedge(armed) })
 	}
 	c.mu.Unlock()
-	t.async.Submit(c.query, left, func(resp []byte, err error) { c.reply(s, resp, err) })
+	h := t.async.Submit(c.query, left, func(resp []byte, err error) { c.reply(s, resp, err) })
+	if h == nil {
+		return
+	}
+	c.mu.Lock()
+	sl := &c.slots[s]
+	if sl.gen != gen { // answered already, and the slot reused
+		c.mu.Unlock()
+		return
+	}
+	if sl.busy {
+		sl.cancel = h
+		c.mu.Unlock()
+		return
+	}
+	lost := sl.lost // overtaken by the other attempt's answer meanwhile
+	sl.lost = false
+	c.mu.Unlock()
+	if lost {
+		h.Cancel()
+	}
 }
 
 // hedge runs when the hedge timer fires: if the first attempt is still
@@ -161,13 +195,21 @@ func (c *chain) reply(s int, resp []byte, err error) {
 		if c.timer != nil {
 			c.timer.Stop()
 		}
+		var losers [len(c.slots)]Canceler
 		for i := range c.slots {
 			if o := &c.slots[i]; o.busy {
 				o.busy = false
 				o.t.overtaken(now.Sub(o.start))
+				losers[i], o.cancel = o.cancel, nil
+				o.lost = losers[i] == nil // launch cancels it when Submit returns
 			}
 		}
 		c.mu.Unlock()
+		for _, h := range losers {
+			if h != nil {
+				h.Cancel() // its stream is reset, not left open until it times out
+			}
+		}
 		c.done(resp, sl.t.name, nil)
 		return
 	}

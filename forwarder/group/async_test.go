@@ -23,6 +23,8 @@ type behaviour struct {
 	delay  time.Duration // before answering
 	never  bool          // no answer: only the attempt's timeout (or ctx) ends it
 	inline bool          // Submit answers inside the call, on the caller's goroutine
+
+	holdSubmit chan struct{} // if set, Submit returns only once it is closed
 }
 
 func good() behaviour                              { return behaviour{resp: "G"} }
@@ -44,6 +46,7 @@ func (b behaviour) result() ([]byte, error) {
 type afake struct {
 	name                string
 	submits, exchanges  atomic.Int64
+	cancels             atomic.Int64 // Submits cancelled before they answered
 	mu                  sync.Mutex
 	b                   behaviour
 	timeouts            []time.Duration
@@ -58,7 +61,19 @@ func newAsync(name string, b behaviour) *afake { return &afake{name: name, b: b}
 
 func (f *afake) String() string { return f.name }
 
-func (f *afake) Submit(q []byte, timeout time.Duration, done func([]byte, error)) {
+// afakeCall is one Submit: the first of its answer and its Cancel wins.
+type afakeCall struct {
+	f       *afake
+	settled atomic.Bool
+}
+
+func (c *afakeCall) Cancel() {
+	if c.settled.CompareAndSwap(false, true) {
+		c.f.cancels.Add(1)
+	}
+}
+
+func (f *afake) Submit(q []byte, timeout time.Duration, done0 func([]byte, error)) Canceler {
 	f.submits.Add(1)
 	f.mu.Lock()
 	b := f.b
@@ -68,10 +83,16 @@ func (f *afake) Submit(q []byte, timeout time.Duration, done func([]byte, error)
 		f.depths = append(f.depths, runtime.Callers(0, pcs))
 	}
 	f.mu.Unlock()
+	call := &afakeCall{f: f}
+	done := func(resp []byte, err error) {
+		if call.settled.CompareAndSwap(false, true) {
+			done0(resp, err)
+		}
+	}
 	if timeout <= 0 {
 		f.badTimeout.Store(true) // the contract asks for an answer within timeout
 		done(nil, errTimeout)
-		return
+		return nil
 	}
 	want := string(q)
 	check := func() {
@@ -82,11 +103,16 @@ func (f *afake) Submit(q []byte, timeout time.Duration, done func([]byte, error)
 	switch {
 	case b.inline:
 		done(b.result())
+		return nil
 	case b.never || b.delay >= timeout:
 		time.AfterFunc(timeout, func() { check(); done(nil, errTimeout) })
 	default:
 		time.AfterFunc(b.delay, func() { check(); done(b.result()) })
 	}
+	if b.holdSubmit != nil {
+		<-b.holdSubmit // Submit returns late: its attempt may be overtaken first
+	}
+	return call
 }
 
 func (f *afake) Exchange(ctx context.Context, _ []byte) ([]byte, error) {
@@ -802,8 +828,9 @@ type instant struct{ resp []byte }
 
 func (f instant) String() string                                   { return "instant" }
 func (f instant) Exchange(context.Context, []byte) ([]byte, error) { return f.resp, nil }
-func (f instant) Submit(_ []byte, _ time.Duration, done func([]byte, error)) {
+func (f instant) Submit(_ []byte, _ time.Duration, done func([]byte, error)) Canceler {
 	done(f.resp, nil)
+	return nil
 }
 
 // BenchmarkExchangeAsync: the chained path with targets that answer inside
@@ -835,5 +862,87 @@ func goroutinesAbove(base, most int, within time.Duration) int {
 			return n
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestExchangeAsyncHedgeCancelsLoser: when one attempt of a hedged query
+// answers Good, the other is cancelled (its upstream stream reset), not left
+// to run to its timeout; an attempt that fails or answers first is not.
+func TestExchangeAsyncHedgeCancelsLoser(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		a, b       behaviour
+		from       string
+		aCancelled int64
+		bCancelled int64
+	}{
+		{name: "hedge wins", a: silent(), b: good(), from: "b", aCancelled: 1},
+		{name: "first wins", a: after(30*time.Millisecond, good()), b: silent(), from: "a", bCancelled: 1},
+		{name: "first fails, hedge wins", a: after(20*time.Millisecond, errs()), b: after(40*time.Millisecond, good()), from: "b"},
+		{name: "no hedge", a: good(), b: silent(), from: "a"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := newAsync("a", tc.a), newAsync("b", tc.b)
+			g := mustNew(t, asyncMembers([]time.Duration{time.Second, time.Second}, a, b), Config{HedgeDelay: 5 * time.Millisecond, HedgeBudget: 1})
+			c := startAsync(g, []byte("q"), 2*time.Second)
+			c.wait(t, 3*time.Second)
+			if c.err != nil || string(c.resp) != "G" || c.from != tc.from {
+				t.Fatalf("got %q from %q, %v; want G from %s", c.resp, c.from, c.err, tc.from)
+			}
+			waitCancels(t, a, tc.aCancelled, b, tc.bCancelled)
+			if c.calls.Load() != 1 {
+				t.Errorf("done ran %d times", c.calls.Load())
+			}
+		})
+	}
+}
+
+// TestExchangeAsyncHedgeCancelsLoserInsideSubmit: the first attempt is
+// overtaken while its Submit has not returned yet (no Canceler to call):
+// it is cancelled as soon as Submit hands its Canceler back.
+func TestExchangeAsyncHedgeCancelsLoserInsideSubmit(t *testing.T) {
+	hold := make(chan struct{})
+	a, b := newAsync("a", behaviour{never: true, holdSubmit: hold}), newAsync("b", good())
+	g := mustNew(t, asyncMembers([]time.Duration{time.Second, time.Second}, a, b), Config{HedgeDelay: 5 * time.Millisecond, HedgeBudget: 1})
+	won := make(chan string, 2)
+	returned := make(chan struct{})
+	go func() {
+		g.ExchangeAsync([]byte("q"), time.Now().Add(2*time.Second), classify, func(resp []byte, from string, err error) {
+			won <- fmt.Sprintf("%s from %s, %v", resp, from, err)
+		})
+		close(returned)
+	}()
+	select {
+	case got := <-won:
+		if got != "G from b, <nil>" {
+			t.Fatalf("got %s; want G from b", got)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("the hedge did not answer while the first Submit was held")
+	}
+	if a.cancels.Load() != 0 {
+		t.Fatal("a cancelled before its Submit returned a Canceler")
+	}
+	close(hold)
+	<-returned
+	waitCancels(t, a, 1, b, 0)
+	select {
+	case got := <-won:
+		t.Errorf("done ran twice: %s", got)
+	default:
+	}
+}
+
+// waitCancels waits until a and b have had the given numbers of
+// cancellations, and a little longer in case more come.
+func waitCancels(t *testing.T, a *afake, wa int64, b *afake, wb int64) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for (a.cancels.Load() != wa || b.cancels.Load() != wb) && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if a.cancels.Load() != wa || b.cancels.Load() != wb {
+		t.Errorf("cancelled: a %d, b %d; want %d, %d", a.cancels.Load(), b.cancels.Load(), wa, wb)
 	}
 }

@@ -96,6 +96,9 @@
 // goroutine when every target can Submit ([AsyncExchanger], as DoH and
 // Do53 upstreams can): each attempt is started by the callback of the one before
 // or by a hedge timer (time.AfterFunc), and the callback that settles the
-// query calls the caller's. A late loser's callback is ignored, as Exchange
-// ignores a cancelled attempt.
+// query calls the caller's. The attempt a Good answer overtook is
+// cancelled through the Canceler its Submit returned (an open DoH stream is
+// reset, a Do53 query's ID withdrawn), as Exchange cancels the loser's
+// context, so that it does not hold a stream until its timeout; were its
+// callback already on its way, it is ignored.
 package group

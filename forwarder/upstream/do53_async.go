@@ -21,14 +21,19 @@ import (
 // those goroutines, or on the caller's when the query is refused at once;
 // it must not block, and the response is its to keep. query is copied
 // before Submit returns.
-func (u *Do53) Submit(query []byte, timeout time.Duration, done func(resp []byte, err error)) {
+//
+// The result's Cancel abandons the query (a hedge's loser): its ID is
+// withdrawn from its socket or connection, so that a late answer is
+// dropped, and done is not called unless it already has been or is being
+// called. It is nil when done has been called before Submit returns.
+func (u *Do53) Submit(query []byte, timeout time.Duration, done func(resp []byte, err error)) Canceler {
 	if len(query) < headerLen || len(query) > maxResponseSize {
 		done(nil, fmt.Errorf("upstream %s: %w: %d bytes", u.target, ErrBadQuery, len(query)))
-		return
+		return nil
 	}
 	if u.isDone.Load() {
 		done(nil, fmt.Errorf("upstream %s: %w", u.target, ErrClosed))
-		return
+		return nil
 	}
 	if timeout <= 0 || timeout > u.timeout {
 		timeout = u.timeout
@@ -40,6 +45,23 @@ func (u *Do53) Submit(query []byte, timeout time.Duration, done func(resp []byte
 	a.timer = time.AfterFunc(timeout, a.expire)
 	a.mu.Unlock()
 	a.send()
+	return a
+}
+
+// Cancel settles the query without calling back unless it is settled
+// already, and takes its waiter off the connection it waits on. A query
+// whose goroutine waits for a TCP connection runs on; its result is
+// dropped.
+func (a *asyncQuery) Cancel() {
+	if !a.settled.CompareAndSwap(false, true) {
+		return
+	}
+	a.mu.Lock()
+	a.timer.Stop()
+	if c := a.c; c != nil {
+		c.withdraw(&a.w)
+	}
+	a.mu.Unlock()
 }
 
 // asyncQuery is one Submit in flight. Its waiter is registered on at most

@@ -147,6 +147,8 @@ type request struct {
 	deadline time.Time
 	qid      [2]byte // the caller's ID; query carries 0
 	retried  bool
+	conn     atomic.Pointer[h2Conn]  // the connection it was queued on (Cancel)
+	retry    atomic.Pointer[request] // the request that retries it (Cancel)
 
 	// Reader-owned while the stream is open.
 	gotHeaders bool

@@ -18,14 +18,21 @@ import (
 //
 // This is the miss path of a busy forwarder: no goroutine, context or
 // channel per query, only one timer.
-func (d *DoH) Submit(query []byte, timeout time.Duration, done func(resp []byte, err error)) {
+//
+// The result's Cancel abandons the query when its answer is no longer
+// wanted (a hedge's loser): an open stream is reset with CANCEL, a queued
+// request is dropped, and done is not called unless it already has been or
+// is being called. It is best effort: a query waiting on a goroutine for a
+// connection runs on and its answer reaches done. The result is nil when
+// done has been called before Submit returns.
+func (d *DoH) Submit(query []byte, timeout time.Duration, done func(resp []byte, err error)) Canceler {
 	if len(query) < headerLen || len(query) > maxResponseSize {
 		done(nil, fmt.Errorf("upstream %s: %w: %d bytes", d.target, ErrBadQuery, len(query)))
-		return
+		return nil
 	}
 	if d.isDone.Load() {
 		done(nil, fmt.Errorf("upstream %s: %w", d.target, ErrClosed))
-		return
+		return nil
 	}
 	if timeout <= 0 || timeout > d.timeout {
 		timeout = d.timeout
@@ -35,6 +42,36 @@ func (d *DoH) Submit(query []byte, timeout time.Duration, done func(resp []byte,
 	r.qid = [2]byte{query[0], query[1]}
 	r.query[0], r.query[1] = 0, 0
 	d.submit(r)
+	return r
+}
+
+// Canceler abandons a submitted query; see [DoH.Submit] and [Do53.Submit].
+// (An alias of the interface literal, so that a consumer's own alias of it
+// is the same type.)
+type Canceler = interface{ Cancel() }
+
+// Cancel abandons async request r, or the request that retries it, unless
+// it has completed; see Submit.
+func (r *request) Cancel() {
+	for ; r != nil; r = r.retry.Load() {
+		if c := r.conn.Load(); c != nil {
+			c.cancel(r)
+		}
+	}
+}
+
+// cancel abandons r if it is still queued or open on c: the writer drops
+// it or resets its stream with CANCEL, and its callback is never called.
+// Unlike a timeout, a cancel says nothing about the connection: no PING.
+func (c *h2Conn) cancel(r *request) {
+	c.mu.Lock()
+	if r.state != stQueued && r.state != stSent {
+		c.mu.Unlock()
+		return
+	}
+	c.abandonLocked(r, false)
+	c.mu.Unlock()
+	r.timer.Stop()
 }
 
 // submit puts async request r on a ready connection, or hands it to a
@@ -68,6 +105,7 @@ func (c *h2Conn) submit(r *request) bool {
 		return false
 	}
 	r.state, r.resp, r.err, r.gotHeaders, r.recvd = stQueued, nil, nil, false, 0
+	r.conn.Store(c)
 	r.timer = time.AfterFunc(left, func() { c.expire(r) })
 	select {
 	case c.reqCh <- r:
@@ -109,6 +147,7 @@ func (d *DoH) complete(r *request) {
 	if err != nil && !r.retried && Retryable(err) && time.Until(r.deadline) > 0 {
 		// A fresh request: the old one may still be seen by its timer.
 		nr := &request{cb: r.cb, deadline: r.deadline, query: r.query, qid: r.qid, retried: true}
+		r.retry.Store(nr)
 		d.submit(nr)
 		return
 	}
