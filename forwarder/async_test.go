@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -303,6 +304,40 @@ func TestResolveAsync(t *testing.T) {
 			time.Sleep(5 * time.Millisecond)
 			if n := a.calls.Load(); n != 1 {
 				t.Errorf("done called %d times, want once", n)
+			}
+		})
+	}
+}
+
+// TestResolveAsyncQuerySizes: the pipeline's copy of a query holds up to 152
+// bytes in place and takes a buffer of its own beyond; both resolve, with
+// the client's name, case and ID, however the datapath reuses its buffer.
+func TestResolveAsyncQuerySizes(t *testing.T) {
+	for _, size := range []int{152, 153, 282} { // 282: the longest name there is
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			// A name under example.com of exactly the right length: labels
+			// of at most 63 bytes, upper and lower case mixed.
+			name := "MiXeD.Example.COM."
+			for n := size - 12 - 4 - 19 - 11; n > 0; { // header, type and class, the base name, OPT
+				l := min(n-1, 63)
+				if l <= 0 {
+					t.Fatalf("cannot pad to %d bytes", size)
+				}
+				name = strings.Repeat("Ab", 32)[:l] + "." + name
+				n -= l + 1
+			}
+			msg := query(t, name, dns.TypeA, true) // EDNS: the answer repeats the long name
+			if len(msg) != size {
+				t.Fatalf("query of %d bytes, want %d", len(msg), size)
+			}
+			f, err := New(Config{QueryTimeout: time.Second, Default: []Target{{Up: asyncA("d", "192.0.2.9")}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			a := ask(f, msg)
+			m := a.answer(t, time.Second)
+			if m.Id != 0xBEEF || len(m.Question) != 1 || m.Question[0].Name != name || firstA(m) != "192.0.2.9" {
+				t.Errorf("answer %v: want ID beef, %s as asked, 192.0.2.9", m, name)
 			}
 		})
 	}

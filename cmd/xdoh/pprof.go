@@ -22,6 +22,7 @@ func servePprof(addr string) error {
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace) // the execution tracer: scheduling, syscalls, GC
 	go func() { _ = http.Serve(l, mux) }()
 	return nil
 }
