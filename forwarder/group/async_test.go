@@ -877,9 +877,9 @@ func TestExchangeAsyncHedgeCancelsLoser(t *testing.T) {
 		bCancelled int64
 	}{
 		{name: "hedge wins", a: silent(), b: good(), from: "b", aCancelled: 1},
-		{name: "first wins", a: after(30*time.Millisecond, good()), b: silent(), from: "a", bCancelled: 1},
+		{name: "first wins", a: after(100*time.Millisecond, good()), b: silent(), from: "a", bCancelled: 1},
 		{name: "first fails, hedge wins", a: after(20*time.Millisecond, errs()), b: after(40*time.Millisecond, good()), from: "b"},
-		{name: "no hedge", a: good(), b: silent(), from: "a"},
+		{name: "no hedge", a: inline(good()), b: silent(), from: "a"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a, b := newAsync("a", tc.a), newAsync("b", tc.b)
