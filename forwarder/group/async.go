@@ -130,8 +130,8 @@ func (c *chain) launch(hedge bool) {
 	}
 	c.mu.Unlock()
 	h := t.async.Submit(c.query, left, func(resp []byte, err error) { c.reply(s, resp, err) })
-	if h == nil {
-		return
+	if h == nil || !c.mayHedge {
+		return // without a hedge no attempt is ever overtaken: nothing to cancel
 	}
 	c.mu.Lock()
 	sl := &c.slots[s]
