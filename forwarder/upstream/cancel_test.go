@@ -73,10 +73,7 @@ func TestDo53SubmitCancel(t *testing.T) {
 	for _, tcp := range []bool{false, true} {
 		t.Run(map[bool]string{false: "udp", true: "tcp"}[tcp], func(t *testing.T) {
 			f := startDo53Fault(t, nil, tcpIgnoreAll)
-			target := f.addr
-			if tcp {
-				target = "tcp://" + f.addr
-			}
+			target := f.target(tcp)
 			u := newTestDo53(t, target, Options{Conns: 1, Timeout: 300 * time.Millisecond})
 			warmDo53(t, u)
 			var called atomic.Int32

@@ -227,6 +227,15 @@ func startDo53Fault(t testing.TB, onUDP udpHandler, onTCP tcpHandler) *do53Fault
 	return f
 }
 
+// target is the fault server as a Do53 target: UDP (with TCP on TC) or
+// TCP only.
+func (f *do53Fault) target(tcp bool) string {
+	if tcp {
+		return "tcp://" + f.addr
+	}
+	return f.addr
+}
+
 // conn returns the server's end of TCP connection idx (from 1).
 func (f *do53Fault) conn(idx int) net.Conn {
 	srv := f.tcp.Load()
@@ -402,10 +411,7 @@ func TestDo53SubmitRandomWireID(t *testing.T) {
 			f := startDo53Fault(t,
 				func(q *dns.Msg, reply func([]byte)) { record(q); udpAnswer(q, reply) },
 				func(_ *do53Fault, _ int, q *dns.Msg) tcpAction { record(q); return tcpAnswer })
-			target := f.addr
-			if tcp {
-				target = "tcp://" + f.addr
-			}
+			target := f.target(tcp)
 			u := newTestDo53(t, target, Options{Conns: 1})
 			b := newDo53Burst(t, u, n, numberedNames("id"))
 			b.submitAll(time.Second, 1)
@@ -465,10 +471,7 @@ func TestDo53SubmitNoGoroutinePerQuery(t *testing.T) {
 					hold(func() { writeFrame(nc, mustPack(answerFor(q))) })
 					return tcpIgnore
 				})
-			target := f.addr
-			if tt.tcp {
-				target = "tcp://" + f.addr
-			}
+			target := f.target(tt.tcp)
 			u := newTestDo53(t, target, Options{Conns: 1, Timeout: 10 * time.Second})
 			warmDo53(t, u)
 			b := newDo53Burst(t, u, n, numberedNames(tt.prefix))
@@ -894,10 +897,7 @@ func TestDo53SubmitTimeout(t *testing.T) {
 				t.Run(tt.name+map[bool]string{false: ", UDP", true: ", TCP"}[tcp], func(t *testing.T) {
 					t.Parallel()
 					f := startDo53Fault(t, udpIgnore, tcpIgnoreAll)
-					target := f.addr
-					if tcp {
-						target = "tcp://" + f.addr
-					}
+					target := f.target(tcp)
 					u := newTestDo53(t, target, Options{Conns: 1, Timeout: tt.option})
 					u.dialTime = 10 * time.Second // a loaded machine must not fail the warm-up dial
 					warmDo53(t, u)
@@ -920,10 +920,7 @@ func TestDo53SubmitBusy(t *testing.T) {
 	for _, tcp := range []bool{false, true} {
 		t.Run(map[bool]string{false: "UDP", true: "TCP"}[tcp], func(t *testing.T) {
 			f := startDo53Fault(t, udpIgnore, tcpIgnoreAll)
-			target := f.addr
-			if tcp {
-				target = "tcp://" + f.addr
-			}
+			target := f.target(tcp)
 			u := newTestDo53(t, target, Options{Conns: 1, Timeout: 5 * time.Second})
 			u.maxInflight = 2
 			warmDo53(t, u)
