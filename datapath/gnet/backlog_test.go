@@ -2,8 +2,10 @@ package gnet
 
 import (
 	"encoding/binary"
+	"errors"
 	"net"
 	"runtime"
+	"syscall"
 	"testing"
 	"time"
 
@@ -30,7 +32,12 @@ func TestTCPClientThatDoesNotRead(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	_ = c.(*net.TCPConn).SetReadBuffer(4096)
+	// The client's receive buffer keeps its default size. Shrunk to 4 KiB
+	// it made the client's kernel prune data it had already advertised
+	// window for; the server's ACKs then fell outside the (zero) window and
+	// were dropped unread, the client's queries stalled in retransmission
+	// backoff, and the server rightly closed the silent connection as idle
+	// (CI, under load).
 	var ms runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&ms)
@@ -49,14 +56,73 @@ func TestTCPClientThatDoesNotRead(t *testing.T) {
 		t.Fatal("the server kept reading queries from a client that never reads answers")
 	}
 	if ne, ok := werr.(net.Error); ok && ne.Timeout() {
-		t.Fatalf("the server neither read nor closed for 30 s: %v", werr)
+		t.Fatalf("the server neither read nor closed for 30 s: %v (server: %+v)", werr, s.Stats())
 	}
 	runtime.GC()
 	runtime.ReadMemStats(&ms)
 	if grew := int64(ms.HeapInuse) - int64(before); grew > 64<<20 {
 		t.Fatalf("server heap grew by %d MB", grew>>20)
 	}
-	if s.Stats().TCPBacklogClosed == 0 {
-		t.Fatal("backlog close not counted")
+	if st := s.Stats(); st.TCPBacklogClosed == 0 {
+		t.Fatalf("backlog close not counted: %+v", st)
 	}
+	// Reset, not closed: a FIN would wait behind the unread answers.
+	if !errors.Is(werr, syscall.ECONNRESET) && !errors.Is(werr, syscall.EPIPE) {
+		t.Fatalf("write after the backlog close: %v, want a reset", werr)
+	}
+}
+
+// TestTCPIdleWithUnreadAnswers: a client that sends queries, reads none of
+// the answers and goes quiet is reset at the idle timeout. A FIN would queue
+// behind the answers it does not read and never arrive; the kernel would
+// hold them until its retries ran out. (An idle client with nothing unread
+// gets a FIN: TestTCPLimits.)
+func TestTCPIdleWithUnreadAnswers(t *testing.T) {
+	s := startServer(t, Config{Name: "t", Addrs: []string{freePort(t, "127.0.0.1")}, TCPIdleTimeout: time.Second})
+	m := new(dns.Msg).SetQuestion("ipv4.aws.example.internal.", dns.TypeA)
+	q, _ := m.Pack()
+	frame := binary.BigEndian.AppendUint16(nil, uint16(len(q)))
+	frame = append(frame, q...)
+	var batch []byte
+	for range 10000 { // ~600 KB of answers: more than the client's window
+		batch = append(batch, frame...)
+	}
+	c, err := net.Dial("tcp", s.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := c.Write(batch); err != nil {
+		t.Fatal(err)
+	}
+	// Wait for the idle close before reading anything.
+	for s.Stats().TCPIdleClosed == 0 {
+		if !waitUntil(t, time.Now().Add(20*time.Second)) {
+			t.Fatalf("no idle close: %+v", s.Stats())
+		}
+	}
+	var got int
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := c.Read(buf)
+		got += n
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("after the idle close the client read %d bytes, then %v; want a reset", got, err)
+		}
+		break
+	}
+	if st := s.Stats(); st.TCPQueries != 10000 || st.TCPBacklogClosed != 0 {
+		t.Fatalf("stats %+v, want 10000 queries and no backlog close", st)
+	}
+}
+
+// waitUntil sleeps a little and reports whether deadline is still ahead.
+func waitUntil(t *testing.T, deadline time.Time) bool {
+	t.Helper()
+	time.Sleep(50 * time.Millisecond)
+	return time.Now().Before(deadline)
 }

@@ -21,7 +21,9 @@
 // answer: the per-answer write was a third of the forwarder's CPU. Connections
 // are capped (MaxTCPConns), idle ones closed (TCPIdleTimeout, checked by the
 // engine ticker), and queries in flight per connection bounded
-// (MaxTCPPipeline, past it SERVFAIL).
+// (MaxTCPPipeline, past it SERVFAIL). A client that does not read its
+// answers is reset: once 1 MiB waits in gnet beyond the socket's own
+// 512 KiB, or when it goes idle with answers unread.
 package gnet
 
 import (
@@ -44,9 +46,16 @@ import (
 	"xdoh/forwarder/dnsmsg"
 )
 
-// maxTCPBacklog bounds the answers buffered for a TCP client that does not
-// read them; past it the connection is closed.
+// maxTCPBacklog bounds the answers buffered in gnet for a TCP client that
+// does not read them; past it the connection is reset.
 const maxTCPBacklog = 1 << 20
+
+// tcpSendBuffer is SO_SNDBUF for an accepted TCP connection (the kernel
+// doubles it). The listeners' 4 MiB is for UDP bursts; a connection inherits
+// it, and 8 MiB of kernel memory for each client that does not read its
+// answers is too much to hold for 1024 connections. 256 KiB is still
+// hundreds of full pipelines of answers.
+const tcpSendBuffer = 256 << 10
 
 // Handler is the part of the forwarder the datapath needs.
 type Handler interface {
@@ -100,6 +109,7 @@ type Server struct {
 type tcpState struct {
 	lastActive atomic.Int64 // unix nanoseconds
 	inflight   atomic.Int32
+	idle       atomic.Bool // the ticker found the connection idle and woke its loop to close it
 	client     netip.AddrPort
 
 	mu      sync.Mutex
@@ -220,6 +230,7 @@ func (s *Server) OnOpen(c gn.Conn) ([]byte, gn.Action) {
 		s.tcpRejected.Add(1)
 		return nil, gn.Close
 	}
+	_ = c.SetWriteBuffer(tcpSendBuffer) // best effort: the inherited size works, only larger
 	st := &tcpState{}
 	st.lastActive.Store(time.Now().UnixNano())
 	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
@@ -238,18 +249,54 @@ func (s *Server) OnClose(c gn.Conn, _ error) gn.Action {
 	return gn.None
 }
 
-// OnTick closes idle TCP connections.
+// OnTick finds idle TCP connections and wakes their loops to close them
+// (closeIfIdle): the close may have to reset the connection, which is done
+// on its fd, which only its loop may touch.
 func (s *Server) OnTick() (time.Duration, gn.Action) {
 	deadline := time.Now().Add(-s.cfg.TCPIdleTimeout).UnixNano()
 	s.conns.Range(func(k, v any) bool {
 		st := v.(*tcpState)
-		if st.inflight.Load() == 0 && st.lastActive.Load() < deadline {
-			s.tcpIdle.Add(1)
-			_ = k.(gn.Conn).Close()
+		if st.inflight.Load() == 0 && st.lastActive.Load() < deadline && st.idle.CompareAndSwap(false, true) {
+			// An error means the loop is gone (engine stopped): so is c.
+			_ = k.(gn.Conn).Wake(nil)
 		}
 		return true
 	})
 	return time.Second, gn.None
+}
+
+// closeIfIdle runs on the loop after OnTick flagged c: it closes c if c is
+// still idle. Loop only.
+func (s *Server) closeIfIdle(c gn.Conn, st *tcpState) bool {
+	st.idle.Store(false)
+	deadline := time.Now().Add(-s.cfg.TCPIdleTimeout).UnixNano()
+	if st.inflight.Load() != 0 || st.lastActive.Load() >= deadline || c.InboundBuffered() > 0 {
+		return false // a query came in since the tick
+	}
+	s.tcpIdle.Add(1)
+	if unsent(c) {
+		// Answers the client has not read for the whole idle timeout: a
+		// FIN would queue behind them and never arrive, leaving the
+		// client waiting and the kernel holding the buffers.
+		reset(c)
+	}
+	return true
+}
+
+// unsent reports whether answers wait in gnet's buffer or in the socket's
+// send queue (SIOCOUTQ: not yet sent or not yet acknowledged). Loop only.
+func unsent(c gn.Conn) bool {
+	if c.OutboundBuffered() > 0 {
+		return true
+	}
+	n, err := unix.IoctlGetInt(c.Fd(), unix.SIOCOUTQ)
+	return err == nil && n > 0
+}
+
+// reset makes the close that follows abortive: an RST, and the socket's
+// buffers freed at once (SO_LINGER 0). Loop only.
+func reset(c gn.Conn) {
+	_ = unix.SetsockoptLinger(c.Fd(), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 }
 
 // OnTraffic handles UDP datagrams and TCP bytes.
@@ -347,12 +394,17 @@ func (s *Server) flushReplies(c gn.Conn, st *tcpState) {
 }
 
 func (s *Server) onTCP(c gn.Conn, st *tcpState) gn.Action {
+	if st.idle.Load() && s.closeIfIdle(c, st) {
+		return gn.Close
+	}
 	s.flushReplies(c, st)
 	for {
 		if c.OutboundBuffered() > maxTCPBacklog {
 			// The client sends queries but does not read the answers:
-			// buffering them would grow without bound.
+			// buffering them would grow without bound. Reset, so that
+			// the kernel drops what it holds too.
 			s.tcpBacklog.Add(1)
+			reset(c)
 			return gn.Close
 		}
 		hdr, err := c.Peek(2)
