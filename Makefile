@@ -30,6 +30,16 @@ bench:
 peer-bench: build
 	SHARED=$(SHARED) bash bench/peers.sh
 
+# Every fuzz target in turn, FUZZTIME each (new crashers land in testdata/fuzz).
+FUZZTIME ?= 30s
+fuzz:
+	@for pkg in $$($(GO) list $(PKGS)); do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+			echo "== $$pkg $$f"; \
+			$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+		done; \
+	done
+
 vet:
 	$(GO) vet $(PKGS)
 

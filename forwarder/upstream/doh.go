@@ -152,6 +152,7 @@ type request struct {
 
 	// Reader-owned while the stream is open.
 	gotHeaders bool
+	clen       int    // the response's content-length, -1 without one; set with gotHeaders
 	recvd      uint32 // stream bytes consumed since the last stream WINDOW_UPDATE
 }
 

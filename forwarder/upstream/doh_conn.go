@@ -69,7 +69,7 @@ type h2Conn struct {
 	dec        *hpack.Decoder
 	hStatus    int
 	hCTOK      bool
-	hCLen      int
+	hCLen      int    // content-length: -1 none, badContentLength
 	hEndStream bool   // END_STREAM of the HEADERS frame whose block continues
 	connRecvd  uint32 // connection bytes consumed since our last WINDOW_UPDATE
 }
@@ -761,6 +761,9 @@ func (c *h2Conn) handleFrame(f http2.Frame) error {
 	return nil
 }
 
+// badContentLength is hCLen for a content-length that is not one number.
+const badContentLength = -2
+
 // onHeaderField collects the response header fields we care about.
 func (c *h2Conn) onHeaderField(hf hpack.HeaderField) {
 	switch hf.Name {
@@ -770,8 +773,16 @@ func (c *h2Conn) onHeaderField(hf hpack.HeaderField) {
 		mt, _, _ := strings.Cut(hf.Value, ";")
 		c.hCTOK = strings.EqualFold(strings.TrimSpace(mt), "application/dns-message")
 	case "content-length":
-		if n, err := strconv.Atoi(hf.Value); err == nil {
-			c.hCLen = n
+		// 1*DIGIT (RFC 9110 8.6); anything else, or a second value that
+		// differs, makes the response malformed (badContentLength).
+		n, err := strconv.ParseUint(hf.Value, 10, 31)
+		switch {
+		case err != nil:
+			c.hCLen = badContentLength
+		case c.hCLen == -1:
+			c.hCLen = int(n)
+		case c.hCLen != int(n):
+			c.hCLen = badContentLength
 		}
 	}
 }
@@ -797,10 +808,12 @@ func (c *h2Conn) endHeaders(id uint32, endStream bool) error {
 		err = fmt.Errorf("%w: HTTP status %d", ErrBadResponse, c.hStatus)
 	case !c.hCTOK:
 		err = fmt.Errorf("%w: content-type is not application/dns-message", ErrBadResponse)
+	case c.hCLen == badContentLength:
+		err = fmt.Errorf("%w: content-length is not one number", ErrBadResponse)
 	case c.hCLen > maxResponseSize:
 		err = fmt.Errorf("%w: content-length %d exceeds %d", ErrBadResponse, c.hCLen, maxResponseSize)
 	default:
-		r.gotHeaders = true
+		r.gotHeaders, r.clen = true, c.hCLen
 		if c.hCLen > 0 {
 			r.resp = make([]byte, 0, c.hCLen)
 		}
@@ -809,8 +822,8 @@ func (c *h2Conn) endHeaders(id uint32, endStream bool) error {
 		c.mu.Unlock()
 		return nil
 	}
-	if err == nil && len(r.resp) == 0 {
-		err = fmt.Errorf("%w: empty body", ErrBadResponse)
+	if err == nil {
+		err = bodyErr(r)
 	}
 	c.finishLocked(r, err)
 	if err != nil && !endStream {
@@ -849,6 +862,8 @@ func (c *h2Conn) onData(f *http2.DataFrame) error {
 		err = fmt.Errorf("%w: DATA before response headers", ErrBadResponse)
 	case len(r.resp)+len(data) > maxResponseSize:
 		err = fmt.Errorf("%w: body exceeds %d bytes", ErrBadResponse, maxResponseSize)
+	case r.clen >= 0 && len(r.resp)+len(data) > r.clen:
+		err = fmt.Errorf("%w: body exceeds its content-length of %d", ErrBadResponse, r.clen)
 	default:
 		if r.resp == nil {
 			r.resp = make([]byte, 0, max(len(data), 512))
@@ -856,6 +871,9 @@ func (c *h2Conn) onData(f *http2.DataFrame) error {
 		r.resp = append(r.resp, data...)
 	}
 	end := f.StreamEnded()
+	if err == nil && end {
+		err = bodyErr(r)
+	}
 	if err == nil && !end {
 		r.recvd += n
 		if r.recvd >= streamRecvWindow/2 {
@@ -879,6 +897,18 @@ func (c *h2Conn) onData(f *http2.DataFrame) error {
 		c.signal()
 	}
 	c.d.complete(r)
+	return nil
+}
+
+// bodyErr checks a response body at the end of its stream: not empty, and
+// as long as its content-length said (RFC 9113 8.1.1: else malformed).
+func bodyErr(r *request) error {
+	switch {
+	case len(r.resp) == 0:
+		return fmt.Errorf("%w: empty body", ErrBadResponse)
+	case r.clen >= 0 && len(r.resp) != r.clen:
+		return fmt.Errorf("%w: body of %d bytes, content-length %d", ErrBadResponse, len(r.resp), r.clen)
+	}
 	return nil
 }
 
