@@ -95,28 +95,79 @@ func (d *DoH) submit(r *request) {
 	}()
 }
 
-// submit queues async request r for the writer if c has a free stream and
-// room on its queue, and arms r's timer. False: c cannot take it now.
+// submit takes async request r if c has a free stream and room on its
+// queue, and arms r's timer; false: c cannot take it now. On a connection
+// with nothing in flight r is written by the caller (writeInline), else
+// queued for the writer.
 func (c *h2Conn) submit(r *request) bool {
 	left := time.Until(r.deadline)
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.dead || c.draining || c.active >= c.maxStreams || left <= 0 {
+		c.mu.Unlock()
 		return false
 	}
 	r.state, r.resp, r.err, r.gotHeaders, r.recvd = stQueued, nil, nil, false, 0
 	r.conn.Store(c)
 	r.timer = time.AfterFunc(left, func() { c.expire(r) })
-	select {
-	case c.reqCh <- r:
-	default:
-		r.timer.Stop()
-		r.state = stIdle
-		return false
+	inline := c.active == 0 && len(c.reqCh) == 0
+	if !inline {
+		select {
+		case c.reqCh <- r:
+		default:
+			r.timer.Stop()
+			r.state = stIdle
+			c.mu.Unlock()
+			return false
+		}
 	}
 	c.active++
 	c.inflight.Add(1)
+	c.mu.Unlock()
+	if inline {
+		c.writeInline(r)
+	}
 	return true
+}
+
+// writeInline writes request r from the submitting goroutine when the
+// writer is idle, instead of waking it: a lone query (nothing else in
+// flight on the connection) then costs one goroutine hand-off less. On 2
+// shared cores that took a lone forwarded UDP query from 0.25 to 0.20 ms
+// (median of 10 alternating runs). Under load requests are in flight and
+// the writer batches them as before. If the writer is busy, r is queued for
+// it.
+func (c *h2Conn) writeInline(r *request) {
+	if !c.wmu.TryLock() {
+		c.mu.Lock()
+		queued := false
+		if !c.dead { // else writerExit has drained, or will drain, the queue
+			select {
+			case c.reqCh <- r: // room: every queued request holds one of at most maxStreams
+				queued = true
+			default:
+			}
+		}
+		c.mu.Unlock()
+		if !queued {
+			c.failQueued(r)
+		}
+		return
+	}
+	c.batch = append(c.batch, r)
+	err := c.writeBatch()
+	if c.armPing {
+		c.signal() // the writer times the PING; it clears armPing
+	}
+	if err != nil {
+		c.shutdown(err)
+	}
+	c.mu.Lock()
+	dead := c.dead
+	c.mu.Unlock()
+	c.wmu.Unlock()
+	if dead {
+		c.writerExit() // the writer may have exited before r was added
+	}
 }
 
 // expire ends async request r at its deadline unless it has finished: a

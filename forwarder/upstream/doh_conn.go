@@ -28,6 +28,9 @@ type h2Conn struct {
 	reqCh chan *request // requests for the writer; bounded
 	wake  chan struct{} // cap 1: the writer has control frames or window to act on
 	quit  chan struct{} // closed by shutdown
+	// wmu is held while a batch is written and by writerExit: by the
+	// writer, or by a Submit writing its request itself (writeInline).
+	wmu sync.Mutex
 
 	closing  atomic.Bool  // no new streams: draining or dead
 	inflight atomic.Int32 // active, readable without the lock (connection choice)
@@ -392,10 +395,14 @@ func (c *h2Conn) writeLoop() {
 	for {
 		select {
 		case r := <-c.reqCh:
+			c.wmu.Lock()
 			c.batch = append(c.batch, r)
 		case <-c.wake:
+			c.wmu.Lock()
 		case <-keepalive.C:
+			c.wmu.Lock()
 			if err := c.onKeepalive(keepalive); err != nil {
+				c.wmu.Unlock()
 				c.shutdown(err)
 				c.writerExit()
 				return
@@ -414,6 +421,7 @@ func (c *h2Conn) writeLoop() {
 			}
 		}
 		if err := c.writeBatch(); err != nil {
+			c.wmu.Unlock()
 			c.shutdown(err)
 			c.writerExit()
 			return
@@ -422,6 +430,7 @@ func (c *h2Conn) writeLoop() {
 			c.armPing = false
 			keepalive.Reset(c.d.pingPoll())
 		}
+		c.wmu.Unlock()
 	}
 }
 
@@ -470,7 +479,11 @@ func randomPingData() (p [8]byte) {
 	return p
 }
 
+// writerExit fails the requests the connection will not send: in the
+// batch, blocked on the send window, or still queued.
 func (c *h2Conn) writerExit() {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	for _, r := range c.batch {
 		c.failQueued(r)
 	}

@@ -25,6 +25,10 @@
 //     inserts :authority, :path, content-type and accept into the server's
 //     HPACK dynamic table, later ones refer to them with one byte each, and
 //     only content-length is encoded per request.
+//     One exception to the writer writing: a Submit on a connection with
+//     nothing in flight, while the writer is idle, writes its request
+//     itself (the same batch code, under the writer's mutex), which saves a
+//     lone query one goroutine hand-off; see writeInline.
 //     Under TLS the connection reads and writes its socket with raw system
 //     calls and parks in the runtime's poller when the socket is not ready
 //     ([rawConn]): the runtime's syscall bookkeeping, which net.TCPConn pays
