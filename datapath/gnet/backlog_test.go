@@ -3,6 +3,7 @@ package gnet
 import (
 	"encoding/binary"
 	"errors"
+	"io"
 	"net"
 	"runtime"
 	"syscall"
@@ -125,4 +126,73 @@ func waitUntil(t *testing.T, deadline time.Time) bool {
 	t.Helper()
 	time.Sleep(50 * time.Millisecond)
 	return time.Now().Before(deadline)
+}
+
+// TestTCPIdleSlowReader: a client that stopped sending but still reads its
+// answers, slowly, gets all of them and then a FIN at the idle timeout; a
+// client that sent half a length prefix is closed at the idle timeout too
+// (found in review: the partial byte had kept it open for good).
+func TestTCPIdleSlowReader(t *testing.T) {
+	s := startServer(t, Config{Name: "t", Addrs: []string{freePort(t, "127.0.0.1")}, TCPIdleTimeout: time.Second})
+	t.Run("slow reader", func(t *testing.T) {
+		m := new(dns.Msg).SetQuestion("ipv4.aws.example.internal.", dns.TypeA)
+		q, _ := m.Pack()
+		frame := binary.BigEndian.AppendUint16(nil, uint16(len(q)))
+		frame = append(frame, q...)
+		const n = 15000 // ~900 KB of answers: more than the socket buffers hold
+		var batch []byte
+		for range n {
+			batch = append(batch, frame...)
+		}
+		c, err := net.Dial("tcp", s.Addrs()[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+		if _, err := c.Write(batch); err != nil {
+			t.Fatal(err)
+		}
+		// 16 KiB every 100 ms: about 6 s for all of it, well past the
+		// idle timeout.
+		var got []byte
+		buf := make([]byte, 16<<10)
+		for {
+			time.Sleep(100 * time.Millisecond)
+			k, err := c.Read(buf)
+			got = append(got, buf[:k]...)
+			if err != nil {
+				if err != io.EOF {
+					t.Fatalf("after %d bytes: %v, want EOF after all the answers", len(got), err)
+				}
+				break
+			}
+		}
+		answers := 0
+		for len(got) >= 2 {
+			l := int(binary.BigEndian.Uint16(got))
+			if len(got) < 2+l {
+				break
+			}
+			got = got[2+l:]
+			answers++
+		}
+		if answers != n || len(got) != 0 {
+			t.Fatalf("read %d answers (and %d stray bytes) before EOF, want %d", answers, len(got), n)
+		}
+	})
+	t.Run("partial frame", func(t *testing.T) {
+		c, err := net.Dial("tcp", s.Addrs()[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte{0}); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("read: %v, want EOF at the idle timeout", err)
+		}
+	})
 }

@@ -23,7 +23,8 @@
 // engine ticker), and queries in flight per connection bounded
 // (MaxTCPPipeline, past it SERVFAIL). A client that does not read its
 // answers is reset: once 1 MiB waits in gnet beyond the socket's own
-// 512 KiB, or when it goes idle with answers unread.
+// 512 KiB, or when it goes idle with answers unread and reads none of them
+// for a second. One still reading them is not idle.
 package gnet
 
 import (
@@ -110,6 +111,7 @@ type tcpState struct {
 	lastActive atomic.Int64 // unix nanoseconds
 	inflight   atomic.Int32
 	idle       atomic.Bool // the ticker found the connection idle and woke its loop to close it
+	unread     int         // loop only: answers unread at the last idle check, -1 none
 	client     netip.AddrPort
 
 	mu      sync.Mutex
@@ -231,7 +233,7 @@ func (s *Server) OnOpen(c gn.Conn) ([]byte, gn.Action) {
 		return nil, gn.Close
 	}
 	_ = c.SetWriteBuffer(tcpSendBuffer) // best effort: the inherited size works, only larger
-	st := &tcpState{}
+	st := &tcpState{unread: -1}
 	st.lastActive.Store(time.Now().UnixNano())
 	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 		st.client = a.AddrPort()
@@ -266,31 +268,53 @@ func (s *Server) OnTick() (time.Duration, gn.Action) {
 }
 
 // closeIfIdle runs on the loop after OnTick flagged c: it closes c if c is
-// still idle. Loop only.
+// still idle. A client still reading answers is not idle; one that has left
+// answers unread since the previous check (a second ago) is reset: a FIN
+// would queue behind them and never arrive, leaving the client waiting and
+// the kernel holding the buffers. Loop only.
 func (s *Server) closeIfIdle(c gn.Conn, st *tcpState) bool {
 	st.idle.Store(false)
-	deadline := time.Now().Add(-s.cfg.TCPIdleTimeout).UnixNano()
-	if st.inflight.Load() != 0 || st.lastActive.Load() >= deadline || c.InboundBuffered() > 0 {
+	now := time.Now()
+	if st.inflight.Load() != 0 || st.lastActive.Load() >= now.Add(-s.cfg.TCPIdleTimeout).UnixNano() || frameBuffered(c) {
+		st.unread = -1
 		return false // a query came in since the tick
 	}
-	s.tcpIdle.Add(1)
-	if unsent(c) {
-		// Answers the client has not read for the whole idle timeout: a
-		// FIN would queue behind them and never arrive, leaving the
-		// client waiting and the kernel holding the buffers.
+	if n := unread(c); n > 0 {
+		if st.unread < 0 || n < st.unread {
+			// First look, or the client has read some since: check
+			// again at the next tick (lastActive still says idle), or,
+			// if it is reading, give it another idle timeout.
+			if st.unread >= 0 {
+				st.lastActive.Store(now.UnixNano())
+			}
+			st.unread = n
+			return false
+		}
+		s.tcpIdle.Add(1)
 		reset(c)
+		return true
 	}
+	s.tcpIdle.Add(1)
 	return true
 }
 
-// unsent reports whether answers wait in gnet's buffer or in the socket's
-// send queue (SIOCOUTQ: not yet sent or not yet acknowledged). Loop only.
-func unsent(c gn.Conn) bool {
-	if c.OutboundBuffered() > 0 {
-		return true
+// frameBuffered reports whether a whole message waits in c's inbound
+// buffer: a query that arrived with the read that runs this check. A
+// partial one does not keep the connection from the idle timeout.
+func frameBuffered(c gn.Conn) bool {
+	hdr, err := c.Peek(2)
+	return err == nil && len(hdr) == 2 && c.InboundBuffered() >= 2+int(binary.BigEndian.Uint16(hdr))
+}
+
+// unread is how many bytes of answers wait in gnet's buffer and in the
+// socket's send queue (SIOCOUTQ: not yet sent or not yet acknowledged).
+// Loop only.
+func unread(c gn.Conn) int {
+	n := c.OutboundBuffered()
+	if q, err := unix.IoctlGetInt(c.Fd(), unix.SIOCOUTQ); err == nil {
+		n += q
 	}
-	n, err := unix.IoctlGetInt(c.Fd(), unix.SIOCOUTQ)
-	return err == nil && n > 0
+	return n
 }
 
 // reset makes the close that follows abortive: an RST, and the socket's
