@@ -12,9 +12,10 @@ import (
 // exactly once, within timeout, with the response carrying the query's ID
 // or an error, unless the query is cancelled. It does not retain query;
 // done must not block and owns the response. The Canceler it returns (nil
-// if done has already been called) abandons the query, freeing what it
-// holds upstream; done is then not called unless it already has been or
-// is being called. Cancel must not be called with a lock that done takes.
+// if done has already been called; non-nil does not promise it has not)
+// abandons the query, freeing what it holds upstream; done is then not
+// called unless it already has been or is being called. Cancel must not be
+// called with a lock that done takes.
 type AsyncExchanger interface {
 	Exchanger
 	Submit(query []byte, timeout time.Duration, done func(resp []byte, err error)) Canceler

@@ -272,6 +272,7 @@ func (d *DoH) dialConn(ctx context.Context) (*h2Conn, error) {
 		}
 	}
 	raw = newRawConn(raw)
+	sock, _ := raw.(*rawConn) // for writeInline's check; nil: never inline
 	if d.wrapConn != nil {
 		raw = d.wrapConn(raw)
 	}
@@ -285,6 +286,7 @@ func (d *DoH) dialConn(ctx context.Context) (*h2Conn, error) {
 		return nil, fmt.Errorf("server did not negotiate HTTP/2 via ALPN (got %q)", p)
 	}
 	c := newH2Conn(d, tc)
+	c.sock = sock
 	if err := c.handshake(ctx); err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("HTTP/2 handshake: %w", err)

@@ -24,7 +24,9 @@ import (
 // request is dropped, and done is not called unless it already has been or
 // is being called. It is best effort: a query waiting on a goroutine for a
 // connection runs on and its answer reaches done. The result is nil when
-// done has been called before Submit returns.
+// the query was refused at once (done has been called); done may also have
+// been called before Submit returns a result, when writing the query
+// inline failed (writeInline), and Cancel then does nothing.
 func (d *DoH) Submit(query []byte, timeout time.Duration, done func(resp []byte, err error)) Canceler {
 	if len(query) < headerLen || len(query) > maxResponseSize {
 		done(nil, fmt.Errorf("upstream %s: %w: %d bytes", d.target, ErrBadQuery, len(query)))
@@ -109,7 +111,7 @@ func (c *h2Conn) submit(r *request) bool {
 	r.state, r.resp, r.err, r.gotHeaders, r.recvd = stQueued, nil, nil, false, 0
 	r.conn.Store(c)
 	r.timer = time.AfterFunc(left, func() { c.expire(r) })
-	inline := c.active == 0 && len(c.reqCh) == 0
+	inline := c.active == 0 && len(c.reqCh) == 0 && c.sock != nil
 	if !inline {
 		select {
 		case c.reqCh <- r:
@@ -137,8 +139,14 @@ func (c *h2Conn) submit(r *request) bool {
 // ten), with about 0.4 fewer context switches per query. Under load
 // requests are in flight and the writer batches them as before. If the
 // writer is busy, r is queued for it.
+//
+// The caller is a datapath loop, which must not stall: r is written inline
+// only when the socket's send queue is empty, so that the write cannot
+// block (a peer that stopped reading leaves r to the writer), and a
+// connection that fails the write is shut down, which may wait for a TLS
+// close, on a goroutine of its own.
 func (c *h2Conn) writeInline(r *request) {
-	if !c.wmu.TryLock() {
+	if !c.sock.sendQueueEmpty() || !c.wmu.TryLock() {
 		c.mu.Lock()
 		queued := false
 		if !c.dead { // else writerExit has drained, or will drain, the queue
@@ -160,7 +168,9 @@ func (c *h2Conn) writeInline(r *request) {
 		c.signal() // the writer times the PING; it clears armPing
 	}
 	if err != nil {
-		c.shutdown(err)
+		// The writer, alive since the connection was not dead when
+		// writeBatch began, fails what r left behind once quit closes.
+		go c.shutdown(err)
 	}
 	c.mu.Lock()
 	dead := c.dead

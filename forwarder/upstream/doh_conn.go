@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net"
 	"strconv"
@@ -23,6 +24,7 @@ import (
 type h2Conn struct {
 	d     *DoH
 	nc    net.Conn // the TLS connection
+	sock  *rawConn // its socket, if raw: writeInline writes only when its send queue is empty
 	bw    *bufio.Writer
 	fr    *http2.Framer
 	reqCh chan *request // requests for the writer; bounded
@@ -788,7 +790,13 @@ func (c *h2Conn) onHeaderField(hf hpack.HeaderField) {
 	case "content-length":
 		// 1*DIGIT (RFC 9110 8.6); anything else, or a second value that
 		// differs, makes the response malformed (badContentLength).
-		n, err := strconv.ParseUint(hf.Value, 10, 31)
+		n, err := strconv.ParseUint(hf.Value, 10, 64)
+		switch {
+		case errors.Is(err, strconv.ErrRange):
+			n, err = math.MaxInt32, nil // too large, whatever it is
+		case err == nil:
+			n = min(n, math.MaxInt32)
+		}
 		switch {
 		case err != nil:
 			c.hCLen = badContentLength
@@ -812,6 +820,7 @@ func (c *h2Conn) endHeaders(id uint32, endStream bool) error {
 		return nil
 	}
 	var err error
+	code := http2.ErrCodeCancel // reset with this if err ends the stream early
 	switch {
 	case r.gotHeaders: // trailers
 	case c.hStatus >= 100 && c.hStatus < 200 && !endStream: // informational
@@ -823,6 +832,7 @@ func (c *h2Conn) endHeaders(id uint32, endStream bool) error {
 		err = fmt.Errorf("%w: content-type is not application/dns-message", ErrBadResponse)
 	case c.hCLen == badContentLength:
 		err = fmt.Errorf("%w: content-length is not one number", ErrBadResponse)
+		code = http2.ErrCodeProtocol // malformed (RFC 9113 8.1.1)
 	case c.hCLen > maxResponseSize:
 		err = fmt.Errorf("%w: content-length %d exceeds %d", ErrBadResponse, c.hCLen, maxResponseSize)
 	default:
@@ -840,7 +850,7 @@ func (c *h2Conn) endHeaders(id uint32, endStream bool) error {
 	}
 	c.finishLocked(r, err)
 	if err != nil && !endStream {
-		c.ctl.rst = append(c.ctl.rst, streamRST{id, http2.ErrCodeCancel})
+		c.ctl.rst = append(c.ctl.rst, streamRST{id, code})
 		c.signal()
 	}
 	c.mu.Unlock()
@@ -869,14 +879,17 @@ func (c *h2Conn) onData(f *http2.DataFrame) error {
 		return nil
 	}
 	var err error
+	code := http2.ErrCodeCancel // reset with this if err ends the stream early
 	data := f.Data()
 	switch {
 	case !r.gotHeaders:
 		err = fmt.Errorf("%w: DATA before response headers", ErrBadResponse)
+		code = http2.ErrCodeProtocol // malformed (RFC 9113 8.1.1)
 	case len(r.resp)+len(data) > maxResponseSize:
 		err = fmt.Errorf("%w: body exceeds %d bytes", ErrBadResponse, maxResponseSize)
 	case r.clen >= 0 && len(r.resp)+len(data) > r.clen:
 		err = fmt.Errorf("%w: body exceeds its content-length of %d", ErrBadResponse, r.clen)
+		code = http2.ErrCodeProtocol
 	default:
 		if r.resp == nil {
 			r.resp = make([]byte, 0, max(len(data), 512))
@@ -902,7 +915,7 @@ func (c *h2Conn) onData(f *http2.DataFrame) error {
 	}
 	c.finishLocked(r, err)
 	if err != nil && !end {
-		c.ctl.rst = append(c.ctl.rst, streamRST{r.id, http2.ErrCodeCancel})
+		c.ctl.rst = append(c.ctl.rst, streamRST{r.id, code})
 		wakeWriter = true
 	}
 	c.mu.Unlock()

@@ -143,6 +143,17 @@ func (c *rawConn) tryWrite(fd uintptr) bool {
 	return true
 }
 
+// sendQueueEmpty reports whether everything written has been sent and
+// acknowledged (SIOCOUTQ is 0), so that a small write cannot block.
+func (c *rawConn) sendQueueEmpty() bool {
+	empty := false
+	_ = c.rc.Control(func(fd uintptr) {
+		n, err := unix.IoctlGetInt(int(fd), unix.SIOCOUTQ)
+		empty = err == nil && n == 0
+	})
+	return empty
+}
+
 func (c *rawConn) opError(op string, err error) error {
 	return &net.OpError{Op: op, Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }

@@ -138,6 +138,32 @@ func TestRawConnTCPDeadlines(t *testing.T) {
 	}
 }
 
+// TestRawConnSendQueueEmpty: true on a fresh connection and once the peer
+// has read everything; false while written bytes wait for a peer that does
+// not read (writeInline leaves such a connection to its writer).
+func TestRawConnSendQueueEmpty(t *testing.T) {
+	rc, peer := rawPair(t)
+	if !rc.sendQueueEmpty() {
+		t.Fatal("a fresh connection's send queue is not empty")
+	}
+	_ = rc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	n, _ := rc.Write(make([]byte, 64<<20)) // fills both sockets' buffers
+	if rc.sendQueueEmpty() {
+		t.Fatal("send queue empty with the peer not reading")
+	}
+	_ = rc.SetWriteDeadline(time.Time{})
+	if _, err := io.CopyN(io.Discard, peer, int64(n)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !rc.sendQueueEmpty() { // the last ACKs may lag the reads
+		if time.Now().After(deadline) {
+			t.Fatal("send queue not empty after the peer read everything")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // Close wakes a parked Read; a reset from the peer is an error, not EOF.
 func TestRawConnTCPCloseAndReset(t *testing.T) {
 	t.Run("close", func(t *testing.T) {
