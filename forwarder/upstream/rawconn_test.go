@@ -146,6 +146,11 @@ func TestRawConnSendQueueEmpty(t *testing.T) {
 	if !rc.sendQueueEmpty() {
 		t.Fatal("a fresh connection's send queue is not empty")
 	}
+	// A small receive buffer, so that what the peer's kernel holds (and
+	// has acknowledged) is far less than the write.
+	if err := peer.SetReadBuffer(16 << 10); err != nil {
+		t.Fatal(err)
+	}
 	_ = rc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 	n, _ := rc.Write(make([]byte, 64<<20)) // fills both sockets' buffers
 	if rc.sendQueueEmpty() {
