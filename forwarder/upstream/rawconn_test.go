@@ -113,8 +113,9 @@ func TestRawConnTCPDeadlines(t *testing.T) {
 			return rc.Read(make([]byte, 10))
 		}},
 		{"write to a peer that never reads", func(rc *rawConn) (int, error) {
+			big := make([]byte, 64<<20) // before the deadline: under -race this takes a while
 			rc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-			return rc.Write(make([]byte, 64<<20))
+			return rc.Write(big)
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -151,8 +152,12 @@ func TestRawConnSendQueueEmpty(t *testing.T) {
 	if err := peer.SetReadBuffer(16 << 10); err != nil {
 		t.Fatal(err)
 	}
+	big := make([]byte, 64<<20) // before the deadline: under -race this takes a while
 	_ = rc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-	n, _ := rc.Write(make([]byte, 64<<20)) // fills both sockets' buffers
+	n, _ := rc.Write(big) // fills both sockets' buffers
+	if n == 0 {
+		t.Fatal("nothing written before the deadline")
+	}
 	if rc.sendQueueEmpty() {
 		t.Fatal("send queue empty with the peer not reading")
 	}
