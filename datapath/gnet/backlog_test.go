@@ -1,6 +1,7 @@
 package gnet
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -20,14 +21,7 @@ import (
 func TestTCPClientThatDoesNotRead(t *testing.T) {
 	s := startServer(t, Config{Name: "t", Addrs: []string{freePort(t, "127.0.0.1")}})
 	addr := s.Addrs()[0]
-	m := new(dns.Msg).SetQuestion("aws.example.internal.", dns.TypeANY)
-	q, _ := m.Pack()
-	frame := binary.BigEndian.AppendUint16(nil, uint16(len(q)))
-	frame = append(frame, q...)
-	var batch []byte
-	for range 10000 {
-		batch = append(batch, frame...)
-	}
+	batch := pipeline("aws.example.internal.", dns.TypeANY, 10000)
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -80,23 +74,8 @@ func TestTCPClientThatDoesNotRead(t *testing.T) {
 // gets a FIN: TestTCPLimits.)
 func TestTCPIdleWithUnreadAnswers(t *testing.T) {
 	s := startServer(t, Config{Name: "t", Addrs: []string{freePort(t, "127.0.0.1")}, TCPIdleTimeout: time.Second})
-	m := new(dns.Msg).SetQuestion("ipv4.aws.example.internal.", dns.TypeA)
-	q, _ := m.Pack()
-	frame := binary.BigEndian.AppendUint16(nil, uint16(len(q)))
-	frame = append(frame, q...)
-	var batch []byte
-	for range 10000 { // ~600 KB of answers: more than the client's window
-		batch = append(batch, frame...)
-	}
-	c, err := net.Dial("tcp", s.Addrs()[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-	if _, err := c.Write(batch); err != nil {
-		t.Fatal(err)
-	}
+	// ~600 KB of answers: more than the client's window.
+	c := dialAndSend(t, s, pipeline("ipv4.aws.example.internal.", dns.TypeA, 10000))
 	// Wait for the idle close before reading anything.
 	for s.Stats().TCPIdleClosed == 0 {
 		if !waitUntil(t, time.Now().Add(20*time.Second)) {
@@ -135,24 +114,8 @@ func waitUntil(t *testing.T, deadline time.Time) bool {
 func TestTCPIdleSlowReader(t *testing.T) {
 	s := startServer(t, Config{Name: "t", Addrs: []string{freePort(t, "127.0.0.1")}, TCPIdleTimeout: time.Second})
 	t.Run("slow reader", func(t *testing.T) {
-		m := new(dns.Msg).SetQuestion("ipv4.aws.example.internal.", dns.TypeA)
-		q, _ := m.Pack()
-		frame := binary.BigEndian.AppendUint16(nil, uint16(len(q)))
-		frame = append(frame, q...)
 		const n = 15000 // ~900 KB of answers: more than the socket buffers hold
-		var batch []byte
-		for range n {
-			batch = append(batch, frame...)
-		}
-		c, err := net.Dial("tcp", s.Addrs()[0])
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-		if _, err := c.Write(batch); err != nil {
-			t.Fatal(err)
-		}
+		c := dialAndSend(t, s, pipeline("ipv4.aws.example.internal.", dns.TypeA, n))
 		// 16 KiB every 100 ms: about 6 s for all of it, well past the
 		// idle timeout.
 		var got []byte
@@ -195,4 +158,28 @@ func TestTCPIdleSlowReader(t *testing.T) {
 			t.Fatalf("read: %v, want EOF at the idle timeout", err)
 		}
 	})
+}
+
+// pipeline is n copies of the TCP-framed query for name and qtype.
+func pipeline(name string, qtype uint16, n int) []byte {
+	q, _ := new(dns.Msg).SetQuestion(name, qtype).Pack()
+	frame := binary.BigEndian.AppendUint16(nil, uint16(len(q)))
+	frame = append(frame, q...)
+	return bytes.Repeat(frame, n)
+}
+
+// dialAndSend connects to s and writes b, with a 30 s deadline on the
+// connection.
+func dialAndSend(t *testing.T, s *Server, b []byte) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", s.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := c.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
