@@ -290,9 +290,7 @@ func (s *Server) closeIfIdle(c gn.Conn, st *tcpState) bool {
 			st.unread = n
 			return false
 		}
-		s.tcpIdle.Add(1)
 		reset(c)
-		return true
 	}
 	s.tcpIdle.Add(1)
 	return true

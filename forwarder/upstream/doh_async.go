@@ -146,20 +146,13 @@ func (c *h2Conn) submit(r *request) bool {
 // connection that fails the write is shut down, which may wait for a TLS
 // close, on a goroutine of its own.
 func (c *h2Conn) writeInline(r *request) {
-	if !c.sock.sendQueueEmpty() || !c.wmu.TryLock() {
-		c.mu.Lock()
-		queued := false
-		if !c.dead { // else writerExit has drained, or will drain, the queue
-			select {
-			case c.reqCh <- r: // room: every queued request holds one of at most maxStreams
-				queued = true
-			default:
-			}
-		}
-		c.mu.Unlock()
-		if !queued {
-			c.failQueued(r)
-		}
+	if !c.wmu.TryLock() { // the writer is at work: it takes r with its next batch
+		c.queueForWriter(r)
+		return
+	}
+	if !c.sock.sendQueueEmpty() {
+		c.wmu.Unlock()
+		c.queueForWriter(r)
 		return
 	}
 	c.batch = append(c.batch, r)
@@ -178,6 +171,24 @@ func (c *h2Conn) writeInline(r *request) {
 	c.wmu.Unlock()
 	if dead {
 		c.writerExit() // the writer may have exited before r was added
+	}
+}
+
+// queueForWriter hands r, taken by submit but not written inline, to the
+// writer; if the connection has died meanwhile, r fails (and is retried).
+func (c *h2Conn) queueForWriter(r *request) {
+	c.mu.Lock()
+	queued := false
+	if !c.dead { // else writerExit has drained, or will drain, the queue
+		select {
+		case c.reqCh <- r: // room: every queued request holds one of at most maxStreams
+			queued = true
+		default:
+		}
+	}
+	c.mu.Unlock()
+	if !queued {
+		c.failQueued(r)
 	}
 }
 

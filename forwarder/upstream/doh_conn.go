@@ -791,18 +791,16 @@ func (c *h2Conn) onHeaderField(hf hpack.HeaderField) {
 		// 1*DIGIT (RFC 9110 8.6); anything else, or a second value that
 		// differs, makes the response malformed (badContentLength).
 		n, err := strconv.ParseUint(hf.Value, 10, 64)
-		switch {
-		case errors.Is(err, strconv.ErrRange):
+		if errors.Is(err, strconv.ErrRange) {
 			n, err = math.MaxInt32, nil // too large, whatever it is
-		case err == nil:
-			n = min(n, math.MaxInt32)
 		}
+		v := int(min(n, math.MaxInt32))
 		switch {
 		case err != nil:
 			c.hCLen = badContentLength
 		case c.hCLen == -1:
-			c.hCLen = int(n)
-		case c.hCLen != int(n):
+			c.hCLen = v
+		case c.hCLen != v:
 			c.hCLen = badContentLength
 		}
 	}
