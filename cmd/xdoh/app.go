@@ -16,6 +16,7 @@ import (
 
 	"xdoh/cmd/xdoh/internal/config"
 	"xdoh/cmd/xdoh/internal/metrics"
+	"xdoh/cmd/xdoh/internal/procs"
 	"xdoh/datapath/doh"
 	dpgnet "xdoh/datapath/gnet"
 	"xdoh/datapath/udp"
@@ -50,6 +51,10 @@ type app struct {
 	mx        *metrics.Server
 	ctl       *controlServer
 	stopped   bool
+	// procs, if set (by run, for the process), is raised by the Do53
+	// listeners' event loops while they have work; their UDP loops then
+	// park in the poller, which suits both of its levels.
+	procs *procs.Governor
 }
 
 // pipeline is one generation of the forwarder and what it owns.
@@ -346,6 +351,9 @@ func (a *app) reload() error {
 	if err := config.CheckMigration(a.cfg, next); err != nil {
 		return err
 	}
+	if next.Procs != a.cfg.Procs {
+		return fmt.Errorf("procs: changing it needs a restart (running: %d)", a.cfg.Procs)
+	}
 	if !slices.Equal(listenerNames(next), listenerNames(a.cfg)) {
 		return fmt.Errorf("listeners: adding, removing or renaming listeners needs a restart (running: %s)", strings.Join(listenerNames(a.cfg), ", "))
 	}
@@ -537,17 +545,29 @@ func (a *app) commit(plan []*change) error {
 
 func (a *app) startDo53(cur *listener, l config.Listener) error {
 	gnetUDP := l.UDPEngine == "gnet"
+	var busy func(bool)
+	wait := udp.WaitAuto
+	if g := a.procs; g != nil {
+		busy = func(b bool) {
+			if b {
+				g.Acquire()
+			} else {
+				g.Release()
+			}
+		}
+		wait = udp.WaitPoller
+	}
 	s, err := dpgnet.New(dpgnet.Config{
 		Name: l.Name, Addrs: l.Do53, TCPOnly: !gnetUDP,
 		TCPIdleTimeout: l.TCP.IdleTimeout.D(), MaxTCPConns: l.TCP.MaxConns, MaxTCPPipeline: l.TCP.MaxPipeline,
-		Loops: l.TCP.Loops,
+		Loops: l.TCP.Loops, Busy: busy,
 	}, a.sw)
 	if err != nil {
 		return fmt.Errorf("listener %q: %w", l.Name, err)
 	}
 	var u *udp.Server
 	if !gnetUDP {
-		if u, err = udp.New(udp.Config{Name: l.Name, Addrs: l.Do53, Sockets: l.UDPSockets}, a.sw); err != nil {
+		if u, err = udp.New(udp.Config{Name: l.Name, Addrs: l.Do53, Sockets: l.UDPSockets, Wait: wait}, a.sw); err != nil {
 			return fmt.Errorf("listener %q: %w", l.Name, err)
 		}
 		if err := u.Start(); err != nil {

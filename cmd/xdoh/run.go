@@ -7,10 +7,12 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 
 	"xdoh/cmd/xdoh/internal/config"
+	"xdoh/cmd/xdoh/internal/procs"
 )
 
 // listFlag collects a repeatable flag; commas separate values too.
@@ -132,6 +134,8 @@ func cmdRun(args []string) error {
 		return usagef("%v", err)
 	}
 	a := newApp(log, load)
+	a.procs = procs.Auto(cfg.Procs)
+	log.Info("procs", "gomaxprocs", runtime.GOMAXPROCS(0), "cpus", runtime.NumCPU(), "governed", a.procs != nil)
 	if err := a.start(cfg); err != nil {
 		a.stop()
 		return err

@@ -79,6 +79,15 @@ type Config struct {
 	TCPIdleTimeout time.Duration // default 10s
 	MaxTCPConns    int           // default 1024
 	MaxTCPPipeline int           // queries in flight per TCP conn, default 128
+
+	// Busy, if set, is called with true when the event loops start to have
+	// work and with false when they have none left: a server that serves
+	// UDP is busy from Start to Stop, a TCP-only one while at least one TCP
+	// connection is open. (An event loop waits in epoll_wait holding a P:
+	// cmd/xdoh raises GOMAXPROCS meanwhile, see cmd/xdoh/internal/procs.)
+	// Calls may come from several loops at once; each true is matched by
+	// one false, at the latest when Stop returns.
+	Busy func(busy bool)
 }
 
 // Stats are the datapath's counters.
@@ -105,6 +114,7 @@ type Server struct {
 	udpQ, tcpQ, udpDrops, tcpRejected, tcpIdle, tcpPipe, tcpBacklog atomic.Uint64
 	tcpConns                                                        atomic.Int64
 	replyFlushes                                                    atomic.Uint64 // writes of buffered upstream answers (tests)
+	holders                                                         atomic.Int64  // of Busy: connections in conns, and UDP
 }
 
 type tcpState struct {
@@ -174,6 +184,9 @@ func (s *Server) Start() error {
 	}()
 	select {
 	case <-s.booted:
+		if !s.cfg.TCPOnly {
+			s.busy()
+		}
 		return nil
 	case err := <-s.done:
 		if err == nil {
@@ -199,6 +212,18 @@ func (s *Server) Stop(ctx context.Context) error {
 	select {
 	case <-s.done:
 	case <-ctx.Done():
+	}
+	// gnet closes every connection with OnClose when its loops end; a
+	// connection it did not (the wait above timed out) must not hold Busy.
+	s.conns.Range(func(k, _ any) bool {
+		if _, ok := s.conns.LoadAndDelete(k); ok {
+			s.tcpConns.Add(-1)
+			s.idle()
+		}
+		return true
+	})
+	if !s.cfg.TCPOnly {
+		s.idle()
 	}
 	return nil
 }
@@ -240,6 +265,7 @@ func (s *Server) OnOpen(c gn.Conn) ([]byte, gn.Action) {
 	}
 	c.SetContext(st)
 	s.conns.Store(c, st)
+	s.busy()
 	return nil, gn.None
 }
 
@@ -247,8 +273,23 @@ func (s *Server) OnOpen(c gn.Conn) ([]byte, gn.Action) {
 func (s *Server) OnClose(c gn.Conn, _ error) gn.Action {
 	if _, ok := s.conns.LoadAndDelete(c); ok {
 		s.tcpConns.Add(-1)
+		s.idle()
 	}
 	return gn.None
+}
+
+// busy and idle count the holders of Busy: open TCP connections, and the
+// UDP listeners from Start to Stop.
+func (s *Server) busy() {
+	if s.holders.Add(1) == 1 && s.cfg.Busy != nil {
+		s.cfg.Busy(true)
+	}
+}
+
+func (s *Server) idle() {
+	if s.holders.Add(-1) == 0 && s.cfg.Busy != nil {
+		s.cfg.Busy(false)
+	}
 }
 
 // OnTick finds idle TCP connections and wakes their loops to close them

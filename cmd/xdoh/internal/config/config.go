@@ -32,6 +32,10 @@ type Config struct {
 	Metrics   Metrics    `yaml:"metrics"`
 	QueryLog  QueryLog   `yaml:"querylog"`
 	Control   Control    `yaml:"control"`
+	// Procs is GOMAXPROCS, the number of CPUs running xdoh's goroutines at
+	// once; 0 (the default) is automatic: see cmd/xdoh/internal/procs.
+	// Read at start only.
+	Procs int `yaml:"procs"`
 
 	dir string // directory of the file, for relative paths
 }
@@ -251,6 +255,9 @@ func (c *Config) Validate() error {
 	}
 	if len(c.Listeners) == 0 {
 		bad("listeners", "at least one listener is needed")
+	}
+	if c.Procs < 0 || c.Procs > 1024 {
+		bad("procs", "%d is not between 0 (automatic) and 1024", c.Procs)
 	}
 	// unique checks that a section's names are set and distinct.
 	unique := func(section string) func(i int, name string) {

@@ -170,6 +170,7 @@ func TestParseErrors(t *testing.T) {
 		{name: "doh-fips without section", yaml: "listeners:\n  - name: a\n    protocols: [doh-fips]\n", want: []string{"listeners[0].doh:", "doh-fips"}, count: 1},
 		{name: "doh with doh-fips", yaml: "listeners:\n  - name: a\n    protocols: [doh, doh-fips]\n    doh: {address: \"127.0.0.1:443\", cert: cert.pem, key: key.pem}\n", want: []string{"listeners[0].protocols", "cannot be used together"}, count: 1},
 		{name: "bad allow entry", yaml: "listeners:\n  - name: a\n    do53: [\"127.0.0.1:53\"]\n    allow: [10.0.0.0/8, nonsense]\n", want: []string{"listeners[0].allow[1]"}, count: 1},
+		{name: "negative procs", yaml: "procs: -1\nlisteners:\n  - name: a\n    do53: [\"127.0.0.1:53\"]\n", want: []string{"procs: -1 is not between"}, count: 1},
 		{name: "bad acl action", yaml: "listeners:\n  - name: a\n    do53: [\"127.0.0.1:53\"]\n    acl_action: ignore\n", want: []string{"listeners[0].acl_action"}, count: 1},
 		{name: "bad sample rate", yaml: "listeners:\n  - name: a\n    do53: [\"127.0.0.1:53\"]\nquerylog: {path: q.log, sample_rate: 2}\n", want: []string{"querylog.sample_rate"}, count: 1},
 		{name: "do53 protocol without addresses", yaml: "listeners:\n  - name: a\n    protocols: [do53]\n", want: []string{"listeners[0].do53"}, count: 1},

@@ -1,0 +1,141 @@
+package gnet
+
+import (
+	"context"
+	"net"
+	"sync"
+	"testing"
+	"time"
+)
+
+// busyLog records Busy calls.
+type busyLog struct {
+	mu    sync.Mutex
+	calls []bool
+	level int // trues minus falses
+}
+
+func (b *busyLog) busy(v bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.calls = append(b.calls, v)
+	if v {
+		b.level++
+	} else {
+		b.level--
+	}
+}
+
+func (b *busyLog) state() (int, []bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.level, append([]bool(nil), b.calls...)
+}
+
+func (b *busyLog) waitLevel(t *testing.T, want int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		level, calls := b.state()
+		if level == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Busy level %d (calls %v), want %d", level, calls, want)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestBusyTCP: on a TCP-only server the first connection reports busy, the
+// last one's close reports idle, with two loops accepting at once;
+// connections still open at Stop are reported idle by the time Stop returns.
+func TestBusyTCP(t *testing.T) {
+	var b busyLog
+	s := startServer(t, Config{Name: "t", Addrs: []string{freePort(t, "127.0.0.1")}, TCPOnly: true, Loops: 2, Busy: b.busy})
+	addr := s.Addrs()[0]
+	if level, calls := b.state(); level != 0 || len(calls) != 0 {
+		t.Fatalf("before any connection: level %d, calls %v", level, calls)
+	}
+
+	dial := func() net.Conn {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	for round := range 3 {
+		conns := make([]net.Conn, 20)
+		var wg sync.WaitGroup
+		for i := range conns {
+			wg.Go(func() { conns[i] = dial() })
+		}
+		wg.Wait()
+		b.waitLevel(t, 1)
+		for deadline := time.Now().Add(5 * time.Second); s.Stats().TCPConns != 20; {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: %d connections open, want 20", round, s.Stats().TCPConns)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if level, _ := b.state(); level != 1 {
+			t.Fatalf("round %d: level %d with 20 connections open, want 1", round, level)
+		}
+		for _, c := range conns {
+			c.Close()
+		}
+		b.waitLevel(t, 0)
+	}
+	if _, calls := b.state(); len(calls) < 6 {
+		t.Fatalf("calls %v: want at least one busy and one idle per round", calls)
+	}
+
+	c := dial()
+	defer c.Close()
+	b.waitLevel(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := s.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if level, calls := b.state(); level != 0 {
+		t.Fatalf("after Stop with a connection open: level %d (calls %v), want 0", level, calls)
+	}
+}
+
+// TestBusyUDP: a server that serves UDP is busy from Start to Stop, and its
+// TCP connections do not end that early.
+func TestBusyUDP(t *testing.T) {
+	var b busyLog
+	s := startServer(t, Config{Name: "t", Addrs: []string{freePort(t, "127.0.0.1")}, Busy: b.busy})
+	b.waitLevel(t, 1)
+	c, err := net.Dial("tcp", s.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); s.Stats().TCPConns != 1; {
+		if time.Now().After(deadline) {
+			t.Fatal("the TCP connection was not accepted")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	c.Close()
+	for deadline := time.Now().Add(5 * time.Second); s.Stats().TCPConns != 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the TCP connection's close was not seen")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if level, calls := b.state(); level != 1 || len(calls) != 1 {
+		t.Fatalf("after a TCP connection came and went: level %d, calls %v; want one busy", level, calls)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := s.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if level, calls := b.state(); level != 0 {
+		t.Fatalf("after Stop: level %d (calls %v), want 0", level, calls)
+	}
+}
