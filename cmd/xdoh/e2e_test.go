@@ -89,9 +89,16 @@ func startXdoh(t *testing.T, addr string, args ...string) *syncBuffer {
 // startXdohEnv is startXdoh with the process environment env (nil: ours).
 func startXdohEnv(t *testing.T, addr string, env []string, args ...string) *syncBuffer {
 	t.Helper()
-	stderr := &syncBuffer{}
 	cmd := exec.Command(xdohBin, append([]string{"run"}, args...)...)
 	cmd.Env = env
+	return startXdohCmd(t, addr, cmd)
+}
+
+// startXdohCmd is startXdoh for a prepared command (xdoh run under a
+// wrapper such as taskset, say).
+func startXdohCmd(t *testing.T, addr string, cmd *exec.Cmd) *syncBuffer {
+	t.Helper()
+	stderr := &syncBuffer{}
 	cmd.Stderr = stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {

@@ -1,0 +1,99 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
+
+	"xdoh/cmd/xdoh/internal/procs"
+)
+
+// TestProcsGovernedOnTwoCPUs runs xdoh on two CPUs (taskset) with the
+// automatic procs setting and reads its GOMAXPROCS from /metrics: 1 while
+// no TCP client is connected, 2 at once when one connects, 1 again Hold
+// after it left; queries are answered at every step.
+func TestProcsGovernedOnTwoCPUs(t *testing.T) {
+	if _, err := exec.LookPath("taskset"); err != nil {
+		t.Skip("taskset (util-linux) not installed")
+	}
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		t.Fatal(err)
+	}
+	var cpus []int
+	for i := 0; i < 1024 && len(cpus) < 2; i++ {
+		if set.IsSet(i) {
+			cpus = append(cpus, i)
+		}
+	}
+	if len(cpus) < 2 {
+		t.Fatalf("this test needs 2 CPUs, it may use %d", len(cpus))
+	}
+	addr, maddr := freeAddr(t), freeAddr(t)
+	cmd := exec.Command("taskset", "-c", fmt.Sprintf("%d,%d", cpus[0], cpus[1]),
+		xdohBin, "run", "--demo", "--listen", addr, "--metrics", maddr)
+	startXdohCmd(t, addr, cmd)
+
+	metric := func(name string) int {
+		t.Helper()
+		resp, err := http.Get("http://" + maddr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		m := regexp.MustCompile(`(?m)^` + name + ` (\d+)$`).FindSubmatch(b)
+		if m == nil {
+			t.Fatalf("/metrics has no %s", name)
+		}
+		v, _ := strconv.Atoi(string(m[1]))
+		return v
+	}
+	waitProcs := func(want int, within time.Duration) {
+		t.Helper()
+		deadline := time.Now().Add(within)
+		for metric("xdoh_gomaxprocs") != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("xdoh_gomaxprocs %d after %v, want %d", metric("xdoh_gomaxprocs"), within, want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	query := func(network string) {
+		t.Helper()
+		m := new(dns.Msg).SetQuestion("foo.example.com.", dns.TypeA)
+		r, _, err := (&dns.Client{Net: network, Timeout: 2 * time.Second}).Exchange(m, addr)
+		if err != nil || r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 {
+			t.Fatalf("%s query: %v %v", network, r, err)
+		}
+	}
+
+	waitProcs(1, 5*time.Second)
+	query("udp")
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitProcs(2, 2*time.Second)
+	query("tcp")
+	query("udp")
+	c.Close()
+	closed := time.Now()
+	waitProcs(1, procs.Hold+5*time.Second)
+	if d := time.Since(closed); d < procs.Hold {
+		t.Fatalf("lowered %v after the last TCP client left, before the %v hold", d, procs.Hold)
+	}
+	query("udp")
+	if n := metric("xdoh_gomaxprocs_changes_total"); n < 3 {
+		t.Fatalf("xdoh_gomaxprocs_changes_total %d, want at least 3 (1, 2, 1)", n)
+	}
+}
