@@ -5,9 +5,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -95,5 +98,36 @@ func TestProcsGovernedOnTwoCPUs(t *testing.T) {
 	query("udp")
 	if n := metric("xdoh_gomaxprocs_changes_total"); n < 3 {
 		t.Fatalf("xdoh_gomaxprocs_changes_total %d, want at least 3 (1, 2, 1)", n)
+	}
+}
+
+// TestReloadRejectsProcsChange: procs is read at start; a reload that
+// changes it is refused with the field's name, and xdoh keeps answering.
+func TestReloadRejectsProcsChange(t *testing.T) {
+	dir := t.TempDir()
+	addr := freeAddr(t)
+	sock := filepath.Join(dir, "x.sock")
+	cfgPath := filepath.Join(dir, "x.yaml")
+	zonePath, err := filepath.Abs(filepath.Join("demo", "aws.example.internal.zone"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(n int) {
+		text := fmt.Sprintf("procs: %d\nlisteners: [{name: l, do53: [%q]}]\nzones: [{name: aws.example.internal, file: %s}]\ncontrol: {socket: %s}\n",
+			n, addr, zonePath, sock)
+		if err := os.WriteFile(cfgPath, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(0)
+	startXdoh(t, addr, "-c", cfgPath)
+	write(1)
+	out, err := exec.Command(xdohBin, "reload", "-s", sock).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "procs: changing it needs a restart") {
+		t.Fatalf("reload changing procs: err %v, output %q; want it refused naming procs", err, out)
+	}
+	m := new(dns.Msg).SetQuestion("ipv4.aws.example.internal.", dns.TypeA)
+	if _, _, err := (&dns.Client{Timeout: time.Second}).Exchange(m, addr); err != nil {
+		t.Fatalf("not answering after the refused reload: %v", err)
 	}
 }
