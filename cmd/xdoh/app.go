@@ -53,7 +53,7 @@ type app struct {
 	stopped   bool
 	// procs, if set (by run, for the process), is raised by the Do53
 	// listeners' event loops while they have work; their UDP loops then
-	// park in the poller, which suits both of its levels.
+	// wait as suits the current level (udp.WaitAdaptive).
 	procs *procs.Governor
 }
 
@@ -555,7 +555,7 @@ func (a *app) startDo53(cur *listener, l config.Listener) error {
 				g.Release()
 			}
 		}
-		wait = udp.WaitPoller
+		wait = udp.WaitAdaptive
 	}
 	s, err := dpgnet.New(dpgnet.Config{
 		Name: l.Name, Addrs: l.Do53, TCPOnly: !gnetUDP,

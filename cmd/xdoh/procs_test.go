@@ -22,8 +22,9 @@ import (
 
 // TestProcsGovernedOnTwoCPUs runs xdoh on two CPUs (taskset) with the
 // automatic procs setting and reads its GOMAXPROCS from /metrics: 1 while
-// no TCP client is connected, 2 at once when one connects, 1 again Hold
-// after it left; queries are answered at every step.
+// no TCP client is connected, 2 soon after one connects, 1 again Hold after
+// it left; queries are answered at every step. On a machine with one CPU
+// it checks that xdoh leaves GOMAXPROCS alone instead.
 func TestProcsGovernedOnTwoCPUs(t *testing.T) {
 	if _, err := exec.LookPath("taskset"); err != nil {
 		t.Skip("taskset (util-linux) not installed")
@@ -38,12 +39,17 @@ func TestProcsGovernedOnTwoCPUs(t *testing.T) {
 			cpus = append(cpus, i)
 		}
 	}
-	if len(cpus) < 2 {
-		t.Fatalf("this test needs 2 CPUs, it may use %d", len(cpus))
+	list := fmt.Sprint(cpus[0])
+	if len(cpus) == 2 {
+		list += fmt.Sprintf(",%d", cpus[1])
 	}
 	addr, maddr := freeAddr(t), freeAddr(t)
-	cmd := exec.Command("taskset", "-c", fmt.Sprintf("%d,%d", cpus[0], cpus[1]),
-		xdohBin, "run", "--demo", "--listen", addr, "--metrics", maddr)
+	cmd := exec.Command("taskset", "-c", list, xdohBin, "run", "--demo", "--listen", addr, "--metrics", maddr)
+	for _, kv := range os.Environ() { // GOMAXPROCS set would turn the automatic setting off
+		if !strings.HasPrefix(kv, "GOMAXPROCS=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
 	startXdohCmd(t, addr, cmd)
 
 	metric := func(name string) int {
@@ -82,6 +88,19 @@ func TestProcsGovernedOnTwoCPUs(t *testing.T) {
 
 	waitProcs(1, 5*time.Second)
 	query("udp")
+	if len(cpus) < 2 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		query("tcp")
+		time.Sleep(100 * time.Millisecond)
+		if p, n := metric("xdoh_gomaxprocs"), metric("xdoh_gomaxprocs_changes_total"); p != 1 || n != 0 {
+			t.Fatalf("one CPU: xdoh_gomaxprocs %d, %d changes; want 1 and none", p, n)
+		}
+		return
+	}
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)

@@ -135,6 +135,9 @@ func cmdRun(args []string) error {
 	}
 	a := newApp(log, load)
 	a.procs = procs.Auto(cfg.Procs)
+	if a.procs != nil {
+		defer a.procs.Close()
+	}
 	log.Info("procs", "gomaxprocs", runtime.GOMAXPROCS(0), "cpus", runtime.NumCPU(), "governed", a.procs != nil)
 	if err := a.start(cfg); err != nil {
 		a.stop()

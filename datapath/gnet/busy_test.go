@@ -48,8 +48,9 @@ func (b *busyLog) waitLevel(t *testing.T, want int) {
 }
 
 // TestBusyTCP: on a TCP-only server the first connection reports busy, the
-// last one's close reports idle, with two loops accepting at once;
-// connections still open at Stop are reported idle by the time Stop returns.
+// last one's close reports idle (with two loops, which SO_REUSEPORT may give
+// a share of the connections each); connections still open at Stop are
+// reported idle by the time Stop returns.
 func TestBusyTCP(t *testing.T) {
 	var b busyLog
 	s := startServer(t, Config{Name: "t", Addrs: []string{freePort(t, "127.0.0.1")}, TCPOnly: true, Loops: 2, Busy: b.busy})
@@ -137,5 +138,30 @@ func TestBusyUDP(t *testing.T) {
 	}
 	if level, calls := b.state(); level != 0 {
 		t.Fatalf("after Stop: level %d (calls %v), want 0", level, calls)
+	}
+}
+
+// TestBusyReleasedByFailedStop: a Stop that gives up (its context already
+// done) still ends every hold on Busy before it returns.
+func TestBusyReleasedByFailedStop(t *testing.T) {
+	var b busyLog
+	s := startServer(t, Config{Name: "t", Addrs: []string{freePort(t, "127.0.0.1")}, Busy: b.busy})
+	c, err := net.Dial("tcp", s.Addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for deadline := time.Now().Add(5 * time.Second); s.Stats().TCPConns != 1; {
+		if time.Now().After(deadline) {
+			t.Fatal("the TCP connection was not accepted")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	b.waitLevel(t, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err = s.Stop(ctx)
+	if level, calls := b.state(); level != 0 {
+		t.Fatalf("after Stop (err %v): level %d (calls %v), want 0", err, level, calls)
 	}
 }

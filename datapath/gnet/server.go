@@ -115,6 +115,7 @@ type Server struct {
 	tcpConns                                                        atomic.Int64
 	replyFlushes                                                    atomic.Uint64 // writes of buffered upstream answers (tests)
 	holders                                                         atomic.Int64  // of Busy: connections in conns, and UDP
+	udpHeld                                                         atomic.Bool   // the UDP listener holds Busy (Start to Stop)
 }
 
 type tcpState struct {
@@ -185,6 +186,7 @@ func (s *Server) Start() error {
 	select {
 	case <-s.booted:
 		if !s.cfg.TCPOnly {
+			s.udpHeld.Store(true)
 			s.busy()
 		}
 		return nil
@@ -206,6 +208,7 @@ func (s *Server) Stop(ctx context.Context) error {
 	s.sendMu.Lock()
 	s.stopping = true
 	s.sendMu.Unlock()
+	defer s.releaseBusy()
 	if err := s.eng.Stop(ctx); err != nil {
 		return fmt.Errorf("stopping do53 listener %q: %w", s.cfg.Name, err)
 	}
@@ -213,8 +216,14 @@ func (s *Server) Stop(ctx context.Context) error {
 	case <-s.done:
 	case <-ctx.Done():
 	}
-	// gnet closes every connection with OnClose when its loops end; a
-	// connection it did not (the wait above timed out) must not hold Busy.
+	return nil
+}
+
+// releaseBusy ends every hold on Busy when Stop returns, whether the engine
+// stopped or not (a timeout, an engine that had died): the UDP listener's,
+// once, and the connections' that gnet did not close with OnClose (it does
+// when its loops end; one closed later finds itself gone from conns).
+func (s *Server) releaseBusy() {
 	s.conns.Range(func(k, _ any) bool {
 		if _, ok := s.conns.LoadAndDelete(k); ok {
 			s.tcpConns.Add(-1)
@@ -222,10 +231,9 @@ func (s *Server) Stop(ctx context.Context) error {
 		}
 		return true
 	})
-	if !s.cfg.TCPOnly {
+	if s.udpHeld.CompareAndSwap(true, false) {
 		s.idle()
 	}
-	return nil
 }
 
 // Name is the listener's name.

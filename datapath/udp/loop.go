@@ -49,6 +49,8 @@ type loop struct {
 	resolving bool // the current batch sent queries upstream
 
 	recvFn func(fd uintptr) bool // l.tryRecv, bound once (poller mode)
+	parked int                   // waits in the poller (read by tests after Stop)
+	blocked int                  // waits in recvmmsg (likewise)
 	rn     int                   // tryRecv's result
 	rerr   syscall.Errno
 
@@ -166,11 +168,14 @@ func (l *loop) resetRx() {
 // recv waits until at least one datagram is there (or the socket is shut
 // down) and takes whatever else is queued, up to the batch size. How it
 // waits is the socket's wait mode (see the package documentation): blocked
-// in recvmmsg, or parked in the runtime's poller.
+// in recvmmsg, or parked in the runtime's poller; an adaptive socket parks
+// while GOMAXPROCS is 1 and blocks otherwise.
 func (l *loop) recv() (int, syscall.Errno) {
-	if l.sock.rc != nil {
+	if l.sock.rc != nil && (!l.sock.adaptive || runtime.GOMAXPROCS(0) == 1) {
+		l.parked++
 		return l.recvPoller()
 	}
+	l.blocked++
 	l.resetRx()
 	// Syscall6, not RawSyscall: the runtime hands our P to other goroutines
 	// while the thread waits in the kernel.

@@ -51,10 +51,11 @@
 // time took 0.23-0.30 ms on average (blocking: 0.44-0.59 ms, with a third
 // of the queries per second); saturated, blocking forwarded about 10% more
 // (25-26k against 23-25k QPS), which is not worth the stalls. Config.Wait
-// overrides the choice: cmd/xdoh sets WaitPoller when it changes GOMAXPROCS
-// between 1 and 2 at run time (cmd/xdoh/internal/procs). The poller costs
-// about 10% of cache-hit throughput against blocking at GOMAXPROCS 2
-// (104-126k against 107-140k QPS, 3 alternating pairs).
+// overrides the choice. WaitAdaptive decides at each wait, for a process
+// that changes GOMAXPROCS between 1 and 2 at run time (cmd/xdoh does, see
+// cmd/xdoh/internal/procs): with two Ps the poller made lone forwarded
+// queries slower than blocking (0.26-0.32 against 0.19-0.22 ms, 5
+// alternating pairs; 7.5 against 4.4 context switches per query).
 //
 // Stopping. close(2) on the descriptor does not wake a thread blocked in
 // recvmmsg. Stop sets a flag and calls shutdown(fd, SHUT_RD): on Linux this
@@ -119,6 +120,11 @@ const (
 	WaitBlocking
 	// WaitPoller parks the loop's goroutine in the runtime's network poller.
 	WaitPoller
+	// WaitAdaptive decides at each wait: the poller while GOMAXPROCS is 1,
+	// else blocked in recvmmsg. For a process that changes GOMAXPROCS at
+	// run time (cmd/xdoh/internal/procs). The socket is registered with the
+	// poller but left blocking: the poller's receive says MSG_DONTWAIT.
+	WaitAdaptive
 )
 
 // autoWait resolves WaitAuto; a variable so that tests can run both modes.
@@ -215,7 +221,7 @@ func (s *Server) Start() error {
 	}
 	for i, ap := range s.addrs {
 		for j := 0; j < s.cfg.Sockets; j++ {
-			so, err := listen(ap, s.cfg.Wait == WaitPoller)
+			so, err := listen(ap, s.cfg.Wait)
 			if err != nil {
 				return fail(fmt.Errorf("do53[%d] %s: socket %d: %w", i, ap, j, err))
 			}
@@ -333,6 +339,8 @@ type socket struct {
 
 	file *os.File        // poller mode: owns fd once bound; registered with the poller
 	rc   syscall.RawConn // file's, for waiting in the poller
+	// adaptive: registered with the poller and blocking (WaitAdaptive).
+	adaptive bool
 
 	mu     sync.RWMutex
 	closed bool
@@ -340,9 +348,11 @@ type socket struct {
 	misses atomic.Int64  // queries resolving (or queued in the outbox) whose reply goes out on this socket
 }
 
-// listen opens a UDP socket with SO_REUSEPORT bound to ap: blocking, or
-// non-blocking and registered with the runtime's poller.
-func listen(ap netip.AddrPort, poller bool) (*socket, error) {
+// listen opens a UDP socket with SO_REUSEPORT bound to ap, for the wait
+// mode: blocking (WaitBlocking), non-blocking and registered with the
+// runtime's poller (WaitPoller), or both registered and blocking
+// (WaitAdaptive).
+func listen(ap netip.AddrPort, wait Wait) (*socket, error) {
 	a := ap.Addr()
 	family := unix.AF_INET6
 	if a.Is4() {
@@ -420,7 +430,8 @@ func listen(ap netip.AddrPort, poller bool) (*socket, error) {
 	case *unix.SockaddrInet6:
 		so.local = netip.AddrPortFrom(netip.AddrFrom16(got.Addr).WithZone(a.Zone()), uint16(got.Port))
 	}
-	if poller {
+	if wait == WaitPoller || wait == WaitAdaptive {
+		// os.NewFile registers only a non-blocking descriptor.
 		if err := unix.SetNonblock(fd, true); err != nil {
 			so.close()
 			return nil, fmt.Errorf("making the socket non-blocking: %w", err)
@@ -434,6 +445,16 @@ func listen(ap netip.AddrPort, poller bool) (*socket, error) {
 			return nil, fmt.Errorf("registering the socket with the poller: %w", err)
 		}
 		so.rc = rc
+		so.adaptive = wait == WaitAdaptive
+		if so.adaptive {
+			// Blocking again, for recvmmsg without MSG_DONTWAIT. The
+			// poller only watches the descriptor (epoll), and every read
+			// through it says MSG_DONTWAIT; os.File never reads it.
+			if err := unix.SetNonblock(fd, false); err != nil {
+				so.close()
+				return nil, fmt.Errorf("making the socket blocking: %w", err)
+			}
+		}
 	}
 	return so, nil
 }

@@ -10,7 +10,8 @@
 // the UDP loop's blocking recvmmsg makes the runtime's sysmon retake its P
 // every 20 µs; a context switch is dear on a VM. With one P the hand-offs
 // are goroutine switches on one thread, and the UDP loop parks in the
-// runtime's poller (datapath/udp's WaitPoller).
+// runtime's poller (datapath/udp's WaitAdaptive: with two Ps it blocks in
+// recvmmsg instead).
 //
 // Why two while TCP clients are connected. gnet's event loops (datapath/gnet,
 // Do53 over TCP) wait in epoll_wait(2) on their own threads, holding a P.
@@ -25,7 +26,8 @@
 // GOMAXPROCS environment variable) is used as given, without a Governor.
 // Otherwise, with exactly two Ps (two CPUs, or a container limited to two)
 // xdoh governs between one and two; with any other number nothing changes:
-// only the two-CPU case was measured.
+// only the two-CPU case was measured. Once xdoh has set GOMAXPROCS, the Go
+// runtime no longer follows a container's CPU limit changing at run time.
 package procs
 
 import (
@@ -42,7 +44,12 @@ const Hold = 5 * time.Second
 
 // Governor raises GOMAXPROCS from low to high while anything holds it
 // (Acquire) and lowers it Hold after the last Release. Its methods are safe
-// from any goroutine and do not block beyond the runtime's stop-the-world.
+// from any goroutine and do not block: changing GOMAXPROCS stops the world,
+// which waits for a garbage collection in progress to finish (tens of
+// milliseconds with a large cache), so one goroutine of the Governor's own
+// applies each change. Until it has run, the level is the previous one:
+// with one P that is after the runtime takes the P back from the event
+// loop that asked (one sysmon tick, 20 µs to 10 ms).
 type Governor struct {
 	low, high int
 	hold      time.Duration
@@ -50,25 +57,27 @@ type Governor struct {
 
 	mu      sync.Mutex
 	holders int
+	want    int         // the level asked for
 	timer   *time.Timer // pending lowering, nil if none
 	closed  bool
 
-	cur     atomic.Int64
+	kick    chan struct{} // cap 1: want changed
+	quit    chan struct{}
+	done    chan struct{} // the applier has ended
+	cur     atomic.Int64  // the level applied
 	changes atomic.Uint64
 }
 
-// NewGovernor starts at low.
-func NewGovernor(low, high int, hold time.Duration) *Governor {
-	return newGovernor(low, high, hold, runtime.GOMAXPROCS)
-}
-
 func newGovernor(low, high int, hold time.Duration, set func(int) int) *Governor {
-	g := &Governor{low: low, high: high, hold: hold, set: set}
+	g := &Governor{low: low, high: high, hold: hold, set: set, want: low,
+		kick: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
 	g.apply(low)
+	go g.run()
 	return g
 }
 
-// apply sets n Ps; the caller holds mu (or owns g).
+// apply sets n Ps unless they are set already; only the applier (and
+// newGovernor and Close, before and after it) calls it.
 func (g *Governor) apply(n int) {
 	if int(g.cur.Load()) == n {
 		return
@@ -76,6 +85,31 @@ func (g *Governor) apply(n int) {
 	g.set(n)
 	g.cur.Store(int64(n))
 	g.changes.Add(1)
+}
+
+// run is the applier: it sets the level last asked for, outside mu.
+func (g *Governor) run() {
+	defer close(g.done)
+	for {
+		select {
+		case <-g.kick:
+			g.mu.Lock()
+			n := g.want
+			g.mu.Unlock()
+			g.apply(n)
+		case <-g.quit:
+			return
+		}
+	}
+}
+
+// ask records the level wanted and wakes the applier; the caller holds mu.
+func (g *Governor) ask(n int) {
+	g.want = n
+	select {
+	case g.kick <- struct{}{}:
+	default:
+	}
 }
 
 // Acquire raises GOMAXPROCS to high until the matching Release.
@@ -87,8 +121,8 @@ func (g *Governor) Acquire() {
 		g.timer.Stop()
 		g.timer = nil
 	}
-	if !g.closed {
-		g.apply(g.high)
+	if !g.closed && g.want != g.high {
+		g.ask(g.high)
 	}
 }
 
@@ -110,7 +144,7 @@ func (g *Governor) Release() {
 		}
 		g.timer = nil
 		if g.holders <= 0 && !g.closed {
-			g.apply(g.low)
+			g.ask(g.low)
 		}
 	})
 	g.timer = t
@@ -122,15 +156,22 @@ func (g *Governor) Procs() int { return int(g.cur.Load()) }
 // Changes counts the changes of GOMAXPROCS made by g, the first included.
 func (g *Governor) Changes() uint64 { return g.changes.Load() }
 
-// Close stops governing and leaves GOMAXPROCS at high.
+// Close stops governing and leaves GOMAXPROCS at high. Later calls do
+// nothing.
 func (g *Governor) Close() {
 	g.mu.Lock()
-	defer g.mu.Unlock()
+	if g.closed {
+		g.mu.Unlock()
+		return
+	}
+	g.closed = true
 	if g.timer != nil {
 		g.timer.Stop()
 		g.timer = nil
 	}
-	g.closed = true
+	g.mu.Unlock()
+	close(g.quit)
+	<-g.done
 	g.apply(g.high)
 }
 

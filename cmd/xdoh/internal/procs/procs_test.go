@@ -76,16 +76,18 @@ func waitProcs(t *testing.T, f *fakeProcs, want int, within time.Duration) {
 	}
 }
 
-func TestGovernorRaisesAtOnceAndLowersAfterHold(t *testing.T) {
+func TestGovernorRaisesAndLowersAfterHold(t *testing.T) {
 	f := &fakeProcs{n: 2}
 	const hold = 50 * time.Millisecond
 	g := newGovernor(1, 2, hold, f.set)
+	defer g.Close()
 	if f.get() != 1 || g.Procs() != 1 {
 		t.Fatalf("start: GOMAXPROCS %d, Procs %d; want 1", f.get(), g.Procs())
 	}
 	g.Acquire()
-	if f.get() != 2 {
-		t.Fatalf("after Acquire: GOMAXPROCS %d, want 2 at once", f.get())
+	waitProcs(t, f, 2, time.Second)
+	if g.Procs() != 2 {
+		t.Fatalf("after Acquire: Procs %d, want 2", g.Procs())
 	}
 	g.Acquire()
 	g.Release()
@@ -111,16 +113,17 @@ func TestGovernorRaisesAtOnceAndLowersAfterHold(t *testing.T) {
 // cancels the lowering, so GOMAXPROCS does not flap.
 func TestGovernorDoesNotFlap(t *testing.T) {
 	f := &fakeProcs{n: 2}
-	g := newGovernor(1, 2, 200*time.Millisecond, f.set)
+	g := newGovernor(1, 2, time.Second, f.set)
 	for range 50 {
 		g.Acquire()
 		g.Release()
 		time.Sleep(time.Millisecond)
 	}
-	if got := len(f.log); got != 2 { // 1 at start, then 2 once
-		t.Fatalf("GOMAXPROCS set %d times (%v), want 2", got, f.log)
-	}
+	waitProcs(t, f, 2, time.Second)
 	waitProcs(t, f, 1, 5*time.Second)
+	if got := len(f.log); got != 3 { // 1 at start, then 2 once, then 1 after the hold
+		t.Fatalf("GOMAXPROCS set %d times (%v), want 3", got, f.log)
+	}
 	g.Close()
 }
 
@@ -128,20 +131,24 @@ func TestGovernorConcurrent(t *testing.T) {
 	f := &fakeProcs{n: 2}
 	g := newGovernor(1, 2, time.Millisecond, f.set)
 	var wg sync.WaitGroup
+	g.Acquire() // held throughout: the others' churn must not lower it
 	for range 8 {
 		wg.Go(func() {
 			for range 1000 {
 				g.Acquire()
-				if g.Procs() != 2 {
-					t.Errorf("Procs %d while held, want 2", g.Procs())
-					return
-				}
 				g.Release()
 			}
 		})
 	}
 	wg.Wait()
+	waitProcs(t, f, 2, time.Second)
+	time.Sleep(20 * time.Millisecond) // many holds' worth
+	if f.get() != 2 {
+		t.Fatalf("GOMAXPROCS %d while still held, want 2", f.get())
+	}
+	g.Release()
 	waitProcs(t, f, 1, 5*time.Second)
+	g.Close()
 }
 
 func TestGovernorCloseStopsLowering(t *testing.T) {
@@ -160,4 +167,40 @@ func TestGovernorCloseStopsLowering(t *testing.T) {
 	if f.get() != 2 {
 		t.Fatalf("after a late Acquire/Release GOMAXPROCS %d, want 2", f.get())
 	}
+	g.Close() // twice: nothing
+}
+
+// TestGovernorDoesNotBlockCallers: while the applier is stuck in a slow
+// change (the runtime waiting for a garbage collection to end), Acquire
+// and Release return at once.
+func TestGovernorDoesNotBlockCallers(t *testing.T) {
+	f := &fakeProcs{n: 2}
+	gate := make(chan struct{})
+	var once sync.Once
+	slow := func(n int) int {
+		if n == 2 {
+			once.Do(func() { <-gate })
+		}
+		return f.set(n)
+	}
+	g := newGovernor(1, 2, time.Millisecond, slow)
+	g.Acquire() // the applier now waits on gate
+	done := make(chan struct{})
+	go func() {
+		for range 100 {
+			g.Release()
+			g.Acquire()
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Acquire/Release blocked behind a slow GOMAXPROCS change")
+	}
+	close(gate)
+	waitProcs(t, f, 2, time.Second)
+	g.Release()
+	waitProcs(t, f, 1, 5*time.Second)
+	g.Close()
 }
