@@ -48,11 +48,11 @@ type loop struct {
 
 	resolving bool // the current batch sent queries upstream
 
-	recvFn func(fd uintptr) bool // l.tryRecv, bound once (poller mode)
-	parked int                   // waits in the poller (read by tests after Stop)
-	blocked int                  // waits in recvmmsg (likewise)
-	rn     int                   // tryRecv's result
-	rerr   syscall.Errno
+	recvFn  func(fd uintptr) bool // l.tryRecv, bound once (poller mode)
+	parked  int                   // waits in the poller (read by tests after Stop)
+	blocked int                   // waits in recvmmsg (likewise)
+	rn      int                   // tryRecv's result
+	rerr    syscall.Errno
 
 	queries, replies, drops, truncated, batches atomic.Uint64
 }
