@@ -74,12 +74,7 @@ func TestBusyTCP(t *testing.T) {
 		}
 		wg.Wait()
 		b.waitLevel(t, 1)
-		for deadline := time.Now().Add(5 * time.Second); s.Stats().TCPConns != 20; {
-			if time.Now().After(deadline) {
-				t.Fatalf("round %d: %d connections open, want 20", round, s.Stats().TCPConns)
-			}
-			time.Sleep(time.Millisecond)
-		}
+		waitConns(t, s, 20)
 		if level, _ := b.state(); level != 1 {
 			t.Fatalf("round %d: level %d with 20 connections open, want 1", round, level)
 		}
@@ -115,19 +110,9 @@ func TestBusyUDP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(5 * time.Second); s.Stats().TCPConns != 1; {
-		if time.Now().After(deadline) {
-			t.Fatal("the TCP connection was not accepted")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitConns(t, s, 1)
 	c.Close()
-	for deadline := time.Now().Add(5 * time.Second); s.Stats().TCPConns != 0; {
-		if time.Now().After(deadline) {
-			t.Fatal("the TCP connection's close was not seen")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitConns(t, s, 0)
 	if level, calls := b.state(); level != 1 || len(calls) != 1 {
 		t.Fatalf("after a TCP connection came and went: level %d, calls %v; want one busy", level, calls)
 	}
@@ -151,17 +136,23 @@ func TestBusyReleasedByFailedStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	for deadline := time.Now().Add(5 * time.Second); s.Stats().TCPConns != 1; {
-		if time.Now().After(deadline) {
-			t.Fatal("the TCP connection was not accepted")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitConns(t, s, 1)
 	b.waitLevel(t, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	err = s.Stop(ctx)
 	if level, calls := b.state(); level != 0 {
 		t.Fatalf("after Stop (err %v): level %d (calls %v), want 0", err, level, calls)
+	}
+}
+
+// waitConns waits until s has n TCP connections open.
+func waitConns(t *testing.T, s *Server, n int64) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); s.Stats().TCPConns != n; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d TCP connections open, want %d", s.Stats().TCPConns, n)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

@@ -8,6 +8,20 @@ import (
 	"time"
 )
 
+// servingTests are the serving and stopping tests the wait-mode tests run
+// again in their mode.
+func servingTests() map[string]func(*testing.T) {
+	return map[string]func(*testing.T){
+		"serve":               TestServe,
+		"wildcard":            TestWildcard,
+		"concurrent":          TestConcurrent,
+		"garbage":             TestGarbage,
+		"stop":                TestStop,
+		"stop with miss":      TestStopWithMissInFlight,
+		"start fails cleanly": TestStartFails,
+	}
+}
+
 // TestPollerMode runs the serving and stopping tests again with the loops
 // parked in the runtime's poller (the mode GOMAXPROCS 1 gets), and checks
 // that WaitAuto picks it exactly then.
@@ -28,15 +42,7 @@ func TestPollerMode(t *testing.T) {
 	if s.cfg.Wait != WaitPoller {
 		t.Fatalf("wait mode %d, want the poller", s.cfg.Wait)
 	}
-	for name, test := range map[string]func(*testing.T){
-		"serve":               TestServe,
-		"wildcard":            TestWildcard,
-		"concurrent":          TestConcurrent,
-		"garbage":             TestGarbage,
-		"stop":                TestStop,
-		"stop with miss":      TestStopWithMissInFlight,
-		"start fails cleanly": TestStartFails,
-	} {
+	for name, test := range servingTests() {
 		t.Run(name, test)
 	}
 }
@@ -60,19 +66,10 @@ func TestAdaptiveMode(t *testing.T) {
 	saved := autoWait
 	t.Cleanup(func() { autoWait = saved })
 	autoWait = func() Wait { return WaitAdaptive }
-	tests := map[string]func(*testing.T){
-		"serve":               TestServe,
-		"wildcard":            TestWildcard,
-		"concurrent":          TestConcurrent,
-		"garbage":             TestGarbage,
-		"stop":                TestStop,
-		"stop with miss":      TestStopWithMissInFlight,
-		"start fails cleanly": TestStartFails,
-	}
 	for _, procs := range []int{runtime.GOMAXPROCS(0), 1} {
 		t.Run(fmt.Sprintf("GOMAXPROCS %d", procs), func(t *testing.T) {
 			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(procs))
-			for name, test := range tests {
+			for name, test := range servingTests() {
 				t.Run(name, test)
 			}
 		})
