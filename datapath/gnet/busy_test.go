@@ -47,6 +47,19 @@ func (b *busyLog) waitLevel(t *testing.T, want int) {
 	}
 }
 
+// stopIdle stops s and wants every Busy hold ended.
+func (b *busyLog) stopIdle(t *testing.T, s *Server, what string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := s.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if level, calls := b.state(); level != 0 {
+		t.Fatalf("%s: level %d (calls %v), want 0", what, level, calls)
+	}
+}
+
 // TestBusyTCP: on a TCP-only server the first connection reports busy, the
 // last one's close reports idle (with two loops, which SO_REUSEPORT may give
 // a share of the connections each); connections still open at Stop are
@@ -90,14 +103,7 @@ func TestBusyTCP(t *testing.T) {
 	c := dial()
 	defer c.Close()
 	b.waitLevel(t, 1)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	if err := s.Stop(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if level, calls := b.state(); level != 0 {
-		t.Fatalf("after Stop with a connection open: level %d (calls %v), want 0", level, calls)
-	}
+	b.stopIdle(t, s, "after Stop with a connection open")
 }
 
 // TestBusyUDP: a server that serves UDP is busy from Start to Stop, and its
@@ -116,14 +122,7 @@ func TestBusyUDP(t *testing.T) {
 	if level, calls := b.state(); level != 1 || len(calls) != 1 {
 		t.Fatalf("after a TCP connection came and went: level %d, calls %v; want one busy", level, calls)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	if err := s.Stop(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if level, calls := b.state(); level != 0 {
-		t.Fatalf("after Stop: level %d (calls %v), want 0", level, calls)
-	}
+	b.stopIdle(t, s, "after Stop")
 }
 
 // TestBusyReleasedByFailedStop: a Stop that gives up (its context already
