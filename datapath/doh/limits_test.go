@@ -1,7 +1,6 @@
 package doh
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -11,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -71,11 +69,9 @@ func startServerWith(t *testing.T, cfg Config) (*Server, *PKI) {
 }
 
 func TestStats(t *testing.T) {
-	pki := mustPKI(t)
-	s, err := New(Config{Name: "test", Addr: "127.0.0.1:0", TLS: &tls.Config{Certificates: []tls.Certificate{pki.Cert}}, MaxBodySize: testMaxBody}, answerHandler(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, pki := startServerWith(t, Config{MaxBodySize: testMaxBody})
+	c := newClient(t, pki)
+	base := "https://" + s.Addr().String()
 	ok := query(t, "example.com.", dns.TypeA, nil)
 	big := make([]byte, testMaxBody+1)
 	requests := []struct {
@@ -95,12 +91,19 @@ func TestStats(t *testing.T) {
 		{"GET", "/dns-query?dns=" + base64.RawURLEncoding.EncodeToString(big), "", nil}, // 413
 	}
 	for _, r := range requests {
-		req := httptest.NewRequest(r.method, r.target, bytes.NewReader(r.body))
+		req, err := http.NewRequest(r.method, base+r.target, bytes.NewReader(r.body))
+		if err != nil {
+			t.Fatal(err)
+		}
 		if r.contentType != "" {
 			req.Header.Set("Content-Type", r.contentType)
 		}
-		req.RemoteAddr = "127.0.0.1:5353"
-		s.ServeHTTP(httptest.NewRecorder(), req)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", r.method, r.target, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
 	}
 	want := Stats{OK: 2, BadRequest: 3, UnsupportedMediaType: 1, TooLarge: 2, MethodNotAllowed: 1, NotFound: 2}
 	if got := s.Stats(); got != want {
@@ -140,9 +143,8 @@ func TestServerHTTP2Settings(t *testing.T) {
 		if v, ok := sf.Value(http2.SettingMaxConcurrentStreams); !ok || v != 17 {
 			t.Errorf("SETTINGS_MAX_CONCURRENT_STREAMS = %d (sent: %v), want 17", v, ok)
 		}
-		// net/http pads MaxHeaderBytes by 32 octets for each of 10 fields.
-		if v, ok := sf.Value(http2.SettingMaxHeaderListSize); !ok || v != 4000+320 {
-			t.Errorf("SETTINGS_MAX_HEADER_LIST_SIZE = %d (sent: %v), want %d", v, ok, 4000+320)
+		if v, ok := sf.Value(http2.SettingMaxHeaderListSize); !ok || v != 4000 {
+			t.Errorf("SETTINGS_MAX_HEADER_LIST_SIZE = %d (sent: %v), want 4000", v, ok)
 		}
 		return
 	}
@@ -151,33 +153,30 @@ func TestServerHTTP2Settings(t *testing.T) {
 func TestServerMaxHeaderBytes(t *testing.T) {
 	s, pki := startServerWith(t, Config{MaxHeaderBytes: 4000})
 	url := "https://" + s.Addr().String() + "/dns-query?dns=" + base64.RawURLEncoding.EncodeToString(query(t, "example.com.", dns.TypeA, nil))
-	for _, h1 := range []bool{true, false} {
-		c := newClient(t, pki, h1)
-		for _, tt := range []struct {
-			pad     int
-			wantErr bool // HTTP/2: the client refuses to send what the server said it would not take
-			want    int
-		}{
-			{pad: 1000, want: 200},
-			{pad: 8000, want: http.StatusRequestHeaderFieldsTooLarge, wantErr: !h1},
-		} {
-			req, _ := http.NewRequest("GET", url, nil)
-			req.Header.Set("X-Pad", strings.Repeat("a", tt.pad))
-			resp, err := c.Do(req)
-			if tt.wantErr {
-				if err == nil {
-					resp.Body.Close()
-					t.Errorf("h1=%v: %d octets of header sent, want the client to refuse", h1, tt.pad)
-				}
-				continue
+	c := newClient(t, pki)
+	for _, tt := range []struct {
+		pad     int
+		wantErr bool // the client refuses to send what the server said it would not take
+	}{
+		{pad: 1000},
+		{pad: 8000, wantErr: true},
+	} {
+		req, _ := http.NewRequest("GET", url, nil)
+		req.Header.Set("X-Pad", strings.Repeat("a", tt.pad))
+		resp, err := c.Do(req)
+		if tt.wantErr {
+			if err == nil {
+				resp.Body.Close()
+				t.Errorf("%d octets of header sent, want the client to refuse", tt.pad)
 			}
-			if err != nil {
-				t.Fatalf("h1=%v: %v", h1, err)
-			}
-			resp.Body.Close()
-			if resp.StatusCode != tt.want {
-				t.Errorf("h1=%v, %d octets of header: status %d, want %d", h1, tt.pad, resp.StatusCode, tt.want)
-			}
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("%d octets of header: status %d, want 200", tt.pad, resp.StatusCode)
 		}
 	}
 }
@@ -216,35 +215,41 @@ func TestServerReadHeaderTimeout(t *testing.T) {
 	}
 }
 
-// TestServerIdleTimeout: an idle HTTP/1.1 keep-alive connection is closed.
+// TestServerIdleTimeout: an idle HTTP/2 connection gets GOAWAY NO_ERROR
+// and is closed.
 func TestServerIdleTimeout(t *testing.T) {
 	const idle = 300 * time.Millisecond
 	s, pki := startServerWith(t, Config{IdleTimeout: idle})
-	c, err := tls.Dial("tcp", s.Addr().String(), &tls.Config{RootCAs: pki.Pool, NextProtos: []string{"http/1.1"}})
+	c, err := tls.Dial("tcp", s.Addr().String(), &tls.Config{RootCAs: pki.Pool, NextProtos: []string{"h2"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	req, _ := http.NewRequest("GET", "https://"+s.Addr().String()+"/dns-query?dns="+base64.RawURLEncoding.EncodeToString(query(t, "example.com.", dns.TypeA, nil)), nil)
-	if err := req.Write(c); err != nil {
-		t.Fatal(err)
-	}
-	br := bufio.NewReader(c)
-	resp, err := http.ReadResponse(br, req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || resp.Close {
-		t.Fatalf("status %d, close %v; want 200 on a kept-alive connection", resp.StatusCode, resp.Close)
-	}
+	io.WriteString(c, http2.ClientPreface)
+	fr := http2.NewFramer(c, c)
+	fr.WriteSettings()
 	start := time.Now()
-	if _, err := br.ReadByte(); err != io.EOF {
-		t.Fatalf("reading the idle connection: %v, want EOF", err)
+	var goAway *http2.GoAwayFrame
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				t.Fatalf("reading frames: %v", err)
+			}
+			break
+		}
+		if g, ok := f.(*http2.GoAwayFrame); ok {
+			goAway = g
+		}
 	}
 	if d := time.Since(start); d < idle/2 || d > 5*time.Second {
 		t.Errorf("idle connection closed after %v, want about %v", d, idle)
+	}
+	if goAway == nil || goAway.ErrCode != http2.ErrCodeNo {
+		t.Errorf("GOAWAY before the close = %v, want NO_ERROR", goAway)
+	}
+	if n := s.Stats().IdleClosed; n != 1 {
+		t.Errorf("Stats().IdleClosed = %d, want 1", n)
 	}
 }

@@ -1,9 +1,24 @@
-// Package doh is the inbound DNS-over-HTTPS datapath (RFC 8484): an HTTPS
-// server, HTTP/2 with HTTP/1.1 fallback, that takes DNS queries by POST
-// (application/dns-message body) and GET (?dns= base64url) and hands each to
-// the forwarder pipeline through a Handler.
+// Package doh is the inbound DNS-over-HTTPS datapath (RFC 8484): an HTTP/2
+// server over TLS that takes DNS queries by POST (application/dns-message
+// body) and GET (?dns= base64url) and hands each to the forwarder pipeline.
 //
-// The package knows about HTTP, TLS and the DoH framing, not about DNS
+// The server is written on golang.org/x/net/http2's Framer and hpack, the
+// same pieces the upstream DoH client uses, rather than on net/http: each
+// connection has one reader goroutine that parses frames and runs the
+// pipeline's non-blocking Answer for every complete request, and one writer
+// goroutine that sends what upstream resolutions answer later (Resolve's
+// callback). No goroutine per stream, and the answers a read batch produces
+// leave in one write. Only HTTP/2 is spoken (ALPN "h2", RFC 8484 section
+// 5.2's minimum); an HTTP/1.1 request gets a 505 and the connection is
+// closed.
+//
+// Files by owner: server.go (listener, lifecycle, limits), conn.go (the
+// reader goroutine: frames, streams, flow control in), request.go (header
+// decoding and the DoH request rules), write.go (everything that writes:
+// responses, flow control out, the writer goroutine), tls.go (certificates
+// and the FIPS gate), cachecontrol.go (max-age from the answer's TTLs).
+//
+// The package knows about HTTP/2, TLS and the DoH framing, not about DNS
 // beyond the header check that keeps garbage away from the pipeline and the
 // TTL walk that sets Cache-Control.
 package doh
@@ -15,10 +30,8 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"log"
 	"log/slog"
 	"net"
-	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -35,27 +48,27 @@ const (
 	DefaultIdleTimeout          = 2 * time.Minute
 	DefaultReadHeaderTimeout    = 10 * time.Second
 	DefaultReadTimeout          = 30 * time.Second
-
-	shutdownRetry = 2 * time.Second
+	DefaultWriteTimeout         = 10 * time.Second
+	// DefaultMaxPending bounds what one connection may have waiting to be
+	// written (answers and control frames not yet taken by the kernel, and
+	// answers held back by the client's flow control).
+	DefaultMaxPending = 1 << 20
 )
 
 // ErrServerClosed is returned by Start on a server that was shut down.
 var ErrServerClosed = errors.New("doh server closed")
 
-// Handler answers one query; it returns the response (which may be appended
-// to out[:0]) or nil when the query deserves no answer.
-//
-// r and r.Msg are valid only until ServeDNS returns.
+// Handler is the pipeline as the DoH server uses it: the same two calls as
+// the UDP datapath's.
 type Handler interface {
-	ServeDNS(ctx context.Context, r *forwarder.Request, out []byte) []byte
-}
-
-// HandlerFunc adapts a function to Handler.
-type HandlerFunc func(ctx context.Context, r *forwarder.Request, out []byte) []byte
-
-// ServeDNS calls f.
-func (f HandlerFunc) ServeDNS(ctx context.Context, r *forwarder.Request, out []byte) []byte {
-	return f(ctx, r, out)
+	// Answer does not block. (resp, true) means reply now with resp (nil:
+	// the query deserves no answer); false means call Resolve with the
+	// same request.
+	Answer(r *forwarder.Request, out []byte) ([]byte, bool)
+	// Resolve copies r and later calls done(resp), possibly before it
+	// returns, or returns (resp, true) to reply at once without calling
+	// done. done must not block.
+	Resolve(r *forwarder.Request, out []byte, done func(resp []byte)) ([]byte, bool)
 }
 
 // Config describes one DoH listener.
@@ -80,32 +93,42 @@ type Config struct {
 
 	MaxBodySize          int    // largest query accepted, octets; default and maximum 65535
 	MaxConcurrentStreams uint32 // HTTP/2 streams per connection; default 256
-	// MaxHeaderBytes bounds an HTTP/1.1 request line and header, and the
-	// HTTP/2 header list; default: room for a GET of MaxBodySize plus 8 KiB.
+	// MaxHeaderBytes bounds a request's decoded header list
+	// (SETTINGS_MAX_HEADER_LIST_SIZE; larger gets 431) and, with 16 KiB
+	// more, its encoded header block (larger ends the connection); default:
+	// room for a GET of MaxBodySize plus 8 KiB.
 	MaxHeaderBytes int
-	// ReadHeaderTimeout bounds the TLS handshake and reading a request's
-	// header; default 10s.
+	// ReadHeaderTimeout bounds the TLS handshake and the client preface,
+	// and a header block split over CONTINUATION frames; default 10s.
 	ReadHeaderTimeout time.Duration
-	// ReadTimeout bounds reading a whole request, header and body (per
-	// stream on HTTP/2); default 30s. On HTTP/1.1 net/http also ends the
-	// request's context when it passes, so it caps a query's whole life too.
+	// ReadTimeout bounds reading one request, from its HEADERS to its last
+	// DATA; a stream that takes longer is reset. Default 30s.
 	ReadTimeout time.Duration
-	IdleTimeout time.Duration // idle keep-alive connections are closed after it; default 2m
+	// WriteTimeout bounds one write to the client; a client that takes
+	// none of its answers for this long is cut off. Default 10s.
+	WriteTimeout time.Duration
+	// IdleTimeout closes a connection without open streams that sent
+	// nothing for this long, with GOAWAY; default 2m.
+	IdleTimeout time.Duration
+	// MaxPending bounds the octets one connection may have waiting to be
+	// written; a client that lets more pile up (it does not read, or does
+	// not open its flow-control window) is cut off. Default 1 MiB.
+	MaxPending int
 
-	// ErrorLog receives what net/http reports: failed TLS handshakes and
-	// client protocol errors at debug level, panics and accept errors at
-	// warn. Nil means slog.Default().
+	// ErrorLog receives what goes wrong with connections: failed TLS
+	// handshakes and client protocol errors at debug level, accept errors
+	// at warn. Nil means slog.Default().
 	ErrorLog *slog.Logger
 }
 
 // Server is a DoH listener. Create it with New, run it with Start and stop it
-// with Shutdown; or use it as a plain http.Handler.
+// with Shutdown.
 type Server struct {
 	cfg       Config
 	h         Handler
 	transport forwarder.Transport
-	srv       *http.Server
-	pool      sync.Pool // *exchange
+	tls       *tls.Config
+	bufs      sync.Pool // *[]byte of 64 KiB: room for any answer
 
 	cert  atomic.Pointer[tls.Certificate] // served when loaded from CertFile/KeyFile
 	stats counters
@@ -113,11 +136,10 @@ type Server struct {
 	mu       sync.Mutex
 	ln       net.Listener
 	closed   bool
-	done     chan struct{} // closed when the serving goroutine returns
-	serveErr error         // why serving stopped before Shutdown, if it did
+	conns    map[*conn]struct{}
+	wg       sync.WaitGroup // the accept loop and every connection's goroutines
+	serveErr error          // why accepting stopped before Shutdown, if it did
 }
-
-var _ http.Handler = (*Server)(nil)
 
 // New checks cfg, fills in defaults, loads the certificate and returns a
 // server that is not yet listening. Errors name the offending field.
@@ -131,7 +153,7 @@ func New(cfg Config, h Handler) (*Server, error) {
 	if cfg.FIPS && !fips140.Enabled() {
 		return nil, fmt.Errorf("doh listener %q: FIPS: %w", cfg.Name, ErrFIPSModeOff)
 	}
-	s := &Server{cfg: cfg, h: h, transport: forwarder.TransportDoH}
+	s := &Server{cfg: cfg, h: h, transport: forwarder.TransportDoH, conns: map[*conn]struct{}{}}
 	if cfg.FIPS {
 		s.transport = forwarder.TransportDoHFIPS
 	}
@@ -139,24 +161,9 @@ func New(cfg Config, h Handler) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("doh listener %q: %w", cfg.Name, err)
 	}
-	s.pool.New = func() any { return newExchange() }
-
-	var protocols http.Protocols
-	protocols.SetHTTP1(true)
-	protocols.SetHTTP2(true)
-	s.srv = &http.Server{
-		Handler:           s,
-		TLSConfig:         tlsConf,
-		Protocols:         &protocols,
-		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
-		ReadTimeout:       cfg.ReadTimeout,
-		IdleTimeout:       cfg.IdleTimeout,
-		MaxHeaderBytes:    cfg.MaxHeaderBytes,
-		ErrorLog:          log.New(errorLogWriter{s}, "", 0),
-		HTTP2: &http.HTTP2Config{
-			MaxConcurrentStreams: int(cfg.MaxConcurrentStreams),
-		},
-	}
+	tlsConf.NextProtos = []string{"h2"}
+	s.tls = tlsConf
+	s.bufs.New = func() any { b := make([]byte, 65536); return &b }
 	return s, nil
 }
 
@@ -189,6 +196,12 @@ func (c *Config) setDefaults() error {
 	case c.MaxHeaderBytes < 0:
 		return fmt.Errorf("MaxHeaderBytes: %d is negative", c.MaxHeaderBytes)
 	}
+	switch {
+	case c.MaxPending == 0:
+		c.MaxPending = DefaultMaxPending
+	case c.MaxPending < 64<<10:
+		return fmt.Errorf("MaxPending: %d is below 65536 (one answer must fit)", c.MaxPending)
+	}
 	for _, d := range []struct {
 		name string
 		v    *time.Duration
@@ -196,6 +209,7 @@ func (c *Config) setDefaults() error {
 	}{
 		{"ReadHeaderTimeout", &c.ReadHeaderTimeout, DefaultReadHeaderTimeout},
 		{"ReadTimeout", &c.ReadTimeout, DefaultReadTimeout},
+		{"WriteTimeout", &c.WriteTimeout, DefaultWriteTimeout},
 		{"IdleTimeout", &c.IdleTimeout, DefaultIdleTimeout},
 	} {
 		switch {
@@ -208,7 +222,7 @@ func (c *Config) setDefaults() error {
 	return nil
 }
 
-// Start listens on Config.Addr (TCP) and serves TLS in the background.
+// Start listens on Config.Addr (TCP) and serves in the background.
 func (s *Server) Start() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -223,19 +237,65 @@ func (s *Server) Start() error {
 		return fmt.Errorf("doh listener %q: listening on %s: %w", s.cfg.Name, s.cfg.Addr, err)
 	}
 	s.ln = ln
-	s.done = make(chan struct{})
-	go func() {
-		defer close(s.done)
-		// ServeTLS adds "h2" to the ALPN protocols. It returns
-		// ErrServerClosed after Shutdown; anything else is an accept error
-		// it could not retry, kept for Shutdown to report.
-		if err := s.srv.ServeTLS(ln, "", ""); !errors.Is(err, http.ErrServerClosed) {
+	s.wg.Add(1)
+	go s.accept(ln)
+	return nil
+}
+
+// accept runs the accept loop until the listener is closed. Temporary
+// errors (out of file descriptors) are retried with a growing pause.
+func (s *Server) accept(ln net.Listener) {
+	defer s.wg.Done()
+	var pause time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.closed
+			s.mu.Unlock()
+			if closed {
+				return
+			}
+			if temporary(err) {
+				pause = min(max(2*pause, 5*time.Millisecond), time.Second)
+				s.log(slog.LevelWarn, "accept error; retrying", "err", err, "pause", pause)
+				time.Sleep(pause)
+				continue
+			}
 			s.mu.Lock()
 			s.serveErr = err
 			s.mu.Unlock()
+			s.log(slog.LevelWarn, "accept error; listener stopped", "err", err)
+			return
 		}
-	}()
-	return nil
+		pause = 0
+		c := newConn(s, nc)
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			nc.Close()
+			return
+		}
+		s.conns[c] = struct{}{}
+		s.wg.Add(2)
+		s.mu.Unlock()
+		go c.serve()
+		go c.writeLoop()
+	}
+}
+
+// temporary reports whether accept should retry after err, after a pause
+// (EMFILE, ENFILE, ECONNABORTED and the like).
+func temporary(err error) bool {
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && t.Temporary()
+}
+
+// forget drops a connection that has ended.
+func (s *Server) forget(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
 }
 
 // Addr returns the address the server listens on, with port 0 resolved, or
@@ -249,34 +309,36 @@ func (s *Server) Addr() net.Addr {
 	return s.ln.Addr()
 }
 
-// Shutdown stops accepting connections, waits for in-flight queries to be
-// answered and idle connections to close, or for ctx to end, whichever comes
-// first. A server that is shut down cannot be started again.
+// Shutdown stops accepting connections and sends every connection GOAWAY;
+// each closes once its in-flight queries are answered. Shutdown waits for
+// that or for ctx to end, whichever comes first; then it closes what is
+// left. A server that is shut down cannot be started again.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closed = true
-	done := s.done
+	ln := s.ln
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
 	s.mu.Unlock()
-	for {
-		// An HTTP/2 connection whose TLS handshake ends after Shutdown has
-		// sent GOAWAY to the others never gets one and would hold Shutdown
-		// until IdleTimeout. Each call sends GOAWAY to the newcomers.
-		attempt, cancel := context.WithTimeout(ctx, shutdownRetry)
-		err := s.srv.Shutdown(attempt)
-		cancel()
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
-			return fmt.Errorf("doh listener %q: shutting down: %w", s.cfg.Name, err)
-		}
+	if ln != nil {
+		ln.Close()
 	}
-	if done == nil {
-		return nil
+	for _, c := range conns {
+		c.shutdown()
 	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-ctx.Done():
+		s.mu.Lock()
+		for c := range s.conns {
+			c.nc.Close()
+		}
+		s.mu.Unlock()
+		<-done
 		return fmt.Errorf("doh listener %q: shutting down: %w", s.cfg.Name, ctx.Err())
 	}
 	s.mu.Lock()
@@ -287,31 +349,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return nil
 }
 
-// errorLogWriter turns net/http's log lines into slog records. Most are what
-// clients do wrong (handshakes that fail, HTTP/2 protocol errors): debug
-// level. Panics, accept errors and misuse of the ResponseWriter are ours:
-// warn.
-type errorLogWriter struct{ s *Server }
-
-var warnMarkers = []string{"panic serving", "Accept error", "superfluous", "hijacked", "WriteHeader called", "invalid Content-Length"}
-
-func (w errorLogWriter) Write(p []byte) (int, error) {
-	msg := strings.TrimSuffix(string(p), "\n")
-	level := slog.LevelDebug
-	if strings.HasPrefix(msg, "http: TLS handshake error") {
-		w.s.stats.handshakeErrors.Add(1)
-	} else {
-		for _, m := range warnMarkers {
-			if strings.Contains(msg, m) {
-				level = slog.LevelWarn
-				break
-			}
-		}
-	}
-	l := w.s.cfg.ErrorLog
+// log writes one record to Config.ErrorLog with the listener's name.
+func (s *Server) log(level slog.Level, msg string, args ...any) {
+	l := s.cfg.ErrorLog
 	if l == nil {
 		l = slog.Default()
 	}
-	l.Log(context.Background(), level, msg, "listener", w.s.cfg.Name)
-	return len(p), nil
+	if !l.Enabled(context.Background(), level) {
+		return
+	}
+	l.Log(context.Background(), level, msg, append(args, "listener", s.cfg.Name)...)
 }

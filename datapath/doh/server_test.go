@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -20,11 +19,34 @@ import (
 
 const testMaxBody = 1024
 
+// funcHandler is a test pipeline: fn answers a query (nil: no answer).
+// Queries for which async reports true go the upstream way, through
+// Resolve, and are answered from another goroutine.
+type funcHandler struct {
+	fn    func(r *forwarder.Request, out []byte) []byte
+	async func(r *forwarder.Request) bool
+}
+
+func (h funcHandler) Answer(r *forwarder.Request, out []byte) ([]byte, bool) {
+	if h.async != nil && h.async(r) {
+		return nil, false
+	}
+	return h.fn(r, out), true
+}
+
+func (h funcHandler) Resolve(r *forwarder.Request, _ []byte, done func([]byte)) ([]byte, bool) {
+	req := *r
+	req.Msg = bytes.Clone(r.Msg)
+	go func() { done(h.fn(&req, make([]byte, 0, 65536))) }()
+	return nil, false
+}
+
 // answerHandler answers example.com A with two records, nx.example.com with
 // NXDOMAIN, fail.example.com with SERVFAIL and drop.example.com not at all.
-// Any query arriving with the wrong Request fields gets REFUSED.
+// Names under async. are answered the same, through Resolve. Any query
+// arriving with the wrong Request fields gets REFUSED.
 func answerHandler(t testing.TB) Handler {
-	return HandlerFunc(func(ctx context.Context, r *forwarder.Request, out []byte) []byte {
+	return funcHandler{fn: func(r *forwarder.Request, out []byte) []byte {
 		req := new(dns.Msg)
 		if err := req.Unpack(r.Msg); err != nil || len(req.Question) != 1 {
 			t.Errorf("handler got an unparsable query: %v", err)
@@ -32,16 +54,17 @@ func answerHandler(t testing.TB) Handler {
 		}
 		resp := new(dns.Msg).SetReply(req)
 		switch {
-		case ctx == nil, r.Transport != forwarder.TransportDoH, r.Listener != "test",
+		case r.Transport != forwarder.TransportDoH, r.Listener != "test",
 			!r.Client.Addr().IsLoopback(), r.Client.Port() == 0:
 			t.Errorf("unexpected request fields: transport %v listener %q client %v", r.Transport, r.Listener, r.Client)
 			resp.Rcode = dns.RcodeRefused
 		default:
-			switch strings.ToLower(req.Question[0].Name) {
+			name := strings.TrimPrefix(strings.ToLower(req.Question[0].Name), "async.")
+			switch name {
 			case "example.com.":
 				resp.Answer = []dns.RR{
-					mustRR(t, "example.com. 300 IN A 192.0.2.1"),
-					mustRR(t, "example.com. 120 IN A 192.0.2.2"),
+					mustRR(t, req.Question[0].Name+" 300 IN A 192.0.2.1"),
+					mustRR(t, req.Question[0].Name+" 120 IN A 192.0.2.2"),
 				}
 			case "nx.example.com.":
 				resp.Rcode = dns.RcodeNameError
@@ -58,7 +81,9 @@ func answerHandler(t testing.TB) Handler {
 			return nil
 		}
 		return b
-	})
+	}, async: func(r *forwarder.Request) bool {
+		return bytes.Contains(bytes.ToLower(r.Msg), []byte("\x05async"))
+	}}
 }
 
 func mustRR(t testing.TB, s string) dns.RR {
@@ -111,17 +136,9 @@ func startServer(t testing.TB) (*Server, *PKI) {
 	return s, pki
 }
 
-// newClient returns an HTTP client trusting pki, speaking HTTP/2 or, with
-// h1, only HTTP/1.1.
-func newClient(t testing.TB, pki *PKI, h1 bool) *http.Client {
-	tr := &http.Transport{
-		TLSClientConfig:   &tls.Config{RootCAs: pki.Pool},
-		ForceAttemptHTTP2: !h1,
-	}
-	if h1 {
-		tr.Protocols = new(http.Protocols)
-		tr.Protocols.SetHTTP1(true)
-	}
+// newClient returns an HTTP/2 client trusting pki.
+func newClient(t testing.TB, pki *PKI) *http.Client {
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pki.Pool}, ForceAttemptHTTP2: true}
 	t.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
 }
@@ -129,7 +146,7 @@ func newClient(t testing.TB, pki *PKI, h1 bool) *http.Client {
 func TestServer(t *testing.T) {
 	s, pki := startServer(t)
 	base := "https://" + s.Addr().String()
-	h2, h1 := newClient(t, pki, false), newClient(t, pki, true)
+	c := newClient(t, pki)
 	b64 := base64.RawURLEncoding.EncodeToString
 
 	okQuery := query(t, "example.com.", dns.TypeA, nil)
@@ -138,58 +155,60 @@ func TestServer(t *testing.T) {
 
 	tests := []struct {
 		name        string
-		h1          bool
 		method      string
 		url         string // after base
 		contentType string
 		body        []byte
-		chunked     bool // hide the body's length
+		chunked     bool // hide the body's length: no content-length
 
-		wantStatus   int
-		wantRcode    int
-		wantAnswers  int
-		wantMaxAge   string
-		wantProtoMaj int
+		wantStatus  int
+		wantRcode   int
+		wantAnswers int
+		wantMaxAge  string
 	}{
 		{
 			name: "POST", method: "POST", url: "/dns-query", contentType: mediaType, body: okQuery,
-			wantStatus: 200, wantAnswers: 2, wantMaxAge: "max-age=120", wantProtoMaj: 2,
+			wantStatus: 200, wantAnswers: 2, wantMaxAge: "max-age=120",
 		},
 		{
 			name: "POST with media type parameters", method: "POST", url: "/dns-query", contentType: "Application/DNS-Message; charset=binary", body: okQuery,
-			wantStatus: 200, wantAnswers: 2, wantMaxAge: "max-age=120", wantProtoMaj: 2,
+			wantStatus: 200, wantAnswers: 2, wantMaxAge: "max-age=120",
 		},
 		{
 			name: "GET", method: "GET", url: "/dns-query?dns=" + b64(okQuery),
-			wantStatus: 200, wantAnswers: 2, wantMaxAge: "max-age=120", wantProtoMaj: 2,
+			wantStatus: 200, wantAnswers: 2, wantMaxAge: "max-age=120",
 		},
 		{
 			name: "GET with padding", method: "GET", url: "/dns-query?ct&dns=" + base64.URLEncoding.EncodeToString(query(t, "example.com.", dns.TypeA, func(m *dns.Msg) { m.Id = 1 })),
-			wantStatus: 200, wantAnswers: 2, wantMaxAge: "max-age=120", wantProtoMaj: 2,
+			wantStatus: 200, wantAnswers: 2, wantMaxAge: "max-age=120",
 		},
 		{
 			name: "GET with percent-encoded padding", method: "GET", url: "/dns-query?dns=" + strings.ReplaceAll(base64.URLEncoding.EncodeToString(query(t, "example.com.", dns.TypeA, func(m *dns.Msg) { m.Id = 1 })), "=", "%3D"),
-			wantStatus: 200, wantAnswers: 2, wantMaxAge: "max-age=120", wantProtoMaj: 2,
+			wantStatus: 200, wantAnswers: 2, wantMaxAge: "max-age=120",
 		},
 		{
 			name: "negative answer takes the SOA minimum", method: "POST", url: "/dns-query", contentType: mediaType, body: query(t, "nx.example.com.", dns.TypeA, nil),
-			wantStatus: 200, wantRcode: dns.RcodeNameError, wantMaxAge: "max-age=60", wantProtoMaj: 2,
+			wantStatus: 200, wantRcode: dns.RcodeNameError, wantMaxAge: "max-age=60",
 		},
 		{
 			name: "SERVFAIL is not cacheable", method: "GET", url: "/dns-query?dns=" + b64(query(t, "fail.example.com.", dns.TypeA, nil)),
-			wantStatus: 200, wantRcode: dns.RcodeServerFailure, wantMaxAge: "max-age=0", wantProtoMaj: 2,
+			wantStatus: 200, wantRcode: dns.RcodeServerFailure, wantMaxAge: "max-age=0",
 		},
 		{
-			name: "HTTP/1.1 POST", h1: true, method: "POST", url: "/dns-query", contentType: mediaType, body: okQuery,
-			wantStatus: 200, wantAnswers: 2, wantMaxAge: "max-age=120", wantProtoMaj: 1,
+			name: "POST without content-length", method: "POST", url: "/dns-query", contentType: mediaType, body: okQuery, chunked: true,
+			wantStatus: 200, wantAnswers: 2, wantMaxAge: "max-age=120",
 		},
 		{
-			name: "HTTP/1.1 GET", h1: true, method: "GET", url: "/dns-query?dns=" + b64(okQuery),
-			wantStatus: 200, wantAnswers: 2, wantMaxAge: "max-age=120", wantProtoMaj: 1,
+			name: "POST resolved upstream", method: "POST", url: "/dns-query", contentType: mediaType, body: query(t, "async.example.com.", dns.TypeA, nil),
+			wantStatus: 200, wantAnswers: 2, wantMaxAge: "max-age=120",
 		},
 		{
-			name: "HTTP/1.1 chunked POST", h1: true, method: "POST", url: "/dns-query", contentType: mediaType, body: okQuery, chunked: true,
-			wantStatus: 200, wantAnswers: 2, wantMaxAge: "max-age=120", wantProtoMaj: 1,
+			name: "GET resolved upstream", method: "GET", url: "/dns-query?dns=" + b64(query(t, "async.nx.example.com.", dns.TypeA, nil)),
+			wantStatus: 200, wantRcode: dns.RcodeNameError, wantMaxAge: "max-age=60",
+		},
+		{
+			name: "no answer from upstream", method: "POST", url: "/dns-query", contentType: mediaType, body: query(t, "async.drop.example.com.", dns.TypeA, nil),
+			wantStatus: 400,
 		},
 		{name: "wrong content type", method: "POST", url: "/dns-query", contentType: "application/octet-stream", body: okQuery, wantStatus: 415},
 		{name: "missing content type", method: "POST", url: "/dns-query", body: okQuery, wantStatus: 415},
@@ -206,8 +225,8 @@ func TestServer(t *testing.T) {
 		{name: "GET of a short message", method: "GET", url: "/dns-query?dns=" + b64(okQuery[:5]), wantStatus: 400},
 		{name: "handler returns nil", method: "POST", url: "/dns-query", contentType: mediaType, body: query(t, "drop.example.com.", dns.TypeA, nil), wantStatus: 400},
 		{name: "POST over MaxBodySize", method: "POST", url: "/dns-query", contentType: mediaType, body: big, wantStatus: 413},
-		{name: "chunked POST over MaxBodySize", h1: true, method: "POST", url: "/dns-query", contentType: mediaType, body: big, chunked: true, wantStatus: 413},
-		{name: "POST at MaxBodySize", method: "POST", url: "/dns-query", contentType: mediaType, body: big[:testMaxBody], wantStatus: 200, wantAnswers: 2, wantMaxAge: "max-age=120", wantProtoMaj: 2},
+		{name: "POST over MaxBodySize without content-length", method: "POST", url: "/dns-query", contentType: mediaType, body: big, chunked: true, wantStatus: 413},
+		{name: "POST at MaxBodySize", method: "POST", url: "/dns-query", contentType: mediaType, body: big[:testMaxBody], wantStatus: 200, wantAnswers: 2, wantMaxAge: "max-age=120"},
 		{name: "GET over MaxBodySize", method: "GET", url: "/dns-query?dns=" + b64(big), wantStatus: 413},
 		{name: "PUT", method: "PUT", url: "/dns-query", contentType: mediaType, body: okQuery, wantStatus: 405},
 		{name: "DELETE", method: "DELETE", url: "/dns-query", wantStatus: 405},
@@ -232,10 +251,6 @@ func TestServer(t *testing.T) {
 				req.Header.Set("Content-Type", tt.contentType)
 			}
 			req.Header.Set("Accept", mediaType)
-			c := h2
-			if tt.h1 {
-				c = h1
-			}
 			resp, err := c.Do(req)
 			if err != nil {
 				t.Fatalf("%s %s: %v", tt.method, tt.url, err)
@@ -254,8 +269,8 @@ func TestServer(t *testing.T) {
 				}
 				return
 			}
-			if resp.ProtoMajor != tt.wantProtoMaj {
-				t.Errorf("proto = %s, want major version %d", resp.Proto, tt.wantProtoMaj)
+			if resp.ProtoMajor != 2 {
+				t.Errorf("proto = %s, want HTTP/2", resp.Proto)
 			}
 			if got := resp.Header.Get("Content-Type"); got != mediaType {
 				t.Errorf("Content-Type = %q, want %q", got, mediaType)
@@ -279,7 +294,7 @@ func TestServer(t *testing.T) {
 // connection.
 func TestServerConcurrentStreams(t *testing.T) {
 	s, pki := startServer(t)
-	c := newClient(t, pki, false)
+	c := newClient(t, pki)
 	url := "https://" + s.Addr().String() + "/dns-query"
 	q := query(t, "example.com.", dns.TypeA, nil)
 	// One request first, so that the rest share its connection.
@@ -316,44 +331,44 @@ type unexpectedStatus struct{ status, proto string }
 
 func (e *unexpectedStatus) Error() string { return "unexpected " + e.proto + " " + e.status }
 
-// TestServeHTTPPlainHandler uses the Server as an http.Handler without Start.
-func TestServeHTTPPlainHandler(t *testing.T) {
-	pki, err := NewPKI("localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(Config{Name: "test", Addr: "127.0.0.1:0", TLS: &tls.Config{Certificates: []tls.Certificate{pki.Cert}}}, answerHandler(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s.Addr() != nil {
-		t.Errorf("Addr() before Start = %v, want nil", s.Addr())
-	}
-	tests := []struct {
-		name       string
-		method     string
-		target     string
-		body       []byte
-		wantStatus int
+// TestHTTP1Refused: HTTP/1.1 is not spoken. A client that offers only
+// http/1.1 in ALPN, or none, and sends an HTTP/1.1 request gets 505 and
+// the connection is closed; one that sends neither that nor the HTTP/2
+// preface is closed without a word.
+func TestHTTP1Refused(t *testing.T) {
+	s, pki := startServer(t)
+	for _, tt := range []struct {
+		name   string
+		alpn   []string
+		send   string
+		want   string // prefix of what the server says before it closes
+		wantN1 uint64 // Stats().HTTP1 after
 	}{
-		{name: "POST", method: "POST", target: "/dns-query", body: query(t, "example.com.", dns.TypeA, nil), wantStatus: 200},
-		{name: "GET", method: "GET", target: "/dns-query?dns=" + base64.RawURLEncoding.EncodeToString(query(t, "example.com.", dns.TypeA, nil)), wantStatus: 200},
-		{name: "not found", method: "GET", target: "/", wantStatus: 404},
-	}
-	for _, tt := range tests {
+		{name: "HTTP/1.1 over ALPN http/1.1", alpn: []string{"http/1.1"}, send: "GET /dns-query?dns=AAAB HTTP/1.1\r\nHost: x\r\n\r\n", want: "HTTP/1.1 505 ", wantN1: 1},
+		{name: "HTTP/1.1 without ALPN", send: "POST /dns-query HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", want: "HTTP/1.1 505 ", wantN1: 2},
+		{name: "garbage", alpn: []string{"h2"}, send: "INVALID CONNECTION PREFACE\r\n\r\n", want: "", wantN1: 2},
+	} {
 		t.Run(tt.name, func(t *testing.T) {
-			req := httptest.NewRequest(tt.method, tt.target, bytes.NewReader(tt.body))
-			req.Header.Set("Content-Type", mediaType)
-			req.RemoteAddr = "[::ffff:127.0.0.1]:5353" // mapped: the handler sees 127.0.0.1
-			w := httptest.NewRecorder()
-			s.ServeHTTP(w, req)
-			if w.Code != tt.wantStatus {
-				t.Fatalf("status = %d (%q), want %d", w.Code, w.Body.Bytes(), tt.wantStatus)
+			c, err := tls.Dial("tcp", s.Addr().String(), &tls.Config{RootCAs: pki.Pool, NextProtos: tt.alpn})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.WriteString(c, tt.send); err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(c)
+			if err != nil {
+				t.Fatalf("reading until the server closes: %v (got %q)", err, got)
+			}
+			if !strings.HasPrefix(string(got), tt.want) || tt.want == "" && len(got) > 0 {
+				t.Errorf("server said %q, want %q…", got, tt.want)
+			}
+			if n := s.Stats().HTTP1; n != tt.wantN1 {
+				t.Errorf("Stats().HTTP1 = %d, want %d", n, tt.wantN1)
 			}
 		})
-	}
-	if err := s.Shutdown(context.Background()); err != nil {
-		t.Errorf("Shutdown without Start: %v", err)
 	}
 }
 
@@ -369,6 +384,9 @@ func TestServerLifecycle(t *testing.T) {
 	s, err := New(Config{Name: "files", Addr: "127.0.0.1:0", CertFile: certFile, KeyFile: keyFile}, answerHandler(t))
 	if err != nil {
 		t.Fatalf("New with CertFile/KeyFile: %v", err)
+	}
+	if s.Addr() != nil {
+		t.Errorf("Addr() before Start = %v, want nil", s.Addr())
 	}
 	if err := s.Start(); err != nil {
 		t.Fatalf("Start: %v", err)
@@ -443,44 +461,3 @@ func TestNewErrors(t *testing.T) {
 	}
 }
 
-func BenchmarkServeHTTPPost(b *testing.B) {
-	pki, err := NewPKI("localhost")
-	if err != nil {
-		b.Fatal(err)
-	}
-	resp := new(dns.Msg).SetReply(new(dns.Msg).SetQuestion("example.com.", dns.TypeA))
-	resp.Answer = []dns.RR{mustRR(b, "example.com. 300 IN A 192.0.2.1")}
-	wire, err := resp.Pack()
-	if err != nil {
-		b.Fatal(err)
-	}
-	h := HandlerFunc(func(_ context.Context, r *forwarder.Request, out []byte) []byte {
-		out = append(out, wire...)
-		out[0], out[1] = r.Msg[0], r.Msg[1]
-		return out
-	})
-	s, err := New(Config{Addr: "127.0.0.1:0", TLS: &tls.Config{Certificates: []tls.Certificate{pki.Cert}}}, h)
-	if err != nil {
-		b.Fatal(err)
-	}
-	q := query(b, "example.com.", dns.TypeA, nil)
-	req := httptest.NewRequest("POST", "/dns-query", nil)
-	req.Header.Set("Content-Type", mediaType)
-	req.RemoteAddr = "192.0.2.9:5353"
-	body := bytes.NewReader(q)
-	w := &discardWriter{h: make(http.Header)}
-	b.ReportAllocs()
-	for b.Loop() {
-		body.Reset(q)
-		req.Body = io.NopCloser(body)
-		req.ContentLength = int64(len(q))
-		clear(w.h)
-		s.ServeHTTP(w, req)
-	}
-}
-
-type discardWriter struct{ h http.Header }
-
-func (w *discardWriter) Header() http.Header         { return w.h }
-func (w *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
-func (w *discardWriter) WriteHeader(int)             {}

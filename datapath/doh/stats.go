@@ -1,23 +1,29 @@
 package doh
 
-import (
-	"net/http"
-	"sync/atomic"
-)
+import "sync/atomic"
 
-// Stats counts the requests a Server answered, by outcome, and its failed
-// TLS handshakes, since New. Requests that net/http refuses before they reach
-// the handler (an oversized header, a malformed request line) are not
-// counted.
+// Stats counts what a Server did since New: requests by outcome, and the
+// connections and streams it refused or cut off.
 type Stats struct {
 	OK                   uint64 // 200: answered
 	BadRequest           uint64 // 400: malformed query, or one the handler did not answer
 	NotFound             uint64 // 404: a path other than Config.Path
 	MethodNotAllowed     uint64 // 405: neither GET nor POST
 	TooLarge             uint64 // 413: query over MaxBodySize
+	HeaderTooLarge       uint64 // 431: header list over MaxHeaderBytes
 	UnsupportedMediaType uint64 // 415: POST without application/dns-message
 	ServerError          uint64 // 500: the handler returned a malformed response
 	HandshakeErrors      uint64 // TLS handshakes that failed or timed out
+	HTTP1                uint64 // HTTP/1.x requests answered 505
+
+	ProtocolErrors uint64 // connections ended with GOAWAY for an HTTP/2 error
+	StreamErrors   uint64 // streams reset for an HTTP/2 error
+	RefusedStreams uint64 // streams past MaxConcurrentStreams, reset with REFUSED_STREAM
+	ResetFloods    uint64 // connections that reset too many streams (rapid reset)
+	HeaderFloods   uint64 // connections whose header block outgrew the limit (CONTINUATION flood)
+	SlowClients    uint64 // connections cut off for not reading their answers
+	Timeouts       uint64 // requests, or header blocks, not completed in time
+	IdleClosed     uint64 // connections closed for idleness
 }
 
 // Stats returns the server's counters; safe to call at any time.
@@ -29,33 +35,45 @@ func (s *Server) Stats() Stats {
 		NotFound:             c.notFound.Load(),
 		MethodNotAllowed:     c.methodNotAllowed.Load(),
 		TooLarge:             c.tooLarge.Load(),
+		HeaderTooLarge:       c.headerTooLarge.Load(),
 		UnsupportedMediaType: c.unsupportedMediaType.Load(),
 		ServerError:          c.serverError.Load(),
 		HandshakeErrors:      c.handshakeErrors.Load(),
+		HTTP1:                c.http1.Load(),
+		ProtocolErrors:       c.protocolErrors.Load(),
+		StreamErrors:         c.streamErrors.Load(),
+		RefusedStreams:       c.refusedStreams.Load(),
+		ResetFloods:          c.resetFloods.Load(),
+		HeaderFloods:         c.headerFloods.Load(),
+		SlowClients:          c.slowClients.Load(),
+		Timeouts:             c.timeouts.Load(),
+		IdleClosed:           c.idleClosed.Load(),
 	}
 }
 
 type counters struct {
-	ok, badRequest, notFound, methodNotAllowed, tooLarge,
-	unsupportedMediaType, serverError, handshakeErrors atomic.Uint64
+	ok, badRequest, notFound, methodNotAllowed, tooLarge, headerTooLarge,
+	unsupportedMediaType, serverError, handshakeErrors, http1,
+	protocolErrors, streamErrors, refusedStreams, resetFloods, headerFloods,
+	slowClients, timeouts, idleClosed atomic.Uint64
 }
 
-// count adds one to the counter of an HTTP status.
+// count adds one to the counter of an HTTP error status.
 func (c *counters) count(status int) {
 	switch status {
-	case http.StatusOK:
-		c.ok.Add(1)
-	case http.StatusBadRequest:
+	case 400:
 		c.badRequest.Add(1)
-	case http.StatusNotFound:
+	case 404:
 		c.notFound.Add(1)
-	case http.StatusMethodNotAllowed:
+	case 405:
 		c.methodNotAllowed.Add(1)
-	case http.StatusRequestEntityTooLarge:
+	case 413:
 		c.tooLarge.Add(1)
-	case http.StatusUnsupportedMediaType:
+	case 415:
 		c.unsupportedMediaType.Add(1)
-	case http.StatusInternalServerError:
+	case 431:
+		c.headerTooLarge.Add(1)
+	case 500:
 		c.serverError.Add(1)
 	}
 }

@@ -111,7 +111,7 @@ func TestReloadCertificate(t *testing.T) {
 
 	// An HTTP/2 connection made before the rotation, by a client that
 	// trusts only the first CA.
-	old := newClient(t, first, false)
+	old := newClient(t, first)
 	if resp, _ := postQuery(t, old, url); !bytes.Equal(resp.TLS.PeerCertificates[0].Raw, firstLeaf) {
 		t.Fatal("before the rotation: not the first certificate")
 	}
@@ -454,7 +454,7 @@ func TestFIPSMode(t *testing.T) {
 
 // transportHandler answers every query with a TXT record holding the
 // transport the request arrived by.
-var transportHandler = HandlerFunc(func(_ context.Context, r *forwarder.Request, out []byte) []byte {
+var transportHandler = funcHandler{fn: func(r *forwarder.Request, out []byte) []byte {
 	req := new(dns.Msg)
 	if err := req.Unpack(r.Msg); err != nil {
 		return nil
@@ -469,7 +469,7 @@ var transportHandler = HandlerFunc(func(_ context.Context, r *forwarder.Request,
 		return nil
 	}
 	return b
-})
+}}
 
 func transportTXT(t *testing.T, wire []byte) string {
 	t.Helper()
