@@ -4,7 +4,7 @@ BIN     := bin/xdoh
 PKGS    := ./...
 SHARED  ?= ../shared
 
-.PHONY: run test build bench peer-bench vet fuzz clean
+.PHONY: run test build bench peer-bench doh-bench vet fuzz clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/xdoh
@@ -29,6 +29,11 @@ bench:
 # Side-by-side with dnsdist (and BIND's own ceiling) using ../shared/bench.
 peer-bench: build
 	SHARED=$(SHARED) bash bench/peers.sh
+
+# xdoh's inbound DoH listener against BIND 9.18 with dnsperf -m doh (GET/POST,
+# lone/loaded, cached forwarded name, dnsdist chain). DURATION, ONLY, XDOH_BIN.
+doh-bench: build
+	SHARED=$(SHARED) bash bench/doh.sh
 
 # Every fuzz target in turn, FUZZTIME each (new crashers land in testdata/fuzz).
 FUZZTIME ?= 30s

@@ -25,20 +25,20 @@ type stream struct {
 	id uint32
 
 	// Reader-owned: the request as it arrives.
-	start                 time.Time
-	method, path, ctype   string
-	scheme                bool
-	clen                  int64 // content-length; -1: none
-	body                  []byte
-	recv                  int  // DATA octets taken, padding included
-	hsize                 int  // header list size so far (RFC 9113 6.5.2)
-	regular               bool // a regular field was seen: no pseudo-field may follow
-	trailers              bool // the header block being decoded is the trailers
-	endStream             bool // the request is complete once its header block is
-	malformed, tooLarge   bool
-	ignore                bool          // reset or answered early: drop the rest of it
-	refuse                http2.ErrCode // reset once the header block is decoded
-	admitted              bool          // counted in conn.open
+	start               time.Time
+	method, path, ctype string
+	scheme              bool
+	clen                int64 // content-length; -1: none
+	body                []byte
+	recv                int  // DATA octets taken, padding included
+	hsize               int  // header list size so far (RFC 9113 6.5.2)
+	regular             bool // a regular field was seen: no pseudo-field may follow
+	trailers            bool // the header block being decoded is the trailers
+	endStream           bool // the request is complete once its header block is
+	malformed, tooLarge bool
+	ignore              bool          // reset or answered early: drop the rest of it
+	refuse              http2.ErrCode // reset once the header block is decoded
+	admitted            bool          // counted in conn.open
 
 	// Guarded by conn.mu: the answer.
 	window    int64  // send window

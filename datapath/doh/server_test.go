@@ -460,4 +460,3 @@ func TestNewErrors(t *testing.T) {
 		})
 	}
 }
-
