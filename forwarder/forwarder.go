@@ -5,8 +5,9 @@
 // health) within the client's deadline. Whatever happens the client gets an answer (SERVFAIL at worst),
 // except for packets that are not queries at all, which get nothing.
 //
-// Datapaths call Serve (non-blocking, for event loops) or ServeDNS (blocking,
-// for goroutine-per-request servers such as DoH). Both run the same pipeline.
+// Every datapath (UDP, TCP, DoH) calls Answer and Resolve, which never
+// block: the answer comes back through a callback. ServeDNS, the blocking
+// form, runs the same pipeline for tests and tools.
 package forwarder
 
 import (

@@ -1,9 +1,6 @@
 package forwarder
 
-import (
-	"context"
-	"sync/atomic"
-)
+import "sync/atomic"
 
 // Switch is what the datapaths hold: the running pipeline, replaced in one
 // atomic store on reload. A query stays with the pipeline that took it (its
@@ -38,9 +35,4 @@ func (s *Switch) Resolve(r *Request, out []byte, done func(resp []byte)) ([]byte
 		f = s.cur.Load()
 	}
 	return f.Resolve(r, out, done)
-}
-
-// ServeDNS runs the current pipeline's ServeDNS.
-func (s *Switch) ServeDNS(ctx context.Context, r *Request, out []byte) []byte {
-	return s.cur.Load().ServeDNS(ctx, r, out)
 }

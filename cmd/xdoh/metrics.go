@@ -126,7 +126,7 @@ func (a *app) collector() *metrics.Collector {
 	c.Gauge("xdoh_cache_entries", "Entries in the cache (of the running pipeline).", nil, cs(func(s cache.Stats) float64 { return float64(s.Entries) }))
 	c.Gauge("xdoh_cache_size_bytes", "Bytes of responses and keys in the cache.", nil, cs(func(s cache.Stats) float64 { return float64(s.Bytes) }))
 
-	c.Dynamic("xdoh_listener_datapath_events_total", "Datapath events by listener: udp_queries, udp_replies, udp_reply_drops, udp_oversize, udp_batches, tcp_queries, tcp_rejected, tcp_idle_closed, tcp_pipeline_full, tcp_backlog_closed, doh_ok, doh_bad_request, doh_unsupported_media, doh_too_large, doh_bad_method, doh_not_found, doh_server_error, doh_handshake_errors.",
+	c.Dynamic("xdoh_listener_datapath_events_total", "Datapath events by listener: udp_queries, udp_replies, udp_reply_drops, udp_oversize, udp_batches, tcp_queries, tcp_rejected, tcp_idle_closed, tcp_pipeline_full, tcp_backlog_closed, doh_ok, doh_bad_request, doh_unsupported_media, doh_too_large, doh_header_too_large, doh_bad_method, doh_not_found, doh_server_error, doh_handshake_errors, doh_http1_refused, doh_protocol_errors, doh_stream_errors, doh_refused_streams, doh_reset_floods, doh_header_floods, doh_slow_clients, doh_timeouts, doh_idle_closed.",
 		[]string{"listener", "event"}, func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
 			a.mu.Lock()
 			defer a.mu.Unlock()
@@ -205,8 +205,18 @@ func emitDoH(emit func(string, uint64), s doh.Stats) {
 	emit("doh_bad_request", s.BadRequest)
 	emit("doh_unsupported_media", s.UnsupportedMediaType)
 	emit("doh_too_large", s.TooLarge)
+	emit("doh_header_too_large", s.HeaderTooLarge)
 	emit("doh_bad_method", s.MethodNotAllowed)
 	emit("doh_not_found", s.NotFound)
 	emit("doh_server_error", s.ServerError)
 	emit("doh_handshake_errors", s.HandshakeErrors)
+	emit("doh_http1_refused", s.HTTP1)
+	emit("doh_protocol_errors", s.ProtocolErrors)
+	emit("doh_stream_errors", s.StreamErrors)
+	emit("doh_refused_streams", s.RefusedStreams)
+	emit("doh_reset_floods", s.ResetFloods)
+	emit("doh_header_floods", s.HeaderFloods)
+	emit("doh_slow_clients", s.SlowClients)
+	emit("doh_timeouts", s.Timeouts)
+	emit("doh_idle_closed", s.IdleClosed)
 }

@@ -39,7 +39,7 @@ default: {targets: ["127.0.0.1:9"]}
 	// One query through the pipeline, so the per-answer families have samples.
 	q := new(dns.Msg).SetQuestion("ipv4.aws.example.internal.", dns.TypeA)
 	b, _ := q.Pack()
-	if resp := a.sw.ServeDNS(context.Background(), &forwarder.Request{Msg: b, Transport: forwarder.TransportUDP, Listener: "edge"}, nil); resp == nil {
+	if resp := a.sw.Load().ServeDNS(context.Background(), &forwarder.Request{Msg: b, Transport: forwarder.TransportUDP, Listener: "edge"}, nil); resp == nil {
 		t.Fatal("no answer")
 	}
 	reg, err := a.collector().Registry()

@@ -14,10 +14,12 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"golang.org/x/sys/unix"
 
 	"xdoh/forwarder"
 )
@@ -62,8 +64,9 @@ func (e connError) Error() string { return fmt.Sprintf("%v: %s", e.code, e.reaso
 // goroutine and the pipeline's callbacks.
 type conn struct {
 	s      *Server
-	raw    net.Conn  // the TCP connection
-	nc     *tls.Conn // raw with TLS
+	raw    net.Conn        // the TCP connection
+	rc     syscall.RawConn // raw's socket, for TCP_QUICKACK (nil: not TCP)
+	nc     *tls.Conn       // raw with TLS
 	client netip.AddrPort
 
 	// Reader-owned.
@@ -116,6 +119,9 @@ func newConn(s *Server, raw net.Conn) *conn {
 		wake: make(chan struct{}, 1), quit: make(chan struct{}),
 	}
 	c.client = clientAddr(raw.RemoteAddr().String())
+	if tc, ok := raw.(*net.TCPConn); ok {
+		c.rc, _ = tc.SyscallConn()
+	}
 	c.br = bufio.NewReaderSize(c.nc, readBufSize)
 	c.fr = http2.NewFramer(&c.out, c.br)
 	c.fr.SetMaxReadFrameSize(maxFrame)
@@ -233,11 +239,29 @@ func (c *conn) fill() error {
 			}
 			need += length
 		}
-		c.flush()
+		if !c.flush() && (c.hdr != nil || len(c.streams) > 0) {
+			c.ackNow()
+		}
 		if err := c.wait(need); err != nil {
 			return err
 		}
 	}
+}
+
+// ackNow acknowledges at once what the kernel has received. The reader
+// calls it when it is about to wait for the rest of a request and has
+// nothing to send that the acknowledgement could ride on: a client with
+// Nagle's algorithm on (dnsperf, nghttp2-based clients) holds a POST's
+// DATA until its HEADERS is acknowledged, and the kernel would otherwise
+// delay that acknowledgement (up to 40 ms) in the hope of an answer.
+func (c *conn) ackNow() {
+	if c.rc != nil {
+		c.rc.Control(setQuickAck)
+	}
+}
+
+func setQuickAck(fd uintptr) {
+	unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_QUICKACK, 1)
 }
 
 // wait reads until need octets are buffered, with the read deadline the

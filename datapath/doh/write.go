@@ -233,14 +233,15 @@ func (c *conn) writeLoop() {
 }
 
 // flush writes out everything encoded so far, unless another goroutine is
-// writing (it takes what is new before it stops). The reader calls it
-// before it waits for the network, the writer goroutine when kicked. A
-// write that takes longer than WriteTimeout cuts the client off.
-func (c *conn) flush() {
+// writing (it takes what is new before it stops), and reports whether it
+// wrote. The reader calls it before it waits for the network, the writer
+// goroutine when kicked. A write that takes longer than WriteTimeout cuts
+// the client off.
+func (c *conn) flush() bool {
 	c.mu.Lock()
-	if c.writing {
+	if c.writing || len(c.out.b) == 0 {
 		c.mu.Unlock()
-		return
+		return false
 	}
 	c.writing = true
 	for len(c.out.b) > 0 && !c.dead {
@@ -263,4 +264,5 @@ func (c *conn) flush() {
 	}
 	c.writing = false
 	c.mu.Unlock()
+	return true
 }
