@@ -14,7 +14,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -64,9 +63,9 @@ func (e connError) Error() string { return fmt.Sprintf("%v: %s", e.code, e.reaso
 // goroutine and the pipeline's callbacks.
 type conn struct {
 	s      *Server
-	raw    net.Conn        // the TCP connection
-	rc     syscall.RawConn // raw's socket, for TCP_QUICKACK (nil: not TCP)
-	nc     *tls.Conn       // raw with TLS
+	raw    net.Conn  // the TCP connection
+	sock   *sock     // raw as TLS sees it (nil: raw is not TCP, as in tests)
+	nc     *tls.Conn // raw with TLS
 	client netip.AddrPort
 
 	// Reader-owned.
@@ -84,6 +83,7 @@ type conn struct {
 	resetAt  time.Time          // when resets was last refilled
 	deadline time.Time          // the read deadline set last
 	closing  bool               // GOAWAY sent or received: no new streams; close when all are answered
+	started  bool               // the client preface was read
 	getBuf   []byte             // decoded GET queries
 	req      forwarder.Request  // reused for every request
 
@@ -91,10 +91,12 @@ type conn struct {
 	mu         sync.Mutex
 	out        outBuf // frames not yet written; fr writes here
 	spare      []byte // the other buffer, while out's contents are being written
+	marks      []int  // where in out each answer ends (write.go: a TLS record each)
+	spareMarks []int
 	writing    bool   // a goroutine is writing; it writes out again before it stops
 	dead       bool   // the connection is gone; answers are dropped
 	goingAway  bool   // GOAWAY sent
-	ready      bool   // the client preface was read
+	ready      bool   // the server preface was written: GOAWAY may follow
 	lastID     uint32 // highest stream admitted, for GOAWAY
 	enc        *hpack.Encoder
 	hbuf       outBuf             // header block being encoded
@@ -112,16 +114,20 @@ type conn struct {
 
 func newConn(s *Server, raw net.Conn) *conn {
 	c := &conn{
-		s: s, raw: raw, nc: tls.Server(raw, s.tls),
+		s: s, raw: raw,
 		streams: map[uint32]*stream{}, open: map[uint32]*stream{},
 		recvFree: connWindow, resets: resetBurst,
 		sendWindow: 65535, peerWindow: 65535, peerFrame: 16384,
 		wake: make(chan struct{}, 1), quit: make(chan struct{}),
 	}
-	c.client = clientAddr(raw.RemoteAddr().String())
+	var under net.Conn = raw
 	if tc, ok := raw.(*net.TCPConn); ok {
-		c.rc, _ = tc.SyscallConn()
+		if sk, err := newSock(tc, c.onIdle); err == nil {
+			c.sock, under = sk, sk
+		}
 	}
+	c.nc = tls.Server(under, s.tls)
+	c.client = clientAddr(raw.RemoteAddr().String())
 	c.br = bufio.NewReaderSize(c.nc, readBufSize)
 	c.fr = http2.NewFramer(&c.out, c.br)
 	c.fr.SetMaxReadFrameSize(maxFrame)
@@ -144,26 +150,30 @@ func (c *conn) serve() {
 		return
 	}
 	c.nc.SetWriteDeadline(time.Time{})
+	// With ALPN h2 the server preface goes out at once: a client that
+	// waits for it (or for an ACK it can ride on, under Nagle) before it
+	// sends its own preface and first request is not kept waiting.
+	// Without ALPN the client might speak HTTP/1.1: its first bytes decide.
+	h2 := c.nc.ConnectionState().NegotiatedProtocol == "h2"
+	if h2 {
+		c.serverPreface()
+	}
 	p, err := c.br.Peek(len(http2.ClientPreface))
 	if err != nil {
 		c.s.log(slog.LevelDebug, "reading the client preface", "client", c.client, "err", err)
 		return
 	}
 	if string(p) != http2.ClientPreface {
-		c.refuseHTTP1(p)
+		if !h2 {
+			c.refuseHTTP1(p)
+		}
 		return
 	}
 	c.br.Discard(len(p))
-	c.mu.Lock()
-	c.ready = true
-	c.fr.WriteSettings(
-		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: c.s.cfg.MaxConcurrentStreams},
-		http2.Setting{ID: http2.SettingInitialWindowSize, Val: streamWindow},
-		http2.Setting{ID: http2.SettingMaxFrameSize, Val: maxFrame},
-		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: uint32(c.s.cfg.MaxHeaderBytes)},
-	)
-	c.fr.WriteWindowUpdate(0, connWindow-65535)
-	c.mu.Unlock()
+	c.started = true
+	if !h2 {
+		c.serverPreface()
+	}
 
 	err = c.readFrames()
 	var ce connError
@@ -177,6 +187,22 @@ func (c *conn) serve() {
 	default:
 		c.s.log(slog.LevelDebug, "reading from client", "client", c.client, "err", err)
 	}
+}
+
+// serverPreface writes and sends the server's SETTINGS and opens the
+// connection's receive window.
+func (c *conn) serverPreface() {
+	c.mu.Lock()
+	c.ready = true
+	c.fr.WriteSettings(
+		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: c.s.cfg.MaxConcurrentStreams},
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: streamWindow},
+		http2.Setting{ID: http2.SettingMaxFrameSize, Val: maxFrame},
+		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: uint32(c.s.cfg.MaxHeaderBytes)},
+	)
+	c.fr.WriteWindowUpdate(0, connWindow-65535)
+	c.mu.Unlock()
+	c.flush()
 }
 
 // readFrames runs until the connection ends. The first frame must be
@@ -225,9 +251,7 @@ func (c *conn) frameError(err error) error {
 }
 
 // fill makes sure a whole frame is buffered, so that ReadFrame never waits
-// in the middle of one and a read deadline can never split a frame. Before
-// it waits for the network it writes out what the frames read so far
-// produced: the answers of one read batch leave together.
+// in the middle of one and a read deadline can never split a frame.
 func (c *conn) fill() error {
 	for {
 		need := frameHeaderLen
@@ -239,12 +263,37 @@ func (c *conn) fill() error {
 			}
 			need += length
 		}
-		if !c.flush() && (c.hdr != nil || len(c.streams) > 0) {
-			c.ackNow()
+		_, err := c.br.Peek(need)
+		if err == nil {
+			continue
 		}
-		if err := c.wait(need); err != nil {
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
 			return err
 		}
+		c.deadline = time.Time{}
+		c.closing = c.closing || c.stop.Load()
+		if err := c.timedOut(time.Now()); err != nil {
+			return err
+		}
+	}
+}
+
+// onIdle runs when the reader has taken in everything the client sent and
+// is about to wait for more (see sock). It writes out what the frames read
+// so far produced, acknowledges at once when a request is half read, and
+// sets the read deadline the connection's state calls for.
+func (c *conn) onIdle() {
+	if !c.started {
+		return // handshake and preface: ReadHeaderTimeout holds
+	}
+	if !c.flush() && (c.hdr != nil || len(c.streams) > 0) {
+		c.ackNow()
+	}
+	now := time.Now()
+	d := c.readDeadline(now)
+	if delta := d.Sub(c.deadline); delta > deadlineSlop || delta < -deadlineSlop || !d.After(now) {
+		c.nc.SetReadDeadline(d)
+		c.deadline = d
 	}
 }
 
@@ -255,8 +304,8 @@ func (c *conn) fill() error {
 // DATA until its HEADERS is acknowledged, and the kernel would otherwise
 // delay that acknowledgement (up to 40 ms) in the hope of an answer.
 func (c *conn) ackNow() {
-	if c.rc != nil {
-		c.rc.Control(setQuickAck)
+	if c.sock != nil {
+		c.sock.rc.Control(setQuickAck)
 	}
 }
 
@@ -264,37 +313,15 @@ func setQuickAck(fd uintptr) {
 	unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_QUICKACK, 1)
 }
 
-// wait reads until need octets are buffered, with the read deadline the
-// connection's state calls for; when it passes, timedOut decides.
-func (c *conn) wait(need int) error {
-	now := time.Now()
-	d := c.readDeadline(now)
-	if delta := d.Sub(c.deadline); delta > deadlineSlop || delta < -deadlineSlop || d.Before(now) {
-		c.nc.SetReadDeadline(d)
-		c.deadline = d
-	}
-	if !c.closing && c.stop.Load() { // after the deadline: shutdown sets stop, then a deadline of now
-		c.closing = true
-		return c.timedOut(now)
-	}
-	_, err := c.br.Peek(need)
-	if err == nil {
-		return nil
-	}
-	if !errors.Is(err, os.ErrDeadlineExceeded) {
-		return err
-	}
-	c.deadline = time.Time{}
-	c.closing = c.closing || c.stop.Load()
-	return c.timedOut(time.Now())
-}
-
 // readDeadline is the next moment the reader must look up from the
 // network: a header block or a request body overdue, the idle timeout, or,
 // while closing, soon.
 func (c *conn) readDeadline(now time.Time) time.Time {
-	if c.closing {
+	switch {
+	case c.closing:
 		return now.Add(closingPoll)
+	case c.stop.Load():
+		return now // Shutdown sent GOAWAY: look up at once
 	}
 	if c.hdr != nil {
 		return c.hdrEnd
@@ -689,7 +716,7 @@ func (c *conn) shutdown() {
 	c.mu.Unlock()
 	c.kick()
 	c.stop.Store(true)
-	c.raw.SetReadDeadline(time.Now()) // the reader looks up and starts closing
+	c.raw.SetReadDeadline(time.Now()) // the reader looks up and starts closing (see readDeadline)
 }
 
 // onSettings applies the client's settings and acknowledges them.

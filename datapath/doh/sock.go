@@ -1,0 +1,115 @@
+package doh
+
+import (
+	"io"
+	"net"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// sock is a client's TCP socket under TLS.
+//
+// A read that finds the socket empty calls idle once before it waits: that
+// is the moment the reader has taken in everything the client sent so far,
+// so the answers to all of it leave in one write, and nothing is written
+// while more input is already waiting (TLS hands over one record per read,
+// so "the buffered frames are used up" is not that moment).
+//
+// Between cork and uncork, writes are collected and then leave in one
+// write: crypto/tls writes each record on its own.
+type sock struct {
+	net.Conn
+	rc   syscall.RawConn
+	idle func() // runs on the reading goroutine
+
+	wmu    sync.Mutex // TLS may write an alert from the reader while a flush is corked
+	corked bool
+	wbuf   []byte
+
+	// State of the read in progress, for readFn.
+	p      []byte
+	n      int
+	err    error
+	idled  bool
+	readFn func(fd uintptr) bool
+}
+
+// newSock wraps a TCP connection.
+func newSock(raw *net.TCPConn, idle func()) (*sock, error) {
+	rc, err := raw.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	s := &sock{Conn: raw, rc: rc, idle: idle}
+	s.readFn = s.read
+	return s, nil
+}
+
+func (s *sock) Write(p []byte) (int, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.corked {
+		s.wbuf = append(s.wbuf, p...)
+		return len(p), nil
+	}
+	return s.Conn.Write(p)
+}
+
+// cork holds writes back until uncork.
+func (s *sock) cork() {
+	s.wmu.Lock()
+	s.corked = true
+	s.wmu.Unlock()
+}
+
+// uncork writes what cork held back, in one write.
+func (s *sock) uncork() error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.corked = false
+	_, err := s.Conn.Write(s.wbuf)
+	if cap(s.wbuf) > maxSpare {
+		s.wbuf = nil
+	}
+	s.wbuf = s.wbuf[:0]
+	return err
+}
+
+func (s *sock) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	s.p, s.n, s.err, s.idled = p, 0, nil, false
+	if err := s.rc.Read(s.readFn); err != nil {
+		return 0, err // the deadline passed, or the socket was closed
+	}
+	s.p = nil
+	return s.n, s.err
+}
+
+// read is the non-blocking read RawConn.Read retries until it reports
+// true; false makes it wait for the socket to become readable.
+func (s *sock) read(fd uintptr) bool {
+	for {
+		n, err := unix.Read(int(fd), s.p)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			if !s.idled {
+				s.idled = true
+				s.idle()
+			}
+			return false
+		case err != nil:
+			s.n, s.err = 0, err
+		case n == 0:
+			s.n, s.err = 0, io.EOF
+		default:
+			s.n = n
+		}
+		return true
+	}
+}
