@@ -280,14 +280,17 @@ func (c *conn) fill() error {
 
 // onIdle runs when the reader has taken in everything the client sent and
 // is about to wait for more (see sock). It writes out what the frames read
-// so far produced, acknowledges at once when a request is half read, and
-// sets the read deadline the connection's state calls for.
+// so far produced, acknowledges at once what it read when it has nothing
+// to write, and sets the read deadline the connection's state calls for.
 func (c *conn) onIdle() {
 	if !c.started {
 		return // handshake and preface: ReadHeaderTimeout holds
 	}
-	if !c.flush() && (c.hdr != nil || len(c.streams) > 0) {
+	if !c.flush() && c.sock != nil && c.sock.fresh {
 		c.ackNow()
+	}
+	if c.sock != nil {
+		c.sock.fresh = false
 	}
 	now := time.Now()
 	d := c.readDeadline(now)
@@ -297,16 +300,15 @@ func (c *conn) onIdle() {
 	}
 }
 
-// ackNow acknowledges at once what the kernel has received. The reader
-// calls it when it is about to wait for the rest of a request and has
-// nothing to send that the acknowledgement could ride on: a client with
-// Nagle's algorithm on (dnsperf, nghttp2-based clients) holds a POST's
-// DATA until its HEADERS is acknowledged, and the kernel would otherwise
-// delay that acknowledgement (up to 40 ms) in the hope of an answer.
+// ackNow acknowledges at once what the kernel has received. Left to
+// itself the kernel delays the acknowledgement (up to 40 ms) in the hope
+// that an answer will carry it; but when the reader waits with nothing to
+// write, the client may be waiting for that acknowledgement: with Nagle's
+// algorithm on (dnsperf, nghttp2-based clients) a POST's DATA, or a
+// request behind a WINDOW_UPDATE or SETTINGS ACK, is held until everything
+// sent before it is acknowledged.
 func (c *conn) ackNow() {
-	if c.sock != nil {
-		c.sock.rc.Control(setQuickAck)
-	}
+	c.sock.rc.Control(setQuickAck)
 }
 
 func setQuickAck(fd uintptr) {

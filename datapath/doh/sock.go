@@ -34,6 +34,10 @@ type sock struct {
 	err    error
 	idled  bool
 	readFn func(fd uintptr) bool
+
+	// fresh is set when data was read; the reader clears it once that data
+	// is acknowledged (see conn.onIdle).
+	fresh bool
 }
 
 // newSock wraps a TCP connection.
@@ -109,6 +113,7 @@ func (s *sock) read(fd uintptr) bool {
 			s.n, s.err = 0, io.EOF
 		default:
 			s.n = n
+			s.fresh = true
 		}
 		return true
 	}
