@@ -25,9 +25,9 @@ import (
 
 // Protocol numbers of this server.
 const (
-	maxFrame       = 16384   // SETTINGS_MAX_FRAME_SIZE we accept (the default; not raised)
-	streamWindow   = 65535   // SETTINGS_INITIAL_WINDOW_SIZE we give each stream: any query fits
-	connWindow     = 1 << 20 // connection receive window, replenished at half
+	maxFrame       = 16384                  // SETTINGS_MAX_FRAME_SIZE we accept (the default; not raised)
+	streamWindow   = DefaultMaxBodySize + 1 // SETTINGS_INITIAL_WINDOW_SIZE we give each stream: any query fits, and one too large shows
+	connWindow     = 1 << 20                // connection receive window, replenished at half
 	maxWindow      = 1<<31 - 1
 	frameHeaderLen = 9
 	readBufSize    = 32 << 10 // holds the largest frame we accept, whole
@@ -63,9 +63,9 @@ func (e connError) Error() string { return fmt.Sprintf("%v: %s", e.code, e.reaso
 // goroutine and the pipeline's callbacks.
 type conn struct {
 	s      *Server
-	raw    net.Conn  // the TCP connection
-	sock   *sock     // raw as TLS sees it (nil: raw is not TCP, as in tests)
-	nc     *tls.Conn // raw with TLS
+	raw    net.Conn // the TCP connection
+	sock   *sock    // raw as TLS sees it (nil: raw is not TCP, as in tests)
+	nc     net.Conn // raw with TLS (*tls.Conn), or plain in tests (Server.plain)
 	client netip.AddrPort
 
 	// Reader-owned.
@@ -126,7 +126,10 @@ func newConn(s *Server, raw net.Conn) *conn {
 			c.sock, under = sk, sk
 		}
 	}
-	c.nc = tls.Server(under, s.tls)
+	c.nc = under
+	if !s.plain {
+		c.nc = tls.Server(under, s.tls)
+	}
 	c.client = clientAddr(raw.RemoteAddr().String())
 	c.br = bufio.NewReaderSize(c.nc, readBufSize)
 	c.fr = http2.NewFramer(&c.out, c.br)
@@ -142,19 +145,22 @@ func newConn(s *Server, raw net.Conn) *conn {
 func (c *conn) serve() {
 	defer c.s.wg.Done()
 	defer c.close()
-	start := time.Now()
-	c.nc.SetDeadline(start.Add(c.s.cfg.ReadHeaderTimeout))
-	if err := c.nc.Handshake(); err != nil {
-		c.s.stats.handshakeErrors.Add(1)
-		c.s.log(slog.LevelDebug, "TLS handshake error", "client", c.client, "err", err)
-		return
+	c.nc.SetDeadline(time.Now().Add(c.s.cfg.ReadHeaderTimeout))
+	h2 := true // plain: HTTP/2 with prior knowledge
+	if tc, ok := c.nc.(*tls.Conn); ok {
+		if err := tc.Handshake(); err != nil {
+			c.s.stats.handshakeErrors.Add(1)
+			c.s.log(slog.LevelDebug, "TLS handshake error", "client", c.client, "err", err)
+			return
+		}
+		// With ALPN h2 the server preface goes out at once: a client that
+		// waits for it (or for an ACK it can ride on, under Nagle) before
+		// it sends its own preface and first request is not kept waiting.
+		// Without ALPN the client might speak HTTP/1.1: its first bytes
+		// decide.
+		h2 = tc.ConnectionState().NegotiatedProtocol == "h2"
 	}
 	c.nc.SetWriteDeadline(time.Time{})
-	// With ALPN h2 the server preface goes out at once: a client that
-	// waits for it (or for an ACK it can ride on, under Nagle) before it
-	// sends its own preface and first request is not kept waiting.
-	// Without ALPN the client might speak HTTP/1.1: its first bytes decide.
-	h2 := c.nc.ConnectionState().NegotiatedProtocol == "h2"
 	if h2 {
 		c.serverPreface()
 	}

@@ -132,6 +132,7 @@ type Server struct {
 
 	cert  atomic.Pointer[tls.Certificate] // served when loaded from CertFile/KeyFile
 	stats counters
+	plain bool // tests: HTTP/2 without TLS, with prior knowledge
 
 	mu       sync.Mutex
 	ln       net.Listener
@@ -269,19 +270,27 @@ func (s *Server) accept(ln net.Listener) {
 			return
 		}
 		pause = 0
-		c := newConn(s, nc)
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
-			nc.Close()
+		if !s.serveConn(nc) {
 			return
 		}
-		s.conns[c] = struct{}{}
-		s.wg.Add(2)
-		s.mu.Unlock()
-		go c.serve()
-		go c.writeLoop()
 	}
+}
+
+// serveConn starts serving one client connection; false means the server
+// is shut down (nc is closed).
+func (s *Server) serveConn(nc net.Conn) bool {
+	c := newConn(s, nc)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		nc.Close()
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(2)
+	go c.serve()
+	go c.writeLoop()
+	return true
 }
 
 // temporary reports whether accept should retry after err, after a pause
