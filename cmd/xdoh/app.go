@@ -589,6 +589,7 @@ func (a *app) newDoH(l config.Listener, fips bool) (*doh.Server, error) {
 	s, err := doh.New(doh.Config{
 		Name: l.Name, Addr: l.DoH.Address, Path: l.DoH.Path, FIPS: fips,
 		CertFile: a.pathFor(l.DoH.Cert), KeyFile: a.pathFor(l.DoH.Key), ErrorLog: a.log,
+		MaxConcurrentStreams: uint32(l.DoH.MaxStreams), IdleTimeout: time.Duration(l.DoH.IdleTimeout),
 	}, a.sw)
 	if err != nil {
 		return nil, fmt.Errorf("listener %q: doh: %w", l.Name, err)

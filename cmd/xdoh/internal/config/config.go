@@ -59,12 +59,18 @@ type Listener struct {
 	UDPSockets int `yaml:"udp_sockets"`
 }
 
-// DoH is an inbound DNS-over-HTTPS server.
+// DoH is an inbound DNS-over-HTTPS server (HTTP/2).
 type DoH struct {
 	Address string `yaml:"address"`
 	Path    string `yaml:"path"`
 	Cert    string `yaml:"cert"`
 	Key     string `yaml:"key"`
+	// MaxStreams is SETTINGS_MAX_CONCURRENT_STREAMS: queries one
+	// connection may have in flight (default 256).
+	MaxStreams int `yaml:"max_streams"`
+	// IdleTimeout closes a connection with nothing in flight that sent
+	// nothing for this long, with GOAWAY (default 2m).
+	IdleTimeout Duration `yaml:"idle_timeout"`
 }
 
 // TCP tunes Do53 over TCP.
@@ -312,6 +318,12 @@ func (c *Config) Validate() error {
 				}
 				if l.DoH.Path != "" && !strings.HasPrefix(l.DoH.Path, "/") {
 					bad(f+".doh.path", "%q must start with /", l.DoH.Path)
+				}
+				if l.DoH.MaxStreams < 0 || l.DoH.MaxStreams > 1<<16 {
+					bad(f+".doh.max_streams", "%d is outside 0..65536 (0: default 256)", l.DoH.MaxStreams)
+				}
+				if l.DoH.IdleTimeout < 0 {
+					bad(f+".doh.idle_timeout", "%v is negative", time.Duration(l.DoH.IdleTimeout))
 				}
 				for _, kf := range []struct{ name, path string }{{"cert", l.DoH.Cert}, {"key", l.DoH.Key}} {
 					if kf.path == "" {

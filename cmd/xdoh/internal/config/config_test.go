@@ -179,6 +179,8 @@ func TestParseErrors(t *testing.T) {
 		{name: "doh section without the protocol", yaml: base + "    doh: {address: \"127.0.0.1:443\", cert: cert.pem, key: key.pem}\n", want: []string{"listeners[0].doh:"}, count: 1},
 		{name: "doh bad address", yaml: "listeners:\n  - name: a\n    protocols: [doh]\n    doh: {address: \":443\", cert: cert.pem, key: key.pem}\n", want: []string{"listeners[0].doh.address"}, count: 1},
 		{name: "doh relative path", yaml: "listeners:\n  - name: a\n    protocols: [doh]\n    doh: {address: \"127.0.0.1:443\", path: dns-query, cert: cert.pem, key: key.pem}\n", want: []string{"listeners[0].doh.path"}, count: 1},
+		{name: "doh max_streams too large", yaml: "listeners:\n  - name: a\n    protocols: [doh]\n    doh: {address: \"127.0.0.1:443\", cert: cert.pem, key: key.pem, max_streams: 100000}\n", want: []string{"listeners[0].doh.max_streams"}, count: 1},
+		{name: "doh negative idle_timeout", yaml: "listeners:\n  - name: a\n    protocols: [doh]\n    doh: {address: \"127.0.0.1:443\", cert: cert.pem, key: key.pem, idle_timeout: -1s}\n", want: []string{"listeners[0].doh.idle_timeout"}, count: 1},
 		{name: "doh missing cert file", yaml: "listeners:\n  - name: a\n    protocols: [doh]\n    doh: {address: \"127.0.0.1:443\", cert: nope.pem, key: key.pem}\n", want: []string{"listeners[0].doh.cert", "nope.pem"}, count: 1},
 		{name: "doh empty key", yaml: "listeners:\n  - name: a\n    protocols: [doh]\n    doh: {address: \"127.0.0.1:443\", cert: cert.pem}\n", want: []string{"listeners[0].doh.key"}, count: 1},
 		{name: "too many tcp loops", yaml: base + "    tcp: {loops: 1000}\n", want: []string{"listeners[0].tcp.loops"}, count: 1},
