@@ -303,6 +303,9 @@ func (c *conn) onIdle() {
 	if delta := d.Sub(c.deadline); delta > deadlineSlop || delta < -deadlineSlop || !d.After(now) {
 		c.nc.SetReadDeadline(d)
 		c.deadline = d
+		if !c.closing && c.stop.Load() {
+			c.nc.SetReadDeadline(now) // Shutdown's deadline may have come just before ours
+		}
 	}
 }
 
@@ -446,6 +449,7 @@ func (c *conn) onHeaders(f *http2.HeadersFrame) error {
 	default:
 		c.maxID = id
 		st = c.newStream(id)
+		st.endStream = f.StreamEnded()
 		c.admit(st)
 	}
 	st.endStream = f.StreamEnded()
@@ -458,10 +462,13 @@ func (c *conn) onHeaders(f *http2.HeadersFrame) error {
 
 // admit takes a new stream in, or marks it refused: past
 // MaxConcurrentStreams, or after GOAWAY. Its header block is decoded either
-// way, to keep the HPACK table in step.
+// way, to keep the HPACK table in step, and a refused stream's DATA is
+// dropped quietly until it ends.
 func (c *conn) admit(st *stream) {
+	if !st.endStream {
+		c.streams[st.id] = st
+	}
 	if c.closing {
-		st.refuse = http2.ErrCodeRefusedStream
 		st.ignore = true // RFC 9113 6.8: streams after GOAWAY's last ID are ignored
 		return
 	}
@@ -476,7 +483,6 @@ func (c *conn) admit(st *stream) {
 	st.admitted = true
 	c.open[st.id] = st
 	c.lastID = st.id
-	c.streams[st.id] = st
 }
 
 // headerFragment decodes one piece of a header block; at its end the
@@ -511,7 +517,9 @@ func (c *conn) onField(f hpack.HeaderField) {
 func (c *conn) headersDone(st *stream) {
 	switch {
 	case st.ignore:
-		return
+		if st.endStream {
+			delete(c.streams, st.id)
+		}
 	case st.refuse != 0:
 		if st.admitted {
 			c.s.stats.streamErrors.Add(1)

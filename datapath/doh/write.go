@@ -170,8 +170,11 @@ func (st *stream) answered(resp []byte) {
 	st.resolving = false
 	c.respond(st, resp)
 	c.retire(st)
+	wake := c.idleWriter()
 	c.mu.Unlock()
-	c.kick()
+	if wake {
+		c.wakeWriter()
+	}
 }
 
 // checkPending cuts off a client that lets more than MaxPending octets pile
@@ -210,13 +213,21 @@ func (c *conn) goAway(code http2.ErrCode, reason string) {
 // (that one writes what is new before it stops).
 func (c *conn) kick() {
 	c.mu.Lock()
-	idle := !c.writing && len(c.out.b) > 0
+	wake := c.idleWriter()
 	c.mu.Unlock()
-	if idle {
-		select {
-		case c.wake <- struct{}{}:
-		default:
-		}
+	if wake {
+		c.wakeWriter()
+	}
+}
+
+// idleWriter reports whether there is something to write and nobody
+// writing it.
+func (c *conn) idleWriter() bool { return !c.writing && len(c.out.b) > 0 }
+
+func (c *conn) wakeWriter() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
 	}
 }
 
