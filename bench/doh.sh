@@ -18,7 +18,7 @@
 # /proc/PID/stat utime+stime over the run; per completed query), perf% (dnsperf
 # CPU), dd% (dnsdist CPU, chain rows), other% (machine user+sys CPU none of them
 # used; '!' over 15%: rerun). 100% = one core. Each row first waits for a quiet box.
-# Knobs (env): DURATION (dnsperf -l, default 5), ONLY (regex on row name),
+# Knobs (env): DURATION (dnsperf -l, default 5), ONLY (regex on row name), QUIET_WAIT (60),
 #   XDOH_BIN (default bin/xdoh), WORK (/tmp/bench-peers-work), SHARED (../shared),
 #   GOMAXPROCS (passed through to xdoh).
 # Output: $WORK/results-doh/<stamp>/ table.txt, env.txt, raw dnsperf output per row.
@@ -29,6 +29,7 @@ WORK=${WORK:-/tmp/bench-peers-work}
 BIN=${XDOH_BIN:-$root/bin/xdoh}
 DURATION=${DURATION:-5}
 ONLY=${ONLY:-}
+QUIET_WAIT=${QUIET_WAIT:-60}   # max seconds to wait for a quiet box before each row (0: don't)
 XDOH_DO53=5310 XDOH_DOH=8463 BIND_DO53=5311 BIND_DOH=8453 DD_PORT=5321 UP_DOH=8443
 PKI=$WORK/pki CA=$WORK/pki/ca.pem
 D=$WORK/doh            # everything this script generates
@@ -129,13 +130,13 @@ ticks() { # utime+stime of process $1 (all its threads), in clock ticks
   set -- $rest; echo $(( ${12} + ${13} ))
 }
 busy() { local _c u n sy _r; read -r _c u n sy _r </proc/stat; echo $((u + n + sy)); }
-wait_quiet() { # other load on the 2 cores skews rows: wait (<= 60 s) for 2 s below 10% CPU
+wait_quiet() { # other load on the 2 cores skews rows: wait (<= QUIET_WAIT s) for 2 s below 10% CPU
   local i ok=0 b0
-  for i in $(seq 60); do
+  for ((i = 0; i < QUIET_WAIT; i++)); do
     b0=$(busy); sleep 1
     if (( ($(busy) - b0) * 100 / HZ < 10 )); then ((++ok < 2)) || return 0; else ok=0; fi
   done
-  log "WARNING: machine still busy, measuring anyway (see other%)"
+  ((QUIET_WAIT == 0)) || log "WARNING: machine still busy, measuring anyway (see other%)"
 }
 wait_doh() { # $1=port $2=name $3=expected A, $4=log: waits for a DoH answer
   local i
