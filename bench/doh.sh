@@ -11,13 +11,18 @@
 #   dnsperf Do53 UDP ─► dnsdist 1.7 :5321 (no cache) ─DoH (POST)─► xdoh :8463 | BIND :8453
 # Rows (name = server/method/scenario):
 #   local-lone    -c 1 -q 1           nameN.aws.example.internal A, N = 0..999 looped
+#   h2load-lone   h2load -c 1 -m 1 -D DURATION, name0.aws.example.internal A: the same
+#                 lone query from a client without dnsperf 2.10's lost wake-up (its
+#                 sender can miss the receiver's signal and sleep 100 ms; the faster
+#                 the answer, the more often), so QPS and avg_ms are the server's
 #   local-loaded  -c 8 -T 2 -q 200    same names
 #   foo-fwd-cached (xdoh) / foo-auth (bind): foo.example.com A, loaded
 #   chain-loaded  -c 4 -q 100, chain-lone -c 1 -q 1: through dnsdist (method = dnsdist's outgoing DoH)
 # Columns: QPS, avg_ms, lost (queries), NOERR%, srv% / srv_us/q (server CPU from
 # /proc/PID/stat utime+stime over the run; per completed query), perf% (dnsperf
-# CPU), dd% (dnsdist CPU, chain rows), other% (machine user+sys CPU none of them
-# used; '!' over 15%: rerun). 100% = one core. Each row first waits for a quiet box.
+# CPU; h2load's on its rows, where lost counts failed requests and NOERR% is
+# the 2xx share), dd% (dnsdist CPU, chain rows), other% (machine user+sys CPU
+# none of them used; '!' over 15%: rerun). 100% = one core. Each row first waits for a quiet box.
 # Knobs (env): DURATION (dnsperf -l, default 5), ONLY (regex on row name), QUIET_WAIT (60),
 #   XDOH_BIN (default bin/xdoh), WORK (/tmp/bench-peers-work), SHARED (../shared),
 #   GOMAXPROCS (passed through to xdoh).
@@ -51,6 +56,10 @@ ZONE=$D/aws.example.internal.zone
 } >"$ZONE"
 awk 'BEGIN{for(i=0;i<1000;i++) printf "name%d.aws.example.internal A\n", i}' >"$D/q/local.txt"
 echo "foo.example.com A" >"$D/q/foo.txt"
+# name0.aws.example.internal A, ID 0, RD: the body of h2load's POST and, in
+# base64url, its GET.
+printf '\x00\x00\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05name0\x03aws\x07example\x08internal\x00\x00\x01\x00\x01' >"$D/q/name0.bin"
+NAME0_B64=$(base64 -w0 "$D/q/name0.bin" | tr '+/' '-_' | tr -d '=')
 
 cat >"$D/xdoh.yaml" <<EOF
 listeners:
@@ -195,11 +204,41 @@ row() {
     }' "$out" | tee -a "$TABLE"
 }
 
+# h2row SERVER METHOD SERVER_PID PORT: one lone h2load run (see h2load-lone above).
+h2row() {
+  local srv=$1 meth=$2 pid=$3 port=$4
+  sel "$srv/$meth/h2load-lone" || return 0
+  local out=$RES/$srv.$meth.h2load-lone.txt url="https://localhost:$port/dns-query" args=()
+  if [[ $meth == GET ]]; then url+="?dns=$NAME0_B64"; else args=(-d "$D/q/name0.bin" -H 'content-type: application/dns-message'); fi
+  local cmd=(h2load -c 1 -m 1 -D "$DURATION" "${args[@]}" "$url")
+  echo "# ${cmd[*]}" >"$out"
+  local s0 s1 t0 t1 b0 b1
+  wait_quiet
+  s0=$(ticks "$pid"); b0=$(busy); t0=$(date +%s.%N)
+  /usr/bin/time -f 'H2LOAD_CPU %U %S' "${cmd[@]}" >>"$out" 2>&1 || log "h2load failed, see $out"
+  t1=$(date +%s.%N); b1=$(busy); s1=$(ticks "$pid")
+  awk -v srv="$srv" -v meth="$meth" -v s=$((s1 - s0)) -v b=$((b1 - b0)) -v hz="$HZ" -v t0="$t0" -v t1="$t1" '
+    function us(v) { if (v ~ /us$/) return v+0; if (v ~ /ms$/) return 1000*v; return 1e6*v }
+    /^finished in/        { qps=$4 }
+    /^requests:/          { done=$8; failed=$10+$12+$14 }
+    /^status codes:/      { ok=$3 }
+    /^time for request:/  { lat=us($6)/1000 }
+    /^H2LOAD_CPU/         { pc=$2+$3 }
+    END {
+      wall=t1-t0; if (wall<=0) wall=1
+      o=100*((b-s)/hz-pc)/wall; if (o<0) o=0
+      printf "%-5s %-5s %-15s %9.0f %9.3f %7d %7.2f %6.0f %9.1f %6.0f %5s %6s\n", srv, meth, "h2load-lone",
+        qps, lat, failed, done ? 100*ok/done : 0, 100*s/hz/wall, done ? 1e6*s/hz/done : 0,
+        100*pc/wall, "-", sprintf("%.0f%s", o, o>15 ? "!" : "")
+    }' "$out" | tee -a "$TABLE"
+}
+
 LONE=(-c 1 -q 1) LOADED=(-c 8 -T 2 -q 200)
 server_rows() { # $1=server $2=pid $3=DoH port $4=foo scenario name
   local m
   for m in GET POST; do
     row "$1" $m local-lone "$2" "$3" "$D/q/local.txt" "${LONE[@]}"
+    h2row "$1" $m "$2" "$3"
     row "$1" $m local-loaded "$2" "$3" "$D/q/local.txt" "${LOADED[@]}"
   done
   for m in GET POST; do row "$1" $m "$4" "$2" "$3" "$D/q/foo.txt" "${LOADED[@]}"; done
@@ -217,7 +256,7 @@ server_rows() { # $1=server $2=pid $3=DoH port $4=foo scenario name
     DD=""; stop_pg "$ddpg"
   fi
 }
-sel_server() { [[ -z $ONLY ]] || printf '%s\n' "$1"/{GET,POST}/{local-lone,local-loaded,"$2",chain-loaded,chain-lone} | grep -qE "$ONLY"; }
+sel_server() { [[ -z $ONLY ]] || printf '%s\n' "$1"/{GET,POST}/{local-lone,h2load-lone,local-loaded,"$2",chain-loaded,chain-lone} | grep -qE "$ONLY"; }
 
 # ------------------------------------------------------------ xdoh
 if sel_server xdoh foo-fwd-cached; then
