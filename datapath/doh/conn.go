@@ -15,6 +15,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -320,8 +321,11 @@ func (c *conn) ackNow() {
 	c.sock.rc.Control(setQuickAck)
 }
 
+var one int32 = 1
+
+// setQuickAck sets TCP_QUICKACK, as a raw system call (see sock).
 func setQuickAck(fd uintptr) {
-	unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_QUICKACK, 1)
+	unix.RawSyscall6(unix.SYS_SETSOCKOPT, fd, unix.IPPROTO_TCP, unix.TCP_QUICKACK, uintptr(unsafe.Pointer(&one)), 4, 0)
 }
 
 // readDeadline is the next moment the reader must look up from the
@@ -369,8 +373,8 @@ func (c *conn) timedOut(now time.Time) error {
 		if !now.Before(st.start.Add(c.s.cfg.ReadTimeout)) {
 			overdue = true
 			delete(c.streams, id)
-			c.s.stats.timeouts.Add(1)
-			if !st.ignore {
+			if !st.ignore { // an ignored stream was answered or reset already
+				c.s.stats.timeouts.Add(1)
 				c.resetStream(id, http2.ErrCodeCancel)
 			}
 		}
@@ -488,7 +492,7 @@ func (c *conn) admit(st *stream) {
 // headerFragment decodes one piece of a header block; at its end the
 // request's headers are complete.
 func (c *conn) headerFragment(b []byte, end bool) error {
-	c.hdrRaw += len(b)
+	c.hdrRaw += frameHeaderLen + len(b) // frame headers count: a flood of empty CONTINUATION frames is no free ride
 	if c.hdrRaw > c.s.cfg.MaxHeaderBytes+16<<10 {
 		c.s.stats.headerFloods.Add(1)
 		return connError{http2.ErrCodeEnhanceYourCalm, "header block too large"}
@@ -566,6 +570,7 @@ func (c *conn) onData(f *http2.DataFrame) error {
 		}
 		return nil
 	}
+	st.endStream = f.StreamEnded() // the request ends here, whatever becomes of it: nothing to ignore after
 	data := f.Data()
 	st.recv += n
 	switch {

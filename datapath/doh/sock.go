@@ -5,6 +5,7 @@ import (
 	"net"
 	"sync"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -19,6 +20,12 @@ import (
 //
 // Between cork and uncork, writes are collected and then leave in one
 // write: crypto/tls writes each record on its own.
+//
+// The socket is non-blocking, so its reads and writes go to the kernel as
+// raw system calls, without the scheduler's syscall bookkeeping: when one
+// took more than 20 µs the runtime handed the only P to another thread,
+// and on a small VM those hand-offs (thread wake-ups) cost more than the
+// calls. A write the socket cannot take whole goes through the poller.
 type sock struct {
 	net.Conn
 	rc   syscall.RawConn
@@ -73,7 +80,7 @@ func (s *sock) uncork() error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	s.corked = false
-	_, err := s.Conn.Write(s.wbuf)
+	err := s.writeAll(s.wbuf)
 	if cap(s.wbuf) > maxSpare {
 		s.wbuf = nil
 	}
@@ -97,7 +104,7 @@ func (s *sock) Read(p []byte) (int, error) {
 // true; false makes it wait for the socket to become readable.
 func (s *sock) read(fd uintptr) bool {
 	for {
-		n, err := unix.Read(int(fd), s.p)
+		n, err := rawRead(fd, s.p)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -117,4 +124,38 @@ func (s *sock) read(fd uintptr) bool {
 		}
 		return true
 	}
+}
+
+// rawRead is read(2) on the non-blocking socket.
+func rawRead(fd uintptr, p []byte) (int, error) {
+	r, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
+}
+
+// writeAll writes b with write(2) on the non-blocking socket, and what the
+// socket does not take at once through the poller.
+func (s *sock) writeAll(b []byte) error {
+	n := 0
+	if len(b) > 0 {
+		s.rc.Control(func(fd uintptr) {
+			for n < len(b) {
+				r, _, e := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[n])), uintptr(len(b)-n))
+				switch {
+				case e == unix.EINTR:
+				case e != 0:
+					return // EAGAIN, or an error the poller's write reports
+				default:
+					n += int(r)
+				}
+			}
+		})
+	}
+	if n == len(b) {
+		return nil
+	}
+	_, err := s.Conn.Write(b[n:])
+	return err
 }

@@ -128,9 +128,9 @@ func (c *conn) drainBlocked() {
 		n := c.sendable(st, len(st.pend))
 		if n > 0 {
 			c.pending -= n
-			all := n == len(st.pend)
-			c.writeData(st, st.pend[:n], all)
-			st.pend = st.pend[n:]
+			b := st.pend[:n]
+			st.pend = st.pend[n:] // before writeData: at the end, endStream drops st.pend
+			c.writeData(st, b, len(st.pend) == 0)
 		}
 		if !st.ended {
 			kept = append(kept, st)
