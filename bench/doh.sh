@@ -24,6 +24,8 @@
 # the 2xx share), dd% (dnsdist CPU, chain rows), other% (machine user+sys CPU
 # none of them used; '!' over 15%: rerun). 100% = one core. Each row first waits for a quiet box.
 # Knobs (env): DURATION (dnsperf -l, default 5), ONLY (regex on row name), QUIET_WAIT (60),
+#   PIN_SERVER / PIN_LOADGEN / PIN_DNSDIST (taskset -c CPU list for the server under
+#   test, dnsperf/h2load, dnsdist; empty: not pinned),
 #   XDOH_BIN (default bin/xdoh), WORK (/tmp/bench-peers-work), SHARED (../shared),
 #   GOMAXPROCS (passed through to xdoh).
 # Output: $WORK/results-doh/<stamp>/ table.txt, env.txt, raw dnsperf output per row.
@@ -34,6 +36,8 @@ WORK=${WORK:-/tmp/bench-peers-work}
 BIN=${XDOH_BIN:-$root/bin/xdoh}
 DURATION=${DURATION:-5}
 ONLY=${ONLY:-}
+pin() { [[ -z $1 ]] || echo taskset -c "$1"; }   # command prefix for an optional CPU pin
+SRVPIN=$(pin "${PIN_SERVER:-}") GENPIN=$(pin "${PIN_LOADGEN:-}") DDPIN=$(pin "${PIN_DNSDIST:-}")
 QUIET_WAIT=${QUIET_WAIT:-60}   # max seconds to wait for a quiet box before each row (0: don't)
 XDOH_DO53=5310 XDOH_DOH=8463 BIND_DO53=5311 BIND_DOH=8453 DD_PORT=5321 UP_DOH=8443
 PKI=$WORK/pki CA=$WORK/pki/ca.pem
@@ -162,7 +166,7 @@ RES=$WORK/results-doh/$(date +%Y%m%d-%H%M%S)
 mkdir -p "$RES"
 TABLE=$RES/table.txt
 {
-  echo "date: $(date -Is)  host: $(uname -srm)  cpus: $(nproc)  GOMAXPROCS=${GOMAXPROCS:-unset}"
+  echo "date: $(date -Is)  host: $(uname -srm)  cpus: $(nproc)  GOMAXPROCS=${GOMAXPROCS:-unset}  pins: server=${PIN_SERVER:-} loadgen=${PIN_LOADGEN:-} dnsdist=${PIN_DNSDIST:-}"
   echo "xdoh: $BIN ($(sha256sum "$BIN" | cut -c1-12))"
   echo "named: $(named -v)  dnsdist: $(dnsdist --version | head -1)"
   echo "dnsperf: $(dnsperf -h 2>&1 | grep -m1 Version)  -l $DURATION -t 2"
@@ -180,7 +184,7 @@ row() {
   local out=$RES/$srv.$meth.$scen.txt args=()
   [[ $scen != chain-* ]] &&
     args=(-m doh -O "doh-uri=https://localhost:$port/dns-query" -O "doh-method=$meth")
-  local cmd=(dnsperf -s 127.0.0.1 -p "$port" -d "$qf" -l "$DURATION" -t 2 "${args[@]}" "$@")
+  local cmd=($GENPIN dnsperf -s 127.0.0.1 -p "$port" -d "$qf" -l "$DURATION" -t 2 "${args[@]}" "$@")
   echo "# ${cmd[*]}" >"$out"
   local s0 s1 d0=0 d1=0 t0 t1 b0 b1
   wait_quiet
@@ -210,7 +214,7 @@ h2row() {
   sel "$srv/$meth/h2load-lone" || return 0
   local out=$RES/$srv.$meth.h2load-lone.txt url="https://localhost:$port/dns-query" args=()
   if [[ $meth == GET ]]; then url+="?dns=$NAME0_B64"; else args=(-d "$D/q/name0.bin" -H 'content-type: application/dns-message'); fi
-  local cmd=(h2load -c 1 -m 1 -D "$DURATION" "${args[@]}" "$url")
+  local cmd=($GENPIN h2load -c 1 -m 1 -D "$DURATION" "${args[@]}" "$url")
   echo "# ${cmd[*]}" >"$out"
   local s0 s1 t0 t1 b0 b1
   wait_quiet
@@ -243,7 +247,7 @@ server_rows() { # $1=server $2=pid $3=DoH port $4=foo scenario name
   done
   for m in GET POST; do row "$1" $m "$4" "$2" "$3" "$D/q/foo.txt" "${LOADED[@]}"; done
   if sel "$1/POST/chain-loaded" || sel "$1/POST/chain-lone"; then   # dnsdist -> DoH -> server, no cache
-    start_bg "$WORK/logs/doh-dnsdist-$1.log" dnsdist --supervised --disable-syslog -C "$(dnsdist_conf "$3")"
+    start_bg "$WORK/logs/doh-dnsdist-$1.log" $DDPIN dnsdist --supervised --disable-syslog -C "$(dnsdist_conf "$3")"
     local ddpg=$BG i
     for i in $(seq 41); do   # up once its health check (name0 A over DoH) passed
       [[ $(kdig @127.0.0.1 -p $DD_PORT +timeout=1 +retry=0 +short name0.aws.example.internal A 2>/dev/null) == 10.2.0.1 ]] && break
@@ -264,7 +268,7 @@ if sel_server xdoh foo-fwd-cached; then
   start_bg "$WORK/logs/doh-upstream-named.log" named -g -c "$WORK/named/named.conf"
   wait_doh $UP_DOH foo.example.com 172.16.0.10 "$WORK/logs/doh-upstream-named.log"
   log "starting xdoh: $BIN run -c $D/xdoh.yaml (GOMAXPROCS=${GOMAXPROCS:-unset})"
-  start_bg "$WORK/logs/doh-xdoh.log" "$BIN" run -c "$D/xdoh.yaml"; XPID=$BG
+  start_bg "$WORK/logs/doh-xdoh.log" $SRVPIN "$BIN" run -c "$D/xdoh.yaml"; XPID=$BG
   wait_doh $XDOH_DOH name0.aws.example.internal 10.2.0.1 "$WORK/logs/doh-xdoh.log"
   wait_doh $XDOH_DOH foo.example.com 172.16.0.10 "$WORK/logs/doh-xdoh.log"   # also warms the cache
   server_rows xdoh "$XPID" $XDOH_DOH foo-fwd-cached
@@ -274,7 +278,7 @@ fi
 # ------------------------------------------------------------ BIND
 if sel_server bind foo-auth; then
   log "starting BIND for the local zone (DoH :$BIND_DOH)"
-  start_bg "$WORK/logs/doh-named.log" named -g -c "$D/named/named.conf"; BPID=$BG
+  start_bg "$WORK/logs/doh-named.log" $SRVPIN named -g -c "$D/named/named.conf"; BPID=$BG
   wait_doh $BIND_DOH name0.aws.example.internal 10.2.0.1 "$WORK/logs/doh-named.log"
   wait_doh $BIND_DOH foo.example.com 172.16.0.10 "$WORK/logs/doh-named.log"
   server_rows bind "$BPID" $BIND_DOH foo-auth
