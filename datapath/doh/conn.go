@@ -32,6 +32,7 @@ const (
 	maxWindow      = 1<<31 - 1
 	frameHeaderLen = 9
 	readBufSize    = 32 << 10 // holds the largest frame we accept, whole
+	flushAt        = 64 << 10 // answers written before the reader idles once this much is waiting
 	tableSize      = 4096     // HPACK dynamic table, both ways (the default)
 
 	// Rapid reset (CVE-2023-44487): a stream the client resets while its
@@ -47,8 +48,12 @@ const (
 	deadlineSlop = 100 * time.Millisecond // a read deadline closer than this to the wanted one is left as it is
 )
 
-// errClosed ends the reader quietly.
-var errClosed = errors.New("connection closed")
+// errClosed ends the reader quietly; errDrained too, after GOAWAY, once
+// everything in flight was answered.
+var (
+	errClosed  = errors.New("connection closed")
+	errDrained = errors.New("connection drained after GOAWAY")
+)
 
 // connError ends the connection with GOAWAY and an HTTP/2 error code.
 type connError struct {
@@ -190,6 +195,8 @@ func (c *conn) serve() {
 		c.s.log(slog.LevelDebug, "HTTP/2 connection error", "client", c.client, "err", err)
 		c.goAway(ce.code, ce.reason)
 		c.linger()
+	case errors.Is(err, errDrained):
+		c.linger() // the client reads its last answers before the close
 	case errors.Is(err, errClosed), errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
 	default:
 		c.s.log(slog.LevelDebug, "reading from client", "client", c.client, "err", err)
@@ -232,7 +239,17 @@ func (c *conn) readFrames() error {
 		if err := c.process(f); err != nil {
 			return err
 		}
+		if c.outLen() >= flushAt {
+			c.flush() // a client that never lets the reader idle still gets its answers
+		}
 	}
+}
+
+// outLen is how much is encoded and not yet written.
+func (c *conn) outLen() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.out.b)
 }
 
 // frameError handles what ReadFrame reports: a stream error resets the
@@ -269,6 +286,9 @@ func (c *conn) fill() error {
 				return nil // whole, or too large: ReadFrame reads only the header and says so
 			}
 			need += length
+		}
+		if c.sock == nil && c.br.Buffered() < need {
+			c.onIdle() // no sock to say when the input runs dry (tests: net.Pipe): before any read
 		}
 		_, err := c.br.Peek(need)
 		if err == nil {
@@ -355,12 +375,14 @@ func (c *conn) readDeadline(now time.Time) time.Time {
 // with nothing left to answer.
 func (c *conn) timedOut(now time.Time) error {
 	if c.closing {
+		// Done when every stream is answered and every answer written (the
+		// writer goroutine may still be writing the last one).
+		c.flush()
 		c.mu.Lock()
-		done := len(c.open) == 0
+		done := len(c.open) == 0 && !c.writing && len(c.out.b) == 0
 		c.mu.Unlock()
 		if done {
-			c.flush()
-			return errClosed
+			return errDrained
 		}
 		return nil
 	}

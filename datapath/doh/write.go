@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"golang.org/x/sys/unix"
 )
 
 // Everything here runs with conn.mu held, except flush, kick and writeLoop,
@@ -42,6 +43,7 @@ func (c *conn) respond(st *stream, resp []byte) {
 	c.writeHeaders(st, 200, mediaType, len(resp),
 		hpack.HeaderField{Name: "cache-control", Value: "max-age=" + strconv.FormatUint(uint64(maxAge(resp)), 10)})
 	c.writeBody(st, resp)
+	c.checkPending()
 }
 
 // writeError answers with an HTTP error status and a line of text, and
@@ -272,12 +274,25 @@ func (c *conn) flush() bool {
 				c.s.stats.slowClients.Add(1)
 			}
 			c.dead = true
-			c.raw.Close()
+			c.hangUp()
 		}
 	}
 	c.writing = false
 	c.mu.Unlock()
 	return true
+}
+
+// hangUp ends the connection after a failed write. The reader may be the
+// one flushing, from inside a read on the socket (onIdle runs in
+// sock.read), and Close waits for the reads on a socket to end: forever,
+// then. shutdown(2) instead wakes every read and write with EOF or EPIPE,
+// and the reader closes the socket on its way out.
+func (c *conn) hangUp() {
+	if c.sock == nil {
+		c.raw.Close()
+		return
+	}
+	c.sock.rc.Control(func(fd uintptr) { unix.Shutdown(int(fd), unix.SHUT_RDWR) })
 }
 
 // write sends b in one write, in one TLS record for each answer (marks are
