@@ -226,9 +226,11 @@ func (c *conn) readFrames() error {
 		if err := c.fill(); err != nil {
 			return err
 		}
+		h, _ := c.br.Peek(frameHeaderLen) // fill leaves a frame header buffered at least
+		typ := http2.FrameType(h[3])
 		f, err := c.fr.ReadFrame()
 		if err != nil {
-			if err := c.frameError(err); err != nil {
+			if err := c.frameError(typ, err); err != nil {
 				return err
 			}
 			continue
@@ -239,8 +241,8 @@ func (c *conn) readFrames() error {
 		if err := c.process(f); err != nil {
 			return err
 		}
-		if c.outLen() >= flushAt {
-			c.flush() // a client that never lets the reader idle still gets its answers
+		if c.outLen() >= min(flushAt, c.s.cfg.MaxPending/2) {
+			c.flush() // a client that never lets the reader idle still gets its answers, before they pass MaxPending
 		}
 	}
 }
@@ -254,10 +256,15 @@ func (c *conn) outLen() int {
 
 // frameError handles what ReadFrame reports: a stream error resets the
 // stream, a connection error ends the connection.
-func (c *conn) frameError(err error) error {
+func (c *conn) frameError(typ http2.FrameType, err error) error {
 	var se http2.StreamError
 	var ce http2.ConnectionError
 	switch {
+	case errors.As(err, &se) && typ == http2.FrameHeaders:
+		// Padding longer than the frame (RFC 9113 6.2). Its header block
+		// is lost to HPACK, and the Framer already expects the block's
+		// CONTINUATION, which would find no c.hdr.
+		return connError{http2.ErrCodeProtocol, "malformed HEADERS frame"}
 	case errors.As(err, &se):
 		c.s.stats.streamErrors.Add(1)
 		c.resetStream(se.StreamID, se.Code)

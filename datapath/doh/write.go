@@ -187,7 +187,7 @@ func (c *conn) checkPending() error {
 	}
 	c.s.stats.slowClients.Add(1)
 	c.dead = true
-	c.raw.Close() // wakes the reader and any write in progress
+	c.hangUp() // wakes the reader and any write in progress
 	return errClosed
 }
 
@@ -282,11 +282,12 @@ func (c *conn) flush() bool {
 	return true
 }
 
-// hangUp ends the connection after a failed write. The reader may be the
-// one flushing, from inside a read on the socket (onIdle runs in
-// sock.read), and Close waits for the reads on a socket to end: forever,
-// then. shutdown(2) instead wakes every read and write with EOF or EPIPE,
-// and the reader closes the socket on its way out.
+// hangUp ends the connection after a failed write, or on a client cut
+// off with mu held. The reader may be flushing from inside a read on the
+// socket (onIdle runs in sock.read), and Close waits for the reads on a
+// socket to end: forever, then, or until mu is free. shutdown(2) instead
+// wakes every read and write with EOF or EPIPE, and the reader closes the
+// socket on its way out.
 func (c *conn) hangUp() {
 	if c.sock == nil {
 		c.raw.Close()
