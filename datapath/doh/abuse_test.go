@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"runtime"
@@ -37,8 +38,8 @@ const readWait = 10 * time.Second
 // content-length.
 type h2client struct {
 	t    testing.TB
-	nc   net.Conn  // nil when the client only encodes or decodes (fuzz_test.go)
-	w    io.Writer // where frames go: nc, or a buffer
+	nc   net.Conn      // nil when the client only encodes or decodes (fuzz_test.go)
+	w    io.Writer     // where frames go: nc, or a buffer
 	fr   *http2.Framer // writes through Write
 	hold *bytes.Buffer // Write's destination while batched
 	enc  *hpack.Encoder
@@ -267,13 +268,7 @@ func (c *h2client) record(f http2.Frame) {
 // PING ACK and "GOAWAY(code)", e.g. "1:200 3:RST_STREAM(REFUSED_STREAM)".
 func (c *h2client) summary() string {
 	var out []string
-	for _, id := range slices.Sorted(func(yield func(uint32) bool) {
-		for id := range c.streams {
-			if !yield(id) {
-				return
-			}
-		}
-	}) {
+	for _, id := range slices.Sorted(maps.Keys(c.streams)) {
 		st := c.streams[id]
 		s := fmt.Sprintf("%d:%s", id, st.status)
 		if st.status != "" && !st.ended && !st.reset {
@@ -375,7 +370,7 @@ func (e *h2env) waitStats(t *testing.T, what string, ok func(Stats) bool) {
 	for deadline := time.Now().Add(readWait); !ok(e.s.Stats()); time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			var dump strings.Builder
-			pprof.Lookup("goroutine").WriteTo(&dump, 2)
+			pprof.Lookup("goroutine").WriteTo(&dump, 1)
 			t.Fatalf("after %v, want %s; Stats() = %+v\n%s", readWait, what, e.s.Stats(), dump.String())
 		}
 	}
@@ -446,20 +441,16 @@ func padded(answer func(*forwarder.Request, []byte) []byte, n int) func(*forward
 // and closes leaves nothing behind; when it closes only its sending side,
 // the server closes the connection.
 func TestTruncatedFrame(t *testing.T) {
-	for _, tt := range []struct {
-		name  string
-		close func(*tls.Conn) error
-	}{
-		{"close", (*tls.Conn).Close},
-		{"close write", (*tls.Conn).CloseWrite},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
+	for _, half := range []bool{false, true} {
+		t.Run(map[bool]string{false: "close", true: "close write"}[half], func(t *testing.T) {
 			e := newEnv(t, Config{}, nil)
 			c := e.dial(t)
 			c.ok(c.writeRaw(frameHeader(100, http2.FrameHeaders, http2.FlagHeadersEndHeaders, 1), make([]byte, 10)))
-			c.ok(tt.close(c.nc.(*tls.Conn)))
-			if tt.name == "close write" {
+			if half {
+				c.ok(c.nc.(*tls.Conn).CloseWrite())
 				c.readToEnd()
+			} else {
+				c.ok(c.nc.Close())
 			}
 			e.settled(t)
 			if st := e.s.Stats(); st.ProtocolErrors != 0 {
@@ -618,6 +609,54 @@ func TestBodyTooLarge(t *testing.T) {
 	}
 }
 
+// TestIgnoredStreamsKeepNoBody: a request reset or answered before its
+// body ended (the client stops sending, as RST_STREAM asks) keeps none of
+// the body taken so far, though the server ignores the stream's DATA until
+// ReadTimeout and MaxConcurrentStreams no longer counts it.
+func TestIgnoredStreamsKeepNoBody(t *testing.T) {
+	const streams = 100
+	heap := func() int64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return int64(m.HeapAlloc)
+	}
+	for _, tt := range []struct {
+		name string
+		clen int
+		want string
+	}{
+		{"DATA beyond content-length", DefaultMaxBodySize - 1, "RST_STREAM(PROTOCOL_ERROR)"},
+		{"body over MaxBodySize", -1, "413+RST_STREAM(NO_ERROR)"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, Config{MaxConcurrentStreams: 10}, nil)
+			c := e.dial(t)
+			body := make([]byte, DefaultMaxBodySize+1)
+			before := heap()
+			for id := uint32(1); id < 2*streams; id += 2 {
+				block := c.encode(requestFields("POST", DefaultPath, tt.clen)...)
+				c.ok(c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true}))
+				c.ok(c.writeData(id, false, body))
+			}
+			c.ok(c.fr.WritePing(false, [8]byte{}))
+			c.readUntil(func(http2.Frame) bool { return c.pings == 1 })
+			if grown := heap() - before; grown > streams*DefaultMaxBodySize/4 {
+				t.Errorf("heap grew by %d KiB for %d streams ignored", grown>>10, streams)
+			}
+			var want []string
+			for id := uint32(1); id < 2*streams; id += 2 {
+				want = append(want, fmt.Sprintf("%d:%s", id, tt.want))
+			}
+			if got, want := c.summary(), strings.Join(append(want, "PING"), " "); got != want {
+				t.Errorf("server answered\n%s\nwant\n%s", got, want)
+			}
+			c.nc.Close()
+			e.settled(t)
+		})
+	}
+}
+
 // TestMethodNotAllowed: a method other than GET and POST, known or made
 // up, gets 405 with allow: GET, POST; methods are case-sensitive.
 func TestMethodNotAllowed(t *testing.T) {
@@ -653,10 +692,10 @@ func TestMethodNotAllowed(t *testing.T) {
 // TestSlowClient: a client that lets its answers pile up is cut off and
 // counted in Stats().SlowClients: one that does not read (a tiny socket
 // receive buffer, answers of 60 KiB) once a write to it takes longer than
-// WriteTimeout, and nothing blocks, not even an answer from upstream that
-// arrives meanwhile; one that opens no flow-control window once MaxPending
-// octets are held back, long before WriteTimeout. Not one octet of an
-// answer passes a closed window.
+// WriteTimeout, and nothing blocks on the way, not even an answer from
+// upstream that arrives meanwhile; one that opens no flow-control window
+// once MaxPending octets are held back, long before WriteTimeout. Not one
+// octet of an answer passes a closed window.
 func TestSlowClient(t *testing.T) {
 	q := query(t, "example.com.", dns.TypeA, nil)
 	notReading := func(t *testing.T, e *h2env) *h2client {
@@ -667,49 +706,43 @@ func TestSlowClient(t *testing.T) {
 		c.ok(c.fr.WriteWindowUpdate(0, maxWindow-65535)) // only the socket holds answers back
 		return c
 	}
-	// 200 GETs in one write, from stream id: more answers than the kernel
-	// holds.
-	burst := func(c *h2client, id uint32) {
-		c.ok(c.batched(func() {
-			for i := range uint32(200) {
-				c.writeRequest(id+2*i, "GET", -1, q)
+	// stall sends GETs from stream id on, each once the one before is
+	// answered, until the server answers no more (or cuts the client
+	// off): the reader is stuck writing, and the write that stuck is the
+	// one it makes at idle, from inside a read on the socket (onIdle).
+	stall := func(t *testing.T, e *h2env, c *h2client, id uint32) {
+		for ok := e.s.Stats().OK; e.s.Stats().SlowClients == 0; id += 2 {
+			c.ok(c.writeRequest(id, "GET", -1, q))
+			for sent := time.Now(); e.s.Stats().OK == ok; time.Sleep(time.Millisecond) {
+				if time.Since(sent) > time.Second || e.s.Stats().SlowClients > 0 {
+					return
+				}
 			}
-		}))
+			ok++
+		}
 	}
 	t.Run("does not read", func(t *testing.T) {
 		h := answerHandler(t).(funcHandler)
 		h.fn = padded(h.fn, 60<<10)
 		e := newEnv(t, Config{WriteTimeout: 500 * time.Millisecond}, h)
 		c := notReading(t, e)
-		start := time.Now()
-		burst(c, 1)
+		stall(t, e, c, 1)
 		e.waitStats(t, "SlowClients 1", func(s Stats) bool { return s.SlowClients == 1 })
-		if d := time.Since(start); d < 500*time.Millisecond {
-			t.Errorf("cut off after %v, before WriteTimeout", d)
-		}
 		e.settled(t)
 	})
 	t.Run("does not read, answers from upstream", func(t *testing.T) {
-		// The reader is stuck writing answers it made itself (WriteTimeout
-		// is long) when the held answers from upstream pass MaxPending.
+		// The reader is stuck writing (WriteTimeout is long) when the
+		// held answers from upstream pass MaxPending.
 		h := newHeldHandler(t)
 		h.fn = padded(h.fn, 60<<10)
 		e := newEnv(t, Config{MaxPending: 256 << 10, WriteTimeout: time.Minute}, h)
 		c := notReading(t, e)
 		async := query(t, "async.example.com.", dns.TypeA, nil)
-		c.ok(c.batched(func() {
-			for id := uint32(1); id < 2*100; id += 2 {
-				c.writeRequest(id, "GET", -1, async)
-			}
-		}))
-		h.waitHeld(t, 100)
-		burst(c, 201)
-		// Until the reader stops answering: it is stuck writing.
-		for last, since := uint64(0), time.Now(); last == 0 || time.Since(since) < time.Second; time.Sleep(20 * time.Millisecond) {
-			if ok := e.s.Stats().OK; ok != last {
-				last, since = ok, time.Now()
-			}
+		for id := uint32(1); id < 2*10; id += 2 {
+			c.ok(c.writeRequest(id, "GET", -1, async))
 		}
+		h.waitHeld(t, 10)
+		stall(t, e, c, 21)
 		released := make(chan struct{})
 		go func() { h.release(); close(released) }()
 		select {

@@ -697,7 +697,7 @@ func (c *conn) fail(st *stream, code int, why string) {
 	if st.endStream {
 		delete(c.streams, st.id)
 	} else {
-		st.ignore = true
+		st.ignore, st.body = true, nil // kept until ReadTimeout: not its body too
 	}
 }
 
@@ -706,7 +706,7 @@ func (c *conn) resetStream(id uint32, code http2.ErrCode) {
 	if st := c.streams[id]; st != nil && st.endStream {
 		delete(c.streams, id)
 	} else if st != nil {
-		st.ignore = true // its remaining DATA is dropped until it ends or times out
+		st.ignore, st.body = true, nil // its remaining DATA is dropped until it ends or times out
 	}
 	c.mu.Lock()
 	c.fr.WriteRSTStream(id, code)
