@@ -15,8 +15,10 @@
 // Files by owner: server.go (listener, lifecycle, limits), conn.go (the
 // reader goroutine: frames, streams, flow control in), request.go (header
 // decoding and the DoH request rules), write.go (everything that writes:
-// responses, flow control out, the writer goroutine), tls.go (certificates
-// and the FIPS gate), cachecontrol.go (max-age from the answer's TTLs).
+// responses, flow control out, the writer goroutine), sock.go (the TCP
+// socket under TLS: when the reader idles, one write per batch), tls.go
+// (certificates and the FIPS gate), cachecontrol.go (max-age from the
+// answer's TTLs).
 //
 // The package knows about HTTP/2, TLS and the DoH framing, not about DNS
 // beyond the header check that keeps garbage away from the pipeline and the
