@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -1007,4 +1008,41 @@ func TestPipelinedBurst(t *testing.T) {
 	}
 	c.nc.Close()
 	e.settled(t)
+}
+
+// TestIdleDeadlineWithQueryInFlight: when the idle timeout passes while a
+// query is still being resolved, the connection stays open, the reader
+// waits again (it does not spin on the passed deadline: the process uses
+// far less CPU than the wait lasts), and the answer arrives.
+func TestIdleDeadlineWithQueryInFlight(t *testing.T) {
+	h := newHeldHandler(t)
+	e := newEnv(t, Config{IdleTimeout: 50 * time.Millisecond}, h)
+	c := e.dial(t)
+	c.ok(c.writeRequest(1, "GET", -1, query(t, "async.example.com.", dns.TypeA, nil)))
+	h.waitHeld(t, 1)
+	const hold = 600 * time.Millisecond
+	cpu0 := processCPU(t)
+	time.Sleep(hold)
+	if used := processCPU(t) - cpu0; used > hold/3 {
+		t.Errorf("the process used %v of CPU in %v with one query held: the reader spins", used, hold)
+	}
+	h.release()
+	c.readUntil(c.ended(1))
+	if got := c.summary(); got != "1:200" {
+		t.Errorf("server answered %q, want 1:200", got)
+	}
+	if n := e.s.Stats().IdleClosed; n != 0 {
+		t.Errorf("Stats().IdleClosed = %d with a query in flight, want 0", n)
+	}
+	c.nc.Close()
+	e.settled(t)
+}
+
+// processCPU is the user and system CPU time the test process used so far.
+func processCPU(t *testing.T) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

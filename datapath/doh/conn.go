@@ -304,11 +304,12 @@ func (c *conn) fill() error {
 		if !errors.Is(err, os.ErrDeadlineExceeded) {
 			return err
 		}
-		c.deadline = time.Time{}
 		c.closing = c.closing || c.stop.Load()
-		if err := c.timedOut(time.Now()); err != nil {
+		now := time.Now()
+		if err := c.timedOut(now); err != nil {
 			return err
 		}
+		c.armDeadline(now) // a passed deadline fails every read until it is moved
 	}
 }
 
@@ -326,9 +327,15 @@ func (c *conn) onIdle() {
 	if c.sock != nil {
 		c.sock.fresh = false
 	}
-	now := time.Now()
+	c.armDeadline(time.Now())
+}
+
+// armDeadline sets the read deadline the connection's state calls for
+// (readDeadline), unless the one set is still ahead and within
+// deadlineSlop of it.
+func (c *conn) armDeadline(now time.Time) {
 	d := c.readDeadline(now)
-	if delta := d.Sub(c.deadline); delta > deadlineSlop || delta < -deadlineSlop || !d.After(now) {
+	if delta := d.Sub(c.deadline); !c.deadline.After(now) || delta > deadlineSlop || delta < -deadlineSlop || !d.After(now) {
 		c.nc.SetReadDeadline(d)
 		c.deadline = d
 		if !c.closing && c.stop.Load() {
@@ -414,6 +421,9 @@ func (c *conn) timedOut(now time.Time) error {
 	c.mu.Lock()
 	idle := len(c.open) == 0
 	c.mu.Unlock()
+	if c.sock != nil && c.sock.fresh {
+		idle = false // a client that kept the reader busy (it never idled to move the deadline)
+	}
 	if idle {
 		c.goAway(http2.ErrCodeNo, "idle")
 		c.s.stats.idleClosed.Add(1)
@@ -501,7 +511,7 @@ func (c *conn) admit(st *stream) {
 	if !st.endStream {
 		c.streams[st.id] = st
 	}
-	if c.closing {
+	if c.closing || c.stop.Load() {
 		st.ignore = true // RFC 9113 6.8: streams after GOAWAY's last ID are ignored
 		return
 	}
