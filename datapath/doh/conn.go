@@ -95,9 +95,10 @@ type conn struct {
 
 	// Write side, guarded by mu (write.go).
 	mu         sync.Mutex
-	out        outBuf // frames not yet written; fr writes here
-	spare      []byte // the other buffer, while out's contents are being written
-	marks      []int  // where in out each answer ends (write.go: a TLS record each)
+	out        outBuf      // frames not yet written; fr writes here
+	outFull    atomic.Bool // out holds flushAt (or MaxPending/2) octets: the reader writes before it reads on
+	spare      []byte      // the other buffer, while out's contents are being written
+	marks      []int       // where in out each answer ends (write.go: a TLS record each)
 	spareMarks []int
 	writing    bool   // a goroutine is writing; it writes out again before it stops
 	dead       bool   // the connection is gone; answers are dropped
@@ -138,6 +139,7 @@ func newConn(s *Server, raw net.Conn) *conn {
 	}
 	c.client = clientAddr(raw.RemoteAddr().String())
 	c.br = bufio.NewReaderSize(c.nc, readBufSize)
+	c.out.limit, c.out.full = min(flushAt, s.cfg.MaxPending/2), &c.outFull
 	c.fr = http2.NewFramer(&c.out, c.br)
 	c.fr.SetMaxReadFrameSize(maxFrame)
 	c.dec = hpack.NewDecoder(tableSize, c.onField)
@@ -226,11 +228,13 @@ func (c *conn) readFrames() error {
 		if err := c.fill(); err != nil {
 			return err
 		}
-		h, _ := c.br.Peek(frameHeaderLen) // fill leaves a frame header buffered at least
-		typ := http2.FrameType(h[3])
-		f, err := c.fr.ReadFrame()
+		fh, err := c.fr.ReadFrameHeader()
+		var f http2.Frame
+		if err == nil {
+			f, err = c.fr.ReadFrameForHeader(fh)
+		}
 		if err != nil {
-			if err := c.frameError(typ, err); err != nil {
+			if err := c.frameError(fh.Type, err); err != nil {
 				return err
 			}
 			continue
@@ -241,17 +245,10 @@ func (c *conn) readFrames() error {
 		if err := c.process(f); err != nil {
 			return err
 		}
-		if c.outLen() >= min(flushAt, c.s.cfg.MaxPending/2) {
+		if c.outFull.Load() {
 			c.flush() // a client that never lets the reader idle still gets its answers, before they pass MaxPending
 		}
 	}
-}
-
-// outLen is how much is encoded and not yet written.
-func (c *conn) outLen() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.out.b)
 }
 
 // frameError handles what ReadFrame reports: a stream error resets the

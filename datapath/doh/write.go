@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -15,11 +16,18 @@ import (
 // which take it themselves.
 
 // outBuf collects encoded frames; the Framer and the HPACK encoder write
-// into it.
-type outBuf struct{ b []byte }
+// into it. With full set, it raises that flag once it holds limit octets.
+type outBuf struct {
+	b     []byte
+	limit int
+	full  *atomic.Bool
+}
 
 func (o *outBuf) Write(p []byte) (int, error) {
 	o.b = append(o.b, p...)
+	if o.full != nil && len(o.b) >= o.limit {
+		o.full.Store(true)
+	}
 	return len(p), nil
 }
 
@@ -261,6 +269,7 @@ func (c *conn) flush() bool {
 	for len(c.out.b) > 0 && !c.dead {
 		b, marks := c.out.b, c.marks
 		c.out.b, c.spare = c.spare[:0], nil
+		c.outFull.Store(false)
 		c.marks, c.spareMarks = c.spareMarks[:0], nil
 		c.mu.Unlock()
 		err := c.write(b, marks)
