@@ -4,7 +4,7 @@ BIN     := bin/xdoh
 PKGS    := ./...
 SHARED  ?= ../shared
 
-.PHONY: run test build bench peer-bench doh-bench vet fuzz clean
+.PHONY: run test build bench peer-bench doh-bench xdp-bench vet fuzz generate clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/xdoh
@@ -35,6 +35,11 @@ peer-bench: build
 doh-bench: build
 	SHARED=$(SHARED) bash bench/doh.sh
 
+# xdoh over XDP/AF_XDP against its socket path and Knot DNS 3.2 (sockets and
+# XDP mode) with ../shared/bench-xdp (root; network namespaces it makes).
+xdp-bench: build
+	SHARED=$(SHARED) bash bench/xdp.sh
+
 # Every fuzz target in turn, FUZZTIME each (new crashers land in testdata/fuzz).
 FUZZTIME ?= 30s
 fuzz:
@@ -47,6 +52,11 @@ fuzz:
 
 vet:
 	$(GO) vet $(PKGS)
+
+# Regenerate the committed bpf2go output (bpf/xdp_bpfel.go, .o) from
+# bpf/xdp.c; needs clang, llvm-strip and libbpf-dev.
+generate:
+	$(GO) generate ./bpf/...
 
 clean:
 	rm -rf bin

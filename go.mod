@@ -3,6 +3,7 @@ module xdoh
 go 1.26.0
 
 require (
+	github.com/cilium/ebpf v0.22.0
 	github.com/dnstap/golang-dnstap v0.4.0
 	github.com/miekg/dns v1.1.73
 	github.com/panjf2000/gnet/v2 v2.9.7
@@ -29,3 +30,5 @@ require (
 	golang.org/x/text v0.43.0 // indirect
 	gopkg.in/natefinch/lumberjack.v2 v2.2.1 // indirect
 )
+
+tool github.com/cilium/ebpf/cmd/bpf2go

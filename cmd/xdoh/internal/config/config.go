@@ -57,6 +57,29 @@ type Listener struct {
 	// UDPSockets is the number of SO_REUSEPORT sockets per address for
 	// the mmsg engine (default GOMAXPROCS/2, at least 1).
 	UDPSockets int `yaml:"udp_sockets"`
+	// XDP steers the listener's Do53 UDP packets into AF_XDP sockets on
+	// the named interfaces (datapath/xsk); TCP and whatever the XDP program
+	// passes still reach the kernel sockets. Absent or mode off: sockets only.
+	XDP *XDP `yaml:"xdp"`
+}
+
+// XDP is a listener's XDP/AF_XDP datapath.
+type XDP struct {
+	// Mode is auto (native, else generic, else the socket path with one log
+	// line saying why), native, generic or off. Empty means auto.
+	Mode       string   `yaml:"mode"`
+	Interfaces []string `yaml:"interfaces"`
+}
+
+// XDPMode is the listener's XDP mode: "off" without an xdp section.
+func (l *Listener) XDPMode() string {
+	switch {
+	case l.XDP == nil:
+		return "off"
+	case l.XDP.Mode == "":
+		return "auto"
+	}
+	return l.XDP.Mode
 }
 
 // DoH is an inbound DNS-over-HTTPS server (HTTP/2).
@@ -351,6 +374,34 @@ func (c *Config) Validate() error {
 		}
 		if l.UDPSockets < 0 || l.UDPSockets > 256 {
 			bad(f+".udp_sockets", "%d is not between 0 (default) and 256", l.UDPSockets)
+		}
+		if l.XDP != nil {
+			switch l.XDP.Mode {
+			case "", "auto", "native", "generic", "off":
+			default:
+				bad(f+".xdp.mode", "%q is not one of auto, native, generic, off", l.XDP.Mode)
+			}
+			if l.XDPMode() != "off" {
+				if len(l.XDP.Interfaces) == 0 {
+					bad(f+".xdp.interfaces", "mode %s needs at least one interface", l.XDPMode())
+				}
+				if len(l.Do53) == 0 {
+					bad(f+".xdp", "XDP carries Do53 over UDP: the listener has no do53 addresses")
+				}
+				if l.UDPEngine == "gnet" {
+					bad(f+".xdp", "udp_engine gnet cannot be combined with XDP (use mmsg)")
+				}
+			}
+			seen := map[string]bool{}
+			for j, name := range l.XDP.Interfaces {
+				switch {
+				case name == "" || len(name) > 15 || strings.ContainsAny(name, "/ \t"):
+					bad(fmt.Sprintf("%s.xdp.interfaces[%d]", f, j), "%q is not an interface name", name)
+				case seen[name]:
+					bad(fmt.Sprintf("%s.xdp.interfaces[%d]", f, j), "%q is listed twice", name)
+				}
+				seen[name] = true
+			}
 		}
 		if l.TCP.Loops < 0 || l.TCP.Loops > 256 {
 			bad(f+".tcp.loops", "%d is not between 0 (default) and 256", l.TCP.Loops)

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# bench/xdp.sh - xdoh over XDP/AF_XDP against its own socket path and Knot DNS
+# 3.2 (sockets and XDP mode), with ../shared/bench-xdp/run.sh: two network
+# namespaces of the harness's own over a veth pair (link-local IPv4, ULA IPv6),
+# kxdpgun (AF_XDP load) and dnsperf (kernel sockets), every run bounded by
+# DURATION. The harness starts and stops every process by process group.
+#
+# Peers in one run: xdp-echo (the setup's ceiling), knot-sock, knot-xdp,
+# xdoh-xdp (this config with `xdp: {mode: $XDP_MODE}` on the server veth) and
+# xdoh-sock (the same config without the xdp block).
+# Knobs (env): DURATION (5), XDP_MODE (native), ONLY / LOADS / QSETS / PEERS
+# (passed to run.sh), XDOH_BIN (bin/xdoh), SHARED (../shared), GOMAXPROCS.
+# Output: the harness's results directory (table.txt, raw outputs, logs).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+SHARED=${SHARED:-$root/../shared}
+BIN=${XDOH_BIN:-$root/bin/xdoh}
+export XDP_MODE=${XDP_MODE:-native}
+[ -x "$BIN" ] || { echo "no $BIN: make build" >&2; exit 1; }
+
+conf=$(mktemp -d /tmp/xdoh-xdp-bench.XXXXXX)
+trap 'rm -rf "$conf"' EXIT
+# The config printer: run.sh calls it with LISTEN4 LISTEN6 PORT IFACE UPSTREAM
+# ZONE_NAME ZONE_FILE set; XDP=on adds the xdp block.
+cat >"$conf/conf.sh" <<'SH'
+cat <<YAML
+listeners:
+  - name: bench
+    protocols: [do53]
+    do53: ["$LISTEN4:$PORT", "[$LISTEN6]:$PORT"]
+YAML
+[ "${XDP:-off}" = on ] && echo "    xdp: {mode: $XDP_MODE, interfaces: [$IFACE]}"
+cat <<YAML
+zones:
+  - {name: $ZONE_NAME, file: $ZONE_FILE}
+rules:
+  - {name: upstream, domain: example.com, type: forward, targets: ["$UPSTREAM"]}
+YAML
+SH
+export TARGET_NAME=xdoh-xdp TARGET_CONF_CMD="XDP=on bash $conf/conf.sh" TARGET_CMD="$BIN run -c \$TARGET_CONF"
+export TARGET2_NAME=xdoh-sock TARGET2_CONF_CMD="bash $conf/conf.sh" TARGET2_CMD="$BIN run -c \$TARGET_CONF"
+exec bash "$SHARED/bench-xdp/run.sh"

@@ -1,0 +1,80 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+)
+
+// Reason is why the program gave a packet its verdict. Every packet counts
+// under exactly one reason; the name's prefix is the verdict.
+type Reason uint32
+
+// The reasons, in the order of enum reason in xdp.c.
+const (
+	ReasonRedirect        = Reason(xdpReasonREASON_REDIRECT)          // XDP_REDIRECT into the queue's AF_XDP socket
+	ReasonPassNoSocket    = Reason(xdpReasonREASON_PASS_NO_SOCKET)    // a listener's packet on a queue without a socket
+	ReasonPassNotIP       = Reason(xdpReasonREASON_PASS_NOT_IP)       // ARP, LLDP, 3+ VLAN tags, IP version mismatch, ...
+	ReasonPassNotUDP      = Reason(xdpReasonREASON_PASS_NOT_UDP)      // TCP, ICMP, ...
+	ReasonPassFragment    = Reason(xdpReasonREASON_PASS_FRAGMENT)     // IPv4 fragment (MF or an offset)
+	ReasonPassIPOptions   = Reason(xdpReasonREASON_PASS_IP_OPTIONS)   // IPv4 header with options
+	ReasonPassIPv6Ext     = Reason(xdpReasonREASON_PASS_IPV6EXT)      // IPv6 extension header (fragment header included)
+	ReasonPassBadLength   = Reason(xdpReasonREASON_PASS_BAD_LENGTH)   // truncated header, lengths that disagree with the frame
+	ReasonPassBadChecksum = Reason(xdpReasonREASON_PASS_BAD_CHECKSUM) // IPv4 header checksum
+	ReasonPassShortDNS    = Reason(xdpReasonREASON_PASS_SHORT_DNS)    // UDP payload under 12 bytes
+	ReasonPassNotListener = Reason(xdpReasonREASON_PASS_NOT_LISTENER) // no listener on that address and port
+	ReasonDropACL         = Reason(xdpReasonREASON_DROP_ACL)          // source outside an ACLDrop listener's allow list
+	NumReasons            = Reason(xdpReasonREASON_MAX)
+)
+
+var reasonNames = [NumReasons]string{
+	ReasonRedirect:        "redirect",
+	ReasonPassNoSocket:    "pass_no_socket",
+	ReasonPassNotIP:       "pass_not_ip",
+	ReasonPassNotUDP:      "pass_not_udp",
+	ReasonPassFragment:    "pass_fragment",
+	ReasonPassIPOptions:   "pass_ip_options",
+	ReasonPassIPv6Ext:     "pass_ipv6_ext",
+	ReasonPassBadLength:   "pass_bad_length",
+	ReasonPassBadChecksum: "pass_bad_checksum",
+	ReasonPassShortDNS:    "pass_short_dns",
+	ReasonPassNotListener: "pass_not_listener",
+	ReasonDropACL:         "drop_acl",
+}
+
+// String is the reason's name, usable as a Prometheus label value.
+func (r Reason) String() string {
+	if r < NumReasons {
+		return reasonNames[r]
+	}
+	return fmt.Sprintf("reason(%d)", uint32(r))
+}
+
+// Counters are packets per reason since Load, summed over the CPUs.
+type Counters [NumReasons]uint64
+
+// Counters reads the per-CPU counters (one system call): read them at scrape
+// time, the datapath does no metric work per packet.
+func (p *Program) Counters() (Counters, error) {
+	var c Counters
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return c, fmt.Errorf("reading the XDP counters: %w", err)
+	}
+	keys := make([]uint32, NumReasons)
+	vals := make([]uint64, int(NumReasons)*ncpu)
+	n, err := p.objs.Counters.BatchLookup(new(ebpf.MapBatchCursor), keys, vals, nil)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return c, fmt.Errorf("reading the XDP counters: %w", err)
+	}
+	if n != int(NumReasons) {
+		return c, fmt.Errorf("reading the XDP counters: got %d of %d", n, NumReasons)
+	}
+	for i, k := range keys {
+		for _, v := range vals[i*ncpu : (i+1)*ncpu] {
+			c[k] += v
+		}
+	}
+	return c, nil
+}

@@ -1,0 +1,69 @@
+// Package bpf is xdoh's XDP program and its loader: it steers DNS queries
+// for xdoh's listeners into the AF_XDP sockets of datapath/xsk and gives
+// everything else to the kernel.
+//
+// # The program
+//
+// xdp_dns (xdp.c) parses Ethernet with up to two VLAN tags (802.1Q 0x8100,
+// 802.1ad 0x88a8, in any order), IPv4 or IPv6, then UDP. It steers a packet
+// only when all of this holds; otherwise it returns XDP_PASS and the kernel
+// does what it always did:
+//
+//   - IPv4: IHL 5 (no options), not a fragment (MF clear, offset 0), a valid
+//     header checksum (the kernel would drop a bad one, and AF_XDP bypasses
+//     it); IPv6: UDP right after the fixed header (no extension headers).
+//   - The IP length fits in the frame (Ethernet padding after it is fine),
+//     the UDP length equals the IP payload length, and the UDP payload holds
+//     at least a 12-byte DNS header. The UDP checksum is not checked here.
+//   - The destination address and port are a listener's: the exact address
+//     first, then the family's wildcard (unspecified address) on that port.
+//
+// Upstream answers to ephemeral ports, TCP, ICMP, ARP and health probes on
+// other ports are therefore never touched. A steered packet whose listener
+// has ACL drop on and whose source is outside the listener's allow list is
+// XDP_DROP; any other is bpf_redirect_map(&xsks, rx_queue_index, XDP_PASS),
+// so a queue without a socket (or past the map's size) falls back to the
+// kernel. An in-kernel answer tier (XDP_TX from an answer map) would go
+// between the ACL and the redirect; xdp.c marks the place.
+//
+// Every packet increments exactly one per-CPU counter, under a Reason;
+// Program.Counters sums them at scrape time.
+//
+// # Maps
+//
+// All multi-byte fields marked "network order" hold the bytes as they are on
+// the wire; the Go side converts with hton16/hton32.
+//
+//	listeners  HASH, 1024 entries
+//	  key   {port u16 (network order), family u8 (4 or 6), pad u8 (0), addr [16]u8}
+//	        addr is netip.Addr.As16 of the destination: IPv4 as ::ffff:a.b.c.d,
+//	        the wildcard as ::ffff:0.0.0.0 (family 4) or :: (family 6)
+//	  value {id u32, flags u32}   flags bit 0: ACL drop
+//	acl4  LPM_TRIE, BPF_F_NO_PREALLOC, 65536 entries
+//	  key   {prefixlen u32, id u32 (network order), addr [4]u8}
+//	acl6  LPM_TRIE, BPF_F_NO_PREALLOC, 65536 entries
+//	  key   {prefixlen u32, id u32 (network order), addr [16]u8}
+//	        prefixlen = 32 + the prefix's bits: the listener id is the first
+//	        32 bits of the prefix, so one trie holds every listener's list.
+//	        The value (u32) is unused.
+//	xsks  XSKMAP, Options.Queues entries (default 64): rx queue → AF_XDP socket
+//	counters  PERCPU_ARRAY, NumReasons entries: u64 packets per Reason
+//
+// acl4 and acl6 hold every listener's allow list; only listeners with the
+// ACL drop flag are enforced here. The others are steered whatever their source,
+// and userspace answers REFUSED where it must. An empty allow list allows
+// everyone, so it never sets the flag.
+//
+// # Regenerating
+//
+// xdp_bpfel.go and xdp_bpfel.o are generated and committed, so building needs
+// no clang. After changing xdp.c run `make generate` (go generate ./bpf/...),
+// which needs clang, llvm-strip and libbpf's headers (Debian: clang llvm
+// libbpf-dev). The output is reproducible: the same clang gives the same
+// bytes. The C structs and enum reason reach Go through bpf2go's -type: the
+// Go side follows a layout change, or fails to compile.
+package bpf
+
+// The -idirafter paths find asm/types.h on Debian's multiarch layout (amd64,
+// arm64); elsewhere they do not exist and are ignored.
+//go:generate go tool bpf2go -cc clang -target bpfel -type reason -type listener_key -type listener_value -type acl4_key -type acl6_key xdp xdp.c -- -Wall -Werror -mcpu=v3 -idirafter /usr/include/x86_64-linux-gnu -idirafter /usr/include/aarch64-linux-gnu
