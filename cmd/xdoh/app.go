@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"reflect"
 	"slices"
@@ -20,6 +21,7 @@ import (
 	"xdoh/datapath/doh"
 	dpgnet "xdoh/datapath/gnet"
 	"xdoh/datapath/udp"
+	"xdoh/datapath/xsk"
 	"xdoh/forwarder"
 	"xdoh/forwarder/cache"
 	"xdoh/forwarder/group"
@@ -79,6 +81,10 @@ type listener struct {
 	do53 *dpgnet.Server // TCP, and UDP when udp_engine is gnet
 	udp  *udp.Server
 	doh  *doh.Server
+	xsk  *xsk.Server // Do53 UDP through AF_XDP (nil: sockets only)
+	// xdpMode is how XDP is attached: native, generic, or off (not
+	// configured, or auto fell back to the sockets).
+	xdpMode string
 }
 
 func newApp(log *slog.Logger, load func() (*config.Config, error)) *app {
@@ -417,7 +423,11 @@ func (a *app) reload() error {
 
 // do53Key and dohKey say when a listener's sockets must be rebuilt.
 func do53Key(l config.Listener) string {
-	return fmt.Sprint(l.Do53, l.UDPEngine, l.UDPSockets, l.TCP)
+	k := fmt.Sprint(l.Do53, l.UDPEngine, l.UDPSockets, l.TCP)
+	if l.XDPMode() != "off" { // the XDP program holds the addresses and the ACL
+		k += fmt.Sprint(*l.XDP, l.Allow, l.ACLAction)
+	}
+	return k
 }
 
 func dohKey(l config.Listener, protos map[string]bool) string {
@@ -523,6 +533,12 @@ func (a *app) commit(plan []*change) error {
 		}
 		if c.do53 != nil {
 			c.cur.do53, c.cur.udp = c.do53.do53, c.do53.udp
+			// XDP attaches now that the replaced listener has detached
+			// its program: an interface holds one. Until then the new
+			// kernel sockets answer.
+			if err := a.startXDP(c.cur, c.next); err != nil {
+				errs = append(errs, err)
+			}
 		}
 		if c.stopDoH {
 			stopDoH(c.cur)
@@ -614,9 +630,54 @@ func (a *app) pathFor(p string) string {
 	return a.cfg.Path(p)
 }
 
+// startXDP attaches the listener's XDP program and AF_XDP sockets. In
+// mode auto a failure leaves the socket path serving, with one log line
+// saying why; in mode native or generic it is an error.
+func (a *app) startXDP(cur *listener, l config.Listener) error {
+	cur.xdpMode = "off"
+	if l.XDPMode() == "off" {
+		return nil
+	}
+	mode, err := xsk.ParseMode(l.XDPMode())
+	if err != nil {
+		return fmt.Errorf("listener %q: xdp.mode: %w", l.Name, err)
+	}
+	cfg := xsk.Config{Name: l.Name, Interfaces: l.XDP.Interfaces, Mode: mode, ACLDrop: l.ACLAction == "drop"}
+	for _, d := range l.Do53 {
+		ap, _ := netip.ParseAddrPort(d) // validated
+		cfg.Addrs = append(cfg.Addrs, ap)
+	}
+	for _, s := range l.Allow {
+		p, _ := config.ParsePrefix(s) // validated
+		cfg.Allow = append(cfg.Allow, p)
+	}
+	s, err := xsk.New(cfg, a.sw)
+	if err == nil {
+		err = s.Start()
+	}
+	if err != nil {
+		if mode == xsk.ModeAuto {
+			a.log.Warn("xdp unavailable, serving Do53 through the kernel sockets", "listener", l.Name, "reason", err.Error())
+			return nil
+		}
+		return fmt.Errorf("listener %q: %w", l.Name, err)
+	}
+	cur.xsk = s
+	modes := s.Modes()
+	cur.xdpMode = modes[l.XDP.Interfaces[0]]
+	a.log.Info("listening", "listener", l.Name, "transport", "do53 (udp) via af_xdp",
+		"interfaces", strings.Join(l.XDP.Interfaces, " "), "mode", cur.xdpMode)
+	return nil
+}
+
 func stopDo53(cur *listener) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	if cur.xsk != nil { // first: its packets then reach the kernel sockets
+		_ = cur.xsk.Stop(ctx)
+		cur.xsk = nil
+	}
+	cur.xdpMode = "off"
 	if cur.udp != nil {
 		_ = cur.udp.Stop(ctx)
 		cur.udp = nil

@@ -2,13 +2,16 @@ package main
 
 import (
 	"runtime"
+	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"xdoh/bpf"
 	"xdoh/cmd/xdoh/internal/metrics"
 	"xdoh/datapath/doh"
 	dpgnet "xdoh/datapath/gnet"
 	"xdoh/datapath/udp"
+	"xdoh/datapath/xsk"
 	"xdoh/forwarder"
 	"xdoh/forwarder/cache"
 )
@@ -126,7 +129,7 @@ func (a *app) collector() *metrics.Collector {
 	c.Gauge("xdoh_cache_entries", "Entries in the cache (of the running pipeline).", nil, cs(func(s cache.Stats) float64 { return float64(s.Entries) }))
 	c.Gauge("xdoh_cache_size_bytes", "Bytes of responses and keys in the cache.", nil, cs(func(s cache.Stats) float64 { return float64(s.Bytes) }))
 
-	c.Dynamic("xdoh_listener_datapath_events_total", "Datapath events by listener: udp_queries, udp_replies, udp_reply_drops, udp_oversize, udp_batches, tcp_queries, tcp_rejected, tcp_idle_closed, tcp_pipeline_full, tcp_backlog_closed, doh_ok, doh_bad_request, doh_unsupported_media, doh_too_large, doh_header_too_large, doh_bad_method, doh_not_found, doh_server_error, doh_handshake_errors, doh_http1_refused, doh_protocol_errors, doh_stream_errors, doh_refused_streams, doh_reset_floods, doh_header_floods, doh_slow_clients, doh_timeouts, doh_idle_closed.",
+	c.Dynamic("xdoh_listener_datapath_events_total", "Datapath events by listener: udp_queries, udp_replies, udp_reply_drops, udp_oversize, udp_batches, tcp_queries, tcp_rejected, tcp_idle_closed, tcp_pipeline_full, tcp_backlog_closed, doh_ok, doh_bad_request, doh_unsupported_media, doh_too_large, doh_header_too_large, doh_bad_method, doh_not_found, doh_server_error, doh_handshake_errors, doh_http1_refused, doh_protocol_errors, doh_stream_errors, doh_refused_streams, doh_reset_floods, doh_header_floods, doh_slow_clients, doh_timeouts, doh_idle_closed, xsk_queries, xsk_replies, xsk_misses, xsk_malformed, xsk_reply_drops, xsk_truncated.",
 		[]string{"listener", "event"}, func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
 			a.mu.Lock()
 			defer a.mu.Unlock()
@@ -142,6 +145,43 @@ func (a *app) collector() *metrics.Collector {
 				}
 				if l.doh != nil {
 					emitDoH(emit, l.doh.Stats())
+				}
+				if l.xsk != nil {
+					emitXSK(emit, l.xsk.Stats())
+				}
+			}
+		})
+	c.Dynamic("xdoh_xdp_mode", "How each listener's Do53 UDP is served: 1 for the mode in use (native, generic: XDP and AF_XDP; off: kernel sockets only).",
+		[]string{"listener", "mode"}, func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			for name, l := range a.listeners {
+				if l.udp == nil && l.xsk == nil {
+					continue
+				}
+				mode := l.xdpMode
+				if mode == "" {
+					mode = "off"
+				}
+				ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, 1, name, mode)
+			}
+		})
+	c.Dynamic("xdoh_xdp_packets_total", "Packets the XDP program saw, by verdict: redirect (to an AF_XDP socket), drop_acl, or pass_<reason> (to the kernel).",
+		[]string{"listener", "interface", "verdict"}, func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
+			for _, x := range a.xdpInterfaces() {
+				for r, n := range x.iface.Verdicts {
+					ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(n), x.listener, x.iface.Name, bpf.Reason(r).String())
+				}
+			}
+		})
+	c.Dynamic("xdoh_xsk_ring_events_total", "AF_XDP socket events by queue: the kernel's XDP_STATISTICS (rx_dropped, rx_invalid_descs, rx_ring_full, rx_fill_ring_empty_descs, tx_invalid_descs, tx_ring_empty_descs) and wake-ups (tx_kicks, tx_kick_errors, rx_wakeups).",
+		[]string{"listener", "interface", "queue", "event"}, func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
+			for _, x := range a.xdpInterfaces() {
+				for _, so := range x.iface.Sockets {
+					q := strconv.Itoa(so.Queue)
+					for _, e := range so.Kernel.Each() {
+						ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(e.Count), x.listener, x.iface.Name, q, e.Name)
+					}
 				}
 			}
 		})
@@ -189,6 +229,37 @@ func emitUDP(emit func(string, uint64), s udp.Stats) {
 	emit("udp_reply_drops", s.ReplyDrops)
 	emit("udp_oversize", s.Truncated)
 	emit("udp_batches", s.Batches)
+}
+
+func emitXSK(emit func(string, uint64), s xsk.Stats) {
+	emit("xsk_queries", s.Queries)
+	emit("xsk_replies", s.Replies)
+	emit("xsk_misses", s.Misses)
+	emit("xsk_malformed", s.Malformed)
+	emit("xsk_reply_drops", s.NoFrame)
+	emit("xsk_truncated", s.Truncated)
+}
+
+// xdpInterfaces reads every listener's attached interfaces (verdict
+// counters and socket statistics), for one scrape.
+func (a *app) xdpInterfaces() []listenerIface {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []listenerIface
+	for name, l := range a.listeners {
+		if l.xsk == nil {
+			continue
+		}
+		for _, x := range l.xsk.Interfaces() {
+			out = append(out, listenerIface{listener: name, iface: x})
+		}
+	}
+	return out
+}
+
+type listenerIface struct {
+	listener string
+	iface    xsk.Iface
 }
 
 func emitTCP(emit func(string, uint64), s dpgnet.Stats) {

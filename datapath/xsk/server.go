@@ -1,0 +1,382 @@
+package xsk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"xdoh/bpf"
+	"xdoh/forwarder"
+)
+
+// Handler is the part of the forwarder the datapath needs (the same as
+// datapath/udp's); *forwarder.Switch implements it.
+type Handler interface {
+	// Answer does not block. (resp, true) means reply now with resp (nil:
+	// send nothing); false means call Resolve with the same request.
+	Answer(r *forwarder.Request, out []byte) ([]byte, bool)
+	// Resolve copies r and later calls done(resp) from another goroutine,
+	// or returns (resp, true) to reply at once (overload SERVFAIL).
+	Resolve(r *forwarder.Request, out []byte, done func(resp []byte)) ([]byte, bool)
+}
+
+// Mode is how the XDP program is attached.
+type Mode int
+
+const (
+	// ModeAuto tries native (driver) mode, then generic (skb) mode.
+	ModeAuto Mode = iota
+	ModeNative
+	ModeGeneric
+)
+
+// ParseMode reads a config mode name (auto, native, generic).
+func ParseMode(s string) (Mode, error) {
+	switch s {
+	case "", "auto":
+		return ModeAuto, nil
+	case "native":
+		return ModeNative, nil
+	case "generic":
+		return ModeGeneric, nil
+	}
+	return 0, fmt.Errorf("%q is not one of auto, native, generic", s)
+}
+
+func (m Mode) String() string {
+	switch m {
+	case ModeNative:
+		return "native"
+	case ModeGeneric:
+		return "generic"
+	}
+	return "auto"
+}
+
+// Config for one listener's AF_XDP datapath.
+type Config struct {
+	Name       string           // listener name, copied into each Request
+	Addrs      []netip.AddrPort // the listener's Do53 addresses; an unspecified address is any local one
+	Interfaces []string
+	Mode       Mode
+	// Allow is the listener's source ACL. With ACLDrop the XDP program
+	// drops (and counts) other sources; otherwise it lets them through and
+	// the forwarder answers them REFUSED.
+	Allow   []netip.Prefix
+	ACLDrop bool
+	// Frames per socket's UMEM (default 4096) and ring size (default 2048).
+	Frames, RingSize int
+	// Batch is the most descriptors one loop iteration takes (default 64).
+	Batch int
+}
+
+// Stats are a listener's counters summed over its sockets.
+type Stats struct {
+	Queries   uint64 // frames received from the RX rings
+	Replies   uint64 // replies put on the TX rings (at once and after resolving)
+	Misses    uint64 // queries handed to the forwarder's asynchronous path
+	Malformed uint64 // frames that did not parse (dropped)
+	NoFrame   uint64 // replies dropped: no free UMEM frame or TX ring full
+	Truncated uint64 // answers cut to fit a frame (TC set)
+}
+
+// Iface is what one attached interface reports at scrape time.
+type Iface struct {
+	Name     string
+	Mode     Mode // native or generic, as attached
+	Verdicts bpf.Counters
+	Sockets  []SocketStats
+}
+
+// SocketStats are one queue's socket counters (XDP_STATISTICS).
+type SocketStats struct {
+	Queue    int
+	ZeroCopy bool
+	Kernel   XDPStats // XDP_STATISTICS, see stats.go
+}
+
+// Server is one listener's AF_XDP datapath on its interfaces.
+type Server struct {
+	cfg Config
+	h   Handler
+
+	mu       sync.Mutex
+	started  bool
+	stopped  bool
+	ifaces   []*iface
+	wg       sync.WaitGroup
+	stopping atomic.Bool
+}
+
+// iface is the program, link and sockets on one interface.
+type iface struct {
+	name  string
+	index int
+	mode  Mode
+	prog  *bpf.Program
+	link  link.Link
+	loops []*loop
+}
+
+// New checks cfg; nothing is attached until Start.
+func New(cfg Config, h Handler) (*Server, error) {
+	if h == nil {
+		return nil, errors.New("xdp: no handler")
+	}
+	if len(cfg.Addrs) == 0 {
+		return nil, errors.New("xdp: no addresses")
+	}
+	if len(cfg.Interfaces) == 0 {
+		return nil, errors.New("xdp: no interfaces")
+	}
+	if cfg.Frames <= 0 {
+		cfg.Frames = 4096
+	}
+	if cfg.RingSize <= 0 {
+		cfg.RingSize = 2048
+	}
+	if cfg.Batch <= 0 {
+		cfg.Batch = 64
+	}
+	return &Server{cfg: cfg, h: h}, nil
+}
+
+// Start loads the XDP program on every interface, opens one AF_XDP socket
+// per receive queue and attaches the program. On any failure everything
+// done so far is undone and the error says what was being done; the
+// caller decides whether to fall back to the socket path.
+func (s *Server) Start() (err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started {
+		return errors.New("xdp: already started")
+	}
+	s.started = true
+	defer func() {
+		if err != nil {
+			s.closeIfaces()
+		}
+	}()
+	for _, name := range s.cfg.Interfaces {
+		ifc, err := s.startIface(name)
+		if ifc != nil {
+			s.ifaces = append(s.ifaces, ifc)
+		}
+		if err != nil {
+			return fmt.Errorf("xdp on %s: %w", name, err)
+		}
+	}
+	for _, ifc := range s.ifaces {
+		for _, l := range ifc.loops {
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				l.run()
+			}()
+			go l.ob.run()
+		}
+	}
+	return nil
+}
+
+func (s *Server) startIface(name string) (*iface, error) {
+	ni, err := net.InterfaceByName(name)
+	if err != nil {
+		return nil, err
+	}
+	queues, err := rxQueues(name)
+	if err != nil {
+		return nil, err
+	}
+	prog, err := bpf.Load(bpf.Options{Queues: queues})
+	if err != nil {
+		return nil, err
+	}
+	ifc := &iface{name: name, index: ni.Index, prog: prog}
+	ls := make([]bpf.Listener, len(s.cfg.Addrs))
+	for i, a := range s.cfg.Addrs {
+		ls[i] = bpf.Listener{ID: 0, Addr: a, Allow: s.cfg.Allow, ACLDrop: s.cfg.ACLDrop && len(s.cfg.Allow) > 0}
+	}
+	if err := prog.SetListeners(ls); err != nil {
+		return ifc, err
+	}
+	// Attach first: a copy-mode socket binds to a queue of an interface
+	// that has an XDP program, and the program redirects only to queues
+	// whose socket is in the map, so packets of a queue without one keep
+	// reaching the kernel in the meantime.
+	if ifc.link, ifc.mode, err = attach(prog, ni.Index, s.cfg.Mode); err != nil {
+		return ifc, err
+	}
+	for q := range queues {
+		so, err := Open(SocketConfig{Ifindex: ni.Index, Queue: q, NumFrames: s.cfg.Frames, RingSize: s.cfg.RingSize})
+		if err != nil {
+			return ifc, fmt.Errorf("opening an AF_XDP socket on queue %d: %w", q, err)
+		}
+		l, err := newLoop(so, s, q, ni.MTU)
+		if err != nil {
+			_ = so.Close()
+			return ifc, err
+		}
+		ifc.loops = append(ifc.loops, l)
+		if err := prog.SetSocket(q, so.FD()); err != nil {
+			return ifc, fmt.Errorf("registering the socket of queue %d: %w", q, err)
+		}
+	}
+	return ifc, nil
+}
+
+// attach links prog to the interface in mode (auto: native, else generic).
+func attach(prog *bpf.Program, index int, mode Mode) (link.Link, Mode, error) {
+	try := []Mode{mode}
+	if mode == ModeAuto {
+		try = []Mode{ModeNative, ModeGeneric}
+	}
+	var errs []error
+	for _, m := range try {
+		flags := link.XDPDriverMode
+		if m == ModeGeneric {
+			flags = link.XDPGenericMode
+		}
+		l, err := link.AttachXDP(link.XDPOptions{Program: prog.XDP(), Interface: index, Flags: flags})
+		if err == nil {
+			return l, m, nil
+		}
+		if errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EEXIST) {
+			return nil, m, fmt.Errorf("attaching in %s mode: the interface already has an XDP program attached "+
+				"(see `ip link show`; another xdoh, or detach it with `ip link set dev <if> xdp off`): %w", m, err)
+		}
+		errs = append(errs, fmt.Errorf("attaching in %s mode: %w", m, err))
+	}
+	return nil, mode, errors.Join(errs...)
+}
+
+// rxQueues counts the interface's receive queues in sysfs.
+func rxQueues(name string) (int, error) {
+	ents, err := os.ReadDir(filepath.Join("/sys/class/net", name, "queues"))
+	if err != nil {
+		return 0, fmt.Errorf("counting receive queues: %w", err)
+	}
+	n := 0
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "rx-") {
+			n++
+		}
+	}
+	if n == 0 {
+		return 0, errors.New("counting receive queues: none in sysfs")
+	}
+	return n, nil
+}
+
+// Stop detaches the programs first (new packets go to the kernel sockets),
+// then ends the loops, waits for the replies of misses still resolving
+// until ctx is done, and closes the sockets.
+func (s *Server) Stop(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.started || s.stopped {
+		return nil
+	}
+	s.stopped = true
+	for _, ifc := range s.ifaces {
+		if ifc.link != nil {
+			_ = ifc.link.Close()
+			ifc.link = nil
+		}
+	}
+	s.stopping.Store(true)
+	for _, ifc := range s.ifaces {
+		for _, l := range ifc.loops {
+			l.wake()
+		}
+	}
+	s.wg.Wait()
+	var err error
+	for _, ifc := range s.ifaces {
+		for _, l := range ifc.loops {
+			if e := l.waitMisses(ctx); e != nil && err == nil {
+				err = e
+			}
+		}
+	}
+	s.closeIfaces()
+	return err
+}
+
+// closeIfaces releases everything Start made; loops must have ended.
+func (s *Server) closeIfaces() {
+	for _, ifc := range s.ifaces {
+		if ifc.link != nil {
+			_ = ifc.link.Close()
+		}
+		for _, l := range ifc.loops {
+			l.close()
+		}
+		_ = ifc.prog.Close()
+	}
+	s.ifaces = nil
+}
+
+// Stats sums the loops' counters.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var st Stats
+	for _, ifc := range s.ifaces {
+		for _, l := range ifc.loops {
+			st.Queries += l.queries.Load()
+			st.Replies += l.replies.Load()
+			st.Misses += l.misses.Load()
+			st.Malformed += l.malformed.Load()
+			st.NoFrame += l.noFrame.Load()
+			st.Truncated += l.truncated.Load()
+		}
+	}
+	return st
+}
+
+// Interfaces reports each attached interface's mode, XDP verdict counters
+// and sockets' kernel statistics, read now.
+func (s *Server) Interfaces() []Iface {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []Iface
+	for _, ifc := range s.ifaces {
+		r := Iface{Name: ifc.name, Mode: ifc.mode}
+		r.Verdicts, _ = ifc.prog.Counters()
+		for _, l := range ifc.loops {
+			ks, _ := l.sock.Stats()
+			r.Sockets = append(r.Sockets, SocketStats{Queue: l.queue, ZeroCopy: l.sock.ZeroCopy(), Kernel: ks})
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// Modes says how each interface is attached ("native" or "generic").
+func (s *Server) Modes() map[string]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := map[string]string{}
+	for _, ifc := range s.ifaces {
+		m[ifc.name] = ifc.mode.String()
+	}
+	return m
+}
+
+var errStopped = errors.New("xdp: stopped")
+
+// drainTimeout bounds how long a loop keeps running after Stop to reap its
+// completion ring.
+const drainTimeout = 100 * time.Millisecond
