@@ -41,9 +41,10 @@ type loop struct {
 	req  forwarder.Request
 	fill []uint64 // scratch for the fill and completion rings
 
-	mu    sync.Mutex
-	free  []uint64 // UMEM frames owned by no ring; free[:nfree]
-	nfree int
+	mu       sync.Mutex
+	free     []uint64 // UMEM frames owned by no ring; free[:nfree]
+	nfree    int
+	unkicked int // replies queued on the TX ring since the last kick
 
 	ob       *outbox
 	inflight atomic.Int64 // misses whose done has not run its course
@@ -189,6 +190,10 @@ func (l *loop) room(buf []byte, v View) int {
 	return min(v.Room(buf), l.mtu-(v.PayloadOff-v.L3Off))
 }
 
+// kickAfter is how many replies may wait on the TX ring for more to batch
+// with while the RX ring still holds queries.
+const kickAfter = 128
+
 // release gives a received frame back (loop goroutine only; the frame goes
 // to the free list at the next refill).
 func (l *loop) release(addr uint64) {
@@ -204,8 +209,15 @@ func (l *loop) transmit() {
 	if len(l.tx) == 0 {
 		return
 	}
-	sent := l.sock.Transmit(l.tx)
+	sent := l.sock.Queue(l.tx)
 	l.replies.Add(uint64(sent))
+	// Kick once the RX ring is empty (nothing more to batch with) or
+	// enough replies wait: a kick is a system call, and in copy mode the
+	// device's transmit path runs once per kick.
+	if l.unkicked += sent; l.unkicked >= kickAfter || !l.sock.RxReady() {
+		l.sock.Kick()
+		l.unkicked = 0
+	}
 	for _, d := range l.tx[sent:] {
 		l.free[l.nfree] = d.Addr
 		l.nfree++

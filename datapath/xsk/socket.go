@@ -324,7 +324,7 @@ func (s *Socket) Fill(addrs []uint64) int {
 	if r.needWakeup() {
 		s.rxWakeups.Add(1)
 		// recvfrom only wakes the driver; errors say nothing useful here.
-		unix.Syscall6(unix.SYS_RECVFROM, uintptr(s.fd), 0, 0, unix.MSG_DONTWAIT, 0, 0)
+		unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(s.fd), 0, 0, unix.MSG_DONTWAIT, 0, 0)
 	}
 	return int(n)
 }
@@ -336,31 +336,42 @@ func (s *Socket) Fill(addrs []uint64) int {
 // Transmit(nil) only kicks, if the ring still holds packets: call it after
 // Complete made room when an earlier kick could not send everything.
 func (s *Socket) Transmit(descs []unix.XDPDesc) int {
+	n := s.Queue(descs)
+	s.Kick()
+	return n
+}
+
+// Queue is Transmit without the kick: the packets wait on the TX ring until
+// the next Kick or Transmit. Several batches queued then kicked once cost
+// one system call, and in copy mode one pass of the device's transmit path.
+func (s *Socket) Queue(descs []unix.XDPDesc) int {
 	r := &s.tx
-	var n uint32
-	if len(descs) > 0 {
-		var idx uint32
-		idx, n = r.reserve(uint32(len(descs)))
-		for i := range n {
-			r.entries[(idx+i)&r.mask] = descs[i]
-		}
-		if n > 0 {
-			r.submit()
-		}
-	} else if !r.pending() {
-		return 0
+	idx, n := r.reserve(uint32(len(descs)))
+	for i := range n {
+		r.entries[(idx+i)&r.mask] = descs[i]
 	}
-	if !s.zeroCopy || r.needWakeup() {
-		s.kick()
+	if n > 0 {
+		r.submit()
 	}
 	return int(n)
 }
+
+// Kick makes the kernel send what the TX ring holds, if anything and if it
+// needs a wake-up for that (always in copy mode).
+func (s *Socket) Kick() {
+	if s.tx.pending() && (!s.zeroCopy || s.tx.needWakeup()) {
+		s.kick()
+	}
+}
+
+// RxReady reports whether the RX ring holds received packets.
+func (s *Socket) RxReady() bool { return s.rx.avail(1) > 0 }
 
 // kick makes the kernel process the TX ring: in copy mode sendto builds and
 // sends the packets itself; in zero-copy mode it wakes the driver.
 func (s *Socket) kick() {
 	for range s.kickTries {
-		_, _, e := unix.Syscall6(unix.SYS_SENDTO, uintptr(s.fd), 0, 0, unix.MSG_DONTWAIT, 0, 0)
+		_, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(s.fd), 0, 0, unix.MSG_DONTWAIT, 0, 0)
 		s.txKicks.Add(1)
 		switch e {
 		case 0:
