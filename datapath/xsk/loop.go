@@ -42,9 +42,8 @@ type loop struct {
 	fill []uint64 // scratch for the fill and completion rings
 
 	mu       sync.Mutex
-	free     []uint64 // UMEM frames owned by no ring; free[:nfree]
-	nfree    int
-	unkicked int // replies queued on the TX ring since the last kick
+	frames   *Frames // UMEM frames owned by no ring
+	unkicked int     // replies queued on the TX ring since the last kick
 
 	ob       *outbox
 	inflight atomic.Int64 // misses whose done has not run its course
@@ -69,17 +68,13 @@ func newLoop(so *Socket, s *Server, queue, mtu int) (*loop, error) {
 	}
 	l := &loop{
 		srv: s, sock: so, queue: queue, mtu: mtu, name: s.cfg.Name, file: f, rc: rc,
-		rx:   make([]unix.XDPDesc, s.cfg.Batch),
-		tx:   make([]unix.XDPDesc, 0, s.cfg.Batch),
-		out:  make([]byte, answerRoom),
-		fill: make([]uint64, max(s.cfg.Batch, s.cfg.RingSize)),
-		free: make([]uint64, so.NumFrames()),
+		rx:     make([]unix.XDPDesc, s.cfg.Batch),
+		tx:     make([]unix.XDPDesc, 0, s.cfg.Batch),
+		out:    make([]byte, answerRoom),
+		fill:   make([]uint64, max(s.cfg.Batch, s.cfg.RingSize)),
+		frames: NewFrames(so.FrameSize(), so.NumFrames()),
 	}
 	l.recvFn = l.tryRecv
-	for i := range so.NumFrames() {
-		l.free[i] = uint64(i) * uint64(so.FrameSize())
-	}
-	l.nfree = so.NumFrames()
 	l.ob = newOutbox(l)
 	// Half the frames wait in the fill ring for packets; the rest carry
 	// replies of misses and cover frames on the TX ring.
@@ -198,8 +193,7 @@ const kickAfter = 128
 // to the free list at the next refill).
 func (l *loop) release(addr uint64) {
 	l.mu.Lock()
-	l.free[l.nfree] = addr
-	l.nfree++
+	l.frames.Put(addr)
 	l.mu.Unlock()
 }
 
@@ -219,8 +213,7 @@ func (l *loop) transmit() {
 		l.unkicked = 0
 	}
 	for _, d := range l.tx[sent:] {
-		l.free[l.nfree] = d.Addr
-		l.nfree++
+		l.frames.Put(d.Addr)
 	}
 	if k := len(l.tx) - sent; k > 0 {
 		l.noFrame.Add(uint64(k))
@@ -233,10 +226,7 @@ func (l *loop) transmit() {
 func (l *loop) reap() {
 	for {
 		n := l.sock.Complete(l.fill)
-		for _, a := range l.fill[:n] {
-			l.free[l.nfree] = a
-			l.nfree++
-		}
+		l.frames.PutN(l.fill[:n])
 		if n < len(l.fill) {
 			return
 		}
@@ -246,30 +236,22 @@ func (l *loop) reap() {
 // refill gives up to want free frames to the fill ring, keeping a reserve
 // for replies of misses. mu held.
 func (l *loop) refill(want int) {
-	reserve := len(l.free) / 4
-	k := min(want, l.nfree-reserve, len(l.fill))
+	reserve := l.sock.NumFrames() / 4
+	k := min(want, l.frames.Len()-reserve, len(l.fill))
 	if k <= 0 {
 		return
 	}
-	base := l.nfree - k
-	copy(l.fill, l.free[base:l.nfree])
+	k = l.frames.GetN(l.fill[:k])
 	n := l.sock.Fill(l.fill[:k])
-	// The ring took fill[:n]; the frames it did not take stay on top of
-	// the free list.
-	copy(l.free[base:], l.fill[n:k])
-	l.nfree -= n
+	l.frames.PutN(l.fill[n:k]) // what the ring did not take
 }
 
 // takeFrame pops a free frame, reaping completions if none is free. mu held.
 func (l *loop) takeFrame() (uint64, bool) {
-	if l.nfree == 0 {
+	if l.frames.Len() == 0 {
 		l.reap()
-		if l.nfree == 0 {
-			return 0, false
-		}
 	}
-	l.nfree--
-	return l.free[l.nfree], true
+	return l.frames.Get()
 }
 
 // waitMisses waits until every miss has been answered or ctx is done.
@@ -442,8 +424,7 @@ func (o *outbox) flush() {
 		sent := l.sock.Transmit(tx)
 		l.replies.Add(uint64(sent))
 		for _, d := range tx[sent:] {
-			l.free[l.nfree] = d.Addr
-			l.nfree++
+			l.frames.Put(d.Addr)
 		}
 		if sent < len(tx) {
 			l.noFrame.Add(uint64(len(tx) - sent))
