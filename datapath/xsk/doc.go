@@ -50,4 +50,34 @@
 // Checksums are always computed in full: senders on veth leave partial
 // (CHECKSUM_PARTIAL) sums in their packets, so patching them incrementally
 // would propagate garbage.
+//
+// # The server and its loops
+//
+// A [Server] is one listener's AF_XDP datapath (server.go): per interface it
+// loads the bpf/ program with the listener's addresses and ACL, attaches it
+// through a bpf_link (native, generic, or auto: native then generic), opens
+// one Socket per receive queue (counted in sysfs) and registers each in the
+// program's XSKMAP. The kernel sockets of datapath/udp stay bound beside it:
+// whatever the program passes, and every packet of a queue without a socket,
+// reaches them. Stop detaches first, so new packets go to those sockets,
+// then ends the loops, waits for misses still resolving and closes.
+//
+// A loop (loop.go) serves one socket on one goroutine, parked in Go's
+// network poller (the socket's descriptor is non-blocking and pollable)
+// while the RX ring is empty, so it holds no thread and works at one P. Per
+// batch it parses each frame, asks the forwarder's non-blocking Answer with
+// the query read in place in the UMEM, and writes a hit (cache, zone,
+// block, FORMERR) into the same frame with [Reply]; the replies go on the
+// TX ring together, and the kick (a system call; in copy mode it runs the
+// device's transmit path) waits until the RX ring is empty or 128 replies
+// are queued. An answer larger than the frame or the interface's MTU
+// allows is truncated with TC set (the forwarder already cut it to the
+// client's EDNS size). A miss goes to Resolve with its headers saved; its
+// answer comes back on a resolving goroutine and waits in the loop's
+// outbox, whose goroutine builds the reply frames from the saved headers in
+// free frames and transmits them as one batch. The TX and completion rings
+// and the free list are shared by the loop and the outbox under one mutex,
+// taken once per batch; the RX and fill rings are the loop's alone. A
+// quarter of the frames is kept out of the fill ring for replies of misses.
+// Nothing is allocated per packet on a hit (TestLoopHitAllocs).
 package xsk
