@@ -76,6 +76,7 @@ func newLoop(so *Socket, s *Server, queue, mtu int) (*loop, error) {
 	}
 	l.recvFn = l.tryRecv
 	l.ob = newOutbox(l)
+	go l.ob.run() // ended by close, also when Start fails
 	// Half the frames wait in the fill ring for packets; the rest carry
 	// replies of misses and cover frames on the TX ring.
 	l.mu.Lock()
@@ -102,6 +103,10 @@ func (l *loop) recv() int {
 		return n
 	}
 	l.mu.Lock()
+	if l.unkicked > 0 { // replies held back for a batch that did not come
+		l.sock.Kick()
+		l.unkicked = 0
+	}
 	l.reap()
 	l.refill(len(l.fill))
 	l.mu.Unlock()

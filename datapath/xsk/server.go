@@ -11,7 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
@@ -184,7 +184,6 @@ func (s *Server) Start() (err error) {
 				defer s.wg.Done()
 				l.run()
 			}()
-			go l.ob.run()
 		}
 	}
 	return nil
@@ -261,8 +260,14 @@ func attach(prog *bpf.Program, index int, mode Mode) (link.Link, Mode, error) {
 	return nil, mode, errors.Join(errs...)
 }
 
-// rxQueues counts the interface's receive queues in sysfs.
+// rxQueues is how many receive queues the interface has: ETHTOOL_GCHANNELS
+// (rx or combined channels, like Knot), which follows the calling thread's
+// network namespace; sysfs, which shows the namespace it was mounted in,
+// only for a driver without it.
 func rxQueues(name string) (int, error) {
+	if n, err := ethtoolRxQueues(name); err == nil && n > 0 {
+		return n, nil
+	}
 	ents, err := os.ReadDir(filepath.Join("/sys/class/net", name, "queues"))
 	if err != nil {
 		return 0, fmt.Errorf("counting receive queues: %w", err)
@@ -277,6 +282,36 @@ func rxQueues(name string) (int, error) {
 		return 0, errors.New("counting receive queues: none in sysfs")
 	}
 	return n, nil
+}
+
+// ethtoolChannels is struct ethtool_channels.
+type ethtoolChannels struct {
+	Cmd                                         uint32
+	MaxRx, MaxTx, MaxOther, MaxCombined         uint32
+	RxCount, TxCount, OtherCount, CombinedCount uint32
+}
+
+// ifreqData is struct ifreq with ifr_data.
+type ifreqData struct {
+	name [unix.IFNAMSIZ]byte
+	data unsafe.Pointer
+	_    [16]byte
+}
+
+func ethtoolRxQueues(name string) (int, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	ch := ethtoolChannels{Cmd: unix.ETHTOOL_GCHANNELS}
+	var ifr ifreqData
+	copy(ifr.name[:unix.IFNAMSIZ-1], name)
+	ifr.data = unsafe.Pointer(&ch)
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr))); e != 0 {
+		return 0, e
+	}
+	return int(max(ch.RxCount, ch.CombinedCount)), nil
 }
 
 // Stop detaches the programs first (new packets go to the kernel sockets),
@@ -374,9 +409,3 @@ func (s *Server) Modes() map[string]string {
 	}
 	return m
 }
-
-var errStopped = errors.New("xdp: stopped")
-
-// drainTimeout bounds how long a loop keeps running after Stop to reap its
-// completion ring.
-const drainTimeout = 100 * time.Millisecond

@@ -112,7 +112,7 @@ func In(ns string, f func() error) error {
 		return err
 	}
 	defer h.Close()
-	orig, err := os.Open("/proc/self/ns/net") // the main thread's: the test's own namespace
+	orig, err := os.Open("/proc/thread-self/ns/net") // where this thread is: the test's own namespace
 	if err != nil {
 		return err
 	}
