@@ -34,7 +34,7 @@
 // the device drops one that is too long. TX descriptors may point anywhere
 // inside one frame: in-place replies reuse the RX Addr, replies built into
 // a free frame start at its base. Completion returns the TX Addr unchanged;
-// [Frames.Put] and [Socket.Frame] round any address down to its frame.
+// [Frames.Put] rounds any address down to its frame.
 //
 // Binding tries zero-copy first unless told otherwise and falls back to
 // copy mode (veth has no zero-copy); always with XDP_USE_NEED_WAKEUP, so

@@ -35,11 +35,12 @@ type loop struct {
 	recvFn func(fd uintptr) bool
 	rn     int
 
-	rx   []unix.XDPDesc // received this batch
-	tx   []unix.XDPDesc // replies of this batch
-	out  []byte         // Answer's scratch (answerRoom)
-	req  forwarder.Request
-	fill []uint64 // scratch for the fill and completion rings
+	rx    []unix.XDPDesc // received this batch
+	tx    []unix.XDPDesc // replies of this batch
+	freed []uint64       // frames of this batch that carry no reply
+	out   []byte         // Answer's scratch (answerRoom)
+	req   forwarder.Request
+	fill  []uint64 // scratch for the fill and completion rings
 
 	mu       sync.Mutex
 	frames   *Frames // UMEM frames owned by no ring
@@ -70,6 +71,7 @@ func newLoop(so *Socket, s *Server, queue, mtu int) (*loop, error) {
 		srv: s, sock: so, queue: queue, mtu: mtu, name: s.cfg.Name, file: f, rc: rc,
 		rx:     make([]unix.XDPDesc, s.cfg.Batch),
 		tx:     make([]unix.XDPDesc, 0, s.cfg.Batch),
+		freed:  make([]uint64, 0, s.cfg.Batch),
 		out:    make([]byte, answerRoom),
 		fill:   make([]uint64, max(s.cfg.Batch, s.cfg.RingSize)),
 		frames: NewFrames(so.FrameSize(), so.NumFrames()),
@@ -178,6 +180,8 @@ func (l *loop) process(n int) {
 		l.truncated.Add(truncated)
 	}
 	l.mu.Lock()
+	l.frames.PutN(l.freed)
+	l.freed = l.freed[:0]
 	l.transmit()
 	l.reap()
 	l.refill(len(l.fill))
@@ -194,13 +198,9 @@ func (l *loop) room(buf []byte, v View) int {
 // with while the RX ring still holds queries.
 const kickAfter = 128
 
-// release gives a received frame back (loop goroutine only; the frame goes
-// to the free list at the next refill).
-func (l *loop) release(addr uint64) {
-	l.mu.Lock()
-	l.frames.Put(addr)
-	l.mu.Unlock()
-}
+// release gives a received frame back; it joins the free list with the
+// batch's replies, under one lock.
+func (l *loop) release(addr uint64) { l.freed = append(l.freed, addr) }
 
 // transmit puts l.tx on the TX ring; what does not fit is dropped and its
 // frames freed. mu held.

@@ -107,9 +107,6 @@ type Socket struct {
 
 	kickTries int // sendto calls a kick may make while the kernel says EAGAIN
 
-	pollfd  [1]unix.PollFd // Wait's, kept here so nothing escapes per call
-	timeout unix.Timespec
-
 	txKicks, txKickErrors, rxWakeups atomic.Uint64
 }
 
@@ -279,10 +276,6 @@ func (s *Socket) Close() error {
 	return err
 }
 
-// Frame returns the whole frame (FrameSize bytes from its aligned base)
-// holding addr.
-func (s *Socket) Frame(addr uint64) []byte { return s.umem.frame(addr) }
-
 // Packet returns the UMEM from addr to the end of its frame: for a received
 // descriptor d, Packet(d.Addr)[:d.Len] is the packet and the rest is the
 // room a reply built in place can grow into; for a free frame's base it is
@@ -407,23 +400,6 @@ func (s *Socket) Complete(addrs []uint64) int {
 	}
 	r.release()
 	return int(n)
-}
-
-// Wait blocks until the RX ring has packets, timeoutMs milliseconds pass
-// (negative: no limit) or a signal interrupts; only a failure of poll
-// itself is an error. In copy mode the poll also pushes pending TX.
-func (s *Socket) Wait(timeoutMs int) error {
-	s.pollfd[0] = unix.PollFd{Fd: int32(s.fd), Events: unix.POLLIN}
-	var ts uintptr
-	if timeoutMs >= 0 {
-		s.timeout = unix.NsecToTimespec(int64(timeoutMs) * int64(time.Millisecond))
-		ts = uintptr(unsafe.Pointer(&s.timeout))
-	}
-	_, _, e := unix.Syscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&s.pollfd[0])), 1, ts, 0, 0, 0)
-	if e != 0 && e != unix.EINTR {
-		return fmt.Errorf("polling AF_XDP socket: %w", e)
-	}
-	return nil
 }
 
 // setsockopt and getsockopt pass SOL_XDP structures that x/sys/unix has

@@ -333,7 +333,7 @@ func (r *rig) dial(t testing.TB, server netip.Addr) int {
 func (r *rig) next(t testing.TB) (unix.XDPDesc, []byte, View) {
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
 		if r.s.Receive(r.rx[:1]) == 0 {
-			if err := r.s.Wait(100); err != nil {
+			if err := waitRX(r.s, 100); err != nil {
 				t.Fatal(err)
 			}
 			continue
@@ -559,7 +559,7 @@ func (r *rig) cycle(tb testing.TB, c int, query, buf []byte) {
 			tb.Fatal("no query within 100 waits")
 		}
 		if r.s.Receive(r.rx[:1]) == 0 {
-			if err := r.s.Wait(50); err != nil {
+			if err := waitRX(r.s, 50); err != nil {
 				tb.Fatal(err)
 			}
 			continue
@@ -635,7 +635,7 @@ func TestSocketBurst(t *testing.T) {
 		}
 		n := r.s.Receive(rx)
 		if n == 0 {
-			r.s.Wait(100)
+			waitRX(r.s, 100)
 		}
 		for _, d := range rx[:n] {
 			pkt := r.s.Packet(d.Addr)
@@ -667,4 +667,14 @@ func TestSocketBurst(t *testing.T) {
 	r.complete(t, burst)
 	st, _ := r.s.Stats()
 	t.Logf("kick tries %d, stats %+v", r.s.kickTries, st)
+}
+
+// waitRX polls s until its RX ring has packets or ms milliseconds pass
+// (the loops wait in Go's poller instead).
+func waitRX(s *Socket, ms int) error {
+	fds := []unix.PollFd{{Fd: int32(s.FD()), Events: unix.POLLIN}}
+	if _, err := unix.Poll(fds, ms); err != nil && err != unix.EINTR {
+		return fmt.Errorf("polling AF_XDP socket: %w", err)
+	}
+	return nil
 }

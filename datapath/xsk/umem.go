@@ -58,12 +58,6 @@ func (u *umem) unmap() {
 	}
 }
 
-// frame returns the whole frame holding addr.
-func (u *umem) frame(addr uint64) []byte {
-	base := addr & u.frameMask
-	return u.mem[base : base+u.frameSize : base+u.frameSize]
-}
-
 // Frames is a free list of UMEM frame addresses: a fixed stack filled once,
 // so Get and Put never allocate. It is not safe for concurrent use; the
 // socket's loop owns it, like the rings.
