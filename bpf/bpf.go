@@ -21,7 +21,11 @@ const (
 )
 
 // Listener flags (LISTENER_* in xdp.c).
-const flagACLDrop = 1
+const (
+	flagACLDrop = 1 << iota
+	flagACL
+	flagAnswers
+)
 
 // Options configure Load.
 type Options struct {
@@ -29,15 +33,23 @@ type Options struct {
 	// the xsks map. Packets from a queue at or past it reach the kernel.
 	// 0 means DefaultQueues.
 	Queues int
+	// AnswerEntries sizes the in-kernel answer tier's map (an LRU) and its
+	// hit counters. 0 means DefaultAnswerEntries.
+	AnswerEntries int
 }
 
 // Program is the loaded XDP program with its maps. It is not attached to any
 // interface: link.AttachXDP(link.XDPOptions{Program: p.XDP(), ...}) does that.
 // Its methods may be called concurrently, except Close.
 type Program struct {
-	objs   objects
-	queues int
-	mu     sync.Mutex // serializes SetListeners
+	objs    objects
+	queues  int
+	answers int        // AnswerEntries
+	mu      sync.Mutex // serializes SetListeners
+
+	hitMu   sync.Mutex // AnswerHits' buffers
+	hitKeys []uint32
+	hitVals []uint64
 }
 
 // objects is what Load takes from the collection: the program and the maps
@@ -63,8 +75,17 @@ func Load(opts Options) (*Program, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading the XDP program: %w", err)
 	}
+	a := opts.AnswerEntries
+	if a == 0 {
+		a = DefaultAnswerEntries
+	}
+	if a < 0 || a > 1<<20 {
+		return nil, fmt.Errorf("loading the XDP program: %d answer entries is out of range [1, 1048576]", a)
+	}
 	spec.Maps[xdpMapXsks].MaxEntries = uint32(q)
-	p := &Program{queues: q}
+	spec.Maps[xdpMapAnswers].MaxEntries = uint32(a)
+	spec.Maps[xdpMapAnswerHits].MaxEntries = uint32(a)
+	p := &Program{queues: q, answers: a}
 	if err := spec.LoadAndAssign(&p.objs, nil); err != nil {
 		return nil, fmt.Errorf("loading the XDP program: %w", err)
 	}
@@ -119,6 +140,9 @@ type Listener struct {
 	// ACLDrop drops the sources Allow does not cover in XDP (drop_acl).
 	// Without it the program steers them and userspace decides (REFUSED).
 	ACLDrop bool
+	// Answers lets the program answer the listener's queries from the
+	// answers map (XDP_TX); sources outside Allow never are.
+	Answers bool
 }
 
 // SetListeners replaces the listeners and their ACLs.
@@ -188,6 +212,12 @@ func compile(ls []Listener) (tables, error) {
 		v := xdpListenerValue{Id: l.ID}
 		if drop {
 			v.Flags |= flagACLDrop
+		}
+		if len(allow) > 0 {
+			v.Flags |= flagACL
+		}
+		if l.Answers {
+			v.Flags |= flagAnswers
 		}
 		t.listeners[k] = v
 	}

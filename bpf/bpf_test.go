@@ -13,7 +13,7 @@ import (
 // TestReasonNames checks the names are distinct label values whose prefix is
 // the verdict.
 func TestReasonNames(t *testing.T) {
-	label := regexp.MustCompile(`^(redirect|pass_[a-z0-9_]+|drop_[a-z0-9_]+)$`)
+	label := regexp.MustCompile(`^(redirect|tx|pass_[a-z0-9_]+|drop_[a-z0-9_]+)$`)
 	seen := map[string]bool{}
 	for r := range NumReasons {
 		s := r.String()
@@ -25,7 +25,7 @@ func TestReasonNames(t *testing.T) {
 			t.Errorf("%s: verdict %d", s, r.verdict())
 		}
 	}
-	if s := NumReasons.String(); s != "reason(12)" {
+	if s := NumReasons.String(); s != "reason(13)" {
 		t.Errorf("NumReasons.String() = %q", s)
 	}
 }
@@ -105,18 +105,23 @@ func TestCompile(t *testing.T) {
 func TestCompileLayout(t *testing.T) {
 	tb, err := compile([]Listener{
 		{ID: 0x01020304, Addr: ap("192.0.2.1:53"), Allow: []netip.Prefix{pfx("10.1.2.3/8")}, ACLDrop: true},
-		{ID: 7, Addr: ap("[::]:853"), Allow: []netip.Prefix{pfx("fd00::/8")}},
+		{ID: 7, Addr: ap("[::]:853"), Allow: []netip.Prefix{pfx("fd00::/8")}, Answers: true},
+		{ID: 9, Addr: ap("[::1]:53")},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	k4 := xdpListenerKey{Port: hton16(53), Family: 4, Addr: [16]byte{10: 0xff, 11: 0xff, 12: 192, 13: 0, 14: 2, 15: 1}}
 	k6 := xdpListenerKey{Port: hton16(853), Family: 6}
-	if v := tb.listeners[k4]; v != (xdpListenerValue{Id: 0x01020304, Flags: flagACLDrop}) {
+	if v := tb.listeners[k4]; v != (xdpListenerValue{Id: 0x01020304, Flags: flagACLDrop | flagACL}) {
 		t.Errorf("listeners[%+v] = %+v", k4, v)
 	}
-	if v, ok := tb.listeners[k6]; !ok || v != (xdpListenerValue{Id: 7}) {
+	if v, ok := tb.listeners[k6]; !ok || v != (xdpListenerValue{Id: 7, Flags: flagACL | flagAnswers}) {
 		t.Errorf("listeners[%+v] = %+v", k6, v)
+	}
+	k61 := xdpListenerKey{Port: hton16(53), Family: 6, Addr: [16]byte{15: 1}}
+	if v, ok := tb.listeners[k61]; !ok || v != (xdpListenerValue{Id: 9}) {
+		t.Errorf("listeners[%+v] = %+v", k61, v)
 	}
 	a4 := xdpAcl4Key{Prefixlen: 40, Id: hton32(0x01020304), Addr: [4]byte{10}}
 	if _, ok := tb.acl4[a4]; !ok || len(tb.acl4) != 1 {

@@ -25,6 +25,7 @@ const (
 	ReasonPassShortDNS    = Reason(xdpReasonREASON_PASS_SHORT_DNS)    // UDP payload under 12 bytes
 	ReasonPassNotListener = Reason(xdpReasonREASON_PASS_NOT_LISTENER) // no listener on that address and port
 	ReasonDropACL         = Reason(xdpReasonREASON_DROP_ACL)          // source outside an ACLDrop listener's allow list
+	ReasonTX              = Reason(xdpReasonREASON_TX)                // answered from the answers map (XDP_TX)
 	NumReasons            = Reason(xdpReasonREASON_MAX)
 )
 
@@ -41,6 +42,7 @@ var reasonNames = [NumReasons]string{
 	ReasonPassShortDNS:    "pass_short_dns",
 	ReasonPassNotListener: "pass_not_listener",
 	ReasonDropACL:         "drop_acl",
+	ReasonTX:              "tx",
 }
 
 // String is the reason's name, usable as a Prometheus label value.

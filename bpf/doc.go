@@ -66,4 +66,4 @@ package bpf
 
 // The -idirafter paths find asm/types.h on Debian's multiarch layout (amd64,
 // arm64); elsewhere they do not exist and are ignored.
-//go:generate go tool bpf2go -cc clang -target bpfel -type reason -type listener_key -type listener_value -type acl4_key -type acl6_key xdp xdp.c -- -Wall -Werror -mcpu=v3 -idirafter /usr/include/x86_64-linux-gnu -idirafter /usr/include/aarch64-linux-gnu
+//go:generate go tool bpf2go -cc clang -target bpfel -type reason -type listener_key -type listener_value -type acl4_key -type acl6_key -type answer_event -type answer_key -type answer xdp xdp.c -- -Wall -Werror -mcpu=v3 -idirafter /usr/include/x86_64-linux-gnu -idirafter /usr/include/aarch64-linux-gnu

@@ -27,6 +27,8 @@ func (r Reason) verdict() uint32 {
 		return xdpRedirect
 	case ReasonDropACL:
 		return xdpDrop
+	case ReasonTX:
+		return xdpTX
 	}
 	return xdpPass
 }

@@ -30,11 +30,27 @@ enum reason {
 	REASON_PASS_SHORT_DNS,    // UDP payload shorter than a DNS header
 	REASON_PASS_NOT_LISTENER, // no listener on the destination address and port
 	REASON_DROP_ACL,          // source not in the listener's allow list (LISTENER_ACL_DROP)
+	REASON_TX,                // answered from the answers map (XDP_TX)
 	REASON_MAX,
+};
+
+// answer_event is the answer_counters index: what the in-kernel tier did
+// with a packet of a listener that has it (LISTENER_ANSWERS). Every such
+// packet the ACL lets through increments exactly one.
+enum answer_event {
+	ANSWER_HIT,            // answered with XDP_TX
+	ANSWER_MISS_ABSENT,    // no entry for the question
+	ANSWER_MISS_EXPIRED,   // an entry past its expiry
+	ANSWER_MISS_TOO_LARGE, // the entry is larger than the client's UDP size
+	ANSWER_MISS_NOT_EXACT, // a query the tier does not answer (see doc.go)
+	ANSWER_MISS_NO_ROOM,   // the frame could not grow to the answer's size
+	ANSWER_EVENT_MAX,
 };
 
 // Listener flags.
 #define LISTENER_ACL_DROP 1 // drop sources the listener's acl4/acl6 entries do not cover
+#define LISTENER_ACL 2      // the listener has an allow list (acl4/acl6 entries)
+#define LISTENER_ANSWERS 4  // answer from the answers map
 
 #define FAMILY_IPV4 4
 #define FAMILY_IPV6 6
@@ -106,9 +122,72 @@ struct {
 	__uint(max_entries, REASON_MAX);
 } counters SEC(".maps");
 
+#define ANSWER_NAME_MAX 128 // wire names longer than this are not answered here
+#define ANSWER_MAX 1232     // the largest response an answers entry holds
+
+// Key flag bits: dnsmsg.AppendKey's, which the userspace cache keys on.
+#define KEY_OPT 1 // the query has an OPT record
+#define KEY_DO 2  // DNSSEC OK
+#define KEY_CD 4  // checking disabled
+#define KEY_RD 8  // recursion desired
+
+// answer_key is what the userspace cache keys a response on.
+struct answer_key {
+	__be16 qtype;  // network order
+	__be16 qclass; // network order
+	__u8 flags;    // KEY_*
+	__u8 name_len; // of name, the root label included
+	__u16 pad;     // zero
+	__u8 name[ANSWER_NAME_MAX]; // lower-cased wire name, zero after name_len
+};
+
+// answer is a response ready to go, with the query's ID and question name
+// still to be copied in.
+struct answer {
+	__u64 expires; // bpf_ktime_get_ns() from which it no longer answers
+	__u32 slot;    // its answer_hits index
+	__u32 csum;    // 16-bit one's complement sum of the response, ID and question name left out (see doc.go)
+	__u16 len;     // of data
+	__u16 pad[3];
+	__u8 data[ANSWER_MAX]; // the response
+};
+
+// answers is filled by userspace; Load sets max_entries.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct answer_key);
+	__type(value, struct answer);
+	__uint(max_entries, 4096);
+} answers SEC(".maps");
+
+// answer_hits counts XDP_TX answers per answers slot; Load sets max_entries.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 4096);
+} answer_hits SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, ANSWER_EVENT_MAX);
+} answer_counters SEC(".maps");
+
+// key_scratch is where the key of a packet is built (too big for the stack
+// next to the rest).
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct answer_key);
+	__uint(max_entries, 1);
+} key_scratch SEC(".maps");
+
 // Puts enum reason into the BTF so that bpf2go generates its constants. Never
 // read; Load does not create its .bss.
 const enum reason *unused_reason __attribute__((unused));
+const enum answer_event *unused_answer_event __attribute__((unused));
 
 struct vlan_hdr {
 	__be16 tci;
@@ -119,6 +198,7 @@ struct vlan_hdr {
 struct query {
 	struct listener_key dst; // lookup key for the destination
 	__u8 saddr[16];          // source: IPv4 in the first 4 bytes
+	__u16 l3_off;            // offset of the IP header from ctx->data
 	__u16 dns_off;           // offset of the DNS message from ctx->data
 	__u16 dns_len;           // its length (>= 12)
 };
@@ -265,6 +345,7 @@ static __always_inline int parse(struct xdp_md *ctx, struct query *q)
 		pos = vh + 1;
 	}
 
+	q->l3_off = pos - data;
 	if (proto == bpf_htons(ETH_P_IP))
 		return parse_ipv4(ctx, pos, q);
 	if (proto == bpf_htons(ETH_P_IPV6))
@@ -302,6 +383,242 @@ static __always_inline int acl_allows(const struct query *q, __u32 id)
 	return bpf_map_lookup_elem(&acl6, &k) != NULL;
 }
 
+static __always_inline void count_answer(enum answer_event e)
+{
+	__u32 key = e;
+	__u64 *n = bpf_map_lookup_elem(&answer_counters, &key);
+
+	if (n)
+		*n += 1;
+}
+
+// fold folds a 32-bit one's complement sum into 16 bits.
+static __always_inline __u16 fold(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return sum;
+}
+
+// sum16 adds n (even) bytes at p as 16-bit words in memory order.
+#define SUM16(p, n)                                                        \
+	({                                                                 \
+		__u32 _s = 0;                                              \
+		_Pragma("unroll") for (int _i = 0; _i < (n) / 2; _i++) _s += \
+			((const __u16 *)(p))[_i];                          \
+		_s;                                                        \
+	})
+
+// unicast_source says whether the frame's source can be a DNS client: not a
+// multicast or broadcast MAC or IP address (a spoofed source that would
+// make the answer a flood).
+static __always_inline int unicast(const struct ethhdr *eth, const struct query *q)
+{
+	if ((eth->h_source[0] & 1) || (eth->h_dest[0] & 1))
+		return 0;
+	if (q->dst.family == FAMILY_IPV4) {
+		__u8 s = q->saddr[0], d = q->dst.addr[12];
+
+		// 0/8, 224/4 (multicast), 240/4 (reserved, broadcast)
+		return s != 0 && s < 224 && d < 224;
+	}
+	return q->saddr[0] != 0xff && q->dst.addr[0] != 0xff;
+}
+
+// answer answers the query q from the answers map with XDP_TX, or leaves
+// the frame as it was and says why not. Only queries whose answer is
+// exactly the userspace cache's are answered: one question with an
+// uncompressed name of at most ANSWER_NAME_MAX bytes, no records but an
+// empty EDNS version 0 OPT, nothing after it.
+static __always_inline enum answer_event answer(struct xdp_md *ctx, struct query *q)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	__u32 off = q->dns_off, dns_len = q->dns_len, l3 = q->l3_off;
+	__u32 zero = 0, name_len = 0, label = 0, qsum = 0, maxsize = 512;
+	struct answer_key *k;
+	struct answer *a;
+	__u8 *dns;
+
+	if (off > 128 || l3 > 64 || !unicast(data, q))
+		return ANSWER_MISS_NOT_EXACT;
+	dns = data + off;
+	if ((void *)(dns + 12) > end)
+		return ANSWER_MISS_NOT_EXACT;
+	// QR 0, opcode QUERY, TC 0; QDCOUNT 1, ANCOUNT 0, NSCOUNT 0, ARCOUNT <= 1
+	if ((dns[2] & 0xfa) != 0 || dns[4] != 0 || dns[5] != 1 || dns[6] | dns[7] | dns[8] | dns[9] | dns[10] ||
+	    dns[11] > 1)
+		return ANSWER_MISS_NOT_EXACT;
+	k = bpf_map_lookup_elem(&key_scratch, &zero);
+	if (!k)
+		return ANSWER_MISS_NOT_EXACT;
+	__builtin_memset(k, 0, sizeof(*k));
+
+	for (__u32 i = 0; i < ANSWER_NAME_MAX; i++) {
+		__u8 *p = dns + 12 + i;
+		__u8 c;
+
+		if ((void *)(p + 1) > end)
+			return ANSWER_MISS_NOT_EXACT;
+		c = *p;
+		qsum += (i & 1) ? (__u32)c << 8 : c; // words in memory order (little-endian)
+		if (i == label) {
+			if (c == 0) {
+				name_len = i + 1;
+				break;
+			}
+			if (c > 63)
+				return ANSWER_MISS_NOT_EXACT; // a pointer or a bad length
+			label = i + 1 + c;
+		} else if (c - 'A' < 26) {
+			c += 'a' - 'A';
+		}
+		k->name[i] = c;
+	}
+	if (name_len == 0)
+		return ANSWER_MISS_NOT_EXACT; // longer than ANSWER_NAME_MAX
+	k->name_len = name_len;
+
+	__u32 qend = 12 + name_len + 4;
+	__u8 *p = dns + 12 + name_len;
+
+	if ((void *)(p + 4) > end)
+		return ANSWER_MISS_NOT_EXACT;
+	k->qtype = *(__be16 *)p;
+	k->qclass = *(__be16 *)(p + 2);
+	if (dns[2] & 1)
+		k->flags |= KEY_RD;
+	if (dns[3] & 0x10)
+		k->flags |= KEY_CD;
+	if (dns[11] == 0) {
+		if (dns_len != qend)
+			return ANSWER_MISS_NOT_EXACT;
+	} else {
+		__u8 *o = p + 4;
+		__u32 size;
+
+		// root name, TYPE OPT, CLASS = UDP size, extended RCODE,
+		// version 0, flags, RDLENGTH 0
+		if ((void *)(o + 11) > end || dns_len != qend + 11)
+			return ANSWER_MISS_NOT_EXACT;
+		if (o[0] != 0 || o[1] != 0 || o[2] != 41 || o[6] != 0 || o[9] != 0 || o[10] != 0)
+			return ANSWER_MISS_NOT_EXACT;
+		k->flags |= KEY_OPT;
+		if (o[7] & 0x80)
+			k->flags |= KEY_DO;
+		size = (__u32)o[3] << 8 | o[4];
+		if (size > 4096)
+			size = 4096;
+		if (size > maxsize)
+			maxsize = size;
+	}
+
+	a = bpf_map_lookup_elem(&answers, k);
+	if (!a)
+		return ANSWER_MISS_ABSENT;
+	if (bpf_ktime_get_ns() >= a->expires)
+		return ANSWER_MISS_EXPIRED;
+	__u32 len = a->len;
+	if (len > maxsize)
+		return ANSWER_MISS_TOO_LARGE;
+	if (len > ANSWER_MAX || len < qend)
+		return ANSWER_MISS_NOT_EXACT; // a bad entry: never from userspace
+	__u32 slot = a->slot;
+	__u32 csum = a->csum;
+	__u16 id = *(__u16 *)dns;
+
+	// The frame becomes the reply: its headers, then the response. The
+	// query's ID and question name stay where they are.
+	if (bpf_xdp_adjust_tail(ctx, (int)(off + len) - (int)(end - data)))
+		return ANSWER_MISS_NO_ROOM;
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	dns = data + off;
+
+	__u32 j = 2;
+	for (int n = 0; n < 10; n++, j++) { // the header after the ID
+		if ((void *)(dns + j + 1) > end)
+			return ANSWER_MISS_NO_ROOM;
+		dns[j] = a->data[j];
+	}
+	j = 12 + name_len;
+	for (int n = 0; n < ANSWER_MAX / 8; n++) {
+		if (j + 8 > len)
+			break;
+		if ((void *)(dns + j + 8) > end || j > ANSWER_MAX - 8)
+			return ANSWER_MISS_NO_ROOM;
+		*(__u64 *)(dns + j) = *(__u64 *)(a->data + j);
+		j += 8;
+	}
+	for (int n = 0; n < 8; n++) {
+		if (j >= len)
+			break;
+		if ((void *)(dns + j + 1) > end || j >= ANSWER_MAX)
+			return ANSWER_MISS_NO_ROOM;
+		dns[j] = a->data[j];
+		j++;
+	}
+
+	// Ethernet, IP and UDP headers of the reply.
+	struct ethhdr *eth = data;
+	__u8 mac[ETH_ALEN];
+	__u32 udp_len = 8 + len;
+	__u32 sum = csum + id + qsum;
+	struct udphdr *udp = (struct udphdr *)(dns - 8);
+
+	if ((void *)(eth + 1) > end)
+		return ANSWER_MISS_NO_ROOM;
+	__builtin_memcpy(mac, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
+
+	if (q->dst.family == FAMILY_IPV4) {
+		struct iphdr *ip = data + l3;
+		__be32 addr;
+
+		if ((void *)(ip + 1) > end)
+			return ANSWER_MISS_NO_ROOM;
+		addr = ip->saddr;
+		ip->saddr = ip->daddr;
+		ip->daddr = addr;
+		ip->tos &= ~0x03; // ECN
+		ip->tot_len = bpf_htons(sizeof(*ip) + udp_len);
+		ip->ttl = 64;
+		ip->check = 0;
+		ip->check = ~fold(SUM16(ip, sizeof(*ip)));
+		sum += SUM16(&ip->saddr, 8);
+	} else {
+		struct ipv6hdr *ip6 = data + l3;
+		struct in6_addr addr;
+
+		if ((void *)(ip6 + 1) > end)
+			return ANSWER_MISS_NO_ROOM;
+		addr = ip6->saddr;
+		ip6->saddr = ip6->daddr;
+		ip6->daddr = addr;
+		ip6->flow_lbl[0] &= ~0x30; // ECN: the low bits of the traffic class
+		ip6->payload_len = bpf_htons(udp_len);
+		ip6->hop_limit = 64;
+		sum += SUM16(&ip6->saddr, 32);
+	}
+	if ((void *)(udp + 1) > end)
+		return ANSWER_MISS_NO_ROOM;
+	__be16 port = udp->source;
+	udp->source = udp->dest;
+	udp->dest = port;
+	udp->len = bpf_htons(udp_len);
+	udp->check = 0;
+	// The pseudo-header's protocol and length, then the UDP header.
+	sum += bpf_htons(IPPROTO_UDP) + udp->len + udp->source + udp->dest + udp->len;
+	__u16 c = ~fold(sum);
+	udp->check = c ? c : 0xffff;
+
+	__u64 *hits = bpf_map_lookup_elem(&answer_hits, &slot);
+	if (hits)
+		*hits += 1;
+	return ANSWER_HIT;
+}
+
 SEC("xdp")
 int xdp_dns(struct xdp_md *ctx)
 {
@@ -317,13 +634,21 @@ int xdp_dns(struct xdp_md *ctx)
 	lv = find_listener(&q);
 	if (!lv)
 		return count(REASON_PASS_NOT_LISTENER, XDP_PASS);
-	if ((lv->flags & LISTENER_ACL_DROP) && !acl_allows(&q, lv->id))
-		return count(REASON_DROP_ACL, XDP_DROP);
+	if (lv->flags & LISTENER_ACL_DROP) {
+		if (!acl_allows(&q, lv->id))
+			return count(REASON_DROP_ACL, XDP_DROP);
+	} else if ((lv->flags & (LISTENER_ACL | LISTENER_ANSWERS)) == (LISTENER_ACL | LISTENER_ANSWERS) &&
+		   !acl_allows(&q, lv->id)) {
+		goto redirect; // userspace answers REFUSED
+	}
+	if (lv->flags & LISTENER_ANSWERS) {
+		r = answer(ctx, &q);
+		count_answer(r);
+		if (r == ANSWER_HIT)
+			return count(REASON_TX, XDP_TX);
+	}
 
-	// An in-kernel answer tier (XDP_TX from an answer map, using
-	// q.dns_off and q.dns_len) belongs here: after the ACL, before the
-	// redirect.
-
+redirect:
 	// With XDP_PASS as the flags' fallback, a queue without a socket
 	// (or one past max_entries) reaches the kernel.
 	verdict = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);

@@ -27,6 +27,38 @@ type xdpAcl6Key struct {
 	Addr      [16]uint8
 }
 
+type xdpAnswer struct {
+	_       structs.HostLayout
+	Expires uint64
+	Slot    uint32
+	Csum    uint32
+	Len     uint16
+	Pad     [3]uint16
+	Data    [1232]uint8
+}
+
+type xdpAnswerEvent uint32
+
+const (
+	xdpAnswerEventANSWER_HIT            xdpAnswerEvent = 0
+	xdpAnswerEventANSWER_MISS_ABSENT    xdpAnswerEvent = 1
+	xdpAnswerEventANSWER_MISS_EXPIRED   xdpAnswerEvent = 2
+	xdpAnswerEventANSWER_MISS_TOO_LARGE xdpAnswerEvent = 3
+	xdpAnswerEventANSWER_MISS_NOT_EXACT xdpAnswerEvent = 4
+	xdpAnswerEventANSWER_MISS_NO_ROOM   xdpAnswerEvent = 5
+	xdpAnswerEventANSWER_EVENT_MAX      xdpAnswerEvent = 6
+)
+
+type xdpAnswerKey struct {
+	_       structs.HostLayout
+	Qtype   uint16
+	Qclass  uint16
+	Flags   uint8
+	NameLen uint8
+	Pad     uint16
+	Name    [128]uint8
+}
+
 type xdpListenerKey struct {
 	_      structs.HostLayout
 	Port   uint16
@@ -56,20 +88,26 @@ const (
 	xdpReasonREASON_PASS_SHORT_DNS    xdpReason = 9
 	xdpReasonREASON_PASS_NOT_LISTENER xdpReason = 10
 	xdpReasonREASON_DROP_ACL          xdpReason = 11
-	xdpReasonREASON_MAX               xdpReason = 12
+	xdpReasonREASON_TX                xdpReason = 12
+	xdpReasonREASON_MAX               xdpReason = 13
 )
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	xdpMapAcl4         = "acl4"
-	xdpMapAcl6         = "acl6"
-	xdpMapCounters     = "counters"
-	xdpMapListeners    = "listeners"
-	xdpMapXsks         = "xsks"
-	xdpProgXdpDns      = "xdp_dns"
-	xdpVarUnusedReason = "unused_reason"
+	xdpMapAcl4              = "acl4"
+	xdpMapAcl6              = "acl6"
+	xdpMapAnswerCounters    = "answer_counters"
+	xdpMapAnswerHits        = "answer_hits"
+	xdpMapAnswers           = "answers"
+	xdpMapCounters          = "counters"
+	xdpMapKeyScratch        = "key_scratch"
+	xdpMapListeners         = "listeners"
+	xdpMapXsks              = "xsks"
+	xdpProgXdpDns           = "xdp_dns"
+	xdpVarUnusedAnswerEvent = "unused_answer_event"
+	xdpVarUnusedReason      = "unused_reason"
 )
 
 // loadXdp returns the embedded CollectionSpec for xdp.
@@ -121,18 +159,23 @@ type xdpProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpMapSpecs struct {
-	Acl4      *ebpf.MapSpec `ebpf:"acl4"`
-	Acl6      *ebpf.MapSpec `ebpf:"acl6"`
-	Counters  *ebpf.MapSpec `ebpf:"counters"`
-	Listeners *ebpf.MapSpec `ebpf:"listeners"`
-	Xsks      *ebpf.MapSpec `ebpf:"xsks"`
+	Acl4           *ebpf.MapSpec `ebpf:"acl4"`
+	Acl6           *ebpf.MapSpec `ebpf:"acl6"`
+	AnswerCounters *ebpf.MapSpec `ebpf:"answer_counters"`
+	AnswerHits     *ebpf.MapSpec `ebpf:"answer_hits"`
+	Answers        *ebpf.MapSpec `ebpf:"answers"`
+	Counters       *ebpf.MapSpec `ebpf:"counters"`
+	KeyScratch     *ebpf.MapSpec `ebpf:"key_scratch"`
+	Listeners      *ebpf.MapSpec `ebpf:"listeners"`
+	Xsks           *ebpf.MapSpec `ebpf:"xsks"`
 }
 
 // xdpVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpVariableSpecs struct {
-	UnusedReason *ebpf.VariableSpec `ebpf:"unused_reason"`
+	UnusedAnswerEvent *ebpf.VariableSpec `ebpf:"unused_answer_event"`
+	UnusedReason      *ebpf.VariableSpec `ebpf:"unused_reason"`
 }
 
 // xdpObjects contains all objects after they have been loaded into the kernel.
@@ -155,18 +198,26 @@ func (o *xdpObjects) Close() error {
 //
 // It can be passed to loadXdpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpMaps struct {
-	Acl4      *ebpf.Map `ebpf:"acl4"`
-	Acl6      *ebpf.Map `ebpf:"acl6"`
-	Counters  *ebpf.Map `ebpf:"counters"`
-	Listeners *ebpf.Map `ebpf:"listeners"`
-	Xsks      *ebpf.Map `ebpf:"xsks"`
+	Acl4           *ebpf.Map `ebpf:"acl4"`
+	Acl6           *ebpf.Map `ebpf:"acl6"`
+	AnswerCounters *ebpf.Map `ebpf:"answer_counters"`
+	AnswerHits     *ebpf.Map `ebpf:"answer_hits"`
+	Answers        *ebpf.Map `ebpf:"answers"`
+	Counters       *ebpf.Map `ebpf:"counters"`
+	KeyScratch     *ebpf.Map `ebpf:"key_scratch"`
+	Listeners      *ebpf.Map `ebpf:"listeners"`
+	Xsks           *ebpf.Map `ebpf:"xsks"`
 }
 
 func (m *xdpMaps) Close() error {
 	return _XdpClose(
 		m.Acl4,
 		m.Acl6,
+		m.AnswerCounters,
+		m.AnswerHits,
+		m.Answers,
 		m.Counters,
+		m.KeyScratch,
 		m.Listeners,
 		m.Xsks,
 	)
@@ -176,7 +227,8 @@ func (m *xdpMaps) Close() error {
 //
 // It can be passed to loadXdpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpVariables struct {
-	UnusedReason *ebpf.Variable `ebpf:"unused_reason"`
+	UnusedAnswerEvent *ebpf.Variable `ebpf:"unused_answer_event"`
+	UnusedReason      *ebpf.Variable `ebpf:"unused_reason"`
 }
 
 // xdpPrograms contains all programs after they have been loaded into the kernel.

@@ -1,0 +1,231 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+)
+
+// Limits of the in-kernel answer tier (xdp.c).
+const (
+	// AnswerNameMax is the longest question name (wire form) answered in
+	// the kernel.
+	AnswerNameMax = len(xdpAnswerKey{}.Name)
+	// AnswerMax is the largest response an answers entry holds.
+	AnswerMax = len(xdpAnswer{}.Data)
+	// DefaultAnswerEntries sizes the answers map when Options.AnswerEntries
+	// is 0.
+	DefaultAnswerEntries = 4096
+)
+
+// Key flag bits: the cache's (dnsmsg.AppendKey).
+const (
+	KeyOPT = 1 << iota // the query has an OPT record
+	KeyDO              // DNSSEC OK
+	KeyCD              // checking disabled
+	KeyRD              // recursion desired
+)
+
+// AnswerKey is an answers map key: a question as the cache keys it.
+type AnswerKey = xdpAnswerKey
+
+// NewAnswerKey makes the key of a question: name in wire form (any letter
+// case), type, class and Key* flags. It is false for a name longer than
+// AnswerNameMax or one that is not an uncompressed wire name.
+func NewAnswerKey(name []byte, qtype, qclass uint16, flags uint8) (AnswerKey, bool) {
+	k := AnswerKey{Qtype: hton16(qtype), Qclass: hton16(qclass), Flags: flags}
+	if len(name) == 0 || len(name) > AnswerNameMax {
+		return k, false
+	}
+	label := 0
+	for i, c := range name {
+		if i == label {
+			if c > 63 || (c == 0) != (i == len(name)-1) {
+				return k, false
+			}
+			label = i + 1 + int(c)
+		} else if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		k.Name[i] = c
+	}
+	if label != len(name) {
+		return k, false
+	}
+	k.NameLen = uint8(len(name))
+	return k, true
+}
+
+// Answer is an answers map value.
+type Answer = xdpAnswer
+
+// NewAnswer makes the value for resp, a response to a question whose name
+// is nameLen bytes: it answers until the monotonic clock (CLOCK_MONOTONIC,
+// bpf_ktime_get_ns) reads expires and counts its hits in slot. The program
+// copies the query's ID and question name (the client's letter case) over
+// resp's; everything else goes out as it is here.
+func NewAnswer(resp []byte, nameLen int, expires uint64, slot uint32) (Answer, error) {
+	var a Answer
+	if len(resp) > AnswerMax {
+		return a, fmt.Errorf("a %d-byte response does not fit an answers entry (%d)", len(resp), AnswerMax)
+	}
+	if nameLen <= 0 || 12+nameLen+4 > len(resp) {
+		return a, fmt.Errorf("a %d-byte response cannot hold a %d-byte question name", len(resp), nameLen)
+	}
+	a.Expires, a.Slot, a.Len = expires, slot, uint16(len(resp))
+	copy(a.Data[:], resp)
+	// Words in memory order, as the program adds them: the header past
+	// the ID, then what follows the name, each byte at its offset's parity.
+	var sum uint32
+	for i := 2; i < len(resp); i++ {
+		if i >= 12 && i < 12+nameLen {
+			continue
+		}
+		if i&1 == 0 {
+			sum += uint32(resp[i])
+		} else {
+			sum += uint32(resp[i]) << 8
+		}
+	}
+	a.Csum = sum
+	return a, nil
+}
+
+// AnswerEvent is what the tier did with a query of a listener that has it.
+type AnswerEvent uint32
+
+// The events, in the order of enum answer_event in xdp.c.
+const (
+	AnswerHit          = AnswerEvent(xdpAnswerEventANSWER_HIT)            // answered with XDP_TX
+	AnswerMissAbsent   = AnswerEvent(xdpAnswerEventANSWER_MISS_ABSENT)    // no entry for the question
+	AnswerMissExpired  = AnswerEvent(xdpAnswerEventANSWER_MISS_EXPIRED)   // the entry's time is up
+	AnswerMissTooLarge = AnswerEvent(xdpAnswerEventANSWER_MISS_TOO_LARGE) // larger than the client's UDP size
+	AnswerMissNotExact = AnswerEvent(xdpAnswerEventANSWER_MISS_NOT_EXACT) // a query the tier does not answer
+	AnswerMissNoRoom   = AnswerEvent(xdpAnswerEventANSWER_MISS_NO_ROOM)   // the frame could not grow
+	NumAnswerEvents    = AnswerEvent(xdpAnswerEventANSWER_EVENT_MAX)
+)
+
+var answerEventNames = [NumAnswerEvents]string{
+	AnswerHit:          "hit",
+	AnswerMissAbsent:   "miss_absent",
+	AnswerMissExpired:  "miss_expired",
+	AnswerMissTooLarge: "miss_too_large",
+	AnswerMissNotExact: "miss_not_exact",
+	AnswerMissNoRoom:   "miss_no_room",
+}
+
+// String is the event's name, usable as a Prometheus label value.
+func (e AnswerEvent) String() string {
+	if e < NumAnswerEvents {
+		return answerEventNames[e]
+	}
+	return fmt.Sprintf("answer_event(%d)", uint32(e))
+}
+
+// AnswerCounters are queries per AnswerEvent since Load, summed over CPUs.
+type AnswerCounters [NumAnswerEvents]uint64
+
+// AnswerCounters reads the tier's per-CPU counters.
+func (p *Program) AnswerCounters() (AnswerCounters, error) {
+	var c AnswerCounters
+	var per []uint64
+	for e := range NumAnswerEvents {
+		if err := p.objs.AnswerCounters.Lookup(uint32(e), &per); err != nil {
+			return c, fmt.Errorf("reading the answer counters: %w", err)
+		}
+		for _, n := range per {
+			c[e] += n
+		}
+	}
+	return c, nil
+}
+
+// AnswerEntries is the size of the answers map and of its hit counters:
+// slots run from 0 to AnswerEntries-1.
+func (p *Program) AnswerEntries() int { return p.answers }
+
+// PutAnswers adds or replaces entries in one batch.
+func (p *Program) PutAnswers(keys []AnswerKey, vals []Answer) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	if len(keys) != len(vals) {
+		return fmt.Errorf("putting answers: %d keys and %d values", len(keys), len(vals))
+	}
+	for i := range vals {
+		if vals[i].Slot >= uint32(p.answers) {
+			return fmt.Errorf("putting answers: slot %d is past the map's %d", vals[i].Slot, p.answers)
+		}
+	}
+	if _, err := p.objs.Answers.BatchUpdate(keys, vals, nil); err != nil {
+		return fmt.Errorf("putting %d answers: %w", len(keys), err)
+	}
+	return nil
+}
+
+// DeleteAnswers removes entries in batches. Keys that are not in the map
+// (never put, or evicted by the map's LRU) are skipped.
+func (p *Program) DeleteAnswers(keys []AnswerKey) error {
+	for len(keys) > 0 {
+		n, err := p.objs.Answers.BatchDelete(keys, nil)
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			keys = keys[n+1:] // the batch stopped at a missing key
+		default:
+			return fmt.Errorf("deleting %d answers: %w", len(keys), err)
+		}
+	}
+	return nil
+}
+
+// ClearAnswers removes every entry.
+func (p *Program) ClearAnswers() error {
+	var keys []AnswerKey
+	var k AnswerKey
+	it := p.objs.Answers.Iterate()
+	var v Answer
+	for it.Next(&k, &v) {
+		keys = append(keys, k)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("listing the answers: %w", err)
+	}
+	return p.DeleteAnswers(keys)
+}
+
+// AnswerHits reads the per-slot hit counters, summed over the CPUs, into
+// hits (AnswerEntries long) in one batch.
+func (p *Program) AnswerHits(hits []uint64) error {
+	p.hitMu.Lock()
+	defer p.hitMu.Unlock()
+	if len(hits) != p.answers {
+		return fmt.Errorf("reading the answer hits: %d slots for a map of %d", len(hits), p.answers)
+	}
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return fmt.Errorf("reading the answer hits: %w", err)
+	}
+	if len(p.hitKeys) != p.answers {
+		p.hitKeys = make([]uint32, p.answers)
+		p.hitVals = make([]uint64, p.answers*ncpu)
+	}
+	var cursor ebpf.MapBatchCursor
+	n, err := p.objs.AnswerHits.BatchLookup(&cursor, p.hitKeys, p.hitVals, nil)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("reading the answer hits: %w", err)
+	}
+	clear(hits)
+	for i := range n {
+		slot := p.hitKeys[i]
+		if int(slot) >= len(hits) {
+			continue
+		}
+		for _, v := range p.hitVals[i*ncpu : (i+1)*ncpu] {
+			hits[slot] += v
+		}
+	}
+	return nil
+}
