@@ -215,6 +215,18 @@ func (f *Forwarder) Answer(r *Request, out []byte) ([]byte, bool) {
 	return resp, ok
 }
 
+// Peek answers r from the cache alone, as Answer would on a hit but without
+// the ACL, counters, query log or prefetch: it is how a copy of the cache
+// kept elsewhere (the XDP program's answers) reads and refreshes entries.
+// It returns the answer patched for r (ID, name case, TTLs aged now, not
+// truncated) and the unix second at which the entry expires.
+func (f *Forwarder) Peek(r *Request, out []byte) ([]byte, int64, bool) {
+	if f.cfg.Cache == nil || dnsmsg.Parse(r.Msg, &r.Q) != nil {
+		return nil, 0, false
+	}
+	return f.cfg.Cache.Peek(&r.Q, out)
+}
+
 // pendingRequest is the pipeline's own copy of a request being resolved,
 // with room for a typical query: 152 bytes hold a 12-byte header, a name of
 // up to ~100 bytes and an OPT record with a cookie or a client subnet, and

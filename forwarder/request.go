@@ -54,6 +54,9 @@ type Request struct {
 	logEntry querylog.Entry // reused for the query log
 }
 
+// CacheHit says whether Answer answered r from the cache.
+func (r *Request) CacheHit() bool { return r.cacheHit }
+
 // MaxResponseSize is the largest response the client can take over its
 // transport: the EDNS UDP size (at least 512) for UDP, 65535 otherwise.
 func (r *Request) MaxResponseSize() int {

@@ -36,3 +36,8 @@ func (s *Switch) Resolve(r *Request, out []byte, done func(resp []byte)) ([]byte
 	}
 	return f.Resolve(r, out, done)
 }
+
+// Peek runs the current pipeline's Peek.
+func (s *Switch) Peek(r *Request, out []byte) ([]byte, int64, bool) {
+	return s.cur.Load().Peek(r, out)
+}

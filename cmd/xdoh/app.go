@@ -57,6 +57,9 @@ type app struct {
 	// listeners' event loops while they have work; their UDP loops then
 	// wait as suits the current level (udp.WaitAdaptive).
 	procs *procs.Governor
+	// kernelTiers are the AF_XDP servers (their in-kernel answer tiers),
+	// for the cache's OnPut, which must not take mu.
+	kernelTiers atomic.Pointer[[]*xsk.Server]
 }
 
 // pipeline is one generation of the forwarder and what it owns.
@@ -104,7 +107,8 @@ func loadZones(cfg *config.Config) ([]*zone.Zone, error) {
 }
 
 // buildPipeline turns a validated config into a forwarder (nothing listens).
-func buildPipeline(cfg *config.Config, counters *forwarder.Counters, qlog forwarder.QueryLogger) (*pipeline, error) {
+// onPut is the cache's OnPut (nil: none).
+func buildPipeline(cfg *config.Config, counters *forwarder.Counters, qlog forwarder.QueryLogger, onPut func([]byte)) (*pipeline, error) {
 	p := &pipeline{}
 	fail := func(err error) (*pipeline, error) { p.close(); return nil, err }
 	mkTargets := func(field string, targets []string, caFile string, timeout config.Duration) ([]forwarder.Target, error) {
@@ -178,6 +182,7 @@ func buildPipeline(cfg *config.Config, counters *forwarder.Counters, qlog forwar
 			Entries: cfg.Cache.Entries, MaxBytes: cfg.Cache.MaxBytes,
 			MinTTL: cfg.Cache.MinTTL.D(), MaxTTL: cfg.Cache.MaxTTL.D(),
 			ServFailTTL: cfg.Cache.ServFailTTL.D(), StaleWindow: cfg.Cache.ServeStale.D(),
+			OnPut: onPut,
 		})
 		fc.Cache = p.cache
 	}
@@ -247,7 +252,7 @@ func (a *app) start(cfg *config.Config) error {
 	a.qlog, a.qlogCfg = ql, cfg.QueryLog
 	a.qsw.cur.Store(ql)
 	a.counters = forwarder.NewCounters(listenerNames(cfg)...)
-	p, err := buildPipeline(cfg, a.counters, a.queryLogger(cfg))
+	p, err := buildPipeline(cfg, a.counters, a.queryLogger(cfg), a.invalidateKernel)
 	if err != nil {
 		return err
 	}
@@ -374,7 +379,7 @@ func (a *app) reload() error {
 			return err
 		}
 	}
-	p, err := buildPipeline(next, a.counters, a.queryLogger(next))
+	p, err := buildPipeline(next, a.counters, a.queryLogger(next), a.invalidateKernel)
 	if err != nil {
 		if newQlog != nil {
 			_ = newQlog.Close()
@@ -391,7 +396,16 @@ func (a *app) reload() error {
 		return err
 	}
 	old := a.pipe.Swap(p)
+	// The kernel's answers come from the old cache: empty them, and keep
+	// them empty until the new pipeline answers.
+	var unlocks []func()
+	for _, s := range a.xskServers() {
+		unlocks = append(unlocks, s.LockKernelCache())
+	}
 	a.sw.Store(p.fwd)
+	for _, u := range unlocks {
+		u()
+	}
 	p.fwd.StartHealthChecks()
 	a.cfg = next
 	switch {
@@ -556,6 +570,7 @@ func (a *app) commit(plan []*change) error {
 		}
 		c.cur.cfg = c.next
 	}
+	a.publishKernelTiers()
 	return errors.Join(errs...)
 }
 
@@ -642,7 +657,13 @@ func (a *app) startXDP(cur *listener, l config.Listener) error {
 	if err != nil {
 		return fmt.Errorf("listener %q: xdp.mode: %w", l.Name, err)
 	}
-	cfg := xsk.Config{Name: l.Name, Interfaces: l.XDP.Interfaces, Mode: mode, ACLDrop: l.ACLAction == "drop"}
+	kc, err := xsk.ParseKernelCacheMode(l.XDP.KernelCache)
+	if err != nil {
+		return fmt.Errorf("listener %q: xdp.kernel_cache: %w", l.Name, err)
+	}
+	cfg := xsk.Config{Name: l.Name, Interfaces: l.XDP.Interfaces, Mode: mode, ACLDrop: l.ACLAction == "drop",
+		KernelCache: xsk.KernelCache{Mode: kc, Entries: l.XDP.KernelCacheEntries,
+			MaxAnswer: l.XDP.KernelCacheMaxAnswer, Hits: l.XDP.KernelCacheHits}}
 	for _, d := range l.Do53 {
 		ap, _ := netip.ParseAddrPort(d) // validated
 		cfg.Addrs = append(cfg.Addrs, ap)
@@ -663,11 +684,40 @@ func (a *app) startXDP(cur *listener, l config.Listener) error {
 		return fmt.Errorf("listener %q: %w", l.Name, err)
 	}
 	cur.xsk = s
+	a.publishKernelTiers()
 	modes := s.Modes()
 	cur.xdpMode = modes[l.XDP.Interfaces[0]]
+	_, tier := s.TierStats()
 	a.log.Info("listening", "listener", l.Name, "transport", "do53 (udp) via af_xdp",
-		"interfaces", strings.Join(l.XDP.Interfaces, " "), "mode", cur.xdpMode)
+		"interfaces", strings.Join(l.XDP.Interfaces, " "), "mode", cur.xdpMode, "kernel_cache", tier)
 	return nil
+}
+
+// xskServers are the running AF_XDP servers.
+func (a *app) xskServers() []*xsk.Server {
+	if p := a.kernelTiers.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// publishKernelTiers updates the list invalidateKernel reads; mu held.
+func (a *app) publishKernelTiers() {
+	var ss []*xsk.Server
+	for _, l := range a.listeners {
+		if l.xsk != nil {
+			ss = append(ss, l.xsk)
+		}
+	}
+	a.kernelTiers.Store(&ss)
+}
+
+// invalidateKernel is the caches' OnPut: the kernel's copy of an answer
+// goes before the cache stores another for its question.
+func (a *app) invalidateKernel(key []byte) {
+	for _, s := range a.xskServers() {
+		s.InvalidateKernel(key)
+	}
 }
 
 func stopDo53(cur *listener) {
@@ -714,6 +764,7 @@ func (a *app) stop() {
 			stopDoH(l)
 		}
 	}
+	a.publishKernelTiers()
 	if p := a.pipe.Load(); p != nil {
 		p.close()
 	}

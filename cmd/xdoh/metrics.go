@@ -174,6 +174,39 @@ func (a *app) collector() *metrics.Collector {
 				}
 			}
 		})
+	c.Dynamic("xdoh_xdp_kernel_answers_total", "Queries the in-kernel answer tier saw, by event: hit (answered by the XDP program, XDP_TX), miss_absent, miss_expired, miss_too_large (for the client's UDP size), miss_not_exact (a query it does not answer), miss_no_room (the frame could not grow).",
+		[]string{"listener", "interface", "event"}, func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
+			for _, x := range a.xdpInterfaces() {
+				if !x.iface.KernelCache {
+					continue
+				}
+				for e, n := range x.iface.Answers {
+					ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(n), x.listener, x.iface.Name, bpf.AnswerEvent(e).String())
+				}
+			}
+		})
+	kernelTier := func(name, help string, vt prometheus.ValueType, get func(xsk.TierStats) float64) {
+		c.Dynamic(name, help, []string{"listener"}, func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			for lname, l := range a.listeners {
+				if l.xsk == nil {
+					continue
+				}
+				if st, ok := l.xsk.TierStats(); ok {
+					ch <- prometheus.MustNewConstMetric(d, vt, get(st), lname)
+				}
+			}
+		})
+	}
+	kernelTier("xdoh_xdp_kernel_cache_promotions_total", "Hot cached answers put into the XDP program's answers map.", prometheus.CounterValue,
+		func(s xsk.TierStats) float64 { return float64(s.Promotions) })
+	kernelTier("xdoh_xdp_kernel_cache_evictions_total", "Answers taken out of the XDP program's answers map: no longer hot, expired, replaced in the cache, or flushed by a reload.", prometheus.CounterValue,
+		func(s xsk.TierStats) float64 { return float64(s.Evictions) })
+	kernelTier("xdoh_xdp_kernel_cache_write_errors_total", "Failed batch operations on the XDP program's answers map.", prometheus.CounterValue,
+		func(s xsk.TierStats) float64 { return float64(s.WriteErrors) })
+	kernelTier("xdoh_xdp_kernel_cache_entries", "Answers in the XDP program's answers map.", prometheus.GaugeValue,
+		func(s xsk.TierStats) float64 { return float64(s.Entries) })
 	c.Dynamic("xdoh_xsk_ring_events_total", "AF_XDP socket events by queue: the kernel's XDP_STATISTICS (rx_dropped, rx_invalid_descs, rx_ring_full, rx_fill_ring_empty_descs, tx_invalid_descs, tx_ring_empty_descs) and wake-ups (tx_kicks, tx_kick_errors, rx_wakeups).",
 		[]string{"listener", "interface", "queue", "event"}, func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
 			for _, x := range a.xdpInterfaces() {

@@ -48,6 +48,7 @@ type loop struct {
 
 	ob       *outbox
 	inflight atomic.Int64 // misses whose done has not run its course
+	hot      *hotTable    // cache hits per question, for the kernel tier (nil: off)
 
 	queries, replies, misses, malformed, noFrame, truncated atomic.Uint64
 }
@@ -151,6 +152,9 @@ func (l *loop) process(n int) {
 			Listener:  l.name,
 		}
 		resp, ok := l.srv.h.Answer(&l.req, l.out)
+		if ok && l.hot != nil && len(resp) > 0 && l.req.CacheHit() {
+			l.srv.tier.hit(l.hot, &l.req, len(resp))
+		}
 		if !ok {
 			l.misses.Add(1)
 			l.inflight.Add(1)

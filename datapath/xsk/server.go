@@ -79,6 +79,10 @@ type Config struct {
 	Frames, RingSize int
 	// Batch is the most descriptors one loop iteration takes (default 64).
 	Batch int
+	// KernelCache is the in-kernel answer tier: hot cached answers sent
+	// by the XDP program itself (XDP_TX). It needs a Handler that is also
+	// a Peeker.
+	KernelCache KernelCache
 }
 
 // Stats are a listener's counters summed over its sockets.
@@ -97,6 +101,10 @@ type Iface struct {
 	Mode     Mode // native or generic, as attached
 	Verdicts bpf.Counters
 	Sockets  []SocketStats
+	// KernelCache says whether the in-kernel answer tier runs here;
+	// Answers are its per-query events.
+	KernelCache bool
+	Answers     bpf.AnswerCounters
 }
 
 // SocketStats are one queue's socket counters (XDP_STATISTICS).
@@ -115,6 +123,7 @@ type Server struct {
 	started  bool
 	stopped  bool
 	ifaces   []*iface
+	tier     *tier // nil: no interface runs the in-kernel tier
 	wg       sync.WaitGroup
 	stopping atomic.Bool
 }
@@ -127,6 +136,8 @@ type iface struct {
 	prog  *bpf.Program
 	link  link.Link
 	loops []*loop
+	ls    []bpf.Listener
+	tier  bool // answers from the program's map
 }
 
 // New checks cfg; nothing is attached until Start.
@@ -177,6 +188,9 @@ func (s *Server) Start() (err error) {
 			return fmt.Errorf("xdp on %s: %w", name, err)
 		}
 	}
+	if err := s.startTier(); err != nil {
+		return err
+	}
 	for _, ifc := range s.ifaces {
 		for _, l := range ifc.loops {
 			s.wg.Add(1)
@@ -198,7 +212,11 @@ func (s *Server) startIface(name string) (*iface, error) {
 	if err != nil {
 		return nil, err
 	}
-	prog, err := bpf.Load(bpf.Options{Queues: queues})
+	entries := s.cfg.KernelCache.Entries
+	if s.cfg.KernelCache.Mode == KernelCacheOff {
+		entries = 64 // the map exists, but nothing is put in it
+	}
+	prog, err := bpf.Load(bpf.Options{Queues: queues, AnswerEntries: entries})
 	if err != nil {
 		return nil, err
 	}
@@ -207,6 +225,7 @@ func (s *Server) startIface(name string) (*iface, error) {
 	for i, a := range s.cfg.Addrs {
 		ls[i] = bpf.Listener{ID: 0, Addr: a, Allow: s.cfg.Allow, ACLDrop: s.cfg.ACLDrop && len(s.cfg.Allow) > 0}
 	}
+	ifc.ls = ls
 	if err := prog.SetListeners(ls); err != nil {
 		return ifc, err
 	}
@@ -233,6 +252,74 @@ func (s *Server) startIface(name string) (*iface, error) {
 		}
 	}
 	return ifc, nil
+}
+
+// startTier turns the in-kernel answer tier on where the config wants it:
+// every interface with KernelCacheOn, native ones with KernelCacheAuto.
+func (s *Server) startTier() error {
+	kc := s.cfg.KernelCache
+	p, ok := s.h.(Peeker)
+	if kc.Mode == KernelCacheOff || !ok {
+		return nil
+	}
+	t := newTier(kc, p, s.cfg.Name)
+	var tables []*hotTable
+	for _, ifc := range s.ifaces {
+		if kc.Mode == KernelCacheAuto && ifc.mode != ModeNative {
+			continue
+		}
+		ls := make([]bpf.Listener, len(ifc.ls))
+		for i, l := range ifc.ls {
+			l.Answers = true
+			ls[i] = l
+		}
+		if err := ifc.prog.SetListeners(ls); err != nil {
+			return fmt.Errorf("xdp on %s: turning on the in-kernel answers: %w", ifc.name, err)
+		}
+		ifc.tier = true
+		t.progs = append(t.progs, ifc.prog)
+		for _, l := range ifc.loops {
+			l.hot = newHotTable()
+			tables = append(tables, l.hot)
+		}
+	}
+	if len(t.progs) == 0 {
+		return nil
+	}
+	s.tier = t
+	go t.run(tables)
+	return nil
+}
+
+// LockKernelCache empties the in-kernel answer tier and keeps it empty
+// until unlock is called: a reload swaps the pipeline in between, so the
+// kernel never answers from the old one once the new one answers.
+func (s *Server) LockKernelCache() (unlock func()) {
+	s.mu.Lock()
+	t := s.tier
+	s.mu.Unlock()
+	if t == nil {
+		return func() {}
+	}
+	return t.lock()
+}
+
+// InvalidateKernel drops the kernel's answer for a cache key (dnsmsg.
+// AppendKey's form), if it has one: wire it to the cache's OnPut.
+func (s *Server) InvalidateKernel(key []byte) {
+	if t := s.tier; t != nil {
+		t.invalidate(key)
+	}
+}
+
+// TierStats reads the in-kernel tier's counters; false when it is off.
+func (s *Server) TierStats() (TierStats, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tier == nil {
+		return TierStats{}, false
+	}
+	return s.tier.stats(), true
 }
 
 // attach links prog to the interface in mode (auto: native, else generic).
@@ -324,6 +411,9 @@ func (s *Server) Stop(ctx context.Context) error {
 		return nil
 	}
 	s.stopped = true
+	if s.tier != nil {
+		s.tier.close()
+	}
 	for _, ifc := range s.ifaces {
 		if ifc.link != nil {
 			_ = ifc.link.Close()
@@ -388,8 +478,11 @@ func (s *Server) Interfaces() []Iface {
 	defer s.mu.Unlock()
 	var out []Iface
 	for _, ifc := range s.ifaces {
-		r := Iface{Name: ifc.name, Mode: ifc.mode}
+		r := Iface{Name: ifc.name, Mode: ifc.mode, KernelCache: ifc.tier}
 		r.Verdicts, _ = ifc.prog.Counters()
+		if ifc.tier {
+			r.Answers, _ = ifc.prog.AnswerCounters()
+		}
 		for _, l := range ifc.loops {
 			ks, _ := l.sock.Stats()
 			r.Sockets = append(r.Sockets, SocketStats{Queue: l.queue, ZeroCopy: l.sock.ZeroCopy(), Kernel: ks})

@@ -108,6 +108,13 @@ type Config struct {
 	StaleWindow time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// OnPut, if set, is called with the key (AppendKey's form) of every
+	// response about to be stored, and again once it is: a copy of the
+	// cache elsewhere (the XDP program's answers) drops its entry for the
+	// key before the new one answers here, and again should it have taken
+	// the old one back meanwhile. It must be quick for keys it does not
+	// hold: Put runs on the resolving goroutines.
+	OnPut func(key []byte)
 }
 
 // Result says what Get found.
@@ -170,6 +177,7 @@ type Cache struct {
 	maxTTL     time.Duration
 	servFail   time.Duration
 	stale      int64 // StaleWindow in seconds, rounded up
+	onPut      func(key []byte)
 	maxEntries int64
 	maxBytes   int64
 
@@ -223,6 +231,7 @@ func New(cfg Config) *Cache {
 		maxTTL:     cfg.MaxTTL,
 		servFail:   cfg.ServFailTTL,
 		stale:      ceilSeconds(cfg.StaleWindow),
+		onPut:      cfg.OnPut,
 		maxEntries: int64(cfg.Entries),
 		maxBytes:   cfg.MaxBytes,
 	}
@@ -266,6 +275,21 @@ func (c *Cache) Get(q *dnsmsg.Query, out []byte, maxSize int) ([]byte, Result) {
 	return e.patch(out, q, now, 0, maxSize), res
 }
 
+// Peek is Get for a copy of the cache kept elsewhere: the fresh answer to q
+// (patched likewise, never truncated) and the unix second at which it
+// expires. It counts nothing and leaves the entry's CLOCK bit and prefetch
+// claim alone, so it changes no eviction or refresh decision.
+func (c *Cache) Peek(q *dnsmsg.Query, out []byte) ([]byte, int64, bool) {
+	var kb [dnsmsg.MaxKeyLen]byte
+	k, h := c.hash(&kb, q)
+	e := c.lookup(h, k)
+	now := c.now().Unix()
+	if e == nil || now >= e.expires || cap(out) < len(e.data)-int(e.klen) {
+		return nil, 0, false
+	}
+	return e.patch(out, q, now, 0, len(e.data)), e.expires, true
+}
+
 // GetStale answers q from an entry that expired less than StaleWindow ago
 // (RFC 8767), with every TTL set to 30 seconds; the caller uses it when
 // upstream failed. Such answers are counted in Stats.Stale. An entry that is
@@ -304,6 +328,10 @@ func (c *Cache) Put(q *dnsmsg.Query, resp []byte, qend int) {
 	k, h := c.hash(&kb, q)
 	if int64(len(k)+len(resp)) > c.maxBytes {
 		return
+	}
+	if c.onPut != nil {
+		c.onPut(k)
+		defer c.onPut(k)
 	}
 	now := c.now().Unix()
 	e := newEntry(k, resp, qend)

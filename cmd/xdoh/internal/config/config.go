@@ -69,6 +69,18 @@ type XDP struct {
 	// line saying why), native, generic or off. Empty means auto.
 	Mode       string   `yaml:"mode"`
 	Interfaces []string `yaml:"interfaces"`
+	// KernelCache is the in-kernel answer tier: hot cached answers sent
+	// back by the XDP program itself. auto (the default) runs it on
+	// interfaces attached in native mode; on also in generic mode; off.
+	KernelCache string `yaml:"kernel_cache"`
+	// KernelCacheEntries sizes its map (default 4096, at most 1048576).
+	KernelCacheEntries int `yaml:"kernel_cache_entries"`
+	// KernelCacheMaxAnswer is the largest answer it holds, in bytes
+	// (default 512, at most 1232).
+	KernelCacheMaxAnswer int `yaml:"kernel_cache_max_answer"`
+	// KernelCacheHits is how many cache hits within a second make an
+	// answer hot enough for it (default 8).
+	KernelCacheHits int `yaml:"kernel_cache_hits"`
 }
 
 // XDPMode is the listener's XDP mode: "off" without an xdp section.
@@ -391,6 +403,20 @@ func (c *Config) Validate() error {
 				if l.UDPEngine == "gnet" {
 					bad(f+".xdp", "udp_engine gnet cannot be combined with XDP (use mmsg)")
 				}
+			}
+			switch l.XDP.KernelCache {
+			case "", "auto", "on", "off":
+			default:
+				bad(f+".xdp.kernel_cache", "%q is not one of auto, on, off", l.XDP.KernelCache)
+			}
+			if n := l.XDP.KernelCacheEntries; n < 0 || n > 1<<20 {
+				bad(f+".xdp.kernel_cache_entries", "%d is not between 0 (default) and 1048576", n)
+			}
+			if n := l.XDP.KernelCacheMaxAnswer; n != 0 && (n < 64 || n > 1232) {
+				bad(f+".xdp.kernel_cache_max_answer", "%d is not between 64 and 1232 (0: default 512)", n)
+			}
+			if n := l.XDP.KernelCacheHits; n < 0 || n > 1000000 {
+				bad(f+".xdp.kernel_cache_hits", "%d is not between 0 (default) and 1000000", n)
 			}
 			seen := map[string]bool{}
 			for j, name := range l.XDP.Interfaces {
