@@ -33,6 +33,9 @@ type Options struct {
 	// the xsks map. Packets from a queue at or past it reach the kernel.
 	// 0 means DefaultQueues.
 	Queues int
+	// Answers loads the in-kernel answer tier; without it listeners'
+	// Answers flags are ignored and the verifier never sees the tier.
+	Answers bool
 	// AnswerEntries sizes the in-kernel answer tier's map (an LRU) and its
 	// hit counters. 0 means DefaultAnswerEntries.
 	AnswerEntries int
@@ -45,6 +48,7 @@ type Program struct {
 	objs    objects
 	queues  int
 	answers int        // AnswerEntries
+	tier    bool       // Options.Answers
 	mu      sync.Mutex // serializes SetListeners
 
 	hitMu   sync.Mutex // AnswerHits' buffers
@@ -85,7 +89,12 @@ func Load(opts Options) (*Program, error) {
 	spec.Maps[xdpMapXsks].MaxEntries = uint32(q)
 	spec.Maps[xdpMapAnswers].MaxEntries = uint32(a)
 	spec.Maps[xdpMapAnswerHits].MaxEntries = uint32(a)
-	p := &Program{queues: q, answers: a}
+	if opts.Answers {
+		if err := spec.Variables["answers_on"].Set(uint32(1)); err != nil {
+			return nil, fmt.Errorf("loading the XDP program: turning the answer tier on: %w", err)
+		}
+	}
+	p := &Program{queues: q, answers: a, tier: opts.Answers}
 	if err := spec.LoadAndAssign(&p.objs, nil); err != nil {
 		return nil, fmt.Errorf("loading the XDP program: %w", err)
 	}
@@ -97,6 +106,9 @@ func Load(opts Options) (*Program, error) {
 func (p *Program) Close() error {
 	return errors.Join(p.objs.xdpPrograms.Close(), p.objs.xdpMaps.Close())
 }
+
+// Answers says whether the answer tier was loaded (Options.Answers).
+func (p *Program) Answers() bool { return p.tier }
 
 // XDP is the program to attach.
 func (p *Program) XDP() *ebpf.Program { return p.objs.XdpDns }

@@ -184,6 +184,11 @@ struct {
 	__uint(max_entries, 1);
 } key_scratch SEC(".maps");
 
+// answers_on is set at load time (Options.Answers): with 0 the verifier
+// never walks the answer tier, so a kernel that cannot verify it still
+// loads the rest.
+volatile const __u32 answers_on = 0;
+
 // Puts enum reason into the BTF so that bpf2go generates its constants. Never
 // read; Load does not create its .bss.
 const enum reason *unused_reason __attribute__((unused));
@@ -694,7 +699,7 @@ int xdp_dns(struct xdp_md *ctx)
 		   !acl_allows(&q, lv->id)) {
 		goto redirect; // userspace answers REFUSED
 	}
-	if (lv->flags & LISTENER_ANSWERS) {
+	if (answers_on && (lv->flags & LISTENER_ANSWERS)) {
 		r = answer(ctx, &q);
 		count_answer(r);
 		if (r == ANSWER_HIT)

@@ -106,6 +106,7 @@ const (
 	xdpMapListeners         = "listeners"
 	xdpMapXsks              = "xsks"
 	xdpProgXdpDns           = "xdp_dns"
+	xdpVarAnswersOn         = "answers_on"
 	xdpVarUnusedAnswerEvent = "unused_answer_event"
 	xdpVarUnusedReason      = "unused_reason"
 )
@@ -174,6 +175,7 @@ type xdpMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpVariableSpecs struct {
+	AnswersOn         *ebpf.VariableSpec `ebpf:"answers_on"`
 	UnusedAnswerEvent *ebpf.VariableSpec `ebpf:"unused_answer_event"`
 	UnusedReason      *ebpf.VariableSpec `ebpf:"unused_reason"`
 }
@@ -227,6 +229,7 @@ func (m *xdpMaps) Close() error {
 //
 // It can be passed to loadXdpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpVariables struct {
+	AnswersOn         *ebpf.Variable `ebpf:"answers_on"`
 	UnusedAnswerEvent *ebpf.Variable `ebpf:"unused_answer_event"`
 	UnusedReason      *ebpf.Variable `ebpf:"unused_reason"`
 }

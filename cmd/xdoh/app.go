@@ -661,7 +661,7 @@ func (a *app) startXDP(cur *listener, l config.Listener) error {
 	if err != nil {
 		return fmt.Errorf("listener %q: xdp.kernel_cache: %w", l.Name, err)
 	}
-	cfg := xsk.Config{Name: l.Name, Interfaces: l.XDP.Interfaces, Mode: mode, ACLDrop: l.ACLAction == "drop",
+	cfg := xsk.Config{Name: l.Name, Interfaces: l.XDP.Interfaces, Mode: mode, ACLDrop: l.ACLAction == "drop", Log: a.log,
 		KernelCache: xsk.KernelCache{Mode: kc, Entries: l.XDP.KernelCacheEntries,
 			MaxAnswer: l.XDP.KernelCacheMaxAnswer, Hits: l.XDP.KernelCacheHits}}
 	for _, d := range l.Do53 {

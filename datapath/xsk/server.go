@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -83,6 +84,9 @@ type Config struct {
 	// by the XDP program itself (XDP_TX). It needs a Handler that is also
 	// a Peeker.
 	KernelCache KernelCache
+	// Log gets what the server does not return as an error (nil:
+	// slog.Default()).
+	Log *slog.Logger
 }
 
 // Stats are a listener's counters summed over its sockets.
@@ -163,6 +167,13 @@ func New(cfg Config, h Handler) (*Server, error) {
 	return &Server{cfg: cfg, h: h}, nil
 }
 
+func (s *Server) log() *slog.Logger {
+	if s.cfg.Log != nil {
+		return s.cfg.Log
+	}
+	return slog.Default()
+}
+
 // Start loads the XDP program on every interface, opens one AF_XDP socket
 // per receive queue and attaches the program. On any failure everything
 // done so far is undone and the error says what was being done; the
@@ -216,7 +227,13 @@ func (s *Server) startIface(name string) (*iface, error) {
 	if s.cfg.KernelCache.Mode == KernelCacheOff {
 		entries = 64 // the map exists, but nothing is put in it
 	}
-	prog, err := bpf.Load(bpf.Options{Queues: queues, AnswerEntries: entries})
+	tier := s.cfg.KernelCache.Mode != KernelCacheOff
+	prog, err := bpf.Load(bpf.Options{Queues: queues, Answers: tier, AnswerEntries: entries})
+	if err != nil && tier {
+		// A kernel that cannot verify the answer tier runs without it.
+		s.log().Warn("xdp: in-kernel answers unavailable, loading without them", "listener", s.cfg.Name, "interface", name, "reason", err.Error())
+		prog, err = bpf.Load(bpf.Options{Queues: queues, AnswerEntries: entries})
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -265,7 +282,7 @@ func (s *Server) startTier() error {
 	t := newTier(kc, p, s.cfg.Name)
 	var tables []*hotTable
 	for _, ifc := range s.ifaces {
-		if kc.Mode == KernelCacheAuto && ifc.mode != ModeNative {
+		if !ifc.prog.Answers() || kc.Mode == KernelCacheAuto && ifc.mode != ModeNative {
 			continue
 		}
 		ls := make([]bpf.Listener, len(ifc.ls))
