@@ -140,8 +140,9 @@ type iface struct {
 	prog  *bpf.Program
 	link  link.Link
 	loops []*loop
-	ls    []bpf.Listener
-	tier  bool // answers from the program's map
+	ls     []bpf.Listener
+	tier   bool   // answers from the program's map
+	driver string // ETHTOOL_GDRVINFO's, "" if unknown
 }
 
 // New checks cfg; nothing is attached until Start.
@@ -238,6 +239,7 @@ func (s *Server) startIface(name string) (*iface, error) {
 		return nil, err
 	}
 	ifc := &iface{name: name, index: ni.Index, prog: prog}
+	ifc.driver, _ = ethtoolDriver(name)
 	ls := make([]bpf.Listener, len(s.cfg.Addrs))
 	for i, a := range s.cfg.Addrs {
 		ls[i] = bpf.Listener{ID: 0, Addr: a, Allow: s.cfg.Allow, ACLDrop: s.cfg.ACLDrop && len(s.cfg.Allow) > 0}
@@ -282,7 +284,14 @@ func (s *Server) startTier() error {
 	t := newTier(kc, p, s.cfg.Name)
 	var tables []*hotTable
 	for _, ifc := range s.ifaces {
-		if !ifc.prog.Answers() || kc.Mode == KernelCacheAuto && ifc.mode != ModeNative {
+		if !ifc.prog.Answers() {
+			continue
+		}
+		if kc.Mode == KernelCacheAuto && (ifc.mode != ModeNative || ifc.driver == "veth") {
+			// On a veth, native XDP_TX frames only arrive when the
+			// peer has an XDP program too: `on` asserts it does.
+			s.log().Info("xdp: in-kernel answers off (kernel_cache auto: native mode on a NIC only; on forces them)",
+				"listener", s.cfg.Name, "interface", ifc.name, "mode", ifc.mode.String(), "driver", ifc.driver)
 			continue
 		}
 		ls := make([]bpf.Listener, len(ifc.ls))
@@ -402,18 +411,44 @@ type ifreqData struct {
 	_    [16]byte
 }
 
-func ethtoolRxQueues(name string) (int, error) {
+// ethtoolDrvinfo is the head of struct ethtool_drvinfo (the kernel fills
+// the whole struct: the tail is room).
+type ethtoolDrvinfo struct {
+	Cmd    uint32
+	Driver [32]byte
+	_      [164]byte
+}
+
+// ethtoolDriver is the interface's driver name (ETHTOOL_GDRVINFO).
+func ethtoolDriver(name string) (string, error) {
+	var info ethtoolDrvinfo
+	info.Cmd = unix.ETHTOOL_GDRVINFO
+	if err := ethtool(name, unsafe.Pointer(&info)); err != nil {
+		return "", err
+	}
+	return unix.ByteSliceToString(info.Driver[:]), nil
+}
+
+// ethtool runs one SIOCETHTOOL command on the interface.
+func ethtool(name string, data unsafe.Pointer) error {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer unix.Close(fd)
-	ch := ethtoolChannels{Cmd: unix.ETHTOOL_GCHANNELS}
 	var ifr ifreqData
 	copy(ifr.name[:unix.IFNAMSIZ-1], name)
-	ifr.data = unsafe.Pointer(&ch)
+	ifr.data = data
 	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr))); e != 0 {
-		return 0, e
+		return e
+	}
+	return nil
+}
+
+func ethtoolRxQueues(name string) (int, error) {
+	ch := ethtoolChannels{Cmd: unix.ETHTOOL_GCHANNELS}
+	if err := ethtool(name, unsafe.Pointer(&ch)); err != nil {
+		return 0, err
 	}
 	return int(max(ch.RxCount, ch.CombinedCount)), nil
 }
