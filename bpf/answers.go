@@ -13,7 +13,7 @@ const (
 	// the kernel.
 	AnswerNameMax = len(xdpAnswerKey{}.Name)
 	// AnswerMax is the largest response an answers entry holds.
-	AnswerMax = len(xdpAnswer{}.Data) - 8 // the program copies 8 bytes at a time
+	AnswerMax = len(xdpAnswer{}.Data)
 	// DefaultAnswerEntries sizes the answers map when Options.AnswerEntries
 	// is 0.
 	DefaultAnswerEntries = 4096

@@ -34,7 +34,7 @@ type xdpAnswer struct {
 	Csum    uint32
 	Len     uint16
 	Pad     [3]uint16
-	Data    [1240]uint8
+	Data    [1232]uint8
 }
 
 type xdpAnswerEvent uint32
