@@ -134,12 +134,12 @@ type Server struct {
 
 // iface is the program, link and sockets on one interface.
 type iface struct {
-	name  string
-	index int
-	mode  Mode
-	prog  *bpf.Program
-	link  link.Link
-	loops []*loop
+	name   string
+	index  int
+	mode   Mode
+	prog   *bpf.Program
+	link   link.Link
+	loops  []*loop
 	ls     []bpf.Listener
 	tier   bool   // answers from the program's map
 	driver string // ETHTOOL_GDRVINFO's, "" if unknown
