@@ -5,9 +5,14 @@
 # kxdpgun (AF_XDP load) and dnsperf (kernel sockets), every run bounded by
 # DURATION. The harness starts and stops every process by process group.
 #
-# Peers in one run: xdp-echo (the setup's ceiling), knot-sock, knot-xdp,
-# xdoh-xdp (this config with `xdp: {mode: $XDP_MODE}` on the server veth) and
-# xdoh-sock (the same config without the xdp block).
+# Two harness runs. The first: xdp-echo (the setup's ceiling), knot-sock,
+# knot-xdp, xdoh-xdp (this config with `xdp: {mode: $XDP_MODE, kernel_cache:
+# off}` on the server veth: AF_XDP only) and xdoh-tier (the same with
+# kernel_cache on: hot answers from the XDP program). The second: xdoh-sock
+# (the config without the xdp block), with the same loads. The harness runs
+# kxdpgun before dnsperf, and kxdpgun's XDP program stays on the client veth:
+# native XDP_TX on a veth needs one there for dnsperf to get the tier's
+# answers.
 # Knobs (env): DURATION (5), XDP_MODE (native), ONLY / LOADS / QSETS / PEERS
 # (passed to run.sh), XDOH_BIN (bin/xdoh), SHARED (../shared), GOMAXPROCS.
 # Output: the harness's results directory (table.txt, raw outputs, logs).
@@ -29,7 +34,7 @@ listeners:
     protocols: [do53]
     do53: ["$LISTEN4:$PORT", "[$LISTEN6]:$PORT"]
 YAML
-[ "${XDP:-off}" = on ] && echo "    xdp: {mode: $XDP_MODE, interfaces: [$IFACE]}"
+[ "${XDP:-off}" = on ] && echo "    xdp: {mode: $XDP_MODE, interfaces: [$IFACE], kernel_cache: $KC}"
 cat <<YAML
 zones:
   - {name: $ZONE_NAME, file: $ZONE_FILE}
@@ -40,7 +45,9 @@ SH
 # Knot in XDP mode leaves its program on the veth when it exits (for a fast
 # restart), and an interface holds one program: the xdoh-xdp target first
 # takes it off the harness's own veth.
-export TARGET_NAME=xdoh-xdp TARGET_CONF_CMD="XDP=on bash $conf/conf.sh"
-export TARGET_CMD="bash -c 'ip link set dev \$IFACE xdp off; exec $BIN run -c \$TARGET_CONF'"
-export TARGET2_NAME=xdoh-sock TARGET2_CONF_CMD="bash $conf/conf.sh" TARGET2_CMD="$BIN run -c \$TARGET_CONF"
-exec bash "$SHARED/bench-xdp/run.sh"
+xdp_cmd="bash -c 'ip link set dev \$IFACE xdp off; exec $BIN run -c \$TARGET_CONF'"
+TARGET_NAME=xdoh-xdp TARGET_CONF_CMD="XDP=on KC=off bash $conf/conf.sh" TARGET_CMD=$xdp_cmd \
+TARGET2_NAME=xdoh-tier TARGET2_CONF_CMD="XDP=on KC=on bash $conf/conf.sh" TARGET2_CMD=$xdp_cmd \
+  bash "$SHARED/bench-xdp/run.sh"
+PEERS=target TARGET_NAME=xdoh-sock TARGET_CONF_CMD="bash $conf/conf.sh" TARGET_CMD="$BIN run -c \$TARGET_CONF" \
+  bash "$SHARED/bench-xdp/run.sh"
