@@ -21,13 +21,48 @@
 // Upstream answers to ephemeral ports, TCP, ICMP, ARP and health probes on
 // other ports are therefore never touched. A steered packet whose listener
 // has ACL drop on and whose source is outside the listener's allow list is
-// XDP_DROP; any other is bpf_redirect_map(&xsks, rx_queue_index, XDP_PASS),
-// so a queue without a socket (or past the map's size) falls back to the
-// kernel. An in-kernel answer tier (XDP_TX from an answer map) would go
-// between the ACL and the redirect; xdp.c marks the place.
+// XDP_DROP. A listener with the answers flag may then be answered from the
+// answers map (below). Any other is bpf_redirect_map(&xsks,
+// rx_queue_index, XDP_PASS), so a queue without a socket (or past the map's
+// size) falls back to the kernel.
 //
 // Every packet increments exactly one per-CPU counter, under a Reason;
 // Program.Counters sums them at scrape time.
+//
+// # The answer tier
+//
+// Loaded only with Options.Answers (a .rodata constant: otherwise the
+// verifier never walks it, so a kernel that rejects it still loads the
+// rest). For a listener with the answers flag, after the ACL (a listener
+// with an allow list but no drop is answered here only for allowed
+// sources; the others go on to userspace, which refuses them), the program
+// answers a query from the answers map with XDP_TX when all of this holds,
+// else it leaves the frame untouched and counts why (AnswerEvent):
+//
+//   - Source and destination are unicast: no multicast or broadcast MAC,
+//     IPv4 source not in 0/8, 224/4 or 240/4 (nor destination in the last
+//     two), no IPv6 multicast.
+//   - The header: QR 0, opcode QUERY, TC 0, one question, no answer or
+//     authority records, at most one additional record; the name has no
+//     pointers and is at most AnswerNameMax (128) bytes in wire form.
+//   - Nothing follows the question but, optionally, an OPT record at the
+//     root with version 0 and no options, ending the message.
+//   - The key (lower-cased name, type, class, and the OPT, DO, CD and RD
+//     bits: the cache's key) is in the map, and bpf_ktime_get_ns is before
+//     its expiry; the answer is no larger than the client's UDP size (512
+//     without EDNS, else its OPT size, at most 4096).
+//   - bpf_xdp_adjust_tail can grow the frame to the answer's size.
+//
+// The reply keeps the query's ID and question name (the client's letter
+// case, 0x20), takes the rest of the stored response, swaps MACs,
+// addresses and ports, sets TTL / hop limit 64, clears ECN, and carries a
+// full IPv4 header checksum and UDP checksum. The UDP checksum costs no
+// loop over the payload: userspace stores the 16-bit one's complement sum
+// of the response without its ID and name (in memory order, each byte at
+// its offset's parity), and the program adds the ID, the name (summed
+// while it is read) and the headers. Helpers: bpf_map_lookup_elem,
+// bpf_redirect_map, bpf_ktime_get_ns, bpf_xdp_adjust_tail; bounded loops
+// (Linux 5.3); userspace uses the batch map operations (5.6).
 //
 // # Maps
 //
@@ -48,6 +83,14 @@
 //	        The value (u32) is unused.
 //	xsks  XSKMAP, Options.Queues entries (default 64): rx queue → AF_XDP socket
 //	counters  PERCPU_ARRAY, NumReasons entries: u64 packets per Reason
+//	answers  LRU_HASH, Options.AnswerEntries (default 4096)
+//	  key   {qtype u16, qclass u16 (network order), flags u8 (Key*),
+//	         name_len u8, pad u16, name [128]u8 (lower-cased, zero-padded)}
+//	  value {expires u64 (CLOCK_MONOTONIC ns), slot u32, csum u32, len u16,
+//	         pad [3]u16, data [1232]u8}
+//	answer_hits  PERCPU_ARRAY, Options.AnswerEntries: u64 XDP_TX answers per slot
+//	answer_counters  PERCPU_ARRAY, NumAnswerEvents: u64 queries per AnswerEvent
+//	key_scratch  PERCPU_ARRAY, 1 entry: where a query's key is built
 //
 // acl4 and acl6 hold every listener's allow list; only listeners with the
 // ACL drop flag are enforced here. The others are steered whatever their source,

@@ -80,4 +80,38 @@
 // taken once per batch; the RX and fill rings are the loop's alone. A
 // quarter of the frames is kept out of the fill ring for replies of misses.
 // Nothing is allocated per packet on a hit (TestLoopHitAllocs).
+//
+// # The in-kernel answer tier
+//
+// tier.go keeps the hottest cached answers in the XDP program's answers map
+// (bpf/, an LRU), where the program answers them itself with XDP_TX. It
+// runs where Config.KernelCache says: auto means interfaces attached in
+// native mode, except veth (native XDP_TX frames on a veth arrive only when
+// the peer has an XDP program too); on means every interface; off, none.
+// The program is loaded without the tier when it is off, and again without
+// it when the kernel cannot verify it (logged).
+//
+// Each loop counts its cache hits per question (a 4096-slot table of hashes,
+// one-second windows, no allocation) and copies a query that reaches
+// KernelCache.Hits in a window into a bounded candidate list. Every 250 ms
+// one goroutine takes the candidates and, for each question the program
+// would answer exactly (exact mirrors xdp.c), asks the cache for its answer
+// (Peek: no counters, no CLOCK bit) and promotes it unless it is SERVFAIL,
+// truncated, larger than KernelCache.MaxAnswer or due to expire within 2 s.
+// On the same tick it reads the program's per-slot hit counters, demotes
+// entries with no kernel hit for a second or no longer in the cache, and
+// rewrites the others with their TTLs as of now. All writes of a tick are
+// one batch delete and one batch update per interface.
+//
+// TTL bound: an entry answers until 1 s after it was written (never past
+// the cache entry's expiry), with the TTLs of that moment, and hot entries
+// are rewritten every 250 ms. So a kernel answer's TTL is at most 1 s above
+// what the cache would give at that moment (the cache ages in whole
+// seconds), and an entry whose rewrite stops leaves within a second.
+//
+// Coherence: the cache calls OnPut (wired to Server.InvalidateKernel) with
+// a key before and after it stores a new answer for it; a promoted key is
+// then deleted from the maps at once. A reload holds every tier
+// (LockKernelCache), empties the maps, swaps the pipeline, and only then
+// lets the tiers promote again, from the new cache.
 package xsk
