@@ -38,20 +38,20 @@ func NewAnswerKey(name []byte, qtype, qclass uint16, flags uint8) (AnswerKey, bo
 	if len(name) == 0 || len(name) > AnswerNameMax {
 		return k, false
 	}
-	label := 0
+	label, root := 0, false
 	for i, c := range name {
 		if i == label {
 			if c > 63 || (c == 0) != (i == len(name)-1) {
 				return k, false
 			}
-			label = i + 1 + int(c)
+			label, root = i+1+int(c), c == 0
 		} else if 'A' <= c && c <= 'Z' {
 			c += 'a' - 'A'
 		}
 		k.Name[i] = c
 	}
-	if label != len(name) {
-		return k, false
+	if !root {
+		return k, false // a label runs past the end, or no root label
 	}
 	k.NameLen = uint8(len(name))
 	return k, true

@@ -359,18 +359,19 @@ static __always_inline int parse(struct xdp_md *ctx, struct query *q)
 }
 
 // find_listener looks up the exact destination, then the family's wildcard.
+// q->dst keeps the destination.
 static __always_inline struct listener_value *find_listener(struct query *q)
 {
 	struct listener_value *lv = bpf_map_lookup_elem(&listeners, &q->dst);
+	struct listener_key any = {.port = q->dst.port, .family = q->dst.family};
 
 	if (lv)
 		return lv;
-	__builtin_memset(q->dst.addr, 0, sizeof(q->dst.addr));
 	if (q->dst.family == FAMILY_IPV4) {
-		q->dst.addr[10] = 0xff;
-		q->dst.addr[11] = 0xff;
+		any.addr[10] = 0xff;
+		any.addr[11] = 0xff;
 	}
-	return bpf_map_lookup_elem(&listeners, &q->dst);
+	return bpf_map_lookup_elem(&listeners, &any);
 }
 
 // acl_allows says whether the listener's allow list covers the source.
@@ -434,9 +435,18 @@ static __always_inline int unicast(struct xdp_md *ctx, const struct query *q)
 	if (q->dst.family == FAMILY_IPV4) {
 		__u8 s = q->saddr[0], d = q->dst.addr[12];
 
-		// 0/8, 224/4 (multicast), 240/4 (reserved, broadcast)
-		return s != 0 && s < 224 && d < 224;
+		// sources in 0/8 or 127/8 (no client sends from them); 224/4
+		// (multicast) and 240/4 (reserved, broadcast) either way
+		return s != 0 && s != 127 && s < 224 && d < 224;
 	}
+	// multicast either way; the unspecified and loopback sources
+	__u64 hi, lo;
+
+	__builtin_memcpy(&hi, q->saddr, 8);
+	__builtin_memcpy(&lo, &q->saddr[8], 8);
+
+	if (hi == 0 && (lo == 0 || lo == bpf_cpu_to_be64(1)))
+		return 0;
 	return q->saddr[0] != 0xff && q->dst.addr[0] != 0xff;
 }
 
