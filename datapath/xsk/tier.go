@@ -114,6 +114,9 @@ type tier struct {
 	// live is the promoted keys for invalidate's lock-free check: a copy
 	// made by whoever changed the set.
 	live atomic.Pointer[map[bpf.AnswerKey]struct{}]
+	// refreshing is set while a refresh may have read answers it has not
+	// written yet (which live does not show): invalidate then waits.
+	refreshing atomic.Bool
 
 	promotions, evictions, writeErrors atomic.Uint64
 	entries                            atomic.Int64
@@ -254,6 +257,8 @@ func (t *tier) refresh(tables []*hotTable) {
 
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.refreshing.Store(true)
+	defer t.refreshing.Store(false) // after write has published
 	if err := t.readHits(); err != nil {
 		t.writeErrors.Add(1)
 	}
@@ -327,7 +332,8 @@ func (t *tier) promote(msg []byte, now time.Time, mono uint64) {
 func (t *tier) entry(k bpf.AnswerKey, msg []byte, slot uint32, now time.Time, mono uint64) bool {
 	r := forwarder.Request{Msg: msg, Transport: forwarder.TransportUDP, Listener: t.name}
 	resp, expires, ok := t.peek.Peek(&r, t.out)
-	if !ok || len(resp) > t.cfg.MaxAnswer || len(resp) < dnsmsg.HeaderLen {
+	// Larger than the asking client takes: the program would never send it.
+	if !ok || len(resp) > min(t.cfg.MaxAnswer, r.Q.MaxUDPSize()) || len(resp) < dnsmsg.HeaderLen {
 		return false
 	}
 	if dnsmsg.Rcode(resp) == dnsmsg.RcodeServFail || binary.BigEndian.Uint16(resp[2:])&dnsmsg.FlagTC != 0 {
@@ -389,7 +395,7 @@ func (t *tier) invalidate(key []byte) {
 	if !ok {
 		return
 	}
-	if _, in := (*t.live.Load())[k]; !in {
+	if _, in := (*t.live.Load())[k]; !in && !t.refreshing.Load() {
 		return
 	}
 	t.mu.Lock()
