@@ -61,8 +61,8 @@ func NewAnswerKey(name []byte, qtype, qclass uint16, flags uint8) (AnswerKey, bo
 type Answer = xdpAnswer
 
 // NewAnswer makes the value for resp, a response to a question whose name
-// is nameLen bytes: it answers until the monotonic clock (CLOCK_MONOTONIC,
-// bpf_ktime_get_ns) reads expires and counts its hits in slot. The program
+// is nameLen bytes: it answers until the monotonic clock (CLOCK_MONOTONIC_COARSE,
+// bpf_ktime_get_coarse_ns) reads expires and counts its hits in slot. The program
 // copies the query's ID and question name (the client's letter case) over
 // resp's; everything else goes out as it is here.
 func NewAnswer(resp []byte, nameLen int, expires uint64, slot uint32) (Answer, error) {

@@ -48,7 +48,7 @@
 //   - Nothing follows the question but, optionally, an OPT record at the
 //     root with version 0 and no options, ending the message.
 //   - The key (lower-cased name, type, class, and the OPT, DO, CD and RD
-//     bits: the cache's key) is in the map, and bpf_ktime_get_ns is before
+//     bits: the cache's key) is in the map, and bpf_ktime_get_coarse_ns is before
 //     its expiry; the answer is no larger than the client's UDP size (512
 //     without EDNS, else its OPT size, at most 4096).
 //   - bpf_xdp_adjust_tail can grow the frame to the answer's size.
@@ -61,7 +61,8 @@
 // of the response without its ID and name (in memory order, each byte at
 // its offset's parity), and the program adds the ID, the name (summed
 // while it is read) and the headers. Helpers: bpf_map_lookup_elem,
-// bpf_redirect_map, bpf_ktime_get_ns, bpf_xdp_adjust_tail; bounded loops
+// bpf_redirect_map, bpf_ktime_get_coarse_ns (5.11: the last tick's time, no
+// clocksource read), bpf_xdp_adjust_tail; bounded loops
 // (Linux 5.3); userspace uses the batch map operations (5.6).
 //
 // # Maps
@@ -86,7 +87,7 @@
 //	answers  LRU_HASH, Options.AnswerEntries (default 4096)
 //	  key   {qtype u16, qclass u16 (network order), flags u8 (Key*),
 //	         name_len u8, pad u16, name [128]u8 (lower-cased, zero-padded)}
-//	  value {expires u64 (CLOCK_MONOTONIC ns), slot u32, csum u32, len u16,
+//	  value {expires u64 (CLOCK_MONOTONIC_COARSE ns), slot u32, csum u32, len u16,
 //	         pad [3]u16, data [1232]u8}
 //	answer_hits  PERCPU_ARRAY, Options.AnswerEntries: u64 XDP_TX answers per slot
 //	answer_counters  PERCPU_ARRAY, NumAnswerEvents: u64 queries per AnswerEvent

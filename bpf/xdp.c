@@ -144,7 +144,7 @@ struct answer_key {
 // answer is a response ready to go, with the query's ID and question name
 // still to be copied in.
 struct answer {
-	__u64 expires; // bpf_ktime_get_ns() from which it no longer answers
+	__u64 expires; // bpf_ktime_get_coarse_ns() from which it no longer answers
 	__u32 slot;    // its answer_hits index
 	__u32 csum;    // 16-bit one's complement sum of the response, ID and question name left out (see doc.go)
 	__u16 len;     // of data
@@ -586,7 +586,7 @@ static __always_inline enum answer_event answer(struct xdp_md *ctx, struct query
 	a = bpf_map_lookup_elem(&answers, k);
 	if (!a)
 		return ANSWER_MISS_ABSENT;
-	if (bpf_ktime_get_ns() >= a->expires)
+	if (bpf_ktime_get_coarse_ns() >= a->expires)
 		return ANSWER_MISS_EXPIRED;
 	__u32 len = a->len;
 	if (len > maxsize)

@@ -231,10 +231,11 @@ func (t *tier) close() {
 	<-t.done
 }
 
-// monoNow is CLOCK_MONOTONIC in nanoseconds: bpf_ktime_get_ns's clock.
+// monoNow is CLOCK_MONOTONIC_COARSE in nanoseconds: bpf_ktime_get_coarse_ns's
+// clock (it may lag CLOCK_MONOTONIC by a tick; entries expire a second early).
 func monoNow() uint64 {
 	var ts unix.Timespec
-	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts)
 	return uint64(ts.Nano())
 }
 
