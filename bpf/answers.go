@@ -1,8 +1,10 @@
 package bpf
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 
 	"github.com/cilium/ebpf"
 )
@@ -11,7 +13,7 @@ import (
 const (
 	// AnswerNameMax is the longest question name (wire form) answered in
 	// the kernel.
-	AnswerNameMax = len(xdpAnswerKey{}.Name)
+	AnswerNameMax = len(xdpAnswer{}.Name)
 	// AnswerMax is the largest response an answers entry holds.
 	AnswerMax = len(xdpAnswer{}.Data)
 	// DefaultAnswerEntries sizes the answers map when Options.AnswerEntries
@@ -27,14 +29,38 @@ const (
 	KeyRD              // recursion desired
 )
 
-// AnswerKey is an answers map key: a question as the cache keys it.
-type AnswerKey = xdpAnswerKey
+// AnswerKey is a question as the cache keys it. The map is keyed on its
+// hashed form (mapKey); the entry holds the name, which PutAnswers copies
+// from the key.
+type AnswerKey struct {
+	Qtype, Qclass uint16
+	Flags         uint8 // Key*
+	NameLen       uint8
+	Name          [AnswerNameMax]byte // lower-cased wire name, zero after NameLen
+}
+
+// nameSeed seeds the program's name hash: one per process, so every
+// program the process loads takes the same keys.
+var nameSeed = rand.Uint64()
+
+// nameMul is NAME_MUL in xdp.c.
+const nameMul = 0x9e3779b97f4a7c15
+
+// mapKey is the key as the program builds it: the name hashed eight bytes
+// (little-endian) at a time, as name_hash does.
+func (k *AnswerKey) mapKey() xdpAnswerKey {
+	h := nameSeed
+	for at := 0; at < int(k.NameLen); at += 8 {
+		h = (h ^ binary.LittleEndian.Uint64(k.Name[at:])) * nameMul
+	}
+	return xdpAnswerKey{Hash: h ^ h>>32, Qtype: hton16(k.Qtype), Qclass: hton16(k.Qclass), Flags: k.Flags, NameLen: k.NameLen}
+}
 
 // NewAnswerKey makes the key of a question: name in wire form (any letter
 // case), type, class and Key* flags. It is false for a name longer than
 // AnswerNameMax or one that is not an uncompressed wire name.
 func NewAnswerKey(name []byte, qtype, qclass uint16, flags uint8) (AnswerKey, bool) {
-	k := AnswerKey{Qtype: hton16(qtype), Qclass: hton16(qclass), Flags: flags}
+	k := AnswerKey{Qtype: qtype, Qclass: qclass, Flags: flags}
 	if len(name) == 0 || len(name) > AnswerNameMax {
 		return k, false
 	}
@@ -57,7 +83,7 @@ func NewAnswerKey(name []byte, qtype, qclass uint16, flags uint8) (AnswerKey, bo
 	return k, true
 }
 
-// Answer is an answers map value.
+// Answer is an answers map value. PutAnswers fills its Name.
 type Answer = xdpAnswer
 
 // NewAnswer makes the value for resp, a response to a question whose name
@@ -153,12 +179,15 @@ func (p *Program) PutAnswers(keys []AnswerKey, vals []Answer) error {
 	if len(keys) != len(vals) {
 		return fmt.Errorf("putting answers: %d keys and %d values", len(keys), len(vals))
 	}
+	mk := make([]xdpAnswerKey, len(keys))
 	for i := range vals {
 		if vals[i].Slot >= uint32(p.answers) {
 			return fmt.Errorf("putting answers: slot %d is past the map's %d", vals[i].Slot, p.answers)
 		}
+		mk[i] = keys[i].mapKey()
+		vals[i].Name = keys[i].Name
 	}
-	if _, err := p.objs.Answers.BatchUpdate(keys, vals, nil); err != nil {
+	if _, err := p.objs.Answers.BatchUpdate(mk, vals, nil); err != nil {
 		return fmt.Errorf("putting %d answers: %w", len(keys), err)
 	}
 	return nil
@@ -167,6 +196,14 @@ func (p *Program) PutAnswers(keys []AnswerKey, vals []Answer) error {
 // DeleteAnswers removes entries in batches. Keys that are not in the map
 // (never put, or evicted by the map's LRU) are skipped.
 func (p *Program) DeleteAnswers(keys []AnswerKey) error {
+	mk := make([]xdpAnswerKey, len(keys))
+	for i := range keys {
+		mk[i] = keys[i].mapKey()
+	}
+	return p.deleteKeys(mk)
+}
+
+func (p *Program) deleteKeys(keys []xdpAnswerKey) error {
 	for len(keys) > 0 {
 		n, err := p.objs.Answers.BatchDelete(keys, nil)
 		switch {
@@ -183,8 +220,8 @@ func (p *Program) DeleteAnswers(keys []AnswerKey) error {
 
 // ClearAnswers removes every entry.
 func (p *Program) ClearAnswers() error {
-	var keys []AnswerKey
-	var k AnswerKey
+	var keys []xdpAnswerKey
+	var k xdpAnswerKey
 	it := p.objs.Answers.Iterate()
 	var v Answer
 	for it.Next(&k, &v) {
@@ -193,7 +230,7 @@ func (p *Program) ClearAnswers() error {
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("listing the answers: %w", err)
 	}
-	return p.DeleteAnswers(keys)
+	return p.deleteKeys(keys)
 }
 
 // AnswerHits reads the per-slot hit counters, summed over the CPUs, into

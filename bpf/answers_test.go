@@ -687,7 +687,8 @@ func TestAnswerMisses(t *testing.T) {
 		if !ok {
 			t.Fatalf("NewAnswerKey(%q)", name)
 		}
-		if err := p.objs.Answers.Put(k, &v); err != nil {
+		v.Name = k.Name
+		if err := p.objs.Answers.Put(k.mapKey(), &v); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -988,10 +989,11 @@ func TestNewAnswerKey(t *testing.T) {
 			if k.Name != want || int(k.NameLen) != len(tt.want) {
 				t.Errorf("name %q (len %d), want %q (len %d)", k.Name[:], k.NameLen, want[:], len(tt.want))
 			}
-			b := binary.NativeEndian.AppendUint16(nil, k.Qtype)
-			b = binary.NativeEndian.AppendUint16(b, k.Qclass)
-			if !bytes.Equal(b, []byte{0, 15, 0, 3}) || k.Flags != KeyOPT|KeyRD || k.Pad != 0 {
-				t.Errorf("type/class bytes %x flags %d pad %d, want 000f0003 %d 0", b, k.Flags, k.Pad, KeyOPT|KeyRD)
+			mk := k.mapKey()
+			b := binary.NativeEndian.AppendUint16(nil, mk.Qtype)
+			b = binary.NativeEndian.AppendUint16(b, mk.Qclass)
+			if !bytes.Equal(b, []byte{0, 15, 0, 3}) || mk.Flags != KeyOPT|KeyRD || mk.Pad != 0 || mk.NameLen != k.NameLen {
+				t.Errorf("map key type/class bytes %x flags %d pad %d len %d, want 000f0003 %d 0 %d", b, mk.Flags, mk.Pad, mk.NameLen, KeyOPT|KeyRD, k.NameLen)
 			}
 		})
 	}
@@ -1053,6 +1055,49 @@ func TestNewAnswerKeyNeedsRoot(t *testing.T) {
 	}
 }
 
+// TestAnswerNameCollision: the map is keyed on a hash of the name, so an
+// entry found under a query's key whose stored name is another one (a
+// hash collision) must not answer it.
+func TestAnswerNameCollision(t *testing.T) {
+	p := loadTier(t, Options{})
+	later := monoNow(t) + uint64(time.Hour)
+	k, ok := NewAnswerKey(wireName(t, "example.com."), dns.TypeA, dns.ClassINET, KeyRD)
+	if !ok {
+		t.Fatal("NewAnswerKey refused example.com.")
+	}
+	other, _ := NewAnswerKey(wireName(t, "exbmple.com."), dns.TypeA, dns.ClassINET, KeyRD)
+	v, err := NewAnswer(answerResponse(t, "example.com.", dns.TypeA), int(k.NameLen), later, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.Name = other.Name // under example.com's hash, but naming another
+	if err := p.objs.Answers.Put(k.mapKey(), &v); err != nil {
+		t.Fatal(err)
+	}
+	m := new(dns.Msg)
+	m.SetQuestion("example.com.", dns.TypeA)
+	frame := pkt{src: client4, dst: server4, payload: pack(t, m)}.bytes()
+	before, _ := p.AnswerCounters()
+	if verdict, r := run(t, p, frame); verdict == xdpTX || r == ReasonTX {
+		t.Fatalf("a colliding entry answered: verdict %d, %s", verdict, r)
+	}
+	after, _ := p.AnswerCounters()
+	if after[AnswerMissAbsent] != before[AnswerMissAbsent]+1 {
+		t.Errorf("miss_absent went from %d to %d, want +1", before[AnswerMissAbsent], after[AnswerMissAbsent])
+	}
+	// The same entry with its own name answers: the check above is the
+	// name comparison, not a broken entry.
+	v.Name = k.Name
+	if err := p.objs.Answers.Put(k.mapKey(), &v); err != nil {
+		t.Fatal(err)
+	}
+	out := make([]byte, len(frame)+2048)
+	verdict, err := p.XDP().Run(&ebpf.RunOptions{Data: frame, DataOut: out})
+	if err != nil || verdict != xdpTX {
+		t.Errorf("with its own name: verdict %d (%v), want XDP_TX", verdict, err)
+	}
+}
+
 // TestAnswerBatchOps proves the map operations: PutAnswers stores entries
 // the program answers from and refuses slots past AnswerEntries (storing
 // nothing), DeleteAnswers removes the keys it is given and skips absent ones
@@ -1086,10 +1131,14 @@ func TestAnswerBatchOps(t *testing.T) {
 	stored := func() map[AnswerKey]Answer {
 		t.Helper()
 		m := map[AnswerKey]Answer{}
-		var k AnswerKey
+		var mk xdpAnswerKey
 		var v Answer
 		it := p.objs.Answers.Iterate()
-		for it.Next(&k, &v) {
+		for it.Next(&mk, &v) {
+			k := AnswerKey{Qtype: hton16(mk.Qtype), Qclass: hton16(mk.Qclass), Flags: mk.Flags, NameLen: mk.NameLen, Name: v.Name}
+			if k.mapKey() != mk {
+				t.Errorf("map key %+v is not the hash of its entry's name %q", mk, v.Name[:mk.NameLen])
+			}
 			m[k] = v
 		}
 		if err := it.Err(); err != nil {

@@ -93,6 +93,9 @@ func Load(opts Options) (*Program, error) {
 		if err := spec.Variables["answers_on"].Set(uint32(1)); err != nil {
 			return nil, fmt.Errorf("loading the XDP program: turning the answer tier on: %w", err)
 		}
+		if err := spec.Variables["name_seed"].Set(nameSeed); err != nil {
+			return nil, fmt.Errorf("loading the XDP program: seeding the name hash: %w", err)
+		}
 	}
 	p := &Program{queues: q, answers: a, tier: opts.Answers}
 	if err := spec.LoadAndAssign(&p.objs, nil); err != nil {

@@ -131,14 +131,16 @@ struct {
 #define KEY_CD 4  // checking disabled
 #define KEY_RD 8  // recursion desired
 
-// answer_key is what the userspace cache keys a response on.
+// answer_key is what the userspace cache keys a response on, with the name
+// hashed (name_hash): a short key hashes and compares fast. The entry holds
+// the name itself, compared after the lookup.
 struct answer_key {
+	__u64 hash;    // name_hash of the lower-cased wire name
 	__be16 qtype;  // network order
 	__be16 qclass; // network order
 	__u8 flags;    // KEY_*
-	__u8 name_len; // of name, the root label included
+	__u8 name_len; // of the name, the root label included
 	__u16 pad;     // zero
-	__u8 name[ANSWER_NAME_MAX]; // lower-cased wire name, zero after name_len
 };
 
 // answer is a response ready to go, with the query's ID and question name
@@ -149,7 +151,8 @@ struct answer {
 	__u32 csum;    // 16-bit one's complement sum of the response, ID and question name left out (see doc.go)
 	__u16 len;     // of data
 	__u16 pad[3];
-	__u8 data[ANSWER_MAX]; // the response
+	__u8 name[ANSWER_NAME_MAX]; // the key's name: lower-cased wire form, zero after it
+	__u8 data[ANSWER_MAX];      // the response
 };
 
 // answers is filled by userspace; Load sets max_entries.
@@ -175,14 +178,25 @@ struct {
 	__uint(max_entries, ANSWER_EVENT_MAX);
 } answer_counters SEC(".maps");
 
-// key_scratch is where the key of a packet is built (too big for the stack
-// next to the rest).
+// name_scratch holds a query's lower-cased name for the comparison with the
+// entry's (too big for the stack next to the rest).
+struct name_scratch {
+	__u8 name[ANSWER_NAME_MAX];
+	__u32 name_len;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
-	__type(value, struct answer_key);
+	__type(value, struct name_scratch);
 	__uint(max_entries, 1);
-} key_scratch SEC(".maps");
+} scratch SEC(".maps");
+
+// name_seed seeds name_hash; Load sets it (bpf.nameSeed).
+volatile const __u64 name_seed = 0;
+
+// name_hash's multiplier (2^64 / golden ratio).
+#define NAME_MUL 0x9e3779b97f4a7c15ULL
 
 // answers_on is set at load time (Options.Answers): with 0 the verifier
 // never walks the answer tier, so a kernel that cannot verify it still
@@ -472,8 +486,10 @@ static __always_inline enum answer_event answer(struct xdp_md *ctx, struct query
 	void *end = (void *)(long)ctx->data_end;
 	__u32 off = q->dns_off, dns_len = q->dns_len, l3 = q->l3_off;
 	__u32 zero = 0, name_len, qsum = 0, maxsize = 512;
-	struct answer_key *k;
+	struct answer_key key = {};
+	struct name_scratch *k;
 	struct answer *a;
+	__u64 h = name_seed;
 	__u8 *dns;
 
 	if (off < 42 || off > 128 || l3 > 64 || !unicast(ctx, q)) // 42: Ethernet, IPv4, UDP
@@ -485,10 +501,9 @@ static __always_inline enum answer_event answer(struct xdp_md *ctx, struct query
 	if ((dns[2] & 0xfa) != 0 || dns[4] != 0 || dns[5] != 1 || dns[6] | dns[7] | dns[8] | dns[9] | dns[10] ||
 	    dns[11] > 1)
 		return ANSWER_MISS_NOT_EXACT;
-	k = bpf_map_lookup_elem(&key_scratch, &zero);
+	k = bpf_map_lookup_elem(&scratch, &zero);
 	if (!k)
 		return ANSWER_MISS_NOT_EXACT;
-	__builtin_memset(k, 0, sizeof(*k));
 
 	// The name's labels: its length, no pointers. pos is where the next
 	// label starts.
@@ -515,12 +530,12 @@ static __always_inline enum answer_event answer(struct xdp_md *ctx, struct query
 	// Read back from the map value: the verifier then knows only its
 	// bounds, whichever iteration found it, and checks what follows once.
 	k->name_len = pos + 1;
-	name_len = *(volatile __u8 *)&k->name_len;
+	name_len = *(volatile __u32 *)&k->name_len;
 	if (name_len == 0 || name_len > ANSWER_NAME_MAX)
 		return ANSWER_MISS_NOT_EXACT;
 
-	// The key's name, lower-cased, eight bytes at a time; qsum adds the
-	// client's bytes for the UDP checksum.
+	// The name, lower-cased, eight bytes at a time into the scratch and
+	// the hash; qsum adds the client's bytes for the UDP checksum.
 	for (__u32 c8 = 0; c8 < ANSWER_NAME_MAX / 8; c8++) {
 		__u32 at = c8 * 8, rem;
 		__u8 *p = dns + 12 + at;
@@ -543,23 +558,27 @@ static __always_inline enum answer_event answer(struct xdp_md *ctx, struct query
 		if (rem < 8)
 			x &= (1ULL << (rem * 8)) - 1;
 		qsum += (x & 0xffff) + ((x >> 16) & 0xffff) + ((x >> 32) & 0xffff) + (x >> 48);
-		*(__u64 *)&k->name[at & (ANSWER_NAME_MAX - 8)] = lower8(x);
+		x = lower8(x);
+		*(__u64 *)&k->name[at & (ANSWER_NAME_MAX - 8)] = x;
+		h = (h ^ x) * NAME_MUL;
 	}
-	name_len = *(volatile __u8 *)&k->name_len;
+	name_len = *(volatile __u32 *)&k->name_len;
 	if (name_len == 0 || name_len > ANSWER_NAME_MAX)
 		return ANSWER_MISS_NOT_EXACT;
+	key.hash = h ^ (h >> 32);
+	key.name_len = name_len;
 
 	__u32 qend = 12 + name_len + 4;
 	__u8 *p = dns + 12 + name_len;
 
 	if ((void *)(p + 4) > end)
 		return ANSWER_MISS_NOT_EXACT;
-	k->qtype = *(__be16 *)p;
-	k->qclass = *(__be16 *)(p + 2);
+	key.qtype = *(__be16 *)p;
+	key.qclass = *(__be16 *)(p + 2);
 	if (dns[2] & 1)
-		k->flags |= KEY_RD;
+		key.flags |= KEY_RD;
 	if (dns[3] & 0x10)
-		k->flags |= KEY_CD;
+		key.flags |= KEY_CD;
 	if (dns[11] == 0) {
 		if (dns_len != qend)
 			return ANSWER_MISS_NOT_EXACT;
@@ -573,9 +592,9 @@ static __always_inline enum answer_event answer(struct xdp_md *ctx, struct query
 			return ANSWER_MISS_NOT_EXACT;
 		if (o[0] != 0 || o[1] != 0 || o[2] != 41 || o[6] != 0 || o[9] != 0 || o[10] != 0)
 			return ANSWER_MISS_NOT_EXACT;
-		k->flags |= KEY_OPT;
+		key.flags |= KEY_OPT;
 		if (o[7] & 0x80)
-			k->flags |= KEY_DO;
+			key.flags |= KEY_DO;
 		size = (__u32)o[3] << 8 | o[4];
 		if (size > 4096)
 			size = 4096;
@@ -583,9 +602,20 @@ static __always_inline enum answer_event answer(struct xdp_md *ctx, struct query
 			maxsize = size;
 	}
 
-	a = bpf_map_lookup_elem(&answers, k);
+	a = bpf_map_lookup_elem(&answers, &key);
 	if (!a)
 		return ANSWER_MISS_ABSENT;
+	for (__u32 c8 = 0; c8 < ANSWER_NAME_MAX / 8; c8++) {
+		__u32 at = (c8 * 8) & (ANSWER_NAME_MAX - 8);
+
+		if (c8 * 8 >= name_len)
+			break;
+		if (*(__u64 *)&k->name[at] != *(__u64 *)&a->name[at])
+			return ANSWER_MISS_ABSENT; // another name with the same hash
+	}
+	name_len = *(volatile __u32 *)&k->name_len;
+	if (name_len == 0 || name_len > ANSWER_NAME_MAX)
+		return ANSWER_MISS_NOT_EXACT;
 	if (bpf_ktime_get_coarse_ns() >= a->expires)
 		return ANSWER_MISS_EXPIRED;
 	__u32 len = a->len;

@@ -34,6 +34,7 @@ type xdpAnswer struct {
 	Csum    uint32
 	Len     uint16
 	Pad     [3]uint16
+	Name    [128]uint8
 	Data    [1232]uint8
 }
 
@@ -51,12 +52,12 @@ const (
 
 type xdpAnswerKey struct {
 	_       structs.HostLayout
+	Hash    uint64
 	Qtype   uint16
 	Qclass  uint16
 	Flags   uint8
 	NameLen uint8
 	Pad     uint16
-	Name    [128]uint8
 }
 
 type xdpListenerKey struct {
@@ -71,6 +72,12 @@ type xdpListenerValue struct {
 	_     structs.HostLayout
 	Id    uint32
 	Flags uint32
+}
+
+type xdpNameScratch struct {
+	_       structs.HostLayout
+	Name    [128]uint8
+	NameLen uint32
 }
 
 type xdpReason uint32
@@ -102,11 +109,12 @@ const (
 	xdpMapAnswerHits        = "answer_hits"
 	xdpMapAnswers           = "answers"
 	xdpMapCounters          = "counters"
-	xdpMapKeyScratch        = "key_scratch"
 	xdpMapListeners         = "listeners"
+	xdpMapScratch           = "scratch"
 	xdpMapXsks              = "xsks"
 	xdpProgXdpDns           = "xdp_dns"
 	xdpVarAnswersOn         = "answers_on"
+	xdpVarNameSeed          = "name_seed"
 	xdpVarUnusedAnswerEvent = "unused_answer_event"
 	xdpVarUnusedReason      = "unused_reason"
 )
@@ -166,8 +174,8 @@ type xdpMapSpecs struct {
 	AnswerHits     *ebpf.MapSpec `ebpf:"answer_hits"`
 	Answers        *ebpf.MapSpec `ebpf:"answers"`
 	Counters       *ebpf.MapSpec `ebpf:"counters"`
-	KeyScratch     *ebpf.MapSpec `ebpf:"key_scratch"`
 	Listeners      *ebpf.MapSpec `ebpf:"listeners"`
+	Scratch        *ebpf.MapSpec `ebpf:"scratch"`
 	Xsks           *ebpf.MapSpec `ebpf:"xsks"`
 }
 
@@ -176,6 +184,7 @@ type xdpMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpVariableSpecs struct {
 	AnswersOn         *ebpf.VariableSpec `ebpf:"answers_on"`
+	NameSeed          *ebpf.VariableSpec `ebpf:"name_seed"`
 	UnusedAnswerEvent *ebpf.VariableSpec `ebpf:"unused_answer_event"`
 	UnusedReason      *ebpf.VariableSpec `ebpf:"unused_reason"`
 }
@@ -206,8 +215,8 @@ type xdpMaps struct {
 	AnswerHits     *ebpf.Map `ebpf:"answer_hits"`
 	Answers        *ebpf.Map `ebpf:"answers"`
 	Counters       *ebpf.Map `ebpf:"counters"`
-	KeyScratch     *ebpf.Map `ebpf:"key_scratch"`
 	Listeners      *ebpf.Map `ebpf:"listeners"`
+	Scratch        *ebpf.Map `ebpf:"scratch"`
 	Xsks           *ebpf.Map `ebpf:"xsks"`
 }
 
@@ -219,8 +228,8 @@ func (m *xdpMaps) Close() error {
 		m.AnswerHits,
 		m.Answers,
 		m.Counters,
-		m.KeyScratch,
 		m.Listeners,
+		m.Scratch,
 		m.Xsks,
 	)
 }
@@ -230,6 +239,7 @@ func (m *xdpMaps) Close() error {
 // It can be passed to loadXdpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpVariables struct {
 	AnswersOn         *ebpf.Variable `ebpf:"answers_on"`
+	NameSeed          *ebpf.Variable `ebpf:"name_seed"`
 	UnusedAnswerEvent *ebpf.Variable `ebpf:"unused_answer_event"`
 	UnusedReason      *ebpf.Variable `ebpf:"unused_reason"`
 }
