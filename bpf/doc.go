@@ -85,13 +85,18 @@
 //	xsks  XSKMAP, Options.Queues entries (default 64): rx queue → AF_XDP socket
 //	counters  PERCPU_ARRAY, NumReasons entries: u64 packets per Reason
 //	answers  LRU_HASH, Options.AnswerEntries (default 4096)
-//	  key   {qtype u16, qclass u16 (network order), flags u8 (Key*),
-//	         name_len u8, pad u16, name [128]u8 (lower-cased, zero-padded)}
+//	  key   {hash u64, qtype u16, qclass u16 (network order), flags u8 (Key*),
+//	         name_len u8, pad u16}
+//	        hash: of the lower-cased wire name, zero-padded to 8 bytes, as
+//	        little-endian u64 words w: h = seed; h = (h ^ w) * 0x9e3779b97f4a7c15
+//	        for each; hash = h ^ h>>32. The seed (.rodata name_seed) is random
+//	        per process. A 16-byte key hashes and compares fast; the entry's
+//	        name is compared after the lookup, so a collision is a miss.
 //	  value {expires u64 (CLOCK_MONOTONIC_COARSE ns), slot u32, csum u32, len u16,
-//	         pad [3]u16, data [1232]u8}
+//	         pad [3]u16, name [128]u8 (lower-cased, zero-padded), data [1232]u8}
 //	answer_hits  PERCPU_ARRAY, Options.AnswerEntries: u64 XDP_TX answers per slot
 //	answer_counters  PERCPU_ARRAY, NumAnswerEvents: u64 queries per AnswerEvent
-//	key_scratch  PERCPU_ARRAY, 1 entry: where a query's key is built
+//	scratch  PERCPU_ARRAY, 1 entry: a query's lower-cased name and its length
 //
 // acl4 and acl6 hold every listener's allow list; only listeners with the
 // ACL drop flag are enforced here. The others are steered whatever their source,
