@@ -40,8 +40,8 @@
 // else it leaves the frame untouched and counts why (AnswerEvent):
 //
 //   - Source and destination are unicast: no multicast or broadcast MAC,
-//     IPv4 source not in 0/8, 224/4 or 240/4 (nor destination in the last
-//     two), no IPv6 multicast.
+//     IPv4 source not in 0/8, 127/8, 224/4 or 240/4 (nor destination in the
+//     last two), no IPv6 multicast either way, no source :: or ::1.
 //   - The header: QR 0, opcode QUERY, TC 0, one question, no answer or
 //     authority records, at most one additional record; the name has no
 //     pointers and is at most AnswerNameMax (128) bytes in wire form.
