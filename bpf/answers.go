@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync/atomic"
 
 	"github.com/cilium/ebpf"
 )
@@ -42,6 +43,9 @@ type AnswerKey struct {
 // nameSeed seeds the program's name hash: one per process, so every
 // program the process loads takes the same keys.
 var nameSeed = rand.Uint64()
+
+// answerGen numbers the entries written (struct answer's gen).
+var answerGen atomic.Uint64
 
 // nameMul is NAME_MUL in xdp.c.
 const nameMul = 0x9e3779b97f4a7c15
@@ -83,7 +87,7 @@ func NewAnswerKey(name []byte, qtype, qclass uint16, flags uint8) (AnswerKey, bo
 	return k, true
 }
 
-// Answer is an answers map value. PutAnswers fills its Name.
+// Answer is an answers map value. PutAnswers fills its Name, Gen and GenEnd.
 type Answer = xdpAnswer
 
 // NewAnswer makes the value for resp, a response to a question whose name
@@ -129,6 +133,7 @@ const (
 	AnswerMissTooLarge = AnswerEvent(xdpAnswerEventANSWER_MISS_TOO_LARGE) // larger than the client's UDP size
 	AnswerMissNotExact = AnswerEvent(xdpAnswerEventANSWER_MISS_NOT_EXACT) // a query the tier does not answer
 	AnswerMissNoRoom   = AnswerEvent(xdpAnswerEventANSWER_MISS_NO_ROOM)   // the frame could not grow
+	AnswerTorn         = AnswerEvent(xdpAnswerEventANSWER_TORN)           // the entry changed under the copy: dropped
 	NumAnswerEvents    = AnswerEvent(xdpAnswerEventANSWER_EVENT_MAX)
 )
 
@@ -139,6 +144,7 @@ var answerEventNames = [NumAnswerEvents]string{
 	AnswerMissTooLarge: "miss_too_large",
 	AnswerMissNotExact: "miss_not_exact",
 	AnswerMissNoRoom:   "miss_no_room",
+	AnswerTorn:         "torn",
 }
 
 // String is the event's name, usable as a Prometheus label value.
@@ -186,6 +192,8 @@ func (p *Program) PutAnswers(keys []AnswerKey, vals []Answer) error {
 		}
 		mk[i] = keys[i].mapKey()
 		vals[i].Name = keys[i].Name
+		vals[i].Gen = answerGen.Add(1)
+		vals[i].GenEnd = vals[i].Gen
 	}
 	if _, err := p.objs.Answers.BatchUpdate(mk, vals, nil); err != nil {
 		return fmt.Errorf("putting %d answers: %w", len(keys), err)

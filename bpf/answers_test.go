@@ -8,6 +8,8 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -1238,5 +1240,71 @@ func TestAnswerBatchOps(t *testing.T) {
 	}
 	if err := p.AnswerHits(make([]uint64, entries+1)); err == nil {
 		t.Error("AnswerHits with a wrong length: no error")
+	}
+}
+
+// TestAnswerRewriteNeverTorn: the tier rewrites hot entries while the
+// program reads them, and a preallocated map hands a replaced element's
+// memory to the next update at once. A reply must then never carry another
+// entry's records: the program drops what it copied while the entry
+// changed (drop_torn). One goroutine rewrites two entries without pause, as
+// refresh does, while the query for the first runs for two seconds.
+func TestAnswerRewriteNeverTorn(t *testing.T) {
+	p := loadTier(t, Options{AnswerEntries: 64})
+	later := monoNow(t) + uint64(time.Hour)
+	mk := func(name, addr string) (AnswerKey, Answer) {
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeA)
+		m = new(dns.Msg).SetReply(m)
+		rr, err := dns.NewRR(name + " 300 IN A " + addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Answer = append(m.Answer, rr)
+		k, _ := NewAnswerKey(wireName(t, name), dns.TypeA, dns.ClassINET, KeyRD)
+		v, err := NewAnswer(pack(t, m), len(wireName(t, name)), later, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k, v
+	}
+	ka, va := mk("aaaa.example.", "192.0.2.1")
+	kb, vb := mk("bbbb.example.", "198.51.100.99")
+	if err := p.PutAnswers([]AnswerKey{ka, kb}, []Answer{va, vb}); err != nil {
+		t.Fatal(err)
+	}
+	q := new(dns.Msg)
+	q.SetQuestion("aaaa.example.", dns.TypeA)
+	frame := pkt{src: client4, dst: server4, payload: pack(t, q)}.bytes()
+	bad := netip.MustParseAddr("198.51.100.99").As4()
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for !stop.Load() {
+			_ = p.PutAnswers([]AnswerKey{ka, kb}, []Answer{va, vb})
+		}
+	}()
+	defer func() { stop.Store(true); wg.Wait() }()
+	var txs, wrong int
+	out := make([]byte, len(frame)+2048)
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); {
+		opts := ebpf.RunOptions{Data: frame, DataOut: out}
+		v, err := p.XDP().Run(&opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v == xdpTX {
+			txs++
+			if bytes.Contains(opts.DataOut, bad[:]) {
+				wrong++
+			}
+		}
+	}
+	c, _ := p.Counters()
+	t.Logf("%d replies, %d dropped as torn", txs, c[ReasonDropTorn])
+	if wrong > 0 || txs == 0 {
+		t.Errorf("%d of %d replies carried the other entry's address", wrong, txs)
 	}
 }

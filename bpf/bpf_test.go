@@ -25,7 +25,7 @@ func TestReasonNames(t *testing.T) {
 			t.Errorf("%s: verdict %d", s, r.verdict())
 		}
 	}
-	if s := NumReasons.String(); s != "reason(13)" {
+	if s := NumReasons.String(); s != "reason(14)" {
 		t.Errorf("NumReasons.String() = %q", s)
 	}
 }

@@ -26,6 +26,7 @@ const (
 	ReasonPassNotListener = Reason(xdpReasonREASON_PASS_NOT_LISTENER) // no listener on that address and port
 	ReasonDropACL         = Reason(xdpReasonREASON_DROP_ACL)          // source outside an ACLDrop listener's allow list
 	ReasonTX              = Reason(xdpReasonREASON_TX)                // answered from the answers map (XDP_TX)
+	ReasonDropTorn        = Reason(xdpReasonREASON_DROP_TORN)         // an answers entry rewritten under the copy: dropped
 	NumReasons            = Reason(xdpReasonREASON_MAX)
 )
 
@@ -43,6 +44,7 @@ var reasonNames = [NumReasons]string{
 	ReasonPassNotListener: "pass_not_listener",
 	ReasonDropACL:         "drop_acl",
 	ReasonTX:              "tx",
+	ReasonDropTorn:        "drop_torn",
 }
 
 // String is the reason's name, usable as a Prometheus label value.

@@ -25,7 +25,7 @@ func (r Reason) verdict() uint32 {
 	switch r {
 	case ReasonRedirect:
 		return xdpRedirect
-	case ReasonDropACL:
+	case ReasonDropACL, ReasonDropTorn:
 		return xdpDrop
 	case ReasonTX:
 		return xdpTX

@@ -31,6 +31,7 @@ enum reason {
 	REASON_PASS_NOT_LISTENER, // no listener on the destination address and port
 	REASON_DROP_ACL,          // source not in the listener's allow list (LISTENER_ACL_DROP)
 	REASON_TX,                // answered from the answers map (XDP_TX)
+	REASON_DROP_TORN,         // the answers entry was rewritten while copied: dropped, the client retries
 	REASON_MAX,
 };
 
@@ -44,6 +45,7 @@ enum answer_event {
 	ANSWER_MISS_TOO_LARGE, // the entry is larger than the client's UDP size
 	ANSWER_MISS_NOT_EXACT, // a query the tier does not answer (see doc.go)
 	ANSWER_MISS_NO_ROOM,   // the frame could not grow to the answer's size
+	ANSWER_TORN,           // the entry changed under the copy: the half-built reply is dropped
 	ANSWER_EVENT_MAX,
 };
 
@@ -145,7 +147,12 @@ struct answer_key {
 
 // answer is a response ready to go, with the query's ID and question name
 // still to be copied in.
+// A map update may reuse the memory of an entry the program is reading
+// (preallocated maps recycle elements at once), so every write carries a
+// new gen at both ends, and a reply is sent only if both still read the
+// gen seen first once it is copied.
 struct answer {
+	__u64 gen;     // userspace's write number; the same as gen_end
 	__u64 expires; // bpf_ktime_get_coarse_ns() from which it no longer answers
 	__u32 slot;    // its answer_hits index
 	__u32 csum;    // 16-bit one's complement sum of the response, ID and question name left out (see doc.go)
@@ -153,6 +160,7 @@ struct answer {
 	__u16 pad[3];
 	__u8 name[ANSWER_NAME_MAX]; // the key's name: lower-cased wire form, zero after it
 	__u8 data[ANSWER_MAX];      // the response
+	__u64 gen_end;
 };
 
 // answers is filled by userspace; Load sets max_entries.
@@ -414,6 +422,9 @@ static __always_inline void count_answer(enum answer_event e)
 
 // barrier_var hides what the compiler knows of v, so that a check on it
 // stays where the verifier needs it (libbpf's bpf_helpers.h has it from 1.1).
+#ifndef barrier
+#define barrier() asm volatile("" ::: "memory")
+#endif
 #ifndef barrier_var
 #define barrier_var(v) asm volatile("" : "+r"(v))
 #endif
@@ -605,6 +616,9 @@ static __always_inline enum answer_event answer(struct xdp_md *ctx, struct query
 	a = bpf_map_lookup_elem(&answers, &key);
 	if (!a)
 		return ANSWER_MISS_ABSENT;
+	__u64 gen = *(volatile __u64 *)&a->gen;
+
+	barrier();
 	for (__u32 c8 = 0; c8 < ANSWER_NAME_MAX / 8; c8++) {
 		__u32 at = (c8 * 8) & (ANSWER_NAME_MAX - 8);
 
@@ -660,6 +674,10 @@ static __always_inline enum answer_event answer(struct xdp_md *ctx, struct query
 		dns[j] = a->data[j];
 		j++;
 	}
+
+	barrier();
+	if (*(volatile __u64 *)&a->gen_end != gen || *(volatile __u64 *)&a->gen != gen)
+		return ANSWER_TORN;
 
 	// Ethernet, IP and UDP headers of the reply.
 	struct ethhdr *eth = data;
@@ -748,6 +766,8 @@ int xdp_dns(struct xdp_md *ctx)
 		count_answer(r);
 		if (r == ANSWER_HIT)
 			return count(REASON_TX, XDP_TX);
+		if (r == ANSWER_TORN)
+			return count(REASON_DROP_TORN, XDP_DROP);
 	}
 
 redirect:

@@ -29,6 +29,7 @@ type xdpAcl6Key struct {
 
 type xdpAnswer struct {
 	_       structs.HostLayout
+	Gen     uint64
 	Expires uint64
 	Slot    uint32
 	Csum    uint32
@@ -36,6 +37,7 @@ type xdpAnswer struct {
 	Pad     [3]uint16
 	Name    [128]uint8
 	Data    [1232]uint8
+	GenEnd  uint64
 }
 
 type xdpAnswerEvent uint32
@@ -47,7 +49,8 @@ const (
 	xdpAnswerEventANSWER_MISS_TOO_LARGE xdpAnswerEvent = 3
 	xdpAnswerEventANSWER_MISS_NOT_EXACT xdpAnswerEvent = 4
 	xdpAnswerEventANSWER_MISS_NO_ROOM   xdpAnswerEvent = 5
-	xdpAnswerEventANSWER_EVENT_MAX      xdpAnswerEvent = 6
+	xdpAnswerEventANSWER_TORN           xdpAnswerEvent = 6
+	xdpAnswerEventANSWER_EVENT_MAX      xdpAnswerEvent = 7
 )
 
 type xdpAnswerKey struct {
@@ -96,7 +99,8 @@ const (
 	xdpReasonREASON_PASS_NOT_LISTENER xdpReason = 10
 	xdpReasonREASON_DROP_ACL          xdpReason = 11
 	xdpReasonREASON_TX                xdpReason = 12
-	xdpReasonREASON_MAX               xdpReason = 13
+	xdpReasonREASON_DROP_TORN         xdpReason = 13
+	xdpReasonREASON_MAX               xdpReason = 14
 )
 
 // Names of all BPF objects in the ELF.
