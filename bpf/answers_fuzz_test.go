@@ -343,13 +343,22 @@ func (o *fuzzAnswerOracle) model(frame []byte) fuzzAnswerCase {
 	if frame[0]&1 != 0 || frame[6]&1 != 0 {
 		return notExact("group MAC address")
 	}
+	v6special := func(a netip.Addr) bool {
+		return a == netip.IPv6Unspecified() || a == netip.IPv6Loopback() || a.Is4In6() || a.As16()[0] == 0xff
+	}
 	if src.Is4() {
 		s, d := src.As4()[0], dst.As4()[0]
-		if s == 0 || s == 127 || s >= 224 || d >= 224 {
-			return notExact("IPv4 source in 0/8, 127/8, 224/4 or 240/4, or destination in 224/4 or 240/4")
+		if s == 0 || s == 127 || s >= 224 || d == 0 || d == 127 || d >= 224 {
+			return notExact("IPv4 address in 0/8, 127/8, 224/4 or 240/4")
 		}
-	} else if src == netip.IPv6Unspecified() || src == netip.IPv6Loopback() || src.As16()[0] == 0xff || dst.As16()[0] == 0xff {
-		return notExact("IPv6 source ::, ::1 or multicast, or destination multicast")
+		if frame[l3+6]&0x80 != 0 {
+			return notExact("IPv4 reserved flag")
+		}
+	} else if v6special(src) || v6special(dst) {
+		return notExact("IPv6 address ::, ::1, IPv4-mapped or multicast")
+	}
+	if be.Uint16(frame[c.dns-8:]) == 0 {
+		return notExact("UDP source port 0")
 	}
 
 	m := c.msg

@@ -816,6 +816,13 @@ func TestAnswerMisses(t *testing.T) {
 		{"ipv4 source 0.0.0.0", from(v4(base), "0.0.0.0:68").bytes(), ReasonPassNoSocket, AnswerMissNotExact},
 		{"ipv6 source ff02::1", from(v6(base), "[ff02::1]:1").bytes(), ReasonPassNoSocket, AnswerMissNotExact},
 		{"ipv6 source ff0e::1", from(v6(base), "[ff0e::1]:1").bytes(), ReasonPassNoSocket, AnswerMissNotExact},
+		{"ipv4 source 127.0.0.1", from(v4(base), "127.0.0.1:1").bytes(), ReasonPassNoSocket, AnswerMissNotExact},
+		{"ipv6 source ::1", from(v6(base), "[::1]:1").bytes(), ReasonPassNoSocket, AnswerMissNotExact},
+		{"ipv6 source ::", from(v6(base), "[::]:1").bytes(), ReasonPassNoSocket, AnswerMissNotExact},
+		{"ipv6 source ::ffff:192.0.2.1", from(v6(base), "[::ffff:192.0.2.1]:1").bytes(), ReasonPassNoSocket, AnswerMissNotExact},
+		{"udp source port 0, ipv4", from(v4(base), "192.0.2.1:0").bytes(), ReasonPassNoSocket, AnswerMissNotExact},
+		{"udp source port 0, ipv6", from(v6(base), "[2001:db8::1]:0").bytes(), ReasonPassNoSocket, AnswerMissNotExact},
+		{"ipv4 reserved flag", func() []byte { p := v4(base); p.frag = 0x8000; return p.bytes() }(), ReasonPassNoSocket, AnswerMissNotExact},
 
 		{"no answer tier, ipv4", to(v4(base), "203.0.113.1:5353").bytes(), ReasonPassNoSocket, noEvent},
 		{"no answer tier, ipv6", to(v6(edns), "[2001:db8::53]:5353").bytes(), ReasonPassNoSocket, noEvent},
@@ -936,7 +943,8 @@ func TestAnswerDestination(t *testing.T) {
 	m.SetQuestion("example.com.", dns.TypeA)
 	q := pack(t, m)
 	putAnswer(t, p, "example.com.", dns.TypeA, KeyRD, answerResponse(t, "example.com.", dns.TypeA), monoNow(t)+uint64(time.Hour), 1)
-	for _, dst := range []string{"255.255.255.255:53", "224.0.0.251:53", "239.1.2.3:53", "240.0.0.1:53", "[ff02::1]:53", "[ff05::fb]:53"} {
+	for _, dst := range []string{"255.255.255.255:53", "224.0.0.251:53", "239.1.2.3:53", "240.0.0.1:53", "[ff02::1]:53", "[ff05::fb]:53",
+		"127.0.0.1:53", "0.0.0.0:53", "[::1]:53", "[::]:53", "[::ffff:203.0.113.1]:53"} {
 		t.Run(dst, func(t *testing.T) {
 			src := client4
 			if ap(dst).Addr().Is6() {

@@ -446,9 +446,22 @@ static __always_inline __u16 fold(__u32 sum)
 		_s;                                                        \
 	})
 
-// unicast says whether the frame's source can be a DNS client: not a
-// multicast or broadcast MAC or IP address (a spoofed source that would
-// make the answer a flood).
+// v6_special says whether an IPv6 address is no host's on the wire.
+static __always_inline int v6_special(const __u8 *a)
+{
+	__u64 hi, lo;
+
+	__builtin_memcpy(&hi, a, 8);
+	__builtin_memcpy(&lo, a + 8, 8);
+	if (hi != 0)
+		return 0;
+	// ::, ::1, ::ffff:0:0/96 (IPv4-mapped)
+	return lo == 0 || lo == bpf_cpu_to_be64(1) || (a[8] == 0 && a[9] == 0 && a[10] == 0xff && a[11] == 0xff);
+}
+
+// unicast says whether the frame is between two hosts: no multicast or
+// broadcast MAC or IP address (a spoofed source would make the answer a
+// flood), no address that is nobody's on the wire.
 static __always_inline int unicast(struct xdp_md *ctx, const struct query *q)
 {
 	const struct ethhdr *eth = (void *)(long)ctx->data;
@@ -460,19 +473,12 @@ static __always_inline int unicast(struct xdp_md *ctx, const struct query *q)
 	if (q->dst.family == FAMILY_IPV4) {
 		__u8 s = q->saddr[0], d = q->dst.addr[12];
 
-		// sources in 0/8 or 127/8 (no client sends from them); 224/4
-		// (multicast) and 240/4 (reserved, broadcast) either way
-		return s != 0 && s != 127 && s < 224 && d < 224;
+		// 0/8 and 127/8 (nobody's address on the wire), 224/4
+		// (multicast) and 240/4 (reserved, broadcast), either way
+		return s != 0 && s != 127 && s < 224 && d != 0 && d != 127 && d < 224;
 	}
-	// multicast either way; the unspecified and loopback sources
-	__u64 hi, lo;
-
-	__builtin_memcpy(&hi, q->saddr, 8);
-	__builtin_memcpy(&lo, &q->saddr[8], 8);
-
-	if (hi == 0 && (lo == 0 || lo == bpf_cpu_to_be64(1)))
-		return 0;
-	return q->saddr[0] != 0xff && q->dst.addr[0] != 0xff;
+	// multicast, unspecified, loopback or IPv4-mapped, either way
+	return q->saddr[0] != 0xff && q->dst.addr[0] != 0xff && !v6_special(q->saddr) && !v6_special(q->dst.addr);
 }
 
 // lower8 lower-cases the ASCII letters of eight bytes at once.
@@ -508,6 +514,18 @@ static __always_inline enum answer_event answer(struct xdp_md *ctx, struct query
 	dns = data + off;
 	if ((void *)(dns + 12) > end)
 		return ANSWER_MISS_NOT_EXACT;
+	// What the AF_XDP path drops as malformed is not answered here
+	// either: UDP source port 0, the IPv4 reserved flag.
+	struct udphdr *uq = data + (off - 8);
+
+	if ((void *)(uq + 1) > end || uq->source == 0)
+		return ANSWER_MISS_NOT_EXACT;
+	if (q->dst.family == FAMILY_IPV4) {
+		struct iphdr *ip = data + l3;
+
+		if ((void *)(ip + 1) > end || (ip->frag_off & bpf_htons(0x8000)))
+			return ANSWER_MISS_NOT_EXACT;
+	}
 	// QR 0, opcode QUERY, TC 0; QDCOUNT 1, ANCOUNT 0, NSCOUNT 0, ARCOUNT <= 1
 	if ((dns[2] & 0xfa) != 0 || dns[4] != 0 || dns[5] != 1 || dns[6] | dns[7] | dns[8] | dns[9] | dns[10] ||
 	    dns[11] > 1)
