@@ -18,8 +18,13 @@ const (
 	// AnswerMax is the largest response an answers entry holds.
 	AnswerMax = len(xdpAnswer{}.Data)
 	// DefaultAnswerEntries sizes the answers map when Options.AnswerEntries
-	// is 0.
+	// is 0; MaxAnswerEntries bounds it (an entry takes about 1.4 KiB, the
+	// map is preallocated).
 	DefaultAnswerEntries = 4096
+	MaxAnswerEntries     = 65536
+	// lruHeadroom is added to the answers map per possible CPU (the LRU's
+	// per-CPU free-node target).
+	lruHeadroom = 128
 )
 
 // Key flag bits: the cache's (dnsmsg.AppendKey).

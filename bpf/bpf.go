@@ -83,11 +83,18 @@ func Load(opts Options) (*Program, error) {
 	if a == 0 {
 		a = DefaultAnswerEntries
 	}
-	if a < 0 || a > 1<<20 {
-		return nil, fmt.Errorf("loading the XDP program: %d answer entries is out of range [1, 1048576]", a)
+	if a < 0 || a > MaxAnswerEntries {
+		return nil, fmt.Errorf("loading the XDP program: %d answer entries is out of range [1, %d]", a, MaxAnswerEntries)
 	}
 	spec.Maps[xdpMapXsks].MaxEntries = uint32(q)
-	spec.Maps[xdpMapAnswers].MaxEntries = uint32(a)
+	// The LRU keeps up to 128 free nodes per CPU and evicts to refill
+	// them before it is full: headroom so that the a entries userspace
+	// bounds itself to stay.
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("loading the XDP program: %w", err)
+	}
+	spec.Maps[xdpMapAnswers].MaxEntries = uint32(a + lruHeadroom*ncpu)
 	spec.Maps[xdpMapAnswerHits].MaxEntries = uint32(a)
 	if opts.Answers {
 		if err := spec.Variables["answers_on"].Set(uint32(1)); err != nil {

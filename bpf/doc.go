@@ -74,7 +74,8 @@
 //	  key   {port u16 (network order), family u8 (4 or 6), pad u8 (0), addr [16]u8}
 //	        addr is netip.Addr.As16 of the destination: IPv4 as ::ffff:a.b.c.d,
 //	        the wildcard as ::ffff:0.0.0.0 (family 4) or :: (family 6)
-//	  value {id u32, flags u32}   flags bit 0: ACL drop
+//	  value {id u32, flags u32}   flags bit 0: ACL drop, 1: has an allow
+//	        list, 2: answers from the answers map
 //	acl4  LPM_TRIE, BPF_F_NO_PREALLOC, 65536 entries
 //	  key   {prefixlen u32, id u32 (network order), addr [4]u8}
 //	acl6  LPM_TRIE, BPF_F_NO_PREALLOC, 65536 entries
@@ -84,7 +85,9 @@
 //	        The value (u32) is unused.
 //	xsks  XSKMAP, Options.Queues entries (default 64): rx queue → AF_XDP socket
 //	counters  PERCPU_ARRAY, NumReasons entries: u64 packets per Reason
-//	answers  LRU_HASH, Options.AnswerEntries (default 4096)
+//	answers  LRU_HASH, Options.AnswerEntries (default 4096, at most 65536)
+//	        + 128 per possible CPU: the LRU evicts to keep that many free
+//	        nodes per CPU, and userspace bounds itself to AnswerEntries
 //	  key   {hash u64, qtype u16, qclass u16 (network order), flags u8 (Key*),
 //	         name_len u8, pad u16}
 //	        hash: of the lower-cased wire name, zero-padded to 8 bytes, as
@@ -92,16 +95,23 @@
 //	        for each; hash = h ^ h>>32. The seed (.rodata name_seed) is random
 //	        per process. A 16-byte key hashes and compares fast; the entry's
 //	        name is compared after the lookup, so a collision is a miss.
-//	  value {expires u64 (CLOCK_MONOTONIC_COARSE ns), slot u32, csum u32, len u16,
-//	         pad [3]u16, name [128]u8 (lower-cased, zero-padded), data [1232]u8}
+//	  value {gen u64, expires u64 (CLOCK_MONOTONIC_COARSE ns), slot u32,
+//	         csum u32, len u16, pad [3]u16, name [128]u8 (lower-cased,
+//	         zero-padded), data [1232]u8, gen_end u64}
+//	        A preallocated map gives a replaced element's memory to the next
+//	        update at once, while the program may still be copying it: each
+//	        write carries a new gen at both ends (PutAnswers), and a reply
+//	        whose entry's gens changed during the copy is dropped
+//	        (drop_torn; the client retries) instead of sent.
 //	answer_hits  PERCPU_ARRAY, Options.AnswerEntries: u64 XDP_TX answers per slot
 //	answer_counters  PERCPU_ARRAY, NumAnswerEvents: u64 queries per AnswerEvent
 //	scratch  PERCPU_ARRAY, 1 entry: a query's lower-cased name and its length
 //
-// acl4 and acl6 hold every listener's allow list; only listeners with the
-// ACL drop flag are enforced here. The others are steered whatever their source,
-// and userspace answers REFUSED where it must. An empty allow list allows
-// everyone, so it never sets the flag.
+// acl4 and acl6 hold every listener's allow list. Listeners with the ACL
+// drop flag drop other sources here; the others are steered whatever their
+// source, and userspace answers REFUSED where it must (a listener with the
+// answers flag and an allow list is answered from the map only for allowed
+// sources). An empty allow list allows everyone, so it sets neither flag.
 //
 // # Regenerating
 //

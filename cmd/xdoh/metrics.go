@@ -166,7 +166,7 @@ func (a *app) collector() *metrics.Collector {
 				ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, 1, name, mode)
 			}
 		})
-	c.Dynamic("xdoh_xdp_packets_total", "Packets the XDP program saw, by verdict: redirect (to an AF_XDP socket), drop_acl, or pass_<reason> (to the kernel).",
+	c.Dynamic("xdoh_xdp_packets_total", "Packets the XDP program saw, by verdict: redirect (to an AF_XDP socket), tx (answered by the program), drop_acl, drop_torn, or pass_<reason> (to the kernel).",
 		[]string{"listener", "interface", "verdict"}, func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
 			for _, x := range a.xdpInterfaces() {
 				for r, n := range x.iface.Verdicts {
@@ -174,7 +174,7 @@ func (a *app) collector() *metrics.Collector {
 				}
 			}
 		})
-	c.Dynamic("xdoh_xdp_kernel_answers_total", "Queries the in-kernel answer tier saw, by event: hit (answered by the XDP program, XDP_TX), miss_absent, miss_expired, miss_too_large (for the client's UDP size), miss_not_exact (a query it does not answer), miss_no_room (the frame could not grow).",
+	c.Dynamic("xdoh_xdp_kernel_answers_total", "Queries the in-kernel answer tier saw, by event: hit (answered by the XDP program, XDP_TX), miss_absent, miss_expired, miss_too_large (for the client's UDP size), miss_not_exact (a query it does not answer), miss_no_room (the frame could not grow), torn (its entry was rewritten during the copy: dropped).",
 		[]string{"listener", "interface", "event"}, func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
 			for _, x := range a.xdpInterfaces() {
 				if !x.iface.KernelCache {

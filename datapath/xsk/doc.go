@@ -103,15 +103,21 @@
 // rewrites the others with their TTLs as of now. All writes of a tick are
 // one batch delete and one batch update per interface.
 //
-// TTL bound: an entry answers until 1 s after it was written (never past
-// the cache entry's expiry), with the TTLs of that moment, and hot entries
-// are rewritten every 250 ms. So a kernel answer's TTL is at most 1 s above
-// what the cache would give at that moment (the cache ages in whole
-// seconds), and an entry whose rewrite stops leaves within a second.
+// TTL bound: an entry answers until 1 s less 20 ms (the coarse clock's
+// lag) after the refresh that wrote it began, never past the cache entry's
+// expiry, with TTLs read after that start; hot entries are rewritten every
+// 250 ms. So a kernel answer's TTL is at most 1 s above what the cache
+// would give at that moment (the cache ages in whole seconds), and an
+// entry whose rewrite stops leaves within a second. Answers are no larger
+// than the smallest tier interface's MTU allows in one IPv6 packet.
 //
 // Coherence: the cache calls OnPut (wired to Server.InvalidateKernel) with
 // a key before and after it stores a new answer for it; a promoted key is
-// then deleted from the maps at once. A reload holds every tier
-// (LockKernelCache), empties the maps, swaps the pipeline, and only then
-// lets the tiers promote again, from the new cache.
+// then deleted from the maps at once, and a key stored while a refresh is
+// peeking is dropped from that refresh's batch (pending) instead of making
+// the Put wait. A reload holds every tier (LockKernelCache), empties the
+// maps, swaps the pipeline, and only then lets the tiers promote again,
+// from the new cache. An entry the cache evicts stays in the kernel until
+// the next tick at most (still within its TTL). Stop detaches the tier from
+// its programs before they close.
 package xsk

@@ -143,6 +143,7 @@ type iface struct {
 	ls     []bpf.Listener
 	tier   bool   // answers from the program's map
 	driver string // ETHTOOL_GDRVINFO's, "" if unknown
+	mtu    int
 }
 
 // New checks cfg; nothing is attached until Start.
@@ -233,12 +234,12 @@ func (s *Server) startIface(name string) (*iface, error) {
 	if err != nil && tier {
 		// A kernel that cannot verify the answer tier runs without it.
 		s.log().Warn("xdp: in-kernel answers unavailable, loading without them", "listener", s.cfg.Name, "interface", name, "reason", err.Error())
-		prog, err = bpf.Load(bpf.Options{Queues: queues, AnswerEntries: entries})
+		prog, err = bpf.Load(bpf.Options{Queues: queues, AnswerEntries: 64})
 	}
 	if err != nil {
 		return nil, err
 	}
-	ifc := &iface{name: name, index: ni.Index, prog: prog}
+	ifc := &iface{name: name, index: ni.Index, prog: prog, mtu: ni.MTU}
 	ifc.driver, _ = ethtoolDriver(name)
 	ls := make([]bpf.Listener, len(s.cfg.Addrs))
 	for i, a := range s.cfg.Addrs {
@@ -304,6 +305,9 @@ func (s *Server) startTier() error {
 		}
 		ifc.tier = true
 		t.progs = append(t.progs, ifc.prog)
+		// The program does not truncate: no answer larger than the
+		// link takes in one IPv6 packet.
+		t.cfg.MaxAnswer = min(t.cfg.MaxAnswer, ifc.mtu-40-8)
 		for _, l := range ifc.loops {
 			l.hot = newHotTable()
 			tables = append(tables, l.hot)

@@ -76,10 +76,16 @@ const (
 	tierFresh = time.Second
 	// tierMinLeft: answers that expire sooner are not promoted.
 	tierMinLeft = 2 * time.Second
+	// tierClockSlack is taken off every expiry: bpf_ktime_get_coarse_ns
+	// lags the clock by up to a tick or two, and an entry must stop
+	// answering before a second has passed since its TTLs were read.
+	tierClockSlack = 20 * time.Millisecond
 	// tierIdle is how many ticks without a kernel hit demote an entry.
 	tierIdle = 4
 	// hotSlots sizes each loop's hit-count table.
 	hotSlots = 4096
+	// maxPending bounds the keys invalidated during one refresh.
+	maxPending = 4096
 	// maxCandidates bounds the candidates a loop keeps between ticks.
 	maxCandidates = 64
 	// maxCandidateMsg: longer queries are never exact (see exact).
@@ -114,9 +120,14 @@ type tier struct {
 	// live is the promoted keys for invalidate's lock-free check: a copy
 	// made by whoever changed the set.
 	live atomic.Pointer[map[bpf.AnswerKey]struct{}]
-	// refreshing is set while a refresh may have read answers it has not
-	// written yet (which live does not show): invalidate then waits.
-	refreshing atomic.Bool
+	// pendMu guards refreshing and pending. While a refresh may hold
+	// answers it has read but not written (live does not show them),
+	// invalidate only records the key in pending, and the refresh drops
+	// those keys before it writes, under pendMu: a Put never waits for a
+	// whole refresh.
+	pendMu     sync.Mutex
+	refreshing bool
+	pending    map[bpf.AnswerKey]struct{}
 
 	promotions, evictions, writeErrors atomic.Uint64
 	entries                            atomic.Int64
@@ -154,6 +165,7 @@ func newTier(cfg KernelCache, p Peeker, name string) *tier {
 	t := &tier{
 		cfg: cfg, peek: p, name: name, seed: maphash.MakeSeed(),
 		promoted: map[bpf.AnswerKey]*promotedEntry{},
+		pending:  map[bpf.AnswerKey]struct{}{},
 		out:      make([]byte, answerRoom),
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
@@ -226,13 +238,20 @@ func (t *tier) run(tables []*hotTable) {
 	}
 }
 
+// close ends the refreshes and detaches the tier from its programs (which
+// the server closes next): later invalidates write nothing.
 func (t *tier) close() {
 	close(t.stop)
 	<-t.done
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.progs = nil
+	clear(t.promoted)
+	t.publish()
 }
 
 // monoNow is CLOCK_MONOTONIC_COARSE in nanoseconds: bpf_ktime_get_coarse_ns's
-// clock (it may lag CLOCK_MONOTONIC by a tick; entries expire a second early).
+// clock, which lags CLOCK_MONOTONIC by up to a tick or two (tierClockSlack).
 func monoNow() uint64 {
 	var ts unix.Timespec
 	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts)
@@ -258,8 +277,9 @@ func (t *tier) refresh(tables []*hotTable) {
 
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.refreshing.Store(true)
-	defer t.refreshing.Store(false) // after write has published
+	t.pendMu.Lock()
+	t.refreshing = true
+	t.pendMu.Unlock()
 	if err := t.readHits(); err != nil {
 		t.writeErrors.Add(1)
 	}
@@ -279,7 +299,28 @@ func (t *tier) refresh(tables []*hotTable) {
 	for _, m := range t.msgs {
 		t.promote(m, now, mono)
 	}
+	// Keys the cache stored a new answer for since the peeks above: their
+	// answers in this batch may be the old ones.
+	t.pendMu.Lock()
+	defer t.pendMu.Unlock()
+	if len(t.pending) > 0 {
+		n := 0
+		for i, k := range t.put {
+			if _, stale := t.pending[k]; !stale {
+				t.put[n], t.putV[n] = k, t.putV[i]
+				n++
+			}
+		}
+		t.put, t.putV = t.put[:n], t.putV[:n]
+		for k := range t.pending {
+			if e, in := t.promoted[k]; in {
+				t.demote(k, e)
+			}
+		}
+		clear(t.pending)
+	}
 	t.write()
+	t.refreshing = false
 }
 
 // readHits sums the kernel's per-slot hit counters over the interfaces.
@@ -344,7 +385,7 @@ func (t *tier) entry(k bpf.AnswerKey, msg []byte, slot uint32, now time.Time, mo
 	if left < tierMinLeft {
 		return false
 	}
-	a, err := bpf.NewAnswer(resp, int(k.NameLen), mono+uint64(min(left, tierFresh)), slot)
+	a, err := bpf.NewAnswer(resp, int(k.NameLen), mono+uint64(min(left, tierFresh)-tierClockSlack), slot)
 	if err != nil {
 		return false
 	}
@@ -396,10 +437,22 @@ func (t *tier) invalidate(key []byte) {
 	if !ok {
 		return
 	}
-	if _, in := (*t.live.Load())[k]; !in && !t.refreshing.Load() {
-		return
+	t.pendMu.Lock()
+	if t.refreshing {
+		if len(t.pending) < maxPending {
+			t.pending[k] = struct{}{}
+			t.pendMu.Unlock()
+			return
+		}
+		t.pendMu.Unlock()
+		t.mu.Lock() // too many at once: wait for the refresh instead
+	} else {
+		t.pendMu.Unlock()
+		if _, in := (*t.live.Load())[k]; !in {
+			return
+		}
+		t.mu.Lock()
 	}
-	t.mu.Lock()
 	defer t.mu.Unlock()
 	if e, in := t.promoted[k]; in {
 		t.del, t.put, t.putV = t.del[:0], t.put[:0], t.putV[:0]

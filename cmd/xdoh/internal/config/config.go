@@ -73,7 +73,8 @@ type XDP struct {
 	// back by the XDP program itself. auto (the default) runs it on
 	// interfaces attached in native mode; on also in generic mode; off.
 	KernelCache string `yaml:"kernel_cache"`
-	// KernelCacheEntries sizes its map (default 4096, at most 1048576).
+	// KernelCacheEntries sizes its map (default 4096, at most 65536; about
+	// 1.4 KiB each, preallocated per interface).
 	KernelCacheEntries int `yaml:"kernel_cache_entries"`
 	// KernelCacheMaxAnswer is the largest answer it holds, in bytes
 	// (default 512, at most 1232).
@@ -409,8 +410,8 @@ func (c *Config) Validate() error {
 			default:
 				bad(f+".xdp.kernel_cache", "%q is not one of auto, on, off", l.XDP.KernelCache)
 			}
-			if n := l.XDP.KernelCacheEntries; n < 0 || n > 1<<20 {
-				bad(f+".xdp.kernel_cache_entries", "%d is not between 0 (default) and 1048576", n)
+			if n := l.XDP.KernelCacheEntries; n < 0 || n > 65536 {
+				bad(f+".xdp.kernel_cache_entries", "%d is not between 0 (default) and 65536", n)
 			}
 			if n := l.XDP.KernelCacheMaxAnswer; n != 0 && (n < 64 || n > 1232) {
 				bad(f+".xdp.kernel_cache_max_answer", "%d is not between 64 and 1232 (0: default 512)", n)
