@@ -19,7 +19,7 @@ run: build
 test:
 	$(GO) vet $(PKGS)
 	# Allocation tests without -race first (-race makes sync.Pool drop items).
-	$(GO) test -count=1 -run 'Alloc' ./datapath/udp ./datapath/xsk ./forwarder/...
+	$(GO) test -count=1 -run 'Alloc' ./datapath/udp ./datapath/xsk ./forwarder/... ./internal/...
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
 
 # Component benchmarks (allocations reported).

@@ -18,7 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"xdoh/forwarder/cache"
-	"xdoh/forwarder/dnsmsg"
+	"xdoh/internal/dnsmsg"
 )
 
 // answerListeners is the program's configuration in the answer tests.

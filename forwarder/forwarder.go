@@ -21,9 +21,9 @@ import (
 	"github.com/miekg/dns"
 
 	"xdoh/forwarder/cache"
-	"xdoh/forwarder/dnsmsg"
 	"xdoh/forwarder/group"
 	"xdoh/forwarder/rules"
+	"xdoh/internal/dnsmsg"
 )
 
 // Exchanger sends one query to one upstream target and returns its response

@@ -4,8 +4,8 @@ import (
 	"net/netip"
 	"time"
 
-	"xdoh/forwarder/dnsmsg"
 	"xdoh/forwarder/querylog"
+	"xdoh/internal/dnsmsg"
 )
 
 // Transport is how a query reached xdoh (or how xdoh reached an upstream).

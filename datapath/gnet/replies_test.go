@@ -12,7 +12,7 @@ import (
 	"github.com/miekg/dns"
 
 	"xdoh/forwarder"
-	"xdoh/forwarder/dnsmsg"
+	"xdoh/internal/dnsmsg"
 )
 
 // heldHandler answers nothing at once: every query is "sent upstream" and its

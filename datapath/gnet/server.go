@@ -44,7 +44,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"xdoh/forwarder"
-	"xdoh/forwarder/dnsmsg"
+	"xdoh/internal/dnsmsg"
 )
 
 // maxTCPBacklog bounds the answers buffered in gnet for a TCP client that

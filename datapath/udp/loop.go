@@ -14,7 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"xdoh/forwarder"
-	"xdoh/forwarder/dnsmsg"
+	"xdoh/internal/dnsmsg"
 )
 
 const (

@@ -12,7 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"xdoh/forwarder"
-	"xdoh/forwarder/dnsmsg"
+	"xdoh/internal/dnsmsg"
 )
 
 // answerRoom is what Answer may write into before truncating to the

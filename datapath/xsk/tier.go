@@ -13,7 +13,7 @@ import (
 
 	"xdoh/bpf"
 	"xdoh/forwarder"
-	"xdoh/forwarder/dnsmsg"
+	"xdoh/internal/dnsmsg"
 )
 
 // Peeker is the forwarder's cache as the kernel tier reads it; *forwarder.

@@ -17,7 +17,7 @@ import (
 	"xdoh/bpf"
 	"xdoh/forwarder"
 	"xdoh/forwarder/cache"
-	"xdoh/forwarder/dnsmsg"
+	"xdoh/internal/dnsmsg"
 )
 
 // xdpTX is the XDP_TX verdict.

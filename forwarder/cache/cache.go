@@ -87,7 +87,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"xdoh/forwarder/dnsmsg"
+	"xdoh/internal/dnsmsg"
 )
 
 // Config bounds the cache.

@@ -10,7 +10,7 @@ import (
 
 	"github.com/miekg/dns"
 
-	"xdoh/forwarder/dnsmsg"
+	"xdoh/internal/dnsmsg"
 )
 
 // clock is an injectable, concurrency-safe clock.

@@ -6,7 +6,7 @@ import (
 
 	"github.com/miekg/dns"
 
-	"xdoh/forwarder/dnsmsg"
+	"xdoh/internal/dnsmsg"
 )
 
 // Regression (review): max_ttl also caps the TTL clients are given.

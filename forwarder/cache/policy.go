@@ -4,7 +4,7 @@ import (
 	"encoding/binary"
 	"time"
 
-	"xdoh/forwarder/dnsmsg"
+	"xdoh/internal/dnsmsg"
 )
 
 // maxWireTTL is the largest TTL RFC 2181 §8 allows; a larger one is to be

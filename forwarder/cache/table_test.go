@@ -9,7 +9,7 @@ import (
 
 	"github.com/miekg/dns"
 
-	"xdoh/forwarder/dnsmsg"
+	"xdoh/internal/dnsmsg"
 )
 
 // getStale looks spec up with GetStale and unpacks a hit.

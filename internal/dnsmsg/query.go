@@ -1,7 +1,9 @@
-// Package dnsmsg reads and patches DNS messages in wire format without
-// unpacking them: the query view the hot path needs (header, first question,
-// OPT record) and the few in-place edits a forwarder makes to a response
-// (ID, question-name case, truncation, TTLs).
+// Package dnsmsg is xdoh's one DNS wire library: it reads and patches DNS
+// messages in wire format without unpacking them, for every datapath, the
+// forwarder and its upstreams: the query view the hot path needs (header,
+// first question, OPT record), record walking, response checks, and the few
+// in-place edits a forwarder makes to a response (ID, question-name case,
+// truncation, TTLs).
 //
 // Everything here works on caller-owned byte slices and allocates nothing.
 // miekg/dns is used for the slow path elsewhere (zones, building answers).
