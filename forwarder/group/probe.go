@@ -6,6 +6,8 @@ import (
 	"sync"
 
 	"github.com/miekg/dns"
+
+	"xdoh/internal/dnsmsg"
 )
 
 // probeRound probes, concurrently, every down target (every target with
@@ -50,7 +52,6 @@ func (g *Group) probe(ctx context.Context, t *target) {
 // QR set, one question equal to q's (name compared case-insensitively).
 // The RCODE does not matter: any answer shows the target is alive.
 func probeAnswered(q, resp []byte) bool {
-	const hdr = 12
 	if len(resp) < len(q) || resp[0] != q[0] || resp[1] != q[1] || resp[2]&0x80 == 0 ||
 		binary.BigEndian.Uint16(resp[4:]) != 1 {
 		return false
@@ -58,17 +59,6 @@ func probeAnswered(q, resp []byte) bool {
 	// q holds exactly one question and nothing else, uncompressed; a
 	// response's first name cannot be compressed either (nothing precedes
 	// it to point at).
-	for i := hdr; i < len(q); i++ {
-		if lower(resp[i]) != lower(q[i]) {
-			return false
-		}
-	}
-	return true
-}
-
-func lower(b byte) byte {
-	if 'A' <= b && b <= 'Z' {
-		return b + 'a' - 'A'
-	}
-	return b
+	end := len(q) - 4
+	return dnsmsg.EqualFold(resp[dnsmsg.HeaderLen:end], q[dnsmsg.HeaderLen:end]) && string(resp[end:len(q)]) == string(q[end:])
 }

@@ -3,36 +3,20 @@ package upstream
 import (
 	"encoding/binary"
 	"fmt"
+
+	"xdoh/internal/dnsmsg"
 )
 
-const headerLen = 12
+const headerLen = dnsmsg.HeaderLen
 
 // questionEnd returns the offset just past the first question of msg, or -1
 // if msg has no complete first question.
 func questionEnd(msg []byte) int {
-	off := headerLen
-	for {
-		if off >= len(msg) {
-			return -1
-		}
-		l := int(msg[off])
-		if l == 0 {
-			off++
-			break
-		}
-		if l&0xC0 == 0xC0 { // compression pointer ends the name
-			off += 2
-			break
-		}
-		if l&0xC0 != 0 {
-			return -1
-		}
-		off += 1 + l
-	}
-	if off+4 > len(msg) {
+	end, err := dnsmsg.SkipName(msg, headerLen)
+	if err != nil || end+4 > len(msg) {
 		return -1
 	}
-	return off + 4
+	return end + 4
 }
 
 // checkResponse verifies that resp is a DNS response to query, ignoring the
@@ -64,33 +48,9 @@ func checkResponse(query, resp []byte) error {
 	if end < 0 {
 		return nil // the query itself is odd; the upstream answered it anyway
 	}
-	if len(resp) < end || !equalFoldASCII(resp[headerLen:end-4], query[headerLen:end-4]) ||
+	if len(resp) < end || !dnsmsg.EqualFold(resp[headerLen:end-4], query[headerLen:end-4]) ||
 		string(resp[end-4:end]) != string(query[end-4:end]) {
 		return fmt.Errorf("%w: question differs from the query's", ErrBadResponse)
 	}
 	return nil
-}
-
-// equalFoldASCII compares wire-format names: label lengths are below 64 and
-// therefore never mistaken for letters.
-func equalFoldASCII(a, b []byte) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		x, y := a[i], b[i]
-		if x == y {
-			continue
-		}
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
 }

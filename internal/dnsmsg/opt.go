@@ -18,7 +18,7 @@ func StripHopOptions(msg []byte) []byte {
 	qd, an, ns, ar := Counts(msg)
 	off := HeaderLen
 	for i := 0; i < qd; i++ {
-		n, err := skipName(msg, off)
+		n, err := SkipName(msg, off)
 		if err != nil || n+4 > len(msg) {
 			return msg
 		}

@@ -14,9 +14,9 @@ type RR struct {
 	End      int // offset just past the record
 }
 
-// skipName returns the offset just past a possibly compressed name at off.
+// SkipName returns the offset just past a possibly compressed name at off.
 // It does not follow pointers: a pointer ends the name in place.
-func skipName(msg []byte, off int) (int, error) {
+func SkipName(msg []byte, off int) (int, error) {
 	start := off
 	for {
 		if off >= len(msg) {
@@ -44,7 +44,7 @@ func skipName(msg []byte, off int) (int, error) {
 // ReadRR reads the resource record starting at off.
 func ReadRR(msg []byte, off int) (RR, error) {
 	var rr RR
-	n, err := skipName(msg, off)
+	n, err := SkipName(msg, off)
 	if err != nil {
 		return rr, err
 	}
