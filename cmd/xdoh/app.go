@@ -106,10 +106,11 @@ func loadZones(cfg *config.Config) ([]*zone.Zone, error) {
 	return zs, nil
 }
 
-// buildPipeline turns a validated config into a forwarder (nothing listens).
-// onPut is the cache's OnPut (nil: none).
-func buildPipeline(cfg *config.Config, counters *forwarder.Counters, qlog forwarder.QueryLogger, onPut func([]byte)) (*pipeline, error) {
+// buildPipeline turns a validated config and its loaded zones (loadZones)
+// into a forwarder (nothing listens). onPut is the cache's OnPut (nil: none).
+func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Counters, qlog forwarder.QueryLogger, onPut func([]byte)) (*pipeline, error) {
 	p := &pipeline{}
+	var err error
 	fail := func(err error) (*pipeline, error) { p.close(); return nil, err }
 	mkTargets := func(field string, targets []string, caFile string, timeout config.Duration) ([]forwarder.Target, error) {
 		if timeout == 0 {
@@ -147,10 +148,6 @@ func buildPipeline(cfg *config.Config, counters *forwarder.Counters, qlog forwar
 			fl.Allow = append(fl.Allow, pfx)
 		}
 		fc.Listeners = append(fc.Listeners, fl)
-	}
-	zs, err := loadZones(cfg)
-	if err != nil {
-		return fail(usagef("%v", err))
 	}
 	for i, z := range zs {
 		fc.Rules = append(fc.Rules, forwarder.Rule{Name: "zone:" + cfg.Zones[i].Name, Domain: z.Origin(), Type: rules.Zone, Zone: z})
@@ -252,7 +249,11 @@ func (a *app) start(cfg *config.Config) error {
 	a.qlog, a.qlogCfg = ql, cfg.QueryLog
 	a.qsw.cur.Store(ql)
 	a.counters = forwarder.NewCounters(listenerNames(cfg)...)
-	p, err := buildPipeline(cfg, a.counters, a.queryLogger(cfg), a.invalidateKernel)
+	zs, err := loadZones(cfg)
+	if err != nil {
+		return usagef("%v", err)
+	}
+	p, err := buildPipeline(cfg, zs, a.counters, a.queryLogger(cfg), a.invalidateKernel)
 	if err != nil {
 		return err
 	}
@@ -353,7 +354,8 @@ func (a *app) reload() error {
 	if err != nil {
 		return err
 	}
-	if _, err := loadZones(next); err != nil {
+	zs, err := loadZones(next)
+	if err != nil {
 		return err
 	}
 	if err := checkFIPS(next); err != nil {
@@ -379,7 +381,7 @@ func (a *app) reload() error {
 			return err
 		}
 	}
-	p, err := buildPipeline(next, a.counters, a.queryLogger(next), a.invalidateKernel)
+	p, err := buildPipeline(next, zs, a.counters, a.queryLogger(next), a.invalidateKernel)
 	if err != nil {
 		if newQlog != nil {
 			_ = newQlog.Close()
