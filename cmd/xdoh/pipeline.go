@@ -1,0 +1,177 @@
+package main
+
+// Building a pipeline: the forwarder, its upstreams and cache, from a
+// validated config and its loaded zones. A start builds one; a reload builds
+// the next beside the running one.
+
+import (
+	"crypto/fips140"
+	"fmt"
+	"time"
+
+	"xdoh/cmd/xdoh/internal/config"
+	"xdoh/datapath/doh"
+	"xdoh/forwarder"
+	"xdoh/forwarder/cache"
+	"xdoh/forwarder/group"
+	"xdoh/forwarder/rules"
+	"xdoh/forwarder/upstream"
+	"xdoh/forwarder/zone"
+)
+
+// pipeline is one generation of the forwarder and what it owns.
+type pipeline struct {
+	fwd   *forwarder.Forwarder
+	cache *cache.Cache
+	ups   []upstream.Upstream
+}
+
+func (p *pipeline) close() {
+	if p.fwd != nil {
+		p.fwd.Close()
+	}
+	for _, u := range p.ups {
+		_ = u.Close()
+	}
+}
+
+func loadZones(cfg *config.Config) ([]*zone.Zone, error) {
+	var zs []*zone.Zone
+	for i, zc := range cfg.Zones {
+		z, err := zone.Load(zc.Name, cfg.Path(zc.File))
+		if err != nil {
+			return nil, fmt.Errorf("zones[%d]: loading %s: %w", i, zc.Name, err)
+		}
+		zs = append(zs, z)
+	}
+	return zs, nil
+}
+
+// buildPipeline turns a validated config and its loaded zones (loadZones)
+// into a forwarder (nothing listens). onPut is the cache's OnPut (nil: none).
+func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Counters, qlog forwarder.QueryLogger, onPut func([]byte)) (*pipeline, error) {
+	p := &pipeline{}
+	var err error
+	fail := func(err error) (*pipeline, error) { p.close(); return nil, err }
+	mkTargets := func(field string, targets []string, caFile string, timeout config.Duration) ([]forwarder.Target, error) {
+		if timeout == 0 {
+			timeout = cfg.Upstream.Timeout // the rule's own, else the global per-attempt timeout
+		}
+		var ts []forwarder.Target
+		for j, t := range targets {
+			up, err := upstream.New(t, upstream.Options{
+				CAFile:  cfg.Path(caFile),
+				Timeout: timeout.D(),
+				Conns:   cfg.Upstream.Conns,
+				Prewarm: true, // connections ready before the first query
+			})
+			if err != nil {
+				return nil, fmt.Errorf("%s.targets[%d]: %w", field, j, err)
+			}
+			p.ups = append(p.ups, up)
+			ts = append(ts, forwarder.Target{Up: up, Timeout: timeout.D()})
+		}
+		return ts, nil
+	}
+	fc := forwarder.Config{
+		QueryTimeout:  cfg.Upstream.QueryTimeout.D(),
+		TargetTimeout: cfg.Upstream.Timeout.D(),
+		MaxInflight:   cfg.Upstream.MaxInflight,
+		Counters:      counters,
+	}
+	if qlog != nil {
+		fc.Log = qlog
+	}
+	for _, l := range cfg.Listeners {
+		fl := forwarder.Listener{Name: l.Name, Drop: l.ACLAction == "drop"}
+		for _, a := range l.Allow {
+			pfx, _ := config.ParsePrefix(a) // validated
+			fl.Allow = append(fl.Allow, pfx)
+		}
+		fc.Listeners = append(fc.Listeners, fl)
+	}
+	for i, z := range zs {
+		fc.Rules = append(fc.Rules, forwarder.Rule{Name: "zone:" + cfg.Zones[i].Name, Domain: z.Origin(), Type: rules.Zone, Zone: z})
+	}
+	for i, rc := range cfg.Rules {
+		typ, err := rules.ParseType(rc.Type)
+		if err != nil {
+			return fail(fmt.Errorf("rules[%d].type: %w", i, err))
+		}
+		r := forwarder.Rule{Name: rc.Name, Domain: rc.Domain, Type: typ}
+		if r.Select, err = selectConfig(rc.Select); err != nil {
+			return fail(fmt.Errorf("rules[%d]: %w", i, err))
+		}
+		if r.Targets, err = mkTargets(fmt.Sprintf("rules[%d]", i), rc.Targets, rc.CAFile, rc.Timeout); err != nil {
+			return fail(err)
+		}
+		fc.Rules = append(fc.Rules, r)
+	}
+	if cfg.Default != nil {
+		if fc.DefaultSelect, err = selectConfig(cfg.Default.Select); err != nil {
+			return fail(fmt.Errorf("default: %w", err))
+		}
+		if fc.Default, err = mkTargets("default", cfg.Default.Targets, cfg.Default.CAFile, cfg.Default.Timeout); err != nil {
+			return fail(err)
+		}
+	}
+	if cfg.Cache.On() {
+		p.cache = cache.New(cache.Config{
+			Entries: cfg.Cache.Entries, MaxBytes: cfg.Cache.MaxBytes,
+			MinTTL: cfg.Cache.MinTTL.D(), MaxTTL: cfg.Cache.MaxTTL.D(),
+			ServFailTTL: cfg.Cache.ServFailTTL.D(), StaleWindow: cfg.Cache.ServeStale.D(),
+			OnPut: onPut,
+		})
+		fc.Cache = p.cache
+	}
+	if p.fwd, err = forwarder.New(fc); err != nil {
+		return fail(err)
+	}
+	return p, nil
+}
+
+// selectConfig turns a rule's selection settings into a group.Config.
+func selectConfig(s config.Select) (group.Config, error) {
+	gc := group.Config{
+		FailAfter: s.Health.FailAfter, RecoverAfter: s.Health.RecoverAfter,
+		ProbeName: s.Health.ProbeName, ProbeInterval: s.Health.ProbeInterval.D(),
+	}
+	if s.Policy != "" {
+		p, err := group.ParsePolicy(s.Policy)
+		if err != nil {
+			return gc, fmt.Errorf("policy: %w", err)
+		}
+		gc.Policy = p
+	}
+	switch s.Hedge {
+	case "": // adaptive: the target's p95 latency
+	case "off":
+		gc.HedgeDelay = -1
+	default:
+		d, err := time.ParseDuration(s.Hedge)
+		if err != nil {
+			return gc, fmt.Errorf("hedge: %w", err)
+		}
+		gc.HedgeDelay = d
+	}
+	return gc, nil
+}
+
+func listenerNames(cfg *config.Config) []string {
+	var ns []string
+	for _, l := range cfg.Listeners {
+		ns = append(ns, l.Name)
+	}
+	return ns
+}
+
+// checkFIPS refuses doh-fips listeners outside Go's FIPS 140-3 mode, before
+// anything is bound.
+func checkFIPS(cfg *config.Config) error {
+	for i, l := range cfg.Listeners {
+		if protos, _ := l.ProtocolSet(); protos["doh-fips"] && !fips140.Enabled() {
+			return usagef("listeners[%d].protocols: %w", i, doh.ErrFIPSModeOff)
+		}
+	}
+	return nil
+}
