@@ -9,8 +9,9 @@
 // Framer and hpack; it does not use net/http. A [DoH] upstream keeps
 // Options.Conns TLS connections to its target, dialled lazily by the first
 // Exchange that needs one (or all at once in the background by New with
-// Options.Prewarm; Close cancels those dials), and spreads queries over them
-// round-robin. Each connection has exactly two goroutines:
+// Options.Prewarm; Close cancels those dials), and gives each query to the
+// usable connection with the fewest queries on it (pool.go). Each
+// connection has exactly two goroutines:
 //
 //   - The writer owns every write. Callers put their request on a bounded
 //     queue; the writer takes the first one and then everything else that
@@ -106,8 +107,8 @@
 // flight on a connection, answers matched by ID and question in any order.
 // Each connection has a writer goroutine, which writes the length-framed
 // queries that piled up since its last write with one system call, and a
-// reader goroutine. Connections are dialled like DoH's (round-robin over
-// slots, another slot's connection used while one dials, the same jittered
+// reader goroutine. Connections are pooled like DoH's (the least busy
+// slot's, another slot's connection used while one dials, the same jittered
 // backoff, prewarmed by Options.Prewarm for tcp:// targets) and closed after
 // 10s without queries. A connection that breaks, by error, by the server
 // closing it or by idling out under a racing query, fails its queries with
