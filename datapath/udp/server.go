@@ -15,14 +15,16 @@
 // cache hit.
 //
 // Misses. When Answer cannot answer, Resolve takes a copy of the query and
-// resolves it in the forwarder's bounded goroutines; its done callback (the
-// only per-query allocation here: the closure and a copy of the client's
-// sockaddr) sends the reply with sendto(2) on the listening socket from the
-// resolving goroutine. sendto on a UDP socket is safe from any thread, and the
-// reply leaves from the address the query arrived on. A full socket buffer
-// drops the reply (MSG_DONTWAIT, EAGAIN), as UDP would, and counts it. Sends
-// hold the socket's read lock so a late answer never goes to a closed (and
-// perhaps reused) descriptor.
+// resolves it; its done callback (pooled state holding a copy of the
+// client's sockaddr and pktinfo) runs on the goroutine that completed the
+// resolution, mostly an upstream connection's reader, and queues the reply
+// on the socket's outbox (outbox.go), whose sender goroutine sends
+// everything queued with one sendmmsg(2). Only when the outbox is full does
+// the callback send its reply itself with sendto(2). Either way the reply
+// leaves from the address the query arrived on; a full socket buffer drops
+// it (MSG_DONTWAIT, EAGAIN), as UDP would, and counts it. Sends hold the
+// socket's read lock so a late answer never goes to a closed (and perhaps
+// reused) descriptor.
 //
 // Wildcard addresses. A socket bound to 0.0.0.0 or [::] receives each query
 // with its destination address (IP_PKTINFO, IPV6_RECVPKTINFO) and sends the
