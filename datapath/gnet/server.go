@@ -3,11 +3,12 @@
 // SO_REUSEPORT so the kernel spreads clients over the loops.
 //
 // UDP. A query is answered inside OnTraffic when the forwarder can answer at
-// once (cache, local zone, block, bad input). A cache miss goes upstream in a
-// bounded goroutine, and a gnet UDP Conn is not valid after OnTraffic returns
-// (gnet issue 141). So the miss path keeps only what a reply needs: the
-// listening socket's fd and the client's sockaddr, and answers with sendto(2)
-// on that fd from the resolving goroutine. sendto on a UDP socket is safe from
+// once (cache, local zone, block, bad input). A cache miss goes to Resolve,
+// whose callback runs later on the goroutine that completed it (mostly an
+// upstream connection's reader), and a gnet UDP Conn is not valid after
+// OnTraffic returns (gnet issue 141). So the miss path keeps only what a
+// reply needs: the listening socket's fd and the client's sockaddr, and
+// answers with sendto(2) on that fd from that goroutine. sendto on a UDP socket is safe from
 // any thread and the reply leaves from the address the query arrived on. A full
 // socket buffer (EAGAIN) drops the reply, as UDP would; it is counted.
 //
