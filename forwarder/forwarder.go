@@ -581,8 +581,9 @@ func (sh *flightShard) land(key string, fl *flight, res result) {
 }
 
 // exchange asks the group for an answer (its policy picks the targets,
-// fails over and hedges within ctx). A usable answer is checked against the
-// question, stripped of hop-by-hop EDNS options, marked RA and cached; a
+// fails over and hedges within ctx). A usable answer (checked against the
+// question by the classifier) is stripped of hop-by-hop EDNS options, marked
+// RA and cached; a
 // SERVFAIL/REFUSED is passed on only when no target did better.
 func (f *Forwarder) exchange(ctx context.Context, r *Request, g *group.Group) result {
 	resp, target, err := g.Exchange(ctx, upstreamQuery(r), f.classifier(r))
@@ -614,15 +615,15 @@ func (f *Forwarder) classifier(r *Request) func([]byte) group.Verdict {
 }
 
 // accept turns what the group returned for r into a result: a usable
-// answer is prepared for clients and cached.
+// answer is prepared for clients and cached. The group returns only
+// responses its classifier (classifier, above) passed, so resp has already
+// been checked against r's question: one question, r's name (uncompressed,
+// same length) and type and class, records that walk to the end.
 func (f *Forwarder) accept(r *Request, resp []byte, target string, err error) result {
 	if err != nil || resp == nil {
 		return result{}
 	}
-	qend, err := dnsmsg.CheckResponse(resp, &r.Q)
-	if err != nil {
-		return result{}
-	}
+	qend := dnsmsg.HeaderLen + len(r.Q.Name) + 4
 	// The upstream's cookie (and padding) would reach the client as a
 	// cookie mismatch, from the cache even more so: drop them.
 	resp = dnsmsg.StripHopOptions(resp)
