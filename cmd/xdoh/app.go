@@ -50,7 +50,7 @@ type app struct {
 	// wait as suits the current level (udp.WaitAdaptive).
 	procs *procs.Governor
 	// kernelTiers are the AF_XDP servers (their in-kernel answer tiers),
-	// for the cache's OnPut, which must not take mu.
+	// for the cache's OnChange, which must not take mu.
 	kernelTiers atomic.Pointer[[]*xsk.Server]
 }
 
@@ -303,8 +303,9 @@ func (a *app) publishKernelTiers() {
 	a.kernelTiers.Store(&ss)
 }
 
-// invalidateKernel is the caches' OnPut: the kernel's copy of an answer
-// goes before the cache stores another for its question.
+// invalidateKernel is the caches' OnChange: the kernel's copy of an answer
+// goes before the cache stores another for its question, and when the
+// cache evicts it.
 func (a *app) invalidateKernel(key []byte) {
 	for _, s := range a.xskServers() {
 		s.InvalidateKernel(key)

@@ -48,8 +48,8 @@ func loadZones(cfg *config.Config) ([]*zone.Zone, error) {
 }
 
 // buildPipeline turns a validated config and its loaded zones (loadZones)
-// into a forwarder (nothing listens). onPut is the cache's OnPut (nil: none).
-func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Counters, qlog forwarder.QueryLogger, onPut func([]byte)) (*pipeline, error) {
+// into a forwarder (nothing listens). onChange is the cache's OnChange (nil: none).
+func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Counters, qlog forwarder.QueryLogger, onChange func([]byte)) (*pipeline, error) {
 	p := &pipeline{}
 	var err error
 	fail := func(err error) (*pipeline, error) { p.close(); return nil, err }
@@ -120,7 +120,7 @@ func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Coun
 			Entries: cfg.Cache.Entries, MaxBytes: cfg.Cache.MaxBytes,
 			MinTTL: cfg.Cache.MinTTL.D(), MaxTTL: cfg.Cache.MaxTTL.D(),
 			ServFailTTL: cfg.Cache.ServFailTTL.D(), StaleWindow: cfg.Cache.ServeStale.D(),
-			OnPut: onPut,
+			OnChange: onChange,
 		})
 		fc.Cache = p.cache
 	}

@@ -111,13 +111,12 @@
 // entry whose rewrite stops leaves within a second. Answers are no larger
 // than the smallest tier interface's MTU allows in one IPv6 packet.
 //
-// Coherence: the cache calls OnPut (wired to Server.InvalidateKernel) with
-// a key before and after it stores a new answer for it; a promoted key is
-// then deleted from the maps at once, and a key stored while a refresh is
-// peeking is dropped from that refresh's batch (pending) instead of making
-// the Put wait. A reload holds every tier (LockKernelCache), empties the
-// maps, swaps the pipeline, and only then lets the tiers promote again,
-// from the new cache. An entry the cache evicts stays in the kernel until
-// the next tick at most (still within its TTL). Stop detaches the tier from
-// its programs before they close.
+// Coherence: the cache calls OnChange (wired to Server.InvalidateKernel)
+// with a key before and after it stores a new answer for it, and after it
+// evicts one; a promoted key is then deleted from the maps at once, and a
+// key stored while a refresh is peeking is dropped from that refresh's
+// batch (pending) instead of making the Put wait. A reload holds every tier
+// (LockKernelCache), empties the maps, swaps the pipeline, and only then
+// lets the tiers promote again, from the new cache. Stop detaches the tier
+// from its programs before they close.
 package xsk

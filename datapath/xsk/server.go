@@ -335,7 +335,7 @@ func (s *Server) LockKernelCache() (unlock func()) {
 }
 
 // InvalidateKernel drops the kernel's answer for a cache key (dnsmsg.
-// AppendKey's form), if it has one: wire it to the cache's OnPut.
+// AppendKey's form), if it has one: wire it to the cache's OnChange.
 func (s *Server) InvalidateKernel(key []byte) {
 	if t := s.tier; t != nil {
 		t.invalidate(key)

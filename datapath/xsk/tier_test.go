@@ -169,9 +169,9 @@ type tierRig struct {
 }
 
 // newTierRig builds a rig. The cache's clock is the rig's (starting now)
-// unless cc has one; with onPut the cache's OnPut is the tier's
+// unless cc has one; with onChange the cache's OnChange is the tier's
 // invalidate, as the app wires it through Server.InvalidateKernel.
-func newTierRig(tb testing.TB, kc KernelCache, cc cache.Config, onPut bool) *tierRig {
+func newTierRig(tb testing.TB, kc KernelCache, cc cache.Config, onChange bool) *tierRig {
 	tb.Helper()
 	r := &tierRig{
 		clock: &tierClock{t: time.Now()},
@@ -182,8 +182,8 @@ func newTierRig(tb testing.TB, kc KernelCache, cc cache.Config, onPut bool) *tie
 	if cc.Now == nil {
 		cc.Now = r.clock.now
 	}
-	if onPut {
-		cc.OnPut = func(key []byte) { r.t.invalidate(key) }
+	if onChange {
+		cc.OnChange = func(key []byte) { r.t.invalidate(key) }
 	}
 	r.c = cache.New(cc)
 	r.peek = &tierPeeker{c: r.c}
@@ -629,7 +629,7 @@ func tierKey(tb testing.TB, m *dns.Msg) []byte {
 
 // TestTierInvalidate proves that invalidate with a promoted question's
 // cache key takes it out of the map at once, that other keys leave it
-// alone, and that with the cache's OnPut wired to it (as the app does) a
+// alone, and that with the cache's OnChange wired to it (as the app does) a
 // Put of a new answer does the same, after which the new answer is the one
 // promoted.
 func TestTierInvalidate(t *testing.T) {
@@ -657,7 +657,7 @@ func TestTierInvalidate(t *testing.T) {
 		r.wantStats(t, TierStats{Promotions: 1, Evictions: 1})
 	})
 
-	t.Run("OnPut", func(t *testing.T) {
+	t.Run("OnChange", func(t *testing.T) {
 		r := newTierRig(t, tierKC, cache.Config{}, true)
 		r.promoteOne(t, q, addrOld)
 		r.wantTX(t, frame)
@@ -684,9 +684,9 @@ func TestTierInvalidate(t *testing.T) {
 	})
 }
 
-// TestTierInvalidateDuringPromotion proves the coherence OnPut promises
+// TestTierInvalidateDuringPromotion proves the coherence OnChange promises
 // for a question being promoted while a new answer is stored: the tier's
-// Peek has the old answer, then the Put (both OnPut calls) completes before
+// Peek has the old answer, then the Put (both OnChange calls) completes before
 // the tick writes the map. The kernel must not then answer with the old
 // answer that the cache no longer has.
 func TestTierInvalidateDuringPromotion(t *testing.T) {

@@ -108,13 +108,14 @@ type Config struct {
 	StaleWindow time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
-	// OnPut, if set, is called with the key (AppendKey's form) of every
-	// response about to be stored, and again once it is: a copy of the
+	// OnChange, if set, is called with the key (AppendKey's form) of an
+	// entry whose answer changes: before a response for it is stored and
+	// again once it is, and after an eviction takes it out. A copy of the
 	// cache elsewhere (the XDP program's answers) drops its entry for the
-	// key before the new one answers here, and again should it have taken
-	// the old one back meanwhile. It must be quick for keys it does not
-	// hold: Put runs on the resolving goroutines.
-	OnPut func(key []byte)
+	// key then, so it never answers what the cache no longer would. It
+	// must be quick for keys it does not hold: it runs on the writers'
+	// goroutines.
+	OnChange func(key []byte)
 }
 
 // Result says what Get found.
@@ -177,7 +178,7 @@ type Cache struct {
 	maxTTL     time.Duration
 	servFail   time.Duration
 	stale      int64 // StaleWindow in seconds, rounded up
-	onPut      func(key []byte)
+	onChange      func(key []byte)
 	maxEntries int64
 	maxBytes   int64
 
@@ -231,7 +232,7 @@ func New(cfg Config) *Cache {
 		maxTTL:     cfg.MaxTTL,
 		servFail:   cfg.ServFailTTL,
 		stale:      ceilSeconds(cfg.StaleWindow),
-		onPut:      cfg.OnPut,
+		onChange:      cfg.OnChange,
 		maxEntries: int64(cfg.Entries),
 		maxBytes:   cfg.MaxBytes,
 	}
@@ -329,9 +330,9 @@ func (c *Cache) Put(q *dnsmsg.Query, resp []byte, qend int) {
 	if int64(len(k)+len(resp)) > c.maxBytes {
 		return
 	}
-	if c.onPut != nil {
-		c.onPut(k)
-		defer c.onPut(k)
+	if c.onChange != nil {
+		c.onChange(k)
+		defer c.onChange(k)
 	}
 	now := c.now().Unix()
 	e := newEntry(k, resp, qend)

@@ -432,6 +432,38 @@ func TestPutReplaces(t *testing.T) {
 	}
 }
 
+// TestOnChange: the hook sees a key before and after each Put of it, and
+// the key of every entry an eviction takes out, so a copy of the cache
+// elsewhere can follow it.
+func TestOnChange(t *testing.T) {
+	clk := newClock()
+	var got []string
+	c := newCache(Config{Entries: 1, OnChange: func(k []byte) { got = append(got, string(k)) }}, clk)
+	a, b := qspec{name: "a.example."}, qspec{name: "b.example."}
+	store(t, c, a, dns.RcodeSuccess, []string{"a.example. 300 IN A 192.0.2.1"}, nil)
+	_, qa := a.query(t)
+	var kb [dnsmsg.MaxKeyLen]byte
+	ka := string(dnsmsg.AppendKey(kb[:0], qa))
+	if len(got) != 2 || got[0] != ka || got[1] != ka {
+		t.Fatalf("after a Put: %q, want the key twice", got)
+	}
+	got = nil
+	store(t, c, b, dns.RcodeSuccess, []string{"b.example. 300 IN A 192.0.2.2"}, nil) // evicts a
+	_, qb := b.query(t)
+	kbs := string(dnsmsg.AppendKey(kb[:0], qb))
+	if c.Stats().Evictions != 1 {
+		t.Fatalf("stats %+v, want one eviction", c.Stats())
+	}
+	want := map[string]int{kbs: 2, ka: 1}
+	have := map[string]int{}
+	for _, k := range got {
+		have[k]++
+	}
+	if fmt.Sprint(have) != fmt.Sprint(want) {
+		t.Errorf("after a Put that evicts: %q, want b's key twice and a's once", got)
+	}
+}
+
 func TestEntryBound(t *testing.T) {
 	tests := []struct {
 		name    string

@@ -151,6 +151,7 @@ func (c *Cache) insert(e *entry, now int64) {
 		c.inserts.Add(1)
 		if old != nil && !sameKey(old, e) {
 			c.evictions.Add(1)
+			c.changed(old)
 		}
 		break
 	}
@@ -238,6 +239,13 @@ func (b *bucket) victim(e *entry, now int64) (int, *entry) {
 // shrink sweeps the global CLOCK hand until the entry and byte bounds hold
 // (or two full turns found nothing to evict, hits racing the hand). It passes
 // over e, the entry just inserted.
+// changed reports an evicted entry to Config.OnChange.
+func (c *Cache) changed(e *entry) {
+	if c.onChange != nil {
+		c.onChange(e.key())
+	}
+}
+
 func (c *Cache) shrink(e *entry, now int64) {
 	for steps := uint64(0); steps < 2*c.slots+ways; steps++ {
 		if c.entries.Load() <= c.maxEntries && c.bytes.Load() <= c.maxBytes {
@@ -258,6 +266,7 @@ func (c *Cache) shrink(e *entry, now int64) {
 			b.syncHint(i)
 			c.account(p, nil)
 			c.evictions.Add(1)
+			c.changed(p)
 		}
 	}
 }
