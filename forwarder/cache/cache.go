@@ -178,7 +178,7 @@ type Cache struct {
 	maxTTL     time.Duration
 	servFail   time.Duration
 	stale      int64 // StaleWindow in seconds, rounded up
-	onChange      func(key []byte)
+	onChange   func(key []byte)
 	maxEntries int64
 	maxBytes   int64
 
@@ -232,7 +232,7 @@ func New(cfg Config) *Cache {
 		maxTTL:     cfg.MaxTTL,
 		servFail:   cfg.ServFailTTL,
 		stale:      ceilSeconds(cfg.StaleWindow),
-		onChange:      cfg.OnChange,
+		onChange:   cfg.OnChange,
 		maxEntries: int64(cfg.Entries),
 		maxBytes:   cfg.MaxBytes,
 	}
