@@ -227,6 +227,18 @@ func (f *Forwarder) Peek(r *Request, out []byte) ([]byte, int64, bool) {
 	return f.cfg.Cache.Peek(&r.Q, out)
 }
 
+// Hot tells the pipeline that r's cached answer is being served elsewhere
+// (by the XDP program): it prefetches the entry when it is due, as a hit in
+// Answer would, and keeps it from looking idle to the cache's CLOCK.
+func (f *Forwarder) Hot(r *Request) {
+	if f.cfg.Cache == nil || dnsmsg.Parse(r.Msg, &r.Q) != nil {
+		return
+	}
+	if f.cfg.Cache.ClaimPrefetch(&r.Q) {
+		f.prefetch(r)
+	}
+}
+
 // pendingRequest is the pipeline's own copy of a request being resolved,
 // with room for a typical query: 152 bytes hold a 12-byte header, a name of
 // up to ~100 bytes and an OPT record with a cookie or a client subnet, and

@@ -37,6 +37,9 @@ func (s *Switch) Resolve(r *Request, out []byte, done func(resp []byte)) ([]byte
 	return f.Resolve(r, out, done)
 }
 
+// Hot runs the current pipeline's Hot.
+func (s *Switch) Hot(r *Request) { s.cur.Load().Hot(r) }
+
 // Peek runs the current pipeline's Peek.
 func (s *Switch) Peek(r *Request, out []byte) ([]byte, int64, bool) {
 	return s.cur.Load().Peek(r, out)

@@ -100,7 +100,10 @@
 // truncated, larger than KernelCache.MaxAnswer or due to expire within 2 s.
 // On the same tick it reads the program's per-slot hit counters, demotes
 // entries with no kernel hit for a second or no longer in the cache, and
-// rewrites the others with their TTLs as of now. All writes of a tick are
+// rewrites the others with their TTLs as of now. Entries the kernel served
+// since the last tick are reported to the forwarder (Peeker.Hot), which
+// prefetches one that is due as a userspace hit would: the cache never sees
+// the kernel's hits. All writes of a tick are
 // one batch delete and one batch update per interface.
 //
 // TTL bound: an entry answers until 1 s less 20 ms (the coarse clock's

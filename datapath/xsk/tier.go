@@ -19,9 +19,12 @@ import (
 // Peeker is the forwarder's cache as the kernel tier reads it; *forwarder.
 // Switch implements it. Peek returns the answer to r's question patched for
 // r (ID, name case, TTLs aged now, not truncated) and the unix second at
-// which it expires, counting nothing.
+// which it expires, counting nothing. Hot says the kernel answered r's
+// question since the last tick: the cache never saw those hits, so the
+// forwarder prefetches the entry when it is due.
 type Peeker interface {
 	Peek(r *forwarder.Request, out []byte) (resp []byte, expires int64, ok bool)
+	Hot(r *forwarder.Request)
 }
 
 // KernelCacheMode says where the in-kernel answer tier runs.
@@ -288,6 +291,8 @@ func (t *tier) refresh(tables []*hotTable) {
 	for k, e := range t.promoted {
 		if h := t.hits[e.slot]; h != e.hits {
 			e.hits, e.idle = h, 0
+			r := forwarder.Request{Msg: e.msg, Transport: forwarder.TransportUDP, Listener: t.name}
+			t.peek.Hot(&r)
 		} else if e.idle++; e.idle >= tierIdle {
 			t.demote(k, e)
 			continue

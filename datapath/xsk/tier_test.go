@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -140,6 +141,19 @@ type tierPeeker struct {
 	mangle func(resp []byte)
 	// during runs after the cache lookup, before Peek returns.
 	during func()
+	// hot counts Hot calls, prefetches the claims it won.
+	hot, prefetches atomic.Int64
+}
+
+// Hot counts the calls and claims the prefetch as the forwarder does.
+func (p *tierPeeker) Hot(r *forwarder.Request) {
+	if dnsmsg.Parse(r.Msg, &r.Q) != nil {
+		return
+	}
+	p.hot.Add(1)
+	if p.c.ClaimPrefetch(&r.Q) {
+		p.prefetches.Add(1)
+	}
 }
 
 func (p *tierPeeker) Peek(r *forwarder.Request, out []byte) ([]byte, int64, bool) {
@@ -875,5 +889,37 @@ func TestHitAllocs(t *testing.T) {
 	}
 	if h.n != 1 || !bytes.Equal(h.cands[0], msg) {
 		t.Errorf("%d candidates (%x), want the query once", h.n, h.cands[:h.n])
+	}
+}
+
+// TestTierPrefetch: the cache never sees the hits the kernel answers, so
+// the tier tells the forwarder (Hot) about entries the kernel served since
+// the last tick; one in its prefetch window is then claimed for a refresh
+// from upstream exactly once, as a hit in userspace would claim it.
+func TestTierPrefetch(t *testing.T) {
+	r := newTierRig(t, tierKC, cache.Config{}, false)
+	q := tierQuery("example.com.", true)
+	frame := tierFrame(t, true, mustPack(t, q))
+	r.promoteOne(t, q, addrOld)
+
+	serve := func() {
+		if res := runTierProgram(t, r.prog, frame); res.verdict != xdpTX {
+			t.Fatal("not answered by the program")
+		}
+		r.refresh()
+	}
+	serve() // 300 s left of 300: not due
+	if h, p := r.peek.hot.Load(), r.peek.prefetches.Load(); h != 1 || p != 0 {
+		t.Fatalf("fresh entry: %d Hot calls, %d prefetches; want 1, 0", h, p)
+	}
+	r.refresh() // no kernel hit since: no Hot
+	if h := r.peek.hot.Load(); h != 1 {
+		t.Fatalf("%d Hot calls after a tick without kernel hits, want 1", h)
+	}
+	r.clock.advance(275 * time.Second) // 25 s left: in the window (under 10%)
+	serve()
+	serve()
+	if h, p := r.peek.hot.Load(), r.peek.prefetches.Load(); h != 3 || p != 1 {
+		t.Errorf("due entry served twice: %d Hot calls, %d prefetches; want 3, 1", h, p)
 	}
 }

@@ -276,6 +276,28 @@ func (c *Cache) Get(q *dnsmsg.Query, out []byte, maxSize int) ([]byte, Result) {
 	return e.patch(out, q, now, 0, maxSize), res
 }
 
+// ClaimPrefetch is the prefetch half of a hit, for an entry a copy of the
+// cache elsewhere answers (the XDP program's) so that Get never sees its
+// hits: true, once per stored entry, when q's fresh entry is in its
+// prefetch window (as for HitPrefetch); the caller then refreshes it. It
+// also sets the entry's CLOCK bit: it is being asked for.
+func (c *Cache) ClaimPrefetch(q *dnsmsg.Query) bool {
+	var kb [dnsmsg.MaxKeyLen]byte
+	k, h := c.hash(&kb, q)
+	e := c.lookup(h, k)
+	now := c.now().Unix()
+	if e == nil || now >= e.expires {
+		return false
+	}
+	e.touch()
+	if e.orig >= prefetchMinTTL && (e.expires-now)*10 < e.orig &&
+		e.claimed.Load() == 0 && e.claimed.CompareAndSwap(0, 1) {
+		c.stripe().prefetches.Add(1)
+		return true
+	}
+	return false
+}
+
 // Peek is Get for a copy of the cache kept elsewhere: the fresh answer to q
 // (patched likewise, never truncated) and the unix second at which it
 // expires. It counts nothing and leaves the entry's CLOCK bit and prefetch

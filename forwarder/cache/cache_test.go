@@ -617,3 +617,34 @@ func BenchmarkGetHitParallel(b *testing.B) {
 		}
 	})
 }
+
+// TestClaimPrefetch: for an entry served elsewhere, the prefetch claim
+// follows Get's rule: only in the last 10% of a TTL of at least 10 s, once
+// per stored entry, never for a missing or expired one.
+func TestClaimPrefetch(t *testing.T) {
+	clk := newClock()
+	c := newCache(Config{}, clk)
+	spec := qspec{name: "www.example.com."}
+	_, q := spec.query(t)
+	if c.ClaimPrefetch(q) {
+		t.Fatal("claimed a missing entry")
+	}
+	store(t, c, spec, dns.RcodeSuccess, []string{"www.example.com. 100 IN A 192.0.2.1"}, nil)
+	if c.ClaimPrefetch(q) {
+		t.Error("claimed a fresh entry (100 s of 100 left)")
+	}
+	clk.Advance(95 * time.Second)
+	if !c.ClaimPrefetch(q) {
+		t.Error("did not claim an entry with 5 s of 100 left")
+	}
+	if c.ClaimPrefetch(q) {
+		t.Error("claimed the same entry twice")
+	}
+	if _, res := c.Get(q, make([]byte, 65536), 512); res != Hit {
+		t.Errorf("Get after the claim: %v, want a plain hit", res)
+	}
+	clk.Advance(10 * time.Second)
+	if c.ClaimPrefetch(q) {
+		t.Error("claimed an expired entry")
+	}
+}
