@@ -87,8 +87,6 @@ const (
 	tierIdle = 4
 	// hotSlots sizes each loop's hit-count table.
 	hotSlots = 4096
-	// maxPending bounds the keys invalidated during one refresh.
-	maxPending = 4096
 	// maxCandidates bounds the candidates a loop keeps between ticks.
 	maxCandidates = 64
 	// maxCandidateMsg: longer queries are never exact (see exact).
@@ -123,13 +121,16 @@ type tier struct {
 	// live is the promoted keys for invalidate's lock-free check: a copy
 	// made by whoever changed the set.
 	live atomic.Pointer[map[bpf.AnswerKey]struct{}]
-	// pendMu guards refreshing and pending. While a refresh may hold
-	// answers it has read but not written (live does not show them),
-	// invalidate only records the key in pending, and the refresh drops
-	// those keys before it writes, under pendMu: a Put never waits for a
-	// whole refresh.
+	// pendMu guards refreshing, candKeys, pending and progs' reads by
+	// invalidate, which never takes mu: a Put never waits for a refresh.
+	// invalidate deletes a promoted key from the maps at once and records
+	// it in pending; so does it for a key this refresh may be promoting
+	// (candKeys, set before its peeks). The refresh then drops pending keys
+	// from its batch and its books before it writes, under pendMu. pending
+	// holds at most Entries + the candidates of a tick.
 	pendMu     sync.Mutex
 	refreshing bool
+	candKeys   map[bpf.AnswerKey]struct{}
 	pending    map[bpf.AnswerKey]struct{}
 
 	promotions, evictions, writeErrors atomic.Uint64
@@ -169,6 +170,7 @@ func newTier(cfg KernelCache, p Peeker, name string) *tier {
 		cfg: cfg, peek: p, name: name, seed: maphash.MakeSeed(),
 		promoted: map[bpf.AnswerKey]*promotedEntry{},
 		pending:  map[bpf.AnswerKey]struct{}{},
+		candKeys: map[bpf.AnswerKey]struct{}{},
 		out:      make([]byte, answerRoom),
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
@@ -248,6 +250,8 @@ func (t *tier) close() {
 	<-t.done
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.pendMu.Lock()
+	defer t.pendMu.Unlock()
 	t.progs = nil
 	clear(t.promoted)
 	t.publish()
@@ -282,6 +286,12 @@ func (t *tier) refresh(tables []*hotTable) {
 	defer t.mu.Unlock()
 	t.pendMu.Lock()
 	t.refreshing = true
+	clear(t.candKeys)
+	for _, m := range t.msgs {
+		if k, ok := candidateKey(m); ok {
+			t.candKeys[k] = struct{}{}
+		}
+	}
 	t.pendMu.Unlock()
 	if err := t.readHits(); err != nil {
 		t.writeErrors.Add(1)
@@ -350,14 +360,10 @@ func (t *tier) readHits() error {
 
 // promote adds the answer to msg, when it qualifies, to this tick's batch.
 func (t *tier) promote(msg []byte, now time.Time, mono uint64) {
-	if len(t.free) == 0 || !exact(msg) {
+	if len(t.free) == 0 {
 		return
 	}
-	var q dnsmsg.Query
-	if dnsmsg.Parse(msg, &q) != nil {
-		return
-	}
-	k, ok := bpf.NewAnswerKey(q.Name, q.Type, q.Class, keyFlags(&q))
+	k, ok := candidateKey(msg)
 	if !ok {
 		return
 	}
@@ -443,26 +449,20 @@ func (t *tier) invalidate(key []byte) {
 		return
 	}
 	t.pendMu.Lock()
-	if t.refreshing {
-		if len(t.pending) < maxPending {
-			t.pending[k] = struct{}{}
-			t.pendMu.Unlock()
-			return
+	defer t.pendMu.Unlock()
+	_, live := (*t.live.Load())[k]
+	_, cand := t.candKeys[k]
+	switch {
+	case live:
+		// Out of the kernel now; out of the books at the next write.
+		for _, p := range t.progs {
+			if err := p.DeleteAnswers([]bpf.AnswerKey{k}); err != nil {
+				t.writeErrors.Add(1)
+			}
 		}
-		t.pendMu.Unlock()
-		t.mu.Lock() // too many at once: wait for the refresh instead
-	} else {
-		t.pendMu.Unlock()
-		if _, in := (*t.live.Load())[k]; !in {
-			return
-		}
-		t.mu.Lock()
-	}
-	defer t.mu.Unlock()
-	if e, in := t.promoted[k]; in {
-		t.del, t.put, t.putV = t.del[:0], t.put[:0], t.putV[:0]
-		t.demote(k, e)
-		t.write()
+		t.pending[k] = struct{}{}
+	case t.refreshing && cand:
+		t.pending[k] = struct{}{} // its peek may have read the old answer
 	}
 }
 
@@ -485,6 +485,16 @@ func (t *tier) stats() TierStats {
 		Promotions: t.promotions.Load(), Evictions: t.evictions.Load(),
 		WriteErrors: t.writeErrors.Load(), Entries: int(t.entries.Load()),
 	}
+}
+
+// candidateKey is the key of a candidate query, false for one that is not
+// exact or not parseable.
+func candidateKey(msg []byte) (bpf.AnswerKey, bool) {
+	var q dnsmsg.Query
+	if !exact(msg) || dnsmsg.Parse(msg, &q) != nil {
+		return bpf.AnswerKey{}, false
+	}
+	return bpf.NewAnswerKey(q.Name, q.Type, q.Class, keyFlags(&q))
 }
 
 // keyFlags are q's bpf.Key* flags (dnsmsg.AppendKey's).

@@ -664,10 +664,14 @@ func TestTierInvalidate(t *testing.T) {
 		r.wantStats(t, TierStats{Promotions: 1, Entries: 1})
 		r.wantTX(t, frame)
 
+		// Out of the kernel at once; out of the books at the next tick
+		// (invalidate never waits for the tier's lock).
 		r.t.invalidate(tierKey(t, q))
-		r.wantStats(t, TierStats{Promotions: 1, Evictions: 1})
 		r.wantNoTX(t, frame, bpf.AnswerMissAbsent)
+		r.refresh()
+		r.wantStats(t, TierStats{Promotions: 1, Evictions: 1})
 		r.t.invalidate(tierKey(t, q)) // again: nothing left to remove
+		r.refresh()
 		r.wantStats(t, TierStats{Promotions: 1, Evictions: 1})
 	})
 
@@ -681,7 +685,6 @@ func TestTierInvalidate(t *testing.T) {
 		r.wantTX(t, frame)
 
 		r.put(t, q, tierAnswer(q, 300, 1, addrNew))
-		r.wantStats(t, TierStats{Promotions: 1, Evictions: 1})
 		r.wantNoTX(t, frame, bpf.AnswerMissAbsent)
 
 		r.refresh() // no new hits: stays out
@@ -921,5 +924,40 @@ func TestTierPrefetch(t *testing.T) {
 	serve()
 	if h, p := r.peek.hot.Load(), r.peek.prefetches.Load(); h != 3 || p != 1 {
 		t.Errorf("due entry served twice: %d Hot calls, %d prefetches; want 3, 1", h, p)
+	}
+}
+
+// TestTierInvalidatePromotedDuringRefresh: a promoted key whose new answer
+// is stored while a refresh is peeking leaves the kernel when the Put
+// returns, not when that refresh writes, and the Put does not wait for the
+// refresh.
+func TestTierInvalidatePromotedDuringRefresh(t *testing.T) {
+	r := newTierRig(t, tierKC, cache.Config{}, true)
+	q := tierQuery("example.com.", false)
+	frame := tierFrame(t, false, mustPack(t, q))
+	r.promoteOne(t, q, addrOld)
+	r.wantTX(t, frame)
+
+	var once sync.Once
+	r.peek.during = func() {
+		once.Do(func() {
+			done := make(chan struct{})
+			go func() { r.put(t, q, tierAnswer(q, 300, 1, addrNew)); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(2 * time.Second):
+				t.Fatal("a Put waited for the refresh in progress")
+			}
+			res := runTierProgram(t, r.prog, frame)
+			if res.verdict == xdpTX {
+				t.Error("the kernel still answered after the Put of a new answer returned")
+			}
+		})
+	}
+	r.refresh()
+	r.peek.during = nil
+	r.wantNoTX(t, frame, bpf.AnswerMissAbsent)
+	if st := r.t.stats(); st.Entries != 0 || st.Evictions != 1 {
+		t.Errorf("after the refresh: %+v, want it demoted", st)
 	}
 }

@@ -236,9 +236,6 @@ func (b *bucket) victim(e *entry, now int64) (int, *entry) {
 	return i, b.slot[i].Load()
 }
 
-// shrink sweeps the global CLOCK hand until the entry and byte bounds hold
-// (or two full turns found nothing to evict, hits racing the hand). It passes
-// over e, the entry just inserted.
 // changed reports an evicted entry to Config.OnChange.
 func (c *Cache) changed(e *entry) {
 	if c.onChange != nil {
@@ -246,6 +243,9 @@ func (c *Cache) changed(e *entry) {
 	}
 }
 
+// shrink sweeps the global CLOCK hand until the entry and byte bounds hold
+// (or two full turns found nothing to evict, hits racing the hand). It passes
+// over e, the entry just inserted.
 func (c *Cache) shrink(e *entry, now int64) {
 	for steps := uint64(0); steps < 2*c.slots+ways; steps++ {
 		if c.entries.Load() <= c.maxEntries && c.bytes.Load() <= c.maxBytes {
