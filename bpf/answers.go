@@ -166,14 +166,8 @@ type AnswerCounters [NumAnswerEvents]uint64
 // AnswerCounters reads the tier's per-CPU counters.
 func (p *Program) AnswerCounters() (AnswerCounters, error) {
 	var c AnswerCounters
-	var per []uint64
-	for e := range NumAnswerEvents {
-		if err := p.objs.AnswerCounters.Lookup(uint32(e), &per); err != nil {
-			return c, fmt.Errorf("reading the answer counters: %w", err)
-		}
-		for _, n := range per {
-			c[e] += n
-		}
+	if err := sumPerCPU(p.objs.AnswerCounters, c[:], nil, nil); err != nil {
+		return c, fmt.Errorf("reading the answer counters: %w", err)
 	}
 	return c, nil
 }
@@ -254,28 +248,15 @@ func (p *Program) AnswerHits(hits []uint64) error {
 	if len(hits) != p.answers {
 		return fmt.Errorf("reading the answer hits: %d slots for a map of %d", len(hits), p.answers)
 	}
-	ncpu, err := ebpf.PossibleCPU()
-	if err != nil {
-		return fmt.Errorf("reading the answer hits: %w", err)
-	}
 	if len(p.hitKeys) != p.answers {
-		p.hitKeys = make([]uint32, p.answers)
-		p.hitVals = make([]uint64, p.answers*ncpu)
+		ncpu, err := ebpf.PossibleCPU()
+		if err != nil {
+			return fmt.Errorf("reading the answer hits: %w", err)
+		}
+		p.hitKeys, p.hitVals = make([]uint32, p.answers), make([]uint64, p.answers*ncpu)
 	}
-	var cursor ebpf.MapBatchCursor
-	n, err := p.objs.AnswerHits.BatchLookup(&cursor, p.hitKeys, p.hitVals, nil)
-	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := sumPerCPU(p.objs.AnswerHits, hits, p.hitKeys, p.hitVals); err != nil {
 		return fmt.Errorf("reading the answer hits: %w", err)
-	}
-	clear(hits)
-	for i := range n {
-		slot := p.hitKeys[i]
-		if int(slot) >= len(hits) {
-			continue
-		}
-		for _, v := range p.hitVals[i*ncpu : (i+1)*ncpu] {
-			hits[slot] += v
-		}
 	}
 	return nil
 }

@@ -62,23 +62,35 @@ type Counters [NumReasons]uint64
 // time, the datapath does no metric work per packet.
 func (p *Program) Counters() (Counters, error) {
 	var c Counters
-	ncpu, err := ebpf.PossibleCPU()
-	if err != nil {
+	if err := sumPerCPU(p.objs.Counters, c[:], nil, nil); err != nil {
 		return c, fmt.Errorf("reading the XDP counters: %w", err)
-	}
-	keys := make([]uint32, NumReasons)
-	vals := make([]uint64, int(NumReasons)*ncpu)
-	n, err := p.objs.Counters.BatchLookup(new(ebpf.MapBatchCursor), keys, vals, nil)
-	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return c, fmt.Errorf("reading the XDP counters: %w", err)
-	}
-	if n != int(NumReasons) {
-		return c, fmt.Errorf("reading the XDP counters: got %d of %d", n, NumReasons)
-	}
-	for i, k := range keys {
-		for _, v := range vals[i*ncpu : (i+1)*ncpu] {
-			c[k] += v
-		}
 	}
 	return c, nil
+}
+
+// sumPerCPU reads entries 0 to len(out)-1 of a per-CPU array of u64 in one
+// batch and sums each over the CPUs into out. keys and vals are scratch
+// (len(out) and len(out) × possible CPUs long); nil allocates them.
+func sumPerCPU(m *ebpf.Map, out []uint64, keys []uint32, vals []uint64) error {
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return err
+	}
+	if len(keys) != len(out) || len(vals) != len(out)*ncpu {
+		keys, vals = make([]uint32, len(out)), make([]uint64, len(out)*ncpu)
+	}
+	n, err := m.BatchLookup(new(ebpf.MapBatchCursor), keys, vals, nil)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return err
+	}
+	if n != len(out) {
+		return fmt.Errorf("got %d of %d entries", n, len(out))
+	}
+	clear(out)
+	for i, k := range keys {
+		for _, v := range vals[i*ncpu : (i+1)*ncpu] {
+			out[k] += v
+		}
+	}
+	return nil
 }

@@ -230,13 +230,18 @@ struct query {
 	__u16 dns_len;           // its length (>= 12)
 };
 
-static __always_inline int count(enum reason r, int verdict)
+// bump adds one to entry key of a per-CPU u64 array (no other writer).
+static __always_inline void bump(void *map, __u32 key)
 {
-	__u32 key = r;
-	__u64 *n = bpf_map_lookup_elem(&counters, &key);
+	__u64 *n = bpf_map_lookup_elem(map, &key);
 
 	if (n)
-		*n += 1; // per-CPU: no other writer
+		*n += 1;
+}
+
+static __always_inline int count(enum reason r, int verdict)
+{
+	bump(&counters, r);
 	return verdict;
 }
 
@@ -409,15 +414,6 @@ static __always_inline int acl_allows(const struct query *q, __u32 id)
 
 	__builtin_memcpy(k.addr, q->saddr, 16);
 	return bpf_map_lookup_elem(&acl6, &k) != NULL;
-}
-
-static __always_inline void count_answer(enum answer_event e)
-{
-	__u32 key = e;
-	__u64 *n = bpf_map_lookup_elem(&answer_counters, &key);
-
-	if (n)
-		*n += 1;
 }
 
 // barrier_var hides what the compiler knows of v, so that a check on it
@@ -751,9 +747,7 @@ static __always_inline enum answer_event answer(struct xdp_md *ctx, struct query
 	__u16 c = ~fold(sum);
 	udp->check = c ? c : 0xffff;
 
-	__u64 *hits = bpf_map_lookup_elem(&answer_hits, &slot);
-	if (hits)
-		*hits += 1;
+	bump(&answer_hits, slot);
 	return ANSWER_HIT;
 }
 
@@ -781,7 +775,7 @@ int xdp_dns(struct xdp_md *ctx)
 	}
 	if (answers_on && (lv->flags & LISTENER_ANSWERS)) {
 		r = answer(ctx, &q);
-		count_answer(r);
+		bump(&answer_counters, r);
 		if (r == ANSWER_HIT)
 			return count(REASON_TX, XDP_TX);
 		if (r == ANSWER_TORN)

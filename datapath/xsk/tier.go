@@ -491,7 +491,7 @@ func (t *tier) stats() TierStats {
 // exact or not parseable.
 func candidateKey(msg []byte) (bpf.AnswerKey, bool) {
 	var q dnsmsg.Query
-	if !exact(msg) || dnsmsg.Parse(msg, &q) != nil {
+	if !parseExact(msg, &q) {
 		return bpf.AnswerKey{}, false
 	}
 	return bpf.NewAnswerKey(q.Name, q.Type, q.Class, keyFlags(&q))
@@ -520,7 +520,12 @@ func keyFlags(q *dnsmsg.Query) uint8 {
 // fill the map with entries nothing hits.
 func exact(msg []byte) bool {
 	var q dnsmsg.Query
-	if dnsmsg.Parse(msg, &q) != nil || len(q.Name) > bpf.AnswerNameMax {
+	return parseExact(msg, &q)
+}
+
+// parseExact is exact, parsing msg into q.
+func parseExact(msg []byte, q *dnsmsg.Query) bool {
+	if dnsmsg.Parse(msg, q) != nil || len(q.Name) > bpf.AnswerNameMax {
 		return false
 	}
 	if msg[2]&0xfa != 0 || binary.BigEndian.Uint16(msg[10:]) > 1 {
