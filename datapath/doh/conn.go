@@ -352,11 +352,18 @@ func (c *conn) ackNow() {
 	c.sock.rc.Control(setQuickAck)
 }
 
-var one int32 = 1
+// quickAckOnce is TCP_QUICKACK's value that sends the acknowledgement the
+// kernel is holding back and leaves the socket delaying the next ones: an
+// even value puts it back in "pingpong" mode after the ACK (Linux
+// __tcp_sock_set_quickack), where 1 would ACK each following segment at
+// once too. Those extra bare ACKs made a client that keeps Nagle on (dnsdist
+// 1.7's DoH backend) send more and smaller segments (see
+// docs/performance.md).
+var quickAckOnce int32 = 2
 
 // setQuickAck sets TCP_QUICKACK, as a raw system call (see sock).
 func setQuickAck(fd uintptr) {
-	unix.RawSyscall6(unix.SYS_SETSOCKOPT, fd, unix.IPPROTO_TCP, unix.TCP_QUICKACK, uintptr(unsafe.Pointer(&one)), 4, 0)
+	unix.RawSyscall6(unix.SYS_SETSOCKOPT, fd, unix.IPPROTO_TCP, unix.TCP_QUICKACK, uintptr(unsafe.Pointer(&quickAckOnce)), 4, 0)
 }
 
 // readDeadline is the next moment the reader must look up from the
