@@ -26,7 +26,7 @@
 # Knobs (env): DURATION (dnsperf -l, default 5), ONLY (regex on row name), QUIET_WAIT (60),
 #   PIN_SERVER / PIN_LOADGEN / PIN_DNSDIST (taskset -c CPU list for the server under
 #   test, dnsperf/h2load, dnsdist; empty: not pinned),
-#   XDOH_BIN (default bin/xdoh), WORK (/tmp/bench-peers-work), SHARED (../shared),
+#   DNSPERF (the dnsperf binary; default: dnsperf on PATH), XDOH_BIN (default bin/xdoh), WORK (/tmp/bench-peers-work), SHARED (../shared),
 #   GOMAXPROCS (passed through to xdoh).
 # Output: $WORK/results-doh/<stamp>/ table.txt, env.txt, raw dnsperf output per row.
 set -euo pipefail
@@ -36,6 +36,7 @@ WORK=${WORK:-/tmp/bench-peers-work}
 BIN=${XDOH_BIN:-$root/bin/xdoh}
 DURATION=${DURATION:-5}
 ONLY=${ONLY:-}
+DNSPERF=${DNSPERF:-dnsperf}
 pin() { [[ -z $1 ]] || echo taskset -c "$1"; }   # command prefix for an optional CPU pin
 SRVPIN=$(pin "${PIN_SERVER:-}") GENPIN=$(pin "${PIN_LOADGEN:-}") DDPIN=$(pin "${PIN_DNSDIST:-}")
 QUIET_WAIT=${QUIET_WAIT:-60}   # max seconds to wait for a quiet box before each row (0: don't)
@@ -169,7 +170,7 @@ TABLE=$RES/table.txt
   echo "date: $(date -Is)  host: $(uname -srm)  cpus: $(nproc)  GOMAXPROCS=${GOMAXPROCS:-unset}  pins: server=${PIN_SERVER:-} loadgen=${PIN_LOADGEN:-} dnsdist=${PIN_DNSDIST:-}"
   echo "xdoh: $BIN ($(sha256sum "$BIN" | cut -c1-12))"
   echo "named: $(named -v)  dnsdist: $(dnsdist --version | head -1)"
-  echo "dnsperf: $(dnsperf -h 2>&1 | grep -m1 Version)  -l $DURATION -t 2"
+  echo "dnsperf: $DNSPERF, $("$DNSPERF" -h 2>&1 | grep -m1 Version)  -l $DURATION -t 2"
 } | tee "$RES/env.txt" >&2
 printf '%-5s %-5s %-15s %9s %9s %7s %7s %6s %9s %6s %5s %6s\n' \
   server method scenario QPS avg_ms lost NOERR% srv% srv_us/q perf% dd% other% | tee "$TABLE"
@@ -184,7 +185,7 @@ row() {
   local out=$RES/$srv.$meth.$scen.txt args=()
   [[ $scen != chain-* ]] &&
     args=(-m doh -O "doh-uri=https://localhost:$port/dns-query" -O "doh-method=$meth")
-  local cmd=($GENPIN dnsperf -s 127.0.0.1 -p "$port" -d "$qf" -l "$DURATION" -t 2 "${args[@]}" "$@")
+  local cmd=($GENPIN "$DNSPERF" -s 127.0.0.1 -p "$port" -d "$qf" -l "$DURATION" -t 2 "${args[@]}" "$@")
   echo "# ${cmd[*]}" >"$out"
   local s0 s1 d0=0 d1=0 t0 t1 b0 b1
   wait_quiet
