@@ -25,9 +25,9 @@ var errUpTimeout = errors.New("waiting for response: timeout")
 // can. Its answers come from fn, computed when the query is submitted; then
 // they are given inside Submit (inline), after delay, or when released
 // (held). A silent one never answers: only the attempt's timeout ends it.
-// Exchange (the blocking path) answers the same way.
+// Unlike fakeUp it spends no goroutine per query, as upstreams do not.
 type asyncUp struct {
-	fakeUp  // name, fn, calls: blocking exchanges
+	fakeUp  // name, fn
 	submits atomic.Int32
 	failed  atomic.Int32 // submits that ended in an error
 	silent  bool
@@ -41,7 +41,7 @@ type asyncUp struct {
 	once    sync.Once
 }
 
-var _ group.AsyncExchanger = (*asyncUp)(nil)
+var _ group.Exchanger = (*asyncUp)(nil)
 
 func newAsyncUp(f *fakeUp) *asyncUp {
 	return &asyncUp{fakeUp: fakeUp{name: f.name, fn: f.fn}, gate: make(chan struct{})}
@@ -116,19 +116,6 @@ func (u *asyncUp) Submit(query []byte, timeout time.Duration, done func([]byte, 
 		time.AfterFunc(u.delay, func() { finish(resp, err) })
 	}
 	return nil
-}
-
-func (u *asyncUp) Exchange(ctx context.Context, query []byte) ([]byte, error) {
-	if u.held {
-		u.calls.Add(1)
-		select {
-		case <-u.gate:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-		return u.answer(query)
-	}
-	return u.fakeUp.Exchange(ctx, query)
 }
 
 // release answers the held queries, and from now on answers at once.
@@ -385,65 +372,6 @@ func TestResolveAsyncCoalesces(t *testing.T) {
 	idle(t, f)
 	if c := up.submits.Load() + up.calls.Load(); c != 1 {
 		t.Errorf("upstream asked %d times in all, want 1", c)
-	}
-}
-
-// TestResolveAsyncCoalescesWithBlocking: the two paths share flights: a
-// blocked ServeDNS waits on an asynchronous resolution, and an asynchronous
-// query waits on a blocking one.
-func TestResolveAsyncCoalescesWithBlocking(t *testing.T) {
-	for _, tc := range []struct {
-		name          string
-		blockingFirst bool
-	}{
-		{name: "blocking waiter, async leader"},
-		{name: "async waiter, blocking leader", blockingFirst: true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			up := asyncA("up", "192.0.2.6")
-			up.held = true
-			f, err := New(Config{Default: []Target{{Up: up}}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			msg := query(t, "co.example.com.", dns.TypeA, false)
-			var blocking *dns.Msg
-			var wg sync.WaitGroup
-			startBlocking := func() {
-				wg.Go(func() { blocking = serve(t, f, msg, TransportTCP) })
-			}
-			waitFor := func(what string, cond func() bool) {
-				deadline := time.Now().Add(2 * time.Second)
-				for !cond() {
-					if time.Now().After(deadline) {
-						t.Fatalf("waiting for %s", what)
-					}
-					time.Sleep(time.Millisecond)
-				}
-			}
-			var a *asked
-			if tc.blockingFirst {
-				startBlocking()
-				waitFor("the blocking exchange", func() bool { return up.calls.Load() == 1 })
-				a = ask(f, msg)
-			} else {
-				a = ask(f, msg)
-				startBlocking()
-			}
-			waitFor("the second query to coalesce", func() bool { return f.Stats().Coalesced == 1 })
-			up.release()
-			m := a.answer(t, time.Second)
-			wg.Wait()
-			for _, m := range []*dns.Msg{m, blocking} {
-				if m == nil || m.Id != 0xBEEF || firstA(m) != "192.0.2.6" {
-					t.Errorf("answer %v", m)
-				}
-			}
-			if c := up.submits.Load() + up.calls.Load(); c != 1 {
-				t.Errorf("upstream asked %d times, want 1", c)
-			}
-			idle(t, f)
-		})
 	}
 }
 

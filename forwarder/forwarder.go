@@ -11,11 +11,9 @@
 package forwarder
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"hash/maphash"
-	"sync"
 	"time"
 
 	"github.com/miekg/dns"
@@ -26,21 +24,15 @@ import (
 	"xdoh/internal/dnsmsg"
 )
 
-// Exchanger sends one query to one upstream target and returns its response
-// with the query's ID. forwarder/upstream provides DoH and Do53 exchangers.
-type Exchanger interface {
-	Exchange(ctx context.Context, query []byte) ([]byte, error)
-	String() string
-}
-
 // Authority answers queries for a local zone (forwarder/zone).
 type Authority interface {
 	Answer(req *dns.Msg) *dns.Msg
 }
 
-// Target is one upstream of a rule with its own attempt timeout.
+// Target is one upstream of a rule with its own attempt timeout. Up is a
+// forwarder/upstream DoH or Do53 client (or a test's fault injector).
 type Target struct {
-	Up      Exchanger
+	Up      group.Exchanger
 	Timeout time.Duration // per attempt; default Config.TargetTimeout
 }
 
@@ -96,7 +88,6 @@ type Forwarder struct {
 	cfg      Config
 	table    *rules.Table
 	inflight chan struct{}
-	workers  *workers
 	defGroup *group.Group   // the default targets (nil: none)
 	groups   []*group.Group // every group, for health checks
 
@@ -146,7 +137,7 @@ func New(cfg Config) (*Forwarder, error) {
 		}
 		cfg.Counters = NewCounters(names...)
 	}
-	f := &Forwarder{cfg: cfg, table: t, inflight: make(chan struct{}, cfg.MaxInflight), workers: newWorkers(10 * time.Second), seed: maphash.MakeSeed(),
+	f := &Forwarder{cfg: cfg, table: t, inflight: make(chan struct{}, cfg.MaxInflight), seed: maphash.MakeSeed(),
 		c: cfg.Counters, listeners: map[string]listenerInfo{}}
 	for i := range cfg.Listeners {
 		l := &f.cfg.Listeners[i]
@@ -239,84 +230,6 @@ func (f *Forwarder) Hot(r *Request) {
 	}
 }
 
-// pendingRequest is the pipeline's own copy of a request being resolved,
-// with room for a typical query: 152 bytes hold a 12-byte header, a name of
-// up to ~100 bytes and an OPT record with a cookie or a client subnet, and
-// keep the whole copy in the allocator's 576-byte class (it was 1024 with
-// room for 512). A longer query takes a second allocation.
-type pendingRequest struct {
-	Request
-	buf [152]byte
-}
-
-// Resolve resolves upstream a request that Answer could not answer. It copies
-// what it needs from r (the datapath may reuse r and its buffer as soon as
-// Resolve returns), resolves in the background and calls done with the
-// response (done must copy it before returning, and must not block), and
-// returns false. done runs on the goroutine that completed the resolution:
-// an upstream connection's reader when every target can Submit (see
-// resolveAsync), else one of a bounded pool of workers.
-// When the bound on queries in flight is reached it answers SERVFAIL into out
-// at once, counts it, and returns true.
-func (f *Forwarder) Resolve(r *Request, out []byte, done func(resp []byte)) ([]byte, bool) {
-	select {
-	case f.inflight <- struct{}{}:
-	default:
-		f.c.overload.Add(1)
-		f.c.servfail.Add(1)
-		resp := dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeServFail)
-		f.finish(r, resp)
-		return resp, true
-	}
-	// One allocation for the request and, usually, its message.
-	cp := &pendingRequest{Request: *r}
-	ar := &cp.Request
-	if len(r.Msg) <= len(cp.buf) {
-		ar.Msg = append(cp.buf[:0], r.Msg...)
-	} else {
-		ar.Msg = append([]byte(nil), r.Msg...)
-	}
-	ar.Q.Name = ar.Msg[dnsmsg.HeaderLen : dnsmsg.HeaderLen+len(r.Q.Name)] // re-point the view at the copy
-	if f.resolveAsync(ar, done) {
-		return nil, false
-	}
-	f.workers.run(func() {
-		defer func() { <-f.inflight }()
-		ctx, cancel := context.WithTimeout(context.Background(), f.cfg.QueryTimeout)
-		resp := f.slow(ctx, ar, ar.rule, nil)
-		cancel()
-		f.finish(ar, resp)
-		done(resp)
-	})
-	return nil, false
-}
-
-// ServeDNS runs the whole pipeline and blocks until the answer is ready. The
-// response is appended to out[:0]; nil means "send nothing".
-func (f *Forwarder) ServeDNS(ctx context.Context, r *Request, out []byte) []byte {
-	if cap(out) < 65536 {
-		out = make([]byte, 0, 65536)
-	}
-	if resp, ok := f.Answer(r, out[:cap(out)]); ok {
-		return resp
-	}
-	select {
-	case f.inflight <- struct{}{}:
-	default:
-		f.c.overload.Add(1)
-		f.c.servfail.Add(1)
-		resp := dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeServFail)
-		f.finish(r, resp)
-		return resp
-	}
-	defer func() { <-f.inflight }()
-	ctx, cancel := context.WithTimeout(ctx, f.cfg.QueryTimeout)
-	defer cancel()
-	resp := f.slow(ctx, r, r.rule, out[:0])
-	f.finish(r, resp)
-	return resp
-}
-
 // fast answers what needs no upstream. It returns the rule to resolve with
 // (nil: default targets) and false when the query must go upstream.
 func (f *Forwarder) fast(r *Request, out []byte) ([]byte, *Rule, bool) {
@@ -383,39 +296,6 @@ func (f *Forwarder) route(q *dnsmsg.Query) *Rule {
 	return nil
 }
 
-// prefetch refreshes in the background a cache entry that is still being
-// asked for shortly before it expires, so its clients never see the miss. It
-// uses a slot of the in-flight bound only if one is free.
-func (f *Forwarder) prefetch(r *Request) {
-	select {
-	case f.inflight <- struct{}{}:
-	default:
-		return
-	}
-	f.c.prefetches.Add(1)
-	ar := *r
-	ar.Msg = append([]byte(nil), r.Msg...)
-	ar.Q.Name = ar.Msg[dnsmsg.HeaderLen : dnsmsg.HeaderLen+len(r.Q.Name)]
-	f.workers.run(func() {
-		defer func() { <-f.inflight }()
-		rule := f.route(&ar.Q)
-		g := f.defGroup
-		switch {
-		case rule == nil || rule.Type == rules.System:
-		case rule.Type == rules.Forward:
-			g = rule.grp
-		default:
-			return // local answers are not refreshed from upstream
-		}
-		if g == nil {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), f.cfg.QueryTimeout)
-		defer cancel()
-		f.coalesce(ctx, &ar, g) // a good answer lands in the cache
-	})
-}
-
 // answerLocal answers from a local zone. This is the slow path of miekg/dns
 // (unpack, build, pack); the answer is then cached like any other.
 func (f *Forwarder) answerLocal(r *Request, z Authority, out []byte, maxSize int) []byte {
@@ -451,252 +331,6 @@ func (f *Forwarder) truncate(resp []byte, maxSize int) []byte {
 		return dnsmsg.Truncate(resp, maxSize)
 	}
 	return resp
-}
-
-// slow resolves r upstream: the rule's targets in order (default targets when
-// rule is nil), identical queries in flight sharing one exchange. When no
-// target gives a usable answer, a stale cache entry (RFC 8767) is better than
-// the upstream's SERVFAIL/REFUSED, which is better than our own SERVFAIL.
-func (f *Forwarder) slow(ctx context.Context, r *Request, rule *Rule, out []byte) []byte {
-	g := f.defGroup
-	if rule != nil {
-		g = rule.grp
-	}
-	if g == nil {
-		// No rule covers the name and no default is configured: like a
-		// non-recursive server, refuse.
-		return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeRefused)
-	}
-	f.c.forwarded.Add(1)
-	return f.respond(r, f.coalesce(ctx, r, g), out)
-}
-
-// respond turns the outcome of an upstream resolution into r's answer,
-// appended to out[:0].
-func (f *Forwarder) respond(r *Request, res result, out []byte) []byte {
-	r.target = res.target
-	if res.ok {
-		return f.reply(r, res.resp, out)
-	}
-	if f.cfg.Cache != nil {
-		buf := make([]byte, 65536)
-		if resp, ok := f.cfg.Cache.GetStale(&r.Q, buf, r.MaxResponseSize()); ok {
-			f.c.stale.Add(1)
-			return append(out[:0], resp...)
-		}
-	}
-	if res.resp != nil {
-		return f.reply(r, res.resp, out)
-	}
-	f.c.servfail.Add(1)
-	return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeServFail)
-}
-
-// result is the outcome of one upstream resolution: a usable answer (ok), or
-// the best failure an upstream gave (a SERVFAIL/REFUSED response), or nil.
-// resp is shared by every query coalesced onto it: read only.
-type result struct {
-	resp   []byte
-	ok     bool
-	target string // the target that gave resp
-}
-
-// flight is one upstream resolution that identical queries wait on:
-// blocked ones on done, asynchronous ones in waiters. Both are guarded by
-// the shard's mutex while the flight is in the map; done is made by the
-// first blocked waiter (most flights have none) and res is set before it is
-// closed.
-type flight struct {
-	done    chan struct{}
-	res     result
-	waiters []func(result)
-}
-
-const flightShards = 32
-
-type flightShard struct {
-	mu sync.Mutex
-	m  map[string]*flight
-}
-
-// coalesce shares one upstream exchange among identical queries in flight
-// (same name ignoring case, type, class and EDNS flags). The first query
-// resolves; the others wait for it or for their own deadline.
-func (f *Forwarder) coalesce(ctx context.Context, r *Request, g *group.Group) result {
-	var joined *flight
-	var done <-chan struct{}
-	sh, key, fl := f.board(r, func(fl *flight) {
-		if fl.done == nil {
-			fl.done = make(chan struct{}) // the first blocked waiter makes it
-		}
-		joined, done = fl, fl.done
-	})
-	if fl == nil {
-		select {
-		case <-done:
-			return joined.res
-		case <-ctx.Done():
-			return result{}
-		}
-	}
-
-	// The exchange is shared: it must not end because the leader's client
-	// went away (a DoH request context is cancelled when its stream is),
-	// only at the query timeout. Waiters keep their own deadlines.
-	deadline, ok := ctx.Deadline()
-	if !ok {
-		deadline = time.Now().Add(f.cfg.QueryTimeout)
-	}
-	lctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
-	res := f.exchange(lctx, r, g)
-	cancel()
-	sh.land(key, fl, res)
-	return res
-}
-
-// board finds the flight of r's question. If there is one, it calls join
-// with it while the shard is locked, counts r as coalesced and returns a nil
-// flight; otherwise it starts a flight that r leads and returns it with its
-// shard and key, for land.
-func (f *Forwarder) board(r *Request, join func(*flight)) (*flightShard, string, *flight) {
-	var kb [dnsmsg.MaxKeyLen]byte
-	k := dnsmsg.AppendKey(kb[:0], &r.Q)
-	sh := &f.flights[maphash.Bytes(f.seed, k)%flightShards]
-	sh.mu.Lock()
-	if fl := sh.m[string(k)]; fl != nil {
-		join(fl)
-		sh.mu.Unlock()
-		f.c.coalesced.Add(1)
-		return nil, "", nil
-	}
-	key := string(k)
-	fl := &flight{}
-	sh.m[key] = fl
-	sh.mu.Unlock()
-	return sh, key, fl
-}
-
-// land ends flight fl (key in sh) with res and hands res to its waiters.
-func (sh *flightShard) land(key string, fl *flight, res result) {
-	sh.mu.Lock()
-	delete(sh.m, key)
-	fl.res = res
-	waiters := fl.waiters
-	fl.waiters = nil
-	if fl.done != nil {
-		close(fl.done)
-	}
-	sh.mu.Unlock()
-	for _, w := range waiters {
-		w(res)
-	}
-}
-
-// exchange asks the group for an answer (its policy picks the targets,
-// fails over and hedges within ctx). A usable answer (checked against the
-// question by the classifier) is stripped of hop-by-hop EDNS options, marked
-// RA and cached; a
-// SERVFAIL/REFUSED is passed on only when no target did better.
-func (f *Forwarder) exchange(ctx context.Context, r *Request, g *group.Group) result {
-	resp, target, err := g.Exchange(ctx, upstreamQuery(r), f.classifier(r))
-	return f.accept(r, resp, target, err)
-}
-
-// upstreamQuery is the query to send upstream for r: the client's EDNS
-// options (its cookie above all) are for us, not for the upstream.
-func upstreamQuery(r *Request) []byte {
-	if r.Q.HasOPT && r.Q.OPTEnd-r.Q.OPTOff > 11 {
-		return dnsmsg.StripHopOptions(append([]byte(nil), r.Msg...))
-	}
-	return r.Msg
-}
-
-// classifier judges upstream responses to r for the group.
-func (f *Forwarder) classifier(r *Request) func([]byte) group.Verdict {
-	return func(resp []byte) group.Verdict {
-		if _, err := dnsmsg.CheckResponse(resp, &r.Q); err != nil {
-			f.c.upErrs.Add(1) // a broken or mismatched answer: a failure of that target
-			return group.Bad
-		}
-		if rc := dnsmsg.Rcode(resp); rc == dnsmsg.RcodeServFail || rc == dnsmsg.RcodeRefused {
-			f.c.upErrs.Add(1) // this target cannot help; another may
-			return group.Fallback
-		}
-		return group.Good
-	}
-}
-
-// accept turns what the group returned for r into a result: a usable
-// answer is prepared for clients and cached. The group returns only
-// responses its classifier (classifier, above) passed, so resp has already
-// been checked against r's question: one question, r's name (uncompressed,
-// same length) and type and class, records that walk to the end.
-func (f *Forwarder) accept(r *Request, resp []byte, target string, err error) result {
-	if err != nil || resp == nil {
-		return result{}
-	}
-	qend := dnsmsg.HeaderLen + len(r.Q.Name) + 4
-	// The upstream's cookie (and padding) would reach the client as a
-	// cookie mismatch, from the cache even more so: drop them.
-	resp = dnsmsg.StripHopOptions(resp)
-	resp[3] |= byte(dnsmsg.FlagRA) // recursion is what xdoh offers its clients
-	if rc := dnsmsg.Rcode(resp); rc == dnsmsg.RcodeServFail || rc == dnsmsg.RcodeRefused {
-		return result{resp: resp, target: target}
-	}
-	if f.cfg.Cache != nil {
-		f.cfg.Cache.Put(&r.Q, resp, qend)
-	}
-	return result{resp: resp, ok: true, target: target}
-}
-
-// newGroup builds the target group of a rule (or the default), each target
-// wrapped to count its exchanges.
-func (f *Forwarder) newGroup(name string, targets []Target, sel group.Config) (*group.Group, error) {
-	members := make([]group.Member, len(targets))
-	for i, t := range targets {
-		to := t.Timeout
-		if to <= 0 {
-			to = f.cfg.TargetTimeout
-		}
-		ce := &countingExchanger{Exchanger: t.Up, stats: f.c.target(t.Up.String())}
-		var up group.Exchanger = ce
-		if a, ok := t.Up.(group.AsyncExchanger); ok {
-			up = &countingAsync{countingExchanger: ce, async: a}
-		}
-		members[i] = group.Member{Up: up, Timeout: to}
-	}
-	g, err := group.New(members, sel)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
-	return g, nil
-}
-
-// countingExchanger records each exchange with a target in its stats.
-type countingExchanger struct {
-	Exchanger
-	stats *TargetStats
-}
-
-func (c *countingExchanger) Exchange(ctx context.Context, q []byte) ([]byte, error) {
-	start := time.Now()
-	resp, err := c.Exchanger.Exchange(ctx, q)
-	c.stats.record(err == nil, time.Since(start))
-	return resp, err
-}
-
-// countingAsync is a countingExchanger for a target that can Submit.
-type countingAsync struct {
-	*countingExchanger
-	async group.AsyncExchanger
-}
-
-func (c *countingAsync) Submit(q []byte, timeout time.Duration, done func([]byte, error)) group.Canceler {
-	start := time.Now()
-	return c.async.Submit(q, timeout, func(resp []byte, err error) {
-		c.stats.record(err == nil, time.Since(start))
-		done(resp, err)
-	})
 }
 
 // StartHealthChecks starts the active probes of every target group.

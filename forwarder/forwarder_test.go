@@ -15,11 +15,14 @@ import (
 	"github.com/miekg/dns"
 
 	"xdoh/forwarder/cache"
+	"xdoh/forwarder/group"
 	"xdoh/forwarder/rules"
 	"xdoh/forwarder/zone"
 )
 
-// fakeUp is a fault-injection target: it answers from a function.
+// fakeUp is a fault-injection target: it answers from a blocking function
+// of a context, which each Submit runs on a goroutine with a context that
+// ends at the attempt's timeout or when the attempt is cancelled.
 type fakeUp struct {
 	name  string
 	calls atomic.Int32
@@ -27,17 +30,41 @@ type fakeUp struct {
 }
 
 func (f *fakeUp) String() string { return f.name }
-func (f *fakeUp) Exchange(ctx context.Context, query []byte) ([]byte, error) {
+
+func (f *fakeUp) Submit(query []byte, timeout time.Duration, done func([]byte, error)) group.Canceler {
 	f.calls.Add(1)
 	q := new(dns.Msg)
 	if err := q.Unpack(query); err != nil {
-		return nil, err
+		done(nil, err)
+		return nil
 	}
-	r, err := f.fn(ctx, q)
-	if err != nil {
-		return nil, err
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	c := &fakeCall{cancel: cancel}
+	go func() {
+		defer cancel()
+		r, err := f.fn(ctx, q)
+		var resp []byte
+		if err == nil {
+			resp, err = r.Pack()
+		}
+		if c.settled.CompareAndSwap(false, true) {
+			done(resp, err)
+		}
+	}()
+	return c
+}
+
+// fakeCall is one Submit of a fakeUp: the first of its answer and its
+// Cancel wins.
+type fakeCall struct {
+	cancel  context.CancelFunc
+	settled atomic.Bool
+}
+
+func (c *fakeCall) Cancel() {
+	if c.settled.CompareAndSwap(false, true) {
+		c.cancel()
 	}
-	return r.Pack()
 }
 
 // answerA answers every A query with ip, TTL 300.

@@ -15,8 +15,7 @@ import (
 // forwarder/upstream's ErrTimeout, it does not wrap the context's error).
 var errTimeout = errors.New("waiting for response: timeout")
 
-// behaviour is what an afake does with each query, through Submit and
-// Exchange alike.
+// behaviour is what an afake does with each query.
 type behaviour struct {
 	resp   string        // the response, when err is nil
 	err    error         // the error to fail with
@@ -41,11 +40,12 @@ func (b behaviour) result() ([]byte, error) {
 	return []byte(b.resp), nil // done owns the response
 }
 
-// afake is a programmable AsyncExchanger. It keeps the timeout and the
+// afake is a programmable Exchanger that answers from timers, without a
+// goroutine per query, as forwarder/upstream's do. It keeps the timeout and the
 // stack depth of each Submit.
 type afake struct {
 	name                string
-	submits, exchanges  atomic.Int64
+	submits             atomic.Int64
 	cancels             atomic.Int64 // Submits cancelled before they answered
 	mu                  sync.Mutex
 	b                   behaviour
@@ -55,7 +55,7 @@ type afake struct {
 	badTimeout, badCopy atomic.Bool
 }
 
-var _ AsyncExchanger = (*afake)(nil)
+var _ Exchanger = (*afake)(nil)
 
 func newAsync(name string, b behaviour) *afake { return &afake{name: name, b: b} }
 
@@ -113,27 +113,6 @@ func (f *afake) Submit(q []byte, timeout time.Duration, done0 func([]byte, error
 		<-b.holdSubmit // Submit returns late: its attempt may be overtaken first
 	}
 	return call
-}
-
-func (f *afake) Exchange(ctx context.Context, _ []byte) ([]byte, error) {
-	f.exchanges.Add(1)
-	f.mu.Lock()
-	b := f.b
-	f.mu.Unlock()
-	if b.never {
-		<-ctx.Done()
-		return nil, ctx.Err()
-	}
-	if b.delay > 0 {
-		t := time.NewTimer(b.delay)
-		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
-	return b.result()
 }
 
 func (f *afake) attemptTimeouts() []time.Duration {
@@ -195,15 +174,10 @@ func (c *asyncCall) wait(t *testing.T, limit time.Duration) {
 	}
 }
 
-// sentinels are the errors whose presence Exchange and ExchangeAsync must
-// agree on.
-var sentinels = []error{ErrNoAnswer, ErrRejected, errDown, context.DeadlineExceeded}
-
-// TestExchangeAsyncMatchesExchange runs each case through Exchange and
-// ExchangeAsync on fresh fakes that behave alike, with hedging off and with
-// a hedge that never fires, and checks both give the expected answer and
-// leave the same health records.
-func TestExchangeAsyncMatchesExchange(t *testing.T) {
+// TestExchangeAsyncCases runs each case through ExchangeAsync with hedging
+// off and with a hedge that never fires, and checks the answer, the error
+// and the health records it leaves.
+func TestExchangeAsyncCases(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		bs       []behaviour
@@ -259,64 +233,35 @@ func TestExchangeAsyncMatchesExchange(t *testing.T) {
 					deadline = time.Second
 				}
 				names := "abcdefgh"
-				var sf, af []*afake
+				var af []*afake
 				for i, b := range tc.bs {
-					sf = append(sf, newAsync(names[i:i+1], b))
 					af = append(af, newAsync(names[i:i+1], b))
 				}
-				sg := mustNew(t, asyncMembers(tc.timeouts, sf...), Config{HedgeDelay: m.hedge})
 				ag := mustNew(t, asyncMembers(tc.timeouts, af...), Config{HedgeDelay: m.hedge})
-				if !ag.CanSubmit() {
-					t.Fatal("CanSubmit false for a group of AsyncExchangers")
-				}
-
-				ctx, cancel := context.WithTimeout(context.Background(), deadline)
-				sresp, sfrom, serr := sg.Exchange(ctx, []byte("q"), classify)
-				cancel()
 				c := startAsync(ag, []byte("q"), deadline)
 				c.wait(t, deadline+time.Second)
 
-				for _, r := range []struct {
-					path string
-					resp []byte
-					from string
-					err  error
-				}{{"Exchange", sresp, sfrom, serr}, {"ExchangeAsync", c.resp, c.from, c.err}} {
-					if string(r.resp) != tc.want || r.from != tc.wantFrom || (r.err == nil) != (tc.wantErrs == nil) {
-						t.Errorf("%s: got %q from %q, %v; want %q from %q, errors %v", r.path, r.resp, r.from, r.err, tc.want, tc.wantFrom, tc.wantErrs)
-					}
-					for _, e := range tc.wantErrs {
-						if !errors.Is(r.err, e) {
-							t.Errorf("%s: error %v does not wrap %v", r.path, r.err, e)
-						}
-					}
+				if string(c.resp) != tc.want || c.from != tc.wantFrom || (c.err == nil) != (tc.wantErrs == nil) {
+					t.Errorf("got %q from %q, %v; want %q from %q, errors %v", c.resp, c.from, c.err, tc.want, tc.wantFrom, tc.wantErrs)
 				}
-				for _, e := range sentinels {
-					if errors.Is(serr, e) != errors.Is(c.err, e) {
-						t.Errorf("Exchange's error %v and ExchangeAsync's %v disagree on %v", serr, c.err, e)
+				for _, e := range tc.wantErrs {
+					if !errors.Is(c.err, e) {
+						t.Errorf("error %v does not wrap %v", c.err, e)
 					}
 				}
 				if limit := deadline + 100*time.Millisecond; c.took > limit {
 					t.Errorf("ExchangeAsync answered after %v, beyond the deadline %v", c.took, deadline)
 				}
 
-				ss, as := sg.States(), ag.States()
-				for i := range as {
-					s, a := ss[i], as[i]
+				for i, a := range ag.States() {
 					if a.Attempts != tc.attempts[i] || a.Failures != tc.failures[i] {
 						t.Errorf("%s: %d attempts, %d failures; want %d, %d", a.Target, a.Attempts, a.Failures, tc.attempts[i], tc.failures[i])
 					}
-					if s.Up != a.Up || s.Attempts != a.Attempts || s.Failures != a.Failures || s.Hedges != a.Hedges || (s.EWMA == 0) != (a.EWMA == 0) {
-						t.Errorf("%s: Exchange left %+v, ExchangeAsync %+v", a.Target, s, a)
-					}
-					if n := af[i].exchanges.Load(); n != 0 {
-						t.Errorf("%s: %d blocking exchanges on the async path", a.Target, n)
+					if a.Hedges != 0 || !a.Up {
+						t.Errorf("%s: left %+v", a.Target, a)
 					}
 					if af[i].badTimeout.Load() || af[i].badCopy.Load() {
 						t.Errorf("%s: submitted with a timeout <= 0, or the query changed before done", a.Target)
-					}
-					if sf[i].submits.Load() != 0 {
-						t.Errorf("%s: Exchange submitted", a.Target)
 					}
 				}
 				time.Sleep(10 * time.Millisecond) // room for a second call
@@ -399,27 +344,18 @@ func TestExchangeAsyncDeadline(t *testing.T) {
 }
 
 // TestExchangeAsyncPastDeadline: a query whose deadline has passed already
-// gets its error at once and sends nothing, on every path, as Exchange
-// with a done context does.
+// gets its error at once and sends nothing.
 func TestExchangeAsyncPastDeadline(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		hedge time.Duration
-		mixed bool
 	}{
 		{name: "chained", hedge: -1},
 		{name: "chained, hedgeable", hedge: time.Millisecond},
-		{name: "mixed group", hedge: -1, mixed: true},
-		{name: "mixed group, hedgeable", hedge: time.Millisecond, mixed: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a, b := newAsync("a", good()), newAsync("b", good())
-			ms := asyncMembers(nil, a, b)
-			plain := newFake("p", answer(0, "G"))
-			if tc.mixed {
-				ms = append(ms, Member{Up: plain})
-			}
-			g := mustNew(t, ms, Config{HedgeDelay: tc.hedge})
+			g := mustNew(t, asyncMembers(nil, a, b), Config{HedgeDelay: tc.hedge})
 			c := startAsync(g, []byte("q"), -time.Millisecond)
 			c.wait(t, time.Second)
 			if !errors.Is(c.err, ErrNoAnswer) || !errors.Is(c.err, context.DeadlineExceeded) {
@@ -431,7 +367,7 @@ func TestExchangeAsyncPastDeadline(t *testing.T) {
 					t.Errorf("%s: %d attempts for a query past its deadline, want 0", s.Target, s.Attempts)
 				}
 			}
-			if n := a.submits.Load() + a.exchanges.Load() + b.submits.Load() + b.exchanges.Load() + plain.calls.Load(); n != 0 {
+			if n := a.submits.Load() + b.submits.Load(); n != 0 {
 				t.Errorf("%d queries sent upstream past the deadline", n)
 			}
 		})
@@ -472,18 +408,14 @@ func TestExchangeAsyncInline(t *testing.T) {
 	}
 }
 
-// TestExchangeAsyncPaths: a group of AsyncExchangers is driven through
-// Submit, hedging included; a group with a target that cannot Submit runs
-// Exchange on a goroutine. Either way the caller is not blocked, and hedging
-// follows the rules of Exchange: a hedge needs a second target up and
-// budget.
+// TestExchangeAsyncPaths: the caller is not blocked, and a hedge needs a
+// second target up and budget.
 func TestExchangeAsyncPaths(t *testing.T) {
 	ms := time.Millisecond
 	for _, tc := range []struct {
 		name     string
 		hedge    time.Duration
 		aTimeout time.Duration // a answers after 80ms; default timeout 1s
-		mixed    bool          // b cannot Submit
 		bDown    bool
 		noTokens bool
 		wantFrom string
@@ -495,8 +427,6 @@ func TestExchangeAsyncPaths(t *testing.T) {
 		{name: "adaptive hedge", hedge: 0, aTimeout: 60 * ms, wantFrom: "b", hedges: 1},
 		{name: "hedge target down", hedge: 5 * ms, bDown: true, wantFrom: "a"},
 		{name: "no hedge budget", hedge: 5 * ms, noTokens: true, wantFrom: "a"},
-		{name: "mixed group", hedge: -1, mixed: true, wantFrom: "a"},
-		{name: "mixed group, hedged", hedge: 5 * ms, mixed: true, wantFrom: "b", hedges: 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a := newAsync("a", after(80*ms, good()))
@@ -506,15 +436,7 @@ func TestExchangeAsyncPaths(t *testing.T) {
 				aTimeout = time.Second
 			}
 			members := []Member{{Up: a, Timeout: aTimeout}, {Up: b, Timeout: time.Second}}
-			var plain *fake
-			if tc.mixed {
-				plain = newFake("b", answer(0, "G"))
-				members[1].Up = plain
-			}
 			g := mustNew(t, members, Config{HedgeDelay: tc.hedge})
-			if g.CanSubmit() == tc.mixed {
-				t.Fatalf("CanSubmit %v for a group with a target that cannot Submit: %v", g.CanSubmit(), tc.mixed)
-			}
 			if tc.bDown {
 				g.targets[1].healthy.Store(false)
 			}
@@ -535,12 +457,8 @@ func TestExchangeAsyncPaths(t *testing.T) {
 				t.Errorf("b hedged to %d times, want %d", h, tc.hedges)
 			}
 			time.Sleep(time.Until(start.Add(100 * ms))) // a's late answer, if any, has come
-			submits, exchanges := a.submits.Load()+b.submits.Load(), a.exchanges.Load()+b.exchanges.Load()
-			if plain != nil {
-				exchanges += plain.calls.Load()
-			}
-			if tc.mixed != (exchanges > 0) || tc.mixed == (submits > 0) {
-				t.Errorf("%d submits, %d exchanges; want only %s", submits, exchanges, map[bool]string{false: "submits", true: "exchanges"}[tc.mixed])
+			if n, want := b.submits.Load(), int64(tc.hedges); n != want {
+				t.Errorf("b asked %d times, want %d", n, want)
 			}
 			if n := c.calls.Load(); n != 1 {
 				t.Errorf("done called %d times, want once", n)
@@ -633,7 +551,7 @@ func TestExchangeAsyncHedgeTimerRearm(t *testing.T) {
 			if err != nil || string(resp) != "G" || from != "b" {
 				t.Errorf("got %q from %q, %v; want G from b", resp, from, err)
 			}
-			if n := c.submits.Load() + c.exchanges.Load(); n != 0 {
+			if n := c.submits.Load(); n != 0 {
 				t.Errorf("c asked %d times: b was hedged before its hedge delay", n)
 			}
 		})
@@ -674,46 +592,27 @@ func TestExchangeAsyncHedgeBudget(t *testing.T) {
 	}
 }
 
-// TestExchangeAsyncNoGoroutinePerQuery: queries waiting on targets that can
-// Submit hold no goroutine, hedged or not; with a target that cannot, each
-// holds one, blocked in Exchange.
+// TestExchangeAsyncNoGoroutinePerQuery: queries waiting on their targets
+// hold no goroutine, hedged or not.
 func TestExchangeAsyncNoGoroutinePerQuery(t *testing.T) {
 	const n = 200
 	for _, tc := range []struct {
 		name  string
 		hedge time.Duration
-		mixed bool
 	}{
 		{name: "chained", hedge: -1},
 		{name: "hedged", hedge: 5 * time.Millisecond},
-		{name: "mixed group", hedge: -1, mixed: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a, b := newAsync("a", silent()), newAsync("b", silent())
-			members := asyncMembers(nil, a, b)
-			if tc.mixed {
-				members[1].Up = newFake("b", hang)
-			}
-			g := mustNew(t, members, Config{HedgeDelay: tc.hedge, HedgeBudget: 1})
+			g := mustNew(t, asyncMembers(nil, a, b), Config{HedgeDelay: tc.hedge, HedgeBudget: 1})
 			base := runtime.NumGoroutine()
 			calls := make([]*asyncCall, n)
 			for i := range calls {
 				calls[i] = startAsync(g, []byte("q"), 400*time.Millisecond)
 			}
 			time.Sleep(20 * time.Millisecond) // the hedges have gone out
-			if tc.mixed {
-				// Each query's goroutine is blocked in a's Exchange.
-				deadline := time.Now().Add(300 * time.Millisecond)
-				for a.exchanges.Load() < n && time.Now().Before(deadline) {
-					time.Sleep(time.Millisecond)
-				}
-				if e := a.exchanges.Load(); e != n {
-					t.Errorf("%d exchanges blocked, want %d", e, n)
-				}
-				if got := runtime.NumGoroutine() - base; got < n-10 {
-					t.Errorf("%d more goroutines with %d queries waiting on a blocking target, want about %d", got, n, n)
-				}
-			} else if got := goroutinesAbove(base, 10, 150*time.Millisecond); got > 10 {
+			if got := goroutinesAbove(base, 10, 150*time.Millisecond); got > 10 {
 				t.Errorf("%d more goroutines with %d queries waiting, want at most 10", got, n)
 			}
 			for _, c := range calls {

@@ -4,15 +4,15 @@
 //
 // It follows the split CoreDNS makes between plugin/pkg/proxy (one upstream:
 // its connections, its transport) and plugin/forward (policy and retry among
-// upstreams). A target here is anything with Exchange and String, so the
-// forwarder/upstream DoH and Do53 clients plug in as they are, and tests plug
-// in fakes. The package knows nothing about DNS answers beyond the [Verdict]
+// upstreams). A target here is anything with Submit and String
+// ([Exchanger]), so the forwarder/upstream DoH and Do53 clients plug in as
+// they are, and tests plug in fakes. The package knows nothing about DNS answers beyond the [Verdict]
 // that the caller's classify function gives each response; it only builds
 // DNS messages for its health probes.
 //
 // # Selection
 //
-// Every [Group.Exchange] computes an order of targets: the healthy targets
+// Every query ([Group.ExchangeAsync]) computes an order of targets: the healthy targets
 // arranged by the [Policy], then the targets that are down, in configured
 // order, as a last resort. So a query is never failed without trying when
 // every target is down, and a down target is only tried after every healthy
@@ -29,8 +29,8 @@
 //     gets the chance to show that it is fast again.
 //
 // Targets are tried one after the other; each attempt is bounded by the
-// member's Timeout and by the caller's context, and Exchange never runs past
-// the context. A response judged [Good] ends the query at once. A [Fallback]
+// member's Timeout and by the query's deadline, and the query ends by its
+// deadline. A response judged [Good] ends the query at once. A [Fallback]
 // response (SERVFAIL, REFUSED) is kept, and returned only if no target gives
 // a Good one. A [Bad] response (malformed, mismatched) counts as a failure.
 //
@@ -83,22 +83,14 @@
 //
 // # Cost
 //
-// A query that cannot be hedged (hedging off, budget spent, fewer than two
-// healthy targets) runs its attempts on the caller's goroutine. A query that
-// may be hedged runs each attempt on its own goroutine, which reports on a
-// result channel with room for both possible attempts, so an attempt that
-// finishes after Exchange has returned never blocks; Exchange cancels the
-// attempts it abandons and copies the query first, so the caller may reuse
-// its buffer as soon as Exchange returns. The hot path takes one short
-// per-target mutex per answer and otherwise uses atomics.
-//
-// [Group.ExchangeAsync] runs the same policy, failover and hedging without a
-// goroutine when every target can Submit ([AsyncExchanger], as DoH and
-// Do53 upstreams can): each attempt is started by the callback of the one before
-// or by a hedge timer (time.AfterFunc), and the callback that settles the
-// query calls the caller's. The attempt a Good answer overtook is
-// cancelled through the Canceler its Submit returned (an open DoH stream is
-// reset, a Do53 query's ID withdrawn), as Exchange cancels the loser's
-// context, so that it does not hold a stream until its timeout; were its
-// callback already on its way, it is ignored.
+// A query holds no goroutine: each attempt is started by the callback of
+// the one before (Submit's done) or by the hedge timer (time.AfterFunc), and
+// the callback that settles the query calls the caller's. The attempt a Good
+// answer overtook is cancelled through the Canceler its Submit returned (an
+// open DoH stream is reset, a Do53 query's ID withdrawn), so that it does
+// not hold a stream until its timeout; were its callback already on its
+// way, it is ignored. The hot path takes the query's own mutex, one short
+// per-target mutex per answer, and otherwise atomics. [Group.Exchange] is
+// the same for a caller that waits (tools, tests): ExchangeAsync and a
+// channel, cancelling the query when the caller's context ends.
 package group

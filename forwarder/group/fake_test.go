@@ -1,6 +1,7 @@
 package group
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"sync"
@@ -10,8 +11,10 @@ import (
 	"github.com/miekg/dns"
 )
 
-// fake is a programmable Exchanger. Its behaviour can be changed while it
-// is in use.
+// fake is a programmable Exchanger whose behaviour is a blocking function
+// of a context: each Submit runs it on a goroutine, with a context that
+// ends at the attempt's timeout or when the attempt is cancelled. Its
+// behaviour can be changed while it is in use.
 type fake struct {
 	name  string
 	calls atomic.Int64
@@ -26,12 +29,38 @@ func newFake(name string, fn func(ctx context.Context, q []byte) ([]byte, error)
 
 func (f *fake) String() string { return f.name }
 
-func (f *fake) Exchange(ctx context.Context, q []byte) ([]byte, error) {
+func (f *fake) Submit(q []byte, timeout time.Duration, done func([]byte, error)) Canceler {
 	f.calls.Add(1)
 	f.mu.Lock()
 	fn := f.fn
 	f.mu.Unlock()
-	return fn(ctx, q)
+	ctx, cancel := context.WithCancel(context.Background())
+	if timeout > 0 {
+		ctx, cancel = context.WithTimeout(context.Background(), timeout)
+	}
+	c := &fakeCall{cancel: cancel}
+	q = bytes.Clone(q)
+	go func() {
+		resp, err := fn(ctx, q)
+		cancel()
+		if c.settled.CompareAndSwap(false, true) {
+			done(resp, err)
+		}
+	}()
+	return c
+}
+
+// fakeCall is one Submit of a fake: the first of its answer and its
+// Cancel wins.
+type fakeCall struct {
+	cancel  context.CancelFunc
+	settled atomic.Bool
+}
+
+func (c *fakeCall) Cancel() {
+	if c.settled.CompareAndSwap(false, true) {
+		c.cancel()
+	}
 }
 
 func (f *fake) set(fn func(ctx context.Context, q []byte) ([]byte, error)) {

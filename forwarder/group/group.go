@@ -11,13 +11,23 @@ import (
 	"github.com/miekg/dns"
 )
 
-// Exchanger sends one query to one target and returns the response carrying
-// the query's ID. It honours ctx and does not retain query.
-// forwarder/upstream's Upstream satisfies it.
+// Exchanger sends queries to one target without blocking its caller
+// (forwarder/upstream's DoH and Do53 upstreams are Exchangers). Submit
+// calls done exactly once, within timeout (0: the target's own limit),
+// with the response carrying the query's ID or an error, unless the query
+// is cancelled. It does not retain query; done must not block and owns the
+// response. The Canceler it returns (nil if done has already been called;
+// non-nil does not promise it has not) abandons the query, freeing what it
+// holds upstream; done is then not called unless it already has been or is
+// being called. Cancel must not be called with a lock that done takes.
 type Exchanger interface {
-	Exchange(ctx context.Context, query []byte) ([]byte, error)
+	Submit(query []byte, timeout time.Duration, done func(resp []byte, err error)) Canceler
 	String() string
 }
+
+// Canceler abandons a submitted query. An alias of the interface literal,
+// so that forwarder/upstream's own alias of it is the same type.
+type Canceler = interface{ Cancel() }
 
 // Verdict is the caller's judgement of one response.
 type Verdict uint8
@@ -127,7 +137,6 @@ type Group struct {
 	tokens   atomic.Int64  // hedge budget, in tokenUnit per hedge
 	tokenAdd int64         // earned per query
 	probeMsg []byte        // packed probe query, ID to be set
-	async    bool          // every target is an AsyncExchanger
 
 	mu     sync.Mutex // guards the prober's lifecycle
 	stop   context.CancelFunc
@@ -195,7 +204,6 @@ func New(members []Member, cfg Config) (*Group, error) {
 	g := &Group{cfg: cfg, now: cfg.Now, probeMsg: probeMsg,
 		tokenAdd: int64(cfg.HedgeBudget * tokenUnit)}
 	g.tokens.Store(tokenUnit)
-	g.async = true
 	for i, m := range members {
 		if m.Up == nil {
 			return nil, fmt.Errorf("building group: members[%d]: no upstream", i)
@@ -204,9 +212,7 @@ func New(members []Member, cfg Config) (*Group, error) {
 			return nil, fmt.Errorf("building group: members[%d] (%s): negative timeout %v", i, m.Up, m.Timeout)
 		}
 		t := &target{up: m.Up, name: m.Up.String(), timeout: m.Timeout}
-		t.async, _ = m.Up.(AsyncExchanger)
 		t.healthy.Store(true)
-		g.async = g.async && t.async != nil
 		g.targets = append(g.targets, t)
 	}
 	return g, nil
@@ -224,67 +230,40 @@ func (g *Group) States() []State {
 	return out
 }
 
-// Exchange sends query to the group's targets and returns the first Good
-// response, or the first Fallback one when no target gives a Good one, with
-// the target that gave it. When none answers it returns an error wrapping
-// ErrNoAnswer, the last error and, if the context ended the query, the
-// context's error; target is then the last target tried. Targets are tried
-// healthy ones first, per the policy, then down ones; a failed attempt
-// moves on to the next target at once, a slow one may be hedged. Exchange
-// returns when the context ends at the latest.
-//
-// classify judges each response (nil: every response is Good); it is called
-// on the caller's goroutine, never after Exchange has returned. query is not
-// retained.
+// Exchange is ExchangeAsync for a caller that waits: it returns what
+// ExchangeAsync would pass to done, or, when ctx ends first, abandons the
+// query (its attempts are cancelled and count for nothing) and returns an
+// error wrapping ErrNoAnswer and ctx's error. The query's deadline is ctx's
+// (none: each attempt is bounded by its member's timeout alone).
+// classify may run on another goroutine, but never after Exchange has
+// returned.
 func (g *Group) Exchange(ctx context.Context, query []byte, classify func([]byte) Verdict) (resp []byte, target string, err error) {
 	if err := ctx.Err(); err != nil {
 		return nil, "", fmt.Errorf("%w: %w", ErrNoAnswer, err)
 	}
-	if classify == nil {
-		classify = allGood
+	type outcome struct {
+		resp   []byte
+		target string
+		err    error
 	}
-	var buf [maxStackTargets]int
-	order, nUp := g.order(buf[:0])
-	if g.cfg.HedgeDelay >= 0 {
-		g.earn()
-		if nUp >= 2 && g.tokens.Load() >= tokenUnit {
-			c := call{g: g, ctx: ctx, query: append([]byte(nil), query...), nUp: nUp}
-			return c.run(order, classify)
+	ch := make(chan outcome, 1)
+	deadline, _ := ctx.Deadline()
+	c := g.start(query, deadline, classify, true, func(resp []byte, target string, err error) {
+		ch <- outcome{resp, target, err}
+	})
+	select {
+	case o := <-ch:
+		return o.resp, o.target, o.err
+	case <-ctx.Done():
+		if !c.Cancel() { // done has been called: its outcome stands
+			o := <-ch
+			return o.resp, o.target, o.err
 		}
+		return nil, c.tried(), fmt.Errorf("%w: %w", ErrNoAnswer, ctx.Err())
 	}
-	return g.serial(ctx, query, order, classify)
 }
 
 func allGood([]byte) Verdict { return Good }
-
-// serial tries the targets in order on the caller's goroutine.
-func (g *Group) serial(ctx context.Context, query []byte, order []int, classify func([]byte) Verdict) ([]byte, string, error) {
-	var o outcome
-	for _, i := range order {
-		if ctx.Err() != nil {
-			break
-		}
-		t := g.targets[i]
-		actx, cancel := ctx, context.CancelFunc(nil)
-		if t.timeout > 0 {
-			actx, cancel = context.WithTimeout(ctx, t.timeout)
-		}
-		t.attempts.Add(1)
-		o.tried = t.name
-		start := g.now()
-		resp, err := t.up.Exchange(actx, query)
-		rtt := g.now().Sub(start)
-		if cancel != nil {
-			cancel()
-		}
-		v, err := g.settle(ctx.Err() != nil, t, resp, err, rtt, classify)
-		if v == Good {
-			return resp, t.name, nil
-		}
-		o.add(t, v, resp, err)
-	}
-	return o.result(ctx.Err())
-}
 
 // settle judges one finished attempt and records it in its target's health.
 // It returns Bad with the error for a failure.
@@ -363,13 +342,8 @@ func (g *Group) spend() bool {
 	}
 }
 
-// hedgeDelay is how long a query waits for t before hedging.
-func (g *Group) hedgeDelay(ctx context.Context, t *target) time.Duration {
-	dl, ok := ctx.Deadline()
-	return g.hedgeDelayUntil(dl, ok, t)
-}
-
-// hedgeDelayUntil is hedgeDelay for a query ending at dl (if ok).
+// hedgeDelayUntil is how long a query ending at dl (if ok) waits for t
+// before hedging.
 func (g *Group) hedgeDelayUntil(dl time.Time, ok bool, t *target) time.Duration {
 	if g.cfg.HedgeDelay > 0 {
 		return g.cfg.HedgeDelay

@@ -1,7 +1,6 @@
 package group
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,13 +12,14 @@ import (
 	"time"
 )
 
-// modes runs a test on both paths of Exchange: serial (hedging off) and the
-// hedge-capable call path (a hedge delay so long that it never fires).
+// modes runs a test with hedging off and with a query that may be hedged
+// (a hedge delay so long that it never fires: the hedge timer is armed and
+// the attempts' Cancelers kept).
 var modes = []struct {
 	name  string
 	hedge time.Duration
 }{
-	{"serial", -1},
+	{"unhedged", -1},
 	{"hedgeable", time.Hour},
 }
 
@@ -458,9 +458,13 @@ func TestAdaptiveHedgeDelay(t *testing.T) {
 			tg.succeeded(d, 1, false)
 		}
 	}
+	delay := func(g *Group, ctx context.Context, t *target) time.Duration {
+		dl, ok := ctx.Deadline()
+		return g.hedgeDelayUntil(dl, ok, t)
+	}
 	check := func(what string, ctx context.Context, lo, hi time.Duration) {
 		t.Helper()
-		if d := g.hedgeDelay(ctx, tg); d < lo || d > hi {
+		if d := delay(g, ctx, tg); d < lo || d > hi {
 			t.Errorf("%s: hedge delay %v, want in [%v, %v]", what, d, lo, hi)
 		}
 	}
@@ -478,12 +482,12 @@ func TestAdaptiveHedgeDelay(t *testing.T) {
 	check("short context: half of it", ctx, 40*time.Millisecond, 50*time.Millisecond)
 
 	g2 := mustNew(t, members(0, a), Config{})
-	check2 := g2.hedgeDelay(bg, g2.targets[0])
+	check2 := delay(g2, bg, g2.targets[0])
 	if check2 != hedgeUnknown {
 		t.Errorf("unbounded, no samples: %v, want %v", check2, hedgeUnknown)
 	}
 	g3 := mustNew(t, members(0, a), Config{HedgeDelay: 7 * time.Millisecond})
-	if d := g3.hedgeDelay(bg, g3.targets[0]); d != 7*time.Millisecond {
+	if d := delay(g3, bg, g3.targets[0]); d != 7*time.Millisecond {
 		t.Errorf("fixed: %v, want 7ms", d)
 	}
 }
@@ -598,33 +602,6 @@ func TestCallerCancels(t *testing.T) {
 	}
 }
 
-// TestLateAttempt: a loser that ignores cancellation finishes after
-// Exchange has returned; it must not block, nor see the caller's buffer
-// reused.
-func TestLateAttempt(t *testing.T) {
-	base := runtime.NumGoroutine()
-	var bad atomic.Bool
-	a := newFake("a", func(_ context.Context, q []byte) ([]byte, error) {
-		want := string(q)
-		time.Sleep(50 * time.Millisecond) // ignores ctx
-		if string(q) != want {
-			bad.Store(true)
-		}
-		return []byte("G"), nil
-	})
-	b := newFake("b", answer(0, "G"))
-	g := mustNew(t, members(time.Second, a, b), Config{HedgeDelay: 5 * time.Millisecond})
-	query := []byte("query")
-	if _, from, err := g.Exchange(context.Background(), query, classify); err != nil || from != "b" {
-		t.Fatalf("from %q, %v; want b", from, err)
-	}
-	copy(query, "xxxxx")
-	waitGoroutines(t, base)
-	if bad.Load() {
-		t.Error("the late attempt saw the caller's buffer change")
-	}
-}
-
 // TestNoGoroutineLeak runs many queries of every kind at once and checks
 // that no goroutine outlives them.
 func TestNoGoroutineLeak(t *testing.T) {
@@ -701,41 +678,5 @@ func waitGoroutines(t *testing.T, base int) {
 			t.Fatalf("%d goroutines, want %d:\n%s", runtime.NumGoroutine(), base, buf[:runtime.Stack(buf, true)])
 		}
 		time.Sleep(time.Millisecond)
-	}
-}
-
-var sink []byte
-
-func BenchmarkExchange(b *testing.B) {
-	query := bytes.Repeat([]byte{'q'}, 40)
-	for _, bc := range []struct {
-		name  string
-		hedge time.Duration
-	}{
-		{"serial", -1},   // hedging off: attempts on the caller's goroutine
-		{"hedgeable", 0}, // adaptive hedging: attempt goroutine, timer
-	} {
-		for _, p := range []Policy{Ordered, RoundRobin, Fastest} {
-			good := []byte("G")
-			fast := func(context.Context, []byte) ([]byte, error) { return good, nil }
-			fs := []*fake{newFake("a", fast), newFake("b", fast), newFake("c", fast)}
-			g := mustNew(b, members(time.Second, fs...), Config{Policy: p, HedgeDelay: bc.hedge})
-			b.Run(bc.name+"/"+p.String(), func(b *testing.B) {
-				b.ReportAllocs()
-				ctx := context.Background()
-				for b.Loop() {
-					sink, _, _ = g.Exchange(ctx, query, classify)
-				}
-			})
-			b.Run(bc.name+"/"+p.String()+"/parallel", func(b *testing.B) {
-				b.ReportAllocs()
-				b.RunParallel(func(pb *testing.PB) {
-					ctx := context.Background()
-					for pb.Next() {
-						g.Exchange(ctx, query, classify)
-					}
-				})
-			})
-		}
 	}
 }

@@ -10,7 +10,6 @@ import (
 // target is one member with its health.
 type target struct {
 	up      Exchanger
-	async   AsyncExchanger // up, if it can Submit; else nil
 	name    string
 	timeout time.Duration
 

@@ -33,15 +33,28 @@ func (g *Group) probe(ctx context.Context, t *target) {
 	if t.timeout > 0 && t.timeout < to {
 		to = t.timeout
 	}
-	pctx, cancel := context.WithTimeout(ctx, to)
+	type answer struct {
+		resp []byte
+		err  error
+	}
+	ch := make(chan answer, 1)
 	start := g.now()
-	resp, err := t.up.Exchange(pctx, q)
+	h := t.up.Submit(q, to, func(resp []byte, err error) { ch <- answer{resp, err} })
+	var a answer
+	select {
+	case a = <-ch:
+	case <-ctx.Done():
+		// Closing: the probe was cut short, it says nothing.
+		if h != nil {
+			h.Cancel()
+		}
+		return
+	}
 	rtt := g.now().Sub(start)
-	cancel()
 	switch {
 	case ctx.Err() != nil:
-		// Closing: the probe was cut short, it says nothing.
-	case err == nil && probeAnswered(q, resp):
+		// Closing: as above.
+	case a.err == nil && probeAnswered(q, a.resp):
 		t.succeeded(rtt, g.cfg.RecoverAfter, true)
 	default:
 		t.failed(g.cfg.FailAfter)

@@ -2,58 +2,46 @@ package group
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"time"
 )
 
-// AsyncExchanger is an Exchanger that can also exchange without blocking
-// its caller (forwarder/upstream's DoH and Do53 do): Submit calls done
-// exactly once, within timeout, with the response carrying the query's ID
-// or an error, unless the query is cancelled. It does not retain query;
-// done must not block and owns the response. The Canceler it returns (nil
-// if done has already been called; non-nil does not promise it has not)
-// abandons the query, freeing what it holds upstream; done is then not
-// called unless it already has been or is being called. Cancel must not be
-// called with a lock that done takes.
-type AsyncExchanger interface {
-	Exchanger
-	Submit(query []byte, timeout time.Duration, done func(resp []byte, err error)) Canceler
+// ExchangeAsync sends query to the group's targets without blocking the
+// caller, and calls done once with the first Good response, or the first
+// Fallback one when no target gives a Good one, and the target that gave
+// it. When none answers, done gets an error wrapping ErrNoAnswer and the
+// last error (and context.DeadlineExceeded when the deadline ended the
+// query); target is then the last target tried. Targets are tried healthy
+// ones first, per the policy, then down ones; a failed attempt moves on to
+// the next target at once, a slow one may be hedged. done is called by the
+// deadline at the latest (plus the scheduling of a callback); a zero
+// deadline leaves each attempt bounded by its member's timeout alone.
+//
+// The attempts are started from the callbacks of the ones before and from
+// a hedge timer, with no goroutine of their own (the miss path of a busy
+// forwarder). classify judges each response (nil: every response is
+// Good); classify and done run on whichever goroutine completed an attempt
+// (or on the caller's, for an attempt refused at once). query must stay
+// unchanged until done is called.
+func (g *Group) ExchangeAsync(query []byte, deadline time.Time, classify func([]byte) Verdict, done func(resp []byte, target string, err error)) {
+	g.start(query, deadline, classify, false, done)
 }
 
-// Canceler abandons a submitted query. An alias of the interface literal,
-// so that forwarder/upstream's own alias of it is the same type.
-type Canceler = interface{ Cancel() }
-
-// CanSubmit reports whether every target can Submit, so that ExchangeAsync
-// needs no goroutine of its own.
-func (g *Group) CanSubmit() bool { return g.async }
-
-// ExchangeAsync is Exchange without blocking the caller: done receives what
-// Exchange would return, once, by the deadline at the latest (plus the
-// scheduling of a callback). When every target is an AsyncExchanger the
-// attempts — failover and hedging as in Exchange — are started from the
-// callbacks of the ones before and from a hedge timer, with no goroutine of
-// their own (the miss path of a busy forwarder); otherwise one goroutine
-// runs Exchange. classify and done run on whichever goroutine completed an
-// attempt (or on the caller's, for an attempt refused at once); query must
-// stay unchanged until done is called.
-func (g *Group) ExchangeAsync(query []byte, deadline time.Time, classify func([]byte) Verdict, done func(resp []byte, target string, err error)) {
+// start runs ExchangeAsync and returns the query's chain; cancellable
+// keeps every attempt's Canceler, for Exchange to cancel the chain.
+func (g *Group) start(query []byte, deadline time.Time, classify func([]byte) Verdict, cancellable bool, done func(resp []byte, target string, err error)) *chain {
 	if classify == nil {
 		classify = allGood
 	}
-	c := &chain{g: g, query: query, deadline: deadline, classify: classify, done: done}
+	c := &chain{g: g, query: query, deadline: deadline, classify: classify, done: done, cancellable: cancellable}
 	c.order, c.nUp = g.order(c.orderBuf[:0])
 	if g.cfg.HedgeDelay >= 0 {
 		g.earn()
 		c.mayHedge = c.nUp >= 2 && g.tokens.Load() >= tokenUnit
 	}
-	if !g.async {
-		go c.blocking()
-		return
-	}
 	c.mu.Lock()
 	c.launch(false) // unlocks
+	return c
 }
 
 // chain is one query's attempts without a goroutine: at most two at a time
@@ -68,6 +56,9 @@ type chain struct {
 	order    []int // order[:nUp] are up
 	nUp      int
 	mayHedge bool // the budget allowed a hedge when the query started
+	// cancellable: the chain may be cancelled (Cancel), so every attempt's
+	// Canceler is kept, not only those of attempts a hedge may overtake.
+	cancellable bool
 
 	mu       sync.Mutex
 	next     int // index in order of the next target to try
@@ -96,8 +87,14 @@ type aslot struct {
 func (c *chain) launch(hedge bool) {
 	g := c.g
 	now := g.now()
-	left := c.deadline.Sub(now)
-	if c.next >= len(c.order) || left <= 0 {
+	var left time.Duration // 0: no deadline, the member's timeout alone
+	if !c.deadline.IsZero() {
+		if left = c.deadline.Sub(now); left <= 0 {
+			c.finish()
+			return
+		}
+	}
+	if c.next >= len(c.order) {
 		c.finish()
 		return
 	}
@@ -107,7 +104,7 @@ func (c *chain) launch(hedge bool) {
 	}
 	t := g.targets[c.order[c.next]]
 	c.next++
-	if t.timeout > 0 && t.timeout < left {
+	if t.timeout > 0 && (left == 0 || t.timeout < left) {
 		left = t.timeout
 	}
 	c.launches++
@@ -127,12 +124,12 @@ func (c *chain) launch(hedge bool) {
 		}
 		c.armed++
 		armed := c.armed
-		c.timer = time.AfterFunc(g.hedgeDelayUntil(c.deadline, true, t), func() { c.hedge(armed) })
+		c.timer = time.AfterFunc(g.hedgeDelayUntil(c.deadline, !c.deadline.IsZero(), t), func() { c.hedge(armed) })
 	}
 	c.mu.Unlock()
-	h := t.async.Submit(c.query, left, func(resp []byte, err error) { c.reply(s, resp, err) })
-	if h == nil || !c.mayHedge {
-		return // without a hedge no attempt is ever overtaken: nothing to cancel
+	h := t.up.Submit(c.query, left, func(resp []byte, err error) { c.reply(s, resp, err) })
+	if h == nil || !c.mayHedge && !c.cancellable {
+		return // without a hedge or Cancel no attempt is ever abandoned: nothing to cancel
 	}
 	c.mu.Lock()
 	sl := &c.slots[s]
@@ -182,7 +179,7 @@ func (c *chain) reply(s int, resp []byte, err error) {
 	c.mu.Unlock()
 
 	now := g.now()
-	gaveUp := err != nil && !now.Before(c.deadline) // as in serial: the query's time ran out, not the target
+	gaveUp := err != nil && c.expired(now) // the query's time ran out, not the target's
 	v, err := g.settle(gaveUp, sl.t, resp, err, now.Sub(sl.start), c.classify)
 
 	c.mu.Lock()
@@ -230,7 +227,7 @@ func (c *chain) finish() {
 		c.timer.Stop()
 	}
 	var cerr error
-	if !c.g.now().Before(c.deadline) {
+	if c.expired(c.g.now()) {
 		cerr = context.DeadlineExceeded
 	}
 	resp, target, err := c.o.result(cerr)
@@ -238,23 +235,45 @@ func (c *chain) finish() {
 	c.done(resp, target, err)
 }
 
-// blocking runs the query as Exchange does, on its own goroutine, for
-// groups with a target that cannot Submit.
-func (c *chain) blocking() {
-	ctx, cancel := context.WithDeadline(context.Background(), c.deadline)
-	defer cancel()
-	if err := ctx.Err(); err != nil { // as Exchange: nothing is sent
-		c.done(nil, "", fmt.Errorf("%w: %w", ErrNoAnswer, err))
-		return
+// expired reports whether the query's deadline has passed at now.
+func (c *chain) expired(now time.Time) bool {
+	return !c.deadline.IsZero() && !now.Before(c.deadline)
+}
+
+// Cancel abandons the query unless done has been or is being called: the
+// hedge timer is stopped, the attempts in flight are cancelled (they count
+// for nothing in their targets' health) and done is never called. It
+// reports whether it did.
+func (c *chain) Cancel() bool {
+	c.mu.Lock()
+	if c.finished {
+		c.mu.Unlock()
+		return false
 	}
-	var resp []byte
-	var target string
-	var err error
-	if c.mayHedge {
-		h := call{g: c.g, ctx: ctx, query: append([]byte(nil), c.query...), nUp: c.nUp}
-		resp, target, err = h.run(c.order, c.classify)
-	} else {
-		resp, target, err = c.g.serial(ctx, c.query, c.order, c.classify)
+	c.finished = true
+	if c.timer != nil {
+		c.timer.Stop()
 	}
-	c.done(resp, target, err)
+	var inflight [len(c.slots)]Canceler
+	for i := range c.slots {
+		if o := &c.slots[i]; o.busy {
+			o.busy = false
+			inflight[i], o.cancel = o.cancel, nil
+			o.lost = inflight[i] == nil // launch cancels it when Submit returns
+		}
+	}
+	c.mu.Unlock()
+	for _, h := range inflight {
+		if h != nil {
+			h.Cancel()
+		}
+	}
+	return true
+}
+
+// tried is the target of the attempt started last.
+func (c *chain) tried() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.o.tried
 }
