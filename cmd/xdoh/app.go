@@ -16,7 +16,7 @@ import (
 	"xdoh/cmd/xdoh/internal/metrics"
 	"xdoh/cmd/xdoh/internal/procs"
 	"xdoh/datapath/doh"
-	dpgnet "xdoh/datapath/gnet"
+	"xdoh/datapath/tcp"
 	"xdoh/datapath/udp"
 	"xdoh/datapath/xsk"
 	"xdoh/forwarder"
@@ -46,8 +46,8 @@ type app struct {
 	ctl       *controlServer
 	stopped   bool
 	// procs, if set (by run, for the process), is raised by the Do53
-	// listeners' event loops while they have work; their UDP loops then
-	// wait as suits the current level (udp.WaitAdaptive).
+	// listeners' TCP event loops while they have connections; their UDP
+	// loops then wait as suits the current level (udp.WaitAdaptive).
 	procs *procs.Governor
 	// kernelTiers are the AF_XDP servers (their in-kernel answer tiers),
 	// for the cache's OnChange, which must not take mu.
@@ -56,11 +56,11 @@ type app struct {
 
 // listener is the datapaths of one configured listener.
 type listener struct {
-	cfg  config.Listener
-	do53 *dpgnet.Server // TCP, and UDP when udp_engine is gnet
-	udp  *udp.Server
-	doh  *doh.Server
-	xsk  *xsk.Server // Do53 UDP through AF_XDP (nil: sockets only)
+	cfg config.Listener
+	tcp *tcp.Server // Do53 over TCP
+	udp *udp.Server // Do53 over UDP
+	doh *doh.Server
+	xsk *xsk.Server // Do53 UDP through AF_XDP (nil: sockets only)
 	// xdpMode is how XDP is attached: native, generic, or off (not
 	// configured, or auto fell back to the sockets).
 	xdpMode string
@@ -166,7 +166,6 @@ func openQueryLog(qc config.QueryLog, cfg *config.Config) (*querylog.Logger, err
 }
 
 func (a *app) startDo53(cur *listener, l config.Listener) error {
-	gnetUDP := l.UDPEngine == "gnet"
 	var busy func(bool)
 	wait := udp.WaitAuto
 	if g := a.procs; g != nil {
@@ -179,30 +178,26 @@ func (a *app) startDo53(cur *listener, l config.Listener) error {
 		}
 		wait = udp.WaitAdaptive
 	}
-	s, err := dpgnet.New(dpgnet.Config{
-		Name: l.Name, Addrs: l.Do53, TCPOnly: !gnetUDP,
+	s, err := tcp.New(tcp.Config{
+		Name: l.Name, Addrs: l.Do53,
 		TCPIdleTimeout: l.TCP.IdleTimeout.D(), MaxTCPConns: l.TCP.MaxConns, MaxTCPPipeline: l.TCP.MaxPipeline,
 		Loops: l.TCP.Loops, Busy: busy,
 	}, a.sw)
 	if err != nil {
 		return fmt.Errorf("listener %q: %w", l.Name, err)
 	}
-	var u *udp.Server
-	if !gnetUDP {
-		if u, err = udp.New(udp.Config{Name: l.Name, Addrs: l.Do53, Sockets: l.UDPSockets, Wait: wait}, a.sw); err != nil {
-			return fmt.Errorf("listener %q: %w", l.Name, err)
-		}
-		if err := u.Start(); err != nil {
-			return fmt.Errorf("listener %q: %w", l.Name, err)
-		}
-	}
-	if err := s.Start(); err != nil {
-		if u != nil {
-			_ = u.Stop(context.Background())
-		}
+	u, err := udp.New(udp.Config{Name: l.Name, Addrs: l.Do53, Sockets: l.UDPSockets, Wait: wait}, a.sw)
+	if err != nil {
 		return fmt.Errorf("listener %q: %w", l.Name, err)
 	}
-	cur.do53, cur.udp = s, u
+	if err := u.Start(); err != nil {
+		return fmt.Errorf("listener %q: %w", l.Name, err)
+	}
+	if err := s.Start(); err != nil {
+		_ = u.Stop(context.Background())
+		return fmt.Errorf("listener %q: %w", l.Name, err)
+	}
+	cur.tcp, cur.udp = s, u
 	a.log.Info("listening", "listener", l.Name, "transport", "do53 (udp+tcp)", "addrs", strings.Join(l.Do53, " "))
 	return nil
 }
@@ -324,9 +319,9 @@ func stopDo53(cur *listener) {
 		_ = cur.udp.Stop(ctx)
 		cur.udp = nil
 	}
-	if cur.do53 != nil {
-		_ = cur.do53.Stop(ctx)
-		cur.do53 = nil
+	if cur.tcp != nil {
+		_ = cur.tcp.Stop(ctx)
+		cur.tcp = nil
 	}
 }
 

@@ -9,7 +9,7 @@ import (
 	"xdoh/bpf"
 	"xdoh/cmd/xdoh/internal/metrics"
 	"xdoh/datapath/doh"
-	dpgnet "xdoh/datapath/gnet"
+	"xdoh/datapath/tcp"
 	"xdoh/datapath/udp"
 	"xdoh/datapath/xsk"
 	"xdoh/forwarder"
@@ -118,7 +118,7 @@ func (a *app) collector() *metrics.Collector {
 	c.Counter("xdoh_cache_inserts_total", "Responses stored.", nil, cc(func(s cache.Stats) uint64 { return s.Inserts }))
 	c.Counter("xdoh_cache_evictions_total", "Entries evicted to make room.", nil, cc(func(s cache.Stats) uint64 { return s.Evictions }))
 	c.Counter("xdoh_cache_prefetches_total", "Hits that triggered a prefetch.", nil, cc(func(s cache.Stats) uint64 { return s.Prefetches }))
-	c.Gauge("xdoh_gomaxprocs", "CPUs running Go code at once (GOMAXPROCS); with procs: 0 on 2 CPUs, 2 while TCP clients are connected (always with udp_engine: gnet), else 1.", nil,
+	c.Gauge("xdoh_gomaxprocs", "CPUs running Go code at once (GOMAXPROCS); with procs: 0 on 2 CPUs, 2 while TCP clients are connected, else 1.", nil,
 		func() float64 { return float64(runtime.GOMAXPROCS(0)) })
 	c.Counter("xdoh_gomaxprocs_changes_total", "Changes of GOMAXPROCS by the automatic procs setting.", nil, func() uint64 {
 		if a.procs == nil {
@@ -140,8 +140,8 @@ func (a *app) collector() *metrics.Collector {
 				if l.udp != nil {
 					emitUDP(emit, l.udp.Stats())
 				}
-				if l.do53 != nil {
-					emitTCP(emit, l.do53.Stats())
+				if l.tcp != nil {
+					emitTCP(emit, l.tcp.Stats())
 				}
 				if l.doh != nil {
 					emitDoH(emit, l.doh.Stats())
@@ -223,8 +223,8 @@ func (a *app) collector() *metrics.Collector {
 			a.mu.Lock()
 			defer a.mu.Unlock()
 			for name, l := range a.listeners {
-				if l.do53 != nil {
-					ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(l.do53.Stats().TCPConns), name)
+				if l.tcp != nil {
+					ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(l.tcp.Stats().TCPConns), name)
 				}
 			}
 		})
@@ -295,9 +295,8 @@ type listenerIface struct {
 	iface    xsk.Iface
 }
 
-func emitTCP(emit func(string, uint64), s dpgnet.Stats) {
+func emitTCP(emit func(string, uint64), s tcp.Stats) {
 	emit("tcp_queries", s.TCPQueries)
-	emit("udp_queries_gnet", s.UDPQueries)
 	emit("tcp_rejected", s.TCPRejected)
 	emit("tcp_idle_closed", s.TCPIdleClosed)
 	emit("tcp_pipeline_full", s.TCPPipelineFull)

@@ -127,7 +127,7 @@ func (a *app) reload() error {
 
 // do53Key and dohKey say when a listener's sockets must be rebuilt.
 func do53Key(l config.Listener) string {
-	k := fmt.Sprint(l.Do53, l.UDPEngine, l.UDPSockets, l.TCP)
+	k := fmt.Sprint(l.Do53, l.UDPSockets, l.TCP)
 	if l.XDPMode() != "off" { // the XDP program holds the addresses and the ACL
 		k += fmt.Sprint(*l.XDP, l.Allow, l.ACLAction)
 	}
@@ -213,7 +213,7 @@ func (a *app) prepare(next *config.Config) (plan []*change, err error) {
 		}
 		// Do53 last: once it answers, the listener's DoH side is bound too
 		// (a client or test that waits for Do53 finds DoH ready).
-		running := cur.do53 != nil || cur.udp != nil
+		running := cur.tcp != nil || cur.udp != nil
 		if !(running && protos["do53"] && do53Key(cur.cfg) == do53Key(l)) {
 			c.stopDo53 = running
 			if protos["do53"] {
@@ -236,7 +236,7 @@ func (a *app) commit(plan []*change) error {
 			stopDo53(c.cur)
 		}
 		if c.do53 != nil {
-			c.cur.do53, c.cur.udp = c.do53.do53, c.do53.udp
+			c.cur.tcp, c.cur.udp = c.do53.tcp, c.do53.udp
 			// XDP attaches now that the replaced listener has detached
 			// its program: an interface holds one. Until then the new
 			// kernel sockets answer.

@@ -3,16 +3,16 @@
 // allocation per query answered at once (cache hit, local zone, block, bad
 // input).
 //
-// Why not gnet for UDP. Profiling cache hits on datapath/gnet showed its UDP
-// path to be the limit: per datagram gnet allocates a Conn object and a
-// sockaddr, x/sys's Recvfrom makes an extra getsockopt(SO_PROTOCOL) syscall
-// per packet (anyToSockaddr's L2TP check), and every reply is its own
-// sendto(2). Here one recvmmsg fetches up to Config.Batch datagrams into
-// preallocated buffers, the client address is read straight from the raw
-// sockaddr bytes, the forwarder's Answer writes each reply into the slot it is
-// sent from, and one sendmmsg sends every reply of the batch. The per-batch
-// work is (*loop).process, tested and benchmarked at zero allocations per
-// cache hit.
+// Why not gnet for UDP. Profiling cache hits on gnet's UDP event loops (the
+// former udp_engine: gnet, removed; see docs/performance.md) showed them to
+// be the limit: per datagram gnet allocates a Conn object and a sockaddr,
+// x/sys's Recvfrom makes an extra getsockopt(SO_PROTOCOL) syscall per packet
+// (anyToSockaddr's L2TP check), and every reply is its own sendto(2). Here
+// one recvmmsg fetches up to Config.Batch datagrams into preallocated
+// buffers, the client address is read straight from the raw sockaddr bytes,
+// the forwarder's Answer writes each reply into the slot it is sent from, and
+// one sendmmsg sends every reply of the batch. The per-batch work is
+// (*loop).process, tested and benchmarked at zero allocations per cache hit.
 //
 // Misses. When Answer cannot answer, Resolve takes a copy of the query and
 // resolves it; its done callback (pooled state holding a copy of the

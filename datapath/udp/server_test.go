@@ -2,6 +2,7 @@ package udp
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -16,6 +17,7 @@ import (
 
 	"xdoh/forwarder"
 	"xdoh/forwarder/cache"
+	"xdoh/forwarder/group"
 	"xdoh/forwarder/rules"
 	"xdoh/forwarder/zone"
 )
@@ -31,18 +33,12 @@ type slowUpstream struct {
 
 func (u *slowUpstream) String() string { return "slow" }
 
-func (u *slowUpstream) Exchange(ctx context.Context, q []byte) ([]byte, error) {
+func (u *slowUpstream) Submit(q []byte, timeout time.Duration, done func([]byte, error)) group.Canceler {
 	u.calls.Add(1)
-	t := time.NewTimer(u.delay)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
 	m := new(dns.Msg)
 	if err := m.Unpack(q); err != nil {
-		return nil, err
+		done(nil, err)
+		return nil
 	}
 	r := new(dns.Msg)
 	r.SetReply(m)
@@ -50,7 +46,13 @@ func (u *slowUpstream) Exchange(ctx context.Context, q []byte) ([]byte, error) {
 		Hdr: dns.RR_Header{Name: m.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60},
 		A:   net.IPv4(172, 16, 0, 10),
 	})
-	return r.Pack()
+	resp, err := r.Pack()
+	if timeout > 0 && timeout < u.delay {
+		time.AfterFunc(timeout, func() { done(nil, errors.New("slow: timed out")) })
+		return nil
+	}
+	time.AfterFunc(u.delay, func() { done(resp, err) })
+	return nil
 }
 
 const testZone = `$ORIGIN aws.example.internal.

@@ -22,6 +22,7 @@ import (
 	"xdoh/datapath/xsk/xsktest"
 	"xdoh/forwarder"
 	"xdoh/forwarder/cache"
+	"xdoh/forwarder/group"
 )
 
 // The test handler serves a query by the last label of its name:
@@ -685,12 +686,14 @@ type echoUpstream struct{}
 
 func (echoUpstream) String() string { return "echo" }
 
-func (echoUpstream) Exchange(_ context.Context, q []byte) ([]byte, error) {
+func (echoUpstream) Submit(q []byte, _ time.Duration, done func([]byte, error)) group.Canceler {
 	k, qend := kindOf(q)
 	if k == kindBad {
-		return nil, errors.New("no question")
+		done(nil, errors.New("no question"))
+		return nil
 	}
-	return appendAnswer(nil, q, qend, hitIP, 0), nil
+	done(appendAnswer(nil, q, qend, hitIP, 0), nil)
+	return nil
 }
 
 // newHitRig is a loopRig in front of a forwarder with a cache, whose

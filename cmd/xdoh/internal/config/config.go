@@ -51,11 +51,9 @@ type Listener struct {
 	Allow     []string `yaml:"allow"`
 	ACLAction string   `yaml:"acl_action"` // refuse (REFUSED, default) | drop
 	TCP       TCP      `yaml:"tcp"`
-	// UDPEngine picks the Do53 UDP datapath: "mmsg" (default: recvmmsg/
-	// sendmmsg loops, no allocation per cache hit) or "gnet" (event loops).
-	UDPEngine string `yaml:"udp_engine"`
-	// UDPSockets is the number of SO_REUSEPORT sockets per address for
-	// the mmsg engine (default GOMAXPROCS/2, at least 1).
+	// UDPSockets is the number of SO_REUSEPORT sockets per address that
+	// Do53 over UDP is served on, each by its own recvmmsg/sendmmsg loop
+	// (datapath/udp; default GOMAXPROCS/2, at least 1).
 	UDPSockets int `yaml:"udp_sockets"`
 	// XDP steers the listener's Do53 UDP packets into AF_XDP sockets on
 	// the named interfaces (datapath/xsk); TCP and whatever the XDP program
@@ -114,10 +112,9 @@ type TCP struct {
 	IdleTimeout Duration `yaml:"idle_timeout"`
 	MaxConns    int      `yaml:"max_conns"`
 	MaxPipeline int      `yaml:"max_pipeline"`
-	// Loops is the number of gnet event loops serving TCP (and UDP with
-	// udp_engine gnet); default GOMAXPROCS/2, at least 1. More loops
-	// answer more cache hits in parallel; fewer batch forwarded queries
-	// better.
+	// Loops is the number of gnet event loops serving TCP (datapath/tcp);
+	// default GOMAXPROCS/2, at least 1. More loops answer more cache hits
+	// in parallel; fewer batch forwarded queries better.
 	Loops int `yaml:"loops"`
 }
 
@@ -268,6 +265,12 @@ func Parse(b []byte, dir string) (*Config, error) {
 }
 
 func decode(b []byte, dir string) (*Config, error) {
+	var doc yaml.Node
+	if yaml.Unmarshal(b, &doc) == nil { // a syntax error is the strict decoder's to report
+		if err := checkRemoved(&doc); err != nil {
+			return nil, err
+		}
+	}
 	c := &Config{dir: dir}
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
@@ -275,6 +278,43 @@ func decode(b []byte, dir string) (*Config, error) {
 		return nil, fmt.Errorf("decoding YAML: %w", err)
 	}
 	return c, nil
+}
+
+// removedListenerKeys are listener settings xdoh no longer has, with what to
+// do instead. Strict decoding alone would reject one as "field udp_engine not
+// found in type config.Listener", naming neither the listener nor why.
+var removedListenerKeys = map[string]string{
+	"udp_engine": "removed, recvmmsg is the only Do53 UDP datapath now (udp_sockets still sets its sockets); delete the setting",
+}
+
+// checkRemoved reports every removed key in doc, each naming its field.
+func checkRemoved(doc *yaml.Node) error {
+	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
+		return nil
+	}
+	var listeners *yaml.Node
+	top := doc.Content[0].Content
+	for i := 0; i+1 < len(top); i += 2 {
+		if top[i].Value == "listeners" {
+			listeners = top[i+1]
+		}
+	}
+	if listeners == nil || listeners.Kind != yaml.SequenceNode {
+		return nil
+	}
+	var errs []error
+	for i, l := range listeners.Content {
+		if l.Kind != yaml.MappingNode {
+			continue
+		}
+		for j := 0; j+1 < len(l.Content); j += 2 {
+			k := l.Content[j]
+			if why, ok := removedListenerKeys[k.Value]; ok {
+				errs = append(errs, fmt.Errorf("listeners[%d].%s: line %d: %s", i, k.Value, k.Line, why))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // SetDir sets the directory relative paths are resolved against.
@@ -380,11 +420,6 @@ func (c *Config) Validate() error {
 		default:
 			bad(f+".acl_action", "%q is not one of refuse, drop", l.ACLAction)
 		}
-		switch l.UDPEngine {
-		case "", "mmsg", "gnet":
-		default:
-			bad(f+".udp_engine", "%q is not one of mmsg, gnet", l.UDPEngine)
-		}
 		if l.UDPSockets < 0 || l.UDPSockets > 256 {
 			bad(f+".udp_sockets", "%d is not between 0 (default) and 256", l.UDPSockets)
 		}
@@ -400,9 +435,6 @@ func (c *Config) Validate() error {
 				}
 				if len(l.Do53) == 0 {
 					bad(f+".xdp", "XDP carries Do53 over UDP: the listener has no do53 addresses")
-				}
-				if l.UDPEngine == "gnet" {
-					bad(f+".xdp", "udp_engine gnet cannot be combined with XDP (use mmsg)")
 				}
 			}
 			switch l.XDP.KernelCache {

@@ -13,7 +13,7 @@
 // runtime's poller (datapath/udp's WaitAdaptive: with two Ps it blocks in
 // recvmmsg instead).
 //
-// Why two while TCP clients are connected. gnet's event loops (datapath/gnet,
+// Why two while TCP clients are connected. gnet's event loops (datapath/tcp,
 // Do53 over TCP) wait in epoll_wait(2) on their own threads, holding a P.
 // With one P the goroutine that reads the upstream's answer cannot run until
 // sysmon takes that P back, 20 µs to 10 ms later: lone TCP queries took

@@ -1,4 +1,4 @@
-package gnet
+package tcp
 
 import (
 	"context"
@@ -60,13 +60,13 @@ func (b *busyLog) stopIdle(t *testing.T, s *Server, what string) {
 	}
 }
 
-// TestBusyTCP: on a TCP-only server the first connection reports busy, the
-// last one's close reports idle (with two loops, which SO_REUSEPORT may give
-// a share of the connections each); connections still open at Stop are
-// reported idle by the time Stop returns.
+// TestBusyTCP: the first connection reports busy, the last one's close
+// reports idle (with two loops, which SO_REUSEPORT may give a share of the
+// connections each); connections still open at Stop are reported idle by the
+// time Stop returns.
 func TestBusyTCP(t *testing.T) {
 	var b busyLog
-	s := startServer(t, Config{Name: "t", Addrs: []string{freePort(t, "127.0.0.1")}, TCPOnly: true, Loops: 2, Busy: b.busy})
+	s := startServer(t, Config{Name: "t", Addrs: []string{freePort(t, "127.0.0.1")}, Loops: 2, Busy: b.busy})
 	addr := s.Addrs()[0]
 	if level, calls := b.state(); level != 0 || len(calls) != 0 {
 		t.Fatalf("before any connection: level %d, calls %v", level, calls)
@@ -104,25 +104,6 @@ func TestBusyTCP(t *testing.T) {
 	defer c.Close()
 	b.waitLevel(t, 1)
 	b.stopIdle(t, s, "after Stop with a connection open")
-}
-
-// TestBusyUDP: a server that serves UDP is busy from Start to Stop, and its
-// TCP connections do not end that early.
-func TestBusyUDP(t *testing.T) {
-	var b busyLog
-	s := startServer(t, Config{Name: "t", Addrs: []string{freePort(t, "127.0.0.1")}, Busy: b.busy})
-	b.waitLevel(t, 1)
-	c, err := net.Dial("tcp", s.Addrs()[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitConns(t, s, 1)
-	c.Close()
-	waitConns(t, s, 0)
-	if level, calls := b.state(); level != 1 || len(calls) != 1 {
-		t.Fatalf("after a TCP connection came and went: level %d, calls %v; want one busy", level, calls)
-	}
-	b.stopIdle(t, s, "after Stop")
 }
 
 // TestBusyReleasedByFailedStop: a Stop that gives up (its context already

@@ -1,4 +1,4 @@
-package gnet
+package tcp
 
 import (
 	"context"
@@ -82,7 +82,7 @@ func (h *heldHandler) waitHeld(t *testing.T, n int) {
 func TestTCPUpstreamAnswersBatched(t *testing.T) {
 	h := &heldHandler{busy: make(chan struct{}), unbusy: make(chan struct{})}
 	const pipeline = 100
-	s := start(t, Config{Name: "t", Addrs: []string{freePort(t, "127.0.0.1")}, TCPOnly: true, Loops: 1, MaxTCPPipeline: pipeline}, h)
+	s := start(t, Config{Name: "t", Addrs: []string{freePort(t, "127.0.0.1")}, Loops: 1, MaxTCPPipeline: pipeline}, h)
 	addr := s.Addrs()[0]
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)

@@ -1,18 +1,9 @@
-// Package gnet is xdoh's Do53 datapath on gnet/v2 event loops: UDP and TCP on
-// every configured address, IPv4 and IPv6, one listener per loop with
-// SO_REUSEPORT so the kernel spreads clients over the loops.
+// Package tcp is xdoh's Do53-over-TCP datapath on gnet/v2 event loops: every
+// configured address, IPv4 and IPv6, one listener per loop with SO_REUSEPORT
+// so the kernel spreads clients over the loops. Do53 over UDP is
+// datapath/udp's, on the same addresses.
 //
-// UDP. A query is answered inside OnTraffic when the forwarder can answer at
-// once (cache, local zone, block, bad input). A cache miss goes to Resolve,
-// whose callback runs later on the goroutine that completed it (mostly an
-// upstream connection's reader), and a gnet UDP Conn is not valid after
-// OnTraffic returns (gnet issue 141). So the miss path keeps only what a
-// reply needs: the listening socket's fd and the client's sockaddr, and
-// answers with sendto(2) on that fd from that goroutine. sendto on a UDP socket is safe from
-// any thread and the reply leaves from the address the query arrived on. A full
-// socket buffer (EAGAIN) drops the reply, as UDP would; it is counted.
-//
-// TCP (RFC 7766). Messages are framed by a 2-byte length; many queries may be
+// RFC 7766. Messages are framed by a 2-byte length; many queries may be
 // pipelined on one connection and are answered as they complete, out of
 // order. An answer that comes back from upstream is appended to the
 // connection's reply buffer by whichever goroutine completed it; the first
@@ -26,7 +17,7 @@
 // answers is reset: once 1 MiB waits in gnet beyond the socket's own
 // 512 KiB, or when it goes idle with answers unread and reads none of them
 // for a second. One still reading them is not idle.
-package gnet
+package tcp
 
 import (
 	"context"
@@ -52,11 +43,18 @@ import (
 // does not read them; past it the connection is reset.
 const maxTCPBacklog = 1 << 20
 
-// tcpSendBuffer is SO_SNDBUF for an accepted TCP connection (the kernel
-// doubles it). The listeners' 4 MiB is for UDP bursts; a connection inherits
-// it, and 8 MiB of kernel memory for each client that does not read its
-// answers is too much to hold for 1024 connections. 256 KiB is still
-// hundreds of full pipelines of answers.
+// tcpSendBuffer is SO_SNDBUF for an accepted connection (the kernel doubles
+// it). It bounds the kernel memory held for a client that does not read its
+// answers, which autotuning would let grow to tcp_wmem's maximum, for each of
+// up to 1024 connections; 256 KiB is still hundreds of full pipelines of
+// answers.
+//
+// The listeners set no buffer sizes. Their 4 MiB (inherited by every
+// accepted connection) was for UDP bursts, which are datapath/udp's now; on
+// TCP it served nothing: the send buffer is set here, and the receive buffer
+// holds queries only until the loop's next read (a full pipeline is a few
+// KiB), which the kernel's autotuned default does, where a fixed size would
+// turn autotuning off.
 const tcpSendBuffer = 256 << 10
 
 // Handler is the part of the forwarder the datapath needs.
@@ -68,24 +66,22 @@ type Handler interface {
 // Config for one Do53 listener.
 type Config struct {
 	Name  string   // listener name, copied into each Request
-	Addrs []string // "127.0.0.1:53", "[::1]:53": each gets UDP and TCP
+	Addrs []string // "127.0.0.1:53", "[::1]:53": each gets a listener per loop
 	// Loops is the number of event loops; default GOMAXPROCS/2, at least 1,
 	// as for datapath/udp's sockets. Fewer loops batch more per epoll_wait
 	// and per wake: on 2 cores one loop forwarded 26-30k QPS of TCP misses
 	// where two managed 17-24k, at the same CPU per query or less.
 	Loops int
-	// TCPOnly leaves UDP to another datapath (datapath/udp, the default).
-	TCPOnly bool
 
 	TCPIdleTimeout time.Duration // default 10s
 	MaxTCPConns    int           // default 1024
 	MaxTCPPipeline int           // queries in flight per TCP conn, default 128
 
 	// Busy, if set, is called with true when the event loops start to have
-	// work and with false when they have none left: a server that serves
-	// UDP is busy from Start to Stop, a TCP-only one while at least one TCP
-	// connection is open. (An event loop waits in epoll_wait holding a P:
-	// cmd/xdoh raises GOMAXPROCS meanwhile, see cmd/xdoh/internal/procs.)
+	// work and with false when they have none left: the server is busy
+	// while at least one connection is open. (An event loop waits in
+	// epoll_wait holding a P: cmd/xdoh raises GOMAXPROCS meanwhile, see
+	// cmd/xdoh/internal/procs.)
 	// Calls may come from several loops at once; each true is matched by
 	// one false, at the latest when Stop returns.
 	Busy func(busy bool)
@@ -93,8 +89,8 @@ type Config struct {
 
 // Stats are the datapath's counters.
 type Stats struct {
-	UDPQueries, TCPQueries, UDPReplyDrops, TCPRejected, TCPIdleClosed, TCPPipelineFull, TCPBacklogClosed uint64
-	TCPConns                                                                                             int64
+	TCPQueries, TCPRejected, TCPIdleClosed, TCPPipelineFull, TCPBacklogClosed uint64
+	TCPConns                                                                  int64
 }
 
 // Server runs the gnet engine for one listener.
@@ -104,19 +100,15 @@ type Server struct {
 	h   Handler
 	eng gn.Engine
 
-	sendMu   sync.RWMutex // held by UDP miss replies, which use the engine's fd
-	stopping bool
-
 	booted chan struct{}
 	done   chan error
 	conns  sync.Map // gn.Conn → *tcpState
 	bufs   sync.Pool
 
-	udpQ, tcpQ, udpDrops, tcpRejected, tcpIdle, tcpPipe, tcpBacklog atomic.Uint64
-	tcpConns                                                        atomic.Int64
-	replyFlushes                                                    atomic.Uint64 // writes of buffered upstream answers (tests)
-	holders                                                         atomic.Int64  // of Busy: connections in conns, and UDP
-	udpHeld                                                         atomic.Bool   // the UDP listener holds Busy (Start to Stop)
+	tcpQ, tcpRejected, tcpIdle, tcpPipe, tcpBacklog atomic.Uint64
+	tcpConns                                        atomic.Int64
+	replyFlushes                                    atomic.Uint64 // writes of buffered upstream answers (tests)
+	holders                                         atomic.Int64  // of Busy: the connections in conns
 }
 
 type tcpState struct {
@@ -166,12 +158,9 @@ func New(cfg Config, h Handler) (*Server, error) {
 // Start binds every address and serves in the background. It returns once
 // the engine is up, or the bind error.
 func (s *Server) Start() error {
-	var addrs []string
-	for _, a := range s.cfg.Addrs {
-		if !s.cfg.TCPOnly {
-			addrs = append(addrs, "udp://"+a)
-		}
-		addrs = append(addrs, "tcp://"+a)
+	addrs := make([]string, len(s.cfg.Addrs))
+	for i, a := range s.cfg.Addrs {
+		addrs[i] = "tcp://" + a
 	}
 	go func() {
 		s.done <- gn.Rotate(s, addrs,
@@ -179,17 +168,11 @@ func (s *Server) Start() error {
 			gn.WithReusePort(true),
 			gn.WithTicker(true),
 			gn.WithTCPNoDelay(gn.TCPNoDelay),
-			gn.WithSocketRecvBuffer(4<<20),
-			gn.WithSocketSendBuffer(4<<20),
 			gn.WithLogger(gnetLogger{slog.Default()}),
 		)
 	}()
 	select {
 	case <-s.booted:
-		if !s.cfg.TCPOnly {
-			s.udpHeld.Store(true)
-			s.busy()
-		}
 		return nil
 	case err := <-s.done:
 		if err == nil {
@@ -206,9 +189,6 @@ func (s *Server) Stop(ctx context.Context) error {
 	default:
 		return nil // never started
 	}
-	s.sendMu.Lock()
-	s.stopping = true
-	s.sendMu.Unlock()
 	defer s.releaseBusy()
 	if err := s.eng.Stop(ctx); err != nil {
 		return fmt.Errorf("stopping do53 listener %q: %w", s.cfg.Name, err)
@@ -221,9 +201,9 @@ func (s *Server) Stop(ctx context.Context) error {
 }
 
 // releaseBusy ends every hold on Busy when Stop returns, whether the engine
-// stopped or not (a timeout, an engine that had died): the UDP listener's,
-// once, and the connections' that gnet did not close with OnClose (it does
-// when its loops end; one closed later finds itself gone from conns).
+// stopped or not (a timeout, an engine that had died): the connections'
+// that gnet did not close with OnClose (it does when its loops end; one
+// closed later finds itself gone from conns).
 func (s *Server) releaseBusy() {
 	s.conns.Range(func(k, _ any) bool {
 		if _, ok := s.conns.LoadAndDelete(k); ok {
@@ -232,9 +212,6 @@ func (s *Server) releaseBusy() {
 		}
 		return true
 	})
-	if s.udpHeld.CompareAndSwap(true, false) {
-		s.idle()
-	}
 }
 
 // Name is the listener's name.
@@ -246,8 +223,7 @@ func (s *Server) Addrs() []string { return s.cfg.Addrs }
 // Stats returns the counters.
 func (s *Server) Stats() Stats {
 	return Stats{
-		UDPQueries: s.udpQ.Load(), TCPQueries: s.tcpQ.Load(), UDPReplyDrops: s.udpDrops.Load(),
-		TCPRejected: s.tcpRejected.Load(), TCPIdleClosed: s.tcpIdle.Load(), TCPPipelineFull: s.tcpPipe.Load(),
+		TCPQueries: s.tcpQ.Load(), TCPRejected: s.tcpRejected.Load(), TCPIdleClosed: s.tcpIdle.Load(), TCPPipelineFull: s.tcpPipe.Load(),
 		TCPConns: s.tcpConns.Load(), TCPBacklogClosed: s.tcpBacklog.Load(),
 	}
 }
@@ -266,7 +242,7 @@ func (s *Server) OnOpen(c gn.Conn) ([]byte, gn.Action) {
 		s.tcpRejected.Add(1)
 		return nil, gn.Close
 	}
-	_ = c.SetWriteBuffer(tcpSendBuffer) // best effort: the inherited size works, only larger
+	_ = c.SetWriteBuffer(tcpSendBuffer) // best effort: the autotuned default works, only larger
 	st := &tcpState{unread: -1}
 	st.lastActive.Store(time.Now().UnixNano())
 	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
@@ -287,8 +263,7 @@ func (s *Server) OnClose(c gn.Conn, _ error) gn.Action {
 	return gn.None
 }
 
-// busy and idle count the holders of Busy: open TCP connections, and the
-// UDP listeners from Start to Stop.
+// busy and idle count the holders of Busy: the open connections.
 func (s *Server) busy() {
 	if s.holders.Add(1) == 1 && s.cfg.Busy != nil {
 		s.cfg.Busy(true)
@@ -371,60 +346,6 @@ func reset(c gn.Conn) {
 	_ = unix.SetsockoptLinger(c.Fd(), unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 }
 
-// OnTraffic handles UDP datagrams and TCP bytes.
-func (s *Server) OnTraffic(c gn.Conn) gn.Action {
-	if st, ok := c.Context().(*tcpState); ok {
-		return s.onTCP(c, st)
-	}
-	return s.onUDP(c)
-}
-
-func (s *Server) onUDP(c gn.Conn) gn.Action {
-	msg, err := c.Next(-1)
-	if err != nil || len(msg) == 0 {
-		return gn.None
-	}
-	s.udpQ.Add(1)
-	ua, _ := c.RemoteAddr().(*net.UDPAddr)
-	if ua == nil {
-		return gn.None
-	}
-	bp := s.bufs.Get().(*[]byte)
-	defer s.bufs.Put(bp)
-	r := forwarder.Request{Msg: msg, Transport: forwarder.TransportUDP, Client: ua.AddrPort(), Listener: s.cfg.Name}
-	resp, ok := s.h.Answer(&r, *bp)
-	if !ok {
-		fd, client := c.Fd(), r.Client
-		resp, ok = s.h.Resolve(&r, *bp, func(resp []byte) {
-			// The fd is the engine's: after Stop it may be closed and its
-			// number reused, so nothing is sent once stopping is set.
-			s.sendMu.RLock()
-			defer s.sendMu.RUnlock()
-			if s.stopping {
-				s.udpDrops.Add(1)
-				return
-			}
-			if err := unix.Sendto(fd, resp, unix.MSG_DONTWAIT, sockaddr(client)); err != nil {
-				s.udpDrops.Add(1)
-			}
-		})
-	}
-	if ok && resp != nil {
-		if _, err := c.Write(resp); err != nil {
-			s.udpDrops.Add(1)
-		}
-	}
-	return gn.None
-}
-
-func sockaddr(ap netip.AddrPort) unix.Sockaddr {
-	a := ap.Addr()
-	if a.Is4() || a.Is4In6() {
-		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.Unmap().As4()}
-	}
-	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16()}
-}
-
 // queueReply buffers a framed answer for c and wakes its loop if this is the
 // first since the last flush. Any goroutine.
 func (s *Server) queueReply(c gn.Conn, st *tcpState, resp []byte) {
@@ -465,7 +386,13 @@ func (s *Server) flushReplies(c gn.Conn, st *tcpState) {
 	}
 }
 
-func (s *Server) onTCP(c gn.Conn, st *tcpState) gn.Action {
+// OnTraffic reads the queries that arrived on a connection and answers
+// those it can at once.
+func (s *Server) OnTraffic(c gn.Conn) gn.Action {
+	st, ok := c.Context().(*tcpState)
+	if !ok {
+		return gn.Close // refused by OnOpen
+	}
 	if st.idle.Load() && s.closeIfIdle(c, st) {
 		return gn.Close
 	}

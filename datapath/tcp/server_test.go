@@ -1,4 +1,4 @@
-package gnet
+package tcp
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -15,49 +16,69 @@ import (
 	"github.com/miekg/dns"
 
 	"xdoh/forwarder"
+	"xdoh/forwarder/group"
 	"xdoh/forwarder/rules"
 	"xdoh/forwarder/zone"
 )
 
-// freePort finds a port free for both UDP and TCP on host.
+// freePort finds a free TCP port on host.
 func freePort(t *testing.T, host string) string {
 	t.Helper()
-	for i := 0; i < 20; i++ {
-		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-		if err != nil {
-			t.Skipf("no %s: %v", host, err)
-		}
-		addr := l.Addr().String()
-		u, err := net.ListenPacket("udp", addr)
-		l.Close()
-		if err == nil {
-			u.Close()
-			return addr
-		}
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		t.Skipf("no %s: %v", host, err)
 	}
-	t.Fatal("no free port")
-	return ""
+	defer l.Close()
+	return l.Addr().String()
 }
 
-// slowExchanger answers over Do53 from an in-process miekg server after a delay,
-// so the datapath's asynchronous miss path is exercised.
+// slowExchanger answers over Do53 from an in-process miekg server after a
+// delay, on a goroutine of its own, so the datapath's miss path (an answer
+// completed off the event loop) is exercised.
 type slowExchanger struct {
 	addr  string
 	delay time.Duration
 }
 
 func (s *slowExchanger) String() string { return s.addr }
-func (s *slowExchanger) Exchange(ctx context.Context, q []byte) ([]byte, error) {
-	time.Sleep(s.delay)
+
+func (s *slowExchanger) Submit(query []byte, timeout time.Duration, done func([]byte, error)) group.Canceler {
 	m := new(dns.Msg)
-	if err := m.Unpack(q); err != nil {
-		return nil, err
+	if err := m.Unpack(query); err != nil {
+		done(nil, err)
+		return nil
 	}
-	r, _, err := (&dns.Client{Net: "tcp"}).ExchangeContext(ctx, m, s.addr)
-	if err != nil {
-		return nil, err
+	if timeout <= 0 {
+		timeout = 2 * time.Second
 	}
-	return r.Pack()
+	ctx, cancel := context.WithTimeout(context.Background(), s.delay+timeout)
+	c := &slowCall{cancel: cancel}
+	go func() {
+		defer cancel()
+		time.Sleep(s.delay)
+		r, _, err := (&dns.Client{Net: "tcp"}).ExchangeContext(ctx, m, s.addr)
+		var resp []byte
+		if err == nil {
+			resp, err = r.Pack()
+		}
+		if c.settled.CompareAndSwap(false, true) {
+			done(resp, err)
+		}
+	}()
+	return c
+}
+
+// slowCall is one Submit of a slowExchanger: the first of its answer and
+// its Cancel wins.
+type slowCall struct {
+	cancel  context.CancelFunc
+	settled atomic.Bool
+}
+
+func (c *slowCall) Cancel() {
+	if c.settled.CompareAndSwap(false, true) {
+		c.cancel()
+	}
 }
 
 func startUpstream(t *testing.T) string {
@@ -131,7 +152,9 @@ func start(t *testing.T, cfg Config, h Handler) *Server {
 	}
 }
 
-func TestUDPAndTCP(t *testing.T) {
+// TestTCPAnswers: an answer made at once and one from upstream, over IPv4
+// and IPv6.
+func TestTCPAnswers(t *testing.T) {
 	addrs := []string{freePort(t, "127.0.0.1")}
 	if l, err := net.Listen("tcp", "[::1]:0"); err == nil {
 		l.Close()
@@ -143,21 +166,19 @@ func TestUDPAndTCP(t *testing.T) {
 		{"forwarded, answered from the miss goroutine", "foo.example.com.", "172.16.0.10"},
 	}
 	for _, addr := range addrs {
-		for _, proto := range []string{"udp", "tcp"} {
-			for _, tt := range tests {
-				t.Run(fmt.Sprintf("%s/%s/%s", addr, proto, tt.name), func(t *testing.T) {
-					m := new(dns.Msg)
-					m.SetQuestion(tt.qname, dns.TypeA)
-					c := &dns.Client{Net: proto, Timeout: 3 * time.Second}
-					r, _, err := c.Exchange(m, addr)
-					if err != nil {
-						t.Fatal(err)
-					}
-					if len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != tt.want {
-						t.Fatalf("answer %v, want %s", r.Answer, tt.want)
-					}
-				})
-			}
+		for _, tt := range tests {
+			t.Run(fmt.Sprintf("%s/%s", addr, tt.name), func(t *testing.T) {
+				m := new(dns.Msg)
+				m.SetQuestion(tt.qname, dns.TypeA)
+				c := &dns.Client{Net: "tcp", Timeout: 3 * time.Second}
+				r, _, err := c.Exchange(m, addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != tt.want {
+					t.Fatalf("answer %v, want %s", r.Answer, tt.want)
+				}
+			})
 		}
 	}
 }
@@ -270,35 +291,64 @@ func TestTCPLimits(t *testing.T) {
 	}
 }
 
-func TestGarbage(t *testing.T) {
+// TestTCPGarbage: a frame too short for a DNS header closes the connection
+// (RFC 7766 allows it); a message that is not a query gets no answer; one
+// whose header is usable but whose question is not gets a FORMERR no larger
+// than it; and the connection serves the query after them.
+func TestTCPGarbage(t *testing.T) {
 	addr := startServer(t, Config{Name: "t", Addrs: []string{freePort(t, "127.0.0.1")}}).Addrs()[0]
-	c, err := net.Dial("udp", addr)
-	if err != nil {
-		t.Fatal(err)
+	frame := func(msgs ...[]byte) []byte {
+		var b []byte
+		for _, m := range msgs {
+			b = binary.BigEndian.AppendUint16(b, uint16(len(m)))
+			b = append(b, m...)
+		}
+		return b
 	}
-	defer c.Close()
-	good := new(dns.Msg).SetQuestion("ipv4.aws.example.internal.", dns.TypeA)
-	gb, _ := good.Pack()
-	for _, g := range [][]byte{{1, 2, 3}, append([]byte{0, 1, 0x80}, make([]byte, 20)...), append(gb[:12:12], 0xC0, 12, 0, 1, 0, 1)} {
-		if _, err := c.Write(g); err != nil {
+	dial := func(t *testing.T, b []byte) net.Conn {
+		t.Helper()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(func() { c.Close() })
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		if _, err := c.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		return c
 	}
-	// Only the last (header usable) deserves an answer: a FORMERR no larger than it.
-	_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
-	b := make([]byte, 1500)
-	n, err := c.Read(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n > 18 || b[3]&0xF != dns.RcodeFormatError {
-		t.Fatalf("reply %x, want a FORMERR of at most 18 octets", b[:n])
-	}
-	// The server still works.
-	if _, err := c.Write(gb); err != nil {
-		t.Fatal(err)
-	}
-	if n, err = c.Read(b); err != nil || n <= 12 {
-		t.Fatalf("after garbage: %d %v", n, err)
-	}
+	t.Run("shorter than a header", func(t *testing.T) {
+		c := dial(t, frame([]byte{1, 2, 3}))
+		if n, err := c.Read(make([]byte, 512)); err != io.EOF {
+			t.Fatalf("read %d bytes, %v; want EOF", n, err)
+		}
+	})
+	t.Run("not a query, bad question, query", func(t *testing.T) {
+		good := new(dns.Msg).SetQuestion("ipv4.aws.example.internal.", dns.TypeA)
+		good.Id = 2
+		gb, _ := good.Pack()
+		response := append([]byte{0, 1, 0x80}, make([]byte, 20)...)                // QR set
+		loop := append([]byte{0, 1}, append(gb[2:12:12], 0xC0, 12, 0, 1, 0, 1)...) // ID 1, name points at itself
+		c := dial(t, frame(response, loop, gb))
+		read := func() []byte {
+			t.Helper()
+			var l [2]byte
+			if _, err := io.ReadFull(c, l[:]); err != nil {
+				t.Fatal(err)
+			}
+			b := make([]byte, binary.BigEndian.Uint16(l[:]))
+			if _, err := io.ReadFull(c, b); err != nil {
+				t.Fatal(err)
+			}
+			return b
+		}
+		if b := read(); len(b) > len(loop) || binary.BigEndian.Uint16(b) != 1 || b[3]&0xF != dns.RcodeFormatError {
+			t.Fatalf("first answer %x, want a FORMERR for ID 1 of at most %d octets", b, len(loop))
+		}
+		r := new(dns.Msg)
+		if err := r.Unpack(read()); err != nil || r.Id != 2 || len(r.Answer) != 1 {
+			t.Fatalf("second answer %v (%v), want the answer to ID 2", r, err)
+		}
+	})
 }
