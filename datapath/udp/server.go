@@ -48,16 +48,14 @@
 // with GOMAXPROCS 1 (one CPU, or a container's CPU limit) the socket is
 // non-blocking and registered with the runtime's network poller, and a loop
 // that finds nothing (recvmmsg with MSG_DONTWAIT) parks its goroutine until
-// epoll says the socket is readable; no thread sits in the kernel. Measured
-// on 2 cores with GOMAXPROCS=1, forwarding to BIND over DoH: one query at a
-// time took 0.23-0.30 ms on average (blocking: 0.44-0.59 ms, with a third
-// of the queries per second); saturated, blocking forwarded about 10% more
-// (25-26k against 23-25k QPS), which is not worth the stalls. Config.Wait
-// overrides the choice. WaitAdaptive decides at each wait, for a process
+// epoll says the socket is readable; no thread sits in the kernel. On 2
+// cores with GOMAXPROCS=1 a lone forwarded query took half as long as with
+// blocking; saturated, blocking forwarded slightly more, which is not worth
+// the stalls. Config.Wait overrides the choice. WaitAdaptive decides at each wait, for a process
 // that changes GOMAXPROCS between 1 and 2 at run time (cmd/xdoh does, see
 // cmd/xdoh/internal/procs): with two Ps the poller made lone forwarded
-// queries slower than blocking (0.26-0.32 against 0.19-0.22 ms, 5
-// alternating pairs; 7.5 against 4.4 context switches per query).
+// queries slower than blocking (more context switches per query). The
+// figures are in docs/performance.md.
 //
 // Stopping. close(2) on the descriptor does not wake a thread blocked in
 // recvmmsg. Stop sets a flag and calls shutdown(fd, SHUT_RD): on Linux this
@@ -105,8 +103,7 @@ type Config struct {
 	// Sockets is the number of SO_REUSEPORT sockets (and loop goroutines)
 	// per address; default GOMAXPROCS/2, at least 1. The kernel's UDP work
 	// per packet (softirq, copies) needs CPU too: one loop per core halves
-	// the batch each recvmmsg gets and measured slower on 2 cores (79k vs
-	// 128k QPS of cache hits with dnsperf on the same box).
+	// the batch each recvmmsg gets and measured slower on 2 cores.
 	Sockets int
 	Batch   int  // datagrams per recvmmsg/sendmmsg; default 32, at most 1024
 	Wait    Wait // how a loop waits for datagrams; default WaitAuto

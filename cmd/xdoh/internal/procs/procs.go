@@ -2,10 +2,9 @@
 // and on a two-CPU machine changes it while TCP clients are connected.
 //
 // Why one P. On 2 CPUs shared with the upstream and the clients (the peer
-// benchmark's box, a small VM), forwarding UDP queries over DoH cost about
-// half the CPU per query with GOMAXPROCS 1 as with 2: 14-21 µs against
-// 26-36 µs, at 24-35k against 18-20k QPS (to BIND 9.18, saturated). With
-// two Ps every hand-off between goroutines (datagram loop → DoH writer →
+// benchmark's box, a small VM), forwarding UDP queries over DoH costs
+// less CPU per query with GOMAXPROCS 1 than with 2, and goes faster
+// (docs/performance.md has the runs). With two Ps every hand-off between goroutines (datagram loop → DoH writer →
 // DoH reader → reply sender) may wake a second thread through a futex, and
 // the UDP loop's blocking recvmmsg makes the runtime's sysmon retake its P
 // every 20 µs; a context switch is dear on a VM. With one P the hand-offs
@@ -16,8 +15,8 @@
 // Why two while TCP clients are connected. gnet's event loops (datapath/tcp,
 // Do53 over TCP) wait in epoll_wait(2) on their own threads, holding a P.
 // With one P the goroutine that reads the upstream's answer cannot run until
-// sysmon takes that P back, 20 µs to 10 ms later: lone TCP queries took
-// 0.39-0.41 ms instead of 0.16-0.26. So the first open TCP connection raises
+// sysmon takes that P back, 20 µs to 10 ms later, and lone TCP queries took
+// about twice as long. So the first open TCP connection raises
 // GOMAXPROCS to two at once, and it drops back to one when no TCP connection
 // has been open for Hold (so that clients connecting once per query do not
 // make it flap: each change stops the world for some microseconds).
