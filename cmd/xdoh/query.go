@@ -113,7 +113,7 @@ func cmdQuery(args []string, out io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("packing query: %w", err)
 		}
-		b, err := up.Exchange(ctx, wire)
+		b, err := upstream.Exchange(ctx, up, wire)
 		if err != nil {
 			return fmt.Errorf("querying %s: %w", q.dohURL, err)
 		}

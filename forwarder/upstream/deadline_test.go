@@ -15,7 +15,7 @@ import (
 func TestDoHIdleThenLargeBatchKeepsConnection(t *testing.T) {
 	srv := startDoHServer(t, true)
 	u := newTestDoH(t, srv.URL+"/dns-query", Options{Conns: 1, Timeout: 300 * time.Millisecond}) // dialTime = 1s
-	if _, err := u.Exchange(context.Background(), makeQuery(t, "a.example.", 1)); err != nil {
+	if _, err := Exchange(context.Background(), u, makeQuery(t, "a.example.", 1)); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(1300 * time.Millisecond) // idle for longer than dialTime
@@ -33,7 +33,7 @@ func TestDoHIdleThenLargeBatchKeepsConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("query is %d bytes", len(big))
-	if _, err := u.Exchange(context.Background(), big); err != nil {
+	if _, err := Exchange(context.Background(), u, big); err != nil {
 		t.Fatal(err)
 	}
 	if n := srv.conns.Load(); n != 1 {

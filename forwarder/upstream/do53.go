@@ -45,7 +45,6 @@ type Do53 struct {
 	udp     []atomic.Pointer[dnsConn]
 	udpNext atomic.Uint32
 	tcp     connPool[dnsConn, *dnsConn]
-	waiters sync.Pool // *waiter
 	bufs    sync.Pool // *[]byte, UDP send buffers
 
 	ctx    context.Context // cancelled by Close; parent of dials
@@ -62,26 +61,15 @@ var _ Upstream = (*Do53)(nil)
 
 // waiter is one query waiting for its response on a dnsConn. It is in the
 // connection's map while it waits; whoever removes it from the map under the
-// connection's mutex (reader, shutdown or the giving-up caller) completes
-// it, and only the first two signal it (finish).
+// connection's mutex (reader, shutdown, or the query's timer or Cancel
+// giving up) completes it, and only the first two hand it back to its
+// query (landed).
 type waiter struct {
 	query []byte // the caller's query, for matching the question
 	id    uint16 // ID on the wire
-	done  chan struct{}
-	timer *time.Timer
 	resp  []byte
 	err   error
-	async *asyncQuery // set for Submit's waiters, which have no done channel
-}
-
-// finish signals a waiter that the reader or shutdown removed from its
-// connection, with resp or err set.
-func (w *waiter) finish() {
-	if w.async != nil {
-		w.async.landed()
-		return
-	}
-	w.done <- struct{}{}
+	async *asyncQuery // the Submit it belongs to
 }
 
 func newDo53(target string, addr netip.AddrPort, tcpOnly bool, opts Options) *Do53 {
@@ -98,11 +86,6 @@ func newDo53(target string, addr netip.AddrPort, tcpOnly bool, opts Options) *Do
 		live:        make(map[*dnsConn]struct{}),
 	}
 	u.ctx, u.cancel = context.WithCancel(context.Background())
-	u.waiters.New = func() any {
-		t := time.NewTimer(time.Hour)
-		t.Stop()
-		return &waiter{done: make(chan struct{}, 1), timer: t}
-	}
 	u.bufs.New = func() any {
 		b := make([]byte, 0, 512)
 		return &b
@@ -110,7 +93,8 @@ func newDo53(target string, addr netip.AddrPort, tcpOnly bool, opts Options) *Do
 	u.tcp = connPool[dnsConn, *dnsConn]{
 		slots: make([]poolSlot[dnsConn], opts.Conns),
 		what:  "TCP connection to " + u.addr.String(), dialed: u.addr.String() + " over TCP",
-		spawn: u.spawn, done: u.wg.Done, dial: u.dialTCP, closed: u.isDone.Load,
+		maxWait: opts.Conns * maxInflightPerConn,
+		spawn:   u.spawn, done: u.wg.Done, dial: u.dialTCP, closed: u.isDone.Load,
 	}
 	if opts.Prewarm {
 		if tcpOnly {
@@ -127,8 +111,9 @@ func newDo53(target string, addr netip.AddrPort, tcpOnly bool, opts Options) *Do
 // String returns the target as configured.
 func (u *Do53) String() string { return u.target }
 
-// Close stops dialling, closes every socket and connection (failing their
-// queries with ErrClosed) and waits for their goroutines to end.
+// Close stops dialling, fails the queries waiting for a TCP connection and
+// those on every socket and connection with ErrClosed, closes them and
+// waits for their goroutines to end.
 func (u *Do53) Close() error {
 	u.mu.Lock()
 	if u.closed {
@@ -142,62 +127,13 @@ func (u *Do53) Close() error {
 		conns = append(conns, c)
 	}
 	u.mu.Unlock()
+	u.tcp.failAll(ErrClosed)
 	u.cancel()
 	for _, c := range conns {
 		c.shutdown(ErrClosed)
 	}
 	u.wg.Wait()
 	return nil
-}
-
-// Exchange sends query with a random ID on the wire and returns the matching
-// response carrying the query's ID. Over TCP, a query whose connection broke
-// is retried once on a fresh connection.
-func (u *Do53) Exchange(ctx context.Context, query []byte) ([]byte, error) {
-	if len(query) < headerLen || len(query) > maxResponseSize {
-		return nil, fmt.Errorf("upstream %s: %w: %d bytes", u.target, ErrBadQuery, len(query))
-	}
-	if u.isDone.Load() {
-		return nil, fmt.Errorf("upstream %s: %w", u.target, ErrClosed)
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("upstream %s: %w", u.target, ctxErr(ctx, "before sending"))
-	}
-	w := u.waiters.Get().(*waiter)
-	w.timer.Reset(u.timeout)
-	var resp []byte
-	var err error
-	if !u.tcpOnly {
-		resp, err = u.exchangeUDP(ctx, query, w)
-		if err == nil && resp[2]&0x02 != 0 { // TC
-			resp = nil
-		}
-	}
-	if err == nil && resp == nil {
-		resp, err = u.exchangeTCP(ctx, query, w, 2)
-	}
-	w.timer.Stop()
-	w.query, w.resp, w.err = nil, nil, nil
-	u.waiters.Put(w)
-	if err != nil {
-		return nil, fmt.Errorf("upstream %s: %w", u.target, err)
-	}
-	resp[0], resp[1] = query[0], query[1]
-	return resp, nil
-}
-
-// exchangeUDP sends query on one of the pooled sockets and waits for the
-// datagram that answers it.
-func (u *Do53) exchangeUDP(ctx context.Context, query []byte, w *waiter) ([]byte, error) {
-	c, err := u.registerUDP(w, query)
-	if err != nil {
-		return nil, err
-	}
-	if err := u.sendUDP(c, w, query); err != nil {
-		c.failSend(err)
-		return c.cancel(w, netError(ctx, "sending over UDP", err))
-	}
-	return c.wait(ctx, w, "over UDP")
 }
 
 // failSend ends UDP socket c after a send failed with an ICMP error (port
@@ -276,30 +212,6 @@ func (u *Do53) udpConn(i int) (*dnsConn, error) {
 	go c.readUDP()
 	slot.Store(c)
 	return c, nil
-}
-
-// exchangeTCP sends query on one of the pooled TCP connections, trying up
-// to attempts connections if the one it used broke or went idle meanwhile.
-func (u *Do53) exchangeTCP(ctx context.Context, query []byte, w *waiter, attempts int) ([]byte, error) {
-	for attempt := 1; ; attempt++ {
-		c, err := u.getTCP(ctx, w)
-		if err != nil {
-			return nil, err
-		}
-		var resp []byte
-		if err = c.register(w, query); err == nil {
-			c.signal()
-			resp, err = c.wait(ctx, w, "over TCP")
-		}
-		if err == nil || attempt >= attempts || !Retryable(err) {
-			return resp, err
-		}
-	}
-}
-
-// getTCP returns a TCP connection that takes queries (see connPool).
-func (u *Do53) getTCP(ctx context.Context, w *waiter) (*dnsConn, error) {
-	return u.tcp.get(ctx, w.timer.C)
 }
 
 // spawn accounts for a pool dial goroutine; false once closed.
@@ -412,7 +324,7 @@ func (c *dnsConn) register(w *waiter, query []byte) error {
 	c.uses++
 	if c.uses == c.u.udpMaxUses {
 		// Give later queries a fresh source port; the queries in flight
-		// have at most the exchange timeout left.
+		// have at most the query timeout left.
 		c.closing.Store(true)
 		time.AfterFunc(c.u.timeout, func() { c.shutdown(errRetired) })
 	}
@@ -424,28 +336,6 @@ func (c *dnsConn) signal() {
 	case c.wake <- struct{}{}:
 	default:
 	}
-}
-
-// wait waits for w's response, its deadline or the caller's context.
-func (c *dnsConn) wait(ctx context.Context, w *waiter, over string) ([]byte, error) {
-	select {
-	case <-w.done:
-		return w.resp, w.err
-	case <-ctx.Done():
-		return c.cancel(w, ctxErr(ctx, "waiting for response "+over))
-	case <-w.timer.C:
-		return c.cancel(w, fmt.Errorf("waiting for response %s: %w", over, ErrTimeout))
-	}
-}
-
-// cancel withdraws w with err, unless it has been completed meanwhile:
-// then it returns that outcome.
-func (c *dnsConn) cancel(w *waiter, err error) ([]byte, error) {
-	if c.withdraw(w) {
-		return nil, err
-	}
-	<-w.done
-	return w.resp, w.err
 }
 
 // withdraw removes w from c if it is still waiting there: then the caller
@@ -484,7 +374,7 @@ func (c *dnsConn) deliver(msg []byte) {
 	c.removeLocked(id)
 	c.mu.Unlock()
 	w.resp = append([]byte(nil), msg...)
-	w.finish()
+	w.async.landed()
 }
 
 // shutdown closes c and fails its waiters with err. It is idempotent.
@@ -506,9 +396,12 @@ func (c *dnsConn) shutdown(err error) {
 	c.nc.Close()
 	for _, w := range victims {
 		w.err = err
-		w.finish()
+		w.async.landed()
 	}
 	c.u.removeConn(c)
+	if c.tcp {
+		c.u.tcp.kick() // a query waiting for the pool may need another connection
+	}
 }
 
 // readUDP is the socket's only reader.
@@ -520,7 +413,7 @@ func (c *dnsConn) readUDP() {
 		if err != nil {
 			// ICMP errors such as "connection refused" end the socket too:
 			// they concern every query to the target, and the next
-			// exchange opens a new socket.
+			// query opens a new socket.
 			c.shutdown(fmt.Errorf("reading from %s over UDP: %w", c.u.addr, err))
 			return
 		}
@@ -588,16 +481,4 @@ func (c *dnsConn) writeTCP() {
 			return
 		}
 	}
-}
-
-// netError says what was being done and maps deadlines to ErrTimeout and
-// cancellation to the context's error.
-func netError(ctx context.Context, doing string, err error) error {
-	if ctx.Err() != nil {
-		return ctxErr(ctx, doing)
-	}
-	if isTimeout(err) {
-		return fmt.Errorf("%s: %w (%w)", doing, ErrTimeout, err)
-	}
-	return fmt.Errorf("%s: %w", doing, err)
 }

@@ -1,7 +1,6 @@
 package upstream
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -9,23 +8,25 @@ import (
 	"time"
 )
 
-// Submit sends query like Exchange but does not block: done is called
-// exactly once with the response (carrying the query's ID) or the error,
-// within timeout (at most the upstream's own timeout). Over UDP nothing
-// waits: the query is registered on a pooled socket and sent from the
-// caller's goroutine, and the socket's reader (or the query's timer, or
-// whoever fails the socket) calls done. A truncated answer moves the query
-// to a pooled TCP connection the same way; only when none is open yet does
-// one goroutine dial and exchange for it. A TCP connection that breaks with
-// the query in flight is retried once, as Exchange does. done runs on one of
+// Submit sends query with a random ID on the wire and does not block: done
+// is called exactly once with the response (carrying the query's ID) or
+// the error, within timeout (at most the upstream's own timeout; 0 or
+// less: that one). Over UDP nothing waits: the query is registered on a
+// pooled socket and sent from the caller's goroutine, and the socket's
+// reader (or the query's timer, or whoever fails the socket) calls done. A
+// truncated answer moves the query to a pooled TCP connection the same
+// way; while none is open yet, the query waits in the TCP pool's wait
+// queue for the dial (see connPool). A TCP connection that breaks with the
+// query in flight is retried once on a fresh one. done runs on one of
 // those goroutines, or on the caller's when the query is refused at once;
 // it must not block, and the response is its to keep. query is copied
 // before Submit returns.
 //
 // The result's Cancel abandons the query (a hedge's loser): its ID is
 // withdrawn from its socket or connection, so that a late answer is
-// dropped, and done is not called unless it already has been or is being
-// called. It is nil when done has been called before Submit returns.
+// dropped, or it leaves the wait queue, and done is not called unless it
+// already has been or is being called. It is nil when done has been called
+// before Submit returns.
 func (u *Do53) Submit(query []byte, timeout time.Duration, done func(resp []byte, err error)) Canceler {
 	if len(query) < headerLen || len(query) > maxResponseSize {
 		done(nil, fmt.Errorf("upstream %s: %w: %d bytes", u.target, ErrBadQuery, len(query)))
@@ -49,9 +50,8 @@ func (u *Do53) Submit(query []byte, timeout time.Duration, done func(resp []byte
 }
 
 // Cancel settles the query without calling back unless it is settled
-// already, and takes its waiter off the connection it waits on. A query
-// whose goroutine waits for a TCP connection runs on; its result is
-// dropped.
+// already, and takes its waiter off the connection it waits on, or the
+// query off the wait queue.
 func (a *asyncQuery) Cancel() {
 	if !a.settled.CompareAndSwap(false, true) {
 		return
@@ -62,6 +62,7 @@ func (a *asyncQuery) Cancel() {
 		c.withdraw(&a.w)
 	}
 	a.mu.Unlock()
+	a.u.tcp.remove(&a.node)
 }
 
 // asyncQuery is one Submit in flight. Its waiter is registered on at most
@@ -73,6 +74,7 @@ type asyncQuery struct {
 	deadline time.Time
 	retried  bool // a broken TCP connection has been retried
 	settled  atomic.Bool
+	node     *waitNode[*dnsConn] // its place in the TCP pool's wait queue, once it waits
 
 	mu    sync.Mutex
 	tcp   bool     // over TCP now (TCP only, or after a truncated answer); written under mu
@@ -107,10 +109,28 @@ func (a *asyncQuery) send() {
 		}
 		return
 	}
-	c := u.tcp.tryGet()
+	var c *dnsConn
+	if u.tcp.nwait.Load() == 0 { // else queue behind the queries waiting
+		c = u.tcp.tryGet()
+	}
 	if c == nil {
-		a.exchangeTCP() // still dialling
+		a.waitTCP()
 		return
+	}
+	switch ok, err := a.take(c); {
+	case !ok:
+		a.waitTCP() // c died since tryGet looked
+	case err != nil:
+		a.complete(nil, err)
+	}
+}
+
+// take registers the query on TCP connection c and has it sent (also as a
+// poolWaiter, under the pool's lock); false: c is dead. A query settled
+// meanwhile is done with.
+func (a *asyncQuery) take(c *dnsConn) (bool, error) {
+	if a.settled.Load() {
+		return true, nil
 	}
 	a.mu.Lock()
 	err := c.register(&a.w, a.w.query)
@@ -118,13 +138,17 @@ func (a *asyncQuery) send() {
 	a.mu.Unlock()
 	switch {
 	case errors.Is(err, ErrBusy):
-		a.complete(nil, err)
+		return true, err
 	case err != nil:
-		a.exchangeTCP() // died since tryGet looked
+		return false, nil
 	case !late:
 		c.signal()
 	}
+	return true, nil
 }
+
+// fail ends the query with err (poolWaiter).
+func (a *asyncQuery) fail(err error) { a.complete(nil, err) }
 
 // registeredLocked records that the waiter is on c. If the query's timer
 // has already settled it, it takes the waiter back off and reports true.
@@ -137,30 +161,13 @@ func (a *asyncQuery) registeredLocked(c *dnsConn) (late bool) {
 	return false
 }
 
-// exchangeTCP hands the query to one goroutine that waits for a TCP
-// connection (dialling one) and exchanges on it.
-func (a *asyncQuery) exchangeTCP() {
+// waitTCP puts the query in the TCP pool's wait queue, where the next
+// connection to come up takes it.
+func (a *asyncQuery) waitTCP() {
 	a.mu.Lock()
 	a.c = nil // nothing of ours is registered anywhere
 	a.mu.Unlock()
-	attempts := 2
-	if a.retried {
-		attempts = 1
-	}
-	go func() {
-		u := a.u
-		// Not u.ctx: on Close the connection's shutdown tells the waiter
-		// ErrClosed, as Exchange's callers hear it.
-		ctx, cancel := context.WithDeadline(context.Background(), a.deadline)
-		defer cancel()
-		w := u.waiters.Get().(*waiter)
-		w.timer.Reset(time.Until(a.deadline))
-		resp, err := u.exchangeTCP(ctx, a.w.query, w, attempts)
-		w.timer.Stop()
-		w.query, w.resp, w.err = nil, nil, nil
-		u.waiters.Put(w)
-		a.complete(resp, err)
-	}()
+	a.u.tcp.wait(&a.node, a, a.deadline)
 }
 
 // landed runs on the goroutine that took the waiter off its connection,
@@ -200,6 +207,7 @@ func (a *asyncQuery) expire() {
 		c.withdraw(&a.w)
 	}
 	a.mu.Unlock()
+	a.u.tcp.remove(&a.node)
 	over := "UDP"
 	if tcp {
 		over = "TCP"

@@ -346,18 +346,15 @@ func TestDo53SubmitAnswer(t *testing.T) {
 func TestDo53SubmitConcurrent(t *testing.T) {
 	const n, timeout = 300, 3 * time.Second
 	tests := []struct {
-		name      string
-		tcp       bool
-		conns     int
-		warm      bool
-		exchanges int // blocking Exchanges alongside
+		name  string
+		tcp   bool
+		conns int
+		warm  bool
 	}{
 		{name: "UDP, two sockets", conns: 2},
 		{name: "UDP, one socket, warm", conns: 1, warm: true},
-		{name: "UDP, with Exchanges alongside", conns: 2, exchanges: 50},
 		{name: "TCP, connections ready", tcp: true, conns: 2, warm: true},
-		{name: "TCP, cold start", tcp: true, conns: 2}, // queries wait for the dials
-		{name: "TCP, with Exchanges alongside", tcp: true, conns: 2, warm: true, exchanges: 50},
+		{name: "TCP, cold start", tcp: true, conns: 2}, // queries wait in the pool's queue for the dials
 	}
 	var all settled
 	t.Run("group", func(t *testing.T) {
@@ -374,16 +371,11 @@ func TestDo53SubmitConcurrent(t *testing.T) {
 					warmDo53(t, u)
 				}
 				b := newDo53Burst(t, u, n, numberedNames("c"))
-				var ex sync.WaitGroup
-				for i := range tt.exchanges {
-					ex.Go(func() { exchangeMany(t, u, 1, fmt.Sprintf("x%d-", i)) })
-				}
 				b.submitAll(timeout, 4)
 				b.wait(t, timeout+5*time.Second)
-				ex.Wait()
 				b.check(t, timeout, always(answered))
 				all.add(t, b.asyncBurst, timeout)
-				if got, want := srv.queries.Load(), int64(n+tt.exchanges); got != want {
+				if got, want := srv.queries.Load(), int64(n); got != want {
 					t.Errorf("server saw %d queries, want %d: each sent once", got, want)
 				}
 				if got := srv.clients(network); got > tt.conns {
@@ -1150,8 +1142,8 @@ func TestDo53SubmitCloseInFlight(t *testing.T) {
 			want: expect{is: ErrClosed},
 		},
 		{
-			// The queries waited for the dial on goroutines, as Exchange
-			// does, before they were sent.
+			// The queries waited in the pool's queue for the dial before
+			// they were sent.
 			name: "TCP queries in flight after a cold start",
 			start: func(t *testing.T) (string, func() bool) {
 				f := startDo53Fault(t, nil, tcpIgnoreAll)

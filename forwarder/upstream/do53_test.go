@@ -34,7 +34,7 @@ func TestDo53(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer u.Close()
-			resp, err := u.Exchange(context.Background(), makeQuery(t, tt.qname, 0xABCD))
+			resp, err := Exchange(context.Background(), u, makeQuery(t, tt.qname, 0xABCD))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -60,7 +60,7 @@ func TestDo53IgnoresMismatchedDatagrams(t *testing.T) {
 	}
 	defer u.Close()
 	for i := range 5 {
-		resp, err := u.Exchange(context.Background(), makeQuery(t, "real.example.", uint16(i)))
+		resp, err := Exchange(context.Background(), u, makeQuery(t, "real.example.", uint16(i)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -80,7 +80,7 @@ func TestDo53Timeout(t *testing.T) {
 	}
 	defer u.Close()
 	start := time.Now()
-	_, err = u.Exchange(context.Background(), makeQuery(t, "a.example.", 1))
+	_, err = Exchange(context.Background(), u, makeQuery(t, "a.example.", 1))
 	if !errors.Is(err, ErrTimeout) {
 		t.Fatalf("error %v, want ErrTimeout", err)
 	}
@@ -92,14 +92,14 @@ func TestDo53Timeout(t *testing.T) {
 	defer cancel()
 	u2, _ := New(pc.LocalAddr().String(), Options{Timeout: 5 * time.Second})
 	start = time.Now()
-	_, err = u2.Exchange(ctx, makeQuery(t, "a.example.", 1))
+	_, err = Exchange(ctx, u2, makeQuery(t, "a.example.", 1))
 	if !errors.Is(err, ErrTimeout) || time.Since(start) > 300*time.Millisecond {
 		t.Fatalf("error %v after %v, want ErrTimeout after about 50ms", err, time.Since(start))
 	}
 
 	ctx, cancel = context.WithCancel(context.Background())
 	time.AfterFunc(30*time.Millisecond, cancel)
-	_, err = u2.Exchange(ctx, makeQuery(t, "a.example.", 1))
+	_, err = Exchange(ctx, u2, makeQuery(t, "a.example.", 1))
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("error %v, want context.Canceled", err)
 	}
@@ -115,7 +115,7 @@ func BenchmarkDo53UDPExchange(b *testing.B) {
 	q := makeQuery(b, "bench.example.", 1)
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := u.Exchange(context.Background(), q); err != nil {
+		if _, err := Exchange(context.Background(), u, q); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -140,7 +140,7 @@ func exchangeMany(t *testing.T, u Upstream, n int, prefix string) {
 		wg.Go(func() {
 			name := fmt.Sprintf("%s%d.example.", prefix, i)
 			id := uint16(i * 13)
-			resp, err := u.Exchange(context.Background(), makeQuery(t, name, id))
+			resp, err := Exchange(context.Background(), u, makeQuery(t, name, id))
 			if err != nil {
 				t.Error(err)
 				return
@@ -182,7 +182,7 @@ func TestDo53UDPBusy(t *testing.T) {
 	u.maxInflight = 2
 	var wg sync.WaitGroup
 	for range 2 {
-		wg.Go(func() { u.Exchange(context.Background(), makeQuery(t, "a.example.", 1)) })
+		wg.Go(func() { Exchange(context.Background(), u, makeQuery(t, "a.example.", 1)) })
 	}
 	waitFor(t, "two queries in flight", func() bool {
 		c := u.udp[0].Load()
@@ -193,7 +193,7 @@ func TestDo53UDPBusy(t *testing.T) {
 		defer c.mu.Unlock()
 		return len(c.waiters) == 2
 	})
-	if _, err := u.Exchange(context.Background(), makeQuery(t, "b.example.", 2)); !errors.Is(err, ErrBusy) {
+	if _, err := Exchange(context.Background(), u, makeQuery(t, "b.example.", 2)); !errors.Is(err, ErrBusy) {
 		t.Errorf("third query: %v, want ErrBusy", err)
 	}
 	wg.Wait()
@@ -205,7 +205,7 @@ func TestDo53UDPSocketRetires(t *testing.T) {
 	u.udpMaxUses = 10
 	first := u.udpConnForTest(t)
 	for i := range 25 {
-		resp, err := u.Exchange(context.Background(), makeQuery(t, "r.example.", uint16(i)))
+		resp, err := Exchange(context.Background(), u, makeQuery(t, "r.example.", uint16(i)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -270,7 +270,7 @@ func TestDo53TCPClosedEveryTimeFailsFast(t *testing.T) {
 	u := newTestDo53(t, "tcp://"+srv.ln.Addr().String(), Options{Conns: 1, Timeout: 10 * time.Second})
 	for round := 1; round <= 2; round++ {
 		start := time.Now()
-		_, err := u.Exchange(context.Background(), makeQuery(t, "x.example.", 1))
+		_, err := Exchange(context.Background(), u, makeQuery(t, "x.example.", 1))
 		if !errors.Is(err, ErrConnClosed) || !Retryable(err) {
 			t.Fatalf("error %v, want a retryable ErrConnClosed", err)
 		}
@@ -287,12 +287,12 @@ func TestDo53TCPIdleClose(t *testing.T) {
 	srv := startTCPDNSServer(t, func(int, *dns.Msg) tcpAction { return tcpAnswer })
 	u := newTestDo53(t, "tcp://"+srv.ln.Addr().String(), Options{Conns: 1})
 	u.idleTimeout = 100 * time.Millisecond
-	if _, err := u.Exchange(context.Background(), makeQuery(t, "a.example.", 1)); err != nil {
+	if _, err := Exchange(context.Background(), u, makeQuery(t, "a.example.", 1)); err != nil {
 		t.Fatal(err)
 	}
 	c := u.tcp.slots[0].conn.Load()
 	waitFor(t, "idle connection closed", c.closing.Load)
-	if _, err := u.Exchange(context.Background(), makeQuery(t, "b.example.", 2)); err != nil {
+	if _, err := Exchange(context.Background(), u, makeQuery(t, "b.example.", 2)); err != nil {
 		t.Fatal(err)
 	}
 	if n := srv.nconn.Load(); n != 2 {
@@ -327,13 +327,13 @@ func TestDo53CloseNoLeaks(t *testing.T) {
 			t.Fatal(err)
 		}
 		exchangeMany(t, u, 50, "l")
-		if _, err := u.Exchange(context.Background(), makeQuery(t, "big.example.", 1)); err != nil {
+		if _, err := Exchange(context.Background(), u, makeQuery(t, "big.example.", 1)); err != nil {
 			t.Fatal(err)
 		}
 		if err := u.Close(); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := u.Exchange(context.Background(), makeQuery(t, "late.example.", 1)); !errors.Is(err, ErrClosed) {
+		if _, err := Exchange(context.Background(), u, makeQuery(t, "late.example.", 1)); !errors.Is(err, ErrClosed) {
 			t.Errorf("%s after Close: %v, want ErrClosed", target, err)
 		}
 	}
@@ -352,7 +352,7 @@ func BenchmarkDo53UDPExchangeParallel(b *testing.B) {
 	b.SetParallelism(16)
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if _, err := u.Exchange(context.Background(), q); err != nil {
+			if _, err := Exchange(context.Background(), u, q); err != nil {
 				b.Error(err)
 				return
 			}
@@ -370,7 +370,7 @@ func BenchmarkDo53TCPExchange(b *testing.B) {
 	q := makeQuery(b, "bench.example.", 1)
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := u.Exchange(context.Background(), q); err != nil {
+		if _, err := Exchange(context.Background(), u, q); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -3,7 +3,6 @@ package upstream
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -37,7 +36,6 @@ type DoH struct {
 	pingWait  time.Duration // time for a PING ACK
 	rtt       atomic.Int64  // EWMA of PING round trips, ns; 0 before the first
 	pool      connPool[h2Conn, *h2Conn]
-	reqs      sync.Pool // *request
 	hdr       headerBlocks
 
 	ctx    context.Context // cancelled by Close; parent of dials
@@ -84,15 +82,11 @@ func newDoH(target string, opts Options) (*DoH, error) {
 		maxStreamID: maxClientStreamID,
 	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
-	d.reqs.New = func() any {
-		t := time.NewTimer(time.Hour)
-		t.Stop()
-		return &request{done: make(chan struct{}, 1), timer: t}
-	}
 	d.pool = connPool[h2Conn, *h2Conn]{
 		slots: make([]poolSlot[h2Conn], opts.Conns),
 		what:  "connection to " + dialAddr, dialed: dialAddr,
-		spawn: d.spawn, done: d.wg.Done, dial: d.dialOne, closed: d.isDone.Load,
+		maxWait: opts.Conns * maxStreamsPerConn,
+		spawn:   d.spawn, done: d.wg.Done, dial: d.dialOne, closed: d.isDone.Load,
 	}
 	if opts.Prewarm {
 		d.pool.prewarm()
@@ -127,28 +121,25 @@ func (d *DoH) recordRTT(sample time.Duration) {
 
 // request is one query on its way through a connection. Its state field is
 // guarded by the mutex of the connection it is queued on; the reader owns
-// the response fields while the stream is open, and the caller owns the
-// request again once done has been signalled.
+// the response fields while the stream is open. Whoever finishes it (state
+// stDone, under that mutex) hands it to complete.
 type request struct {
+	d     *DoH
 	query []byte // copy of the caller's query with ID 0
-	done  chan struct{}
-	timer *time.Timer
+	cb    func(resp []byte, err error)
+	timer *time.Timer // AfterFunc that expires the request on its connection
 
-	state reqState
-	id    uint32 // stream ID once sent
-	resp  []byte
-	err   error
-
-	abandoned bool // caller-owned: the caller gave up on it, do not reuse
-
-	// Async requests (Submit): the callback instead of done, and what a
-	// retry needs. timer is then an AfterFunc that expires the request.
-	cb       func(resp []byte, err error)
 	deadline time.Time
 	qid      [2]byte // the caller's ID; query carries 0
 	retried  bool
 	conn     atomic.Pointer[h2Conn]  // the connection it was queued on (Cancel)
 	retry    atomic.Pointer[request] // the request that retries it (Cancel)
+	node     *waitNode[*h2Conn]      // its place in the pool's wait queue, once it waits
+
+	state reqState
+	id    uint32 // stream ID once sent
+	resp  []byte
+	err   error
 
 	// Reader-owned while the stream is open.
 	gotHeaders bool
@@ -162,66 +153,9 @@ const (
 	stIdle      reqState = iota
 	stQueued             // on the writer's queue
 	stSent               // stream open, in the connection's stream map
-	stDone               // finished; done is (being) signalled
-	stAbandoned          // the caller gave up; nobody signals it
+	stDone               // finished; being completed
+	stAbandoned          // the caller gave up or it timed out; nobody completes it
 )
-
-// Exchange sends query over DoH and returns the response with the query's ID.
-// A query that fails because its connection broke or went away is retried
-// once on a fresh connection.
-func (d *DoH) Exchange(ctx context.Context, query []byte) ([]byte, error) {
-	if len(query) < headerLen || len(query) > maxResponseSize {
-		return nil, fmt.Errorf("upstream %s: %w: %d bytes", d.target, ErrBadQuery, len(query))
-	}
-	if d.isDone.Load() {
-		return nil, fmt.Errorf("upstream %s: %w", d.target, ErrClosed)
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("upstream %s: %w", d.target, ctxErr(ctx, "before sending"))
-	}
-	return d.exchangeQuery(ctx, query, 2)
-}
-
-// exchangeQuery is Exchange with at most attempts tries (a second one only
-// after the first failed with a Retryable error).
-func (d *DoH) exchangeQuery(ctx context.Context, query []byte, attempts int) ([]byte, error) {
-	r := d.reqs.Get().(*request)
-	r.query = append(r.query[:0], query...)
-	r.query[0], r.query[1] = 0, 0
-	r.timer.Reset(d.timeout)
-	resp, err := d.exchange(ctx, r, attempts)
-	r.timer.Stop()
-	if !r.abandoned { // else a reader or writer may still hold it: leave it to the GC
-		r.resp, r.err, r.state = nil, nil, stIdle
-		d.reqs.Put(r)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("upstream %s: %w", d.target, err)
-	}
-	if err := checkResponse(query, resp); err != nil {
-		return nil, fmt.Errorf("upstream %s: %w", d.target, err)
-	}
-	resp[0], resp[1] = query[0], query[1]
-	return resp, nil
-}
-
-func (d *DoH) exchange(ctx context.Context, r *request, attempts int) ([]byte, error) {
-	for attempt := 1; ; attempt++ {
-		c, err := d.getConn(ctx, r)
-		if err != nil {
-			return nil, err
-		}
-		resp, err := c.roundTrip(ctx, r)
-		if err == nil || attempt >= attempts || r.abandoned || !Retryable(err) {
-			return resp, err
-		}
-	}
-}
-
-// getConn returns a connection that accepts new streams (see connPool).
-func (d *DoH) getConn(ctx context.Context, r *request) (*h2Conn, error) {
-	return d.pool.get(ctx, r.timer.C)
-}
 
 // dialOne dials, registers and starts one connection for the pool.
 func (d *DoH) dialOne() (*h2Conn, error) {
@@ -301,8 +235,9 @@ func (d *DoH) removeConn(c *h2Conn) {
 	d.mu.Unlock()
 }
 
-// Close stops dialling, closes every connection (failing their streams with
-// ErrClosed) and waits for the connection goroutines to end.
+// Close stops dialling, fails the queries waiting for a connection and
+// those on every connection with ErrClosed, closes the connections and
+// waits for their goroutines to end.
 func (d *DoH) Close() error {
 	d.mu.Lock()
 	if d.closed {
@@ -316,6 +251,7 @@ func (d *DoH) Close() error {
 		conns = append(conns, c)
 	}
 	d.mu.Unlock()
+	d.pool.failAll(ErrClosed)
 	d.cancel()
 	for _, c := range conns {
 		c.shutdown(ErrClosed)
@@ -327,9 +263,3 @@ func (d *DoH) Close() error {
 // errDraining fails requests that reached a connection no longer taking new
 // streams; they are retried elsewhere.
 var errDraining = fmt.Errorf("%w: connection is draining", ErrConnClosed)
-
-// isTimeout reports whether err is a network timeout.
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}

@@ -1,32 +1,33 @@
 package upstream
 
 import (
-	"context"
 	"fmt"
 	"time"
 )
 
-// Submit sends query over DoH like Exchange but does not block: done is
-// called exactly once with the response (carrying the query's ID) or the
-// error, within timeout. On the fast path — a connection with a free stream
-// is ready — nothing waits: the request is queued for the connection's
-// writer, and the connection's reader (or the request's timer, or whoever
-// fails the connection) calls done. Otherwise one goroutine runs Exchange
-// for it. done runs on one of those goroutines, or on the caller's when the
-// query is refused at once; it must not block, and the response is its to
-// keep. query is copied before Submit returns.
+// Submit sends query over DoH and does not block: done is called exactly
+// once with the response (carrying the query's ID) or the error, within
+// timeout (at most the upstream's own timeout; 0 or less: that one). When
+// a connection with a free stream is ready, the request is queued for the
+// connection's writer (or written by the caller, see writeInline), and the
+// connection's reader (or the request's timer, or whoever fails the
+// connection) calls done. Otherwise the request waits in the pool's wait
+// queue until a dial completes or a stream frees up (see connPool). A
+// request that fails because its connection broke or went away is retried
+// once on another connection. done runs on one of those goroutines, or on
+// the caller's when the query is refused at once; it must not block, and
+// the response is its to keep. query is copied before Submit returns.
 //
 // This is the miss path of a busy forwarder: no goroutine, context or
 // channel per query, only one timer.
 //
 // The result's Cancel abandons the query when its answer is no longer
 // wanted (a hedge's loser): an open stream is reset with CANCEL, a queued
-// request is dropped, and done is not called unless it already has been or
-// is being called. It is best effort: a query waiting on a goroutine for a
-// connection runs on and its answer reaches done. The result is nil when
-// the query was refused at once (done has been called); done may also have
-// been called before Submit returns a result, when writing the query
-// inline failed (writeInline), and Cancel then does nothing.
+// or waiting request is dropped, and done is not called unless it already
+// has been or is being called. The result is nil when the query was
+// refused at once (done has been called); done may also have been called
+// before Submit returns a result, when writing the query inline failed
+// (writeInline), and Cancel then does nothing.
 func (d *DoH) Submit(query []byte, timeout time.Duration, done func(resp []byte, err error)) Canceler {
 	if len(query) < headerLen || len(query) > maxResponseSize {
 		done(nil, fmt.Errorf("upstream %s: %w: %d bytes", d.target, ErrBadQuery, len(query)))
@@ -39,7 +40,7 @@ func (d *DoH) Submit(query []byte, timeout time.Duration, done func(resp []byte,
 	if timeout <= 0 || timeout > d.timeout {
 		timeout = d.timeout
 	}
-	r := &request{cb: done, deadline: time.Now().Add(timeout)}
+	r := &request{d: d, cb: done, deadline: time.Now().Add(timeout)}
 	r.query = append(make([]byte, 0, len(query)), query...)
 	r.qid = [2]byte{query[0], query[1]}
 	r.query[0], r.query[1] = 0, 0
@@ -47,15 +48,13 @@ func (d *DoH) Submit(query []byte, timeout time.Duration, done func(resp []byte,
 	return r
 }
 
-// Canceler abandons a submitted query; see [DoH.Submit] and [Do53.Submit].
-// (An alias of the interface literal, so that a consumer's own alias of it
-// is the same type.)
-type Canceler = interface{ Cancel() }
-
-// Cancel abandons async request r, or the request that retries it, unless
-// it has completed; see Submit.
+// Cancel abandons request r, or the request that retries it, unless it has
+// completed; see Submit.
 func (r *request) Cancel() {
 	for ; r != nil; r = r.retry.Load() {
+		if r.d.pool.remove(&r.node) {
+			continue
+		}
 		if c := r.conn.Load(); c != nil {
 			c.cancel(r)
 		}
@@ -74,34 +73,33 @@ func (c *h2Conn) cancel(r *request) {
 	c.abandonLocked(r, false)
 	c.mu.Unlock()
 	r.timer.Stop()
+	c.d.pool.kick() // a stream is free
 }
 
-// submit puts async request r on a ready connection, or hands it to a
-// goroutine that waits for one (and, for a request not yet retried, may
-// retry once as Exchange does).
+// submit puts request r on a connection that takes it now, unless requests
+// wait for one already (r must not overtake them): then, as when no
+// connection takes it, r waits in the pool's queue.
 func (d *DoH) submit(r *request) {
-	if c := d.pool.tryGet(); c != nil && c.submit(r) {
-		return
+	if d.pool.nwait.Load() == 0 {
+		if c := d.pool.tryGet(); c != nil && c.submit(r, true) {
+			return
+		}
 	}
-	attempts := 2
-	if r.retried {
-		attempts = 1
-	}
-	go func() {
-		ctx, cancel := context.WithDeadline(context.Background(), r.deadline)
-		q := append([]byte(nil), r.query...)
-		q[0], q[1] = r.qid[0], r.qid[1]
-		resp, err := d.exchangeQuery(ctx, q, attempts)
-		cancel()
-		r.cb(resp, err)
-	}()
+	d.pool.wait(&r.node, r, r.deadline)
 }
 
-// submit takes async request r if c has a free stream and room on its
-// queue, and arms r's timer; false: c cannot take it now. On a connection
-// with nothing in flight r is written by the caller (writeInline), else
-// queued for the writer.
-func (c *h2Conn) submit(r *request) bool {
+// take hands r, waiting in the pool's queue, to c if c has a free stream
+// (poolWaiter). The pool holds its lock: r is not written inline.
+func (r *request) take(c *h2Conn) (bool, error) { return c.submit(r, false), nil }
+
+// fail ends r, which never reached a connection, with err (poolWaiter).
+func (r *request) fail(err error) { r.cb(nil, fmt.Errorf("upstream %s: %w", r.d.target, err)) }
+
+// submit takes request r if c has a free stream and room on its queue, and
+// arms r's timer; false: c cannot take it now. On a connection with
+// nothing in flight r is written by the caller (writeInline) if inline
+// allows it, else queued for the writer.
+func (c *h2Conn) submit(r *request, inline bool) bool {
 	left := time.Until(r.deadline)
 	c.mu.Lock()
 	if c.dead || c.draining || c.active >= c.maxStreams || left <= 0 {
@@ -111,7 +109,7 @@ func (c *h2Conn) submit(r *request) bool {
 	r.state, r.resp, r.err, r.gotHeaders, r.recvd = stQueued, nil, nil, false, 0
 	r.conn.Store(c)
 	r.timer = time.AfterFunc(left, func() { c.expire(r) })
-	inline := c.active == 0 && len(c.reqCh) == 0 && c.sock != nil
+	inline = inline && c.active == 0 && len(c.reqCh) == 0 && c.sock != nil
 	if !inline {
 		select {
 		case c.reqCh <- r:
@@ -192,9 +190,9 @@ func (c *h2Conn) queueForWriter(r *request) {
 	}
 }
 
-// expire ends async request r at its deadline unless it has finished: a
-// queued request is dropped by the writer, an open stream is reset, and the
-// connection is checked with a PING (see abandon).
+// expire ends request r at its deadline unless it has finished: a queued
+// request is dropped by the writer, an open stream is reset, and the
+// connection is checked with a PING (see abandonLocked).
 func (c *h2Conn) expire(r *request) {
 	c.mu.Lock()
 	if r.state != stQueued && r.state != stSent { // finished or already expired
@@ -203,23 +201,21 @@ func (c *h2Conn) expire(r *request) {
 	}
 	c.abandonLocked(r, true)
 	c.mu.Unlock()
+	c.d.pool.kick() // a stream is free
 	r.cb(nil, fmt.Errorf("upstream %s: waiting for response: %w", c.d.target, ErrTimeout))
 }
 
 // complete hands a finished request (state stDone, set under its
-// connection's lock) to its caller: a blocked Exchange is signalled; an
-// async request's callback gets the response, or the request is retried
-// once on another connection when its connection broke or went away.
+// connection's lock) to its caller: the callback gets the response, or the
+// request is retried once on another connection when its connection broke
+// or went away. The request's stream is free: waiting requests may take it.
 func (d *DoH) complete(r *request) {
-	if r.cb == nil {
-		r.done <- struct{}{}
-		return
-	}
+	d.pool.kick()
 	r.timer.Stop()
 	resp, err := r.resp, r.err
 	if err != nil && !r.retried && Retryable(err) && time.Until(r.deadline) > 0 {
 		// A fresh request: the old one may still be seen by its timer.
-		nr := &request{cb: r.cb, deadline: r.deadline, query: r.query, qid: r.qid, retried: true}
+		nr := &request{d: d, cb: r.cb, deadline: r.deadline, query: r.query, qid: r.qid, retried: true}
 		r.retry.Store(nr)
 		d.submit(nr)
 		return

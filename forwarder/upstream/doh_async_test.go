@@ -1,7 +1,6 @@
 package upstream
 
 import (
-	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -39,7 +38,7 @@ type asyncCall struct {
 // asyncBurst tracks many Submits to one upstream: every callback must come
 // exactly once.
 type asyncBurst struct {
-	u       *DoH
+	u       Upstream
 	calls   []asyncCall
 	pending sync.WaitGroup
 	extra   atomic.Int32 // callbacks after the first, all queries together
@@ -47,7 +46,7 @@ type asyncBurst struct {
 
 // newAsyncBurst prepares n queries for u, named by name(i) and carrying
 // distinct IDs.
-func newAsyncBurst(t testing.TB, u *DoH, n int, name func(i int) string) *asyncBurst {
+func newAsyncBurst(t testing.TB, u Upstream, n int, name func(i int) string) *asyncBurst {
 	t.Helper()
 	b := &asyncBurst{u: u, calls: make([]asyncCall, n)}
 	for i := range b.calls {
@@ -66,10 +65,10 @@ func numberedNames(prefix string) func(int) string {
 // submit sends query i with timeout and then scribbles over the caller's
 // copy of the query: Submit must have copied it. Safe for concurrent use
 // with distinct i.
-func (b *asyncBurst) submit(i int, timeout time.Duration) {
+func (b *asyncBurst) submit(i int, timeout time.Duration) Canceler {
 	c := &b.calls[i]
 	c.start = time.Now()
-	b.u.Submit(c.query, timeout, func(resp []byte, err error) {
+	h := b.u.Submit(c.query, timeout, func(resp []byte, err error) {
 		if c.calls.Add(1) > 1 {
 			b.extra.Add(1)
 			return
@@ -81,6 +80,7 @@ func (b *asyncBurst) submit(i int, timeout time.Duration) {
 	for j := range c.query {
 		c.query[j] = 0xFF
 	}
+	return h
 }
 
 // wait waits at most within for every callback's first call.
@@ -178,7 +178,7 @@ func (b *asyncBurst) check(t testing.TB, timeout time.Duration, want func(name s
 		if sample == nil {
 			sample = c.err
 		}
-		if p := c.problem(want(c.name), timeout, b.u.target); p != "" {
+		if p := c.problem(want(c.name), timeout, b.u.String()); p != "" {
 			if bad < 5 {
 				t.Errorf("%s: %s", c.name, p)
 			}
@@ -340,7 +340,7 @@ func TestDoHSubmitAnswer(t *testing.T) {
 		warm  bool
 		query []byte
 	}{
-		{name: "no connection yet"}, // one goroutine runs Exchange
+		{name: "no connection yet"}, // waits in the pool's queue for the dial
 		{name: "connection ready", warm: true},
 		{name: "query over several DATA frames", warm: true, query: bigQuery},
 	}
@@ -415,7 +415,7 @@ func TestDoHSubmitConcurrent(t *testing.T) {
 		warm bool
 	}{
 		{name: "connections ready", warm: true},
-		{name: "cold start"}, // goroutines wait for the dials
+		{name: "cold start"}, // the queries wait in the pool's queue for the dials
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -939,8 +939,8 @@ func TestDoHSubmitFromCallback(t *testing.T) {
 
 // A query whose connection breaks or goes away is sent again once (the
 // package documentation, and complete's request.retried), however the
-// retry finds the pool: with no other connection ready it waits for a
-// dial on a goroutine, which must not retry on its own.
+// retry finds the pool: with no other connection ready it waits in the
+// pool's queue for a dial, and is not retried again from there.
 func TestDoHSubmitRetriedOnce(t *testing.T) {
 	tests := []struct {
 		name  string
@@ -984,74 +984,55 @@ func (c *gatedConn) Write(p []byte) (int, error) {
 }
 
 // Queries waiting for a dial must not fail because the new connection went
-// away before they looked at it: none of them was sent, and there is time
-// to dial again. Exchange (which Submit runs on a goroutine while no
-// connection is ready) fails every one of them at once with "connection
-// to …: upstream connection closed" from connPool.get, and exchange does
-// not retry an error of getConn.
+// away before they were handed to it: none of them was sent, and there is
+// time to dial again. (The old blocking path failed every one of them at
+// once with "connection to …: upstream connection closed".)
 //
-// Unforced, this happens when the first waiter to run sends a query that
-// gets GOAWAY, or the server drops the fresh connection, before the other
-// waiters are scheduled (one round in five with 100 waiters, GOAWAY on
-// the first request, -race, 2 cores). Here the order is forced: the dial
-// is held before its TLS handshake until the waiters wait, and the slot's
-// mutex keeps it from publishing the connection until the server has
-// closed it.
+// Unforced, this happens when the first waiter sent gets GOAWAY, or the
+// server drops the fresh connection, before the others are handed out.
+// Here the order is forced: the dial is held before its TLS handshake until
+// the queries wait, and the slot's mutex keeps it from publishing the
+// connection until the server has closed it.
 func TestDoHSubmitDialWaitersSurviveDeadConnection(t *testing.T) {
-	for _, mode := range []string{"Submit", "Exchange"} {
-		t.Run(mode, func(t *testing.T) {
-			f := startFakeH2(t, nil, func(fc *fakeConn, conn int, id uint32, q *dns.Msg) { fc.respond(id, q) })
-			u := newTestDoH(t, f.URL(), Options{Conns: 1, Timeout: 2 * time.Second})
-			gate := make(chan struct{})
-			var dials atomic.Int32
-			u.wrapConn = func(nc net.Conn) net.Conn {
-				if dials.Add(1) == 1 {
-					return &gatedConn{Conn: nc, gate: gate}
-				}
-				return nc
-			}
-			const n = 20
-			before := runtime.NumGoroutine()
-			b := newAsyncBurst(t, u, n, numberedNames("w"))
-			for i := range n {
-				if mode == "Submit" {
-					b.submit(i, 0)
-					continue
-				}
-				c := &b.calls[i]
-				go func() {
-					c.start = time.Now()
-					c.resp, c.err = u.Exchange(context.Background(), c.query)
-					c.took = time.Since(c.start)
-					c.calls.Add(1)
-					b.pending.Done()
-				}()
-			}
-			waitFor(t, "queries waiting for the dial", func() bool { return runtime.NumGoroutine() >= before+n })
-			time.Sleep(20 * time.Millisecond)
+	f := startFakeH2(t, nil, func(fc *fakeConn, conn int, id uint32, q *dns.Msg) { fc.respond(id, q) })
+	u := newTestDoH(t, f.URL(), Options{Conns: 1, Timeout: 2 * time.Second})
+	gate := make(chan struct{})
+	var dials atomic.Int32
+	u.wrapConn = func(nc net.Conn) net.Conn {
+		if dials.Add(1) == 1 {
+			return &gatedConn{Conn: nc, gate: gate}
+		}
+		return nc
+	}
+	const n = 20
+	b := newAsyncBurst(t, u, n, numberedNames("w"))
+	for i := range n {
+		b.submit(i, 0)
+	}
+	waitFor(t, "queries waiting for the dial", func() bool { return u.pool.nwait.Load() == n })
 
-			slot := &u.pool.slots[0]
-			slot.mu.Lock()
-			close(gate)
-			var conn *h2Conn
-			waitFor(t, "connection up", func() bool {
-				u.mu.Lock()
-				defer u.mu.Unlock()
-				for c := range u.conns {
-					conn = c
-				}
-				return conn != nil
-			})
-			f.mu.Lock()
-			f.open[0].Close() // the server drops the fresh connection
-			f.mu.Unlock()
-			waitFor(t, "connection closed", conn.closing.Load)
-			slot.mu.Unlock()
+	slot := &u.pool.slots[0]
+	slot.mu.Lock()
+	close(gate)
+	var conn *h2Conn
+	waitFor(t, "connection up", func() bool {
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		for c := range u.conns {
+			conn = c
+		}
+		return conn != nil
+	})
+	f.mu.Lock()
+	f.open[0].Close() // the server drops the fresh connection
+	f.mu.Unlock()
+	waitFor(t, "connection closed", conn.closing.Load)
+	slot.mu.Unlock()
 
-			b.wait(t, 5*time.Second)
-			b.check(t, u.timeout, always(answered))
-			t.Logf("%d connections", f.nconn.Load())
-		})
+	b.wait(t, 5*time.Second)
+	b.check(t, u.timeout, always(answered))
+	if n := f.nconn.Load(); n != 2 {
+		t.Errorf("%d connections, want 2", n)
 	}
 }
 
@@ -1113,7 +1094,7 @@ func TestDoHSubmitCloseInFlight(t *testing.T) {
 				s := startTCPSink(t, false)
 				return s.URL(), Options{Conns: 2}, func() bool { return s.accepted.Load() == 2 }
 			},
-			want: expect{is: ErrClosed}, // the aborted dial's error wrapped in it
+			want: expect{is: ErrClosed}, // Close fails the queue
 		},
 	}
 	var all settled
@@ -1177,13 +1158,13 @@ func TestDoHSubmitNoGoroutineLeak(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := u.(*DoH)
-	for phase, warm := range []bool{false, true} { // fallback goroutines, then the fast path
+	for phase, warm := range []bool{false, true} { // the wait queue, then the fast path
 		if warm {
 			warmUp(t, d)
 		}
 		b := newAsyncBurst(t, d, 100, func(i int) string {
 			switch {
-			case i == 50 && warm: // cold, it would hit the bug of TestDoHSubmitDialWaitersSurviveDeadConnection
+			case i == 50:
 				return fmt.Sprintf("goaway%d.example.", phase)
 			case i%4 == 0:
 				return fmt.Sprintf("slow%d.example.", i)

@@ -1,15 +1,14 @@
 package upstream
 
 // An HTTP/2 connection to a DoH server, by the goroutine that owns each
-// part: its lifecycle and the callers' side are here (handshake, roundTrip,
-// abandon, shutdown); the writer goroutine and keepalive are in
-// doh_writer.go, the reader goroutine in doh_reader.go, and the header
-// encoding in doh_hpack.go.
+// part: its lifecycle and the callers' side are here (handshake,
+// abandonLocked, shutdown; Submit's side is in doh_async.go); the writer
+// goroutine and keepalive are in doh_writer.go, the reader goroutine in
+// doh_reader.go, and the header encoding in doh_hpack.go.
 
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -47,8 +46,6 @@ type h2Conn struct {
 	streams        map[uint32]*request
 	active         int // streams held by callers: queued or open; mirrored in inflight
 	maxStreams     int
-	waiting        int           // callers waiting for a free stream
-	freeCh         chan struct{} // closed and replaced when a stream frees up
 	nextID         uint32
 	sendWindow     int64 // connection-level flow-control window for our DATA
 	peerInitWindow int64
@@ -90,7 +87,6 @@ func newH2Conn(d *DoH, nc net.Conn) *h2Conn {
 		quit:           make(chan struct{}),
 		streams:        make(map[uint32]*request, 64),
 		maxStreams:     maxStreamsPerConn,
-		freeCh:         make(chan struct{}),
 		nextID:         1,
 		sendWindow:     65535,
 		peerInitWindow: 65535,
@@ -182,105 +178,25 @@ func (c *h2Conn) signal() {
 	}
 }
 
-func (c *h2Conn) broadcastLocked() {
-	close(c.freeCh)
-	c.freeCh = make(chan struct{})
-}
-
 // releaseLocked gives back the stream slot of a request that has finished
-// or been abandoned.
+// or been abandoned; the caller kicks the pool's wait queue after
+// unlocking (complete does).
 func (c *h2Conn) releaseLocked() {
 	c.active--
 	c.inflight.Add(-1)
-	if c.waiting > 0 {
-		c.broadcastLocked()
-	}
 	if c.draining && c.active == 0 {
 		c.signal() // the writer closes the drained connection
 	}
 }
 
-// finishLocked completes an open or queued request with err. The caller
-// signals r.done after unlocking.
+// finishLocked finishes an open or queued request with err. The caller
+// hands it to complete after unlocking.
 func (c *h2Conn) finishLocked(r *request, err error) {
 	if r.state == stSent {
 		delete(c.streams, r.id)
 	}
 	r.state, r.err = stDone, err
 	c.releaseLocked()
-}
-
-// roundTrip runs one request on c: it waits for a free stream, queues the
-// request for the writer and waits for the reader to complete it.
-func (c *h2Conn) roundTrip(ctx context.Context, r *request) ([]byte, error) {
-	c.mu.Lock()
-	for {
-		if c.dead {
-			err := c.err
-			c.mu.Unlock()
-			return nil, err
-		}
-		if c.draining {
-			c.mu.Unlock()
-			return nil, errDraining
-		}
-		if c.active < c.maxStreams {
-			break
-		}
-		c.waiting++
-		ch := c.freeCh
-		c.mu.Unlock()
-		var err error
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			err = ctxErr(ctx, "waiting for a free stream")
-		case <-r.timer.C:
-			err = fmt.Errorf("waiting for a free stream: %w", ErrTimeout)
-		}
-		c.mu.Lock()
-		c.waiting--
-		if err != nil {
-			c.mu.Unlock()
-			return nil, err
-		}
-	}
-	r.state, r.resp, r.err, r.gotHeaders, r.recvd = stQueued, nil, nil, false, 0
-	select {
-	case c.reqCh <- r:
-	default:
-		r.state = stIdle
-		c.mu.Unlock()
-		return nil, fmt.Errorf("%w: request queue full", ErrConnClosed)
-	}
-	c.active++
-	c.inflight.Add(1)
-	c.mu.Unlock()
-
-	select {
-	case <-r.done:
-		return r.resp, r.err
-	case <-ctx.Done():
-		return c.abandon(r, ctxErr(ctx, "waiting for response"), errors.Is(ctx.Err(), context.DeadlineExceeded))
-	case <-r.timer.C:
-		return c.abandon(r, fmt.Errorf("waiting for response: %w", ErrTimeout), true)
-	}
-}
-
-// abandon gives up on r after its caller's deadline: a queued request is
-// dropped by the writer, an open stream is reset with CANCEL. A stream that
-// timed out makes the connection suspect: the writer checks it with a PING.
-func (c *h2Conn) abandon(r *request, err error, timedOut bool) ([]byte, error) {
-	c.mu.Lock()
-	switch r.state {
-	case stDone: // completed concurrently; the signal is on its way
-		c.mu.Unlock()
-		<-r.done
-		return r.resp, r.err
-	}
-	c.abandonLocked(r, timedOut)
-	c.mu.Unlock()
-	return nil, err
 }
 
 // abandonLocked gives up on r, queued or open, with c.mu held: the writer
@@ -294,7 +210,6 @@ func (c *h2Conn) abandonLocked(r *request, timedOut bool) {
 		c.signal()
 	}
 	r.state = stAbandoned
-	r.abandoned = true
 	c.releaseLocked()
 }
 
@@ -315,9 +230,6 @@ func (c *h2Conn) shutdown(err error) {
 	for _, r := range victims {
 		c.finishLocked(r, err)
 	}
-	if c.waiting > 0 {
-		c.broadcastLocked()
-	}
 	c.mu.Unlock()
 	close(c.quit)
 	c.nc.Close()
@@ -326,6 +238,7 @@ func (c *h2Conn) shutdown(err error) {
 	}
 	c.drainQueue()
 	c.d.removeConn(c)
+	c.d.pool.kick() // waiting requests need another connection
 }
 
 // drainQueue fails requests left on the queue of a dead connection.

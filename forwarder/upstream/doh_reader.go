@@ -90,6 +90,7 @@ func (c *h2Conn) handleFrame(f http2.Frame) error {
 		c.ctl.settingsAck++
 		c.mu.Unlock()
 		c.signal()
+		c.d.pool.kick() // MAX_CONCURRENT_STREAMS may have grown
 		return err
 	case *http2.PingFrame:
 		if f.IsAck() {
@@ -314,19 +315,16 @@ func (c *h2Conn) onGoAway(f *http2.GoAwayFrame) {
 	for _, r := range victims {
 		c.finishLocked(r, err)
 	}
-	if c.waiting > 0 {
-		c.broadcastLocked()
-	}
 	c.mu.Unlock()
 	c.signal() // fail queued requests; close if nothing is left
 	for _, r := range victims {
 		c.d.complete(r)
 	}
+	c.d.pool.kick() // waiting requests need another connection
 }
 
 // applySettingsLocked applies the server's SETTINGS.
 func (c *h2Conn) applySettingsLocked(f *http2.SettingsFrame) error {
-	oldMax := c.maxStreams
 	err := f.ForeachSetting(func(s http2.Setting) error {
 		if err := s.Valid(); err != nil {
 			return err
@@ -345,8 +343,5 @@ func (c *h2Conn) applySettingsLocked(f *http2.SettingsFrame) error {
 		}
 		return nil
 	})
-	if c.maxStreams > oldMax && c.waiting > 0 {
-		c.broadcastLocked()
-	}
 	return err
 }

@@ -50,7 +50,7 @@ func TestDoHExchange(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			q := makeQuery(t, tt.qname, 0xBEEF)
-			resp, err := u.Exchange(context.Background(), q)
+			resp, err := Exchange(context.Background(), u, q)
 			if tt.wantErr != nil {
 				if !errors.Is(err, tt.wantErr) {
 					t.Fatalf("error %v, want %v", err, tt.wantErr)
@@ -84,7 +84,7 @@ func TestDoHConcurrentOneConnection(t *testing.T) {
 		wg.Go(func() {
 			name := fmt.Sprintf("q%d.example.", i)
 			id := uint16(i * 7)
-			resp, err := u.Exchange(context.Background(), makeQuery(t, name, id))
+			resp, err := Exchange(context.Background(), u, makeQuery(t, name, id))
 			if err != nil {
 				errs <- err
 				return
@@ -144,13 +144,13 @@ func TestDoHDialErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			u := newTestDoH(t, tt.url+"/dns-query", tt.opts)
-			_, err := u.Exchange(context.Background(), makeQuery(t, "a.example.", 1))
+			_, err := Exchange(context.Background(), u, makeQuery(t, "a.example.", 1))
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("error %v, want one mentioning %q", err, tt.want)
 			}
 			// Backing off: the next exchange fails at once without dialling.
 			start := time.Now()
-			_, err2 := u.Exchange(context.Background(), makeQuery(t, "a.example.", 1))
+			_, err2 := Exchange(context.Background(), u, makeQuery(t, "a.example.", 1))
 			if err2 == nil || time.Since(start) > 20*time.Millisecond {
 				t.Errorf("second exchange: %v after %v, want a fast failure", err2, time.Since(start))
 			}
@@ -169,7 +169,7 @@ func TestDoHCAFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer u.Close()
-	resp, err := u.Exchange(context.Background(), makeQuery(t, "ca.example.", 7))
+	resp, err := Exchange(context.Background(), u, makeQuery(t, "ca.example.", 7))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +185,7 @@ func TestDoHGoAwayRetriedOnNewConnection(t *testing.T) {
 		fc.respond(id, q)
 	})
 	u := newTestDoH(t, f.URL(), Options{Conns: 1})
-	resp, err := u.Exchange(context.Background(), makeQuery(t, "goaway.example.", 42))
+	resp, err := Exchange(context.Background(), u, makeQuery(t, "goaway.example.", 42))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,7 +200,7 @@ func TestDoHGoAwayEveryTimeFails(t *testing.T) {
 		fc.goAway(0, http2.ErrCodeNo)
 	})
 	u := newTestDoH(t, f.URL(), Options{Conns: 1})
-	_, err := u.Exchange(context.Background(), makeQuery(t, "goaway.example.", 42))
+	_, err := Exchange(context.Background(), u, makeQuery(t, "goaway.example.", 42))
 	if !errors.Is(err, ErrGoAway) || !errors.Is(err, ErrConnClosed) || !Retryable(err) {
 		t.Fatalf("error %v, want a retryable ErrGoAway", err)
 	}
@@ -225,17 +225,17 @@ func TestDoHStreamReset(t *testing.T) {
 		fc.respond(id, q)
 	})
 	u := newTestDoH(t, f.URL(), Options{Conns: 1})
-	resp, err := u.Exchange(context.Background(), makeQuery(t, "refused.example.", 1))
+	resp, err := Exchange(context.Background(), u, makeQuery(t, "refused.example.", 1))
 	if err != nil {
 		t.Fatalf("REFUSED_STREAM not retried: %v", err)
 	}
 	checkAnswer(t, resp, "refused.example.", 1)
-	_, err = u.Exchange(context.Background(), makeQuery(t, "reset.example.", 2))
+	_, err = Exchange(context.Background(), u, makeQuery(t, "reset.example.", 2))
 	if !errors.Is(err, ErrStreamReset) || Retryable(err) {
 		t.Fatalf("error %v, want non-retryable ErrStreamReset", err)
 	}
 	// The connection survives stream resets.
-	if _, err := u.Exchange(context.Background(), makeQuery(t, "fine.example.", 3)); err != nil {
+	if _, err := Exchange(context.Background(), u, makeQuery(t, "fine.example.", 3)); err != nil {
 		t.Fatal(err)
 	}
 	if n := f.nconn.Load(); n != 1 {
@@ -253,7 +253,7 @@ func TestDoHDeadConnectionFailsFastAndRedials(t *testing.T) {
 	})
 	u := newTestDoH(t, f.URL(), Options{Conns: 1, Timeout: 10 * time.Second})
 	start := time.Now()
-	resp, err := u.Exchange(context.Background(), makeQuery(t, "dead.example.", 9))
+	resp, err := Exchange(context.Background(), u, makeQuery(t, "dead.example.", 9))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,7 +272,7 @@ func TestDoHContextDeadlineResetsStream(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	_, err := u.Exchange(ctx, makeQuery(t, "slow.example.", 5))
+	_, err := Exchange(ctx, u, makeQuery(t, "slow.example.", 5))
 	if !errors.Is(err, ErrTimeout) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("error %v, want ErrTimeout and context.DeadlineExceeded", err)
 	}
@@ -285,7 +285,7 @@ func TestDoHContextDeadlineResetsStream(t *testing.T) {
 		t.Fatal("server request not cancelled: no RST_STREAM")
 	}
 	// The connection is still good.
-	if _, err := u.Exchange(context.Background(), makeQuery(t, "after.example.", 6)); err != nil {
+	if _, err := Exchange(context.Background(), u, makeQuery(t, "after.example.", 6)); err != nil {
 		t.Fatal(err)
 	}
 	if n := srv.conns.Load(); n != 1 {
@@ -298,7 +298,7 @@ func TestDoHTimeoutOption(t *testing.T) {
 	u := newTestDoH(t, srv.URL+"/dns-query", Options{Conns: 1, Timeout: 150 * time.Millisecond})
 	u.dialTime = 10 * time.Second // a loaded machine must not fail the warm-up dial
 	for {                         // warm up, so that only the exchange is timed
-		_, err := u.Exchange(context.Background(), makeQuery(t, "warm.example.", 1))
+		_, err := Exchange(context.Background(), u, makeQuery(t, "warm.example.", 1))
 		if err == nil {
 			break
 		}
@@ -307,7 +307,7 @@ func TestDoHTimeoutOption(t *testing.T) {
 		}
 	}
 	start := time.Now()
-	_, err := u.Exchange(context.Background(), makeQuery(t, "slow.example.", 5))
+	_, err := Exchange(context.Background(), u, makeQuery(t, "slow.example.", 5))
 	if !errors.Is(err, ErrTimeout) {
 		t.Fatalf("error %v, want ErrTimeout", err)
 	}
@@ -347,7 +347,7 @@ func TestDoHBlackholeTimesOut(t *testing.T) {
 	}
 	for range 2 {
 		start := time.Now()
-		_, err = u.Exchange(context.Background(), makeQuery(t, "a.example.", 1))
+		_, err = Exchange(context.Background(), u, makeQuery(t, "a.example.", 1))
 		if !errors.Is(err, ErrTimeout) {
 			t.Fatalf("error %v, want ErrTimeout", err)
 		}
@@ -365,7 +365,7 @@ func TestDoHStreamIDExhaustion(t *testing.T) {
 	u.maxStreamID = 5 // streams 1, 3, 5 per connection
 	for i := range 10 {
 		name := fmt.Sprintf("x%d.example.", i)
-		resp, err := u.Exchange(context.Background(), makeQuery(t, name, uint16(i)))
+		resp, err := Exchange(context.Background(), u, makeQuery(t, name, uint16(i)))
 		if err != nil {
 			t.Fatalf("query %d: %v", i, err)
 		}
@@ -396,7 +396,7 @@ func TestDoHMaxConcurrentStreams(t *testing.T) {
 	for i := range 10 {
 		cw.Go(func() {
 			name := fmt.Sprintf("m%d.example.", i)
-			resp, err := u.Exchange(context.Background(), makeQuery(t, name, uint16(i)))
+			resp, err := Exchange(context.Background(), u, makeQuery(t, name, uint16(i)))
 			if err != nil {
 				t.Error(err)
 				return
@@ -415,7 +415,7 @@ func TestDoHServerShrinksHPACKTable(t *testing.T) {
 		func(fc *fakeConn, conn int, id uint32, q *dns.Msg) { fc.respond(id, q) })
 	u := newTestDoH(t, f.URL(), Options{Conns: 1})
 	for i := range 3 {
-		if _, err := u.Exchange(context.Background(), makeQuery(t, "t.example.", uint16(i))); err != nil {
+		if _, err := Exchange(context.Background(), u, makeQuery(t, "t.example.", uint16(i))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -451,7 +451,7 @@ func TestDoHHeadersAndDataInOneWrite(t *testing.T) {
 		return cc
 	}
 	ctx := context.Background()
-	if _, err := u.Exchange(ctx, makeQuery(t, "warm.example.", 1)); err != nil {
+	if _, err := Exchange(ctx, u, makeQuery(t, "warm.example.", 1)); err != nil {
 		t.Fatal(err)
 	}
 
@@ -459,7 +459,7 @@ func TestDoHHeadersAndDataInOneWrite(t *testing.T) {
 	const serial = 20
 	w0 := cc.writes.Load()
 	for i := range serial {
-		if _, err := u.Exchange(ctx, makeQuery(t, "s.example.", uint16(i))); err != nil {
+		if _, err := Exchange(ctx, u, makeQuery(t, "s.example.", uint16(i))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -476,7 +476,7 @@ func TestDoHHeadersAndDataInOneWrite(t *testing.T) {
 	var wg sync.WaitGroup
 	query := func(i int) {
 		name := fmt.Sprintf("c%d.example.", i)
-		resp, err := u.Exchange(ctx, makeQuery(t, name, uint16(i)))
+		resp, err := Exchange(ctx, u, makeQuery(t, name, uint16(i)))
 		if err != nil {
 			t.Error(err)
 			return
@@ -489,7 +489,7 @@ func TestDoHHeadersAndDataInOneWrite(t *testing.T) {
 		wg.Go(func() { query(i) })
 	}
 	c := u.pool.slots[0].conn.Load()
-	waitFor(t, "queries queued", func() bool { return len(c.reqCh) == n-1 })
+	waitFor(t, "queries queued", func() bool { return c.inflight.Load() == n })
 	cc.gate.Store(nil)
 	close(gate)
 	wg.Wait()
@@ -511,7 +511,7 @@ func TestDoHCloseNoLeaks(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range 50 {
 		wg.Go(func() {
-			if _, err := u.Exchange(context.Background(), makeQuery(t, fmt.Sprintf("l%d.example.", i), 1)); err != nil {
+			if _, err := Exchange(context.Background(), u, makeQuery(t, fmt.Sprintf("l%d.example.", i), 1)); err != nil {
 				t.Error(err)
 			}
 		})
@@ -520,7 +520,7 @@ func TestDoHCloseNoLeaks(t *testing.T) {
 	if err := u.Close(); err != nil {
 		t.Fatal(err)
 	}
-	_, err = u.Exchange(context.Background(), makeQuery(t, "late.example.", 1))
+	_, err = Exchange(context.Background(), u, makeQuery(t, "late.example.", 1))
 	if !errors.Is(err, ErrClosed) {
 		t.Errorf("after Close: %v, want ErrClosed", err)
 	}
@@ -531,7 +531,7 @@ func TestDoHCloseNoLeaks(t *testing.T) {
 func TestDoHBadQuery(t *testing.T) {
 	u := newTestDoH(t, "https://127.0.0.1:1/dns-query", Options{})
 	for _, q := range [][]byte{nil, make([]byte, 11), make([]byte, 65536)} {
-		if _, err := u.Exchange(context.Background(), q); !errors.Is(err, ErrBadQuery) {
+		if _, err := Exchange(context.Background(), u, q); !errors.Is(err, ErrBadQuery) {
 			t.Errorf("%d-byte query: %v, want ErrBadQuery", len(q), err)
 		}
 	}
@@ -573,7 +573,7 @@ func BenchmarkDoHExchange(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := u.Exchange(ctx, q); err != nil {
+		if _, err := Exchange(ctx, u, q); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -588,7 +588,7 @@ func BenchmarkDoHExchangeParallel(b *testing.B) {
 	b.SetParallelism(16)
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if _, err := u.Exchange(ctx, q); err != nil {
+			if _, err := Exchange(ctx, u, q); err != nil {
 				b.Error(err)
 				return
 			}
@@ -605,7 +605,7 @@ func BenchmarkDoHExchangeFake(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := u.Exchange(ctx, q); err != nil {
+		if _, err := Exchange(ctx, u, q); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -79,7 +79,7 @@ func (fz *responseFuzzer) exchange(t *testing.T, wire []byte) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	start := time.Now()
-	resp, err := u.Exchange(ctx, fz.query)
+	resp, err := Exchange(ctx, u, fz.query)
 	if el := time.Since(start); el > 4*time.Second {
 		t.Fatalf("Exchange took %v, past its 3 s deadline", el)
 	}

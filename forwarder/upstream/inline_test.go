@@ -52,8 +52,8 @@ func TestDoHSubmitWritesInlineWhenIdle(t *testing.T) {
 	for i := range lone {
 		b.submit(i, 0)
 		waitFor(t, "the lone query's answer", func() bool { return b.calls[i].calls.Load() == 1 })
-		// The first Submit finds no connection and waits for the dial
-		// in a goroutine, which the writer serves.
+		// The first Submit finds no connection and waits in the pool's
+		// queue; the dial hands it to the writer.
 	}
 	b.wait(t, 5*time.Second)
 	for i := range b.calls {

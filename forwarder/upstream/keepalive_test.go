@@ -29,14 +29,14 @@ func TestDoHPingAfterStreamTimeoutReplacesConnection(t *testing.T) {
 		PingInterval: -1, Prewarm: true})
 	waitFor(t, "handshake PING answered", func() bool { return u.RTT() > 0 })
 
-	_, err := u.Exchange(context.Background(), makeQuery(t, "stuck.example.", 1))
+	_, err := Exchange(context.Background(), u, makeQuery(t, "stuck.example.", 1))
 	if !errors.Is(err, ErrTimeout) {
 		t.Fatalf("error %v, want ErrTimeout", err)
 	}
 	// At once, while the PING is out: this query goes to the silent
 	// connection, fails with it and is retried on a new one.
 	start := time.Now()
-	resp, err := u.Exchange(context.Background(), makeQuery(t, "next.example.", 2))
+	resp, err := Exchange(context.Background(), u, makeQuery(t, "next.example.", 2))
 	if err != nil {
 		t.Fatalf("query after the timeout: %v", err)
 	}
@@ -51,7 +51,7 @@ func TestDoHPingAfterStreamTimeoutReplacesConnection(t *testing.T) {
 		t.Errorf("server saw %d PINGs, want at least 3 (two handshakes, one after the timeout)", p)
 	}
 	for i := range 5 {
-		if _, err := u.Exchange(context.Background(), makeQuery(t, "later.example.", uint16(i))); err != nil {
+		if _, err := Exchange(context.Background(), u, makeQuery(t, "later.example.", uint16(i))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -76,7 +76,7 @@ func TestDoHPingTimeout(t *testing.T) {
 			f := startFakeH2(t, nil, func(fc *fakeConn, conn int, id uint32, q *dns.Msg) { fc.respond(id, q) })
 			f.setAckPing(tt.ack)
 			u := newTestDoH(t, f.URL(), Options{Conns: 1, PingInterval: tt.interval, PingTimeout: 50 * time.Millisecond})
-			if _, err := u.Exchange(context.Background(), makeQuery(t, "a.example.", 1)); err != nil {
+			if _, err := Exchange(context.Background(), u, makeQuery(t, "a.example.", 1)); err != nil {
 				t.Fatal(err)
 			}
 			first := u.pool.slots[0].conn.Load()
@@ -87,7 +87,7 @@ func TestDoHPingTimeout(t *testing.T) {
 			if !errors.Is(err, ErrConnClosed) {
 				t.Errorf("connection died with %v, want ErrConnClosed", err)
 			}
-			resp, err := u.Exchange(context.Background(), makeQuery(t, "b.example.", 2))
+			resp, err := Exchange(context.Background(), u, makeQuery(t, "b.example.", 2))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -105,7 +105,7 @@ func TestDoHIdlePingMeasuresRTT(t *testing.T) {
 	if rtt := u.RTT(); rtt != 0 {
 		t.Errorf("RTT %v before any connection, want 0", rtt)
 	}
-	if _, err := u.Exchange(context.Background(), makeQuery(t, "a.example.", 1)); err != nil {
+	if _, err := Exchange(context.Background(), u, makeQuery(t, "a.example.", 1)); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "idle PINGs", func() bool { return f.pings.Load() >= 4 })
@@ -122,7 +122,7 @@ func TestDoHNoIdlePingWhileBusy(t *testing.T) {
 	u := newTestDoH(t, f.URL(), Options{Conns: 1, PingInterval: 200 * time.Millisecond})
 	deadline := time.Now().Add(500 * time.Millisecond)
 	for i := 0; time.Now().Before(deadline); i++ {
-		if _, err := u.Exchange(context.Background(), makeQuery(t, "busy.example.", uint16(i))); err != nil {
+		if _, err := Exchange(context.Background(), u, makeQuery(t, "busy.example.", uint16(i))); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(5 * time.Millisecond)
@@ -168,7 +168,7 @@ func TestDoHPrewarm(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range 30 {
 		wg.Go(func() {
-			if _, err := u.Exchange(context.Background(), makeQuery(t, "p.example.", uint16(i))); err != nil {
+			if _, err := Exchange(context.Background(), u, makeQuery(t, "p.example.", uint16(i))); err != nil {
 				t.Error(err)
 			}
 		})

@@ -8,7 +8,7 @@
 // The DoH client speaks HTTP/2 itself on top of golang.org/x/net/http2's
 // Framer and hpack; it does not use net/http. A [DoH] upstream keeps
 // Options.Conns TLS connections to its target, dialled lazily by the first
-// Exchange that needs one (or all at once in the background by New with
+// query that needs one (or all at once in the background by New with
 // Options.Prewarm; Close cancels those dials), and gives each query to the
 // usable connection with the fewest queries on it (pool.go). Each
 // connection has exactly two goroutines:
@@ -52,7 +52,7 @@
 // watches it. If its ACK does not come within Options.PingTimeout (default
 // 2s, at most Timeout), the connection is shut down like a broken one: its
 // streams fail with [ErrConnClosed] and are retried once, and the next
-// Exchange dials a replacement. The ACKs' round trips feed [DoH.RTT], a
+// query dials a replacement. The ACKs' round trips feed [DoH.RTT], a
 // moving average over all connections of the target.
 //
 // Flow control: the client advertises a 1 MiB stream window and a 16 MiB
@@ -62,34 +62,41 @@
 // and splits DATA at the server's MAX_FRAME_SIZE.
 //
 // Streams are bounded by the server's MAX_CONCURRENT_STREAMS and by
-// maxStreamsPerConn; a caller beyond the limit waits for a free stream until
-// its deadline. When a caller gives up, its stream is reset with CANCEL.
-// A GOAWAY marks the connection draining: streams above the last stream ID
-// fail with [ErrGoAway] and are retried once on a fresh connection. A
-// connection that breaks fails all of its streams at once with
-// [ErrConnClosed] (also retried once) and is re-dialled by the next Exchange.
+// maxStreamsPerConn; a query beyond the limit waits for a free stream until
+// its deadline (below). When a query times out or is cancelled, its stream
+// is reset with CANCEL. A GOAWAY marks the connection draining: streams
+// above the last stream ID fail with [ErrGoAway] and are retried once on a
+// fresh connection. A connection that breaks fails all of its streams at
+// once with [ErrConnClosed] (also retried once) and is re-dialled by the
+// next query.
 //
-// Two ways in: Exchange blocks its caller until the answer, an error or its
-// deadline; [DoH.Submit] does not block. A submitted request is put on a
-// ready connection's queue with a timer (time.AfterFunc) as its deadline,
-// and the connection's reader calls the caller's callback with the answer;
-// the timer, a GOAWAY or a broken connection call it with the error (after
-// the one retry on a fresh connection). No goroutine, context or channel is
-// spent per query. Only when no connection is ready (dialling, every stream
-// busy) does a submitted request get a goroutine that waits as Exchange does.
+// One way in: [DoH.Submit] does not block. A request is put on a ready
+// connection's queue with a timer (time.AfterFunc) as its deadline, and the
+// connection's reader calls the caller's callback with the answer; the
+// timer, a GOAWAY or a broken connection call it with the error (after the
+// one retry on a fresh connection). No goroutine, context or channel is
+// spent per query. When no connection can take it (dialling, every stream
+// busy), the request waits in the pool's bounded FIFO wait queue, still
+// under its own timer, and the next dial to complete or stream to free up
+// takes it in order (pool.go); a full queue fails it at once with
+// [ErrBusy]. A caller that wants to block wraps Submit with [Exchange]:
+// one implementation of the job, so that there is no blocking twin to keep
+// in step with it.
 //
 // Failed dials to a target back off: 50ms after the first failure, doubling
 // up to 2s, each delay spread by ±20% at random so that many clients that
-// lost a target together do not redial it in lockstep. Meanwhile Exchange
-// fails at once with the last dial error. A successful dial resets it.
+// lost a target together do not redial it in lockstep. Meanwhile a query
+// that finds no connection fails at once with the last dial error, as do
+// the queries waiting for a dial that fails when no other connection or
+// dial can take them. A successful dial resets it.
 //
 // # Do53
 //
 // UDP: Options.Conns connected UDP sockets per target (opened on first use)
-// are shared by all exchanges. Each query gets a random ID on the wire,
+// are shared by all queries. Each query gets a random ID on the wire,
 // re-rolled until no other query in flight on its socket has it, and is
 // registered with its socket (a map under a mutex, at most 1024 queries per
-// socket; beyond that on all sockets Exchange fails with [ErrBusy]). The
+// socket; beyond that on all sockets Submit fails with [ErrBusy]). The
 // caller writes its datagram itself; one reader goroutine per socket hands
 // each datagram to the query with its ID if the question matches too, and
 // drops anything else (late, unsolicited, spoofed or garbage), so the query
@@ -97,7 +104,7 @@
 // so that its source port does not stay predictable, and is closed once its
 // last queries have had their time. A read or send error such as an ICMP
 // port unreachable fails the socket's queries and the socket, which the
-// next Exchange replaces (a send can pick up the ICMP error meant for the
+// next query replaces (a send can pick up the ICMP error meant for the
 // queries before it: they hear it at once, not at their deadline). A
 // truncated (TC) answer is asked again over TCP. Sockets and connections
 // are read and written with raw system calls, as DoH's are.
@@ -114,12 +121,13 @@
 // closing it or by idling out under a racing query, fails its queries with
 // [ErrConnClosed]; they are retried once on a fresh connection.
 //
-// [Do53.Submit] is the non-blocking form, as DoH's: the query is registered
-// on a socket with a callback instead of a channel and sent from the
-// caller's goroutine; the socket's reader, the query's one timer or the
-// socket's failure completes it, and a TC answer or a broken connection
-// moves it to a TCP connection the same way. Only while no TCP connection
-// is open does one goroutine dial and exchange for it.
+// [Do53.Submit] does not block either: the query is registered on a socket
+// with a callback and sent from the caller's goroutine; the socket's
+// reader, the query's one timer or the socket's failure completes it, and a
+// TC answer or a broken connection moves it to a TCP connection the same
+// way. While no TCP connection is open the query waits in the TCP pool's
+// wait queue for the dial, as DoH's do; a TCP connection with 1024 queries
+// in flight fails more with [ErrBusy] at once, as a socket does.
 package upstream
 
 import (
@@ -139,12 +147,55 @@ import (
 
 // Upstream exchanges DNS messages with one target.
 type Upstream interface {
-	// Exchange sends query (wire format, carrying the client's ID) and returns the
-	// response in wire format carrying that same ID. It does not retain query.
-	// The returned slice is owned by the caller. It honours ctx's deadline.
-	Exchange(ctx context.Context, query []byte) ([]byte, error)
+	// Submit sends query (wire format, carrying the client's ID) and does
+	// not block: done is called exactly once, with the response in wire
+	// format carrying that same ID or with the error, within timeout (at
+	// most Options.Timeout; 0 or less: Options.Timeout). done must not
+	// block; the response is its to keep. query is copied before Submit
+	// returns. The result abandons the query (nil if done has been called
+	// already); see [DoH.Submit] and [Do53.Submit].
+	Submit(query []byte, timeout time.Duration, done func(resp []byte, err error)) Canceler
 	Close() error
 	String() string // the target as configured
+}
+
+// Canceler abandons a submitted query; see [DoH.Submit] and [Do53.Submit].
+// (An alias of the interface literal, so that a consumer's own alias of it
+// is the same type.)
+type Canceler = interface{ Cancel() }
+
+// Exchange is Submit for a caller that blocks (health probes, the query
+// command): it waits for the answer or the end of ctx, whose deadline is
+// the query's timeout (without one, the upstream's). When ctx ends first
+// the query is cancelled and the error wraps ctx.Err() (and ErrTimeout
+// for a deadline).
+func Exchange(ctx context.Context, u Upstream, query []byte) ([]byte, error) {
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("upstream %s: %w", u, ctxErr(ctx, "before sending"))
+	}
+	var timeout time.Duration
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = max(time.Until(dl), 1) // 0 would be the upstream's timeout
+	}
+	type result struct {
+		resp []byte
+		err  error
+	}
+	ch := make(chan result, 1)
+	c := u.Submit(query, timeout, func(resp []byte, err error) { ch <- result{resp, err} })
+	select {
+	case r := <-ch:
+		if dl, ok := ctx.Deadline(); ok && errors.Is(r.err, ErrTimeout) && !time.Now().Before(dl) {
+			// The query's timer, armed with ctx's deadline, beat ctx's.
+			r.err = fmt.Errorf("%w (%w)", r.err, context.DeadlineExceeded)
+		}
+		return r.resp, r.err
+	case <-ctx.Done():
+		if c != nil {
+			c.Cancel()
+		}
+		return nil, fmt.Errorf("upstream %s: %w", u, ctxErr(ctx, "waiting for response"))
+	}
 }
 
 // Options configure an upstream. The zero value is usable.
@@ -152,7 +203,7 @@ type Options struct {
 	CAFile     string         // PEM file: trust only this CA instead of the system roots
 	RootCAs    *x509.CertPool // alternative to CAFile (tests, demo); CAFile wins if both set
 	ServerName string         // TLS name to verify; default: host of the URL
-	Timeout    time.Duration  // cap per exchange (default 2s); ctx deadline may be shorter
+	Timeout    time.Duration  // cap per query (default 2s); Submit's timeout may be shorter
 	Conns      int            // connections (Do53: UDP sockets and TCP connections) per target (default 2)
 
 	// PingInterval (DoH): idle time after which a connection is checked
@@ -165,7 +216,7 @@ type Options struct {
 	// Prewarm makes New start dialling all Conns connections in the
 	// background (DoH and TCP-only Do53), so that the first queries do not
 	// wait for handshakes. New still neither blocks nor fails on the
-	// network; dial errors surface in Exchange.
+	// network; dial errors surface in the queries' callbacks.
 	Prewarm bool
 }
 
@@ -177,11 +228,11 @@ const (
 	DefaultPingTimeout  = 2 * time.Second
 )
 
-// Errors returned by Exchange, to be tested with errors.Is. The returned
-// errors wrap these with details.
+// Errors given to Submit's callbacks (and returned by Exchange), to be
+// tested with errors.Is. The errors wrap these with details.
 var (
-	// ErrTimeout: the exchange did not complete before its deadline
-	// (Options.Timeout or the context's, whichever is sooner).
+	// ErrTimeout: the query did not complete before its deadline
+	// (Submit's timeout, at most Options.Timeout).
 	ErrTimeout = errors.New("upstream timed out")
 	// ErrBadResponse: the upstream answered with something that is not a DNS
 	// response to the query (HTTP status, content type, size, ID, question).
@@ -199,11 +250,12 @@ var (
 	ErrRefused = errors.New("upstream refused the stream")
 	// ErrStreamReset: the server reset the stream with another error code.
 	ErrStreamReset = errors.New("upstream reset the stream")
-	// ErrClosed: Exchange was called after Close.
+	// ErrClosed: the upstream was closed before the query completed, or
+	// Submit was called after Close.
 	ErrClosed = errors.New("upstream is closed")
 	// ErrBusy: every socket or connection of a Do53 target already has the
-	// maximum number of queries in flight. It is not retryable on the same
-	// target.
+	// maximum number of queries in flight, or the queue of queries waiting
+	// for a connection is full. It is not retryable on the same target.
 	ErrBusy = errors.New("too many queries in flight to upstream")
 )
 
@@ -379,16 +431,6 @@ func tlsConfig(opts Options, defaultName string) (*tls.Config, error) {
 		conf.RootCAs = pool
 	}
 	return conf, nil
-}
-
-// deadlineFor returns the deadline of one exchange: now+timeout, or ctx's
-// deadline if that is sooner.
-func deadlineFor(ctx context.Context, timeout time.Duration) time.Time {
-	d := time.Now().Add(timeout)
-	if cd, ok := ctx.Deadline(); ok && cd.Before(d) {
-		return cd
-	}
-	return d
 }
 
 // ctxErr converts a finished context into the error Exchange returns.

@@ -1,8 +1,14 @@
 package upstream
 
 import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 func TestNew(t *testing.T) {
@@ -105,3 +111,112 @@ func wantDo53(addr string, tcpOnly bool) func(*testing.T, Upstream) {
 		}
 	}
 }
+
+// fakeUpstream answers each Submit as answer says, on a goroutine of its
+// own (nil: never), and records the timeouts it was given and the Cancels.
+type fakeUpstream struct {
+	answer   func(q []byte) ([]byte, error)
+	timeouts chan time.Duration
+	cancels  atomic.Int32
+}
+
+func (f *fakeUpstream) Submit(q []byte, timeout time.Duration, done func([]byte, error)) Canceler {
+	f.timeouts <- timeout
+	if f.answer != nil {
+		q = bytes.Clone(q)
+		go func() { done(f.answer(q)) }()
+	}
+	return f
+}
+
+func (f *fakeUpstream) Cancel()        { f.cancels.Add(1) }
+func (f *fakeUpstream) Close() error   { return nil }
+func (f *fakeUpstream) String() string { return "fake" }
+
+func TestExchange(t *testing.T) {
+	echo := func(q []byte) ([]byte, error) { return q, nil }
+	tests := []struct {
+		name        string
+		ctx         func() (context.Context, context.CancelFunc)
+		answer      func(q []byte) ([]byte, error)
+		wantErr     []error // nil: the echoed query
+		submitted   bool
+		timeout     time.Duration // given to Submit, within 100ms; 0: exactly 0
+		wantCancels int32
+	}{
+		{name: "no deadline: the upstream's timeout", ctx: background, answer: echo, submitted: true},
+		{name: "deadline: the time left", ctx: withTimeout(time.Second), answer: echo, submitted: true, timeout: time.Second},
+		{name: "error passed on", ctx: background, submitted: true,
+			answer:  func([]byte) ([]byte, error) { return nil, ErrBadResponse },
+			wantErr: []error{ErrBadResponse}},
+		{name: "context done before", ctx: func() (context.Context, context.CancelFunc) {
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			return ctx, cancel
+		}, answer: echo, wantErr: []error{context.Canceled}},
+		{name: "deadline first: cancelled", ctx: withTimeout(50 * time.Millisecond), submitted: true,
+			timeout: 50 * time.Millisecond, wantCancels: 1, wantErr: []error{ErrTimeout, context.DeadlineExceeded}},
+		{name: "query's timer first", ctx: func() (context.Context, context.CancelFunc) {
+			// A deadline whose timer never fires: the query's comes first.
+			return deadlineOnly{context.Background(), time.Now().Add(50 * time.Millisecond)}, func() {}
+		}, submitted: true, timeout: 50 * time.Millisecond,
+			answer: func([]byte) ([]byte, error) {
+				time.Sleep(60 * time.Millisecond)
+				return nil, fmt.Errorf("upstream fake: %w", ErrTimeout)
+			},
+			wantErr: []error{ErrTimeout, context.DeadlineExceeded}},
+		{name: "cancelled while waiting", ctx: func() (context.Context, context.CancelFunc) {
+			ctx, cancel := context.WithCancel(context.Background())
+			time.AfterFunc(30*time.Millisecond, cancel)
+			return ctx, cancel
+		}, submitted: true, wantCancels: 1, wantErr: []error{context.Canceled}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := &fakeUpstream{answer: tt.answer, timeouts: make(chan time.Duration, 1)}
+			ctx, cancel := tt.ctx()
+			defer cancel()
+			q := makeQuery(t, "x.example.", 7)
+			resp, err := Exchange(ctx, f, q)
+			for _, want := range tt.wantErr {
+				if !errors.Is(err, want) {
+					t.Errorf("error %v, want %v", err, want)
+				}
+			}
+			if tt.wantErr == nil && (err != nil || !bytes.Equal(resp, q)) {
+				t.Errorf("got %x, %v; want the query back", resp, err)
+			}
+			select {
+			case got := <-f.timeouts:
+				if !tt.submitted {
+					t.Errorf("submitted with timeout %v, want no Submit", got)
+				} else if got > tt.timeout || got < tt.timeout-100*time.Millisecond || (tt.timeout == 0) != (got == 0) {
+					t.Errorf("Submit's timeout %v, want %v", got, tt.timeout)
+				}
+			default:
+				if tt.submitted {
+					t.Error("not submitted")
+				}
+			}
+			if n := f.cancels.Load(); n != tt.wantCancels {
+				t.Errorf("%d Cancels, want %d", n, tt.wantCancels)
+			}
+		})
+	}
+}
+
+func background() (context.Context, context.CancelFunc) {
+	return context.WithCancel(context.Background())
+}
+
+func withTimeout(d time.Duration) func() (context.Context, context.CancelFunc) {
+	return func() (context.Context, context.CancelFunc) { return context.WithTimeout(context.Background(), d) }
+}
+
+// deadlineOnly has a deadline but is never done.
+type deadlineOnly struct {
+	context.Context
+	dl time.Time
+}
+
+func (c deadlineOnly) Deadline() (time.Time, bool) { return c.dl, true }
