@@ -141,15 +141,15 @@ type asked struct {
 	took   time.Duration
 }
 
-// ask serves msg (copied, then overwritten after Serve returns, as a
-// datapath reuses its buffer) with Serve.
+// ask serves msg (copied, then overwritten after Resolve returns, as a
+// datapath reuses its buffer) with Answer and Resolve.
 func ask(f *Forwarder, msg []byte) *asked {
 	a := &asked{ch: make(chan []byte, 1), start: time.Now()}
 	m := append([]byte(nil), msg...)
 	r := &Request{Msg: m, Transport: TransportUDP, Client: netip.MustParseAddrPort("127.0.0.1:1234")}
 	out := make([]byte, 65536)
 	var returned atomic.Bool
-	resp, ok := f.Serve(r, out, func(resp []byte) {
+	resp, ok := answerOrResolve(f, r, out, func(resp []byte) {
 		if a.calls.Add(1) == 1 {
 			a.inside = !returned.Load()
 			a.took = time.Since(a.start)

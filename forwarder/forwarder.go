@@ -181,15 +181,6 @@ func (f *Forwarder) Stats() Stats {
 // Counters returns the counters this pipeline counts into.
 func (f *Forwarder) Counters() *Counters { return f.c }
 
-// Serve runs the pipeline without blocking: Answer, then Resolve when the
-// query must go upstream. See both.
-func (f *Forwarder) Serve(r *Request, out []byte, done func(resp []byte)) ([]byte, bool) {
-	if resp, ok := f.Answer(r, out); ok {
-		return resp, true
-	}
-	return f.Resolve(r, out, done)
-}
-
 // Answer runs the part of the pipeline that never blocks. When the answer is
 // ready at once (cache, local zone, block, bad input) it is written into out
 // (64 KiB) and returned with true; nil with true means "send nothing". False
