@@ -130,12 +130,12 @@ func (u *asyncUp) release() {
 	}
 }
 
-// asked is one query served through Serve: its answer, given at once or to
+// asked is one query served through Answer and Resolve: its answer, given at once or to
 // done.
 type asked struct {
-	now    []byte // the answer Serve returned at once, if it did
+	now    []byte // the answer returned at once, if it did
 	calls  atomic.Int32
-	inside bool        // done ran before Serve returned
+	inside bool        // done ran before Resolve returned
 	ch     chan []byte // done's first answer, copied
 	start  time.Time
 	took   time.Duration
@@ -216,7 +216,7 @@ func TestResolveAsync(t *testing.T) {
 		rule     []*asyncUp // targets of a forward rule for example.com
 		rcode    int
 		answer   string
-		inside   bool          // answered inside Serve: every attempt completes inline
+		inside   bool          // answered inside Resolve: every attempt completes inline
 		atLeast  time.Duration // answered no sooner
 		servfail uint64        // Stats.ServFail
 	}{
@@ -261,7 +261,7 @@ func TestResolveAsync(t *testing.T) {
 				t.Errorf("rcode %s, answer %q; want %s, %q", dns.RcodeToString[m.Rcode], firstA(m), dns.RcodeToString[tc.rcode], tc.answer)
 			}
 			if tc.inside && !a.inside {
-				t.Error("done ran after Serve returned, want inside it: every attempt completed inline")
+				t.Error("done ran after Resolve returned, want inside it: every attempt completed inline")
 			}
 			if a.took < tc.atLeast || a.took > tc.atLeast+200*time.Millisecond {
 				t.Errorf("answered after %v, want after %v", a.took, tc.atLeast)
