@@ -205,9 +205,9 @@ func firstA(m *dns.Msg) string {
 	return ""
 }
 
-// TestResolveAsync: a miss whose targets can all Submit is resolved through
-// Submit alone, and answered with the client's ID and letter case.
-func TestResolveAsync(t *testing.T) {
+// TestResolve: a miss is resolved through its targets' Submit alone (no
+// goroutine), and answered with the client's ID and letter case.
+func TestResolve(t *testing.T) {
 	inline := func(u *asyncUp) *asyncUp { u.inline = true; return u }
 	delayed := func(u *asyncUp) *asyncUp { u.delay = 5 * time.Millisecond; return u }
 	for _, tc := range []struct {
@@ -296,10 +296,10 @@ func TestResolveAsync(t *testing.T) {
 	}
 }
 
-// TestResolveAsyncQuerySizes: the pipeline's copy of a query holds up to 152
+// TestResolveQuerySizes: the pipeline's copy of a query holds up to 152
 // bytes in place and takes a buffer of its own beyond; both resolve, with
 // the client's name, case and ID, however the datapath reuses its buffer.
-func TestResolveAsyncQuerySizes(t *testing.T) {
+func TestResolveQuerySizes(t *testing.T) {
 	for _, size := range []int{152, 153, 282} { // 282: the longest name there is
 		t.Run(fmt.Sprint(size), func(t *testing.T) {
 			// A name under example.com of exactly the right length: labels
@@ -330,9 +330,9 @@ func TestResolveAsyncQuerySizes(t *testing.T) {
 	}
 }
 
-// TestResolveAsyncCoalesces: identical queries in flight share one Submit,
+// TestResolveCoalesces: identical queries in flight share one Submit,
 // and each gets the answer with its own ID and letter case.
-func TestResolveAsyncCoalesces(t *testing.T) {
+func TestResolveCoalesces(t *testing.T) {
 	up := asyncA("up", "192.0.2.5")
 	up.held = true
 	f, err := New(Config{Default: []Target{{Up: up}}})
@@ -375,10 +375,10 @@ func TestResolveAsyncCoalesces(t *testing.T) {
 	}
 }
 
-// TestResolveAsyncOverload: with every slot held by a query waiting on a
+// TestResolveOverload: with every slot held by a query waiting on a
 // silent target, the next query gets SERVFAIL at once; the waiting ones get
 // SERVFAIL at the query timeout, and their slots come back.
-func TestResolveAsyncOverload(t *testing.T) {
+func TestResolveOverload(t *testing.T) {
 	const timeout = 150 * time.Millisecond
 	up := asyncSilent("silent")
 	f, err := New(Config{Default: []Target{{Up: up, Timeout: time.Second}}, MaxInflight: 4, QueryTimeout: timeout})
@@ -423,9 +423,9 @@ func TestResolveAsyncOverload(t *testing.T) {
 	}
 }
 
-// TestResolveAsyncServeStale: when the targets fail, a stale cache entry is
+// TestResolveServeStale: when the targets fail, a stale cache entry is
 // the answer, as on the blocking path.
-func TestResolveAsyncServeStale(t *testing.T) {
+func TestResolveServeStale(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		fail   func(context.Context, *dns.Msg) (*dns.Msg, error)
@@ -483,10 +483,10 @@ func TestResolveAsyncServeStale(t *testing.T) {
 	}
 }
 
-// TestResolveAsyncNoGoroutinePerQuery: queries waiting on targets that can
+// TestResolveNoGoroutinePerQuery: queries waiting on targets that can
 // Submit hold no goroutine, hedged or not; with a target that cannot, each
 // holds a worker blocked in Exchange.
-func TestResolveAsyncNoGoroutinePerQuery(t *testing.T) {
+func TestResolveNoGoroutinePerQuery(t *testing.T) {
 	const n = 200
 	for _, tc := range []struct {
 		name     string
