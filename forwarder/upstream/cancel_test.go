@@ -4,6 +4,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"xdoh/forwarder/upstream/upstreamtest"
 )
 
 // A cancelled DoH query's open stream is reset (the server's request
@@ -11,27 +13,27 @@ import (
 // once, and its connection is not suspected: no PING, the next queries use
 // it. Cancel after an answer, and a second Cancel, do nothing.
 func TestDoHSubmitCancel(t *testing.T) {
-	srv := startDoHServer(t, true)
+	srv := upstreamtest.StartDoHServer(t, true)
 	u := newTestDoH(t, srv.URL+"/dns-query", Options{Conns: 1, Timeout: 300 * time.Millisecond})
 	warmUp(t, u)
 	conn := u.pool.slots[0].conn.Load()
 	conn.mu.Lock()
 	pingsBefore := conn.pingSent
 	conn.mu.Unlock()
-	before := srv.h.requests.Load()
+	before := srv.Requests.Load()
 
 	var called atomic.Int32
 	h := u.Submit(makeQuery(t, "slow.example.", 7), 0, func([]byte, error) { called.Add(1) })
 	if h == nil {
 		t.Fatal("Submit returned no Canceler for a query in flight")
 	}
-	waitFor(t, "the request reaching the server", func() bool { return srv.h.requests.Load() > before })
+	waitFor(t, "the request reaching the server", func() bool { return srv.Requests.Load() > before })
 	h.Cancel()
 	if n := conn.inflight.Load(); n != 0 {
 		t.Errorf("%d streams held right after Cancel, want 0", n)
 	}
 	select {
-	case <-srv.h.canceled: // the server saw our RST_STREAM
+	case <-srv.Canceled: // the server saw our RST_STREAM
 	case <-time.After(5 * time.Second):
 		t.Fatal("the server's request was not cancelled: no RST_STREAM")
 	}
@@ -62,8 +64,8 @@ func TestDoHSubmitCancel(t *testing.T) {
 	}
 	h.Cancel() // answered already: nothing happens
 	checkAnswer(t, resp, "after.example.", 8)
-	if u.pool.slots[0].conn.Load() != conn || srv.conns.Load() != 1 {
-		t.Errorf("the connection was replaced (%d dialled)", srv.conns.Load())
+	if u.pool.slots[0].conn.Load() != conn || srv.Conns.Load() != 1 {
+		t.Errorf("the connection was replaced (%d dialled)", srv.Conns.Load())
 	}
 }
 
@@ -72,8 +74,8 @@ func TestDoHSubmitCancel(t *testing.T) {
 func TestDo53SubmitCancel(t *testing.T) {
 	for _, tcp := range []bool{false, true} {
 		t.Run(map[bool]string{false: "udp", true: "tcp"}[tcp], func(t *testing.T) {
-			f := startDo53Fault(t, nil, tcpIgnoreAll)
-			target := f.target(tcp)
+			f := upstreamtest.StartDo53Fault(t, nil, upstreamtest.TCPIgnoreAll)
+			target := f.Target(tcp)
 			u := newTestDo53(t, target, Options{Conns: 1, Timeout: 300 * time.Millisecond})
 			warmDo53(t, u)
 			var called atomic.Int32
@@ -82,7 +84,7 @@ func TestDo53SubmitCancel(t *testing.T) {
 				t.Fatal("Submit returned no Canceler for a query in flight")
 			}
 			waitFor(t, "the query reaching the server", func() bool {
-				return f.udpQueries.Load()+f.tcpQueries.Load() > 0
+				return f.UDPQueries.Load()+f.TCPQueries.Load() > 0
 			})
 			a := h.(*asyncQuery)
 			a.mu.Lock()

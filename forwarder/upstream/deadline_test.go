@@ -7,13 +7,15 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"xdoh/forwarder/upstream/upstreamtest"
 )
 
 // Regression (review): a batch larger than the 32 KiB bufio.Writer is flushed by
 // WriteData before writeFrames refreshes the write deadline; after the
 // connection has been idle longer than dialTime that deadline is in the past.
 func TestDoHIdleThenLargeBatchKeepsConnection(t *testing.T) {
-	srv := startDoHServer(t, true)
+	srv := upstreamtest.StartDoHServer(t, true)
 	u := newTestDoH(t, srv.URL+"/dns-query", Options{Conns: 1, Timeout: 300 * time.Millisecond}) // dialTime = 1s
 	if _, err := Exchange(context.Background(), u, makeQuery(t, "a.example.", 1)); err != nil {
 		t.Fatal(err)
@@ -36,7 +38,7 @@ func TestDoHIdleThenLargeBatchKeepsConnection(t *testing.T) {
 	if _, err := Exchange(context.Background(), u, big); err != nil {
 		t.Fatal(err)
 	}
-	if n := srv.conns.Load(); n != 1 {
+	if n := srv.Conns.Load(); n != 1 {
 		t.Errorf("server saw %d connections, want 1: the idle connection was torn down by a stale write deadline", n)
 	}
 }

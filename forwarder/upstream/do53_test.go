@@ -5,27 +5,28 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+
+	"xdoh/forwarder/upstream/upstreamtest"
 )
 
 func TestDo53(t *testing.T) {
-	srv := startDo53Server(t)
+	srv := upstreamtest.StartDo53Server(t)
 	tests := []struct {
 		name    string
 		target  string
 		qname   string
 		answers int
 	}{
-		{name: "UDP", target: "udp://" + srv.addr, qname: "a.example.", answers: 1},
-		{name: "bare address", target: srv.addr, qname: "b.example.", answers: 1},
-		{name: "TCP only", target: "tcp://" + srv.addr, qname: "c.example.", answers: 1},
-		{name: "truncated over UDP, retried over TCP", target: srv.addr, qname: "big.example.", answers: 40},
+		{name: "UDP", target: "udp://" + srv.Addr, qname: "a.example.", answers: 1},
+		{name: "bare address", target: srv.Addr, qname: "b.example.", answers: 1},
+		{name: "TCP only", target: "tcp://" + srv.Addr, qname: "c.example.", answers: 1},
+		{name: "truncated over UDP, retried over TCP", target: srv.Addr, qname: "big.example.", answers: 40},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -53,7 +54,7 @@ func TestDo53(t *testing.T) {
 }
 
 func TestDo53IgnoresMismatchedDatagrams(t *testing.T) {
-	addr := spoofingUDPServer(t)
+	addr := upstreamtest.SpoofingUDPServer(t)
 	u, err := New(addr, Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -106,8 +107,8 @@ func TestDo53Timeout(t *testing.T) {
 }
 
 func BenchmarkDo53UDPExchange(b *testing.B) {
-	srv := startDo53Server(b)
-	u, err := New(srv.addr, Options{})
+	srv := upstreamtest.StartDo53Server(b)
+	u, err := New(srv.Addr, Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -152,20 +153,20 @@ func exchangeMany(t *testing.T, u Upstream, n int, prefix string) {
 }
 
 func TestDo53UDPPoolConcurrent(t *testing.T) {
-	srv := startDo53Server(t)
-	u := newTestDo53(t, srv.addr, Options{Conns: 2, Timeout: 10 * time.Second})
+	srv := upstreamtest.StartDo53Server(t)
+	u := newTestDo53(t, srv.Addr, Options{Conns: 2, Timeout: 10 * time.Second})
 	const n = 500
 	exchangeMany(t, u, n, "u")
-	if got := srv.queries.Load(); got != n {
+	if got := srv.Queries.Load(); got != n {
 		t.Errorf("server saw %d queries, want %d", got, n)
 	}
-	if got := srv.clients("udp"); got != 2 {
+	if got := srv.Clients("udp"); got != 2 {
 		t.Errorf("server saw %d UDP client sockets, want 2", got)
 	}
 }
 
 func TestDo53UDPIgnoresSpoofedConcurrent(t *testing.T) {
-	addr := spoofingUDPServer(t)
+	addr := upstreamtest.SpoofingUDPServer(t)
 	u := newTestDo53(t, addr, Options{Conns: 1, Timeout: 10 * time.Second})
 	// Concurrent queries on one socket: a datagram with a neighbour's ID
 	// (the server's "ID+1") must still be rejected by its question.
@@ -200,8 +201,8 @@ func TestDo53UDPBusy(t *testing.T) {
 }
 
 func TestDo53UDPSocketRetires(t *testing.T) {
-	srv := startDo53Server(t)
-	u := newTestDo53(t, srv.addr, Options{Conns: 1, Timeout: 200 * time.Millisecond})
+	srv := upstreamtest.StartDo53Server(t)
+	u := newTestDo53(t, srv.Addr, Options{Conns: 1, Timeout: 200 * time.Millisecond})
 	u.udpMaxUses = 10
 	first := u.udpConnForTest(t)
 	for i := range 25 {
@@ -211,7 +212,7 @@ func TestDo53UDPSocketRetires(t *testing.T) {
 		}
 		checkAnswer(t, resp, "r.example.", uint16(i))
 	}
-	if got := srv.clients("udp"); got != 3 {
+	if got := srv.Clients("udp"); got != 3 {
 		t.Errorf("server saw %d UDP client sockets, want 3 (10 queries each)", got)
 	}
 	waitFor(t, "retired socket closed", func() bool {
@@ -231,43 +232,43 @@ func (u *Do53) udpConnForTest(t *testing.T) *dnsConn {
 }
 
 func TestDo53TCPPipelining(t *testing.T) {
-	srv := startDo53Server(t)
-	u := newTestDo53(t, "tcp://"+srv.addr, Options{Conns: 2, Timeout: 10 * time.Second})
+	srv := upstreamtest.StartDo53Server(t)
+	u := newTestDo53(t, "tcp://"+srv.Addr, Options{Conns: 2, Timeout: 10 * time.Second})
 	const n = 200
 	exchangeMany(t, u, n, "t")
-	if got := srv.queries.Load(); got != n {
+	if got := srv.Queries.Load(); got != n {
 		t.Errorf("server saw %d queries, want %d", got, n)
 	}
-	if got := srv.clients("tcp"); got > 2 {
+	if got := srv.Clients("tcp"); got > 2 {
 		t.Errorf("server saw %d TCP connections for %d queries, want at most 2", got, n)
 	}
 }
 
 func TestDo53TCPServerClosesMidFlight(t *testing.T) {
 	var seen atomic.Int32
-	srv := startTCPDNSServer(t, func(conn int, q *dns.Msg) tcpAction {
+	srv := upstreamtest.StartTCPDNSServer(t, func(conn int, q *dns.Msg) upstreamtest.TCPAction {
 		if conn > 1 {
-			return tcpAnswer
+			return upstreamtest.TCPAnswer
 		}
 		if seen.Add(1) < 20 {
-			return tcpIgnore // in flight on the first connection
+			return upstreamtest.TCPIgnore // in flight on the first connection
 		}
-		return tcpClose
+		return upstreamtest.TCPClose
 	})
-	u := newTestDo53(t, "tcp://"+srv.ln.Addr().String(), Options{Conns: 1, Timeout: 10 * time.Second})
+	u := newTestDo53(t, "tcp://"+srv.Addr(), Options{Conns: 1, Timeout: 10 * time.Second})
 	start := time.Now()
 	exchangeMany(t, u, 20, "m")
 	if el := time.Since(start); el > 2*time.Second {
 		t.Errorf("took %v: queries on a closed connection must fail at once and be retried", el)
 	}
-	if n := srv.nconn.Load(); n != 2 {
+	if n := srv.NConn.Load(); n != 2 {
 		t.Errorf("%d connections, want 2", n)
 	}
 }
 
 func TestDo53TCPClosedEveryTimeFailsFast(t *testing.T) {
-	srv := startTCPDNSServer(t, func(int, *dns.Msg) tcpAction { return tcpClose })
-	u := newTestDo53(t, "tcp://"+srv.ln.Addr().String(), Options{Conns: 1, Timeout: 10 * time.Second})
+	srv := upstreamtest.StartTCPDNSServer(t, func(int, *dns.Msg) upstreamtest.TCPAction { return upstreamtest.TCPClose })
+	u := newTestDo53(t, "tcp://"+srv.Addr(), Options{Conns: 1, Timeout: 10 * time.Second})
 	for round := 1; round <= 2; round++ {
 		start := time.Now()
 		_, err := Exchange(context.Background(), u, makeQuery(t, "x.example.", 1))
@@ -277,15 +278,15 @@ func TestDo53TCPClosedEveryTimeFailsFast(t *testing.T) {
 		if el := time.Since(start); el > time.Second {
 			t.Errorf("failed after %v, want at once", el)
 		}
-		if n := srv.nconn.Load(); n != int32(2*round) {
+		if n := srv.NConn.Load(); n != int32(2*round) {
 			t.Errorf("round %d: %d connections, want %d (one retry per query, redial after)", round, n, 2*round)
 		}
 	}
 }
 
 func TestDo53TCPIdleClose(t *testing.T) {
-	srv := startTCPDNSServer(t, func(int, *dns.Msg) tcpAction { return tcpAnswer })
-	u := newTestDo53(t, "tcp://"+srv.ln.Addr().String(), Options{Conns: 1})
+	srv := upstreamtest.StartTCPDNSServer(t, func(int, *dns.Msg) upstreamtest.TCPAction { return upstreamtest.TCPAnswer })
+	u := newTestDo53(t, "tcp://"+srv.Addr(), Options{Conns: 1})
 	u.idleTimeout = 100 * time.Millisecond
 	if _, err := Exchange(context.Background(), u, makeQuery(t, "a.example.", 1)); err != nil {
 		t.Fatal(err)
@@ -295,15 +296,15 @@ func TestDo53TCPIdleClose(t *testing.T) {
 	if _, err := Exchange(context.Background(), u, makeQuery(t, "b.example.", 2)); err != nil {
 		t.Fatal(err)
 	}
-	if n := srv.nconn.Load(); n != 2 {
+	if n := srv.NConn.Load(); n != 2 {
 		t.Errorf("%d connections, want 2", n)
 	}
 }
 
 func TestDo53Prewarm(t *testing.T) {
-	srv := startTCPDNSServer(t, func(int, *dns.Msg) tcpAction { return tcpAnswer })
-	u := newTestDo53(t, "tcp://"+srv.ln.Addr().String(), Options{Conns: 3, Prewarm: true})
-	waitFor(t, "3 connections before the first exchange", func() bool { return srv.nconn.Load() == 3 })
+	srv := upstreamtest.StartTCPDNSServer(t, func(int, *dns.Msg) upstreamtest.TCPAction { return upstreamtest.TCPAnswer })
+	u := newTestDo53(t, "tcp://"+srv.Addr(), Options{Conns: 3, Prewarm: true})
+	waitFor(t, "3 connections before the first exchange", func() bool { return srv.NConn.Load() == 3 })
 	waitFor(t, "connections in their slots", func() bool {
 		for i := range u.tcp.slots {
 			if u.tcp.slots[i].conn.Load() == nil {
@@ -313,36 +314,14 @@ func TestDo53Prewarm(t *testing.T) {
 		return true
 	})
 	exchangeMany(t, u, 30, "p")
-	if n := srv.nconn.Load(); n != 3 {
+	if n := srv.NConn.Load(); n != 3 {
 		t.Errorf("%d connections, want 3", n)
 	}
 }
 
-func TestDo53CloseNoLeaks(t *testing.T) {
-	srv := startDo53Server(t)
-	before := runtime.NumGoroutine()
-	for _, target := range []string{srv.addr, "tcp://" + srv.addr} {
-		u, err := New(target, Options{Conns: 2, Timeout: 5 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		exchangeMany(t, u, 50, "l")
-		if _, err := Exchange(context.Background(), u, makeQuery(t, "big.example.", 1)); err != nil {
-			t.Fatal(err)
-		}
-		if err := u.Close(); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := Exchange(context.Background(), u, makeQuery(t, "late.example.", 1)); !errors.Is(err, ErrClosed) {
-			t.Errorf("%s after Close: %v, want ErrClosed", target, err)
-		}
-	}
-	waitGoroutines(t, before)
-}
-
 func BenchmarkDo53UDPExchangeParallel(b *testing.B) {
-	srv := startDo53Server(b)
-	u, err := New(srv.addr, Options{Timeout: 10 * time.Second})
+	srv := upstreamtest.StartDo53Server(b)
+	u, err := New(srv.Addr, Options{Timeout: 10 * time.Second})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -361,8 +340,8 @@ func BenchmarkDo53UDPExchangeParallel(b *testing.B) {
 }
 
 func BenchmarkDo53TCPExchange(b *testing.B) {
-	srv := startDo53Server(b)
-	u, err := New("tcp://"+srv.addr, Options{})
+	srv := upstreamtest.StartDo53Server(b)
+	u, err := New("tcp://"+srv.Addr, Options{})
 	if err != nil {
 		b.Fatal(err)
 	}

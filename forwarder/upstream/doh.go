@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -257,6 +258,53 @@ func (d *DoH) Close() error {
 		c.shutdown(ErrClosed)
 	}
 	d.wg.Wait()
+	return nil
+}
+
+// The rules of RFC 8484 for a response. The HTTP/2 connection reports a
+// response's status, content type, content-length and body, and keeps
+// HTTP/2's own rules (RFC 9113 8.1); what they mean for DNS is decided
+// here. Every violation is ErrBadResponse: the server answered, but not
+// with a DNS message, and the query is not retried.
+
+// checkHeaders judges a final (not 1xx) response header block: only a 200
+// with content type application/dns-message and, if it says one, a
+// content-length that a DNS message can have is worth reading the body of.
+// clen is the content-length, negative without a usable one.
+func checkHeaders(status int, contentType string, clen int) error {
+	switch {
+	case status != 200:
+		return fmt.Errorf("%w: HTTP status %d", ErrBadResponse, status)
+	case !isDNSMessage(contentType):
+		return fmt.Errorf("%w: content-type is not application/dns-message", ErrBadResponse)
+	case clen > maxResponseSize:
+		return fmt.Errorf("%w: content-length %d exceeds %d", ErrBadResponse, clen, maxResponseSize)
+	}
+	return nil
+}
+
+// isDNSMessage reports whether a content-type header is
+// application/dns-message, parameters ignored.
+func isDNSMessage(contentType string) bool {
+	mt, _, _ := strings.Cut(contentType, ";")
+	return strings.EqualFold(strings.TrimSpace(mt), dnsMessage)
+}
+
+// checkBodySize fails a body that has grown to n bytes beyond the largest
+// DNS message, before it is read any further.
+func checkBodySize(n int) error {
+	if n > maxResponseSize {
+		return fmt.Errorf("%w: body exceeds %d bytes", ErrBadResponse, maxResponseSize)
+	}
+	return nil
+}
+
+// checkBody judges a complete body: it must hold a message. Whether the
+// message answers the query is checkResponse's to say, in complete.
+func checkBody(body []byte) error {
+	if len(body) == 0 {
+		return fmt.Errorf("%w: empty body", ErrBadResponse)
+	}
 	return nil
 }
 

@@ -2,7 +2,7 @@ package upstream
 
 // An HTTP/2 connection to a DoH server, by the goroutine that owns each
 // part: its lifecycle and the callers' side are here (handshake,
-// abandonLocked, shutdown; Submit's side is in doh_async.go); the writer
+// abandonLocked, shutdown; Submit's side is in doh_submit.go); the writer
 // goroutine and keepalive are in doh_writer.go, the reader goroutine in
 // doh_reader.go, and the header encoding in doh_hpack.go.
 
@@ -71,7 +71,7 @@ type h2Conn struct {
 	// Reader-owned.
 	dec        *hpack.Decoder
 	hStatus    int
-	hCTOK      bool
+	hCType     string // content-type as sent; doh.go judges it
 	hCLen      int    // content-length: -1 none, badContentLength
 	hEndStream bool   // END_STREAM of the HEADERS frame whose block continues
 	connRecvd  uint32 // connection bytes consumed since our last WINDOW_UPDATE

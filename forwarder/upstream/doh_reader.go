@@ -2,14 +2,15 @@ package upstream
 
 // The reader goroutine of an h2Conn (see doh_conn.go): frames
 // demultiplexed by stream, response headers and bodies, GOAWAY and
-// SETTINGS.
+// SETTINGS. It enforces HTTP/2's own rules on a response (RFC 9113 8.1:
+// headers before DATA, a body as long as its content-length) and leaves
+// what its status, content type and body mean for DNS to doh.go.
 
 import (
 	"errors"
 	"fmt"
 	"math"
 	"strconv"
-	"strings"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -66,7 +67,7 @@ func (c *h2Conn) handleFrame(f http2.Frame) error {
 	case *http2.DataFrame:
 		return c.onData(f)
 	case *http2.HeadersFrame:
-		c.hStatus, c.hCTOK, c.hCLen = 0, false, -1
+		c.hStatus, c.hCType, c.hCLen = 0, "", -1
 		if _, err := c.dec.Write(f.HeaderBlockFragment()); err != nil {
 			return http2.ConnectionError(http2.ErrCodeCompression)
 		}
@@ -148,8 +149,7 @@ func (c *h2Conn) onHeaderField(hf hpack.HeaderField) {
 	case ":status":
 		c.hStatus, _ = strconv.Atoi(hf.Value)
 	case "content-type":
-		mt, _, _ := strings.Cut(hf.Value, ";")
-		c.hCTOK = strings.EqualFold(strings.TrimSpace(mt), "application/dns-message")
+		c.hCType = hf.Value
 	case "content-length":
 		// 1*DIGIT (RFC 9110 8.6); anything else, or a second value that
 		// differs, makes the response malformed (badContentLength).
@@ -187,19 +187,17 @@ func (c *h2Conn) endHeaders(id uint32, endStream bool) error {
 	case c.hStatus >= 100 && c.hStatus < 200 && !endStream: // informational
 		c.mu.Unlock()
 		return nil
-	case c.hStatus != 200:
-		err = fmt.Errorf("%w: HTTP status %d", ErrBadResponse, c.hStatus)
-	case !c.hCTOK:
-		err = fmt.Errorf("%w: content-type is not application/dns-message", ErrBadResponse)
-	case c.hCLen == badContentLength:
-		err = fmt.Errorf("%w: content-length is not one number", ErrBadResponse)
-		code = http2.ErrCodeProtocol // malformed (RFC 9113 8.1.1)
-	case c.hCLen > maxResponseSize:
-		err = fmt.Errorf("%w: content-length %d exceeds %d", ErrBadResponse, c.hCLen, maxResponseSize)
 	default:
-		r.gotHeaders, r.clen = true, c.hCLen
-		if c.hCLen > 0 {
-			r.resp = make([]byte, 0, c.hCLen)
+		err = checkHeaders(c.hStatus, c.hCType, c.hCLen)
+		if err == nil && c.hCLen == badContentLength {
+			err = fmt.Errorf("%w: content-length is not one number", ErrBadResponse)
+			code = http2.ErrCodeProtocol // malformed (RFC 9113 8.1.1)
+		}
+		if err == nil {
+			r.gotHeaders, r.clen = true, c.hCLen
+			if c.hCLen > 0 {
+				r.resp = make([]byte, 0, c.hCLen)
+			}
 		}
 	}
 	if err == nil && !endStream {
@@ -207,7 +205,7 @@ func (c *h2Conn) endHeaders(id uint32, endStream bool) error {
 		return nil
 	}
 	if err == nil {
-		err = bodyErr(r)
+		err = bodyEnd(r)
 	}
 	c.finishLocked(r, err)
 	if err != nil && !endStream {
@@ -242,24 +240,23 @@ func (c *h2Conn) onData(f *http2.DataFrame) error {
 	var err error
 	code := http2.ErrCodeCancel // reset with this if err ends the stream early
 	data := f.Data()
-	switch {
-	case !r.gotHeaders:
+	if !r.gotHeaders {
 		err = fmt.Errorf("%w: DATA before response headers", ErrBadResponse)
 		code = http2.ErrCodeProtocol // malformed (RFC 9113 8.1.1)
-	case len(r.resp)+len(data) > maxResponseSize:
-		err = fmt.Errorf("%w: body exceeds %d bytes", ErrBadResponse, maxResponseSize)
-	case r.clen >= 0 && len(r.resp)+len(data) > r.clen:
-		err = fmt.Errorf("%w: body exceeds its content-length of %d", ErrBadResponse, r.clen)
-		code = http2.ErrCodeProtocol
-	default:
-		if r.resp == nil {
-			r.resp = make([]byte, 0, max(len(data), 512))
+	} else if err = checkBodySize(len(r.resp) + len(data)); err == nil {
+		if r.clen >= 0 && len(r.resp)+len(data) > r.clen {
+			err = fmt.Errorf("%w: body exceeds its content-length of %d", ErrBadResponse, r.clen)
+			code = http2.ErrCodeProtocol
+		} else {
+			if r.resp == nil {
+				r.resp = make([]byte, 0, max(len(data), 512))
+			}
+			r.resp = append(r.resp, data...)
 		}
-		r.resp = append(r.resp, data...)
 	}
 	end := f.StreamEnded()
 	if err == nil && end {
-		err = bodyErr(r)
+		err = bodyEnd(r)
 	}
 	if err == nil && !end {
 		r.recvd += n
@@ -287,13 +284,14 @@ func (c *h2Conn) onData(f *http2.DataFrame) error {
 	return nil
 }
 
-// bodyErr checks a response body at the end of its stream: not empty, and
-// as long as its content-length said (RFC 9113 8.1.1: else malformed).
-func bodyErr(r *request) error {
-	switch {
-	case len(r.resp) == 0:
-		return fmt.Errorf("%w: empty body", ErrBadResponse)
-	case r.clen >= 0 && len(r.resp) != r.clen:
+// bodyEnd checks a response body at the end of its stream: what DoH
+// wants of it (checkBody), and as long as its content-length said (RFC
+// 9113 8.1.1: else malformed).
+func bodyEnd(r *request) error {
+	if err := checkBody(r.resp); err != nil {
+		return err
+	}
+	if r.clen >= 0 && len(r.resp) != r.clen {
 		return fmt.Errorf("%w: body of %d bytes, content-length %d", ErrBadResponse, len(r.resp), r.clen)
 	}
 	return nil

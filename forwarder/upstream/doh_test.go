@@ -17,12 +17,13 @@ import (
 	"golang.org/x/net/http2"
 
 	"xdoh/datapath/doh"
+	"xdoh/forwarder/upstream/upstreamtest"
 )
 
 func newTestDoH(t testing.TB, url string, opts Options) *DoH {
 	t.Helper()
 	if opts.RootCAs == nil && opts.CAFile == "" {
-		opts.RootCAs = pki(t).Pool
+		opts.RootCAs = upstreamtest.PKI(t).Pool
 	}
 	u, err := New(url, opts)
 	if err != nil {
@@ -33,7 +34,7 @@ func newTestDoH(t testing.TB, url string, opts Options) *DoH {
 }
 
 func TestDoHExchange(t *testing.T) {
-	srv := startDoHServer(t, true)
+	srv := upstreamtest.StartDoHServer(t, true)
 	u := newTestDoH(t, srv.URL+"/dns-query", Options{})
 	tests := []struct {
 		name    string
@@ -69,13 +70,13 @@ func TestDoHExchange(t *testing.T) {
 			}
 		})
 	}
-	if n := srv.conns.Load(); n > DefaultConns {
+	if n := srv.Conns.Load(); n > DefaultConns {
 		t.Errorf("%d connections, want at most %d", n, DefaultConns)
 	}
 }
 
 func TestDoHConcurrentOneConnection(t *testing.T) {
-	srv := startDoHServer(t, true)
+	srv := upstreamtest.StartDoHServer(t, true)
 	u := newTestDoH(t, srv.URL+"/dns-query", Options{Conns: 1, Timeout: 20 * time.Second})
 	const n = 200
 	var wg sync.WaitGroup
@@ -97,23 +98,23 @@ func TestDoHConcurrentOneConnection(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if got := srv.h.requests.Load(); got != n {
+	if got := srv.Requests.Load(); got != n {
 		t.Errorf("server saw %d requests, want %d", got, n)
 	}
-	if got := srv.conns.Load(); got != 1 {
+	if got := srv.Conns.Load(); got != 1 {
 		t.Errorf("%d connections, want 1", got)
 	}
 }
 
 func TestDoHDialErrors(t *testing.T) {
-	h2 := startDoHServer(t, true)
-	h1 := startDoHServer(t, false)
+	h2 := upstreamtest.StartDoHServer(t, true)
+	h1 := upstreamtest.StartDoHServer(t, false)
 	other, err := doh.NewPKI("127.0.0.1", "localhost")
 	if err != nil {
 		t.Fatal(err)
 	}
 	// A TLS server without ALPN: the handshake succeeds without h2.
-	noALPN, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{pki(t).Cert}})
+	noALPN, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{upstreamtest.PKI(t).Cert}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,8 +160,8 @@ func TestDoHDialErrors(t *testing.T) {
 }
 
 func TestDoHCAFile(t *testing.T) {
-	srv := startDoHServer(t, true)
-	ca, _, _, err := pki(t).WriteFiles(t.TempDir())
+	srv := upstreamtest.StartDoHServer(t, true)
+	ca, _, _, err := upstreamtest.PKI(t).WriteFiles(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,12 +178,12 @@ func TestDoHCAFile(t *testing.T) {
 }
 
 func TestDoHGoAwayRetriedOnNewConnection(t *testing.T) {
-	f := startFakeH2(t, nil, func(fc *fakeConn, conn int, id uint32, q *dns.Msg) {
+	f := upstreamtest.StartFakeH2(t, nil, func(fc *upstreamtest.FakeConn, conn int, id uint32, q *dns.Msg) {
 		if conn == 1 {
-			fc.goAway(0, http2.ErrCodeNo) // stream 1 was not processed
+			fc.GoAway(0, http2.ErrCodeNo) // stream 1 was not processed
 			return
 		}
-		fc.respond(id, q)
+		fc.Respond(id, q)
 	})
 	u := newTestDoH(t, f.URL(), Options{Conns: 1})
 	resp, err := Exchange(context.Background(), u, makeQuery(t, "goaway.example.", 42))
@@ -190,39 +191,39 @@ func TestDoHGoAwayRetriedOnNewConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkAnswer(t, resp, "goaway.example.", 42)
-	if n := f.nconn.Load(); n != 2 {
+	if n := f.NConn.Load(); n != 2 {
 		t.Errorf("%d connections, want 2", n)
 	}
 }
 
 func TestDoHGoAwayEveryTimeFails(t *testing.T) {
-	f := startFakeH2(t, nil, func(fc *fakeConn, conn int, id uint32, q *dns.Msg) {
-		fc.goAway(0, http2.ErrCodeNo)
+	f := upstreamtest.StartFakeH2(t, nil, func(fc *upstreamtest.FakeConn, conn int, id uint32, q *dns.Msg) {
+		fc.GoAway(0, http2.ErrCodeNo)
 	})
 	u := newTestDoH(t, f.URL(), Options{Conns: 1})
 	_, err := Exchange(context.Background(), u, makeQuery(t, "goaway.example.", 42))
 	if !errors.Is(err, ErrGoAway) || !errors.Is(err, ErrConnClosed) || !Retryable(err) {
 		t.Fatalf("error %v, want a retryable ErrGoAway", err)
 	}
-	if n := f.nconn.Load(); n != 2 {
+	if n := f.NConn.Load(); n != 2 {
 		t.Errorf("%d connections, want 2 (one retry)", n)
 	}
 }
 
 func TestDoHStreamReset(t *testing.T) {
 	var calls atomic.Int32
-	f := startFakeH2(t, nil, func(fc *fakeConn, conn int, id uint32, q *dns.Msg) {
+	f := upstreamtest.StartFakeH2(t, nil, func(fc *upstreamtest.FakeConn, conn int, id uint32, q *dns.Msg) {
 		switch q.Question[0].Name {
 		case "refused.example.":
 			if calls.Add(1) == 1 {
-				fc.rst(id, http2.ErrCodeRefusedStream)
+				fc.RST(id, http2.ErrCodeRefusedStream)
 				return
 			}
 		case "reset.example.":
-			fc.rst(id, http2.ErrCodeInternal)
+			fc.RST(id, http2.ErrCodeInternal)
 			return
 		}
-		fc.respond(id, q)
+		fc.Respond(id, q)
 	})
 	u := newTestDoH(t, f.URL(), Options{Conns: 1})
 	resp, err := Exchange(context.Background(), u, makeQuery(t, "refused.example.", 1))
@@ -238,18 +239,18 @@ func TestDoHStreamReset(t *testing.T) {
 	if _, err := Exchange(context.Background(), u, makeQuery(t, "fine.example.", 3)); err != nil {
 		t.Fatal(err)
 	}
-	if n := f.nconn.Load(); n != 1 {
+	if n := f.NConn.Load(); n != 1 {
 		t.Errorf("%d connections, want 1", n)
 	}
 }
 
 func TestDoHDeadConnectionFailsFastAndRedials(t *testing.T) {
-	f := startFakeH2(t, nil, func(fc *fakeConn, conn int, id uint32, q *dns.Msg) {
+	f := upstreamtest.StartFakeH2(t, nil, func(fc *upstreamtest.FakeConn, conn int, id uint32, q *dns.Msg) {
 		if conn == 1 {
-			fc.close()
+			fc.Close()
 			return
 		}
-		fc.respond(id, q)
+		fc.Respond(id, q)
 	})
 	u := newTestDoH(t, f.URL(), Options{Conns: 1, Timeout: 10 * time.Second})
 	start := time.Now()
@@ -261,13 +262,13 @@ func TestDoHDeadConnectionFailsFastAndRedials(t *testing.T) {
 	if el := time.Since(start); el > 3*time.Second {
 		t.Errorf("took %v: a dead connection must fail its streams at once", el)
 	}
-	if n := f.nconn.Load(); n != 2 {
+	if n := f.NConn.Load(); n != 2 {
 		t.Errorf("%d connections, want 2", n)
 	}
 }
 
 func TestDoHContextDeadlineResetsStream(t *testing.T) {
-	srv := startDoHServer(t, true)
+	srv := upstreamtest.StartDoHServer(t, true)
 	u := newTestDoH(t, srv.URL+"/dns-query", Options{Conns: 1})
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
@@ -280,7 +281,7 @@ func TestDoHContextDeadlineResetsStream(t *testing.T) {
 		t.Errorf("returned after %v, want about 100ms", el)
 	}
 	select {
-	case <-srv.h.canceled: // the server saw our RST_STREAM
+	case <-srv.Canceled: // the server saw our RST_STREAM
 	case <-time.After(5 * time.Second):
 		t.Fatal("server request not cancelled: no RST_STREAM")
 	}
@@ -288,13 +289,13 @@ func TestDoHContextDeadlineResetsStream(t *testing.T) {
 	if _, err := Exchange(context.Background(), u, makeQuery(t, "after.example.", 6)); err != nil {
 		t.Fatal(err)
 	}
-	if n := srv.conns.Load(); n != 1 {
+	if n := srv.Conns.Load(); n != 1 {
 		t.Errorf("%d connections, want 1", n)
 	}
 }
 
 func TestDoHTimeoutOption(t *testing.T) {
-	srv := startDoHServer(t, true)
+	srv := upstreamtest.StartDoHServer(t, true)
 	u := newTestDoH(t, srv.URL+"/dns-query", Options{Conns: 1, Timeout: 150 * time.Millisecond})
 	u.dialTime = 10 * time.Second // a loaded machine must not fail the warm-up dial
 	for {                         // warm up, so that only the exchange is timed
@@ -341,7 +342,7 @@ func TestDoHBlackholeTimesOut(t *testing.T) {
 		}
 	}()
 	before := runtime.NumGoroutine()
-	u, err := New("https://"+ln.Addr().String()+"/dns-query", Options{RootCAs: pki(t).Pool, Timeout: 200 * time.Millisecond})
+	u, err := New("https://"+ln.Addr().String()+"/dns-query", Options{RootCAs: upstreamtest.PKI(t).Pool, Timeout: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,7 +361,7 @@ func TestDoHBlackholeTimesOut(t *testing.T) {
 }
 
 func TestDoHStreamIDExhaustion(t *testing.T) {
-	f := startFakeH2(t, nil, func(fc *fakeConn, conn int, id uint32, q *dns.Msg) { fc.respond(id, q) })
+	f := upstreamtest.StartFakeH2(t, nil, func(fc *upstreamtest.FakeConn, conn int, id uint32, q *dns.Msg) { fc.Respond(id, q) })
 	u := newTestDoH(t, f.URL(), Options{Conns: 1})
 	u.maxStreamID = 5 // streams 1, 3, 5 per connection
 	for i := range 10 {
@@ -371,7 +372,7 @@ func TestDoHStreamIDExhaustion(t *testing.T) {
 		}
 		checkAnswer(t, resp, name, uint16(i))
 	}
-	if n := f.nconn.Load(); n != 4 {
+	if n := f.NConn.Load(); n != 4 {
 		t.Errorf("%d connections, want 4", n)
 	}
 }
@@ -380,15 +381,15 @@ func TestDoHMaxConcurrentStreams(t *testing.T) {
 	var open, peak atomic.Int32
 	var wg sync.WaitGroup
 	t.Cleanup(wg.Wait) // after the server's cleanup: no request can add to wg then
-	f := startFakeH2(t, []http2.Setting{{ID: http2.SettingMaxConcurrentStreams, Val: 2}},
-		func(fc *fakeConn, conn int, id uint32, q *dns.Msg) {
+	f := upstreamtest.StartFakeH2(t, []http2.Setting{{ID: http2.SettingMaxConcurrentStreams, Val: 2}},
+		func(fc *upstreamtest.FakeConn, conn int, id uint32, q *dns.Msg) {
 			n := open.Add(1)
 			for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
 			}
 			wg.Go(func() {
 				time.Sleep(10 * time.Millisecond)
 				open.Add(-1)
-				fc.respond(id, q)
+				fc.Respond(id, q)
 			})
 		})
 	u := newTestDoH(t, f.URL(), Options{Conns: 1})
@@ -411,15 +412,15 @@ func TestDoHMaxConcurrentStreams(t *testing.T) {
 }
 
 func TestDoHServerShrinksHPACKTable(t *testing.T) {
-	f := startFakeH2(t, []http2.Setting{{ID: http2.SettingHeaderTableSize, Val: 0}},
-		func(fc *fakeConn, conn int, id uint32, q *dns.Msg) { fc.respond(id, q) })
+	f := upstreamtest.StartFakeH2(t, []http2.Setting{{ID: http2.SettingHeaderTableSize, Val: 0}},
+		func(fc *upstreamtest.FakeConn, conn int, id uint32, q *dns.Msg) { fc.Respond(id, q) })
 	u := newTestDoH(t, f.URL(), Options{Conns: 1})
 	for i := range 3 {
 		if _, err := Exchange(context.Background(), u, makeQuery(t, "t.example.", uint16(i))); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if n := f.nconn.Load(); n != 1 {
+	if n := f.NConn.Load(); n != 1 {
 		t.Errorf("%d connections, want 1 (HPACK errors would close it)", n)
 	}
 }
@@ -443,7 +444,7 @@ func (c *countingConn) Write(p []byte) (int, error) {
 }
 
 func TestDoHHeadersAndDataInOneWrite(t *testing.T) {
-	srv := startDoHServer(t, true)
+	srv := upstreamtest.StartDoHServer(t, true)
 	u := newTestDoH(t, srv.URL+"/dns-query", Options{Conns: 1, Timeout: 5 * time.Second})
 	var cc *countingConn
 	u.wrapConn = func(nc net.Conn) net.Conn {
@@ -500,43 +501,6 @@ func TestDoHHeadersAndDataInOneWrite(t *testing.T) {
 	}
 }
 
-func TestDoHCloseNoLeaks(t *testing.T) {
-	srv := startDoHServer(t, true)
-	// Let the server settle, then count.
-	before := runtime.NumGoroutine()
-	u, err := New(srv.URL+"/dns-query", Options{RootCAs: pki(t).Pool, Conns: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	for i := range 50 {
-		wg.Go(func() {
-			if _, err := Exchange(context.Background(), u, makeQuery(t, fmt.Sprintf("l%d.example.", i), 1)); err != nil {
-				t.Error(err)
-			}
-		})
-	}
-	wg.Wait()
-	if err := u.Close(); err != nil {
-		t.Fatal(err)
-	}
-	_, err = Exchange(context.Background(), u, makeQuery(t, "late.example.", 1))
-	if !errors.Is(err, ErrClosed) {
-		t.Errorf("after Close: %v, want ErrClosed", err)
-	}
-	srv.CloseClientConnections()
-	waitGoroutines(t, before)
-}
-
-func TestDoHBadQuery(t *testing.T) {
-	u := newTestDoH(t, "https://127.0.0.1:1/dns-query", Options{})
-	for _, q := range [][]byte{nil, make([]byte, 11), make([]byte, 65536)} {
-		if _, err := Exchange(context.Background(), u, q); !errors.Is(err, ErrBadQuery) {
-			t.Errorf("%d-byte query: %v, want ErrBadQuery", len(q), err)
-		}
-	}
-}
-
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
@@ -567,7 +531,7 @@ func waitGoroutines(t testing.TB, before int) {
 }
 
 func BenchmarkDoHExchange(b *testing.B) {
-	srv := startDoHServer(b, true)
+	srv := upstreamtest.StartDoHServer(b, true)
 	u := newTestDoH(b, srv.URL+"/dns-query", Options{Conns: 1})
 	q := makeQuery(b, "bench.example.", 0x1234)
 	ctx := context.Background()
@@ -580,7 +544,7 @@ func BenchmarkDoHExchange(b *testing.B) {
 }
 
 func BenchmarkDoHExchangeParallel(b *testing.B) {
-	srv := startDoHServer(b, true)
+	srv := upstreamtest.StartDoHServer(b, true)
 	u := newTestDoH(b, srv.URL+"/dns-query", Options{Timeout: 10 * time.Second})
 	q := makeQuery(b, "bench.example.", 0x1234)
 	ctx := context.Background()
@@ -599,7 +563,7 @@ func BenchmarkDoHExchangeParallel(b *testing.B) {
 // BenchmarkDoHExchangeFake measures the client alone against the raw framer
 // server, which costs far less per request than net/http.
 func BenchmarkDoHExchangeFake(b *testing.B) {
-	f := startFakeH2(b, nil, func(fc *fakeConn, conn int, id uint32, q *dns.Msg) { fc.respond(id, q) })
+	f := upstreamtest.StartFakeH2(b, nil, func(fc *upstreamtest.FakeConn, conn int, id uint32, q *dns.Msg) { fc.Respond(id, q) })
 	u := newTestDoH(b, f.URL(), Options{Conns: 1})
 	q := makeQuery(b, "bench.example.", 0x1234)
 	ctx := context.Background()

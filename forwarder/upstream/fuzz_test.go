@@ -13,6 +13,8 @@ import (
 	"github.com/miekg/dns"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"xdoh/forwarder/upstream/upstreamtest"
 )
 
 // FuzzDoHResponse: whatever bytes a DoH server sends back on a query's
@@ -44,7 +46,7 @@ func TestDoHResponseSeeds(t *testing.T) {
 }
 
 type responseFuzzer struct {
-	srv           *fakeH2
+	srv           *upstreamtest.FakeH2
 	wire          atomic.Pointer[[]byte] // what the server sends back
 	q             *dns.Msg
 	query, answer []byte
@@ -58,14 +60,12 @@ func newResponseFuzzer(t testing.TB) *responseFuzzer {
 	if fz.query, err = fz.q.Pack(); err != nil {
 		t.Fatal(err)
 	}
-	if fz.answer, err = answerFor(fz.q).Pack(); err != nil {
+	if fz.answer, err = upstreamtest.AnswerFor(fz.q).Pack(); err != nil {
 		t.Fatal(err)
 	}
-	fz.srv = startFakeH2(t, nil, func(fc *fakeConn, _ int, _ uint32, _ *dns.Msg) {
-		fc.mu.Lock()
-		_, _ = fc.nc.Write(*fz.wire.Load())
-		fc.mu.Unlock()
-		fc.close()
+	fz.srv = upstreamtest.StartFakeH2(t, nil, func(fc *upstreamtest.FakeConn, _ int, _ uint32, _ *dns.Msg) {
+		fc.Write(*fz.wire.Load())
+		fc.Close()
 	})
 	return fz
 }
@@ -139,7 +139,7 @@ func dohResponseSeeds(t testing.TB, answer []byte) []responseSeed {
 		}
 		seeds = append(seeds, responseSeed{name, buf.Bytes(), ok})
 	}
-	okHdr := []string{":status", "200", "content-type", dnsMessage}
+	okHdr := []string{":status", "200", "content-type", upstreamtest.DNSMessage}
 	build("answer", true, func(fr *http2.Framer, hdr func(...string) []byte) error {
 		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hdr(okHdr...), EndHeaders: true}); err != nil {
 			return err
@@ -149,7 +149,7 @@ func dohResponseSeeds(t testing.TB, answer []byte) []responseSeed {
 	// Headers in HEADERS and CONTINUATION, the body in two DATA frames,
 	// a PING, a WINDOW_UPDATE and SETTINGS in between.
 	build("split", true, func(fr *http2.Framer, hdr func(...string) []byte) error {
-		block := hdr(":status", "200", "content-type", dnsMessage, "cache-control", "max-age=60")
+		block := hdr(":status", "200", "content-type", upstreamtest.DNSMessage, "cache-control", "max-age=60")
 		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block[:3]}); err != nil {
 			return err
 		}

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"xdoh/forwarder/upstream/upstreamtest"
 )
 
 // writerConn counts the writes made from writeInline, by the goroutine that
@@ -36,11 +38,11 @@ func (w writerConn) Write(b []byte) (int, error) {
 func TestDoHSubmitWritesInlineWhenIdle(t *testing.T) {
 	release := make(chan struct{})
 	var held atomic.Bool
-	f := startFakeH2(t, nil, func(fc *fakeConn, conn int, id uint32, q *dns.Msg) {
+	f := upstreamtest.StartFakeH2(t, nil, func(fc *upstreamtest.FakeConn, conn int, id uint32, q *dns.Msg) {
 		if held.Load() {
 			<-release // keep the burst's streams open
 		}
-		fc.respond(id, q)
+		fc.Respond(id, q)
 	})
 	u := newTestDoH(t, f.URL(), Options{Conns: 1, Timeout: 5 * time.Second})
 	var inline, writer atomic.Int32

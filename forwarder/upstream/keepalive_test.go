@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"xdoh/forwarder/upstream/upstreamtest"
 )
 
 // Regression (review): a server that accepted the connection and SETTINGS
@@ -17,14 +19,14 @@ import (
 // every query on it timed out. After a stream times out, a PING without ACK
 // must replace the connection, and queries then succeed on a new one.
 func TestDoHPingAfterStreamTimeoutReplacesConnection(t *testing.T) {
-	f := startFakeH2(t, nil, func(fc *fakeConn, conn int, id uint32, q *dns.Msg) {
+	f := upstreamtest.StartFakeH2(t, nil, func(fc *upstreamtest.FakeConn, conn int, id uint32, q *dns.Msg) {
 		if conn > 1 {
-			fc.respond(id, q)
+			fc.Respond(id, q)
 		}
 	})
 	// The first connection answers the PING of its handshake, then goes
 	// silent: the idle keepalive (off here) would not notice it.
-	f.setAckPing(func(conn, n int) bool { return conn > 1 || n == 1 })
+	f.SetAckPing(func(conn, n int) bool { return conn > 1 || n == 1 })
 	u := newTestDoH(t, f.URL(), Options{Conns: 1, Timeout: 300 * time.Millisecond, PingTimeout: 50 * time.Millisecond,
 		PingInterval: -1, Prewarm: true})
 	waitFor(t, "handshake PING answered", func() bool { return u.RTT() > 0 })
@@ -44,10 +46,10 @@ func TestDoHPingAfterStreamTimeoutReplacesConnection(t *testing.T) {
 	if el := time.Since(start); el > 250*time.Millisecond {
 		t.Errorf("took %v: want the PING timeout (50ms) plus a redial", el)
 	}
-	if n := f.nconn.Load(); n != 2 {
+	if n := f.NConn.Load(); n != 2 {
 		t.Errorf("%d connections, want 2: the silent one must be replaced", n)
 	}
-	if p := f.pings.Load(); p < 3 {
+	if p := f.Pings.Load(); p < 3 {
 		t.Errorf("server saw %d PINGs, want at least 3 (two handshakes, one after the timeout)", p)
 	}
 	for i := range 5 {
@@ -55,7 +57,7 @@ func TestDoHPingAfterStreamTimeoutReplacesConnection(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if n := f.nconn.Load(); n != 2 {
+	if n := f.NConn.Load(); n != 2 {
 		t.Errorf("%d connections after more queries, want 2", n)
 	}
 }
@@ -73,8 +75,8 @@ func TestDoHPingTimeout(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			f := startFakeH2(t, nil, func(fc *fakeConn, conn int, id uint32, q *dns.Msg) { fc.respond(id, q) })
-			f.setAckPing(tt.ack)
+			f := upstreamtest.StartFakeH2(t, nil, func(fc *upstreamtest.FakeConn, conn int, id uint32, q *dns.Msg) { fc.Respond(id, q) })
+			f.SetAckPing(tt.ack)
 			u := newTestDoH(t, f.URL(), Options{Conns: 1, PingInterval: tt.interval, PingTimeout: 50 * time.Millisecond})
 			if _, err := Exchange(context.Background(), u, makeQuery(t, "a.example.", 1)); err != nil {
 				t.Fatal(err)
@@ -92,7 +94,7 @@ func TestDoHPingTimeout(t *testing.T) {
 				t.Fatal(err)
 			}
 			checkAnswer(t, resp, "b.example.", 2)
-			if n := f.nconn.Load(); n != 2 {
+			if n := f.NConn.Load(); n != 2 {
 				t.Errorf("%d connections, want 2", n)
 			}
 		})
@@ -100,7 +102,7 @@ func TestDoHPingTimeout(t *testing.T) {
 }
 
 func TestDoHIdlePingMeasuresRTT(t *testing.T) {
-	f := startFakeH2(t, nil, func(fc *fakeConn, conn int, id uint32, q *dns.Msg) { fc.respond(id, q) })
+	f := upstreamtest.StartFakeH2(t, nil, func(fc *upstreamtest.FakeConn, conn int, id uint32, q *dns.Msg) { fc.Respond(id, q) })
 	u := newTestDoH(t, f.URL(), Options{Conns: 1, PingInterval: 20 * time.Millisecond})
 	if rtt := u.RTT(); rtt != 0 {
 		t.Errorf("RTT %v before any connection, want 0", rtt)
@@ -108,17 +110,17 @@ func TestDoHIdlePingMeasuresRTT(t *testing.T) {
 	if _, err := Exchange(context.Background(), u, makeQuery(t, "a.example.", 1)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "idle PINGs", func() bool { return f.pings.Load() >= 4 })
+	waitFor(t, "idle PINGs", func() bool { return f.Pings.Load() >= 4 })
 	if rtt := u.RTT(); rtt <= 0 || rtt > time.Second {
 		t.Errorf("RTT %v, want a small positive duration", rtt)
 	}
-	if n := f.nconn.Load(); n != 1 {
+	if n := f.NConn.Load(); n != 1 {
 		t.Errorf("%d connections, want 1: answered PINGs keep it", n)
 	}
 }
 
 func TestDoHNoIdlePingWhileBusy(t *testing.T) {
-	f := startFakeH2(t, nil, func(fc *fakeConn, conn int, id uint32, q *dns.Msg) { fc.respond(id, q) })
+	f := upstreamtest.StartFakeH2(t, nil, func(fc *upstreamtest.FakeConn, conn int, id uint32, q *dns.Msg) { fc.Respond(id, q) })
 	u := newTestDoH(t, f.URL(), Options{Conns: 1, PingInterval: 200 * time.Millisecond})
 	deadline := time.Now().Add(500 * time.Millisecond)
 	for i := 0; time.Now().Before(deadline); i++ {
@@ -127,7 +129,7 @@ func TestDoHNoIdlePingWhileBusy(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if p := f.pings.Load(); p != 1 {
+	if p := f.Pings.Load(); p != 1 {
 		t.Errorf("server saw %d PINGs on a busy connection, want 1 (the handshake's)", p)
 	}
 }
@@ -150,13 +152,13 @@ func TestRecordRTT(t *testing.T) {
 }
 
 func TestDoHPrewarm(t *testing.T) {
-	f := startFakeH2(t, nil, func(fc *fakeConn, conn int, id uint32, q *dns.Msg) { fc.respond(id, q) })
+	f := upstreamtest.StartFakeH2(t, nil, func(fc *upstreamtest.FakeConn, conn int, id uint32, q *dns.Msg) { fc.Respond(id, q) })
 	start := time.Now()
 	u := newTestDoH(t, f.URL(), Options{Conns: 3, Prewarm: true})
 	if el := time.Since(start); el > 50*time.Millisecond {
 		t.Errorf("New took %v: prewarming must not block", el)
 	}
-	waitFor(t, "3 connections before the first exchange", func() bool { return f.nconn.Load() == 3 })
+	waitFor(t, "3 connections before the first exchange", func() bool { return f.NConn.Load() == 3 })
 	waitFor(t, "connections in their slots", func() bool {
 		for i := range u.pool.slots {
 			if u.pool.slots[i].conn.Load() == nil {
@@ -174,7 +176,7 @@ func TestDoHPrewarm(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if n := f.nconn.Load(); n != 3 {
+	if n := f.NConn.Load(); n != 3 {
 		t.Errorf("%d connections, want 3", n)
 	}
 }
@@ -207,7 +209,7 @@ func TestPrewarmCloseCancelsDials(t *testing.T) {
 	}()
 	before := runtime.NumGoroutine()
 	for _, target := range []string{"https://" + ln.Addr().String() + "/dns-query", "tcp://" + ln.Addr().String()} {
-		u, err := New(target, Options{RootCAs: pki(t).Pool, Conns: 2, Prewarm: true, Timeout: 5 * time.Second})
+		u, err := New(target, Options{RootCAs: upstreamtest.PKI(t).Pool, Conns: 2, Prewarm: true, Timeout: 5 * time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}

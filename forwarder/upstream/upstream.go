@@ -37,12 +37,13 @@
 //     came back from idle, and on a shared virtual machine those wake-ups
 //     cost more than the queries.
 //   - The reader demultiplexes frames by stream ID to the waiting callers
-//     (a map guarded by the connection mutex), checks :status and
-//     content-type, collects the body (at most 65535 bytes), and handles the
-//     connection-level frames: SETTINGS (MAX_CONCURRENT_STREAMS,
-//     INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE, HEADER_TABLE_SIZE), PING,
-//     GOAWAY, RST_STREAM and WINDOW_UPDATE. It notes when it last read a
-//     frame.
+//     (a map guarded by the connection mutex), collects each response's
+//     :status, content-type and body and has doh.go's RFC 8484 rules judge
+//     them (200, application/dns-message, at most 65535 bytes, as soon as
+//     each is known), and handles the connection-level frames: SETTINGS
+//     (MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE,
+//     HEADER_TABLE_SIZE), PING, GOAWAY, RST_STREAM and WINDOW_UPDATE. It
+//     notes when it last read a frame.
 //
 // Keepalive: a connection sends a PING with random payload with its
 // handshake, whenever nothing has been read from it for
@@ -128,6 +129,21 @@
 // way. While no TCP connection is open the query waits in the TCP pool's
 // wait queue for the dial, as DoH's do; a TCP connection with 1024 queries
 // in flight fails more with [ErrBusy] at once, as a socket does.
+//
+// # Files
+//
+//   - upstream.go: the Upstream interface, Exchange, Options, errors, New.
+//   - doh.go: the DoH upstream, its dials and Close, and the RFC 8484 rules
+//     (what a response's status, content type and body mean for DNS).
+//   - doh_submit.go: DoH.Submit and a request's life, from queue to callback.
+//   - doh_conn.go, doh_writer.go, doh_reader.go, doh_hpack.go: one HTTP/2
+//     connection, by the goroutine that runs the code; they report status,
+//     content type and body, and doh.go judges them.
+//   - do53.go: the Do53 upstream, its UDP sockets and TCP connections.
+//   - do53_query.go: Do53.Submit and a query's life, UDP to TCP to callback.
+//   - pool.go: the connection pool and its wait queue; backoff.go: dial
+//     backoff; rawconn.go: sockets read and written with raw system calls;
+//     wire.go: checks of a response against its query.
 package upstream
 
 import (

@@ -12,6 +12,8 @@ import (
 
 	"github.com/miekg/dns"
 	"golang.org/x/net/http2"
+
+	"xdoh/forwarder/upstream/upstreamtest"
 )
 
 // Tests of the pools' wait queue (pool.go): queries that no connection can
@@ -67,29 +69,29 @@ var waitTargets = []struct {
 }{
 	{name: "DoH", start: func(t *testing.T, opts Options) waitTarget {
 		var names recorder
-		f := startFakeH2(t, nil, func(fc *fakeConn, _ int, id uint32, q *dns.Msg) {
+		f := upstreamtest.StartFakeH2(t, nil, func(fc *upstreamtest.FakeConn, _ int, id uint32, q *dns.Msg) {
 			names.add(q.Question[0].Name)
-			fc.respond(id, q)
+			fc.Respond(id, q)
 		})
 		u := newTestDoH(t, f.URL(), opts)
 		return waitTarget{u: u, pool: &u.pool, ordered: true, seen: names.get}
 	}},
 	{name: "Do53 TCP", start: func(t *testing.T, opts Options) waitTarget {
 		var names recorder
-		f := startDo53Fault(t, nil, func(_ *do53Fault, _ int, q *dns.Msg) tcpAction {
+		f := upstreamtest.StartDo53Fault(t, nil, func(_ *upstreamtest.Do53Fault, _ int, q *dns.Msg) upstreamtest.TCPAction {
 			names.add(q.Question[0].Name)
-			return tcpAnswer
+			return upstreamtest.TCPAnswer
 		})
-		u := newTestDo53(t, f.target(true), opts)
+		u := newTestDo53(t, f.Target(true), opts)
 		return waitTarget{u: u, pool: &u.tcp, ordered: true, seen: names.get}
 	}},
 	{name: "Do53 UDP truncated", start: func(t *testing.T, opts Options) waitTarget {
 		var names recorder
-		f := startDo53Fault(t, udpTruncate, func(_ *do53Fault, _ int, q *dns.Msg) tcpAction {
+		f := upstreamtest.StartDo53Fault(t, upstreamtest.UDPTruncate, func(_ *upstreamtest.Do53Fault, _ int, q *dns.Msg) upstreamtest.TCPAction {
 			names.add(q.Question[0].Name)
-			return tcpAnswer
+			return upstreamtest.TCPAnswer
 		})
-		u := newTestDo53(t, f.target(false), opts)
+		u := newTestDo53(t, f.Target(false), opts)
 		return waitTarget{u: u, pool: &u.tcp, seen: names.get}
 	}},
 }
@@ -111,7 +113,7 @@ func (r *recorder) get() []string {
 	return slices.Clone(r.names)
 }
 
-// tcNames names query i so that udpTruncate truncates it.
+// tcNames names query i so that upstreamtest.UDPTruncate truncates it.
 func tcNames(i int) string { return fmt.Sprintf("tc%d.example.", i) }
 
 // Queries submitted while the only connection dials all wait, at no
@@ -311,15 +313,15 @@ func slowest(b *asyncBurst) time.Duration {
 // order they came.
 func TestDoHSubmitWaitsForStream(t *testing.T) {
 	type held struct {
-		fc *fakeConn
+		fc *upstreamtest.FakeConn
 		id uint32
 		q  *dns.Msg
 	}
 	var mu sync.Mutex
 	var reqs []held
 	var names []string
-	f := startFakeH2(t, []http2.Setting{{ID: http2.SettingMaxConcurrentStreams, Val: 2}},
-		func(fc *fakeConn, _ int, id uint32, q *dns.Msg) {
+	f := upstreamtest.StartFakeH2(t, []http2.Setting{{ID: http2.SettingMaxConcurrentStreams, Val: 2}},
+		func(fc *upstreamtest.FakeConn, _ int, id uint32, q *dns.Msg) {
 			mu.Lock()
 			reqs = append(reqs, held{fc, id, q})
 			names = append(names, q.Question[0].Name)
@@ -348,7 +350,7 @@ func TestDoHSubmitWaitsForStream(t *testing.T) {
 		})
 		mu.Lock()
 		for _, r := range reqs {
-			r.fc.respond(r.id, r.q)
+			r.fc.Respond(r.id, r.q)
 			nAnswered.Add(1)
 		}
 		reqs = reqs[:0]

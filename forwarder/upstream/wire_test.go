@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/miekg/dns"
+
+	"xdoh/forwarder/upstream/upstreamtest"
 )
 
 func TestCheckResponse(t *testing.T) {
@@ -14,7 +16,7 @@ func TestCheckResponse(t *testing.T) {
 		if err := m.Unpack(q); err != nil {
 			t.Fatal(err)
 		}
-		r := answerFor(m)
+		r := upstreamtest.AnswerFor(m)
 		edit(r)
 		b, err := r.Pack()
 		if err != nil {

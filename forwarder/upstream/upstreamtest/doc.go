@@ -1,5 +1,19 @@
-// Package upstreamtest starts a real BIND 9.18 (`named`, Debian package
-// bind9) as the on-premises DoH resolver for integration tests, the way
+// Package upstreamtest holds what the tests of package upstream and its
+// users share: test servers on loopback port 0 (servers.go: an RFC 8484
+// server on net/http and a miekg/dns server; fakeh2.go: FakeH2, a raw
+// HTTP/2 server for fault injection; faults.go: Do53Fault, TCPDNSServer,
+// TCPSink, closed ports), RunContract, the contract suite that every
+// upstream.Upstream must pass whatever its transport (contract.go), and a
+// real BIND.
+//
+// It does not import package upstream, whose own tests import it:
+// RunContract takes the interface it tests and the error sentinels as
+// arguments.
+//
+// # BIND
+//
+// StartBIND starts a real BIND 9.18 (`named`, Debian package bind9) as the
+// on-premises DoH resolver for integration tests, the way
 // net/http/httptest starts HTTP servers.
 //
 //	b := upstreamtest.StartBIND(t, upstreamtest.BINDOptions{QueryLog: true})

@@ -1,5 +1,10 @@
 package upstream
 
+// DoH.Submit and the life of a request: onto a connection or into the
+// pool's wait queue, written inline or by the writer, expired by its timer,
+// completed (and retried once) with what the reader or a failing
+// connection left in it.
+
 import (
 	"fmt"
 	"time"

@@ -1,5 +1,10 @@
 package upstream
 
+// Do53.Submit and the life of a query (asyncQuery): registered on a UDP
+// socket or TCP connection, or waiting for a TCP dial, moved to TCP on a
+// truncated answer, retried once when its TCP connection breaks, expired
+// by its timer.
+
 import (
 	"errors"
 	"fmt"
