@@ -142,6 +142,15 @@ func (s *xdpSetup) start(t *testing.T) (*exec.Cmd, chan struct{}, string) {
 	logFile := filepath.Join(s.dir, fmt.Sprintf("xdoh-%d.log", time.Now().UnixNano()))
 	cmd, exited := startInNS(t, s.p.ServerNS, logFile, xdohBin, "run", "-c", s.conf)
 	waitAnswer(t, s.p.ClientNS, s.p.Server4, "53", "ipv4.aws.example.internal", "A", "10.2.1.10")
+	// The kernel sockets answer before the XDP program is attached: the
+	// start is over when xdoh says so.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if log, _ := os.ReadFile(logFile); strings.Contains(string(log), `msg="xdoh running"`) {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("xdoh did not finish starting within 10 s:\n%s", log)
+		}
+	}
 	return cmd, exited, logFile
 }
 
