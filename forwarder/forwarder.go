@@ -250,6 +250,10 @@ func (f *Forwarder) fast(r *Request, out []byte) ([]byte, *Rule, bool) {
 		}
 		return dnsmsg.AppendError(out[:0], r.Msg, q, dnsmsg.RcodeFormErr), nil, true
 	}
+	if r.Q.HasOPT && r.Q.Version != 0 {
+		// RFC 6891 6.1.3: only EDNS version 0 is implemented.
+		return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeBadVers), nil, true
+	}
 	maxSize := r.MaxResponseSize()
 	if f.cfg.Cache != nil {
 		if resp, res := f.cfg.Cache.Get(&r.Q, out, maxSize); res != cache.Miss {

@@ -49,6 +49,9 @@ const (
 	RcodeNXDomain = 3
 	RcodeNotImp   = 4
 	RcodeRefused  = 5
+	// RcodeBadVers is an extended RCODE (RFC 6891): its upper 8 bits go
+	// in the OPT record, its lower 4 (0) in the header.
+	RcodeBadVers = 16
 )
 
 // Parse errors. A query that fails with ErrShort or ErrNotQuery gets no reply;
@@ -83,6 +86,7 @@ type Query struct {
 	HasOPT  bool
 	UDPSize uint16 // as advertised; see MaxUDPSize
 	DO      bool
+	Version uint8 // EDNS version; only 0 is implemented (BADVERS otherwise)
 	// OPTOff and OPTEnd delimit the OPT record in the message.
 	OPTOff, OPTEnd int
 }
@@ -133,11 +137,11 @@ func Parse(msg []byte, q *Query) error {
 	}
 	q.ID = binary.BigEndian.Uint16(msg[0:])
 	q.Flags = binary.BigEndian.Uint16(msg[2:])
+	if q.Opcode() != 0 { // NOTIMP whatever follows, a header-only message too
+		return ErrOpcode
+	}
 	if binary.BigEndian.Uint16(msg[4:]) != 1 {
 		return ErrQDCount
-	}
-	if q.Opcode() != 0 {
-		return ErrOpcode
 	}
 	end, err := nameEnd(msg, HeaderLen)
 	if err != nil {
@@ -162,11 +166,13 @@ func Parse(msg []byte, q *Query) error {
 		}
 		if rr.Type == TypeOPT {
 			if q.HasOPT || rr.NameLen != 1 || msg[off] != 0 {
+				q.HasOPT = false // no usable EDNS: the FORMERR carries no OPT (as BIND's)
 				return ErrOPT
 			}
 			q.HasOPT = true
 			q.UDPSize = rr.Class
 			q.DO = rr.TTL&0x8000 != 0
+			q.Version = uint8(rr.TTL >> 16)
 			q.OPTOff, q.OPTEnd = off, rr.End
 		}
 		off = rr.End

@@ -31,6 +31,8 @@ func malformedQueries() []malformedCase {
 		{name: "QDCOUNT 2", msg: cat(hdr(1, rd, 2, 0, 0, 0), q, q), err: ErrQDCount},
 		{name: "opcode STATUS", msg: cat(hdr(1, 2<<11|rd, 1, 0, 0, 0), q), err: ErrOpcode},
 		{name: "opcode UPDATE", msg: cat(hdr(1, 5<<11, 1, 0, 0, 0), q), err: ErrOpcode},
+		{name: "opcode 3, header only", msg: hdr(1, 3<<11|rd, 0, 0, 0, 0), err: ErrOpcode},
+		{name: "opcode NOTIFY, two questions", msg: cat(hdr(1, 4<<11, 2, 0, 0, 0), q, q), err: ErrOpcode},
 		{name: "header only", msg: hdr(1, rd, 1, 0, 0, 0), err: ErrName},
 		{name: "name without terminator", msg: cat(hdr(1, rd, 1, 0, 0, 0), []byte("\x07example\x03com")), err: ErrName},
 		{name: "label runs past the end", msg: cat(hdr(1, rd, 1, 0, 0, 0), []byte("\x20abc")), err: ErrName},
@@ -350,5 +352,31 @@ func BenchmarkParse(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestEDNSVersion: Parse reports the OPT record's version (BADVERS is the
+// forwarder's to answer), and AppendError puts an extended RCODE's upper
+// bits in its OPT, version 0.
+func TestEDNSVersion(t *testing.T) {
+	q := question(exampleCom, dns.TypeA, dns.ClassINET)
+	for _, v := range []uint32{0, 1, 255} {
+		msg := cat(hdr(7, FlagRD, 1, 0, 0, 1), q, optRR(1232, v<<16|0x8000))
+		var pq Query
+		if err := Parse(msg, &pq); err != nil {
+			t.Fatalf("version %d: %v", v, err)
+		}
+		if !pq.HasOPT || uint32(pq.Version) != v || !pq.DO {
+			t.Fatalf("version %d: parsed HasOPT %v Version %d DO %v", v, pq.HasOPT, pq.Version, pq.DO)
+		}
+		resp := AppendError(nil, msg, &pq, RcodeBadVers)
+		var m dns.Msg
+		if err := m.Unpack(resp); err != nil {
+			t.Fatalf("BADVERS response: %v", err)
+		}
+		opt := m.IsEdns0()
+		if m.Rcode != dns.RcodeBadVers || opt == nil || opt.Version() != 0 || !opt.Do() || len(m.Answer) != 0 || len(resp) > len(msg) {
+			t.Errorf("BADVERS for version %d: rcode %d, OPT %v, %d octets for a %d-octet query", v, m.Rcode, opt, len(resp), len(msg))
+		}
 	}
 }

@@ -105,8 +105,10 @@ func Truncate(resp []byte, size int) []byte {
 
 // AppendError appends to dst a response to the query msg with the given rcode:
 // the header with QR set (RD copied), the question when q is usable, and an OPT
-// record when the query had one. It never produces more octets than the query
-// had, so it cannot amplify. q may be nil when only the header parsed.
+// record when the query had one (version 0, DO copied, no options; an
+// extended rcode such as RcodeBadVers puts its upper bits there). It never
+// produces more octets than the query had, so it cannot amplify. q may be nil
+// when only the header parsed.
 func AppendError(dst, msg []byte, q *Query, rcode int) []byte {
 	start := len(dst)
 	dst = append(dst, msg[:HeaderLen]...)
@@ -125,7 +127,7 @@ func AppendError(dst, msg []byte, q *Query, rcode int) []byte {
 	binary.BigEndian.PutUint16(dst[start+4:], 1)
 	if q.HasOPT {
 		// A minimal OPT: root name, type 41, our UDP size, no options.
-		dst = append(dst, 0, 0, TypeOPT, byte(ourUDPSize>>8), byte(ourUDPSize&0xFF), 0, 0, 0, 0, 0, 0)
+		dst = append(dst, 0, 0, TypeOPT, byte(ourUDPSize>>8), byte(ourUDPSize&0xFF), byte(rcode>>4), 0, 0, 0, 0, 0)
 		if q.DO {
 			dst[len(dst)-4] = 0x80
 		}
