@@ -165,6 +165,25 @@ func conformanceCases(t *testing.T) []conformanceCase {
 			m.Response = true
 			return packed(t, m)
 		}},
+		{"ANY", func() []byte { return packed(t, q("ipv4.aws.example.internal.", dns.TypeANY, true)) }},
+		{"AXFR", func() []byte { return packed(t, q("aws.example.internal.", dns.TypeAXFR, false)) }},
+		{"IXFR", func() []byte { return packed(t, q("aws.example.internal.", dns.TypeIXFR, false)) }},
+		{"RRSIG", func() []byte { return packed(t, q("ipv4.aws.example.internal.", dns.TypeRRSIG, true)) }},
+		{"class CH", func() []byte {
+			m := q("ipv4.aws.example.internal.", dns.TypeA, false)
+			m.Question[0].Qclass = dns.ClassCHAOS
+			return packed(t, m)
+		}},
+		{"class ANY", func() []byte {
+			m := q("ipv4.aws.example.internal.", dns.TypeA, false)
+			m.Question[0].Qclass = dns.ClassANY
+			return packed(t, m)
+		}},
+		{"class 7", func() []byte {
+			m := q("ipv4.aws.example.internal.", dns.TypeA, false)
+			m.Question[0].Qclass = 7
+			return packed(t, m)
+		}},
 		{"EDNS 0 over a question with upper case", func() []byte {
 			return packed(t, q("IPv4.AWS.example.internal.", dns.TypeA, true))
 		}},
@@ -260,7 +279,15 @@ func TestConformanceAgainstBIND(t *testing.T) {
 					}
 					bh.RD = xh.RD
 				}
-				if xh != bh {
+				if tc.name == "AXFR" && tr == forwarder.TransportTCP {
+				// xdoh serves no zone transfers: REFUSED, where this BIND
+				// (allow-transfer not set) sends the zone.
+				if xh.Rcode != dns.RcodeRefused || xh.AN != 0 {
+					t.Errorf("AXFR over TCP: %+v, want REFUSED and no records", xh)
+				}
+				return
+			}
+			if xh != bh {
 					t.Errorf("query %x\nxdoh: %+v\nBIND: %+v", query, xh, bh)
 				}
 				if xh.Answered && xh.Rcode != dns.RcodeSuccess && xh.Rcode != dns.RcodeNameError && len(x) > len(query) {

@@ -254,6 +254,12 @@ func (f *Forwarder) fast(r *Request, out []byte) ([]byte, *Rule, bool) {
 		// RFC 6891 6.1.3: only EDNS version 0 is implemented.
 		return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeBadVers), nil, true
 	}
+	if rc := metaRcode(r); rc >= 0 {
+		if rc == dnsmsg.RcodeFormErr {
+			f.c.formerr.Add(1)
+		}
+		return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, rc), nil, true
+	}
 	maxSize := r.MaxResponseSize()
 	if f.cfg.Cache != nil {
 		if resp, res := f.cfg.Cache.Get(&r.Q, out, maxSize); res != cache.Miss {
@@ -280,6 +286,23 @@ func (f *Forwarder) fast(r *Request, out []byte) ([]byte, *Rule, bool) {
 		return nil, nil, false // resolved through the default targets
 	}
 	return nil, rule, false
+}
+
+// metaRcode is the error answer to a question no rule answers, as BIND 9.18
+// gives it (forwarder/conformance_test.go compares), or -1 for a question
+// to route: zone transfers are not served (AXFR and IXFR over UDP and IXFR
+// everywhere are FORMERR, AXFR over a stream REFUSED), QCLASS ANY with a
+// plain type is FORMERR, and a class other than IN, CH and HS NOTIMP.
+func metaRcode(r *Request) int {
+	switch {
+	case r.Q.Type == dnsmsg.TypeAXFR && r.Transport != TransportUDP:
+		return dnsmsg.RcodeRefused
+	case r.Q.Type == dnsmsg.TypeAXFR, r.Q.Type == dnsmsg.TypeIXFR, r.Q.Class == dnsmsg.ClassANY:
+		return dnsmsg.RcodeFormErr
+	case r.Q.Class != dnsmsg.ClassINET && r.Q.Class != dnsmsg.ClassCHAOS && r.Q.Class != dnsmsg.ClassHESIOD:
+		return dnsmsg.RcodeNotImp
+	}
+	return -1
 }
 
 // route returns the most specific rule for q, nil for none.

@@ -34,11 +34,16 @@ const (
 	FlagCD = 1 << 4
 )
 
-// Resource record types and classes used by the parser.
+// Resource record types and classes used by the parser and the forwarder.
 const (
-	TypeOPT   = 41
-	TypeSOA   = 6
-	ClassINET = 1
+	TypeOPT     = 41
+	TypeSOA     = 6
+	TypeIXFR    = 251
+	TypeAXFR    = 252
+	ClassINET   = 1
+	ClassCHAOS  = 3
+	ClassHESIOD = 4
+	ClassANY    = 255
 )
 
 // RCODEs the forwarder produces itself.
