@@ -74,6 +74,9 @@ type Config struct {
 	Counters *Counters
 	// Log receives every answered query (nil: no query log).
 	Log QueryLogger
+	// NSID is returned to clients that ask for it (RFC 5001; nil: never),
+	// so that an operator can tell which of many instances answered.
+	NSID []byte
 }
 
 // Stats are cumulative pipeline counters.
@@ -192,9 +195,26 @@ func (f *Forwarder) Answer(r *Request, out []byte) ([]byte, bool) {
 	resp, rule, ok := f.fast(r, out)
 	r.rule = rule
 	if ok {
+		resp = f.withNSID(r, resp, out)
 		f.finish(r, resp)
 	}
 	return resp, ok
+}
+
+// withNSID adds the configured NSID to resp when r asked for it (RFC 5001),
+// within the room out gives (resp is built at the start of out; with out
+// nil, a copy with room is made) and the client's size limit. Without room
+// the answer goes without it.
+func (f *Forwarder) withNSID(r *Request, resp, out []byte) []byte {
+	if len(f.cfg.NSID) == 0 || !r.Q.NSID || len(resp) == 0 {
+		return resp
+	}
+	if out == nil {
+		resp = append(make([]byte, 0, len(resp)+4+len(f.cfg.NSID)), resp...)
+	} else {
+		resp = resp[:len(resp):min(cap(resp), len(out))]
+	}
+	return dnsmsg.AppendNSID(resp, f.cfg.NSID, r.MaxResponseSize())
 }
 
 // Peek answers r from the cache alone, as Answer would on a hit but without

@@ -2,6 +2,7 @@ package forwarder
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -470,5 +471,83 @@ func TestCookiesStayOnTheirHop(t *testing.T) {
 	}
 	if upstreamSawCookie.Load() {
 		t.Fatal("client cookie forwarded upstream")
+	}
+}
+
+// TestNSID: with Config.NSID set, every kind of answer to a query that
+// asks for it carries it (RFC 5001): local zone, cache hit, forwarded,
+// error; a query that does not ask gets none, and without Config.NSID
+// nobody does.
+func TestNSID(t *testing.T) {
+	z, err := zone.Parse("aws.example.internal.", strings.NewReader(zoneText), "test.zone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An upstream that answers EDNS with EDNS, as real servers do (and
+	// with an NSID of its own when asked, which must not reach clients).
+	a := answerA("up", "192.0.2.8")
+	ednsUp := &fakeUp{name: "up", fn: func(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
+		r, err := a.fn(ctx, q)
+		if err == nil && q.IsEdns0() != nil {
+			r.SetEdns0(1232, false)
+			r.IsEdns0().Option = append(r.IsEdns0().Option, &dns.EDNS0_NSID{Code: dns.EDNS0NSID, Nsid: "beef"})
+		}
+		return r, err
+	}}
+	build := func(nsid []byte) *Forwarder {
+		f, err := New(Config{
+			Rules: []Rule{
+				{Name: "zone", Domain: "aws.example.internal", Type: rules.Zone, Zone: z},
+				{Name: "ads", Domain: "ads.example", Type: rules.Block},
+				{Name: "fwd", Domain: "example.com", Type: rules.Forward, Targets: []Target{{Up: ednsUp}}},
+			},
+			Cache: cache.New(cache.Config{}),
+			NSID:  nsid,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	ask := func(name string, nsid bool) []byte {
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeA)
+		m.SetEdns0(1232, false)
+		if nsid {
+			m.IsEdns0().Option = append(m.IsEdns0().Option, &dns.EDNS0_NSID{Code: dns.EDNS0NSID})
+		}
+		b, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	nsidOf := func(t *testing.T, m *dns.Msg) string {
+		t.Helper()
+		opt := m.IsEdns0()
+		if opt == nil {
+			t.Fatalf("no OPT in %v", m)
+		}
+		for _, o := range opt.Option {
+			if n, ok := o.(*dns.EDNS0_NSID); ok {
+				return n.Nsid
+			}
+		}
+		return ""
+	}
+	want := hex.EncodeToString([]byte("edge-1"))
+	f, plain := build([]byte("edge-1")), build(nil)
+	for _, name := range []string{"ipv4.aws.example.internal.", "x.ads.example.", "www.example.com.", "www.example.com." /* now cached */, "nope.example.org." /* REFUSED */} {
+		for _, tr := range []Transport{TransportUDP, TransportTCP, TransportDoH} {
+			if got := nsidOf(t, serve(t, f, ask(name, true), tr)); got != want {
+				t.Errorf("%s over %v: NSID %q, want %q", name, tr, got, want)
+			}
+			if got := nsidOf(t, serve(t, f, ask(name, false), tr)); got != "" {
+				t.Errorf("%s over %v, not asked: NSID %q", name, tr, got)
+			}
+			if got := nsidOf(t, serve(t, plain, ask(name, true), tr)); got != "" {
+				t.Errorf("%s over %v, none configured: NSID %q", name, tr, got)
+			}
+		}
 	}
 }

@@ -73,7 +73,12 @@ func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Coun
 		}
 		return ts, nil
 	}
+	nsid, err := cfg.NSIDBytes()
+	if err != nil {
+		return fail(err)
+	}
 	fc := forwarder.Config{
+		NSID:          nsid,
 		QueryTimeout:  cfg.Upstream.QueryTimeout.D(),
 		TargetTimeout: cfg.Upstream.Timeout.D(),
 		MaxInflight:   cfg.Upstream.MaxInflight,

@@ -177,3 +177,30 @@ func FuzzTruncate(f *testing.F) {
 		}
 	})
 }
+
+// FuzzAppendNSID: any bytes as a response: no panic, and the result is the
+// input unchanged or the input plus one option, within the limit.
+func FuzzAppendNSID(f *testing.F) {
+	m := new(dns.Msg)
+	m.SetQuestion("example.com.", dns.TypeA)
+	m.Response = true
+	m.SetEdns0(1232, false)
+	f.Add(pack(f, m), 512)
+	f.Add([]byte{}, 512)
+	f.Fuzz(func(t *testing.T, resp []byte, max int) {
+		in := append(make([]byte, 0, len(resp)+64), resp...)
+		out := AppendNSID(in, []byte("edge-1"), max)
+		switch {
+		case len(out) == len(resp):
+			if !bytes.Equal(out, resp) {
+				t.Fatal("changed without adding the option")
+			}
+		case len(out) == len(resp)+10:
+			if len(out) > max || !bytes.Equal(out[len(resp):], []byte("\x00\x03\x00\x06edge-1")) {
+				t.Fatalf("added %x within %d", out[len(resp):], max)
+			}
+		default:
+			t.Fatalf("%d octets from %d", len(out), len(resp))
+		}
+	})
+}

@@ -56,3 +56,65 @@ func StripHopOptions(msg []byte) []byte {
 	}
 	return msg
 }
+
+// OptionNSID is the EDNS option code of NSID (RFC 5001).
+const OptionNSID = 3
+
+// hasOption reports whether the OPT RDATA rdata holds an option with code.
+func hasOption(rdata []byte, code uint16) bool {
+	for len(rdata) >= 4 {
+		l := 4 + int(binary.BigEndian.Uint16(rdata[2:]))
+		if binary.BigEndian.Uint16(rdata) == code {
+			return true
+		}
+		if l > len(rdata) {
+			return false
+		}
+		rdata = rdata[l:]
+	}
+	return false
+}
+
+// AppendNSID adds an NSID option carrying id to the OPT record of the
+// response resp, in place, when the result fits in cap(resp) and in max
+// octets; otherwise, or when resp has no OPT record or does not parse, it
+// returns resp unchanged. The OPT must be the last record (xdoh's responses
+// carry no TSIG).
+func AppendNSID(resp, id []byte, max int) []byte {
+	if len(resp) < HeaderLen || len(id) > 0xFFFF-4 {
+		return resp
+	}
+	n := len(resp) + 4 + len(id)
+	if n > max || n > cap(resp) {
+		return resp
+	}
+	qd, an, ns, ar := Counts(resp)
+	off := HeaderLen
+	for range qd {
+		end, err := SkipName(resp, off)
+		if err != nil || end+4 > len(resp) {
+			return resp
+		}
+		off = end + 4
+	}
+	var opt RR
+	found := false
+	for i := range an + ns + ar {
+		rr, err := ReadRR(resp, off)
+		if err != nil {
+			return resp
+		}
+		if rr.Type == TypeOPT && i >= an+ns {
+			opt, found = rr, true
+		}
+		off = rr.End
+	}
+	if !found || opt.End != len(resp) || opt.RDLen+4+len(id) > 0xFFFF {
+		return resp
+	}
+	resp = binary.BigEndian.AppendUint16(resp, OptionNSID)
+	resp = binary.BigEndian.AppendUint16(resp, uint16(len(id)))
+	resp = append(resp, id...)
+	binary.BigEndian.PutUint16(resp[opt.RDataOff-2:], uint16(opt.RDLen+4+len(id)))
+	return resp
+}

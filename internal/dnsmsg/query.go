@@ -92,6 +92,7 @@ type Query struct {
 	UDPSize uint16 // as advertised; see MaxUDPSize
 	DO      bool
 	Version uint8 // EDNS version; only 0 is implemented (BADVERS otherwise)
+	NSID    bool  // the OPT carries an NSID option (RFC 5001): the client asks who answers
 	// OPTOff and OPTEnd delimit the OPT record in the message.
 	OPTOff, OPTEnd int
 }
@@ -178,6 +179,7 @@ func Parse(msg []byte, q *Query) error {
 			q.UDPSize = rr.Class
 			q.DO = rr.TTL&0x8000 != 0
 			q.Version = uint8(rr.TTL >> 16)
+			q.NSID = hasOption(msg[rr.RDataOff:rr.End], OptionNSID)
 			q.OPTOff, q.OPTEnd = off, rr.End
 		}
 		off = rr.End

@@ -36,9 +36,35 @@ type Config struct {
 	// once; 0 (the default) is automatic: see cmd/xdoh/internal/procs.
 	// Read at start only.
 	Procs int `yaml:"procs"`
+	// NSID is the name xdoh gives when a client asks with an EDNS NSID
+	// option (RFC 5001): any text of at most 128 octets, or "hostname" for
+	// the machine's host name; empty (the default): none is given.
+	NSID string `yaml:"nsid"`
 
 	dir string // directory of the file, for relative paths
 }
+
+// NSIDBytes is the NSID to return: the configured text, or the host name
+// for "hostname"; nil when none is configured.
+func (c *Config) NSIDBytes() ([]byte, error) {
+	switch c.NSID {
+	case "":
+		return nil, nil
+	case "hostname":
+		h, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("nsid: reading the host name: %w", err)
+		}
+		if len(h) > maxNSID {
+			h = h[:maxNSID]
+		}
+		return []byte(h), nil
+	}
+	return []byte(c.NSID), nil
+}
+
+// maxNSID bounds the NSID, so that it fits beside any answer that fits.
+const maxNSID = 128
 
 // Listener is one inbound endpoint.
 type Listener struct {
@@ -340,6 +366,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Procs < 0 || c.Procs > 1024 {
 		bad("procs", "%d is not between 0 (automatic) and 1024", c.Procs)
+	}
+	if len(c.NSID) > maxNSID {
+		bad("nsid", "%d octets; at most %d", len(c.NSID), maxNSID)
 	}
 	// unique checks that a section's names are set and distinct.
 	unique := func(section string) func(i int, name string) {

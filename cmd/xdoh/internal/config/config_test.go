@@ -173,6 +173,7 @@ func TestParseErrors(t *testing.T) {
 		{name: "doh with doh-fips", yaml: "listeners:\n  - name: a\n    protocols: [doh, doh-fips]\n    doh: {address: \"127.0.0.1:443\", cert: cert.pem, key: key.pem}\n", want: []string{"listeners[0].protocols", "cannot be used together"}, count: 1},
 		{name: "bad allow entry", yaml: "listeners:\n  - name: a\n    do53: [\"127.0.0.1:53\"]\n    allow: [10.0.0.0/8, nonsense]\n", want: []string{"listeners[0].allow[1]"}, count: 1},
 		{name: "negative procs", yaml: "procs: -1\nlisteners:\n  - name: a\n    do53: [\"127.0.0.1:53\"]\n", want: []string{"procs: -1 is not between"}, count: 1},
+		{name: "nsid too long", yaml: "nsid: " + strings.Repeat("x", 129) + "\nlisteners:\n  - name: a\n    do53: [\"127.0.0.1:53\"]\n", want: []string{"nsid: 129 octets; at most 128"}, count: 1},
 		{name: "bad xdp mode", yaml: base + "    xdp: {mode: turbo, interfaces: [eth0]}\n", want: []string{"listeners[0].xdp.mode", `"turbo"`}, count: 1},
 		{name: "xdp without interfaces", yaml: base + "    xdp: {mode: native}\n", want: []string{"listeners[0].xdp.interfaces", "native"}, count: 1},
 		{name: "xdp auto by default needs interfaces", yaml: base + "    xdp: {}\n", want: []string{"listeners[0].xdp.interfaces", "auto"}, count: 1},
@@ -338,5 +339,16 @@ func TestDurationUnmarshal(t *testing.T) {
 	}
 	if c.Upstream.Timeout.D() != 90*time.Second || c.Upstream.QueryTimeout.D() != 2*time.Minute {
 		t.Errorf("durations = %v, %v", c.Upstream.Timeout.D(), c.Upstream.QueryTimeout.D())
+	}
+}
+
+func TestNSIDBytes(t *testing.T) {
+	host, _ := os.Hostname()
+	for _, tc := range []struct{ nsid, want string }{{"", ""}, {"edge-1", "edge-1"}, {"hostname", host}} {
+		c := &Config{NSID: tc.nsid}
+		got, err := c.NSIDBytes()
+		if err != nil || string(got) != tc.want || (tc.want == "") != (got == nil) {
+			t.Errorf("nsid %q: %q, %v; want %q", tc.nsid, got, err, tc.want)
+		}
 	}
 }
