@@ -19,6 +19,7 @@ import (
 	"xdoh/forwarder/group"
 	"xdoh/forwarder/rules"
 	"xdoh/forwarder/zone"
+	"xdoh/internal/submittest"
 )
 
 // fakeUp is a fault-injection target: it answers from a blocking function
@@ -34,38 +35,17 @@ func (f *fakeUp) String() string { return f.name }
 
 func (f *fakeUp) Submit(query []byte, timeout time.Duration, done func([]byte, error)) group.Canceler {
 	f.calls.Add(1)
-	q := new(dns.Msg)
-	if err := q.Unpack(query); err != nil {
-		done(nil, err)
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	c := &fakeCall{cancel: cancel}
-	go func() {
-		defer cancel()
+	return submittest.Go(query, timeout, done, func(ctx context.Context, query []byte) ([]byte, error) {
+		q := new(dns.Msg)
+		if err := q.Unpack(query); err != nil {
+			return nil, err
+		}
 		r, err := f.fn(ctx, q)
-		var resp []byte
-		if err == nil {
-			resp, err = r.Pack()
+		if err != nil {
+			return nil, err
 		}
-		if c.settled.CompareAndSwap(false, true) {
-			done(resp, err)
-		}
-	}()
-	return c
-}
-
-// fakeCall is one Submit of a fakeUp: the first of its answer and its
-// Cancel wins.
-type fakeCall struct {
-	cancel  context.CancelFunc
-	settled atomic.Bool
-}
-
-func (c *fakeCall) Cancel() {
-	if c.settled.CompareAndSwap(false, true) {
-		c.cancel()
-	}
+		return r.Pack()
+	})
 }
 
 // answerA answers every A query with ip, TTL 300.

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -19,6 +18,7 @@ import (
 	"xdoh/forwarder/group"
 	"xdoh/forwarder/rules"
 	"xdoh/forwarder/zone"
+	"xdoh/internal/submittest"
 )
 
 // freePort finds a free TCP port on host.
@@ -43,42 +43,21 @@ type slowExchanger struct {
 func (s *slowExchanger) String() string { return s.addr }
 
 func (s *slowExchanger) Submit(query []byte, timeout time.Duration, done func([]byte, error)) group.Canceler {
-	m := new(dns.Msg)
-	if err := m.Unpack(query); err != nil {
-		done(nil, err)
-		return nil
-	}
 	if timeout <= 0 {
 		timeout = 2 * time.Second
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.delay+timeout)
-	c := &slowCall{cancel: cancel}
-	go func() {
-		defer cancel()
+	return submittest.Go(query, s.delay+timeout, done, func(ctx context.Context, query []byte) ([]byte, error) {
+		m := new(dns.Msg)
+		if err := m.Unpack(query); err != nil {
+			return nil, err
+		}
 		time.Sleep(s.delay)
 		r, _, err := (&dns.Client{Net: "tcp"}).ExchangeContext(ctx, m, s.addr)
-		var resp []byte
-		if err == nil {
-			resp, err = r.Pack()
+		if err != nil {
+			return nil, err
 		}
-		if c.settled.CompareAndSwap(false, true) {
-			done(resp, err)
-		}
-	}()
-	return c
-}
-
-// slowCall is one Submit of a slowExchanger: the first of its answer and
-// its Cancel wins.
-type slowCall struct {
-	cancel  context.CancelFunc
-	settled atomic.Bool
-}
-
-func (c *slowCall) Cancel() {
-	if c.settled.CompareAndSwap(false, true) {
-		c.cancel()
-	}
+		return r.Pack()
+	})
 }
 
 func startUpstream(t *testing.T) string {

@@ -1,7 +1,6 @@
 package group
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"sync"
@@ -9,6 +8,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"xdoh/internal/submittest"
 )
 
 // fake is a programmable Exchanger whose behaviour is a blocking function
@@ -34,33 +35,7 @@ func (f *fake) Submit(q []byte, timeout time.Duration, done func([]byte, error))
 	f.mu.Lock()
 	fn := f.fn
 	f.mu.Unlock()
-	ctx, cancel := context.WithCancel(context.Background())
-	if timeout > 0 {
-		ctx, cancel = context.WithTimeout(context.Background(), timeout)
-	}
-	c := &fakeCall{cancel: cancel}
-	q = bytes.Clone(q)
-	go func() {
-		resp, err := fn(ctx, q)
-		cancel()
-		if c.settled.CompareAndSwap(false, true) {
-			done(resp, err)
-		}
-	}()
-	return c
-}
-
-// fakeCall is one Submit of a fake: the first of its answer and its
-// Cancel wins.
-type fakeCall struct {
-	cancel  context.CancelFunc
-	settled atomic.Bool
-}
-
-func (c *fakeCall) Cancel() {
-	if c.settled.CompareAndSwap(false, true) {
-		c.cancel()
-	}
+	return submittest.Go(q, timeout, done, fn)
 }
 
 func (f *fake) set(fn func(ctx context.Context, q []byte) ([]byte, error)) {
