@@ -531,3 +531,26 @@ func TestNSID(t *testing.T) {
 		}
 	}
 }
+
+// TestForwardedAnswerKeepsEDNS: an upstream that answers without an OPT
+// record (it does not speak EDNS) still gives an EDNS client an answer with
+// one (RFC 6891), from the cache too; a client without EDNS gets none.
+func TestForwardedAnswerKeepsEDNS(t *testing.T) {
+	f, err := New(Config{Default: []Target{{Up: answerA("old", "192.0.2.9")}}, Cache: cache.New(cache.Config{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		edns bool
+	}{{"a.example.org.", true}, {"a.example.org.", true}, {"b.example.org.", false}} {
+		m := serve(t, f, query(t, c.name, dns.TypeA, c.edns), TransportUDP)
+		opt := m.IsEdns0()
+		if (opt != nil) != c.edns || len(m.Answer) != 1 || (opt != nil && !opt.Do()) {
+			t.Errorf("%s (EDNS %v): OPT %v, %d answers", c.name, c.edns, opt, len(m.Answer))
+		}
+	}
+	if f.Stats().CacheHits != 1 {
+		t.Errorf("%d cache hits, want 1", f.Stats().CacheHits)
+	}
+}

@@ -258,6 +258,9 @@ func (f *Forwarder) accept(r *Request, resp []byte, target string, err error) re
 	// The upstream's cookie (and padding) would reach the client as a
 	// cookie mismatch, from the cache even more so: drop them.
 	resp = dnsmsg.StripHopOptions(resp)
+	if r.Q.HasOPT {
+		resp = dnsmsg.EnsureOPT(resp, r.Q.DO) // an upstream without EDNS left it out
+	}
 	resp[3] |= byte(dnsmsg.FlagRA) // recursion is what xdoh offers its clients
 	if rc := dnsmsg.Rcode(resp); rc == dnsmsg.RcodeServFail || rc == dnsmsg.RcodeRefused {
 		return result{resp: resp, target: target}

@@ -118,3 +118,43 @@ func AppendNSID(resp, id []byte, max int) []byte {
 	binary.BigEndian.PutUint16(resp[opt.RDataOff-2:], uint16(opt.RDLen+4+len(id)))
 	return resp
 }
+
+// EnsureOPT returns resp with an OPT record: resp itself when it has one
+// (or does not parse), else resp with a minimal OPT appended (xdoh's UDP
+// size, DO as given, no options) and ARCOUNT raised. A forwarder owes a
+// client that sent EDNS an OPT in the answer (RFC 6891 7) even when its
+// upstream left it out.
+func EnsureOPT(resp []byte, do bool) []byte {
+	if len(resp) < HeaderLen {
+		return resp
+	}
+	qd, an, ns, ar := Counts(resp)
+	off := HeaderLen
+	for range qd {
+		end, err := SkipName(resp, off)
+		if err != nil || end+4 > len(resp) {
+			return resp
+		}
+		off = end + 4
+	}
+	for i := range an + ns + ar {
+		rr, err := ReadRR(resp, off)
+		if err != nil {
+			return resp
+		}
+		if rr.Type == TypeOPT && i >= an+ns {
+			return resp
+		}
+		off = rr.End
+	}
+	if off != len(resp) || ar == 0xFFFF {
+		return resp
+	}
+	var flags byte
+	if do {
+		flags = 0x80
+	}
+	resp = append(resp, 0, 0, TypeOPT, byte(ourUDPSize>>8), byte(ourUDPSize&0xFF), 0, 0, flags, 0, 0, 0)
+	binary.BigEndian.PutUint16(resp[10:], uint16(ar+1))
+	return resp
+}

@@ -165,3 +165,41 @@ func TestParseNSID(t *testing.T) {
 		})
 	}
 }
+
+// TestEnsureOPT: a response without an OPT record gets a minimal one, DO as
+// asked; one with an OPT, or one that does not parse, is left alone.
+func TestEnsureOPT(t *testing.T) {
+	build := func(edns bool) []byte {
+		m := new(dns.Msg)
+		m.SetQuestion("example.com.", dns.TypeA)
+		m.Response = true
+		m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: "example.com.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: []byte{192, 0, 2, 1}})
+		if edns {
+			m.SetEdns0(4096, false)
+		}
+		b, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	for _, do := range []bool{false, true} {
+		got := EnsureOPT(build(false), do)
+		var m dns.Msg
+		if err := m.Unpack(got); err != nil {
+			t.Fatal(err)
+		}
+		opt := m.IsEdns0()
+		if opt == nil || opt.Do() != do || opt.Version() != 0 || len(opt.Option) != 0 || len(m.Answer) != 1 {
+			t.Errorf("DO %v: OPT %v, %d answers", do, opt, len(m.Answer))
+		}
+	}
+	with := build(true)
+	if got := EnsureOPT(append([]byte(nil), with...), true); !bytes.Equal(got, with) {
+		t.Error("a response with an OPT was changed")
+	}
+	broken := build(false)[:20]
+	if got := EnsureOPT(append([]byte(nil), broken...), true); !bytes.Equal(got, broken) {
+		t.Error("a response that does not parse was changed")
+	}
+}
