@@ -554,3 +554,30 @@ func TestForwardedAnswerKeepsEDNS(t *testing.T) {
 		t.Errorf("%d cache hits, want 1", f.Stats().CacheHits)
 	}
 }
+
+// TestNotifyAndUpdateNotImplemented: NOTIFY and UPDATE for a local zone get
+// NOTIMP (xdoh is neither a secondary nor a primary that takes updates),
+// with ID, opcode and RD copied.
+func TestNotifyAndUpdateNotImplemented(t *testing.T) {
+	z, err := zone.Parse("aws.example.internal.", strings.NewReader(zoneText), "test.zone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := New(Config{Rules: []Rule{{Name: "zone", Domain: "aws.example.internal", Type: rules.Zone, Zone: z}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, op := range []int{dns.OpcodeNotify, dns.OpcodeUpdate} {
+		m := new(dns.Msg)
+		m.SetQuestion("aws.example.internal.", dns.TypeSOA)
+		m.Opcode, m.Id = op, 0x4242
+		b, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := serve(t, f, b, TransportUDP)
+		if r == nil || r.Rcode != dns.RcodeNotImplemented || r.Opcode != op || r.Id != 0x4242 || !r.RecursionDesired || len(r.Answer) != 0 {
+			t.Errorf("opcode %s: %v, want NOTIMP with ID, opcode and RD copied", dns.OpcodeToString[op], r)
+		}
+	}
+}
