@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"strings"
 	"time"
 
 	"github.com/miekg/dns"
@@ -343,6 +344,9 @@ func (f *Forwarder) answerLocal(r *Request, z Authority, out []byte, maxSize int
 		return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeFormErr)
 	}
 	resp := z.Answer(req)
+	if r.Q.Type == dns.TypeANY {
+		resp.Answer = firstRRset(resp.Answer)
+	}
 	resp.RecursionAvailable = true // xdoh is the client's resolver, not just this zone's server
 	resp.Compress = true
 	if opt := req.IsEdns0(); opt != nil {
@@ -361,6 +365,23 @@ func (f *Forwarder) answerLocal(r *Request, z Authority, out []byte, maxSize int
 		}
 	}
 	return f.truncate(b, maxSize)
+}
+
+// firstRRset is RFC 8482's minimal answer to ANY: the first RRset of the
+// full answer (records of the first record's owner and type), not every
+// record the name has, which made ANY the amplifier of choice.
+func firstRRset(rrs []dns.RR) []dns.RR {
+	if len(rrs) < 2 {
+		return rrs
+	}
+	h := rrs[0].Header()
+	out := rrs[:1]
+	for _, rr := range rrs[1:] {
+		if rh := rr.Header(); rh.Rrtype == h.Rrtype && strings.EqualFold(rh.Name, h.Name) {
+			out = append(out, rr)
+		}
+	}
+	return out
 }
 
 func (f *Forwarder) truncate(resp []byte, maxSize int) []byte {

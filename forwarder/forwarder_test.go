@@ -581,3 +581,33 @@ func TestNotifyAndUpdateNotImplemented(t *testing.T) {
 		}
 	}
 }
+
+// TestANYMinimal: ANY to a local zone gets one RRset (RFC 8482), not every
+// record of the name, over every transport.
+func TestANYMinimal(t *testing.T) {
+	const text = zoneText + "multi IN A 10.2.1.20\nmulti IN A 10.2.1.21\nmulti IN AAAA 2001:db8::20\nmulti IN TXT \"a\"\nmulti IN MX 10 ns1\n"
+	z, err := zone.Parse("aws.example.internal.", strings.NewReader(text), "test.zone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := New(Config{Rules: []Rule{{Name: "zone", Domain: "aws.example.internal", Type: rules.Zone, Zone: z}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tr := range []Transport{TransportUDP, TransportTCP, TransportDoH} {
+		m := serve(t, f, query(t, "multi.aws.example.internal.", dns.TypeANY, true), tr)
+		if m == nil || m.Rcode != dns.RcodeSuccess || len(m.Answer) == 0 {
+			t.Fatalf("%v: %v", tr, m)
+		}
+		types := map[uint16]int{}
+		for _, rr := range m.Answer {
+			types[rr.Header().Rrtype]++
+		}
+		if len(types) != 1 {
+			t.Errorf("%v: ANY answered with %d RRsets (%v), want 1", tr, len(types), types)
+		}
+	}
+	if m := serve(t, f, query(t, "multi.aws.example.internal.", dns.TypeA, true), TransportUDP); len(m.Answer) != 2 {
+		t.Errorf("A: %d records, want both", len(m.Answer))
+	}
+}
