@@ -16,7 +16,14 @@ func validQuerySeeds(t testing.TB) [][]byte {
 	o := cookie.IsEdns0()
 	o.Option = append(o.Option, &dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708"})
 	root := newQuery(".", dns.TypeNS)
-	return [][]byte{pack(t, plain), pack(t, edns), pack(t, cookie), pack(t, root)}
+	nsid := newQuery("example.org.", dns.TypeA)
+	nsid.SetEdns0(1232, true)
+	n := nsid.IsEdns0()
+	n.Option = append(n.Option, &dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708"}, &dns.EDNS0_NSID{Code: dns.EDNS0NSID})
+	v1 := newQuery("example.org.", dns.TypeA)
+	v1.SetEdns0(1232, false)
+	v1.IsEdns0().SetVersion(1)
+	return [][]byte{pack(t, plain), pack(t, edns), pack(t, cookie), pack(t, root), pack(t, nsid), pack(t, v1)}
 }
 
 // questionLen returns the length of header plus first question when the
