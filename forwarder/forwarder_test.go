@@ -611,3 +611,48 @@ func TestANYMinimal(t *testing.T) {
 		t.Errorf("A: %d records, want both", len(m.Answer))
 	}
 }
+
+// TestClientSubnetStripped: a client's EDNS Client Subnet option (RFC 7871)
+// never reaches the upstream (privacy; today's only ECS policy, "strip"),
+// and an upstream's scoped ECS option never reaches a client, from the
+// cache neither.
+func TestClientSubnetStripped(t *testing.T) {
+	var sawECS atomic.Bool
+	up := &fakeUp{name: "ecs", fn: func(_ context.Context, q *dns.Msg) (*dns.Msg, error) {
+		if o := q.IsEdns0(); o != nil {
+			for _, op := range o.Option {
+				if op.Option() == dns.EDNS0SUBNET {
+					sawECS.Store(true)
+				}
+			}
+		}
+		r := new(dns.Msg)
+		r.SetReply(q)
+		r.Answer = append(r.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 4)})
+		r.SetEdns0(1232, false)
+		r.IsEdns0().Option = append(r.IsEdns0().Option, &dns.EDNS0_SUBNET{Code: dns.EDNS0SUBNET, Family: 1, SourceNetmask: 24, SourceScope: 24, Address: net.IPv4(10, 1, 2, 0)})
+		return r, nil
+	}}
+	f, err := New(Config{Default: []Target{{Up: up}}, Cache: cache.New(cache.Config{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 { // miss, then hit
+		m := new(dns.Msg).SetQuestion("e.example.com.", dns.TypeA)
+		m.SetEdns0(1232, false)
+		m.IsEdns0().Option = append(m.IsEdns0().Option, &dns.EDNS0_SUBNET{Code: dns.EDNS0SUBNET, Family: 1, SourceNetmask: 24, Address: net.IPv4(10, 9, 8, 0)})
+		b, _ := m.Pack()
+		r := serve(t, f, b, TransportUDP)
+		if len(r.Answer) != 1 {
+			t.Fatalf("round %d: %v", i, r)
+		}
+		for _, op := range r.IsEdns0().Option {
+			if op.Option() == dns.EDNS0SUBNET {
+				t.Errorf("round %d: the upstream's ECS option reached the client", i)
+			}
+		}
+	}
+	if sawECS.Load() {
+		t.Error("the client's subnet was forwarded upstream")
+	}
+}
