@@ -241,15 +241,15 @@ func (g *Group) Exchange(ctx context.Context, query []byte, classify func([]byte
 	if err := ctx.Err(); err != nil {
 		return nil, "", fmt.Errorf("%w: %w", ErrNoAnswer, err)
 	}
-	type outcome struct {
+	type settled struct { // what done was given
 		resp   []byte
 		target string
 		err    error
 	}
-	ch := make(chan outcome, 1)
+	ch := make(chan settled, 1)
 	deadline, _ := ctx.Deadline()
 	c := g.start(query, deadline, classify, true, func(resp []byte, target string, err error) {
-		ch <- outcome{resp, target, err}
+		ch <- settled{resp, target, err}
 	})
 	select {
 	case o := <-ch:

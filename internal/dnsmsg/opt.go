@@ -12,49 +12,59 @@ const optionEDE = 15 // Extended DNS Errors (RFC 8914)
 // server cookie to a client (the client would see a cookie mismatch), nor the
 // client's cookie to an upstream. A message without OPT is returned as is.
 func StripHopOptions(msg []byte) []byte {
-	if len(msg) < HeaderLen {
+	rr, found, _, ok := findOPT(msg)
+	if !ok || !found {
 		return msg
+	}
+	// Compact the options we keep to the front of the RDATA.
+	w := rr.RDataOff
+	for r := rr.RDataOff; r+4 <= rr.End; {
+		code := binary.BigEndian.Uint16(msg[r:])
+		l := int(binary.BigEndian.Uint16(msg[r+2:]))
+		if r+4+l > rr.End {
+			break // malformed option: drop it and the rest
+		}
+		if code == optionEDE {
+			w += copy(msg[w:], msg[r:r+4+l])
+		}
+		r += 4 + l
+	}
+	if rr.End == w {
+		return msg
+	}
+	binary.BigEndian.PutUint16(msg[rr.RDataOff-2:], uint16(w-rr.RDataOff))
+	n := copy(msg[w:], msg[rr.End:])
+	return msg[:w+n]
+}
+
+// findOPT walks msg's question and records up to the first OPT record of
+// its additional section and returns it (found). Without one it returns
+// the offset just past the last record (end). ok is false when msg does
+// not parse that far.
+func findOPT(msg []byte) (opt RR, found bool, end int, ok bool) {
+	if len(msg) < HeaderLen {
+		return RR{}, false, 0, false
 	}
 	qd, an, ns, ar := Counts(msg)
 	off := HeaderLen
-	for i := 0; i < qd; i++ {
+	for range qd {
 		n, err := SkipName(msg, off)
 		if err != nil || n+4 > len(msg) {
-			return msg
+			return RR{}, false, 0, false
 		}
 		off = n + 4
 	}
-	for i := 0; i < an+ns+ar; i++ {
+	for i := range an + ns + ar {
 		rr, err := ReadRR(msg, off)
 		if err != nil {
-			return msg
+			return RR{}, false, 0, false
 		}
-		if i < an+ns || rr.Type != TypeOPT {
-			off = rr.End
-			continue
+		if rr.Type == TypeOPT && i >= an+ns {
+			return rr, true, 0, true
 		}
-		// Compact the options we keep to the front of the RDATA.
-		w := rr.RDataOff
-		for r := rr.RDataOff; r+4 <= rr.End; {
-			code := binary.BigEndian.Uint16(msg[r:])
-			l := int(binary.BigEndian.Uint16(msg[r+2:]))
-			if r+4+l > rr.End {
-				break // malformed option: drop it and the rest
-			}
-			if code == optionEDE {
-				w += copy(msg[w:], msg[r:r+4+l])
-			}
-			r += 4 + l
-		}
-		removed := rr.End - w
-		if removed == 0 {
-			return msg
-		}
-		binary.BigEndian.PutUint16(msg[rr.RDataOff-2:], uint16(w-rr.RDataOff))
-		n := copy(msg[w:], msg[rr.End:])
-		return msg[:w+n]
+		off = rr.End
 	}
-	return msg
+	return RR{}, false, off, true
 }
 
 // OptionNSID is the EDNS option code of NSID (RFC 5001).
@@ -81,35 +91,14 @@ func hasOption(rdata []byte, code uint16) bool {
 // returns resp unchanged. The OPT must be the last record (xdoh's responses
 // carry no TSIG).
 func AppendNSID(resp, id []byte, max int) []byte {
-	if len(resp) < HeaderLen || len(id) > 0xFFFF-4 {
+	if len(id) > 0xFFFF-4 {
 		return resp
 	}
-	n := len(resp) + 4 + len(id)
-	if n > max || n > cap(resp) {
+	if n := len(resp) + 4 + len(id); n > max || n > cap(resp) {
 		return resp
 	}
-	qd, an, ns, ar := Counts(resp)
-	off := HeaderLen
-	for range qd {
-		end, err := SkipName(resp, off)
-		if err != nil || end+4 > len(resp) {
-			return resp
-		}
-		off = end + 4
-	}
-	var opt RR
-	found := false
-	for i := range an + ns + ar {
-		rr, err := ReadRR(resp, off)
-		if err != nil {
-			return resp
-		}
-		if rr.Type == TypeOPT && i >= an+ns {
-			opt, found = rr, true
-		}
-		off = rr.End
-	}
-	if !found || opt.End != len(resp) || opt.RDLen+4+len(id) > 0xFFFF {
+	opt, found, _, ok := findOPT(resp)
+	if !ok || !found || opt.End != len(resp) || opt.RDLen+4+len(id) > 0xFFFF {
 		return resp
 	}
 	resp = binary.BigEndian.AppendUint16(resp, OptionNSID)
@@ -125,29 +114,12 @@ func AppendNSID(resp, id []byte, max int) []byte {
 // client that sent EDNS an OPT in the answer (RFC 6891 7) even when its
 // upstream left it out.
 func EnsureOPT(resp []byte, do bool) []byte {
-	if len(resp) < HeaderLen {
+	_, found, end, ok := findOPT(resp)
+	if !ok || found || end != len(resp) {
 		return resp
 	}
-	qd, an, ns, ar := Counts(resp)
-	off := HeaderLen
-	for range qd {
-		end, err := SkipName(resp, off)
-		if err != nil || end+4 > len(resp) {
-			return resp
-		}
-		off = end + 4
-	}
-	for i := range an + ns + ar {
-		rr, err := ReadRR(resp, off)
-		if err != nil {
-			return resp
-		}
-		if rr.Type == TypeOPT && i >= an+ns {
-			return resp
-		}
-		off = rr.End
-	}
-	if off != len(resp) || ar == 0xFFFF {
+	_, _, _, ar := Counts(resp)
+	if ar == 0xFFFF {
 		return resp
 	}
 	var flags byte
