@@ -215,7 +215,7 @@ func (f *Forwarder) withNSID(r *Request, resp, out []byte) []byte {
 	} else {
 		resp = resp[:len(resp):min(cap(resp), len(out))]
 	}
-	return dnsmsg.AppendNSID(resp, f.cfg.NSID, r.MaxResponseSize())
+	return dnsmsg.AppendOption(resp, dnsmsg.OptionNSID, f.cfg.NSID, r.MaxResponseSize())
 }
 
 // Peek answers r from the cache alone, as Answer would on a hit but without

@@ -23,7 +23,12 @@ func validQuerySeeds(t testing.TB) [][]byte {
 	v1 := newQuery("example.org.", dns.TypeA)
 	v1.SetEdns0(1232, false)
 	v1.IsEdns0().SetVersion(1)
-	return [][]byte{pack(t, plain), pack(t, edns), pack(t, cookie), pack(t, root), pack(t, nsid), pack(t, v1)}
+	ecs := newQuery("example.org.", dns.TypeA)
+	ecs.SetEdns0(1232, false)
+	ecs.IsEdns0().Option = append(ecs.IsEdns0().Option,
+		&dns.EDNS0_SUBNET{Code: dns.EDNS0SUBNET, Family: 1, SourceNetmask: 20, Address: []byte{192, 0, 16, 0}},
+		&dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708010000005cf79f111f8130c3eee29480"})
+	return [][]byte{pack(t, plain), pack(t, edns), pack(t, cookie), pack(t, root), pack(t, nsid), pack(t, v1), pack(t, ecs)}
 }
 
 // questionLen returns the length of header plus first question when the
@@ -74,6 +79,12 @@ func FuzzParse(f *testing.F) {
 			}
 			if q.Opcode() != 0 || msg[2]&0x80 != 0 {
 				t.Fatal("accepted a non-query")
+			}
+			if n := len(q.Cookie); q.Cookie != nil && n != 8 && (n < 16 || n > 40) {
+				t.Fatalf("accepted a cookie of %d octets", n)
+			}
+			if q.ECS != nil && (!validECS(q.ECS) || q.ECS[3] != 0) {
+				t.Fatalf("accepted client subnet %x", q.ECS)
 			}
 			// Whatever Parse accepts miekg/dns must read the question of.
 			var m dns.Msg
@@ -196,7 +207,7 @@ func FuzzAppendNSID(f *testing.F) {
 	f.Add([]byte{}, 512)
 	f.Fuzz(func(t *testing.T, resp []byte, max int) {
 		in := append(make([]byte, 0, len(resp)+64), resp...)
-		out := AppendNSID(in, []byte("edge-1"), max)
+		out := AppendOption(in, OptionNSID, []byte("edge-1"), max)
 		switch {
 		case len(out) == len(resp):
 			if !bytes.Equal(out, resp) {

@@ -2,8 +2,13 @@ package dnsmsg
 
 import "encoding/binary"
 
-// EDNS option codes that are end-to-end and survive StripHopOptions.
-const optionEDE = 15 // Extended DNS Errors (RFC 8914)
+// EDNS option codes xdoh reads or writes.
+const (
+	OptionNSID   = 3  // name server identifier (RFC 5001)
+	OptionECS    = 8  // client subnet (RFC 7871)
+	OptionCookie = 10 // DNS cookie (RFC 7873)
+	optionEDE    = 15 // Extended DNS Errors (RFC 8914): end to end, survives StripHopOptions
+)
 
 // StripHopOptions removes from the OPT record of msg every EDNS option that
 // belongs to one hop — COOKIE (RFC 7873), padding, TCP keepalive, and
@@ -67,45 +72,65 @@ func findOPT(msg []byte) (opt RR, found bool, end int, ok bool) {
 	return RR{}, false, off, true
 }
 
-// OptionNSID is the EDNS option code of NSID (RFC 5001).
-const OptionNSID = 3
-
-// hasOption reports whether the OPT RDATA rdata holds an option with code.
-func hasOption(rdata []byte, code uint16) bool {
-	for len(rdata) >= 4 {
-		l := 4 + int(binary.BigEndian.Uint16(rdata[2:]))
-		if binary.BigEndian.Uint16(rdata) == code {
-			return true
+// walkOptions calls fn with the code and data of each option in the OPT
+// RDATA rdata, in order, until fn returns false. It reports false when an
+// option runs past the end of rdata (the options are malformed).
+func walkOptions(rdata []byte, fn func(code uint16, data []byte) bool) bool {
+	for len(rdata) > 0 {
+		if len(rdata) < 4 {
+			return false
 		}
+		l := 4 + int(binary.BigEndian.Uint16(rdata[2:]))
 		if l > len(rdata) {
 			return false
 		}
+		if !fn(binary.BigEndian.Uint16(rdata), rdata[4:l]) {
+			return true
+		}
 		rdata = rdata[l:]
 	}
-	return false
+	return true
 }
 
-// AppendNSID adds an NSID option carrying id to the OPT record of the
-// response resp, in place, when the result fits in cap(resp) and in max
-// octets; otherwise, or when resp has no OPT record or does not parse, it
-// returns resp unchanged. The OPT must be the last record (xdoh's responses
-// carry no TSIG).
-func AppendNSID(resp, id []byte, max int) []byte {
-	if len(id) > 0xFFFF-4 {
-		return resp
+// FindOption returns the data of the first option with code in the OPT
+// record of msg, a query or a response; ok is false without one (or when
+// msg does not parse that far).
+func FindOption(msg []byte, code uint16) (data []byte, ok bool) {
+	opt, found, _, parsed := findOPT(msg)
+	if !parsed || !found {
+		return nil, false
 	}
-	if n := len(resp) + 4 + len(id); n > max || n > cap(resp) {
-		return resp
+	walkOptions(msg[opt.RDataOff:opt.End], func(c uint16, d []byte) bool {
+		if c == code {
+			data, ok = d, true
+			return false
+		}
+		return true
+	})
+	return data, ok
+}
+
+// AppendOption adds the EDNS option code with data to the OPT record of
+// msg, in place, when the result fits in cap(msg) and in max octets;
+// otherwise, or when msg has no OPT record or does not parse, it returns
+// msg unchanged. The OPT must be the last record (xdoh's messages carry no
+// TSIG).
+func AppendOption(msg []byte, code uint16, data []byte, max int) []byte {
+	if len(data) > 0xFFFF-4 {
+		return msg
 	}
-	opt, found, _, ok := findOPT(resp)
-	if !ok || !found || opt.End != len(resp) || opt.RDLen+4+len(id) > 0xFFFF {
-		return resp
+	if n := len(msg) + 4 + len(data); n > max || n > cap(msg) {
+		return msg
 	}
-	resp = binary.BigEndian.AppendUint16(resp, OptionNSID)
-	resp = binary.BigEndian.AppendUint16(resp, uint16(len(id)))
-	resp = append(resp, id...)
-	binary.BigEndian.PutUint16(resp[opt.RDataOff-2:], uint16(opt.RDLen+4+len(id)))
-	return resp
+	opt, found, _, ok := findOPT(msg)
+	if !ok || !found || opt.End != len(msg) || opt.RDLen+4+len(data) > 0xFFFF {
+		return msg
+	}
+	msg = binary.BigEndian.AppendUint16(msg, code)
+	msg = binary.BigEndian.AppendUint16(msg, uint16(len(data)))
+	msg = append(msg, data...)
+	binary.BigEndian.PutUint16(msg[opt.RDataOff-2:], uint16(opt.RDLen+4+len(data)))
+	return msg
 }
 
 // EnsureOPT returns resp with an OPT record: resp itself when it has one

@@ -106,7 +106,7 @@ func TestAppendNSID(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := append([]byte(nil), tc.resp...)
-			got := AppendNSID(tc.resp, id, tc.max)
+			got := AppendOption(tc.resp, OptionNSID, id, tc.max)
 			if !tc.added {
 				if !bytes.Equal(got, before) {
 					t.Fatalf("changed: %x, want %x", got, before)
@@ -133,34 +133,63 @@ func TestAppendNSID(t *testing.T) {
 	}
 }
 
-// TestParseNSID: Parse notes an NSID option wherever it is among the
-// OPT's options, and a malformed option list does not make it up.
-func TestParseNSID(t *testing.T) {
+// TestParseOptions: Parse notes the NSID, COOKIE and CLIENT-SUBNET options
+// wherever they are among the OPT's options, and rejects what their RFCs
+// call malformed, leaving the EDNS state BIND 9.18 answers such a query
+// with (forwarder/conformance_test.go compares): no OPT for a broken
+// option list or an ECS scope, an OPT without DO for a bad cookie or ECS.
+func TestParseOptions(t *testing.T) {
 	q := question(exampleCom, dns.TypeA, dns.ClassINET)
 	opt := func(rdata []byte) []byte {
-		b := optRR(1232, 0)
+		b := optRR(1232, 0x8000)
 		b = b[:len(b)-2]
 		return cat(b, u16(uint16(len(rdata))), rdata)
 	}
+	cookie := []byte{1, 2, 3, 4, 5, 6, 7, 8}
+	ecs24 := []byte{0, 1, 24, 0, 192, 0, 2}
 	for _, tc := range []struct {
-		name  string
-		rdata []byte
-		want  bool
+		name        string
+		rdata       []byte
+		err         error
+		nsid        bool
+		cookie, ecs []byte
+		opt, do     bool // EDNS state after Parse
 	}{
-		{"none", nil, false},
-		{"NSID", []byte{0, 3, 0, 0}, true},
-		{"cookie then NSID", cat([]byte{0, 10, 0, 8}, make([]byte, 8), []byte{0, 3, 0, 0}), true},
-		{"cookie only", cat([]byte{0, 10, 0, 8}, make([]byte, 8)), false},
-		{"option longer than the RDATA", []byte{0, 10, 0, 9, 0, 3, 0, 0}, false},
-		{"half an option header", []byte{0, 3}, false},
+		{"none", nil, nil, false, nil, nil, true, true},
+		{"NSID", []byte{0, 3, 0, 0}, nil, true, nil, nil, true, true},
+		{"cookie then NSID", cat([]byte{0, 10, 0, 8}, cookie, []byte{0, 3, 0, 0}), nil, true, cookie, nil, true, true},
+		{"client cookie", cat([]byte{0, 10, 0, 8}, cookie), nil, false, cookie, nil, true, true},
+		{"client and server cookie", cat([]byte{0, 10, 0, 24}, cookie, make([]byte, 16)), nil, false, cat(cookie, make([]byte, 16)), nil, true, true},
+		{"cookie of 40", cat([]byte{0, 10, 0, 40}, cookie, make([]byte, 32)), nil, false, cat(cookie, make([]byte, 32)), nil, true, true},
+		{"two cookies: the first counts", cat([]byte{0, 10, 0, 8}, cookie, []byte{0, 10, 0, 8}, make([]byte, 8)), nil, false, cookie, nil, true, true},
+		{"cookie of 7", cat([]byte{0, 10, 0, 7}, cookie[:7]), ErrCookie, false, nil, nil, true, false},
+		{"cookie of 15", cat([]byte{0, 10, 0, 15}, cookie, make([]byte, 7)), ErrCookie, false, nil, nil, true, false},
+		{"cookie of 41", cat([]byte{0, 10, 0, 41}, cookie, make([]byte, 33)), ErrCookie, false, nil, nil, true, false},
+		{"ECS /24", cat([]byte{0, 8, 0, 7}, ecs24), nil, false, nil, ecs24, true, true},
+		{"ECS /0", []byte{0, 8, 0, 4, 0, 1, 0, 0}, nil, false, nil, []byte{0, 1, 0, 0}, true, true},
+		{"ECS v6 /56", []byte{0, 8, 0, 11, 0, 2, 56, 0, 0x20, 1, 0xd, 0xb8, 0, 0, 0}, nil, false, nil, []byte{0, 2, 56, 0, 0x20, 1, 0xd, 0xb8, 0, 0, 0}, true, true},
+		{"ECS /20 with bits past it", []byte{0, 8, 0, 7, 0, 1, 20, 0, 192, 0, 31}, ErrECS, false, nil, nil, true, false},
+		{"ECS address too long", []byte{0, 8, 0, 8, 0, 1, 24, 0, 192, 0, 2, 0}, ErrECS, false, nil, nil, true, false},
+		{"ECS family 3", []byte{0, 8, 0, 4, 0, 3, 0, 0}, ErrECS, false, nil, nil, true, false},
+		{"ECS v4 /33", []byte{0, 8, 0, 9, 0, 1, 33, 0, 1, 2, 3, 4, 0}, ErrECS, false, nil, nil, true, false},
+		{"ECS scope set", []byte{0, 8, 0, 7, 0, 1, 24, 24, 192, 0, 2}, ErrOPT, false, nil, nil, false, false},
+		{"option longer than the RDATA", []byte{0, 10, 0, 9, 0, 3, 0, 0}, ErrOPT, false, nil, nil, false, false},
+		{"half an option header", []byte{0, 3}, ErrOPT, false, nil, nil, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var pq Query
-			if err := Parse(cat(hdr(1, FlagRD, 1, 0, 0, 1), q, opt(tc.rdata)), &pq); err != nil {
-				t.Fatal(err)
+			err := Parse(cat(hdr(1, FlagRD, 1, 0, 0, 1), q, opt(tc.rdata)), &pq)
+			if err != tc.err {
+				t.Fatalf("error %v, want %v", err, tc.err)
 			}
-			if pq.NSID != tc.want {
-				t.Errorf("NSID %v, want %v", pq.NSID, tc.want)
+			if pq.HasOPT != tc.opt || pq.DO != tc.do {
+				t.Errorf("OPT %v DO %v, want %v %v", pq.HasOPT, pq.DO, tc.opt, tc.do)
+			}
+			if err != nil {
+				return
+			}
+			if pq.NSID != tc.nsid || !bytes.Equal(pq.Cookie, tc.cookie) || !bytes.Equal(pq.ECS, tc.ecs) {
+				t.Errorf("NSID %v cookie %x ECS %x, want %v %x %x", pq.NSID, pq.Cookie, pq.ECS, tc.nsid, tc.cookie, tc.ecs)
 			}
 		})
 	}

@@ -72,6 +72,8 @@ var (
 	ErrPointer     = errors.New("compression pointer in question name")
 	ErrTruncated   = errors.New("message ends inside a record")
 	ErrOPT         = errors.New("malformed OPT record")
+	ErrCookie      = errors.New("malformed COOKIE option")
+	ErrECS         = errors.New("malformed CLIENT-SUBNET option")
 	ErrTrailingRRs = errors.New("unexpected records after the question")
 )
 
@@ -93,6 +95,13 @@ type Query struct {
 	DO      bool
 	Version uint8 // EDNS version; only 0 is implemented (BADVERS otherwise)
 	NSID    bool  // the OPT carries an NSID option (RFC 5001): the client asks who answers
+	// Cookie is the data of the COOKIE option (RFC 7873): an 8-octet
+	// client cookie, then an 8- to 32-octet server cookie if the client
+	// has one. Nil without the option.
+	Cookie []byte
+	// ECS is the data of the CLIENT-SUBNET option (RFC 7871), checked by
+	// Parse: family, source prefix, scope prefix 0, address. Nil without.
+	ECS []byte
 	// OPTOff and OPTEnd delimit the OPT record in the message.
 	OPTOff, OPTEnd int
 }
@@ -179,12 +188,84 @@ func Parse(msg []byte, q *Query) error {
 			q.UDPSize = rr.Class
 			q.DO = rr.TTL&0x8000 != 0
 			q.Version = uint8(rr.TTL >> 16)
-			q.NSID = hasOption(msg[rr.RDataOff:rr.End], OptionNSID)
 			q.OPTOff, q.OPTEnd = off, rr.End
+			if err := q.parseOptions(msg[rr.RDataOff:rr.End]); err != nil {
+				// What EDNS the FORMERR keeps is BIND's: none for a broken
+				// option list, an OPT without DO for a bad option.
+				if err == ErrOPT {
+					q.HasOPT = false
+				}
+				q.DO = false
+				return err
+			}
 		}
 		off = rr.End
 	}
 	return nil
+}
+
+// parseOptions notes the options of the query's OPT RDATA that xdoh acts
+// on (the first of each code) and checks them as their RFCs require.
+func (q *Query) parseOptions(rdata []byte) error {
+	for len(rdata) > 0 {
+		if len(rdata) < 4 {
+			return ErrOPT
+		}
+		code := binary.BigEndian.Uint16(rdata)
+		l := 4 + int(binary.BigEndian.Uint16(rdata[2:]))
+		if l > len(rdata) {
+			return ErrOPT
+		}
+		data := rdata[4:l:l]
+		switch {
+		case code == OptionNSID:
+			q.NSID = true
+		case code == OptionCookie && q.Cookie == nil:
+			// RFC 7873 5.2.2: a client cookie alone (8), or with a server
+			// cookie of 8 to 32 octets.
+			if n := len(data); n != 8 && (n < 16 || n > 40) {
+				return ErrCookie
+			}
+			q.Cookie = data
+		case code == OptionECS && q.ECS == nil:
+			if len(data) >= 4 && data[3] != 0 {
+				return ErrOPT // a scope in a query: BIND drops EDNS from the FORMERR
+			}
+			if !validECS(data) {
+				return ErrECS
+			}
+			q.ECS = data
+		}
+		rdata = rdata[l:]
+	}
+	return nil
+}
+
+// validECS checks a query's CLIENT-SUBNET option data (RFC 7871 6, 7.1.2):
+// family 1 (IPv4) or 2 (IPv6), a source prefix no longer than the family's
+// address, exactly the octets the source prefix covers, and
+// no address bits set past it.
+func validECS(d []byte) bool {
+	if len(d) < 4 {
+		return false
+	}
+	var bits int
+	switch binary.BigEndian.Uint16(d) {
+	case 1:
+		bits = 32
+	case 2:
+		bits = 128
+	default:
+		return false
+	}
+	src := int(d[2])
+	if src > bits || len(d)-4 != (src+7)/8 {
+		return false
+	}
+	if src%8 != 0 && d[len(d)-1]&(0xFF>>(src%8)) != 0 {
+		return false
+	}
+	return true
 }
 
 // nameEnd validates an uncompressed wire name starting at off and returns the
