@@ -3,6 +3,7 @@ package forwarder_test
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -43,6 +44,7 @@ type header struct {
 	DO                bool   // the DO bit
 	OtherFlags        uint16 // EDNS flag bits other than DO (must be clear)
 	OptionsLen        int    // octets of options in the response's OPT
+	Options           string // the codes of those options, in order
 	ExtraNonOPTRecord bool
 }
 
@@ -74,6 +76,9 @@ func summarize(t *testing.T, resp []byte) header {
 		h.DO = opt.Do()
 		h.OtherFlags = uint16(opt.Hdr.Ttl) &^ 0x8000
 		h.OptionsLen = int(opt.Hdr.Rdlength)
+		for _, o := range opt.Option {
+			h.Options += fmt.Sprintf("%d ", o.Option())
+		}
 	}
 	return h
 }
@@ -185,10 +190,88 @@ func conformanceCases(t *testing.T) []conformanceCase {
 			m.Question[0].Qclass = 7
 			return packed(t, m)
 		}},
+		{"COOKIE, client only", func() []byte {
+			return withOption(t, q("ipv4.aws.example.internal.", dns.TypeA, true), 10, clientCookie)
+		}},
+		{"COOKIE, client and a server cookie not ours", func() []byte {
+			return withOption(t, q("ipv4.aws.example.internal.", dns.TypeA, true), 10, append(clientCookie, make([]byte, 16)...))
+		}},
+		{"COOKIE, 7 octets", func() []byte {
+			return withOption(t, q("ipv4.aws.example.internal.", dns.TypeA, true), 10, clientCookie[:7])
+		}},
+		{"COOKIE, 12 octets", func() []byte {
+			return withOption(t, q("ipv4.aws.example.internal.", dns.TypeA, true), 10, append(clientCookie, 1, 2, 3, 4))
+		}},
+		{"COOKIE, 41 octets", func() []byte {
+			return withOption(t, q("ipv4.aws.example.internal.", dns.TypeA, true), 10, append(clientCookie, make([]byte, 33)...))
+		}},
+		{"COOKIE, client only, NXDOMAIN", func() []byte {
+			return withOption(t, q("nope.aws.example.internal.", dns.TypeA, true), 10, clientCookie)
+		}},
+		{"COOKIE, client only, EDNS version 1", func() []byte {
+			return withOption(t, withOPT(q("ipv4.aws.example.internal.", dns.TypeA, true), func(o *dns.OPT) { o.SetVersion(1) }), 10, clientCookie)
+		}},
+		{"option running past the OPT RDATA", func() []byte {
+			b := withOption(t, q("ipv4.aws.example.internal.", dns.TypeA, true), 65001, []byte{1, 2, 3, 4})
+			b[len(b)-5]++ // the option's length, one more than there is
+			return b
+		}},
+		{"ECS 192.0.2.0/24", func() []byte {
+			return withOption(t, q("ipv4.aws.example.internal.", dns.TypeA, true), 8, []byte{0, 1, 24, 0, 192, 0, 2})
+		}},
+		{"ECS 2001:db8::/56", func() []byte {
+			return withOption(t, q("ipv4.aws.example.internal.", dns.TypeA, true), 8, []byte{0, 2, 56, 0, 0x20, 1, 0xd, 0xb8, 0, 0, 0})
+		}},
+		{"ECS /0", func() []byte {
+			return withOption(t, q("ipv4.aws.example.internal.", dns.TypeA, true), 8, []byte{0, 1, 0, 0})
+		}},
+		{"ECS scope prefix set", func() []byte {
+			return withOption(t, q("ipv4.aws.example.internal.", dns.TypeA, true), 8, []byte{0, 1, 24, 24, 192, 0, 2})
+		}},
+		{"ECS address longer than the prefix", func() []byte {
+			return withOption(t, q("ipv4.aws.example.internal.", dns.TypeA, true), 8, []byte{0, 1, 24, 0, 192, 0, 2, 0})
+		}},
+		{"ECS bits past the prefix", func() []byte {
+			return withOption(t, q("ipv4.aws.example.internal.", dns.TypeA, true), 8, []byte{0, 1, 20, 0, 192, 0, 31})
+		}},
+		{"ECS family 3", func() []byte {
+			return withOption(t, q("ipv4.aws.example.internal.", dns.TypeA, true), 8, []byte{0, 3, 0, 0})
+		}},
+		{"ECS prefix 33", func() []byte {
+			return withOption(t, q("ipv4.aws.example.internal.", dns.TypeA, true), 8, []byte{0, 1, 33, 0, 192, 0, 2, 1, 0})
+		}},
+		{"COOKIE, class 7", func() []byte {
+			m := q("ipv4.aws.example.internal.", dns.TypeA, true)
+			m.Question[0].Qclass = 7
+			return withOption(t, m, 10, clientCookie)
+		}},
+		{"COOKIE, IXFR", func() []byte { return withOption(t, q("aws.example.internal.", dns.TypeIXFR, true), 10, clientCookie) }},
+		{"ECS, NXDOMAIN", func() []byte {
+			return withOption(t, q("nope.aws.example.internal.", dns.TypeA, true), 8, []byte{0, 1, 24, 0, 192, 0, 2})
+		}},
 		{"EDNS 0 over a question with upper case", func() []byte {
 			return packed(t, q("IPv4.AWS.example.internal.", dns.TypeA, true))
 		}},
 	}
+}
+
+// clientCookie is the client cookie of the differential tests' queries.
+var clientCookie = []byte{1, 2, 3, 4, 5, 6, 7, 8}
+
+// withOption packs m (which has an OPT record, last) and appends the EDNS
+// option code with data, raw, so that malformed options can be sent too.
+func withOption(t *testing.T, m *dns.Msg, code uint16, data []byte) []byte {
+	t.Helper()
+	b := packed(t, m)
+	rdlen := binary.BigEndian.Uint16(b[len(b)-2:])
+	if rdlen != 0 {
+		t.Fatal("withOption: the OPT already has options")
+	}
+	b = binary.BigEndian.AppendUint16(b, code)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(data)))
+	b = append(b, data...)
+	binary.BigEndian.PutUint16(b[len(b)-len(data)-6:], uint16(len(data)+4))
+	return b
 }
 
 // bindUDP sends query to BIND over UDP and returns its response, or nil
@@ -248,7 +331,7 @@ func bindAndXdoh(t *testing.T, zoneText string) (*upstreamtest.BIND, *forwarder.
 	}
 	f, err := forwarder.New(forwarder.Config{Rules: []forwarder.Rule{
 		{Name: "z", Domain: "aws.example.internal", Type: rules.Zone, Zone: z},
-	}})
+	}, Cookies: forwarder.NewCookies([16]byte{1, 2, 3}, 0, false)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -300,7 +383,13 @@ func TestConformanceAgainstBIND(t *testing.T) {
 				if xh != bh {
 					t.Errorf("query %x\nxdoh: %+v\nBIND: %+v", query, xh, bh)
 				}
-				if xh.Answered && xh.Rcode != dns.RcodeSuccess && xh.Rcode != dns.RcodeNameError && len(x) > len(query) {
+				// An error is no larger than its query, but for the server
+				// cookie RFC 7873 adds to a client cookie (as BIND does).
+				grow := 0
+				if strings.Contains(xh.Options, "10 ") {
+					grow = 16
+				}
+				if xh.Answered && xh.Rcode != dns.RcodeSuccess && xh.Rcode != dns.RcodeNameError && len(x) > len(query)+grow {
 					t.Errorf("xdoh's error response (%d octets) is larger than the query (%d)", len(x), len(query))
 				}
 				if xh.Answered && binary.BigEndian.Uint16(x) != binary.BigEndian.Uint16(query) {

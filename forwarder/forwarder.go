@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -78,6 +79,9 @@ type Config struct {
 	// NSID is returned to clients that ask for it (RFC 5001; nil: never),
 	// so that an operator can tell which of many instances answered.
 	NSID []byte
+	// Cookies makes the server cookies of answers to clients that send a
+	// COOKIE option (RFC 7873; nil: none are given).
+	Cookies *Cookies
 }
 
 // Stats are cumulative pipeline counters.
@@ -85,6 +89,11 @@ type Stats struct {
 	Queries, Dropped, FormErr, CacheHits, Local, Blocked, Forwarded,
 	ServFail, Overload, UpstreamErrors, Truncated, Stale, Coalesced, Prefetches,
 	ACLRefused, ACLDropped, Logged uint64
+	// Queries by what their COOKIE option held: a client cookie alone,
+	// a server cookie that was not ours or had expired, a valid one.
+	CookieClientOnly, CookieBad, CookieValid uint64
+	// BadCookie counts BADCOOKIE answers (Cookies' require).
+	BadCookie uint64
 }
 
 // Forwarder is the pipeline. It is safe for concurrent use.
@@ -179,6 +188,8 @@ func (f *Forwarder) Stats() Stats {
 		UpstreamErrors: f.c.upErrs.Load(), Truncated: f.c.truncated.Load(),
 		Stale: f.c.stale.Load(), Coalesced: f.c.coalesced.Load(), Prefetches: f.c.prefetches.Load(),
 		ACLRefused: f.c.aclRefused.Load(), ACLDropped: f.c.aclDropped.Load(), Logged: f.c.logged.Load(),
+		CookieClientOnly: f.c.cookies[cookieClientOnly].Load(), CookieBad: f.c.cookies[cookieBadServer].Load(),
+		CookieValid: f.c.cookies[cookieValidServer].Load(), BadCookie: f.c.badCookie.Load(),
 	}
 }
 
@@ -192,30 +203,89 @@ func (f *Forwarder) Counters() *Counters { return f.c }
 // cache hit Answer allocates nothing.
 func (f *Forwarder) Answer(r *Request, out []byte) ([]byte, bool) {
 	r.start = time.Now()
-	r.owner, r.target, r.cacheHit = f, "", false
+	r.owner, r.target, r.cacheHit, r.cookie = f, "", false, cookieNone
 	resp, rule, ok := f.fast(r, out)
 	r.rule = rule
 	if ok {
-		resp = f.withNSID(r, resp, out)
+		resp = f.withOptions(r, resp, out)
 		f.finish(r, resp)
 	}
 	return resp, ok
 }
 
-// withNSID adds the configured NSID to resp when r asked for it (RFC 5001),
-// within the room out gives (resp is built at the start of out; with out
-// nil, a copy with room is made) and the client's size limit. Without room
-// the answer goes without it.
-func (f *Forwarder) withNSID(r *Request, resp, out []byte) []byte {
-	if len(f.cfg.NSID) == 0 || !r.Q.NSID || len(resp) == 0 {
+// withOptions adds to resp the EDNS options that are per client and per
+// answer, in BIND's order: the configured NSID when r asked for it (RFC
+// 5001), a server cookie when r sent a client cookie (RFC 7873), and r's
+// client subnet back with scope 0 (RFC 7871 7.2.1: the answer is not
+// specific to the subnet). They go within the room out gives (resp is
+// built at the start of out; with out nil, a copy with room is made) and
+// the client's size limit; without room the answer goes without them.
+// An error answer to an EDNS version xdoh does not speak gets none.
+func (f *Forwarder) withOptions(r *Request, resp, out []byte) []byte {
+	nsid := len(f.cfg.NSID) > 0 && r.Q.NSID
+	cookie := f.cfg.Cookies != nil && r.Q.Cookie != nil
+	if !nsid && !cookie && r.Q.ECS == nil || len(resp) == 0 || r.Q.Version != 0 {
 		return resp
 	}
 	if out == nil {
-		resp = append(make([]byte, 0, len(resp)+4+len(f.cfg.NSID)), resp...)
+		resp = append(make([]byte, 0, len(resp)+4+len(f.cfg.NSID)+4+24+4+20), resp...)
 	} else {
 		resp = resp[:len(resp):min(cap(resp), len(out))]
 	}
-	return dnsmsg.AppendOption(resp, dnsmsg.OptionNSID, f.cfg.NSID, r.MaxResponseSize())
+	max := r.MaxResponseSize()
+	if nsid {
+		resp = dnsmsg.AppendOption(resp, dnsmsg.OptionNSID, f.cfg.NSID, max)
+	}
+	if cookie {
+		if r.cookie == cookieValidServer && !cookieStale(r.Q.Cookie, r.start.Unix()) {
+			resp = dnsmsg.AppendOption(resp, dnsmsg.OptionCookie, r.Q.Cookie, max) // still fresh: its own back
+		} else {
+			var c [24]byte
+			var a [16]byte
+			f.cfg.Cookies.make(&c, r.Q.Cookie[:8], clientAddr(&a, r.Client.Addr()), r.start.Unix())
+			resp = dnsmsg.AppendOption(resp, dnsmsg.OptionCookie, c[:], max)
+		}
+	}
+	if r.Q.ECS != nil {
+		var e [4 + 16]byte
+		n := copy(e[:], r.Q.ECS)
+		e[3] = 0 // scope
+		resp = dnsmsg.AppendOption(resp, dnsmsg.OptionECS, e[:n], max)
+	}
+	return resp
+}
+
+// clientAddr writes a's address octets (4 for IPv4, IPv4-mapped included)
+// into b and returns them: the client address of a server cookie.
+func clientAddr(b *[16]byte, a netip.Addr) []byte {
+	a = a.Unmap()
+	if a.Is4() {
+		v := a.As4()
+		return append(b[:0], v[:]...)
+	}
+	*b = a.As16()
+	return b[:]
+}
+
+// checkCookie judges r's COOKIE option and counts it. With Cookies'
+// require, a UDP query with a client cookie but without a valid server
+// cookie is answered BADCOOKIE and a fresh cookie (RFC 7873 5.2.3), into
+// out; the client retries with it. Over TCP and DoH the connection has
+// already shown the address is the client's.
+func (f *Forwarder) checkCookie(r *Request, out []byte) ([]byte, bool) {
+	c := f.cfg.Cookies
+	if c == nil || r.Q.Cookie == nil {
+		return nil, false
+	}
+	var a [16]byte
+	v := c.check(r.Q.Cookie, clientAddr(&a, r.Client.Addr()), r.start.Unix())
+	r.cookie = v
+	f.c.cookies[v].Add(1)
+	if !c.require || v == cookieValidServer || r.Transport != TransportUDP {
+		return nil, false
+	}
+	f.c.badCookie.Add(1)
+	return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeBadCookie), true
 }
 
 // Peek answers r from the cache alone, as Answer would on a hit but without
@@ -274,6 +344,9 @@ func (f *Forwarder) fast(r *Request, out []byte) ([]byte, *Rule, bool) {
 	if r.Q.HasOPT && r.Q.Version != 0 {
 		// RFC 6891 6.1.3: only EDNS version 0 is implemented.
 		return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeBadVers), nil, true
+	}
+	if resp, ok := f.checkCookie(r, out); ok {
+		return resp, nil, true
 	}
 	if rc := metaRcode(r); rc >= 0 {
 		if rc == dnsmsg.RcodeFormErr {

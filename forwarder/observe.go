@@ -70,6 +70,8 @@ type Counters struct {
 	queries, dropped, formerr, hits, local, blocked, forwarded,
 	servfail, overload, upErrs, truncated, stale, coalesced, prefetches,
 	aclRefused, aclDropped, logged atomic.Uint64
+	cookies   [4]atomic.Uint64 // queries by cookieVerdict
+	badCookie atomic.Uint64    // BADCOOKIE answers (Cookies require)
 
 	upMu      sync.Mutex
 	upstreams map[string]*TargetStats // by target as configured

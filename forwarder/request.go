@@ -50,12 +50,18 @@ type Request struct {
 	start    time.Time  // when the pipeline took the query
 	target   string     // the upstream that answered, for the query log
 	cacheHit bool
+	cookie   cookieVerdict  // what the query's COOKIE option held
 	lidx     int            // the listener's slot in Counters
 	logEntry querylog.Entry // reused for the query log
 }
 
 // CacheHit says whether Answer answered r from the cache.
 func (r *Request) CacheHit() bool { return r.cacheHit }
+
+// ValidCookie says whether the query carried a valid server cookie of
+// ours (RFC 7873): its source address is the client's, and a rate limit
+// may let it through.
+func (r *Request) ValidCookie() bool { return r.cookie == cookieValidServer }
 
 // MaxResponseSize is the largest response the client can take over its
 // transport: the EDNS UDP size (at least 512) for UDP, 65535 otherwise.

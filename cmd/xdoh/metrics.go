@@ -41,6 +41,10 @@ func (a *app) collector() *metrics.Collector {
 		{"xdoh_forwarder_stale_answers_total", "Stale answers served because every target failed (RFC 8767).", func(s forwarder.Stats) uint64 { return s.Stale }},
 		{"xdoh_forwarder_coalesced_total", "Queries that waited on an identical query already in flight.", func(s forwarder.Stats) uint64 { return s.Coalesced }},
 		{"xdoh_forwarder_prefetches_total", "Background refreshes of cache entries about to expire.", func(s forwarder.Stats) uint64 { return s.Prefetches }},
+		{"xdoh_cookie_client_only_total", "Queries with a client cookie and no server cookie (RFC 7873).", func(s forwarder.Stats) uint64 { return s.CookieClientOnly }},
+		{"xdoh_cookie_invalid_total", "Queries with a server cookie that was not ours or had expired.", func(s forwarder.Stats) uint64 { return s.CookieBad }},
+		{"xdoh_cookie_valid_total", "Queries with a valid server cookie of ours.", func(s forwarder.Stats) uint64 { return s.CookieValid }},
+		{"xdoh_badcookie_answers_total", "Queries answered BADCOOKIE (cookies.require).", func(s forwarder.Stats) uint64 { return s.BadCookie }},
 		{"xdoh_acl_refused_total", "Queries from sources outside a listener's allow list, answered REFUSED.", func(s forwarder.Stats) uint64 { return s.ACLRefused }},
 		{"xdoh_acl_dropped_total", "Queries from sources outside a listener's allow list, dropped.", func(s forwarder.Stats) uint64 { return s.ACLDropped }},
 	} {

@@ -47,6 +47,14 @@ func loadZones(cfg *config.Config) ([]*zone.Zone, error) {
 	return zs, nil
 }
 
+// cookies is the server-cookie maker of the config (nil: off).
+func cookies(c config.Cookies) *forwarder.Cookies {
+	if !c.On() {
+		return nil
+	}
+	return forwarder.NewCookies(c.SecretBytes(), c.RotateEvery(), c.Require)
+}
+
 // buildPipeline turns a validated config and its loaded zones (loadZones)
 // into a forwarder (nothing listens). onChange is the cache's OnChange (nil: none).
 func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Counters, qlog forwarder.QueryLogger, onChange func([]byte)) (*pipeline, error) {
@@ -79,6 +87,7 @@ func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Coun
 	}
 	fc := forwarder.Config{
 		NSID:          nsid,
+		Cookies:       cookies(cfg.Cookies),
 		QueryTimeout:  cfg.Upstream.QueryTimeout.D(),
 		TargetTimeout: cfg.Upstream.Timeout.D(),
 		MaxInflight:   cfg.Upstream.MaxInflight,

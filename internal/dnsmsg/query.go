@@ -57,6 +57,9 @@ const (
 	// RcodeBadVers is an extended RCODE (RFC 6891): its upper 8 bits go
 	// in the OPT record, its lower 4 (0) in the header.
 	RcodeBadVers = 16
+	// RcodeBadCookie is the extended RCODE of a bad or missing server
+	// cookie (RFC 7873 8).
+	RcodeBadCookie = 23
 )
 
 // Parse errors. A query that fails with ErrShort or ErrNotQuery gets no reply;

@@ -7,6 +7,8 @@ package config
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/miekg/dns"
@@ -40,6 +43,8 @@ type Config struct {
 	// option (RFC 5001): any text of at most 128 octets, or "hostname" for
 	// the machine's host name; empty (the default): none is given.
 	NSID string `yaml:"nsid"`
+	// Cookies configures DNS server cookies (RFC 7873).
+	Cookies Cookies `yaml:"cookies"`
 
 	dir string // directory of the file, for relative paths
 }
@@ -65,6 +70,56 @@ func (c *Config) NSIDBytes() ([]byte, error) {
 
 // maxNSID bounds the NSID, so that it fits beside any answer that fits.
 const maxNSID = 128
+
+// Cookies configures DNS server cookies (RFC 7873) in RFC 9018's format,
+// which BIND and Knot share: a fleet given the same secret accepts each
+// other's cookies.
+type Cookies struct {
+	Enabled *bool `yaml:"enabled"` // default true
+	// Secret is 32 hex digits (128 bits), the same on every instance of a
+	// fleet. Empty: a random secret, kept until the process ends (a
+	// reload keeps it).
+	Secret string `yaml:"secret"`
+	// Rotate is how often a new key is derived from Secret, at the same
+	// moment on every instance: at least 1h; default 24h. "0s" uses the
+	// secret as it is, as BIND's cookie-secret does.
+	Rotate *Duration `yaml:"rotate"`
+	// Require answers a UDP query that has a client cookie but no valid
+	// server cookie with BADCOOKIE and a fresh cookie (RFC 7873 5.2.3).
+	Require bool `yaml:"require"`
+}
+
+// On reports whether server cookies are given.
+func (c Cookies) On() bool { return c.Enabled == nil || *c.Enabled }
+
+// RotateEvery is the rotation period (0: never).
+func (c Cookies) RotateEvery() time.Duration {
+	if c.Rotate == nil {
+		return 24 * time.Hour
+	}
+	return c.Rotate.D()
+}
+
+// SecretBytes is the configured secret, or this process's random one.
+func (c Cookies) SecretBytes() [16]byte {
+	var s [16]byte
+	if c.Secret == "" {
+		return processSecret()
+	}
+	hex.Decode(s[:], []byte(c.Secret)) // validated
+	return s
+}
+
+// processSecret is the cookie secret of a process that has none
+// configured: one for the process's life, so that a reload keeps
+// clients' cookies valid.
+var processSecret = sync.OnceValue(func() [16]byte {
+	var s [16]byte
+	if _, err := rand.Read(s[:]); err != nil {
+		panic("reading random bytes for the cookie secret: " + err.Error())
+	}
+	return s
+})
 
 // Listener is one inbound endpoint.
 type Listener struct {
@@ -369,6 +424,12 @@ func (c *Config) Validate() error {
 	}
 	if len(c.NSID) > maxNSID {
 		bad("nsid", "%d octets; at most %d", len(c.NSID), maxNSID)
+	}
+	if b, err := hex.DecodeString(c.Cookies.Secret); c.Cookies.Secret != "" && (err != nil || len(b) != 16) {
+		bad("cookies.secret", "want 32 hex digits (128 bits)")
+	}
+	if r := c.Cookies.RotateEvery(); r != 0 && r < time.Hour {
+		bad("cookies.rotate", "%v: at least 1h (a cookie lives an hour), or 0s for never", r)
 	}
 	// unique checks that a section's names are set and distinct.
 	unique := func(section string) func(i int, name string) {

@@ -173,6 +173,9 @@ func TestParseErrors(t *testing.T) {
 		{name: "doh with doh-fips", yaml: "listeners:\n  - name: a\n    protocols: [doh, doh-fips]\n    doh: {address: \"127.0.0.1:443\", cert: cert.pem, key: key.pem}\n", want: []string{"listeners[0].protocols", "cannot be used together"}, count: 1},
 		{name: "bad allow entry", yaml: "listeners:\n  - name: a\n    do53: [\"127.0.0.1:53\"]\n    allow: [10.0.0.0/8, nonsense]\n", want: []string{"listeners[0].allow[1]"}, count: 1},
 		{name: "negative procs", yaml: "procs: -1\nlisteners:\n  - name: a\n    do53: [\"127.0.0.1:53\"]\n", want: []string{"procs: -1 is not between"}, count: 1},
+		{name: "cookie secret not hex", yaml: "cookies:\n  secret: xyz\nlisteners:\n  - name: a\n    do53: [\"127.0.0.1:53\"]\n", want: []string{"cookies.secret: want 32 hex digits"}, count: 1},
+		{name: "cookie secret short", yaml: "cookies:\n  secret: 0011\nlisteners:\n  - name: a\n    do53: [\"127.0.0.1:53\"]\n", want: []string{"cookies.secret: want 32 hex digits"}, count: 1},
+		{name: "cookie rotation too quick", yaml: "cookies:\n  rotate: 10m\nlisteners:\n  - name: a\n    do53: [\"127.0.0.1:53\"]\n", want: []string{"cookies.rotate: 10m0s: at least 1h"}, count: 1},
 		{name: "nsid too long", yaml: "nsid: " + strings.Repeat("x", 129) + "\nlisteners:\n  - name: a\n    do53: [\"127.0.0.1:53\"]\n", want: []string{"nsid: 129 octets; at most 128"}, count: 1},
 		{name: "bad xdp mode", yaml: base + "    xdp: {mode: turbo, interfaces: [eth0]}\n", want: []string{"listeners[0].xdp.mode", `"turbo"`}, count: 1},
 		{name: "xdp without interfaces", yaml: base + "    xdp: {mode: native}\n", want: []string{"listeners[0].xdp.interfaces", "native"}, count: 1},
@@ -339,6 +342,27 @@ func TestDurationUnmarshal(t *testing.T) {
 	}
 	if c.Upstream.Timeout.D() != 90*time.Second || c.Upstream.QueryTimeout.D() != 2*time.Minute {
 		t.Errorf("durations = %v, %v", c.Upstream.Timeout.D(), c.Upstream.QueryTimeout.D())
+	}
+}
+
+// TestCookies: the secret as configured, or one random secret for the
+// process (the same at each call, so a reload keeps it); rotation 24h by
+// default, "0s" for never.
+func TestCookies(t *testing.T) {
+	c, err := Parse([]byte(base+"cookies:\n  secret: 000102030405060708090a0b0c0d0e0f\n  rotate: 0s\n"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := c.Cookies.SecretBytes(); s != [16]byte{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15} || c.Cookies.RotateEvery() != 0 || !c.Cookies.On() {
+		t.Errorf("secret %x, rotate %v, on %v", s, c.Cookies.RotateEvery(), c.Cookies.On())
+	}
+	d, err := Parse([]byte(base), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := d.Cookies.SecretBytes(), d.Cookies.SecretBytes()
+	if a != b || a == [16]byte{} || d.Cookies.RotateEvery() != 24*time.Hour {
+		t.Errorf("random secrets %x and %x, rotate %v", a, b, d.Cookies.RotateEvery())
 	}
 }
 
