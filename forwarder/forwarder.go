@@ -49,6 +49,8 @@ type Rule struct {
 	Zone    Authority
 	// Select is how the targets are chosen: policy, hedging, health.
 	Select group.Config
+	// ECS is the client-subnet policy of a forward rule (RFC 7871).
+	ECS ECS
 
 	grp *group.Group
 }
@@ -59,6 +61,8 @@ type Config struct {
 	Default []Target // targets for names no forward rule covers
 	// DefaultSelect is how the default targets are chosen.
 	DefaultSelect group.Config
+	// DefaultECS is the client-subnet policy of the default targets.
+	DefaultECS ECS
 	Cache         *cache.Cache // nil disables caching
 	// QueryTimeout is the whole budget for answering one client query
 	// (default 4s): targets are tried in order within it.
@@ -108,6 +112,7 @@ type Forwarder struct {
 	flights   [flightShards]flightShard
 	c         *Counters
 	listeners map[string]listenerInfo
+	ecs       bool // some rule, or the default, sends client subnets
 }
 
 // New validates cfg and builds the pipeline.
@@ -176,6 +181,10 @@ func New(cfg Config) (*Forwarder, error) {
 	for i := range f.flights {
 		f.flights[i].m = make(map[string]*flight)
 	}
+	f.ecs = cfg.DefaultECS.Mode != ECSStrip
+	for _, r := range cfg.Rules {
+		f.ecs = f.ecs || r.Type == rules.Forward && r.ECS.Mode != ECSStrip
+	}
 	return f, nil
 }
 
@@ -203,7 +212,7 @@ func (f *Forwarder) Counters() *Counters { return f.c }
 // cache hit Answer allocates nothing.
 func (f *Forwarder) Answer(r *Request, out []byte) ([]byte, bool) {
 	r.start = time.Now()
-	r.owner, r.target, r.cacheHit, r.cookie = f, "", false, cookieNone
+	r.owner, r.target, r.cacheHit, r.cookie, r.ecsScope = f, "", false, cookieNone, 0
 	resp, rule, ok := f.fast(r, out)
 	r.rule = rule
 	if ok {
@@ -216,8 +225,8 @@ func (f *Forwarder) Answer(r *Request, out []byte) ([]byte, bool) {
 // withOptions adds to resp the EDNS options that are per client and per
 // answer, in BIND's order: the configured NSID when r asked for it (RFC
 // 5001), a server cookie when r sent a client cookie (RFC 7873), and r's
-// client subnet back with scope 0 (RFC 7871 7.2.1: the answer is not
-// specific to the subnet). They go within the room out gives (resp is
+// client subnet back with the scope of the answer (RFC 7871 7.2.1; 0 when
+// it is not specific to a subnet). They go within the room out gives (resp is
 // built at the start of out; with out nil, a copy with room is made) and
 // the client's size limit; without room the answer goes without them.
 // An error answer to an EDNS version xdoh does not speak gets none.
@@ -249,7 +258,7 @@ func (f *Forwarder) withOptions(r *Request, resp, out []byte) []byte {
 	if r.Q.ECS != nil {
 		var e [4 + 16]byte
 		n := copy(e[:], r.Q.ECS)
-		e[3] = 0 // scope
+		e[3] = r.ecsScope
 		resp = dnsmsg.AppendOption(resp, dnsmsg.OptionECS, e[:n], max)
 	}
 	return resp
@@ -355,8 +364,14 @@ func (f *Forwarder) fast(r *Request, out []byte) ([]byte, *Rule, bool) {
 		return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, rc), nil, true
 	}
 	maxSize := r.MaxResponseSize()
+	var rule *Rule
+	if f.ecs {
+		// The subnet a rule sends is part of the cache key: route first.
+		rule = f.route(&r.Q)
+		f.ecsFor(rule).setSubnet(r)
+	}
 	if f.cfg.Cache != nil {
-		if resp, res := f.cfg.Cache.Get(&r.Q, out, maxSize); res != cache.Miss {
+		if resp, res := f.cacheGet(r, out, maxSize); res != cache.Miss {
 			f.c.hits.Add(1)
 			r.cacheHit = true
 			if res == cache.HitPrefetch {
@@ -365,7 +380,9 @@ func (f *Forwarder) fast(r *Request, out []byte) ([]byte, *Rule, bool) {
 			return resp, nil, true
 		}
 	}
-	rule := f.route(&r.Q)
+	if !f.ecs {
+		rule = f.route(&r.Q)
+	}
 	if rule == nil {
 		return nil, nil, false
 	}
@@ -380,6 +397,35 @@ func (f *Forwarder) fast(r *Request, out []byte) ([]byte, *Rule, bool) {
 		return nil, nil, false // resolved through the default targets
 	}
 	return nil, rule, false
+}
+
+// cacheGet looks r up in the cache: the entry for its subnet, if it has
+// one, else the entry for everyone (an answer the upstream scoped to /0).
+func (f *Forwarder) cacheGet(r *Request, out []byte, maxSize int) ([]byte, cache.Result) {
+	resp, res := f.cfg.Cache.Get(&r.Q, out, maxSize)
+	if sub := r.Q.Subnet; sub != nil {
+		if res != cache.Miss {
+			r.ecsScope = sub[2] // at most this specific: the subnet it was asked for
+			return resp, res
+		}
+		r.Q.Subnet = nil
+		resp, res = f.cfg.Cache.Get(&r.Q, out, maxSize)
+		r.Q.Subnet = sub
+	}
+	return resp, res
+}
+
+// ecsFor is the client-subnet policy for names routed to rule (nil: the
+// default targets). Only upstreams get subnets: local zones and blocks
+// answer everyone alike.
+func (f *Forwarder) ecsFor(rule *Rule) ECS {
+	switch {
+	case rule == nil || rule.Type == rules.System:
+		return f.cfg.DefaultECS
+	case rule.Type == rules.Forward:
+		return rule.ECS
+	}
+	return ECS{}
 }
 
 // metaRcode is the error answer to a question no rule answers, as BIND 9.18

@@ -51,6 +51,8 @@ type Request struct {
 	target   string     // the upstream that answered, for the query log
 	cacheHit bool
 	cookie   cookieVerdict  // what the query's COOKIE option held
+	subnet   [20]byte       // room for Q.Subnet
+	ecsScope uint8          // scope prefix of the answer's client subnet, for the client's ECS echo
 	lidx     int            // the listener's slot in Counters
 	logEntry querylog.Entry // reused for the query log
 }

@@ -15,8 +15,8 @@ import (
 // pendingRequest is the pipeline's own copy of a request being resolved,
 // with room for a typical query: 152 bytes hold a 12-byte header, a name of
 // up to ~100 bytes and an OPT record with a cookie or a client subnet, and
-// keep the whole copy in the allocator's 576-byte class (it was 1024 with
-// room for 512). A longer query takes a second allocation.
+// keep the whole copy in one of the allocator's small classes (704 bytes;
+// it was 1024 with room for 512). A longer query takes a second allocation.
 type pendingRequest struct {
 	Request
 	buf [152]byte
@@ -33,7 +33,13 @@ func own(r *Request) *Request {
 	} else {
 		ar.Msg = append([]byte(nil), r.Msg...)
 	}
-	ar.Q.Name = ar.Msg[dnsmsg.HeaderLen : dnsmsg.HeaderLen+len(r.Q.Name)] // re-point the view at the copy
+	// Re-point the query view (name, cookie, subnet) at the copy: parse
+	// it again (it parsed before) and keep what the pipeline added.
+	sub := r.Q.Subnet
+	dnsmsg.Parse(ar.Msg, &ar.Q)
+	if sub != nil {
+		ar.Q.Subnet = ar.subnet[:len(sub)]
+	}
 	return ar
 }
 
@@ -146,6 +152,7 @@ type result struct {
 	resp   []byte
 	ok     bool
 	target string // the target that gave resp
+	scope  uint8  // the client-subnet scope of resp (RFC 7871; 0: everyone)
 }
 
 // flight is one upstream resolution that identical queries wait on. Its
@@ -204,11 +211,15 @@ func (f *Forwarder) exchange(r *Request, g *group.Group, complete func(result)) 
 func (f *Forwarder) respond(r *Request, res result, out []byte) []byte {
 	r.target = res.target
 	if res.ok {
+		r.ecsScope = res.scope
 		return f.reply(r, res.resp, out)
 	}
 	if f.cfg.Cache != nil {
 		buf := make([]byte, 65536)
 		if resp, ok := f.cfg.Cache.GetStale(&r.Q, buf, r.MaxResponseSize()); ok {
+			if r.Q.Subnet != nil {
+				r.ecsScope = r.Q.Subnet[2]
+			}
 			f.c.stale.Add(1)
 			return append(out[:0], resp...)
 		}
@@ -221,9 +232,14 @@ func (f *Forwarder) respond(r *Request, res result, out []byte) []byte {
 }
 
 // upstreamQuery is the query to send upstream for r: the client's EDNS
-// options (its cookie above all) are for us, not for the upstream.
+// options (its cookie above all) are for us, not for the upstream; the
+// client subnet its rule sends, if any, is added.
 func upstreamQuery(r *Request) []byte {
-	if r.Q.HasOPT && r.Q.OPTEnd-r.Q.OPTOff > 11 {
+	switch {
+	case r.Q.Subnet != nil:
+		q := dnsmsg.StripHopOptions(append(make([]byte, 0, len(r.Msg)+4+len(r.Q.Subnet)), r.Msg...))
+		return dnsmsg.AppendOption(q, dnsmsg.OptionECS, r.Q.Subnet, 65535)
+	case r.Q.HasOPT && r.Q.OPTEnd-r.Q.OPTOff > 11:
 		return dnsmsg.StripHopOptions(append([]byte(nil), r.Msg...))
 	}
 	return r.Msg
@@ -235,6 +251,12 @@ func (f *Forwarder) classifier(r *Request) func([]byte) group.Verdict {
 		if _, err := dnsmsg.CheckResponse(resp, &r.Q); err != nil {
 			f.c.upErrs.Add(1) // a broken or mismatched answer: a failure of that target
 			return group.Bad
+		}
+		if r.Q.Subnet != nil {
+			if _, ok := answerScope(resp, r.Q.Subnet); !ok {
+				f.c.upErrs.Add(1) // a subnet that is not the one asked for (RFC 7871 7.3)
+				return group.Bad
+			}
 		}
 		if rc := dnsmsg.Rcode(resp); rc == dnsmsg.RcodeServFail || rc == dnsmsg.RcodeRefused {
 			f.c.upErrs.Add(1) // this target cannot help; another may
@@ -255,8 +277,17 @@ func (f *Forwarder) accept(r *Request, resp []byte, target string, err error) re
 		return result{}
 	}
 	qend := dnsmsg.HeaderLen + len(r.Q.Name) + 4
+	scope := 0
+	key := r.Q // the cache key: for r's subnet, or for everyone when the upstream scoped it /0
+	if r.Q.Subnet != nil {
+		scope, _ = answerScope(resp, r.Q.Subnet) // the classifier checked it
+		if scope == 0 {
+			key.Subnet = nil
+		}
+	}
 	// The upstream's cookie (and padding) would reach the client as a
-	// cookie mismatch, from the cache even more so: drop them.
+	// cookie mismatch, from the cache even more so: drop them, and the
+	// subnet, which the client gets back as its own.
 	resp = dnsmsg.StripHopOptions(resp)
 	if r.Q.HasOPT {
 		resp = dnsmsg.EnsureOPT(resp, r.Q.DO) // an upstream without EDNS left it out
@@ -266,9 +297,9 @@ func (f *Forwarder) accept(r *Request, resp []byte, target string, err error) re
 		return result{resp: resp, target: target}
 	}
 	if f.cfg.Cache != nil {
-		f.cfg.Cache.Put(&r.Q, resp, qend)
+		f.cfg.Cache.Put(&key, resp, qend)
 	}
-	return result{resp: resp, ok: true, target: target}
+	return result{resp: resp, ok: true, target: target, scope: uint8(scope)}
 }
 
 // newGroup builds the target group of a rule (or the default), each target

@@ -47,6 +47,12 @@ func loadZones(cfg *config.Config) ([]*zone.Zone, error) {
 	return zs, nil
 }
 
+// ecsPolicy is the forwarder's form of a (validated) client-subnet policy.
+func ecsPolicy(s config.Subnet) forwarder.ECS {
+	mode, _ := forwarder.ParseECSMode(s.ECS) // validated
+	return forwarder.ECS{Mode: mode, V4: s.ECSPrefix.IPv4, V6: s.ECSPrefix.IPv6}
+}
+
 // cookies is the server-cookie maker of the config (nil: off).
 func cookies(c config.Cookies) *forwarder.Cookies {
 	if !c.On() {
@@ -112,7 +118,7 @@ func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Coun
 		if err != nil {
 			return fail(fmt.Errorf("rules[%d].type: %w", i, err))
 		}
-		r := forwarder.Rule{Name: rc.Name, Domain: rc.Domain, Type: typ}
+		r := forwarder.Rule{Name: rc.Name, Domain: rc.Domain, Type: typ, ECS: ecsPolicy(rc.Subnet)}
 		if r.Select, err = selectConfig(rc.Select); err != nil {
 			return fail(fmt.Errorf("rules[%d]: %w", i, err))
 		}
@@ -122,6 +128,7 @@ func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Coun
 		fc.Rules = append(fc.Rules, r)
 	}
 	if cfg.Default != nil {
+		fc.DefaultECS = ecsPolicy(cfg.Default.Subnet)
 		if fc.DefaultSelect, err = selectConfig(cfg.Default.Select); err != nil {
 			return fail(fmt.Errorf("default: %w", err))
 		}

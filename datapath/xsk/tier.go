@@ -206,8 +206,8 @@ func newHotTable() *hotTable {
 // hit counts a cache hit for r (parsed by Answer) and makes r's query a
 // candidate when it crosses the threshold. It allocates nothing.
 func (t *tier) hit(h *hotTable, r *forwarder.Request, respLen int) {
-	if respLen > t.cfg.MaxAnswer || len(r.Msg) > maxCandidateMsg {
-		return
+	if respLen > t.cfg.MaxAnswer || len(r.Msg) > maxCandidateMsg || r.Q.Subnet != nil {
+		return // a subnet's answer is not everyone's: the program answers everyone alike
 	}
 	var kb [dnsmsg.MaxKeyLen]byte
 	hash := maphash.Bytes(t.seed, dnsmsg.AppendKey(kb[:0], &r.Q))

@@ -1,13 +1,14 @@
 package dnsmsg
 
 // MaxKeyLen is the longest key AppendKey produces: a 255-octet name, type,
-// class and a flags octet.
-const MaxKeyLen = 255 + 5
+// class, a flags octet and a client subnet (a length octet and up to 20).
+const MaxKeyLen = 255 + 5 + 1 + 20
 
 // AppendKey appends the identity of q's answer: the lower-cased wire name,
 // type, class and the EDNS bits that change an answer (OPT present, DO, CD).
-// Two queries with equal keys can share one upstream response (the cache and
-// in-flight coalescing rely on this).
+// A query with a Subnet (the client subnet its answer is asked for) has
+// it in its key too. Two queries with equal keys can share one upstream
+// response (the cache and in-flight coalescing rely on this).
 func AppendKey(dst []byte, q *Query) []byte {
 	dst = AppendLower(dst, q.Name)
 	var flags byte
@@ -23,5 +24,10 @@ func AppendKey(dst []byte, q *Query) []byte {
 	if q.RD() {
 		flags |= 8
 	}
-	return append(dst, byte(q.Type>>8), byte(q.Type), byte(q.Class>>8), byte(q.Class), flags)
+	dst = append(dst, byte(q.Type>>8), byte(q.Type), byte(q.Class>>8), byte(q.Class), flags)
+	if q.Subnet != nil {
+		dst = append(dst, byte(len(q.Subnet)))
+		dst = append(dst, q.Subnet...)
+	}
+	return dst
 }

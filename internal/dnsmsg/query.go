@@ -107,6 +107,12 @@ type Query struct {
 	ECS []byte
 	// OPTOff and OPTEnd delimit the OPT record in the message.
 	OPTOff, OPTEnd int
+
+	// Subnet is not parsed: the forwarder sets it to the CLIENT-SUBNET
+	// option data (scope 0) it sends upstream for this query, when a rule
+	// asks for one (RFC 7871). Answers differ by subnet, so it is part of
+	// the key (AppendKey). Nil: none.
+	Subnet []byte
 }
 
 // Opcode returns the header opcode.

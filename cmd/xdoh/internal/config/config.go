@@ -214,6 +214,7 @@ type Rule struct {
 	CAFile  string   `yaml:"ca_file"`
 	Timeout Duration `yaml:"timeout"`
 	Select  Select   `yaml:",inline"`
+	Subnet  Subnet   `yaml:",inline"`
 }
 
 // Group is the default target group.
@@ -222,6 +223,22 @@ type Group struct {
 	CAFile  string   `yaml:"ca_file"`
 	Timeout Duration `yaml:"timeout"`
 	Select  Select   `yaml:",inline"`
+	Subnet  Subnet   `yaml:",inline"`
+}
+
+// Subnet is what a forward rule (or the default) sends upstream of its
+// clients' addresses: EDNS Client Subnet (RFC 7871).
+type Subnet struct {
+	// ECS is strip (the default: nothing, for privacy), pass (a client's
+	// own option) or add (the client's subnet, cut to ECSPrefix).
+	ECS       string    `yaml:"ecs"`
+	ECSPrefix ECSPrefix `yaml:"ecs_prefix"`
+}
+
+// ECSPrefix is add's source prefix lengths (default 24 and 56).
+type ECSPrefix struct {
+	IPv4 int `yaml:"ipv4"`
+	IPv6 int `yaml:"ipv6"`
 }
 
 // Select is how a rule (or default) chooses among its targets.
@@ -284,6 +301,24 @@ type Control struct {
 // Metrics configures the Prometheus endpoint (/metrics, /healthz, /readyz).
 type Metrics struct {
 	Address string `yaml:"address"` // "127.0.0.1:9153"; empty: off
+}
+
+// checkSubnet validates a client-subnet policy.
+func checkSubnet(f string, s Subnet, bad func(field, format string, a ...any)) {
+	switch s.ECS {
+	case "", "strip", "pass", "add":
+	default:
+		bad(f+".ecs", "%q is not one of strip, pass, add", s.ECS)
+	}
+	if s.ECSPrefix != (ECSPrefix{}) && s.ECS != "add" {
+		bad(f+".ecs_prefix", "only ecs: add uses it")
+	}
+	if p := s.ECSPrefix.IPv4; p < 0 || p > 32 {
+		bad(f+".ecs_prefix.ipv4", "%d is not between 1 and 32", p)
+	}
+	if p := s.ECSPrefix.IPv6; p < 0 || p > 128 {
+		bad(f+".ecs_prefix.ipv6", "%d is not between 1 and 128", p)
+	}
 }
 
 // Duration is a time.Duration written as "1.5s".
@@ -595,11 +630,15 @@ func (c *Config) Validate() error {
 			if len(r.Targets) > 0 {
 				bad(f+".targets", "a %s rule takes no targets", r.Type)
 			}
+			if r.Subnet != (Subnet{}) {
+				bad(f+".ecs", "a %s rule sends nothing upstream of its own (system names use default's)", r.Type)
+			}
 		default:
 			bad(f+".type", "%q is not one of forward, system, block", r.Type)
 		}
 		c.checkTargets(f, r.Targets, r.CAFile, bad)
 		checkSelect(f, r.Select, bad)
+		checkSubnet(f, r.Subnet, bad)
 		if r.Timeout < 0 {
 			bad(f+".timeout", "must not be negative")
 		}
@@ -610,6 +649,7 @@ func (c *Config) Validate() error {
 		}
 		c.checkTargets("default", c.Default.Targets, c.Default.CAFile, bad)
 		checkSelect("default", c.Default.Select, bad)
+		checkSubnet("default", c.Default.Subnet, bad)
 		if c.Default.Timeout < 0 {
 			bad("default.timeout", "must not be negative")
 		}
