@@ -402,7 +402,8 @@ func TestConformanceAgainstBIND(t *testing.T) {
 
 // richZone has what a zone answer can run into: a CNAME chain in the zone
 // and one leaving it, wildcards, an empty non-terminal, a delegation with
-// glue, an MX; and an SOA minimum (60) below the TTLs, for negative answers.
+// glue, an MX, DNAMEs out of the zone and into it (RFC 6672); and an SOA
+// minimum (60) below the TTLs, for negative answers.
 const richZone = `$TTL 300
 @        IN SOA ns1 hostmaster 7 7200 900 1209600 60
 @        IN NS  ns1
@@ -418,6 +419,11 @@ a.b.ent  IN A   10.2.3.3
 sub      IN NS  ns.sub
 ns.sub   IN A   10.2.4.4
 mx       IN MX  10 www
+dn       IN DNAME www.example.net.
+dnin     IN DNAME dest
+long     IN DNAME a-long-label-that-makes-every-name-below-it-grow-a-lot.example.net.
+a.dest   IN A   10.2.5.5
+b.dest   IN CNAME www
 `
 
 // canon is a response in a form that compares across servers: RCODE, AA,
@@ -474,6 +480,15 @@ func TestZoneAnswersAgainstBIND(t *testing.T) {
 		{"mx.aws.example.internal.", dns.TypeMX},
 		{"aws.example.internal.", dns.TypeSOA},
 		{"aws.example.internal.", dns.TypeNS},
+		{"x.dn.aws.example.internal.", dns.TypeA},
+		{"X.y.DN.aws.example.internal.", dns.TypeAAAA},
+		{"dn.aws.example.internal.", dns.TypeA},
+		{"dn.aws.example.internal.", dns.TypeDNAME},
+		{"a.dnin.aws.example.internal.", dns.TypeA},
+		{"b.dnin.aws.example.internal.", dns.TypeA},
+		{"c.dnin.aws.example.internal.", dns.TypeA},
+		{strings.Repeat("abcdefghij.", 20) + "ab.dn.aws.example.internal.", dns.TypeA},
+		{strings.Repeat("abcdefghij.", 20) + "ab.long.aws.example.internal.", dns.TypeA},
 	} {
 		m := new(dns.Msg)
 		m.SetQuestion(q.name, q.qtype)

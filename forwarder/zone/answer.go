@@ -1,6 +1,8 @@
 package zone
 
 import (
+	"slices"
+
 	"github.com/miekg/dns"
 )
 
@@ -51,6 +53,26 @@ func (z *Zone) resolve(m *dns.Msg, qname string, qtype uint16) {
 				return
 			}
 		}
+		if z.hasDNAME {
+			if d := z.dnameAbove(name); d != nil {
+				// RFC 6672 3.2: the DNAME, and a CNAME synthesised from it
+				// for the name asked, with the DNAME's TTL; then on to the
+				// new name, as for a CNAME.
+				m.Answer = appendRRs(m.Answer, d, "")
+				dn := d[0].(*dns.DNAME)
+				target := qname[:len(qname)-len(dn.Hdr.Name)] + dn.Target
+				if _, ok := dns.IsDomainName(target); !ok || len(target) > 254 {
+					m.Rcode = dns.RcodeYXDomain // the new name is too long
+					return
+				}
+				m.Answer = append(m.Answer, &dns.CNAME{Hdr: dns.RR_Header{Name: qname, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: dn.Hdr.Ttl}, Target: target})
+				if !z.follow(&seen, hop, name, target) {
+					return
+				}
+				name, qname = dns.CanonicalName(target), target
+				continue
+			}
+		}
 		n, owner := z.nodes[name], ""
 		if n == nil {
 			if n = z.wildcard(name); n == nil {
@@ -80,18 +102,42 @@ func (z *Zone) resolve(m *dns.Msg, qname string, qtype uint16) {
 		}
 		m.Answer = appendRRs(m.Answer, cname, owner)
 		target := cname[0].(*dns.CNAME).Target
-		next := dns.CanonicalName(target)
-		if hop+1 >= maxChain || !dns.IsSubDomain(z.origin, next) {
+		if !z.follow(&seen, hop, name, target) {
 			return
 		}
-		seen[hop] = name
-		for _, s := range seen[:hop+1] {
-			if s == next {
-				return // loop: the answer holds every record of it once
+		name, qname = dns.CanonicalName(target), target
+	}
+}
+
+// follow reports whether the chain goes on from name, hop hops in, to
+// target: within the chain bound, inside the zone, and not in a loop (the
+// answer then holds every record of the loop once).
+func (z *Zone) follow(seen *[maxChain]string, hop int, name, target string) bool {
+	next := dns.CanonicalName(target)
+	if hop+1 >= maxChain || !dns.IsSubDomain(z.origin, next) {
+		return false
+	}
+	seen[hop] = name
+	return !slices.Contains(seen[:hop+1], next)
+}
+
+// dnameAbove returns the DNAME RRset that redirects name: the one at the
+// ancestor of name closest to the apex that has one (names below a DNAME
+// cannot exist, so a lower one would be occluded), or nil.
+func (z *Zone) dnameAbove(name string) []dns.RR {
+	var found []dns.RR
+	for off, end := dns.NextLabel(name, 0); !end; off, end = dns.NextLabel(name, off) {
+		anc := name[off:]
+		if n := z.nodes[anc]; n != nil {
+			if d := n.get(dns.TypeDNAME); d != nil {
+				found = d
 			}
 		}
-		name, qname = next, target
+		if anc == z.origin {
+			break
+		}
 	}
+	return found
 }
 
 // wildcard returns the wildcard node that synthesises name (RFC 4592

@@ -21,9 +21,10 @@ func FuzzParse(f *testing.F) {
 	f.Add(header + "a IN CNAME b\nb IN CNAME c\nc IN CNAME a\n")
 	f.Add(header + "sub IN NS ns.sub\nns.sub IN A 10.2.5.5\nx IN CNAME y.sub\n")
 	f.Add(header + "a\\.b IN A 10.0.0.1\n\\@ IN TXT x\n")
+	f.Add(header + "d IN DNAME x.d\nl IN DNAME a-long-label-that-makes-every-name-grow.example.net.\nin IN DNAME d\n")
 	f.Add("$ORIGIN aws.example.internal.\n@ IN SOA ns1 hostmaster ( 1 2 3\n")
 	f.Add("")
-	types := []uint16{dns.TypeA, dns.TypeAAAA, dns.TypeCNAME, dns.TypeNS, dns.TypeDS, dns.TypeANY, dns.TypeTXT}
+	types := []uint16{dns.TypeA, dns.TypeAAAA, dns.TypeCNAME, dns.TypeNS, dns.TypeDS, dns.TypeANY, dns.TypeTXT, dns.TypeDNAME}
 	f.Fuzz(func(t *testing.T, text string) {
 		z, err := Parse("aws.example.internal.", strings.NewReader(text), "fuzz")
 		if err != nil {

@@ -114,6 +114,9 @@ func parse(origin string, r io.Reader, filename string) (*Zone, error) {
 			n.cut = true
 			z.hasCut = true
 		}
+		if n.get(dns.TypeDNAME) != nil {
+			z.hasDNAME = true
+		}
 	}
 	if err := z.checkOccluded(filename, lines); err != nil {
 		return nil, err

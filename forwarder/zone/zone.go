@@ -7,8 +7,8 @@
 // other data, data hidden below a delegation), and never changes afterwards,
 // so it is safe for concurrent use. Answer resolves one question inside the
 // zone: positive answers, NXDOMAIN and NODATA with the SOA for negative
-// caching (RFC 2308), CNAME chains inside the zone, wildcards (RFC 4592) and
-// referrals for delegated subdomains.
+// caching (RFC 2308), CNAME chains inside the zone, wildcards (RFC 4592),
+// DNAME redirection (RFC 6672) and referrals for delegated subdomains.
 //
 // EDNS and truncation are left to the caller: Answer never adds an OPT record.
 package zone
@@ -27,6 +27,9 @@ type Zone struct {
 	negSOA *dns.SOA // the SOA as it goes into negative answers (RFC 2308 TTL)
 	nodes  map[string]*node
 	hasCut bool // at least one delegation below the apex
+	// hasDNAME: at least one DNAME (RFC 6672), which redirects the names
+	// below its owner.
+	hasDNAME bool
 }
 
 // node is one name in the zone. A node without RRsets is an empty
