@@ -32,6 +32,14 @@ var (
 
 // Do53 is a classic DNS upstream: UDP with a retry over TCP when the answer
 // is truncated, or TCP only. See the package documentation for the design.
+//
+// Each Do53 has its own DNS client cookie (RFC 7873), 8 octets from
+// crypto/rand drawn when it is created, so a new one with every process
+// start (and every reload, which builds its upstreams anew): RFC 7873
+// allows a random client cookie per server, and one server's cookie then
+// tells nothing about our queries to another. EDNS queries carry it with
+// the server cookie the upstream last returned; see the package
+// documentation.
 type Do53 struct {
 	target      string
 	addr        netip.AddrPort
@@ -41,6 +49,9 @@ type Do53 struct {
 	idleTimeout time.Duration // TCP; a test hook
 	maxInflight int           // per socket or connection; a test hook
 	udpMaxUses  int           // queries per UDP socket; a test hook
+
+	clientCookie [clientCookieLen]byte     // random, fixed; the head of every cookie
+	cookie       atomic.Pointer[cookieOpt] // the COOKIE option data queries carry
 
 	udp     []atomic.Pointer[dnsConn]
 	udpNext atomic.Uint32
@@ -65,11 +76,13 @@ var _ Upstream = (*Do53)(nil)
 // giving up) completes it, and only the first two hand it back to its
 // query (landed).
 type waiter struct {
-	query []byte // the caller's query, for matching the question
-	id    uint16 // ID on the wire
-	resp  []byte
-	err   error
-	async *asyncQuery // the Submit it belongs to
+	query     []byte // the caller's query, for matching the question
+	id        uint16 // ID on the wire
+	cookie    bool   // query carries our client cookie: an answer's COOKIE must echo it
+	badCookie bool   // resp is a BADCOOKIE with a valid cookie (set by deliver)
+	resp      []byte
+	err       error
+	async     *asyncQuery // the Submit it belongs to
 }
 
 func newDo53(target string, addr netip.AddrPort, tcpOnly bool, opts Options) *Do53 {
@@ -85,6 +98,9 @@ func newDo53(target string, addr netip.AddrPort, tcpOnly bool, opts Options) *Do
 		udp:         make([]atomic.Pointer[dnsConn], opts.Conns),
 		live:        make(map[*dnsConn]struct{}),
 	}
+	c := newCookie()
+	u.clientCookie = [clientCookieLen]byte(c.data())
+	u.cookie.Store(c)
 	u.ctx, u.cancel = context.WithCancel(context.Background())
 	u.bufs.New = func() any {
 		b := make([]byte, 0, 512)
@@ -358,21 +374,29 @@ func (c *dnsConn) removeLocked(id uint16) {
 }
 
 // deliver hands msg to the waiter it answers. Messages that are too short,
-// carry an ID nobody waits for (late, unsolicited or spoofed) or a question
-// other than the waiter's are dropped; the waiter keeps waiting.
+// carry an ID nobody waits for (late, unsolicited or spoofed), a question
+// other than the waiter's or, when the query carried our client cookie, a
+// COOKIE option that is malformed or does not echo it are dropped; the
+// waiter keeps waiting. A valid cookie's server cookie is learned.
 func (c *dnsConn) deliver(msg []byte) {
 	if len(msg) < headerLen {
 		return
 	}
+	cookie, hasCookie := responseCookie(msg)
 	id := binary.BigEndian.Uint16(msg)
 	c.mu.Lock()
 	w := c.waiters[id]
-	if w == nil || checkResponse(w.query, msg) != nil {
+	if w == nil || checkResponse(w.query, msg) != nil || w.cookie && hasCookie && !c.u.cookieValid(cookie) {
 		c.mu.Unlock()
 		return
 	}
 	c.removeLocked(id)
 	c.mu.Unlock()
+	w.badCookie = false
+	if w.cookie && hasCookie {
+		c.u.learnCookie(cookie)
+		w.badCookie = isBadCookie(msg)
+	}
 	w.resp = append([]byte(nil), msg...)
 	w.async.landed()
 }

@@ -25,7 +25,9 @@ import (
 // query in flight is retried once on a fresh one. done runs on one of
 // those goroutines, or on the caller's when the query is refused at once;
 // it must not block, and the response is its to keep. query is copied
-// before Submit returns.
+// before Submit returns; a query with an OPT record gets the upstream's
+// COOKIE option in the copy, and a BADCOOKIE answer to it is asked once
+// more with the server cookie it brought (see the package documentation).
 //
 // The result's Cancel abandons the query (a hedge's loser): its ID is
 // withdrawn from its socket or connection, so that a late answer is
@@ -45,7 +47,8 @@ func (u *Do53) Submit(query []byte, timeout time.Duration, done func(resp []byte
 		timeout = u.timeout
 	}
 	a := &asyncQuery{u: u, cb: done, deadline: time.Now().Add(timeout), tcp: u.tcpOnly}
-	a.w.query = append(make([]byte, 0, len(query)), query...)
+	a.w.query, a.w.cookie = u.addCookie(append(make([]byte, 0, len(query)+cookieRoom), query...))
+	a.cookieOff = len(query)
 	a.w.async = a
 	a.mu.Lock()
 	a.timer = time.AfterFunc(timeout, a.expire)
@@ -73,13 +76,15 @@ func (a *asyncQuery) Cancel() {
 // asyncQuery is one Submit in flight. Its waiter is registered on at most
 // one connection at a time; completion is decided once, by settled.
 type asyncQuery struct {
-	u        *Do53
-	w        waiter
-	cb       func([]byte, error)
-	deadline time.Time
-	retried  bool // a broken TCP connection has been retried
-	settled  atomic.Bool
-	node     *waitNode[*dnsConn] // its place in the TCP pool's wait queue, once it waits
+	u             *Do53
+	w             waiter
+	cb            func([]byte, error)
+	deadline      time.Time
+	retried       bool // a broken TCP connection has been retried
+	cookieOff     int  // where our COOKIE option starts in w.query, if w.cookie
+	cookieRetried bool // a BADCOOKIE answer has been retried
+	settled       atomic.Bool
+	node          *waitNode[*dnsConn] // its place in the TCP pool's wait queue, once it waits
 
 	mu    sync.Mutex
 	tcp   bool     // over TCP now (TCP only, or after a truncated answer); written under mu
@@ -187,6 +192,14 @@ func (a *asyncQuery) landed() {
 			return
 		}
 		a.complete(nil, w.err)
+		return
+	}
+	if w.badCookie && !a.cookieRetried && !a.settled.Load() {
+		// RFC 7873 5.3: once more with the server cookie just learned.
+		a.cookieRetried = true
+		w.resp, w.badCookie = nil, false
+		w.query = a.u.renewCookie(w.query, a.cookieOff)
+		a.send()
 		return
 	}
 	if !a.tcp && w.resp[2]&0x02 != 0 && !a.settled.Load() { // TC: again over TCP

@@ -122,6 +122,24 @@
 // closing it or by idling out under a racing query, fails its queries with
 // [ErrConnClosed]; they are retried once on a fresh connection.
 //
+// DNS cookies (RFC 7873 5.1, 5.3): each Do53 upstream has a client cookie
+// of 8 random octets, drawn when it is created (so a new one with each
+// process start and reload), and remembers the server cookie of the last valid answer
+// (an atomic pointer to an immutable value: queries read it without a lock
+// or an allocation; a new server cookie costs one allocation). A query that
+// has an OPT record gets a COOKIE option with both when Submit copies it;
+// one without OPT is sent as it is, since adding OPT would change the answer
+// the client gets, and one that carries a COOKIE of its own keeps it (the
+// forwarder strips every client option, so only a direct caller's). An
+// answer to a query with our cookie whose COOKIE is malformed or does not
+// echo our client cookie is dropped like one with the wrong question: it is
+// a spoof or misdirected, and the query keeps waiting for the real one. An
+// answer without COOKIE is accepted (the upstream does not do cookies). A
+// BADCOOKIE answer with a valid cookie is asked once more with the server
+// cookie it brought, within the query's timeout; a second BADCOOKIE is the
+// answer. Answers keep their COOKIE: the forwarder strips hop-by-hop
+// options itself.
+//
 // [Do53.Submit] does not block either: the query is registered on a socket
 // with a callback and sent from the caller's goroutine; the socket's
 // reader, the query's one timer or the socket's failure completes it, and a
@@ -141,6 +159,7 @@
 //     content type and body, and doh.go judges them.
 //   - do53.go: the Do53 upstream, its UDP sockets and TCP connections.
 //   - do53_query.go: Do53.Submit and a query's life, UDP to TCP to callback.
+//   - do53_cookie.go: a Do53 upstream's DNS cookies.
 //   - pool.go: the connection pool and its wait queue; backoff.go: dial
 //     backoff; rawconn.go: sockets read and written with raw system calls;
 //     wire.go: checks of a response against its query.

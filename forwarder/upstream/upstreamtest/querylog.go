@@ -15,7 +15,7 @@ type QueryLogEntry struct {
 	Name   string         // query name as logged (no trailing dot)
 	Class  string         // "IN", "CH", ...
 	Type   string         // "A", "AAAA", ...
-	Flags  string         // e.g. "+", "+E(0)T", "-E(0)TDC": '+'/'-' = RD, E(n) = EDNS version n, T = TCP-based, D = DO, C = CD, S = signed, V/K = cookie
+	Flags  string         // e.g. "+", "+E(0)T", "-E(0)TDC": '+'/'-' = RD, E(n) = EDNS version n, T = TCP-based, D = DO, C = CD, S = signed, K = COOKIE without a valid server cookie, V = with a valid one
 	// TCP is true when Flags has "T": the query came over a TCP-based
 	// transport. BIND 9.18 sets it for Do53/TCP and for DoH alike.
 	TCP  bool
