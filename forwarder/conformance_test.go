@@ -3,6 +3,7 @@ package forwarder_test
 import (
 	"context"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
@@ -506,5 +507,79 @@ func TestZoneAnswersAgainstBIND(t *testing.T) {
 		if cx, cb := canon(&xm), canon(bm); cx != cb {
 			t.Errorf("%s %s\nxdoh: %s\nBIND: %s", q.name, dns.TypeToString[q.qtype], cx, cb)
 		}
+	}
+}
+
+// TestCookiesInteropWithBIND: BIND 9.18 and xdoh given the same cookie
+// secret accept each other's server cookies (RFC 9018: a fleet of mixed
+// servers behind one anycast address). BIND requires a valid server cookie
+// here, so its NOERROR to xdoh's cookie shows it took it; xdoh counts
+// BIND's as valid.
+func TestCookiesInteropWithBIND(t *testing.T) {
+	const secret = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+	bind := upstreamtest.StartBIND(t, upstreamtest.BINDOptions{
+		Zones:        map[string]string{"aws.example.internal.": conformanceZone},
+		CookieSecret: secret, RequireServerCookie: true,
+	})
+	var key [16]byte
+	if _, err := hex.Decode(key[:], []byte(secret)); err != nil {
+		t.Fatal(err)
+	}
+	z, err := zone.Parse("aws.example.internal.", strings.NewReader(conformanceZone), "interop.zone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := forwarder.New(forwarder.Config{
+		Rules:   []forwarder.Rule{{Name: "z", Domain: "aws.example.internal", Type: rules.Zone, Zone: z}},
+		Cookies: forwarder.NewCookies(key, 0, false),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := func(cookie []byte) []byte {
+		m := new(dns.Msg)
+		m.SetQuestion("ipv4.aws.example.internal.", dns.TypeA)
+		m.SetEdns0(1232, false)
+		return withOption(t, m, 10, cookie)
+	}
+	cookieIn := func(resp []byte) (*dns.Msg, []byte) {
+		t.Helper()
+		m := new(dns.Msg)
+		if err := m.Unpack(resp); err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range m.IsEdns0().Option {
+			if c, ok := o.(*dns.EDNS0_COOKIE); ok {
+				b, _ := hex.DecodeString(c.Cookie)
+				return m, b
+			}
+		}
+		t.Fatalf("no cookie in %v", m)
+		return nil, nil
+	}
+	xdoh := func(query []byte) []byte {
+		return f.ServeDNS(context.Background(), &forwarder.Request{Msg: query, Transport: forwarder.TransportUDP,
+			Client: netip.MustParseAddrPort("127.0.0.1:5353")}, nil)
+	}
+
+	// BIND's cookie, presented to xdoh.
+	m, fromBIND := cookieIn(bindUDP(t, bind.Do53Addr, q(clientCookie), 2*time.Second))
+	if m.Rcode != dns.RcodeBadCookie || len(fromBIND) != 24 {
+		t.Fatalf("BIND, client cookie only: rcode %d, cookie %x; want BADCOOKIE and a server cookie", m.Rcode, fromBIND)
+	}
+	if _, back := cookieIn(xdoh(q(fromBIND))); f.Stats().CookieValid != 1 || len(back) != 24 {
+		t.Fatalf("xdoh did not take BIND's cookie %x as valid (%+v)", fromBIND, f.Stats())
+	}
+
+	// xdoh's cookie, presented to BIND.
+	_, fromXdoh := cookieIn(xdoh(q(clientCookie)))
+	if m, _ := cookieIn(bindUDP(t, bind.Do53Addr, q(fromXdoh), 2*time.Second)); m.Rcode != dns.RcodeSuccess || len(m.Answer) != 1 {
+		t.Fatalf("BIND, xdoh's cookie %x: rcode %d; want NOERROR with the answer", fromXdoh, m.Rcode)
+	}
+	// And a cookie made with another secret is not taken.
+	forged := append([]byte(nil), fromXdoh...)
+	forged[23] ^= 1
+	if m, _ := cookieIn(bindUDP(t, bind.Do53Addr, q(forged), 2*time.Second)); m.Rcode != dns.RcodeBadCookie {
+		t.Fatalf("BIND, a forged cookie: rcode %d; want BADCOOKIE", m.Rcode)
 	}
 }

@@ -59,7 +59,7 @@ func (u *Do53) addCookie(q []byte) ([]byte, bool) {
 // which carries the server cookie learned since. It works in place: q has
 // the room addCookie was given.
 func (u *Do53) renewCookie(q []byte, off int) []byte {
-	rr, ok := optRecord(q)
+	rr, ok := dnsmsg.FindOPT(q)
 	if !ok || rr.End != len(q) || off < rr.RDataOff || off > len(q) {
 		return q // not as addCookie left it; cannot happen
 	}
@@ -106,35 +106,6 @@ func isBadCookie(resp []byte) bool {
 	if dnsmsg.Rcode(resp) != rcodeBadCookie&0x0F {
 		return false
 	}
-	rr, ok := optRecord(resp)
+	rr, ok := dnsmsg.FindOPT(resp)
 	return ok && int(rr.TTL>>24)<<4|dnsmsg.Rcode(resp) == rcodeBadCookie
-}
-
-// optRecord finds msg's OPT record. It repeats dnsmsg's unexported
-// findOPT, which this package does not change; only BADCOOKIE answers and
-// their retries need it.
-func optRecord(msg []byte) (dnsmsg.RR, bool) {
-	if len(msg) < headerLen {
-		return dnsmsg.RR{}, false
-	}
-	qd, an, ns, ar := dnsmsg.Counts(msg)
-	off := headerLen
-	for range qd {
-		n, err := dnsmsg.SkipName(msg, off)
-		if err != nil || n+4 > len(msg) {
-			return dnsmsg.RR{}, false
-		}
-		off = n + 4
-	}
-	for i := range an + ns + ar {
-		rr, err := dnsmsg.ReadRR(msg, off)
-		if err != nil {
-			return dnsmsg.RR{}, false
-		}
-		if rr.Type == dnsmsg.TypeOPT && i >= an+ns {
-			return rr, true
-		}
-		off = rr.End
-	}
-	return dnsmsg.RR{}, false
 }

@@ -92,6 +92,13 @@ func walkOptions(rdata []byte, fn func(code uint16, data []byte) bool) bool {
 	return true
 }
 
+// FindOPT returns the OPT record of msg's additional section (the
+// first), and false without one or when msg does not parse that far.
+func FindOPT(msg []byte) (RR, bool) {
+	rr, found, _, ok := findOPT(msg)
+	return rr, ok && found
+}
+
 // FindOption returns the data of the first option with code in the OPT
 // record of msg, a query or a response; ok is false without one (or when
 // msg does not parse that far).

@@ -42,6 +42,10 @@ type BINDOptions struct {
 	// with a fresh server cookie to retry with. Queries without COOKIE
 	// are answered as usual.
 	RequireServerCookie bool
+	// CookieSecret, 32 hex digits, is BIND's cookie-secret (with its
+	// default cookie-algorithm, siphash24: RFC 9018's server cookie).
+	// Empty: BIND draws its own.
+	CookieSecret string
 }
 
 // DefaultZoneExampleCom is the zone served when BINDOptions.Zones is empty.
@@ -394,7 +398,7 @@ options {
 	dnssec-validation no;
 	notify no;
 	querylog %s;
-	require-server-cookie %s;
+	require-server-cookie %s;%s
 };
 controls { };
 statistics-channels {
@@ -411,7 +415,7 @@ logging {
 	category default { upstreamtest_main; };
 	category lame-servers { null; };
 `, q(certFile), q(keyFile), q(dir), q(filepath.Join(dir, "session.key")), q(dir), q(b.serverID),
-		do53, dohPort, yesNo(opts.QueryLog), yesNo(opts.RequireServerCookie), statsPort, q(b.logFile))
+		do53, dohPort, yesNo(opts.QueryLog), yesNo(opts.RequireServerCookie), cookieSecret(opts.CookieSecret), statsPort, q(b.logFile))
 	if opts.QueryLog {
 		fmt.Fprintf(&c, `	channel upstreamtest_queries {
 		file %s;
@@ -648,4 +652,12 @@ func tailFile(path string, n int) string {
 		kept = kept[len(kept)-n:]
 	}
 	return strings.Join(kept, "\n")
+}
+
+// cookieSecret is the cookie-secret statement for secret ("" for none).
+func cookieSecret(secret string) string {
+	if secret == "" {
+		return ""
+	}
+	return fmt.Sprintf("\n\tcookie-secret %q;", secret)
 }
