@@ -5,6 +5,12 @@
 // health) within the client's deadline. Whatever happens the client gets an answer (SERVFAIL at worst),
 // except for packets that are not queries at all, which get nothing.
 //
+// Answers carry the per-client EDNS options the pipeline makes itself
+// (withOptions): NSID, a server cookie (cookie.go, RFC 7873/9018) and the
+// client's subnet echoed with the answer's scope. A rule's client-subnet
+// policy (ecs.go, RFC 7871) decides what subnet goes upstream, and keys the
+// cache and in-flight coalescing by it.
+//
 // Every datapath (UDP, TCP, DoH) calls Answer and Resolve, which never
 // block: the answer comes back through a callback. ServeDNS, the blocking
 // form, runs the same pipeline for tests and tools.
@@ -63,7 +69,7 @@ type Config struct {
 	DefaultSelect group.Config
 	// DefaultECS is the client-subnet policy of the default targets.
 	DefaultECS ECS
-	Cache         *cache.Cache // nil disables caching
+	Cache      *cache.Cache // nil disables caching
 	// QueryTimeout is the whole budget for answering one client query
 	// (default 4s): targets are tried in order within it.
 	QueryTimeout time.Duration

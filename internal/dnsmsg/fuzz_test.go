@@ -94,6 +94,9 @@ func FuzzParse(f *testing.F) {
 				}
 			}
 		}
+		if err != nil && (q.NSID || q.Cookie != nil || q.ECS != nil) {
+			t.Fatalf("%v, but options kept to echo: NSID %v, cookie %x, ECS %x", err, q.NSID, q.Cookie, q.ECS)
+		}
 		if ParseHeader(msg) != nil {
 			return
 		}

@@ -174,6 +174,8 @@ func TestParseOptions(t *testing.T) {
 		{"ECS v4 /33", []byte{0, 8, 0, 9, 0, 1, 33, 0, 1, 2, 3, 4, 0}, ErrECS, false, nil, nil, true, false},
 		{"ECS scope set", []byte{0, 8, 0, 7, 0, 1, 24, 24, 192, 0, 2}, ErrOPT, false, nil, nil, false, false},
 		{"option longer than the RDATA", []byte{0, 10, 0, 9, 0, 3, 0, 0}, ErrOPT, false, nil, nil, false, false},
+		{"good cookie, then bad ECS", cat([]byte{0, 3, 0, 0, 0, 10, 0, 8}, cookie, []byte{0, 8, 0, 4, 0, 3, 0, 0}), ErrECS, false, nil, nil, true, false},
+		{"good ECS, then bad cookie", cat([]byte{0, 8, 0, 7}, ecs24, []byte{0, 10, 0, 3, 1, 2, 3}), ErrCookie, false, nil, nil, true, false},
 		{"half an option header", []byte{0, 3}, ErrOPT, false, nil, nil, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -184,9 +186,6 @@ func TestParseOptions(t *testing.T) {
 			}
 			if pq.HasOPT != tc.opt || pq.DO != tc.do {
 				t.Errorf("OPT %v DO %v, want %v %v", pq.HasOPT, pq.DO, tc.opt, tc.do)
-			}
-			if err != nil {
-				return
 			}
 			if pq.NSID != tc.nsid || !bytes.Equal(pq.Cookie, tc.cookie) || !bytes.Equal(pq.ECS, tc.ecs) {
 				t.Errorf("NSID %v cookie %x ECS %x, want %v %x %x", pq.NSID, pq.Cookie, pq.ECS, tc.nsid, tc.cookie, tc.ecs)

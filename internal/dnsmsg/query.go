@@ -186,6 +186,7 @@ func Parse(msg []byte, q *Query) error {
 	for i := 0; i < arcount; i++ {
 		rr, err := ReadRR(msg, off)
 		if err != nil {
+			q.NSID, q.Cookie, q.ECS = false, nil, nil // a FORMERR echoes no option
 			return err
 		}
 		if rr.Type == TypeOPT {
@@ -204,7 +205,9 @@ func Parse(msg []byte, q *Query) error {
 				if err == ErrOPT {
 					q.HasOPT = false
 				}
-				q.DO = false
+				// Nothing of a malformed OPT is echoed (a FORMERR is never
+				// larger than its query).
+				q.DO, q.NSID, q.Cookie, q.ECS = false, false, nil, nil
 				return err
 			}
 		}
