@@ -297,3 +297,31 @@ func TestResolveOwnsOptions(t *testing.T) {
 		t.Errorf("client cookie %q, subnet %q: not the query's", cookie, subnet)
 	}
 }
+
+// BenchmarkServeCacheHitECS: a cache hit under an ecs: add rule, the
+// client's subnet in the key (routing comes first).
+func BenchmarkServeCacheHitECS(b *testing.B) {
+	s := &scopingUp{scope: func(src uint8) uint8 { return src }}
+	f, err := New(Config{
+		Rules: []Rule{{Name: "geo", Domain: "geo.example", Type: rules.Forward, Targets: []Target{{Up: s.up()}}, ECS: ECS{Mode: ECSAdd}}},
+		Cache: cache.New(cache.Config{}),
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	m := new(dns.Msg)
+	m.SetQuestion("hit.geo.example.", dns.TypeA)
+	m.SetEdns0(1232, false)
+	msg, _ := m.Pack()
+	out := make([]byte, 65536)
+	cl := netip.MustParseAddrPort("10.1.2.3:53000")
+	r := &Request{Msg: msg, Transport: TransportUDP, Client: cl}
+	f.ServeDNS(context.Background(), r, out[:0])
+	b.ReportAllocs()
+	for b.Loop() {
+		*r = Request{Msg: msg, Transport: TransportUDP, Client: cl}
+		if _, ok := answerOrResolve(f, r, out, nil); !ok || !r.CacheHit() {
+			b.Fatal("miss")
+		}
+	}
+}
