@@ -46,7 +46,7 @@ func (l *Listener) allowed(a netip.Addr) bool {
 // Transports and RCODE slots counted per listener. Slot 16 of the RCODEs is
 // "no answer sent".
 const (
-	nTransports = int(TransportDoHFIPS) + 1
+	nTransports = int(TransportDoQ) + 1
 	nRcodes     = 17
 	rcodeNone   = 16
 )

@@ -17,6 +17,9 @@ const (
 	TransportTCP
 	TransportDoH
 	TransportDoHFIPS
+	TransportDoT     // DNS over TLS (RFC 7858)
+	TransportDoTFIPS // DoT restricted to FIPS 140-3 approved TLS
+	TransportDoQ     // DNS over QUIC (RFC 9250)
 )
 
 func (t Transport) String() string {
@@ -29,6 +32,12 @@ func (t Transport) String() string {
 		return "DoH"
 	case TransportDoHFIPS:
 		return "DoH-FIPS"
+	case TransportDoT:
+		return "DoT"
+	case TransportDoTFIPS:
+		return "DoT-FIPS"
+	case TransportDoQ:
+		return "DoQ"
 	}
 	return "unknown"
 }

@@ -15,8 +15,8 @@ import (
 const dnstapVersion = "xdoh"
 
 // socketProtocol maps a transport name to dnstap's SocketProtocol. DoH and
-// DoH-FIPS are both DOH (RFC 8484): dnstap has no FIPS distinction, and the
-// JSON log keeps it.
+// DoH-FIPS are both DOH (RFC 8484), DoT and DoT-FIPS both DOT: dnstap has no
+// FIPS distinction, and the JSON log keeps it. This dnstap has no DoQ.
 func socketProtocol(transport string) (dnstap.SocketProtocol, bool) {
 	switch transport {
 	case "UDP":
@@ -25,7 +25,7 @@ func socketProtocol(transport string) (dnstap.SocketProtocol, bool) {
 		return dnstap.SocketProtocol_TCP, true
 	case "DoH", "DoH-FIPS":
 		return dnstap.SocketProtocol_DOH, true
-	case "DoT":
+	case "DoT", "DoT-FIPS":
 		return dnstap.SocketProtocol_DOT, true
 	}
 	return 0, false

@@ -54,7 +54,7 @@ type Entry struct {
 	Response []byte    // response wire sent to the client; nil: no reply
 	Client   netip.AddrPort
 
-	Transport string // client transport: "UDP" "TCP" "DoH" "DoH-FIPS"
+	Transport string // client transport: "UDP" "TCP" "DoH" "DoH-FIPS" "DoT" "DoT-FIPS" "DoQ"
 	Listener  string // listener name, logged as srcids.resolver_endpoint
 
 	Rule              string // matched rule name ("" if none)
