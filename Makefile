@@ -4,7 +4,7 @@ BIN     := bin/xdoh
 PKGS    := ./...
 SHARED  ?= ../shared
 
-.PHONY: run test build bench peer-bench doh-bench xdp-bench vet fuzz generate clean
+.PHONY: run test build bench peer-bench doh-bench dot-bench xdp-bench vet fuzz generate clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/xdoh
@@ -34,6 +34,11 @@ peer-bench: build
 # lone/loaded, cached forwarded name, dnsdist chain). DURATION, ONLY, XDOH_BIN.
 doh-bench: build
 	SHARED=$(SHARED) bash bench/doh.sh
+
+# Do53 in, DoT out: xdoh against dnsdist 1.7 with BIND 9.18 (listen-on tls)
+# upstream, and xdoh over DoQ to a second xdoh. DURATION, ONLY, XDOH_BIN.
+dot-bench: build
+	SHARED=$(SHARED) bash bench/dot.sh
 
 # xdoh over XDP/AF_XDP against its socket path and Knot DNS 3.2 (sockets and
 # XDP mode) with ../shared/bench-xdp (root; network namespaces it makes).
