@@ -18,11 +18,15 @@ var errShortMessage = errors.New("message shorter than a DNS header")
 // inside a message gives io.ErrUnexpectedEOF; one that ends between
 // messages, io.EOF.
 func readFrame(br *bufio.Reader, buf *[]byte) ([]byte, error) {
-	var p [2]byte
-	if _, err := io.ReadFull(br, p[:]); err != nil {
+	p, err := br.Peek(2) // not io.ReadFull into an array: that would escape
+	if err != nil {
+		if err == io.EOF && len(p) > 0 {
+			err = io.ErrUnexpectedEOF
+		}
 		return nil, err
 	}
 	n := int(p[0])<<8 | int(p[1])
+	br.Discard(2)
 	if n < headerLen {
 		return nil, errShortMessage
 	}
