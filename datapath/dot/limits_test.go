@@ -46,9 +46,9 @@ func TestLimits(t *testing.T) {
 			count: func(s Stats) uint64 { return s.HandshakeErrors },
 		},
 		{
-			name: "idle",
-			cfg:  Config{IdleTimeout: 200 * time.Millisecond},
-			do:   func(t *testing.T, s *Server) net.Conn { return dial(t, s) },
+			name:  "idle",
+			cfg:   Config{IdleTimeout: 200 * time.Millisecond},
+			do:    func(t *testing.T, s *Server) net.Conn { return dial(t, s) },
 			count: func(s Stats) uint64 { return s.IdleClosed },
 		},
 		{

@@ -342,3 +342,6 @@ func (s *Server) log(level slog.Level, msg string, args ...any) {
 	}
 	l.Log(context.Background(), level, msg, append(args, "listener", s.cfg.Name)...)
 }
+
+// FIPS reports whether this is a DoT-FIPS listener.
+func (s *Server) FIPS() bool { return s.cfg.FIPS }

@@ -122,4 +122,3 @@ func TestCheckFIPSCertificate(t *testing.T) {
 		})
 	}
 }
-
