@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +17,9 @@ import (
 
 	"github.com/miekg/dns"
 	"github.com/quic-go/quic-go"
+
+	"xdoh/cmd/xdoh/internal/config"
+	"xdoh/datapath/tlsconf"
 )
 
 // TestDoTAndDoQListeners: one listener serving do53, dot and doq from the
@@ -98,4 +102,55 @@ querylog: {path: %s}
 			t.Fatalf("query log lacks DoT or DoQ:\n%s", log)
 		}
 	}
+}
+
+// TestDoTAndDoQCertificateReload: a reload with the same settings reads
+// the certificate files again; new DoT and DoQ handshakes get the new
+// certificate, and the servers are not rebuilt.
+func TestDoTAndDoQCertificateReload(t *testing.T) {
+	dir := t.TempDir()
+	_, cert, key := writePKI(t, dir)
+	dotAddr, doqAddr := freeAddr(t), freeAddr(t)
+	text := fmt.Sprintf(`listeners:
+  - {name: edge, protocols: [dot, doq], dot: {address: %q, cert: %s, key: %s}, doq: {address: %q, cert: %s, key: %s}}
+default: {targets: ["127.0.0.1:9"]}
+`, dotAddr, cert, key, doqAddr, cert, key)
+	load := func() (*config.Config, error) { return config.Parse([]byte(text), dir) }
+	cfg, err := load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := newApp(slog.New(slog.DiscardHandler), load)
+	if err := a.start(cfg); err != nil {
+		t.Fatal(err)
+	}
+	defer a.stop()
+	before := a.listeners["edge"].dot
+	second, err := tlsconf.NewPKI("127.0.0.1", "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := second.WriteFiles(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.reload(); err != nil {
+		t.Fatal(err)
+	}
+	if a.listeners["edge"].dot != before {
+		t.Error("the DoT server was rebuilt for a certificate reload")
+	}
+	conf := &tls.Config{RootCAs: second.Pool, ServerName: "localhost", NextProtos: []string{"dot"}}
+	c, err := tls.Dial("tcp", dotAddr, conf)
+	if err != nil {
+		t.Fatalf("DoT handshake trusting only the new CA: %v", err)
+	}
+	c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conf = &tls.Config{RootCAs: second.Pool, ServerName: "localhost", NextProtos: []string{"doq"}}
+	qc, err := quic.DialAddr(ctx, doqAddr, conf, nil)
+	if err != nil {
+		t.Fatalf("DoQ handshake trusting only the new CA: %v", err)
+	}
+	qc.CloseWithError(0, "")
 }
