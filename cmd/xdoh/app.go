@@ -60,6 +60,8 @@ type listener struct {
 	tcp *tcp.Server // Do53 over TCP
 	udp *udp.Server // Do53 over UDP
 	doh *doh.Server
+	dot encServer   // *dot.Server
+	doq encServer   // *doq.Server
 	xsk *xsk.Server // Do53 UDP through AF_XDP (nil: sockets only)
 	// xdpMode is how XDP is attached: native, generic, or off (not
 	// configured, or auto fell back to the sockets).
@@ -349,6 +351,9 @@ func (a *app) stop() {
 		stopDo53(l)
 		if l.doh != nil {
 			stopDoH(l)
+		}
+		for _, k := range encKinds {
+			stopEnc(k.slot(l))
 		}
 	}
 	a.publishKernelTiers()

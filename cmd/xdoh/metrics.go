@@ -9,6 +9,8 @@ import (
 	"xdoh/bpf"
 	"xdoh/cmd/xdoh/internal/metrics"
 	"xdoh/datapath/doh"
+	"xdoh/datapath/doq"
+	"xdoh/datapath/dot"
 	"xdoh/datapath/tcp"
 	"xdoh/datapath/udp"
 	"xdoh/datapath/xsk"
@@ -133,7 +135,7 @@ func (a *app) collector() *metrics.Collector {
 	c.Gauge("xdoh_cache_entries", "Entries in the cache (of the running pipeline).", nil, cs(func(s cache.Stats) float64 { return float64(s.Entries) }))
 	c.Gauge("xdoh_cache_size_bytes", "Bytes of responses and keys in the cache.", nil, cs(func(s cache.Stats) float64 { return float64(s.Bytes) }))
 
-	c.Dynamic("xdoh_listener_datapath_events_total", "Datapath events by listener: udp_queries, udp_replies, udp_reply_drops, udp_oversize, udp_batches, tcp_queries, tcp_rejected, tcp_idle_closed, tcp_pipeline_full, tcp_backlog_closed, doh_ok, doh_bad_request, doh_unsupported_media, doh_too_large, doh_header_too_large, doh_bad_method, doh_not_found, doh_server_error, doh_handshake_errors, doh_http1_refused, doh_protocol_errors, doh_stream_errors, doh_refused_streams, doh_reset_floods, doh_header_floods, doh_slow_clients, doh_timeouts, doh_idle_closed, xsk_queries, xsk_replies, xsk_misses, xsk_malformed, xsk_reply_drops, xsk_truncated.",
+	c.Dynamic("xdoh_listener_datapath_events_total", "Datapath events by listener: udp_queries, udp_replies, udp_reply_drops, udp_oversize, udp_batches, tcp_queries, tcp_rejected, tcp_idle_closed, tcp_pipeline_full, tcp_backlog_closed, doh_ok, doh_bad_request, doh_unsupported_media, doh_too_large, doh_header_too_large, doh_bad_method, doh_not_found, doh_server_error, doh_handshake_errors, doh_http1_refused, doh_protocol_errors, doh_stream_errors, doh_refused_streams, doh_reset_floods, doh_header_floods, doh_slow_clients, doh_timeouts, doh_idle_closed, dot_connections, dot_refused, dot_handshake_errors, dot_handshake_timeouts, dot_queries, dot_answers, dot_protocol_errors, dot_timeouts, dot_idle_closed, dot_pipeline_full, dot_slow_clients, doq_connections, doq_refused, doq_handshake_errors, doq_handshake_timeouts, doq_queries, doq_answers, doq_protocol_errors, doq_stream_timeouts, doq_idle_closed, doq_write_errors, xsk_queries, xsk_replies, xsk_misses, xsk_malformed, xsk_reply_drops, xsk_truncated.",
 		[]string{"listener", "event"}, func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
 			a.mu.Lock()
 			defer a.mu.Unlock()
@@ -149,6 +151,12 @@ func (a *app) collector() *metrics.Collector {
 				}
 				if l.doh != nil {
 					emitDoH(emit, l.doh.Stats())
+				}
+				if s, ok := l.dot.(*dot.Server); ok {
+					emitDoT(emit, s.Stats())
+				}
+				if s, ok := l.doq.(*doq.Server); ok {
+					emitDoQ(emit, s.Stats())
 				}
 				if l.xsk != nil {
 					emitXSK(emit, l.xsk.Stats())
@@ -229,6 +237,19 @@ func (a *app) collector() *metrics.Collector {
 			for name, l := range a.listeners {
 				if l.tcp != nil {
 					ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(l.tcp.Stats().TCPConns), name)
+				}
+			}
+		})
+	c.Dynamic("xdoh_encrypted_connections", "Open DoT and DoQ connections (DoQ: handshakes included) by listener and transport.", []string{"listener", "transport"},
+		func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			for name, l := range a.listeners {
+				if s, ok := l.dot.(*dot.Server); ok {
+					ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(s.Stats().Open), name, "dot")
+				}
+				if s, ok := l.doq.(*doq.Server); ok {
+					ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(s.Stats().Open), name, "doq")
 				}
 			}
 		})
@@ -326,4 +347,31 @@ func emitDoH(emit func(string, uint64), s doh.Stats) {
 	emit("doh_slow_clients", s.SlowClients)
 	emit("doh_timeouts", s.Timeouts)
 	emit("doh_idle_closed", s.IdleClosed)
+}
+
+func emitDoT(emit func(string, uint64), s dot.Stats) {
+	emit("dot_connections", s.Conns)
+	emit("dot_refused", s.Refused)
+	emit("dot_handshake_errors", s.HandshakeErrors)
+	emit("dot_handshake_timeouts", s.HandshakeTimeouts)
+	emit("dot_queries", s.Queries)
+	emit("dot_answers", s.Answers)
+	emit("dot_protocol_errors", s.ProtocolErrors)
+	emit("dot_timeouts", s.Timeouts)
+	emit("dot_idle_closed", s.IdleClosed)
+	emit("dot_pipeline_full", s.PipelineFull)
+	emit("dot_slow_clients", s.SlowClients)
+}
+
+func emitDoQ(emit func(string, uint64), s doq.Stats) {
+	emit("doq_connections", s.Conns)
+	emit("doq_refused", s.Refused)
+	emit("doq_handshake_errors", s.HandshakeErrors)
+	emit("doq_handshake_timeouts", s.HandshakeTimeouts)
+	emit("doq_queries", s.Queries)
+	emit("doq_answers", s.Answers)
+	emit("doq_protocol_errors", s.ProtocolErrors)
+	emit("doq_stream_timeouts", s.StreamTimeouts)
+	emit("doq_idle_closed", s.IdleClosed)
+	emit("doq_write_errors", s.WriteErrors)
 }

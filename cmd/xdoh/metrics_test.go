@@ -24,8 +24,9 @@ func TestMetricNames(t *testing.T) {
 	ca, cert, key := writePKI(t, dir)
 	_ = ca
 	cfg, err := config.Parse([]byte(fmt.Sprintf(`listeners:
-  - {name: edge, protocols: [do53, doh], do53: ["127.0.0.1:0"], doh: {address: "127.0.0.1:0", cert: %s, key: %s}}
-zones: [{name: aws.example.internal, file: %s}]
+  - {name: edge, protocols: [do53, doh, dot, doq], do53: ["127.0.0.1:0"], doh: {address: "127.0.0.1:0", cert: %[1]s, key: %[2]s},
+     dot: {address: "127.0.0.1:0", cert: %[1]s, key: %[2]s}, doq: {address: "127.0.0.1:0", cert: %[1]s, key: %[2]s}}
+zones: [{name: aws.example.internal, file: %[3]s}]
 default: {targets: ["127.0.0.1:9"]}
 `, cert, key, filepath.Join("demo", "aws.example.internal.zone"))), ".")
 	if err != nil {

@@ -186,11 +186,11 @@ func listenerNames(cfg *config.Config) []string {
 	return ns
 }
 
-// checkFIPS refuses doh-fips listeners outside Go's FIPS 140-3 mode, before
-// anything is bound.
+// checkFIPS refuses doh-fips and dot-fips listeners outside Go's FIPS
+// 140-3 mode, before anything is bound.
 func checkFIPS(cfg *config.Config) error {
 	for i, l := range cfg.Listeners {
-		if protos, _ := l.ProtocolSet(); protos["doh-fips"] && !fips140.Enabled() {
+		if protos, _ := l.ProtocolSet(); (protos["doh-fips"] || protos["dot-fips"]) && !fips140.Enabled() {
 			return usagef("listeners[%d].protocols: %w", i, doh.ErrFIPSModeOff)
 		}
 	}

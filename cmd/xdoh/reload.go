@@ -117,7 +117,7 @@ func (a *app) reload() error {
 		a.qsw.cur.Store(newQlog)
 	}
 	if err := a.commit(plan); err != nil {
-		// Only a DoH server re-bound on its own address can fail here.
+		// Only a DoH, DoT or DoQ server re-bound on its own address can fail here.
 		a.log.Error("reload applied with an error", "err", err)
 	}
 	time.AfterFunc(grace, old.close)
@@ -154,6 +154,7 @@ type change struct {
 	dohRebind  bool
 	stopDoH    bool
 	reloadCert bool
+	enc        []encChange // DoT, DoQ
 }
 
 // prepare works out each listener's change against what it is running now
@@ -171,6 +172,9 @@ func (a *app) prepare(next *config.Config) (plan []*change, err error) {
 					ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 					_ = c.doh.Shutdown(ctx)
 					cancel()
+				}
+				for i := range c.enc {
+					c.enc[i].abort()
 				}
 			}
 		}
@@ -211,6 +215,13 @@ func (a *app) prepare(next *config.Config) (plan []*change, err error) {
 				return plan, fmt.Errorf("listener %q: %w", l.Name, err)
 			}
 		}
+		for _, k := range encKinds {
+			ec, err := a.prepareEnc(k, cur, l, protos, curProtos)
+			if err != nil {
+				return plan, err
+			}
+			c.enc = append(c.enc, ec)
+		}
 		// Do53 last: once it answers, the listener's DoH side is bound too
 		// (a client or test that waits for Do53 finds DoH ready).
 		running := cur.tcp != nil || cur.udp != nil
@@ -227,8 +238,8 @@ func (a *app) prepare(next *config.Config) (plan []*change, err error) {
 	return plan, nil
 }
 
-// commit stops what the plan replaces and starts DoH servers that take
-// over their predecessor's address.
+// commit stops what the plan replaces and starts DoH, DoT and DoQ servers
+// that take over their predecessor's address.
 func (a *app) commit(plan []*change) error {
 	var errs []error
 	for _, c := range plan {
@@ -257,6 +268,11 @@ func (a *app) commit(plan []*change) error {
 			}
 			c.cur.doh = c.doh
 			a.logDoH(c.next.Name, c.doh, c.dohFIPS)
+		}
+		for i := range c.enc {
+			if err := c.enc[i].commit(a, c.cur, c.next.Name); err != nil {
+				errs = append(errs, err)
+			}
 		}
 		c.cur.cfg = c.next
 	}

@@ -17,7 +17,8 @@
 // decoding and the DoH request rules), write.go (everything that writes:
 // responses, flow control out, the writer goroutine), sock.go (the TCP
 // socket under TLS: when the reader idles, one write per batch), tls.go
-// (certificates and the FIPS gate), cachecontrol.go (max-age from the
+// (certificate reload; the certificates and the FIPS gate are
+// datapath/tlsconf's), cachecontrol.go (max-age from the
 // answer's TTLs).
 //
 // The package knows about HTTP/2, TLS and the DoH framing, not about DNS
@@ -27,7 +28,6 @@ package doh
 
 import (
 	"context"
-	"crypto/fips140"
 	"crypto/tls"
 	"encoding/base64"
 	"errors"
@@ -36,9 +36,9 @@ import (
 	"net"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
+	"xdoh/datapath/tlsconf"
 	"xdoh/forwarder"
 )
 
@@ -89,7 +89,7 @@ type Config struct {
 	// FIPS makes this a DoH-FIPS listener: New fails unless the process runs
 	// in Go's FIPS 140-3 mode (GODEBUG=fips140=on or only), TLS is limited
 	// to FIPS-approved parameters (TLS 1.2–1.3, ECDHE with AES-GCM, P-256,
-	// P-384 and the ML-KEM hybrids; see tls.go), the certificate key must be
+	// P-384 and the ML-KEM hybrids; see datapath/tlsconf), the certificate key must be
 	// an approved one, and requests carry forwarder.TransportDoHFIPS.
 	FIPS bool
 
@@ -132,7 +132,7 @@ type Server struct {
 	tls       *tls.Config
 	bufs      sync.Pool // *[]byte of 64 KiB: room for any answer
 
-	cert  atomic.Pointer[tls.Certificate] // served when loaded from CertFile/KeyFile
+	certs *tlsconf.Server
 	stats counters
 	plain bool // tests: HTTP/2 without TLS, with prior knowledge
 
@@ -153,19 +153,14 @@ func New(cfg Config, h Handler) (*Server, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, fmt.Errorf("doh listener %q: %w", cfg.Name, err)
 	}
-	if cfg.FIPS && !fips140.Enabled() {
-		return nil, fmt.Errorf("doh listener %q: FIPS: %w", cfg.Name, ErrFIPSModeOff)
-	}
-	s := &Server{cfg: cfg, h: h, transport: forwarder.TransportDoH, conns: map[*conn]struct{}{}}
-	if cfg.FIPS {
-		s.transport = forwarder.TransportDoHFIPS
-	}
-	tlsConf, err := s.tlsConfig()
+	certs, err := tlsconf.New(tlsconf.Config{TLS: cfg.TLS, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile, FIPS: cfg.FIPS}, "h2")
 	if err != nil {
 		return nil, fmt.Errorf("doh listener %q: %w", cfg.Name, err)
 	}
-	tlsConf.NextProtos = []string{"h2"}
-	s.tls = tlsConf
+	s := &Server{cfg: cfg, h: h, transport: forwarder.TransportDoH, conns: map[*conn]struct{}{}, certs: certs, tls: certs.TLSConfig()}
+	if cfg.FIPS {
+		s.transport = forwarder.TransportDoHFIPS
+	}
 	s.bufs.New = func() any { b := make([]byte, 65536); return &b }
 	return s, nil
 }

@@ -124,9 +124,11 @@ var processSecret = sync.OnceValue(func() [16]byte {
 // Listener is one inbound endpoint.
 type Listener struct {
 	Name      string   `yaml:"name"`
-	Protocols []string `yaml:"protocols"` // do53 | doh | doh-fips; empty means do53
+	Protocols []string `yaml:"protocols"` // do53 | doh | doh-fips | dot | dot-fips | doq; empty means do53
 	Do53      []string `yaml:"do53"`      // "IP:port" for UDP and TCP
 	DoH       *DoH     `yaml:"doh"`       // for protocol doh or doh-fips
+	DoT       *DoT     `yaml:"dot"`       // for protocol dot or dot-fips
+	DoQ       *DoQ     `yaml:"doq"`       // for protocol doq
 	// Allow is the source ACL (the security-group analog): CIDRs or single
 	// addresses. Empty allows everyone. Others get ACLAction.
 	Allow     []string `yaml:"allow"`
@@ -186,6 +188,47 @@ type DoH struct {
 	// IdleTimeout closes a connection with nothing in flight that sent
 	// nothing for this long, with GOAWAY (default 2m).
 	IdleTimeout Duration `yaml:"idle_timeout"`
+}
+
+// DoT is an inbound DNS-over-TLS server (RFC 7858).
+type DoT struct {
+	Address string `yaml:"address"` // IP:port, or IP for port 853
+	Cert    string `yaml:"cert"`
+	Key     string `yaml:"key"`
+	// IdleTimeout closes a connection with nothing in flight that sent
+	// nothing for this long (default 2m).
+	IdleTimeout Duration `yaml:"idle_timeout"`
+	// MaxConns bounds open connections; more are closed at once (default 1000).
+	MaxConns int `yaml:"max_conns"`
+	// MaxPipeline bounds the queries one connection may have waiting for
+	// upstream; past it the connection is not read (default 128).
+	MaxPipeline int `yaml:"max_pipeline"`
+}
+
+// DoQ is an inbound DNS-over-QUIC server (RFC 9250).
+type DoQ struct {
+	Address string `yaml:"address"` // UDP IP:port, or IP for port 853
+	Cert    string `yaml:"cert"`
+	Key     string `yaml:"key"`
+	// IdleTimeout ends a connection without traffic (default 2m).
+	IdleTimeout Duration `yaml:"idle_timeout"`
+	// MaxConns bounds connections, handshakes included (default 1000).
+	MaxConns int `yaml:"max_conns"`
+	// MaxStreams bounds the queries (streams) one connection may have
+	// open at once (default 100).
+	MaxStreams int `yaml:"max_streams"`
+}
+
+// DefaultEncryptedPort is DoT's and DoQ's port (RFC 7858, RFC 9250).
+const DefaultEncryptedPort = 853
+
+// EncryptedAddr returns a dot or doq address with its port: 853 when the
+// address is a bare IP.
+func EncryptedAddr(a string) (netip.AddrPort, error) {
+	if ip, err := netip.ParseAddr(a); err == nil {
+		return netip.AddrPortFrom(ip, DefaultEncryptedPort), nil
+	}
+	return netip.ParseAddrPort(a)
 }
 
 // TCP tunes Do53 over TCP.
@@ -535,6 +578,24 @@ func (c *Config) Validate() error {
 				}
 			}
 		}
+		if err == nil {
+			var dt DoT
+			if l.DoT != nil {
+				dt = *l.DoT
+			}
+			var dq DoQ
+			if l.DoQ != nil {
+				dq = *l.DoQ
+			}
+			for _, e := range []encrypted{
+				{"dot", "dot/dot-fips", protos["dot"] || protos["dot-fips"], l.DoT != nil, dt.Address, dt.Cert, dt.Key, dt.IdleTimeout,
+					[]limit{{"max_conns", dt.MaxConns}, {"max_pipeline", dt.MaxPipeline}}},
+				{"doq", "doq", protos["doq"], l.DoQ != nil, dq.Address, dq.Cert, dq.Key, dq.IdleTimeout,
+					[]limit{{"max_conns", dq.MaxConns}, {"max_streams", dq.MaxStreams}}},
+			} {
+				c.checkEncrypted(f+"."+e.section, e, bad)
+			}
+		}
 		for j, a := range l.Allow {
 			if _, err := ParsePrefix(a); err != nil {
 				bad(fmt.Sprintf("%s.allow[%d]", f, j), "%v", err)
@@ -770,15 +831,59 @@ func CheckTarget(t string) error {
 	return fmt.Errorf("%q is neither an https:// URL nor an IP address with optional port", t)
 }
 
+// encrypted is a listener's dot or doq section, for checkEncrypted.
+type encrypted struct {
+	section, protos    string // "dot", "dot/dot-fips"
+	wanted, present    bool   // in protocols; section given
+	address, cert, key string
+	idle               Duration
+	limits             []limit
+}
+
+type limit struct {
+	name string
+	v    int
+}
+
+// checkEncrypted checks a dot or doq section: it is given exactly when its
+// protocol is listed, and its fields.
+func (c *Config) checkEncrypted(f string, e encrypted, bad func(field, format string, a ...any)) {
+	switch {
+	case !e.wanted && e.present:
+		bad(f, "%s section given but %s is not in protocols", e.section, e.protos)
+	case e.wanted && !e.present:
+		bad(f, "protocol %s needs a %s section (address, cert, key)", e.protos, e.section)
+	case e.wanted:
+		if _, err := EncryptedAddr(e.address); err != nil {
+			bad(f+".address", "%q is not IP or IP:port", e.address)
+		}
+		if e.idle < 0 {
+			bad(f+".idle_timeout", "%v is negative", time.Duration(e.idle))
+		}
+		for _, l := range e.limits {
+			if l.v < 0 || l.v > 1<<20 {
+				bad(f+"."+l.name, "%d is outside 0..1048576 (0: default)", l.v)
+			}
+		}
+		for _, kf := range []struct{ name, path string }{{"cert", e.cert}, {"key", e.key}} {
+			if kf.path == "" {
+				bad(f+"."+kf.name, "is empty")
+			} else if _, err := os.Stat(c.Path(kf.path)); err != nil {
+				bad(f+"."+kf.name, "%v", err)
+			}
+		}
+	}
+}
+
 // ProtocolSet returns the listener's protocols as a set, checking the names
 // and the combinations Route 53 Resolver allows.
 func (l Listener) ProtocolSet() (map[string]bool, error) {
 	set := map[string]bool{}
 	for _, p := range l.Protocols {
 		switch p {
-		case "do53", "doh", "doh-fips":
+		case "do53", "doh", "doh-fips", "dot", "dot-fips", "doq":
 		default:
-			return nil, fmt.Errorf("%q is not one of do53, doh, doh-fips", p)
+			return nil, fmt.Errorf("%q is not one of do53, doh, doh-fips, dot, dot-fips, doq", p)
 		}
 		if set[p] {
 			return nil, fmt.Errorf("%q is listed twice", p)
@@ -787,6 +892,9 @@ func (l Listener) ProtocolSet() (map[string]bool, error) {
 	}
 	if set["doh"] && set["doh-fips"] {
 		return nil, errors.New("doh and doh-fips cannot be used together on one listener")
+	}
+	if set["dot"] && set["dot-fips"] {
+		return nil, errors.New("dot and dot-fips cannot be used together on one listener")
 	}
 	if len(set) == 0 {
 		set["do53"] = true

@@ -19,6 +19,11 @@ func TestCheckMigration(t *testing.T) {
 		{"doh straight back to do53", []Listener{l("in", "doh")}, []Listener{l("in", "do53")}, "cannot go from [doh] straight to [do53]"},
 		{"doh-fips back to do53", []Listener{l("x", "do53"), l("in", "doh-fips")}, []Listener{l("x", "do53"), l("in")}, "listeners[1].protocols"},
 		{"doh to doh-fips", []Listener{l("in", "doh")}, []Listener{l("in", "doh-fips")}, ""},
+		{"do53 straight to dot", []Listener{l("in", "do53")}, []Listener{l("in", "dot")}, "[do53, dot]"},
+		{"do53 straight to doq+dot-fips", []Listener{l("in", "do53")}, []Listener{l("in", "doq", "dot-fips")}, "[do53, dot-fips]"},
+		{"doq straight back to do53", []Listener{l("in", "doq")}, []Listener{l("in", "do53")}, "cannot go from [doq] straight to [do53]"},
+		{"do53+dot to dot+doq", []Listener{l("in", "do53", "dot")}, []Listener{l("in", "dot", "doq")}, ""},
+		{"do53 to do53+dot+doq", []Listener{l("in", "do53")}, []Listener{l("in", "do53", "dot", "doq")}, ""},
 		{"new listener with doh only", []Listener{l("in", "do53")}, []Listener{l("in", "do53"), l("new", "doh")}, ""},
 		{"removed listener", []Listener{l("in", "do53"), l("gone", "doh")}, []Listener{l("in", "do53")}, ""},
 	}

@@ -1,4 +1,4 @@
-package doh
+package tlsconf
 
 import (
 	"crypto/ecdsa"
