@@ -350,9 +350,43 @@ func newUpstream(target string, opts Options) (Upstream, error) {
 			return nil, err
 		}
 		return newDo53(target, ap, strings.EqualFold(scheme, "tcp"), opts), nil
+	case "tls":
+		return newDoT(target, rest, opts)
+	case "quic":
+		return newDoQ(target, rest, opts)
 	default:
-		return nil, fmt.Errorf("unsupported scheme %q (want https, udp or tcp)", scheme)
+		return nil, fmt.Errorf("unsupported scheme %q (want https, tls, quic, udp or tcp)", scheme)
 	}
+}
+
+// parseHostPort accepts "host", "host:port", "v6" and "[v6]:port" (a
+// DoT or DoQ target without its scheme) and returns the address to dial
+// and the host, the default TLS server name.
+func parseHostPort(s string, defPort string) (dialAddr, host string, err error) {
+	if s == "" {
+		return "", "", errors.New("missing host")
+	}
+	if strings.ContainsAny(s, "/?#@") {
+		return "", "", fmt.Errorf("unexpected path, query or user info in %q", s)
+	}
+	host, port := s, defPort
+	if a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(s, "["), "]")); err == nil {
+		host = a.String()
+	} else if strings.Contains(s, ":") {
+		if host, port, err = net.SplitHostPort(s); err != nil {
+			return "", "", fmt.Errorf("parsing address %q: %w", s, err)
+		}
+		if _, err := parsePort(port); err != nil {
+			return "", "", err
+		}
+	}
+	if host == "" {
+		return "", "", fmt.Errorf("missing host in %q", s)
+	}
+	if a, err := netip.ParseAddr(host); err == nil && a.Zone() != "" {
+		return "", "", fmt.Errorf("zoned address %q not supported", host)
+	}
+	return net.JoinHostPort(host, port), host, nil
 }
 
 // parseIPPort accepts "ip", "ip:port", "v6" and "[v6]:port".
@@ -441,11 +475,16 @@ func parseDoHURL(target string) (dialAddr, authority, path, host string, err err
 	return net.JoinHostPort(host, port), authority, path, host, nil
 }
 
-// tlsConfig builds the client TLS configuration for a DoH target.
-func tlsConfig(opts Options, defaultName string) (*tls.Config, error) {
+// tlsConfig builds the client TLS configuration for a DoH, DoT or DoQ
+// target, whose connections share it: certificates verified against the
+// system roots (or Options.CAFile / RootCAs) for Options.ServerName or
+// else defaultName, the host of the target; TLS 1.2 or later; ALPN alpn
+// ("h2", "dot", "doq"); and one session cache, so that every connection
+// after the first resumes a session (an abbreviated handshake).
+func tlsConfig(opts Options, defaultName, alpn string) (*tls.Config, error) {
 	conf := &tls.Config{
 		MinVersion:                  tls.VersionTLS12,
-		NextProtos:                  []string{"h2"},
+		NextProtos:                  []string{alpn},
 		ServerName:                  defaultName,
 		RootCAs:                     opts.RootCAs,
 		ClientSessionCache:          tls.NewLRUClientSessionCache(32),
