@@ -222,19 +222,19 @@ func (d *DoQ) removeConn(c *doqConn) {
 type doqConn struct {
 	d        *DoQ
 	qc       *quic.Conn
-	pc       *net.UDPConn // its socket; closed after it
-	closing  atomic.Bool  // takes no new queries: dead
-	inflight atomic.Int32 // queries on it, readable without the lock
+	pc       *net.UDPConn  // its socket; closed after it
+	closing  atomic.Bool   // takes no new queries: dead
+	inflight atomic.Int32  // queries on it, readable without the lock
 	wake     chan struct{} // cap 1: fins has streams to read
 	quit     chan struct{} // closed by shutdown
 
 	mu       sync.Mutex
 	dead     bool
-	err      error                   // why it died
+	err      error                  // why it died
 	queries  map[*doqQuery]struct{} // queries with a stream on it
-	fins     []finished              // streams whose end is known, for the reader
-	spare    *quic.Stream            // opened by awaitStream for the next query
-	awaiting bool                    // awaitStream runs
+	fins     []finished             // streams whose end is known, for the reader
+	spare    *quic.Stream           // opened by awaitStream for the next query
+	awaiting bool                   // awaitStream runs
 
 	batch []finished // reader-owned
 }
