@@ -81,7 +81,7 @@
 //     moves "QryUDP" +1 and not "QryTCP"/"ReqTCP". kdig pads DoH queries
 //     (EDNS padding), which shows up as "PadOpt"; that is a property of the
 //     client, not of DoH. Stats.QueriesTCP therefore means "TCP-based
-//     transport: Do53/TCP or DoH (or DoT, which is not configured here)".
+//     transport: Do53/TCP, DoH or DoT".
 //     Note that "TCP4Accept" also counts the statistics-channel connections
 //     themselves: every Stats call adds exactly 1 (it uses a fresh
 //     connection).
