@@ -269,7 +269,7 @@ func (c *doqConn) openStream(deadline time.Time) (*quic.Stream, error) {
 	if err == nil {
 		return st, nil
 	}
-	if !errors.As(err, new(quic.StreamLimitReachedError)) {
+	if !isStreamLimit(err) {
 		return nil, fmt.Errorf("%w: opening a stream: %w", ErrConnClosed, err)
 	}
 	if !c.awaiting && time.Until(deadline) > 0 {
@@ -278,6 +278,13 @@ func (c *doqConn) openStream(deadline time.Time) (*quic.Stream, error) {
 		go c.awaitStream(deadline)
 	}
 	return nil, nil
+}
+
+// isStreamLimit reports whether err is quic-go's StreamLimitReachedError
+// (OpenStream returns a pointer to one).
+func isStreamLimit(err error) bool {
+	var p *quic.StreamLimitReachedError
+	return errors.As(err, &p) || errors.As(err, new(quic.StreamLimitReachedError))
 }
 
 // awaitStream waits (OpenStreamSync) until deadline, the first waiting
@@ -426,6 +433,10 @@ func (c *doqConn) answer(f *finished) {
 // It reads the end of the stream too, which completes its receiving side.
 func readAnswer(st *quic.Stream, size int64, deadline time.Time) ([]byte, error) {
 	if size < 2+headerLen || size > 2+maxResponseSize {
+		var b [1]byte
+		if _, err := st.Read(b[:]); errors.As(err, new(*quic.StreamError)) {
+			return nil, streamReadErr(err) // a reset's final size, not the stream's
+		}
 		st.CancelRead(quic.StreamErrorCode(doqProtocolError))
 		return nil, fmt.Errorf("%w: %w: a stream of %d bytes cannot hold one DNS message", ErrBadResponse, errDoQProtocol, size)
 	}

@@ -217,7 +217,7 @@ func TestDoTBadPeers(t *testing.T) {
 						}
 						io.ReadFull(c, make([]byte, binary.BigEndian.Uint16(l[:])))
 						c.Write(append([]byte{0x01, 0xF4}, make([]byte, 10)...)) // 500 promised, 10 sent
-						io.Copy(io.Discard, c)                                    // until the client gives up
+						io.Copy(io.Discard, c)                                   // until the client gives up
 						closed <- struct{}{}
 					})
 				}
