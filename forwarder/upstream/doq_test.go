@@ -60,6 +60,8 @@ func TestDoQStreams(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	mu.Lock() // the server's goroutines wrote it; the network is no happens-before
+	defer mu.Unlock()
 	if c := s.NConn.Load(); c != 1 {
 		t.Errorf("%d connections, want 1", c)
 	}

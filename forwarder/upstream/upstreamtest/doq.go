@@ -15,6 +15,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 	"github.com/quic-go/quic-go"
@@ -69,7 +70,8 @@ type DoQServer struct {
 // DoQServerOptions configure StartDoQServer.
 type DoQServerOptions struct {
 	// QUIC is the server's QUIC configuration (nil: quic-go's defaults,
-	// with 0-RTT off and a 100-stream limit per connection).
+	// with 0-RTT off and a 100-stream limit per connection; a handshake
+	// idle timeout of 0 is 500ms).
 	QUIC *quic.Config
 	// NoAccept: the server accepts connections but never a stream.
 	NoAccept bool
@@ -82,11 +84,21 @@ func StartDoQServer(t testing.TB, opts DoQServerOptions, handle func(*DoQQuery))
 	if handle == nil {
 		handle = func(r *DoQQuery) { r.Answer(AnswerFor(r.Msg)) }
 	}
+	conf := &quic.Config{}
+	if opts.QUIC != nil {
+		conf = opts.QUIC.Clone()
+	}
+	if conf.HandshakeIdleTimeout == 0 {
+		// A client that gives up a dial (Close) leaves the server its
+		// half of the handshake until this timeout: the tests count
+		// goroutines soon after.
+		conf.HandshakeIdleTimeout = 500 * time.Millisecond
+	}
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := quic.Listen(pc, DoQServerTLS(t, "doq"), opts.QUIC)
+	ln, err := quic.Listen(pc, DoQServerTLS(t, "doq"), conf)
 	if err != nil {
 		pc.Close()
 		t.Fatal(err)
