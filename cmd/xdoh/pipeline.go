@@ -67,17 +67,18 @@ func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Coun
 	p := &pipeline{}
 	var err error
 	fail := func(err error) (*pipeline, error) { p.close(); return nil, err }
-	mkTargets := func(field string, targets []string, caFile string, timeout config.Duration) ([]forwarder.Target, error) {
+	mkTargets := func(field string, targets []string, caFile, serverName string, timeout config.Duration) ([]forwarder.Target, error) {
 		if timeout == 0 {
 			timeout = cfg.Upstream.Timeout // the rule's own, else the global per-attempt timeout
 		}
 		var ts []forwarder.Target
 		for j, t := range targets {
 			up, err := upstream.New(t, upstream.Options{
-				CAFile:  cfg.Path(caFile),
-				Timeout: timeout.D(),
-				Conns:   cfg.Upstream.Conns,
-				Prewarm: true, // connections ready before the first query
+				CAFile:     cfg.Path(caFile),
+				ServerName: serverName,
+				Timeout:    timeout.D(),
+				Conns:      cfg.Upstream.Conns,
+				Prewarm:    true, // connections ready before the first query
 			})
 			if err != nil {
 				return nil, fmt.Errorf("%s.targets[%d]: %w", field, j, err)
@@ -122,7 +123,7 @@ func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Coun
 		if r.Select, err = selectConfig(rc.Select); err != nil {
 			return fail(fmt.Errorf("rules[%d]: %w", i, err))
 		}
-		if r.Targets, err = mkTargets(fmt.Sprintf("rules[%d]", i), rc.Targets, rc.CAFile, rc.Timeout); err != nil {
+		if r.Targets, err = mkTargets(fmt.Sprintf("rules[%d]", i), rc.Targets, rc.CAFile, rc.TLSServerName, rc.Timeout); err != nil {
 			return fail(err)
 		}
 		fc.Rules = append(fc.Rules, r)
@@ -132,7 +133,7 @@ func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Coun
 		if fc.DefaultSelect, err = selectConfig(cfg.Default.Select); err != nil {
 			return fail(fmt.Errorf("default: %w", err))
 		}
-		if fc.Default, err = mkTargets("default", cfg.Default.Targets, cfg.Default.CAFile, cfg.Default.Timeout); err != nil {
+		if fc.Default, err = mkTargets("default", cfg.Default.Targets, cfg.Default.CAFile, cfg.Default.TLSServerName, cfg.Default.Timeout); err != nil {
 			return fail(err)
 		}
 	}

@@ -41,8 +41,14 @@ func newCookie() *cookieOpt {
 // cookieRoom to spare, and reports whether it did: only when q has an OPT
 // record (adding one would change the answer the client gets) and no
 // COOKIE of its own (the forwarder strips clients' cookies; a direct
-// caller's is sent as it is and its answer not checked here).
+// caller's is sent as it is and its answer not checked here). A DoT
+// upstream adds none: a cookie guards against off-path spoofing and
+// amplification, which an authenticated TLS stream already rules out, and
+// it would only make queries longer and answers to them linkable.
 func (u *Do53) addCookie(q []byte) ([]byte, bool) {
+	if u.tlsConf != nil {
+		return q, false
+	}
 	if _, _, _, ar := dnsmsg.Counts(q); ar == 0 {
 		return q, false
 	}

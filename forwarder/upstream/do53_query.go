@@ -228,7 +228,7 @@ func (a *asyncQuery) expire() {
 	a.u.tcp.remove(&a.node)
 	over := "UDP"
 	if tcp {
-		over = "TCP"
+		over = a.u.over
 	}
 	a.cb(nil, fmt.Errorf("upstream %s: waiting for response over %s: %w", a.u.target, over, ErrTimeout))
 }

@@ -60,7 +60,7 @@ func newDoH(target string, opts Options) (*DoH, error) {
 	if err != nil {
 		return nil, err
 	}
-	conf, err := tlsConfig(opts, host)
+	conf, err := tlsConfig(opts, host, "h2")
 	if err != nil {
 		return nil, err
 	}
@@ -195,38 +195,51 @@ func (h *h2Conn) load() int32 { return h.inflight.Load() }
 // dialConn connects, runs the TLS handshake (ALPN h2 required) and the
 // HTTP/2 preface exchange; the returned connection is not started yet.
 func (d *DoH) dialConn(ctx context.Context) (*h2Conn, error) {
-	var dialer net.Dialer
-	raw, err := dialer.DialContext(ctx, "tcp", d.dialAddr)
+	tc, sock, err := dialTLS(ctx, d.dialAddr, d.tlsConf, d.wrapConn)
 	if err != nil {
 		return nil, err
 	}
-	if tcp, ok := raw.(*net.TCPConn); ok {
-		if err := tcp.SetNoDelay(true); err != nil {
-			raw.Close()
-			return nil, fmt.Errorf("setting TCP_NODELAY: %w", err)
-		}
-	}
-	raw = newRawConn(raw)
-	sock, _ := raw.(*rawConn) // for writeInline's check; nil: never inline
-	if d.wrapConn != nil {
-		raw = d.wrapConn(raw)
-	}
-	tc := tls.Client(raw, d.tlsConf)
-	if err := tc.HandshakeContext(ctx); err != nil {
-		raw.Close()
-		return nil, fmt.Errorf("TLS handshake: %w", err)
-	}
 	if p := tc.ConnectionState().NegotiatedProtocol; p != "h2" {
-		raw.Close()
+		tc.NetConn().Close()
 		return nil, fmt.Errorf("server did not negotiate HTTP/2 via ALPN (got %q)", p)
 	}
 	c := newH2Conn(d, tc)
 	c.sock = sock
 	if err := c.handshake(ctx); err != nil {
-		raw.Close()
+		tc.NetConn().Close()
 		return nil, fmt.Errorf("HTTP/2 handshake: %w", err)
 	}
 	return c, nil
+}
+
+// dialTLS connects to addr over TCP (TCP_NODELAY, the socket read and
+// written with raw system calls, wrapped by wrap if not nil) and runs the
+// TLS handshake with conf, within ctx: the connection of a DoH or a DoT
+// upstream. It returns the raw socket too (nil if it could not be made
+// raw).
+func dialTLS(ctx context.Context, addr string, conf *tls.Config, wrap func(net.Conn) net.Conn) (*tls.Conn, *rawConn, error) {
+	var dialer net.Dialer
+	raw, err := dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	if tcp, ok := raw.(*net.TCPConn); ok {
+		if err := tcp.SetNoDelay(true); err != nil {
+			raw.Close()
+			return nil, nil, fmt.Errorf("setting TCP_NODELAY: %w", err)
+		}
+	}
+	raw = newRawConn(raw)
+	sock, _ := raw.(*rawConn)
+	if wrap != nil {
+		raw = wrap(raw)
+	}
+	tc := tls.Client(raw, conf)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, nil, fmt.Errorf("TLS handshake: %w", err)
+	}
+	return tc, sock, nil
 }
 
 // removeConn forgets a connection that has shut down.

@@ -1,7 +1,8 @@
 // Package upstream exchanges DNS messages with one upstream resolver, over
-// DNS-over-HTTPS (RFC 8484) or classic DNS (Do53, UDP with TCP fallback, or
-// TCP only). Choosing among upstreams, health and failover live in the
-// package that uses it.
+// DNS-over-HTTPS (RFC 8484), DNS over TLS (RFC 7858), DNS over QUIC (RFC
+// 9250) or classic DNS (Do53, UDP with TCP fallback, or TCP only).
+// Choosing among upstreams, health and failover live in the package that
+// uses it.
 //
 // # DoH
 //
@@ -140,6 +141,49 @@
 // answer. Answers keep their COOKIE: the forwarder strips hop-by-hop
 // options itself.
 //
+// # DoT
+//
+// A tls:// target is a [Do53] upstream whose TCP connections run TLS: DoT
+// is Do53-over-TCP framing on a TLS stream (RFC 7858), so it takes the TCP
+// path above unchanged — persistent connections, pipelining, answers by ID
+// in any order, the pool, reconnection, deadlines, prewarming — with one
+// dial that adds the handshake. There is one connection manager for both,
+// not two. Certificates are verified as DoH's are (tlsConfig: the system
+// roots or Options.CAFile / RootCAs, the target's host or
+// Options.ServerName, TLS 1.2 or later), with ALPN "dot" (RFC 7858 has
+// none; a server that picks none is accepted) and one TLS session cache
+// per upstream, so that its later connections resume a session. DoT never
+// falls back to UDP, and its queries carry no DNS cookie: the TLS stream
+// is authenticated already. A message whose length has arrived must
+// follow within the timeout (for TCP too): a length that lies ends the
+// connection instead of holding it.
+//
+// # DoQ
+//
+// A quic:// target is a [DoQ] upstream on github.com/quic-go/quic-go:
+// Options.Conns QUIC connections (ALPN "doq", TLS as DoT's, no 0-RTT,
+// since a query in early data can be replayed) in the same pool as the
+// others, each query on a bidirectional stream of its own: the 2-octet
+// length, the query with ID 0 (RFC 9250 4.2.1; the caller's ID is put
+// back in the answer) and the stream's FIN. The caller's goroutine opens
+// the stream and writes it without blocking; beyond the server's stream
+// limit the query waits in the pool's queue while one goroutine per
+// connection waits for the server's MAX_STREAMS (OpenStreamSync, with the
+// first waiting query's deadline). quic-go calls back when the server's
+// side of a stream has ended (FIN or reset), and the connection's one
+// reader goroutine then reads the answer, which must be the whole stream:
+// anything else (two messages, a short one, a non-zero ID) is a protocol
+// error (RFC 9250 4.3.3) that fails the query with [ErrBadResponse] and
+// closes the connection with DOQ_PROTOCOL_ERROR. An answer without FIN is
+// never read and times out. No goroutine waits per query. A timeout or
+// Cancel cancels the stream both ways with DOQ_REQUEST_CANCELLED. The
+// connection's QUIC idle timeout is 30s, with keep-alives well within it
+// (Options.PingInterval, at most 15s); when it ends (idle timeout on a
+// silent path, the server closing it), its queries fail with
+// [ErrConnClosed] and are retried once, and the next query dials anew.
+// Each connection has its own UDP socket, which reports ICMP errors, so
+// that a closed port fails the dial at once.
+//
 // [Do53.Submit] does not block either: the query is registered on a socket
 // with a callback and sent from the caller's goroutine; the socket's
 // reader, the query's one timer or the socket's failure completes it, and a
@@ -157,9 +201,12 @@
 //   - doh_conn.go, doh_writer.go, doh_reader.go, doh_hpack.go: one HTTP/2
 //     connection, by the goroutine that runs the code; they report status,
 //     content type and body, and doh.go judges them.
-//   - do53.go: the Do53 upstream, its UDP sockets and TCP connections.
+//   - do53.go: the Do53 upstream (and DoT, newDoT), its UDP sockets and
+//     TCP or TLS connections.
 //   - do53_query.go: Do53.Submit and a query's life, UDP to TCP to callback.
 //   - do53_cookie.go: a Do53 upstream's DNS cookies.
+//   - doq.go: the DoQ upstream, its QUIC connections and their reader;
+//     doq_query.go: DoQ.Submit and a query's life on its stream.
 //   - pool.go: the connection pool and its wait queue; backoff.go: dial
 //     backoff; rawconn.go: sockets read and written with raw system calls;
 //     wire.go: checks of a response against its query.
@@ -237,19 +284,20 @@ func Exchange(ctx context.Context, u Upstream, query []byte) ([]byte, error) {
 type Options struct {
 	CAFile     string         // PEM file: trust only this CA instead of the system roots
 	RootCAs    *x509.CertPool // alternative to CAFile (tests, demo); CAFile wins if both set
-	ServerName string         // TLS name to verify; default: host of the URL
+	ServerName string         // TLS name to verify (DoH, DoT, DoQ); default: host of the target
 	Timeout    time.Duration  // cap per query (default 2s); Submit's timeout may be shorter
 	Conns      int            // connections (Do53: UDP sockets and TCP connections) per target (default 2)
 
 	// PingInterval (DoH): idle time after which a connection is checked
 	// with an HTTP/2 PING (default 15s; negative: only after a stream
-	// timed out).
+	// timed out). DoQ: the QUIC keep-alive period, at most half the idle
+	// timeout (negative: that).
 	PingInterval time.Duration
 	// PingTimeout (DoH): how long a PING may wait for its ACK before the
 	// connection is given up (default 2s, at most Timeout).
 	PingTimeout time.Duration
 	// Prewarm makes New start dialling all Conns connections in the
-	// background (DoH and TCP-only Do53), so that the first queries do not
+	// background (DoH, DoT, DoQ and TCP-only Do53), so that the first queries do not
 	// wait for handshakes. New still neither blocks nor fails on the
 	// network; dial errors surface in the queries' callbacks.
 	Prewarm bool
@@ -302,7 +350,9 @@ func Retryable(err error) bool {
 
 // New parses target: "https://host[:port]/path" → DoH (RFC 8484);
 // "udp://ip[:port]", "ip[:port]" or "[v6]:port" → Do53 UDP with TCP retry on TC;
-// "tcp://ip[:port]" → Do53 over TCP only. Default ports 443 / 53.
+// "tcp://ip[:port]" → Do53 over TCP only; "tls://host[:port]" → DoT
+// (RFC 7858); "quic://host[:port]" → DoQ (RFC 9250). Default ports 443 /
+// 53 / 853 / 853.
 // A DoH target without a path uses /dns-query. New does no network I/O
 // itself; with Options.Prewarm it starts dialling in the background.
 // Errors say what was wrong with which target ("upstream \"x\": …").
@@ -350,9 +400,43 @@ func newUpstream(target string, opts Options) (Upstream, error) {
 			return nil, err
 		}
 		return newDo53(target, ap, strings.EqualFold(scheme, "tcp"), opts), nil
+	case "tls":
+		return newDoT(target, rest, opts)
+	case "quic":
+		return newDoQ(target, rest, opts)
 	default:
-		return nil, fmt.Errorf("unsupported scheme %q (want https, udp or tcp)", scheme)
+		return nil, fmt.Errorf("unsupported scheme %q (want https, tls, quic, udp or tcp)", scheme)
 	}
+}
+
+// parseHostPort accepts "host", "host:port", "v6" and "[v6]:port" (a
+// DoT or DoQ target without its scheme) and returns the address to dial
+// and the host, the default TLS server name.
+func parseHostPort(s string, defPort string) (dialAddr, host string, err error) {
+	if s == "" {
+		return "", "", errors.New("missing host")
+	}
+	if strings.ContainsAny(s, "/?#@") {
+		return "", "", fmt.Errorf("unexpected path, query or user info in %q", s)
+	}
+	host, port := s, defPort
+	if a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(s, "["), "]")); err == nil {
+		host = a.String()
+	} else if strings.Contains(s, ":") {
+		if host, port, err = net.SplitHostPort(s); err != nil {
+			return "", "", fmt.Errorf("parsing address %q: %w", s, err)
+		}
+		if _, err := parsePort(port); err != nil {
+			return "", "", err
+		}
+	}
+	if host == "" {
+		return "", "", fmt.Errorf("missing host in %q", s)
+	}
+	if a, err := netip.ParseAddr(host); err == nil && a.Zone() != "" {
+		return "", "", fmt.Errorf("zoned address %q not supported", host)
+	}
+	return net.JoinHostPort(host, port), host, nil
 }
 
 // parseIPPort accepts "ip", "ip:port", "v6" and "[v6]:port".
@@ -441,11 +525,16 @@ func parseDoHURL(target string) (dialAddr, authority, path, host string, err err
 	return net.JoinHostPort(host, port), authority, path, host, nil
 }
 
-// tlsConfig builds the client TLS configuration for a DoH target.
-func tlsConfig(opts Options, defaultName string) (*tls.Config, error) {
+// tlsConfig builds the client TLS configuration for a DoH, DoT or DoQ
+// target, whose connections share it: certificates verified against the
+// system roots (or Options.CAFile / RootCAs) for Options.ServerName or
+// else defaultName, the host of the target; TLS 1.2 or later; ALPN alpn
+// ("h2", "dot", "doq"); and one session cache, so that every connection
+// after the first resumes a session (an abbreviated handshake).
+func tlsConfig(opts Options, defaultName, alpn string) (*tls.Config, error) {
 	conf := &tls.Config{
 		MinVersion:                  tls.VersionTLS12,
-		NextProtos:                  []string{"h2"},
+		NextProtos:                  []string{alpn},
 		ServerName:                  defaultName,
 		RootCAs:                     opts.RootCAs,
 		ClientSessionCache:          tls.NewLRUClientSessionCache(32),

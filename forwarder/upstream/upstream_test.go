@@ -27,7 +27,15 @@ func TestNew(t *testing.T) {
 		{target: "2001:db8::1", check: wantDo53("[2001:db8::1]:53", false)},
 		{target: "tcp://[::1]:5300", check: wantDo53("[::1]:5300", true)},
 		{target: "TCP://127.0.0.1", check: wantDo53("127.0.0.1:53", true)},
-		{target: "tls://192.0.2.1", wantErr: "unsupported scheme"},
+		{target: "tls://192.0.2.1", check: wantDoT("192.0.2.1:853", "192.0.2.1")},
+		{target: "tls://dns.example:8853", check: wantDoT("dns.example:8853", "dns.example")},
+		{target: "TLS://[2001:db8::1]", check: wantDoT("[2001:db8::1]:853", "2001:db8::1")},
+		{target: "quic://192.0.2.1", check: wantDoQ("192.0.2.1:853", "192.0.2.1")},
+		{target: "quic://dns.example:784", check: wantDoQ("dns.example:784", "dns.example")},
+		{target: "tls://", wantErr: "missing host"},
+		{target: "tls://192.0.2.1/dns-query", wantErr: "unexpected path"},
+		{target: "quic://192.0.2.1:0", wantErr: "invalid port"},
+		{target: "ftp://192.0.2.1", wantErr: "unsupported scheme"},
 		{target: "udp://resolver.example", wantErr: "not an IP address"},
 		{target: "resolver.example:53", wantErr: "not an IP address"},
 		{target: "udp://192.0.2.1:0", wantErr: "invalid port"},
@@ -108,6 +116,31 @@ func wantDo53(addr string, tcpOnly bool) func(*testing.T, Upstream) {
 		}
 		if d.addr.String() != addr || d.tcpOnly != tcpOnly {
 			t.Errorf("addr %v tcpOnly %v, want %v %v", d.addr, d.tcpOnly, addr, tcpOnly)
+		}
+	}
+}
+
+func wantDoT(addr, serverName string) func(*testing.T, Upstream) {
+	return func(t *testing.T, u Upstream) {
+		d, ok := u.(*Do53)
+		if !ok {
+			t.Fatalf("got %T, want *Do53", u)
+		}
+		if d.dialAddr != addr || !d.tcpOnly || d.tlsConf == nil || d.tlsConf.ServerName != serverName ||
+			d.tlsConf.NextProtos[0] != "dot" || d.tlsConf.ClientSessionCache == nil {
+			t.Errorf("dial %v tcpOnly %v TLS %+v, want %v, TCP only, TLS for %s with ALPN dot and a session cache", d.dialAddr, d.tcpOnly, d.tlsConf, addr, serverName)
+		}
+	}
+}
+
+func wantDoQ(addr, serverName string) func(*testing.T, Upstream) {
+	return func(t *testing.T, u Upstream) {
+		d, ok := u.(*DoQ)
+		if !ok {
+			t.Fatalf("got %T, want *DoQ", u)
+		}
+		if d.dialAddr != addr || d.tlsConf.ServerName != serverName || d.tlsConf.NextProtos[0] != "doq" {
+			t.Errorf("dial %v TLS %+v, want %v, TLS for %s with ALPN doq", d.dialAddr, d.tlsConf, addr, serverName)
 		}
 	}
 }

@@ -360,13 +360,13 @@ func TestBINDRetriesOnPortConflict(t *testing.T) {
 	busyPort := busy.Addr().(*net.TCPAddr).Port
 	var calls int
 	orig := pickPortsFunc
-	pickPortsFunc = func() (int, int, int, error) {
+	pickPortsFunc = func() (ports, error) {
 		calls++
-		do53, dohPort, stats, err := orig()
+		p, err := orig()
 		if calls == 1 {
-			dohPort = busyPort
+			p.doh = busyPort
 		}
-		return do53, dohPort, stats, err
+		return p, err
 	}
 	defer func() { pickPortsFunc = orig }()
 

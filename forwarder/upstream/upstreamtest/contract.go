@@ -33,14 +33,16 @@ const (
 	DoH Transport = iota // HTTP/2 over TLS: a FakeH2
 	UDP                  // UDP, TCP on a truncated answer: a Do53Fault
 	TCP                  // TCP only: a Do53Fault
+	DoT                  // DNS over TLS: a Do53Fault behind TLS (StartDoTFault)
+	DoQ                  // DNS over QUIC: a DoQServer
 )
 
-func (tr Transport) String() string { return [...]string{"DoH", "UDP", "TCP"}[tr] }
+func (tr Transport) String() string { return [...]string{"DoH", "UDP", "TCP", "DoT", "DoQ"}[tr] }
 
 // Target is what RunContract asks the factory to build an upstream for.
 type Target struct {
 	URL     string         // as upstream.New takes it
-	RootCAs *x509.CertPool // DoH: the server's CA
+	RootCAs *x509.CertPool // DoH, DoT, DoQ: the server's CA
 	Timeout time.Duration  // Options.Timeout
 	Conns   int            // Options.Conns
 }
@@ -63,7 +65,8 @@ const contractSlack = 400 * time.Millisecond
 // each time (DoH: GOAWAY below its stream; UDP: truncated, then the TCP
 // connection closed; TCP: the connection closed), "once…" does so the
 // first time only, anything else is answered with AnswerFor (over UDP,
-// "tc…" is truncated and so answered over TCP). Every error must name the
+// "tc…" is truncated and so answered over TCP). (DoT: the TCP cases behind
+// TLS; DoQ: "break…" closes the QUIC connection.) Every error must name the
 // target (String). Close must be idempotent; RunContract closes every
 // upstream it builds.
 func RunContract(t *testing.T, tr Transport, errs Errors, newUpstream func(t *testing.T, tg Target) Upstream) {
@@ -129,6 +132,22 @@ func (c *contract) start(t *testing.T) *server {
 			}
 		})
 		s.url, s.roots, s.clients = f.URL(), PKI(t).Pool, func() int { return int(f.NConn.Load()) }
+	case DoQ:
+		f := StartDoQServer(t, DoQServerOptions{}, func(r *DoQQuery) {
+			if act(r.Msg, func() { r.Answer(AnswerFor(r.Msg)) }) {
+				r.Conn.CloseWithError(0, "")
+			}
+		})
+		s.url, s.roots, s.clients = f.URL(), PKI(t).Pool, func() int { return int(f.NConn.Load()) }
+	case DoT:
+		f := StartDoTFault(t, func(f *Do53Fault, conn int, q *dns.Msg) TCPAction {
+			nc := f.Conn(conn)
+			if act(q, func() { WriteFrame(nc, MustPack(AnswerFor(q))) }) {
+				return TCPClose
+			}
+			return TCPIgnore
+		})
+		s.url, s.roots, s.clients = f.Target(true), PKI(t).Pool, func() int { return int(f.TCPConns()) }
 	default:
 		onTCP := func(f *Do53Fault, conn int, q *dns.Msg) TCPAction {
 			nc := f.Conn(conn)
@@ -167,6 +186,10 @@ func (c *contract) upstream(t *testing.T, s *server, timeout time.Duration) Upst
 		tg.URL, tg.RootCAs = "https://"+ClosedPort(t)+"/dns-query", PKI(t).Pool
 	case c.tr == UDP:
 		tg.URL = ClosedUDPPort(t)
+	case c.tr == DoT:
+		tg.URL, tg.RootCAs = "tls://"+ClosedPort(t), PKI(t).Pool
+	case c.tr == DoQ:
+		tg.URL, tg.RootCAs = "quic://"+ClosedUDPPort(t), PKI(t).Pool
 	default:
 		tg.URL = "tcp://" + ClosedPort(t)
 	}
@@ -673,11 +696,16 @@ func (c *contract) badQuery(t *testing.T) {
 // The real thing: BIND 9.18, which must see every query over the
 // transport.
 func (c *contract) bind(t *testing.T) {
+	if c.tr == DoQ {
+		t.Skip("BIND 9.18 does not serve DNS over QUIC")
+	}
 	b := StartBIND(t, BINDOptions{})
 	tg := Target{Timeout: 5 * time.Second, Conns: 2, URL: b.Do53Addr}
 	switch c.tr {
 	case DoH:
 		tg.URL, tg.RootCAs = b.DoHURL, b.RootCAs()
+	case DoT:
+		tg.URL, tg.RootCAs = "tls://"+b.DoTAddr, b.RootCAs()
 	case TCP:
 		tg.URL = "tcp://" + b.Do53Addr
 	}
@@ -714,7 +742,7 @@ func (c *contract) bind(t *testing.T) {
 	})
 	bu.once(t, 0)
 	d := b.Stats(t).Sub(before)
-	udp, tcp := uint64(0), uint64(n) // DoH counts as TCP (see the package documentation)
+	udp, tcp := uint64(0), uint64(n) // DoH and DoT count as TCP (see the package documentation)
 	if c.tr == UDP {
 		udp, tcp = n, 0
 	}

@@ -19,6 +19,7 @@
 //	b := upstreamtest.StartBIND(t, upstreamtest.BINDOptions{QueryLog: true})
 //	// b.DoHURL   https://127.0.0.1:PORT/dns-query  (HTTP/2 only, cert from b.CAFile)
 //	// b.Do53Addr 127.0.0.1:PORT                    (UDP and TCP)
+//	// b.DoTAddr  127.0.0.1:PORT                    (DNS over TLS, the same certificate)
 //	before := b.Stats(t)
 //	... send queries ...
 //	d := b.Stats(t).Sub(before)
@@ -80,7 +81,7 @@
 //     moves "QryUDP" +1 and not "QryTCP"/"ReqTCP". kdig pads DoH queries
 //     (EDNS padding), which shows up as "PadOpt"; that is a property of the
 //     client, not of DoH. Stats.QueriesTCP therefore means "TCP-based
-//     transport: Do53/TCP or DoH (or DoT, which is not configured here)".
+//     transport: Do53/TCP, DoH or DoT".
 //     Note that "TCP4Accept" also counts the statistics-channel connections
 //     themselves: every Stats call adds exactly 1 (it uses a fresh
 //     connection).
@@ -90,6 +91,14 @@
 //     DoH (`+E(0)T` with EDNS) alike; a UDP query has no "T" (`+` / `+E(0)`).
 //     dnstap would not help either: this build's dnstap protobuf only has the
 //     socket protocols UDP and TCP.
+//
+// DoT is no different (measured with xdoh's DoT upstream, BIND 9.18.49):
+// QryTCP +1 per query, TCP4Accept +1 per connection, and the query log
+// line is `... query: foo.example.com IN A +T (127.0.0.1)`, the "T" of
+// every TCP-based transport. A test proves pipelining over DoT by every
+// query's log line naming the one local address of the client's one TLS
+// connection, and TCP4Accept moving by 1 (plus 1 for the Stats call). BIND
+// resumes TLS 1.3 sessions on its DoT listener.
 //
 // So a test proves "this query reached BIND over DoH" by combining:
 // Stats delta QueriesTCP == n and QueriesUDP == 0 while the test itself sent

@@ -4,6 +4,7 @@ package upstreamtest
 // (TCPSink, ClosedPort, ClosedUDPPort), on loopback port 0.
 
 import (
+	"crypto/tls"
 	"encoding/binary"
 	"io"
 	"net"
@@ -119,6 +120,7 @@ type Do53Fault struct {
 	UDPQueries atomic.Int32
 	TCPQueries atomic.Int32
 	tcp        atomic.Pointer[TCPDNSServer] // nil without TCP
+	tls        bool                         // DoT (StartDoTFault)
 
 	mu      sync.Mutex
 	sources map[string]bool // UDP client sockets seen
@@ -190,8 +192,11 @@ func StartDo53Fault(t testing.TB, onUDP UDPHandler, onTCP TCPHandler) *Do53Fault
 }
 
 // Target is the fault server as a Do53 target: UDP (with TCP on TC) or
-// TCP only.
+// TCP only; a DoT one's is tls://.
 func (f *Do53Fault) Target(tcp bool) string {
+	if f.tls {
+		return "tls://" + f.Addr
+	}
 	if tcp {
 		return "tcp://" + f.Addr
 	}
@@ -214,7 +219,11 @@ func (f *Do53Fault) TCPConns() int32 { return f.tcp.Load().NConn.Load() }
 
 // TCPReset makes the close that follows TCPClose a reset (RST).
 func TCPReset(f *Do53Fault, conn int) TCPAction {
-	f.Conn(conn).(*net.TCPConn).SetLinger(0)
+	nc := f.Conn(conn)
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	nc.(*net.TCPConn).SetLinger(0)
 	return TCPClose
 }
 

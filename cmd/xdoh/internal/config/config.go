@@ -255,18 +255,24 @@ type Rule struct {
 	Type    string   `yaml:"type"` // forward | system | block
 	Targets []string `yaml:"targets"`
 	CAFile  string   `yaml:"ca_file"`
-	Timeout Duration `yaml:"timeout"`
-	Select  Select   `yaml:",inline"`
-	Subnet  Subnet   `yaml:",inline"`
+	// TLSServerName is the name the certificate of a tls://, https:// or
+	// quic:// target must carry, instead of the target's host.
+	TLSServerName string   `yaml:"tls_server_name"`
+	Timeout       Duration `yaml:"timeout"`
+	Select        Select   `yaml:",inline"`
+	Subnet        Subnet   `yaml:",inline"`
 }
 
 // Group is the default target group.
 type Group struct {
 	Targets []string `yaml:"targets"`
 	CAFile  string   `yaml:"ca_file"`
-	Timeout Duration `yaml:"timeout"`
-	Select  Select   `yaml:",inline"`
-	Subnet  Subnet   `yaml:",inline"`
+	// TLSServerName is the name the certificate of a tls://, https:// or
+	// quic:// target must carry, instead of the target's host.
+	TLSServerName string   `yaml:"tls_server_name"`
+	Timeout       Duration `yaml:"timeout"`
+	Select        Select   `yaml:",inline"`
+	Subnet        Subnet   `yaml:",inline"`
 }
 
 // Subnet is what a forward rule (or the default) sends upstream of its
@@ -697,7 +703,7 @@ func (c *Config) Validate() error {
 		default:
 			bad(f+".type", "%q is not one of forward, system, block", r.Type)
 		}
-		c.checkTargets(f, r.Targets, r.CAFile, bad)
+		c.checkTargets(f, r.Targets, r.CAFile, r.TLSServerName, bad)
 		checkSelect(f, r.Select, bad)
 		checkSubnet(f, r.Subnet, bad)
 		if r.Timeout < 0 {
@@ -708,7 +714,7 @@ func (c *Config) Validate() error {
 		if len(c.Default.Targets) == 0 {
 			bad("default.targets", "a default section needs at least one target")
 		}
-		c.checkTargets("default", c.Default.Targets, c.Default.CAFile, bad)
+		c.checkTargets("default", c.Default.Targets, c.Default.CAFile, c.Default.TLSServerName, bad)
 		checkSelect("default", c.Default.Select, bad)
 		checkSubnet("default", c.Default.Subnet, bad)
 		if c.Default.Timeout < 0 {
@@ -761,10 +767,18 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-func (c *Config) checkTargets(f string, targets []string, caFile string, bad func(string, string, ...any)) {
+func (c *Config) checkTargets(f string, targets []string, caFile, serverName string, bad func(string, string, ...any)) {
 	for j, t := range targets {
 		if err := CheckTarget(t); err != nil {
 			bad(fmt.Sprintf("%s.targets[%d]", f, j), "%v", err)
+		}
+		if scheme, _, _ := strings.Cut(t, "://"); serverName != "" && scheme != "tls" && scheme != "https" && scheme != "quic" {
+			bad(f+".tls_server_name", "applies only to tls://, https:// and quic:// targets, and %s.targets[%d] %q is not one", f, j, t)
+		}
+	}
+	if serverName != "" {
+		if _, ok := dns.IsDomainName(serverName); !ok || strings.ContainsAny(serverName, " /:") {
+			bad(f+".tls_server_name", "%q is not a host name", serverName)
 		}
 	}
 	if caFile != "" {
@@ -796,8 +810,12 @@ func checkSelect(f string, s Select, bad func(string, string, ...any)) {
 }
 
 // CheckTarget validates an upstream target's syntax: https://host[:port]/path
-// for DoH, or [udp://|tcp://]IP[:port] for Do53.
+// for DoH, tls://host[:port] for DoT, quic://host[:port] for DoQ, or
+// [udp://|tcp://]IP[:port] for Do53.
 func CheckTarget(t string) error {
+	if scheme, rest, _ := strings.Cut(t, "://"); scheme == "tls" || scheme == "quic" {
+		return checkHostPort(t, rest)
+	}
 	if strings.HasPrefix(t, "https://") {
 		u, err := url.Parse(t)
 		if err != nil {
@@ -816,7 +834,7 @@ func CheckTarget(t string) error {
 		case "udp", "tcp":
 			t = t[i+3:]
 		default:
-			return fmt.Errorf("%q: scheme %q is not https, udp or tcp", t, t[:i])
+			return fmt.Errorf("%q: scheme %q is not https, tls, quic, udp or tcp", t, t[:i])
 		}
 	}
 	if _, err := netip.ParseAddr(t); err == nil {
@@ -873,6 +891,33 @@ func (c *Config) checkEncrypted(f string, e encrypted, bad func(field, format st
 			}
 		}
 	}
+}
+
+// checkHostPort validates the host[:port] of a tls:// or quic:// target t.
+func checkHostPort(t, hp string) error {
+	if hp == "" || strings.ContainsAny(hp, "/?#@") {
+		return fmt.Errorf("%q is not scheme://host[:port]", t)
+	}
+	if _, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(hp, "["), "]")); err == nil {
+		return nil // an IPv6 address without brackets and port, too
+	}
+	u, err := url.Parse("x://" + hp)
+	if err != nil {
+		return fmt.Errorf("%q is not scheme://host[:port]: %w", t, err)
+	}
+	if p := u.Port(); p != "" || strings.HasSuffix(hp, ":") {
+		if ap, err := netip.ParseAddrPort("0.0.0.0:" + p); err != nil || ap.Port() == 0 {
+			return fmt.Errorf("%q: port %q is not 1 to 65535", t, p)
+		}
+	}
+	host := u.Hostname()
+	if _, err := netip.ParseAddr(host); err == nil {
+		return nil
+	}
+	if _, ok := dns.IsDomainName(host); !ok || host == "" || strings.ContainsAny(host, " []:") {
+		return fmt.Errorf("%q: %q is neither a host name nor an IP address", t, host)
+	}
+	return nil
 }
 
 // ProtocolSet returns the listener's protocols as a set, checking the names

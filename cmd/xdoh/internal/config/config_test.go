@@ -228,6 +228,8 @@ func TestParseErrors(t *testing.T) {
 		{name: "default bad target", yaml: base + "default:\n  targets: [\"1.1.1.1\", \"https://dns.google\"]\n", want: []string{"default.targets[1]", "path"}, count: 1},
 		{name: "default without targets", yaml: base + "default:\n  timeout: 1s\n", want: []string{"default.targets"}, count: 1},
 		{name: "default negative timeout", yaml: base + "default:\n  targets: [\"1.1.1.1\"]\n  timeout: -2s\n", want: []string{"default.timeout"}, count: 1},
+		{name: "tls_server_name with a Do53 target", yaml: base + "rules:\n  - {name: r, domain: a.example, type: forward, targets: [\"tls://1.1.1.1\", \"udp://1.1.1.1\"], tls_server_name: dns.example}\n", want: []string{"rules[0].tls_server_name", "rules[0].targets[1]"}, count: 1},
+		{name: "default tls_server_name not a name", yaml: base + "default:\n  targets: [\"quic://1.1.1.1\"]\n  tls_server_name: \"a b\"\n", want: []string{"default.tls_server_name"}, count: 1},
 		{name: "default ca_file missing", yaml: base + "default:\n  targets: [\"1.1.1.1\"]\n  ca_file: /nonexistent/ca.pem\n", want: []string{"default.ca_file"}, count: 1},
 		{name: "cache min above max", yaml: base + "cache:\n  min_ttl: 2h\n  max_ttl: 1h\n", want: []string{"cache.min_ttl", "cache.max_ttl"}, count: 1},
 		{name: "cache negative min", yaml: base + "cache:\n  min_ttl: -5s\n", want: []string{"cache.min_ttl"}, count: 1},
@@ -312,7 +314,20 @@ func TestCheckTarget(t *testing.T) {
 		{target: "https://:443/dns-query", want: "host"},
 		{target: "https://dns google/x", want: "URL"},
 		{target: "ftp://1.1.1.1", want: `"ftp"`},
-		{target: "tls://1.1.1.1", want: `"tls"`},
+		{target: "tls://1.1.1.1", ok: true},
+		{target: "tls://dns.example:8853", ok: true},
+		{target: "tls://[2001:db8::1]:853", ok: true},
+		{target: "tls://2001:db8::1", ok: true},
+		{target: "quic://dns.example", ok: true},
+		{target: "quic://127.0.0.1:8853", ok: true},
+		{target: "tls://", want: "host[:port]"},
+		{target: "tls://dns.example/dns-query", want: "host[:port]"},
+		{target: "quic://1.1.1.1:0", want: "port"},
+		{target: "quic://1.1.1.1:99999", want: "port"},
+		{target: "quic://1.1.1.1:", want: "port"},
+		{target: "tls://dns example", want: "host"},
+		{target: "tls://a..b", want: "neither"},
+		{target: "TLS://1.1.1.1", want: `"TLS"`},
 		{target: "1.1.1.1", ok: true},
 		{target: "1.1.1.1:5353", ok: true},
 		{target: "2001:db8::1", ok: true},
@@ -340,6 +355,19 @@ func TestCheckTarget(t *testing.T) {
 				t.Errorf("CheckTarget = %v, want an error mentioning %q", err, tt.want)
 			}
 		})
+	}
+}
+
+func TestTLSServerName(t *testing.T) {
+	c, err := Parse([]byte(base+"rules:\n  - {name: r, domain: a.example, type: forward, targets: [\"tls://10.0.0.53\", \"https://10.0.0.54/dns-query\", \"quic://10.0.0.55\"], tls_server_name: dns.corp.example}\ndefault:\n  targets: [\"tls://9.9.9.9\"]\n  tls_server_name: dns.quad9.net\n"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Rules[0].TLSServerName; got != "dns.corp.example" {
+		t.Errorf("rules[0].tls_server_name = %q", got)
+	}
+	if got := c.Default.TLSServerName; got != "dns.quad9.net" {
+		t.Errorf("default.tls_server_name = %q", got)
 	}
 }
 

@@ -1,0 +1,85 @@
+package upstream
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"xdoh/forwarder/upstream/upstreamtest"
+)
+
+// BenchmarkDoTExchange: one query at a time over a warm DoT connection to
+// an in-process TLS server (upstreamtest.StartDoTFault).
+func BenchmarkDoTExchange(b *testing.B) {
+	f := upstreamtest.StartDoTFault(b, upstreamtest.TCPAnswerAll)
+	benchExchange(b, f.Target(true))
+}
+
+// BenchmarkDoQExchange: one query at a time, each on a new stream of a
+// warm QUIC connection to an in-process quic-go server.
+func BenchmarkDoQExchange(b *testing.B) {
+	s := upstreamtest.StartDoQServer(b, upstreamtest.DoQServerOptions{}, nil)
+	benchExchange(b, s.URL())
+}
+
+// BenchmarkDoTSubmit and BenchmarkDoQSubmit: 64 queries in flight.
+func BenchmarkDoTSubmit(b *testing.B) {
+	f := upstreamtest.StartDoTFault(b, upstreamtest.TCPAnswerAll)
+	benchSubmit(b, f.Target(true))
+}
+
+func BenchmarkDoQSubmit(b *testing.B) {
+	s := upstreamtest.StartDoQServer(b, upstreamtest.DoQServerOptions{}, nil)
+	benchSubmit(b, s.URL())
+}
+
+func benchUpstream(b *testing.B, target string) Upstream {
+	u, err := New(target, Options{RootCAs: upstreamtest.PKI(b).Pool, Conns: 1, Timeout: 10 * time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { u.Close() })
+	if _, err := Exchange(context.Background(), u, makeQuery(b, "warm.example.", 1)); err != nil {
+		b.Fatal(err)
+	}
+	return u
+}
+
+func benchExchange(b *testing.B, target string) {
+	u := benchUpstream(b, target)
+	q := makeQuery(b, "bench.example.", 1)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Exchange(context.Background(), u, q); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func benchSubmit(b *testing.B, target string) {
+	u := benchUpstream(b, target)
+	q := makeQuery(b, "bench.example.", 0x1234)
+	const inflight = 64
+	sem := make(chan struct{}, inflight)
+	var failed atomic.Int64
+	var firstErr atomic.Pointer[error]
+	done := func(resp []byte, err error) {
+		if err != nil {
+			failed.Add(1)
+			firstErr.CompareAndSwap(nil, &err)
+		}
+		<-sem
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		sem <- struct{}{}
+		u.Submit(q, 0, done)
+	}
+	for range inflight {
+		sem <- struct{}{}
+	}
+	if n := failed.Load(); n > 0 {
+		b.Fatalf("%d queries failed, first: %v", n, *firstErr.Load())
+	}
+}
