@@ -17,6 +17,7 @@ import (
 	"xdoh/cmd/xdoh/internal/procs"
 	"xdoh/datapath/doh"
 	"xdoh/datapath/tcp"
+	"xdoh/datapath/tlsconf"
 	"xdoh/datapath/udp"
 	"xdoh/datapath/xsk"
 	"xdoh/forwarder"
@@ -124,7 +125,7 @@ func (a *app) start(cfg *config.Config) error {
 		a.mx.SetReady(true)
 	}
 	a.log.Info("xdoh running", "pid", os.Getpid(), "listeners", len(cfg.Listeners), "rules", len(cfg.Rules), "zones", len(cfg.Zones),
-		"cache", cfg.Cache.On(), "fips", doh.FIPSStatus())
+		"cache", cfg.Cache.On(), "fips", tlsconf.FIPSStatus())
 	return nil
 }
 

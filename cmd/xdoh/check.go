@@ -6,7 +6,7 @@ import (
 	"io"
 
 	"xdoh/cmd/xdoh/internal/config"
-	"xdoh/datapath/doh"
+	"xdoh/datapath/tlsconf"
 )
 
 // cmdCheck validates a config file, including that its zones load.
@@ -29,6 +29,6 @@ func cmdCheck(args []string, out io.Writer) error {
 	if err := checkFIPS(cfg); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "%s: OK (%d listeners, %d zones, %d rules); %s\n", *path, len(cfg.Listeners), len(cfg.Zones), len(cfg.Rules), doh.FIPSStatus())
+	fmt.Fprintf(out, "%s: OK (%d listeners, %d zones, %d rules); %s\n", *path, len(cfg.Listeners), len(cfg.Zones), len(cfg.Rules), tlsconf.FIPSStatus())
 	return nil
 }

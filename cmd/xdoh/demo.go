@@ -13,6 +13,7 @@ import (
 
 	"xdoh/cmd/xdoh/internal/config"
 	"xdoh/datapath/doh"
+	"xdoh/datapath/tlsconf"
 	"xdoh/forwarder"
 	"xdoh/forwarder/rules"
 	"xdoh/forwarder/zone"
@@ -37,7 +38,7 @@ func startDemo(log *slog.Logger) (*config.Config, func(), error) {
 		return nil, nil, fmt.Errorf("demo: %w", err)
 	}
 
-	pki, err := doh.NewPKI("127.0.0.1", "localhost")
+	pki, err := tlsconf.NewPKI("127.0.0.1", "localhost")
 	if err != nil {
 		return fail(err)
 	}
@@ -87,6 +88,6 @@ func startDemo(log *slog.Logger) (*config.Config, func(), error) {
 	}, nil
 }
 
-func pkiTLS(p *doh.PKI) *tls.Config {
+func pkiTLS(p *tlsconf.PKI) *tls.Config {
 	return &tls.Config{Certificates: []tls.Certificate{p.Cert}, MinVersion: tls.VersionTLS12}
 }

@@ -19,7 +19,7 @@ import (
 
 	"github.com/miekg/dns"
 
-	"xdoh/datapath/doh"
+	"xdoh/datapath/tlsconf"
 	"xdoh/forwarder/upstream/upstreamtest"
 )
 
@@ -415,7 +415,7 @@ rules:
 
 func writePKI(t *testing.T, dir string) (ca, cert, key string) {
 	t.Helper()
-	p, err := doh.NewPKI("127.0.0.1", "localhost")
+	p, err := tlsconf.NewPKI("127.0.0.1", "localhost")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"xdoh/cmd/xdoh/internal/config"
-	"xdoh/datapath/doh"
+	"xdoh/datapath/tlsconf"
 	"xdoh/forwarder"
 	"xdoh/forwarder/cache"
 	"xdoh/forwarder/group"
@@ -192,7 +192,7 @@ func listenerNames(cfg *config.Config) []string {
 func checkFIPS(cfg *config.Config) error {
 	for i, l := range cfg.Listeners {
 		if protos, _ := l.ProtocolSet(); (protos["doh-fips"] || protos["dot-fips"]) && !fips140.Enabled() {
-			return usagef("listeners[%d].protocols: %w", i, doh.ErrFIPSModeOff)
+			return usagef("listeners[%d].protocols: %w", i, tlsconf.ErrFIPSModeOff)
 		}
 	}
 	return nil

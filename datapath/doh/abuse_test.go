@@ -25,6 +25,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
+	"xdoh/datapath/tlsconf"
 	"xdoh/forwarder"
 )
 
@@ -296,7 +297,7 @@ func (c *h2client) summary() string {
 // goroutines that ran before any client connected.
 type h2env struct {
 	s    *Server
-	pki  *PKI
+	pki  *tlsconf.PKI
 	base int
 }
 

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"xdoh/datapath/tlsconf"
 )
 
 // TestKdig queries the server with a real DoH client, kdig from Knot DNS
@@ -17,7 +19,7 @@ func TestKdig(t *testing.T) {
 	if err != nil {
 		t.Skip("kdig not on PATH (Debian package knot-dnsutils)")
 	}
-	pki, err := NewPKI("127.0.0.1", "localhost")
+	pki, err := tlsconf.NewPKI("127.0.0.1", "localhost")
 	if err != nil {
 		t.Fatal(err)
 	}

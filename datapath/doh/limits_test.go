@@ -17,6 +17,8 @@ import (
 
 	"github.com/miekg/dns"
 	"golang.org/x/net/http2"
+
+	"xdoh/datapath/tlsconf"
 )
 
 // logBuffer collects slog output; safe for concurrent use.
@@ -39,7 +41,7 @@ func (b *logBuffer) String() string {
 
 // startServerWith runs a Server configured by cfg (Addr, TLS and Name
 // filled in when empty) and returns it with its PKI.
-func startServerWith(t *testing.T, cfg Config) (*Server, *PKI) {
+func startServerWith(t *testing.T, cfg Config) (*Server, *tlsconf.PKI) {
 	t.Helper()
 	pki := mustPKI(t)
 	if cfg.Name == "" {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"xdoh/datapath/tlsconf"
 	"xdoh/forwarder"
 )
 
@@ -108,9 +109,9 @@ func query(t testing.TB, name string, qtype uint16, mutate func(*dns.Msg)) []byt
 }
 
 // startServer runs a Server on a loopback port with a fresh private CA.
-func startServer(t testing.TB) (*Server, *PKI) {
+func startServer(t testing.TB) (*Server, *tlsconf.PKI) {
 	t.Helper()
-	pki, err := NewPKI("127.0.0.1", "localhost")
+	pki, err := tlsconf.NewPKI("127.0.0.1", "localhost")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +138,7 @@ func startServer(t testing.TB) (*Server, *PKI) {
 }
 
 // newClient returns an HTTP/2 client trusting pki.
-func newClient(t testing.TB, pki *PKI) *http.Client {
+func newClient(t testing.TB, pki *tlsconf.PKI) *http.Client {
 	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pki.Pool}, ForceAttemptHTTP2: true}
 	t.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
@@ -373,7 +374,7 @@ func TestHTTP1Refused(t *testing.T) {
 }
 
 func TestServerLifecycle(t *testing.T) {
-	pki, err := NewPKI("127.0.0.1")
+	pki, err := tlsconf.NewPKI("127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -413,7 +414,7 @@ func TestServerLifecycle(t *testing.T) {
 }
 
 func TestNewErrors(t *testing.T) {
-	pki, err := NewPKI("localhost")
+	pki, err := tlsconf.NewPKI("localhost")
 	if err != nil {
 		t.Fatal(err)
 	}

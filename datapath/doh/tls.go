@@ -1,25 +1,6 @@
 package doh
 
-import (
-	"fmt"
-
-	"xdoh/datapath/tlsconf"
-)
-
-// ErrFIPSModeOff is returned by New for a FIPS listener in a process that
-// does not run in Go's FIPS 140-3 mode: tlsconf's sentinel, so errors.Is
-// matches it whichever listener failed.
-var ErrFIPSModeOff = tlsconf.ErrFIPSModeOff
-
-// FIPSStatus describes the process's FIPS 140-3 mode (tlsconf.FIPSStatus).
-func FIPSStatus() string { return tlsconf.FIPSStatus() }
-
-// PKI is tlsconf.PKI, kept here for the callers that make their test CA
-// through this package.
-type PKI = tlsconf.PKI
-
-// NewPKI is tlsconf.NewPKI.
-func NewPKI(hosts ...string) (*PKI, error) { return tlsconf.NewPKI(hosts...) }
+import "fmt"
 
 // ReloadCertificate reads CertFile and KeyFile again and serves the new
 // certificate on handshakes from now on; established connections keep

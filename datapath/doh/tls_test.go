@@ -21,12 +21,13 @@ import (
 
 	"github.com/miekg/dns"
 
+	"xdoh/datapath/tlsconf"
 	"xdoh/forwarder"
 )
 
-func mustPKI(t testing.TB) *PKI {
+func mustPKI(t testing.TB) *tlsconf.PKI {
 	t.Helper()
-	pki, err := NewPKI("127.0.0.1", "localhost")
+	pki, err := tlsconf.NewPKI("127.0.0.1", "localhost")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,16 +204,16 @@ func TestFIPSNeedsFIPSMode(t *testing.T) {
 	}
 	pki := mustPKI(t)
 	_, err := New(Config{Name: "fips", Addr: "127.0.0.1:0", FIPS: true, TLS: &tls.Config{Certificates: []tls.Certificate{pki.Cert}}}, answerHandler(t))
-	if !errors.Is(err, ErrFIPSModeOff) {
-		t.Fatalf("New with FIPS outside FIPS mode = %v, want %v", err, ErrFIPSModeOff)
+	if !errors.Is(err, tlsconf.ErrFIPSModeOff) {
+		t.Fatalf("New with FIPS outside FIPS mode = %v, want %v", err, tlsconf.ErrFIPSModeOff)
 	}
 	for _, want := range []string{`"fips"`, "doh-fips and dot-fips need Go's FIPS 140-3 mode: run with GODEBUG=fips140=on (or only)"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q lacks %q", err, want)
 		}
 	}
-	if got := FIPSStatus(); got != "FIPS 140-3 mode: off" {
-		t.Errorf("FIPSStatus() = %q, want %q", got, "FIPS 140-3 mode: off")
+	if got := tlsconf.FIPSStatus(); got != "FIPS 140-3 mode: off" {
+		t.Errorf("tlsconf.FIPSStatus() = %q, want %q", got, "FIPS 140-3 mode: off")
 	}
 }
 
@@ -390,9 +391,9 @@ func TestFIPSChild(t *testing.T) {
 	if !fips140.Enabled() {
 		t.Fatal("child started without FIPS 140-3 mode")
 	}
-	status := FIPSStatus()
+	status := tlsconf.FIPSStatus()
 	if !strings.HasPrefix(status, "FIPS 140-3 mode: on (GODEBUG=fips140=on") {
-		t.Errorf("FIPSStatus() = %q, want it to say on", status)
+		t.Errorf("tlsconf.FIPSStatus() = %q, want it to say on", status)
 	}
 	t.Log(status)
 

@@ -13,7 +13,7 @@ import (
 	"github.com/miekg/dns"
 	"golang.org/x/net/http2"
 
-	"xdoh/datapath/doh"
+	"xdoh/datapath/tlsconf"
 	"xdoh/forwarder/upstream/upstreamtest"
 )
 
@@ -340,7 +340,7 @@ func TestDoHSubmitFaults(t *testing.T) {
 			}
 		}
 	}
-	otherCA, err := doh.NewPKI("127.0.0.1", "localhost")
+	otherCA, err := tlsconf.NewPKI("127.0.0.1", "localhost")
 	if err != nil {
 		t.Fatal(err)
 	}

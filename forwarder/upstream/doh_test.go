@@ -16,7 +16,7 @@ import (
 	"github.com/miekg/dns"
 	"golang.org/x/net/http2"
 
-	"xdoh/datapath/doh"
+	"xdoh/datapath/tlsconf"
 	"xdoh/forwarder/upstream/upstreamtest"
 )
 
@@ -109,7 +109,7 @@ func TestDoHConcurrentOneConnection(t *testing.T) {
 func TestDoHDialErrors(t *testing.T) {
 	h2 := upstreamtest.StartDoHServer(t, true)
 	h1 := upstreamtest.StartDoHServer(t, false)
-	other, err := doh.NewPKI("127.0.0.1", "localhost")
+	other, err := tlsconf.NewPKI("127.0.0.1", "localhost")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,7 +25,7 @@ import (
 
 	"github.com/miekg/dns"
 
-	"xdoh/datapath/doh"
+	"xdoh/datapath/tlsconf"
 )
 
 // BINDOptions configures StartBIND.
@@ -73,7 +73,7 @@ type BIND struct {
 	StatsURL string // "http://127.0.0.1:PORT/json/v1"
 	PID      int    // named's PID (= its process group id)
 
-	pki      *doh.PKI
+	pki      *tlsconf.PKI
 	queryLog bool
 	logFile  string
 	qlogFile string
@@ -131,7 +131,7 @@ func StartBIND(t testing.TB, opts BINDOptions) *BIND {
 		t.Skip("upstreamtest: named (BIND 9, Debian package bind9) is not installed")
 	}
 	dir := t.TempDir()
-	pki, err := doh.NewPKI("127.0.0.1", "localhost")
+	pki, err := tlsconf.NewPKI("127.0.0.1", "localhost")
 	if err != nil {
 		t.Fatalf("upstreamtest: %v", err)
 	}
@@ -222,7 +222,7 @@ func (p *process) stop() error {
 	return p.serr
 }
 
-func startOnce(named, dir string, pki *doh.PKI, caFile, certFile, keyFile string, zoneFiles map[string]string, opts BINDOptions) (*BIND, *process, error) {
+func startOnce(named, dir string, pki *tlsconf.PKI, caFile, certFile, keyFile string, zoneFiles map[string]string, opts BINDOptions) (*BIND, *process, error) {
 	p, err := pickPortsFunc()
 	if err != nil {
 		return nil, nil, err

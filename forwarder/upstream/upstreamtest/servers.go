@@ -22,17 +22,17 @@ import (
 
 	"github.com/miekg/dns"
 
-	"xdoh/datapath/doh"
+	"xdoh/datapath/tlsconf"
 )
 
 // DNSMessage is RFC 8484's media type.
 const DNSMessage = "application/dns-message"
 
-var testPKI = sync.OnceValues(func() (*doh.PKI, error) { return doh.NewPKI("127.0.0.1", "localhost") })
+var testPKI = sync.OnceValues(func() (*tlsconf.PKI, error) { return tlsconf.NewPKI("127.0.0.1", "localhost") })
 
 // PKI returns the CA and server certificate (127.0.0.1, localhost) that
 // the test servers present, one per test binary.
-func PKI(t testing.TB) *doh.PKI {
+func PKI(t testing.TB) *tlsconf.PKI {
 	t.Helper()
 	p, err := testPKI()
 	if err != nil {
