@@ -154,3 +154,79 @@ default: {targets: ["127.0.0.1:9"]}
 	}
 	qc.CloseWithError(0, "")
 }
+
+// TestXdohToXdohOverDoTAndDoQ: one xdoh forwards to another over DoQ (one
+// rule) and DoT (the default), certificates checked against the second
+// one's CA; its query log shows each query arriving over the transport its
+// rule names, and the first one's clients get the answers over Do53.
+func TestXdohToXdohOverDoTAndDoQ(t *testing.T) {
+	dir := t.TempDir()
+	ca, cert, key := writePKI(t, dir)
+	backAddr, dotAddr, doqAddr, frontAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	qlog := filepath.Join(dir, "back.log")
+	zone, err := filepath.Abs(filepath.Join("demo", "aws.example.internal.zone"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, text string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	back := write("back.yaml", fmt.Sprintf(`listeners:
+  - name: back
+    protocols: [do53, dot, doq]
+    do53: [%q]
+    dot: {address: %q, cert: %s, key: %s}
+    doq: {address: %q, cert: %s, key: %s}
+zones: [{name: aws.example.internal, file: %s}]
+querylog: {path: %s}
+`, backAddr, dotAddr, cert, key, doqAddr, cert, key, zone, qlog))
+	front := write("front.yaml", fmt.Sprintf(`listeners:
+  - {name: front, protocols: [do53], do53: [%q]}
+rules:
+  - {name: over-doq, domain: ipv6.aws.example.internal, type: forward, targets: ["quic://%s"], ca_file: %s, tls_server_name: localhost}
+default: {targets: ["tls://%s"], ca_file: %s, tls_server_name: localhost}
+cache: {enabled: false}
+`, frontAddr, doqAddr, ca, dotAddr, ca))
+	startXdoh(t, backAddr, "-c", back)
+	startXdoh(t, frontAddr, "-c", front)
+	for _, q := range []struct {
+		name  string
+		qtype uint16
+		want  string
+	}{
+		{"ipv6.aws.example.internal.", dns.TypeAAAA, "fd00:2::10"}, // DoQ
+		{"ipv4.aws.example.internal.", dns.TypeA, "10.2.1.10"},     // DoT
+		{"www.aws.example.internal.", dns.TypeA, "10.2.1.10"},      // DoT, CNAME
+	} {
+		for _, net := range []string{"udp", "tcp"} {
+			r, _, err := (&dns.Client{Net: net, Timeout: 5 * time.Second}).Exchange(new(dns.Msg).SetQuestion(q.name, q.qtype), frontAddr)
+			if err != nil || r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 || !strings.Contains(r.Answer[len(r.Answer)-1].String(), q.want) {
+				t.Fatalf("%s %s over %s through the front xdoh: %v %v", q.name, dns.TypeToString[q.qtype], net, r, err)
+			}
+		}
+	}
+	want := map[string]string{"ipv6.aws.example.internal": "DoQ", "ipv4.aws.example.internal": "DoT", "www.aws.example.internal": "DoT"}
+	for end := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		log, _ := os.ReadFile(qlog)
+		ok := true
+		for name, tr := range want {
+			found := false
+			for _, line := range strings.Split(string(log), "\n") {
+				if strings.Contains(line, `"`+name) && strings.Contains(line, `"transport":"`+tr+`"`) {
+					found = true
+				}
+			}
+			ok = ok && found
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("the back xdoh's query log does not show %v:\n%s", want, log)
+		}
+	}
+}
