@@ -249,9 +249,9 @@ func rampPanel(r *Report) *plot.Plot {
 	ideal.Width = vg.Points(1)
 	addLine(p, answered, colorAnswered, "answered")
 	p.X.Min, p.Y.Min = 0, 0
-	p.Y.Max *= 1.1
+	p.Y.Max = math.Max(p.Y.Max*1.1, 1)
 	addSecondary(p, p99, math.Max(maxP99*1.1, 0.001), "p99 ms", colorLatency, "p99")
-	if exceeded >= 0 {
+	if exceeded >= 0 && !math.IsNaN(r.Steps[exceeded].Rate) {
 		s := r.Steps[exceeded]
 		p.Add(&marker{x: s.Rate, label: "limit exceeded at " + siFormat(s.Rate) + " q/s"})
 	}
@@ -438,12 +438,18 @@ func (a *rightAxis) GlyphBoxes(p *plot.Plot) []plot.GlyphBox {
 }
 
 // percentileTicks labels the 1/(1−p) axis of a latency spectrum with the
-// percentiles 50%, 90%, 99%, 99.9%, … and puts minor ticks between.
+// percentiles 50%, 90%, 99%, 99.9%, … and puts minor ticks between. Past
+// seven nines only some are labelled, so that the labels do not overlap.
 type percentileTicks struct{}
 
-func (percentileTicks) Ticks(min, max float64) []plot.Tick {
+func (percentileTicks) Ticks(lo, hi float64) []plot.Tick {
 	ticks := []plot.Tick{{Value: 1}, {Value: 2, Label: "50%"}}
-	for v, nines := 10.0, 1; v <= max*1.0001; v, nines = v*10, nines+1 {
+	every := max(1, int(math.Ceil(math.Log10(hi)/7)))
+	for v, nines := 10.0, 1; v <= hi*1.0001; v, nines = v*10, nines+1 {
+		if nines%every != 0 {
+			ticks = append(ticks, plot.Tick{Value: v})
+			continue
+		}
 		label := "90%"
 		switch {
 		case nines == 2:
@@ -455,7 +461,7 @@ func (percentileTicks) Ticks(min, max float64) []plot.Tick {
 	}
 	var out []plot.Tick
 	for _, t := range ticks {
-		if t.Value >= min && t.Value <= max*1.0001 {
+		if t.Value >= lo && t.Value <= hi*1.0001 {
 			out = append(out, t)
 		}
 	}
@@ -463,20 +469,23 @@ func (percentileTicks) Ticks(min, max float64) []plot.Tick {
 }
 
 // logTicks labels 1, 2 and 5 times each power of ten, or only the powers
-// of ten when the range spans more than three decades.
+// of ten when the range spans more than three decades, and only some of
+// them beyond ten decades.
 type logTicks struct{}
 
 func (logTicks) Ticks(min, max float64) []plot.Tick {
-	if !(min > 0) || !(max > min) {
+	if !(min > 0) || !(max > min) || math.IsInf(max, 0) {
 		return nil
 	}
-	dense := max/min <= 1000
+	decades := math.Log10(max / min)
+	dense := decades <= 3
+	every := math.Max(1, math.Ceil(decades/10))
 	var out []plot.Tick
-	for e := math.Floor(math.Log10(min)); math.Pow(10, e) <= max; e++ {
+	for e := math.Floor(math.Log10(min)); math.Pow(10, e) <= max; e += every {
 		base := math.Pow(10, e)
 		for i := 1; i < 10; i++ {
 			v := base * float64(i)
-			if v < min || v > max {
+			if v < min || v > max || i > 1 && every > 1 {
 				continue
 			}
 			t := plot.Tick{Value: v}
@@ -505,8 +514,13 @@ func (siTicks) Ticks(min, max float64) []plot.Tick {
 			break
 		}
 	}
+	if !(step > 0) || math.IsInf(step, 0) {
+		return []plot.Tick{{Value: min, Label: siFormat(min)}}
+	}
 	var ts []plot.Tick
-	for i := math.Ceil(min / step * 2); i/2*step <= max+step*1e-9; i++ {
+	// At most 14 ticks; the bound also ends the loop where step is below
+	// the float resolution of min.
+	for i := math.Ceil(min / step * 2); i/2*step <= max+step*1e-9 && len(ts) < 14; i++ {
 		v := i / 2 * step
 		t := plot.Tick{Value: v}
 		if math.Mod(i, 2) == 0 {

@@ -87,6 +87,11 @@ func TestWritePlot(t *testing.T) {
 	flat := syntheticReport()
 	flat.Spectrum = []Quantile{{0, 1}, {50, 1.1}, {90, 1.3}, {99, 2}}
 
+	hostile := syntheticRamp()
+	hostile.Steps = []Step{{}, {Rate: math.NaN(), QPS: math.Inf(1), Exceeded: true}, {Rate: 1, Latency: Latency{P99: math.NaN()}}}
+	hostile.Timeline = []Second{{T: 1e9, Sent: math.MaxUint64}, {T: 1e9 + 1}}
+	hostile.Spectrum = []Quantile{{0, 1e-300}, {99.99999999, 1e300}}
+
 	tests := []struct {
 		name    string
 		file    string
@@ -100,6 +105,7 @@ func TestWritePlot(t *testing.T) {
 		{name: "no answers", file: "empty.png", r: empty},
 		{name: "nothing plottable", file: "odd.png", r: odd},
 		{name: "narrow spectrum", file: "flat.png", r: flat},
+		{name: "hostile numbers", file: "hostile.png", r: hostile},
 		{name: "unknown extension", file: "run.pdf", r: syntheticReport(), wantErr: "run.pdf"},
 		{name: "no extension", file: "run", r: syntheticReport(), wantErr: "want .svg or .png"},
 		{name: "nil report", file: "nil.png", wantErr: "no report"},
