@@ -498,7 +498,7 @@ func (logTicks) Ticks(min, max float64) []plot.Tick {
 	return out
 }
 
-// siTicks label about six round values (1, 2 or 5 times a power of ten)
+// siTicks labels about six round values (1, 2 or 5 times a power of ten)
 // as 20k or 1.5M rather than 20000, with a minor tick between each two.
 type siTicks struct{}
 
