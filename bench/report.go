@@ -20,12 +20,22 @@ type Report struct {
 	Seconds   float64   `json:"seconds"` // from the first send to the last answer or timeout
 	Settings  Settings  `json:"settings"`
 
-	Sent      uint64 `json:"sent"`
-	Answered  uint64 `json:"answered"`
-	Timeouts  uint64 `json:"timeouts"` // no answer within Settings.Timeout
-	Errors    uint64 `json:"errors"`   // send or connection errors, malformed answers
-	BytesSent uint64 `json:"bytes_sent"`
-	BytesRecv uint64 `json:"bytes_received"`
+	Sent     uint64 `json:"sent"`
+	Answered uint64 `json:"answered"`
+	Timeouts uint64 `json:"timeouts"` // no answer within Settings.Timeout
+	Errors   uint64 `json:"errors"`   // send or connection errors, malformed answers
+	// Malformed counts the datagrams or messages among Errors that were
+	// no answer to a query in flight: not DNS, a wrong ID or question, or
+	// too late (after the query's timeout).
+	Malformed uint64 `json:"malformed"`
+	// Unsent counts the queries of an open loop that the rig could not
+	// send at all (every ID or slot in flight): offered but not Sent.
+	Unsent uint64 `json:"unsent"`
+	// FirstError is the first send or connection error, for the
+	// diagnosis of a run without answers.
+	FirstError string `json:"first_error,omitempty"`
+	BytesSent  uint64 `json:"bytes_sent"`
+	BytesRecv  uint64 `json:"bytes_received"`
 	// QPS is answered queries per second over Seconds.
 	QPS float64 `json:"qps"`
 	// Rcodes counts answers by RCODE name ("NOERROR", "NXDOMAIN", …).
