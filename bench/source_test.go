@@ -25,7 +25,9 @@ func names(n int) []Question {
 	return qs
 }
 
-func itoa3(i int) string { return string([]byte{'0' + byte(i/100%10), '0' + byte(i/10%10), '0' + byte(i%10)}) }
+func itoa3(i int) string {
+	return string([]byte{'0' + byte(i/100%10), '0' + byte(i/10%10), '0' + byte(i%10)})
+}
 
 func unpack(t *testing.T, b []byte) *dns.Msg {
 	t.Helper()

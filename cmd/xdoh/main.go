@@ -61,9 +61,19 @@ func main() {
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "xdoh %s: %v\n", os.Args[1], err)
-		if ue := (usageError{}); errors.As(err, &ue) {
-			os.Exit(2)
-		}
-		os.Exit(1)
+		os.Exit(exitStatus(err))
+	}
+}
+
+// exitStatus is the exit status for a command's error: 2 for usage
+// errors, 1 for the rest, 0 for none.
+func exitStatus(err error) int {
+	switch ue := (usageError{}); {
+	case err == nil:
+		return 0
+	case errors.As(err, &ue):
+		return 2
+	default:
+		return 1
 	}
 }
