@@ -120,6 +120,9 @@ func (t *clientTransport) run(ctx context.Context, p *phase) error {
 		if p.rate > 0 {
 			n = int(min(200_000, max(256, 2*p.rate*p.cfg.Timeout.Seconds())))
 		}
+		if l := p.src.Len(); l > 0 {
+			n = int(min(uint64(n), l))
+		}
 	}
 	slots := make([]clientSlot, n)
 	r.free = make(chan *clientSlot, n)
@@ -131,6 +134,7 @@ func (t *clientTransport) run(ctx context.Context, p *phase) error {
 		s.done = s.complete
 		r.free <- s
 	}
+	p.rec.restart()
 	retryDone := make(chan struct{})
 	go r.retrier(retryDone)
 	if p.open() {

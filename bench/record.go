@@ -85,6 +85,15 @@ func (r *recorder) worker() *tally {
 	return &tally{r: r, hist: h}
 }
 
+// restart sets the phase's time 0 to now: a transport calls it once its
+// sockets and slots are ready, so that an open loop's schedule does not
+// start behind by the setup.
+func (r *recorder) restart() {
+	r.mu.Lock()
+	r.start = time.Now()
+	r.mu.Unlock()
+}
+
 // now is the time since the phase's start, in ns.
 func (r *recorder) now() int64 { return int64(time.Since(r.start)) }
 

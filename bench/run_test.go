@@ -272,7 +272,7 @@ func TestPcapReplay(t *testing.T) {
 				t.Errorf("sent %d answered %d, want the capture's 20", rep.Sent, rep.Answered)
 			}
 			if rep.Seconds < tt.minSecs {
-				t.Errorf("run took %vs, want at least %vs", rep.Seconds, tt.minSecs)
+				t.Errorf("run took %vs, want at least %vs; %+v", rep.Seconds, tt.minSecs, rep)
 			}
 			checkSane(t, rep)
 		})

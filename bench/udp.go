@@ -84,6 +84,9 @@ func (t *udpTransport) run(ctx context.Context, p *phase) error {
 		} else if p.rate > 0 {
 			size = int(min(65536, max(256, 2*p.rate/float64(n)*p.cfg.Timeout.Seconds())))
 		}
+		if l := p.src.Len(); l > 0 {
+			size = int(min(uint64(size), l/uint64(n)+1))
+		}
 		s, err := newUDPSocket(t.addr, size, p, i, n)
 		if err != nil {
 			for _, s := range socks[:i] {
@@ -93,6 +96,7 @@ func (t *udpTransport) run(ctx context.Context, p *phase) error {
 		}
 		socks[i] = s
 	}
+	p.rec.restart()
 	var wg sync.WaitGroup
 	for _, s := range socks {
 		wg.Go(s.send)
