@@ -1,12 +1,28 @@
 // Package bench is `xdoh bench`: a DNS load generator for sizing a
 // resolver, xdoh or any other. It sends queries over Do53 (UDP through
-// batched sockets or AF_XDP, TCP pipelined), DoT, DoH and DoQ, in a closed
-// loop (a number of queries outstanding, as dnsperf) or an open loop at a
-// fixed rate (latency measured from each query's scheduled send time, so
-// that a stall is not hidden: no coordinated omission), and reports
-// achieved rate, latency percentiles from an HDR histogram, RCODEs,
-// timeouts and bytes, live once a second and at the end, as text, JSON
-// (Report) and a plot.
+// batched sockets, TCP pipelined), DoT, DoH and DoQ, in a closed loop (a
+// number of queries outstanding, as dnsperf) or an open loop at a fixed
+// rate (latency measured from each query's scheduled send time, so that a
+// stall is not hidden: no coordinated omission), and reports achieved
+// rate, latency percentiles from an HDR histogram, RCODEs, timeouts and
+// bytes, live once a second and at the end, as text and JSON (Report),
+// which the command also plots.
+//
+// Why two ways to send: UDP is the rig's own (udp.go), since a load
+// generator must outrun the server it measures: one sender and one
+// receiver goroutine per socket, sendmmsg/recvmmsg batches, the query's
+// ID is its index in the socket's table of queries in flight, and nothing
+// is allocated per query. TCP, DoT, DoH (POST) and DoQ go through xdoh's
+// own upstream clients (forwarder/upstream, client.go), so that the rig
+// exercises the code the forwarder runs; DoH GET, which those clients do
+// not send, goes through net/http (dohget.go). AF_XDP sending is not built
+// yet.
+//
+// Queries come from a Source (source.go, pcap.go): a dnsperf query file,
+// looped; the same names drawn with Zipf popularity; random labels under
+// a domain (cache busting); or the UDP port 53 queries of a capture, at
+// its own timing. Each worker counts into a tally of its own and flushes
+// it into the phase's recorder (record.go) once per batch.
 package bench
 
 import "time"
@@ -20,12 +36,22 @@ type Report struct {
 	Seconds   float64   `json:"seconds"` // from the first send to the last answer or timeout
 	Settings  Settings  `json:"settings"`
 
-	Sent      uint64 `json:"sent"`
-	Answered  uint64 `json:"answered"`
-	Timeouts  uint64 `json:"timeouts"` // no answer within Settings.Timeout
-	Errors    uint64 `json:"errors"`   // send or connection errors, malformed answers
-	BytesSent uint64 `json:"bytes_sent"`
-	BytesRecv uint64 `json:"bytes_received"`
+	Sent     uint64 `json:"sent"`
+	Answered uint64 `json:"answered"`
+	Timeouts uint64 `json:"timeouts"` // no answer within Settings.Timeout
+	Errors   uint64 `json:"errors"`   // send or connection errors, malformed answers
+	// Malformed counts the datagrams or messages among Errors that were
+	// no answer to a query in flight: not DNS, a wrong ID or question, or
+	// too late (after the query's timeout).
+	Malformed uint64 `json:"malformed"`
+	// Unsent counts the queries of an open loop that the rig could not
+	// send at all (every ID or slot in flight): offered but not Sent.
+	Unsent uint64 `json:"unsent"`
+	// FirstError is the first send or connection error, for the
+	// diagnosis of a run without answers.
+	FirstError string `json:"first_error,omitempty"`
+	BytesSent  uint64 `json:"bytes_sent"`
+	BytesRecv  uint64 `json:"bytes_received"`
 	// QPS is answered queries per second over Seconds.
 	QPS float64 `json:"qps"`
 	// Rcodes counts answers by RCODE name ("NOERROR", "NXDOMAIN", …).

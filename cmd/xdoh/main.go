@@ -4,6 +4,7 @@
 //	xdoh check -c xdoh.yaml
 //	xdoh reload -s /run/xdoh.sock
 //	xdoh query [@server[:port]] NAME [TYPE] [--tcp] [--doh URL] [--ca-file F]
+//	xdoh bench [-d FILE | --random-sub D | --pcap F] [-c N] [-q N | -Q QPS] [-l S] TARGET
 //
 // It is the composition root: it reads the config, builds the forwarder
 // pipeline, the upstreams and zones, and starts the datapaths. Everything else
@@ -32,6 +33,7 @@ usage:
   xdoh check -c FILE
   xdoh reload -s SOCKET | -c FILE      (also: kill -HUP)
   xdoh query [@server[:port]] NAME [TYPE] [--tcp] [--doh URL] [--ca-file F] [--timeout D]
+  xdoh bench [-d FILE | --random-sub D | --pcap F] [-c N] [-q N | -Q QPS] [-l S] [--json F] TARGET
 `
 
 func main() {
@@ -47,6 +49,8 @@ func main() {
 		err = cmdCheck(os.Args[2:], os.Stdout)
 	case "query":
 		err = cmdQuery(os.Args[2:], os.Stdout)
+	case "bench":
+		err = cmdBench(os.Args[2:], os.Stdout, os.Stderr)
 	case "reload":
 		err = cmdReload(os.Args[2:], os.Stdout)
 	case "-h", "--help", "help":
@@ -57,9 +61,19 @@ func main() {
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "xdoh %s: %v\n", os.Args[1], err)
-		if ue := (usageError{}); errors.As(err, &ue) {
-			os.Exit(2)
-		}
-		os.Exit(1)
+		os.Exit(exitStatus(err))
+	}
+}
+
+// exitStatus is the exit status for a command's error: 2 for usage
+// errors, 1 for the rest, 0 for none.
+func exitStatus(err error) int {
+	switch ue := (usageError{}); {
+	case err == nil:
+		return 0
+	case errors.As(err, &ue):
+		return 2
+	default:
+		return 1
 	}
 }
