@@ -19,6 +19,7 @@ import (
 )
 
 const benchUsage = `usage: xdoh bench [flags] TARGET
+       xdoh bench compare A.json B.json
 
 TARGET: IP[:port] | udp://IP[:port] | tcp://IP[:port] | tls://HOST[:port]
         | https://HOST[:port]/dns-query | quic://HOST[:port]
@@ -44,7 +45,7 @@ transport:
   --xdp IFACE          send UDP through AF_XDP (not built yet)
 output:
   --json FILE          write the report as JSON
-  --plot FILE          write a latency plot
+  --plot FILE          draw QPS, the latency spectrum and loss (.svg or .png)
 `
 
 // benchArgs is what `xdoh bench` was asked.
@@ -304,6 +305,9 @@ func (b *benchArgs) source() (bench.Source, error) {
 // cmdBench is the load-test rig: it runs, prints the report on out and
 // the live progress on progress, and writes --json and --plot.
 func cmdBench(args []string, out, progress io.Writer) error {
+	if len(args) > 0 && args[0] == "compare" {
+		return cmdBenchCompare(args[1:], out)
+	}
 	b, err := parseBenchArgs(args)
 	if err != nil {
 		return err
@@ -338,8 +342,8 @@ func cmdBench(args []string, out, progress io.Writer) error {
 		}
 	}
 	if b.plotFile != "" {
-		if err := writePlot(b.plotFile, rep); err != nil {
-			return err
+		if err := bench.WritePlot(b.plotFile, rep); err != nil {
+			return fmt.Errorf("--plot: %w", err)
 		}
 	}
 	return runErr
@@ -356,7 +360,24 @@ func writeJSON(path string, rep *bench.Report) error {
 	return nil
 }
 
-// writePlot draws the report's latency spectrum and timeline.
-func writePlot(path string, r *bench.Report) error {
-	return fmt.Errorf("--plot %s: plots: not built yet", path)
+// cmdBenchCompare is `xdoh bench compare A.json B.json`: the two runs side
+// by side and a verdict on B against A. The exit status is 0 unless B is
+// worse or mixed, so that a script can gate on it.
+func cmdBenchCompare(args []string, out io.Writer) error {
+	if len(args) != 2 {
+		return usagef("usage: xdoh bench compare A.json B.json")
+	}
+	a, err := bench.LoadReport(args[0])
+	if err != nil {
+		return err
+	}
+	b, err := bench.LoadReport(args[1])
+	if err != nil {
+		return err
+	}
+	switch v := bench.Compare(out, a, b); v {
+	case bench.Worse, bench.Mixed:
+		return fmt.Errorf("verdict %s: %s against %s", v, args[1], args[0])
+	}
+	return nil
 }

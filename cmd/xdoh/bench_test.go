@@ -159,11 +159,30 @@ func TestBenchAgainstBIND(t *testing.T) {
 		t.Errorf("report %+v", rep)
 	}
 
-	// DoH GET with the CA, -n bound, and --plot not built yet: the run
-	// happens, the report is printed, the plot fails the command.
-	out, err, status := runBench(t, "-d", q, "--get", "--ca-file", b.CAFile, "-n", "100", "--plot", filepath.Join(t.TempDir(), "p.svg"), b.DoHURL)
-	if err == nil || !strings.Contains(err.Error(), "plots: not built yet") || status != 1 || !strings.Contains(out, "Queries sent:         100") {
-		t.Errorf("err %v status %d\n%s", err, status, out)
+	// DoH GET with the CA, -n bound, and a plot.
+	png := filepath.Join(t.TempDir(), "p.png")
+	out, err, _ = runBench(t, "-d", q, "--get", "--ca-file", b.CAFile, "-n", "100", "--plot", png, b.DoHURL)
+	if err != nil || !strings.Contains(out, "Queries sent:         100") {
+		t.Fatalf("DoH GET with --plot: %v\n%s", err, out)
+	}
+	if st, err := os.Stat(png); err != nil || st.Size() < 10000 {
+		t.Errorf("plot %s: %v", png, err)
+	}
+
+	// compare: a run against itself is the same (exit 0); against a run
+	// with a tenth of its rate, worse (exit 1).
+	slow := filepath.Join(t.TempDir(), "slow.json")
+	if _, err, _ := runBench(t, "-d", q, "-Q", "200", "-l", "1", "--json", slow, b.Do53Addr); err != nil {
+		t.Fatal(err)
+	}
+	if out, err, status := runBench(t, "compare", js, js); err != nil || status != 0 || !strings.Contains(out, "verdict") {
+		t.Errorf("compare A A: %v (status %d)\n%s", err, status, out)
+	}
+	if out, err, status := runBench(t, "compare", js, slow); err == nil || status != 1 || !strings.Contains(out, "worse") {
+		t.Errorf("compare fast slow: %v (status %d)\n%s", err, status, out)
+	}
+	if _, err, status := runBench(t, "compare", js); err == nil || status != 2 {
+		t.Errorf("compare with one file: %v (status %d)", err, status)
 	}
 }
 
