@@ -134,7 +134,7 @@ func (t *clientTransport) run(ctx context.Context, p *phase) error {
 		s.done = s.complete
 		r.free <- s
 	}
-	p.rec.restart()
+	p.begin()
 	retryDone := make(chan struct{})
 	go r.retrier(retryDone)
 	if p.open() {
@@ -263,6 +263,25 @@ func (r *clientRun) retrier(done <-chan struct{}) {
 	}
 }
 
+// countMissed counts as unsent the queries from seq on whose scheduled
+// time fell within the phase's time limit: the scheduler, late (a busy
+// machine), had not reached them when the phase ended. Without this the
+// rig would hide its own lag, as a closed loop does.
+func (r *clientRun) countMissed(seq uint64) {
+	p := r.p
+	if p.limit <= 0 || p.timed != nil {
+		return
+	}
+	var n uint64
+	for s := seq; p.sched(s) < int64(p.limit) && (p.count == 0 || s < p.count) && (p.src.Len() == 0 || s < p.src.Len()); s++ {
+		n++
+	}
+	sh := &r.shards[0]
+	sh.mu.Lock()
+	sh.t.c.unsent += n
+	sh.mu.Unlock()
+}
+
 // schedule is the open loop: it submits each query at its time, with
 // latency measured from that time; a query for which no slot is free is
 // counted unsent.
@@ -272,6 +291,7 @@ func (r *clientRun) schedule() {
 	for {
 		seq := r.seq.Load()
 		if !p.more(seq) {
+			r.countMissed(seq)
 			p.end()
 			return
 		}
@@ -280,6 +300,7 @@ func (r *clientRun) schedule() {
 		if at > now {
 			select {
 			case <-p.stop:
+				r.countMissed(r.seq.Load())
 				return
 			case <-time.After(time.Duration(min(at-now, int64(10*time.Millisecond)))):
 			}

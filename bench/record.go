@@ -85,10 +85,10 @@ func (r *recorder) worker() *tally {
 	return &tally{r: r, hist: h}
 }
 
-// restart sets the phase's time 0 to now: a transport calls it once its
+// resetClock sets the phase's time 0 to now: a transport calls it once its
 // sockets and slots are ready, so that an open loop's schedule does not
 // start behind by the setup.
-func (r *recorder) restart() {
+func (r *recorder) resetClock() {
 	r.mu.Lock()
 	r.start = time.Now()
 	r.mu.Unlock()

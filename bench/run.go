@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -146,6 +147,18 @@ type phase struct {
 	rec         *recorder
 	stop        chan struct{} // closed at the limit or on cancel
 	stopped     atomic.Bool
+	started     chan struct{} // closed by begin: time 0, the limit runs from here
+	beginOnce   sync.Once
+}
+
+// begin is the phase's time 0: a transport calls it once its sockets and
+// connections are ready, so that neither an open loop's schedule nor the
+// time limit counts the setup.
+func (p *phase) begin() {
+	p.beginOnce.Do(func() {
+		p.rec.resetClock()
+		close(p.started)
+	})
 }
 
 // open reports whether the phase is an open loop.
@@ -314,10 +327,16 @@ func firstErrorOr(rep *Report, s string) string {
 // runPhase runs p on t with the live progress and the time limit.
 func runPhase(ctx context.Context, t transport, p *phase) (*result, error) {
 	p.rec = newRecorder(time.Now())
+	p.started = make(chan struct{})
 	done := make(chan struct{})
 	go func() {
 		var limit <-chan time.Time
 		if p.limit > 0 {
+			select { // the limit runs from the end of the setup
+			case <-p.started:
+			case <-ctx.Done():
+			case <-done:
+			}
 			tm := time.NewTimer(p.limit)
 			defer tm.Stop()
 			limit = tm.C

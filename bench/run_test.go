@@ -175,8 +175,10 @@ func TestOpenLoopRate(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if rep.Sent < 3600 || rep.Sent > 4400 {
-				t.Errorf("sent %d at 2000 q/s for 2s, want 4000 ± 10%%", rep.Sent)
+			// Every query of the schedule is sent or, if the rig fell
+			// behind (a busy machine, the race detector), counted unsent.
+			if n := rep.Sent + rep.Unsent; n < 3900 || n > 4100 || rep.Sent < 2000 {
+				t.Errorf("sent %d, unsent %d at 2000 q/s for 2s, want 4000 ± 2.5%% in all", rep.Sent, rep.Unsent)
 			}
 			if rep.Settings.Rate != 2000 || rep.Settings.Outstanding != 0 {
 				t.Errorf("settings %+v", rep.Settings)

@@ -96,7 +96,7 @@ func (t *udpTransport) run(ctx context.Context, p *phase) error {
 		}
 		socks[i] = s
 	}
-	p.rec.restart()
+	p.begin()
 	var wg sync.WaitGroup
 	for _, s := range socks {
 		wg.Go(s.send)
