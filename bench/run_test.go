@@ -309,7 +309,12 @@ func TestAgreesWithDnsperf(t *testing.T) {
 	}
 	ours := rep.Latency.Mean / 1000
 	t.Logf("mean latency: dnsperf %.6fs, xdoh bench %.6fs (p50 %.3fms p99 %.3fms)", theirs, ours, rep.Latency.P50, rep.Latency.P99)
-	if r := ours / theirs; !(r > 0.33 && r < 3) || math.IsNaN(r) {
+	// dnsperf's one-in-flight latency includes a hand-off between its
+	// sender and receiver threads (and, now and then, its lost wake-up:
+	// docs/performance.md), which the rig's loop does not have: on a busy
+	// two-CPU box it measures up to ~5× more than the rig. More than 10×,
+	// or the rig measuring more than 3× dnsperf, would be a clock bug.
+	if r := ours / theirs; !(r > 0.1 && r < 3) || math.IsNaN(r) {
 		t.Errorf("xdoh bench's mean %.6fs is %.2f× dnsperf's %.6fs", ours, r, theirs)
 	}
 }
