@@ -8,7 +8,7 @@
 #
 # Query set: ipv4.aws.example.internal A (a local zone). kxdpgun: -Q GUN_QPS
 # (it sends what it can); xdoh bench --xdp: closed loop with -q OUTSTANDING.
-# Columns: sent/s and answered/s as each tool reports them.
+# Columns: sent/s and answered/s over the run's length (-l), as kxdpgun counts them.
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 XDOH_BIN=${XDOH_BIN:-$HERE/../bin/xdoh}
@@ -64,9 +64,9 @@ for r in $(seq "$RUNS"); do
   printf '%-14s %3d %10d %10d\n' kxdpgun "$r" "${s:-0}" "${a:-0}"
   ip -n $C link set dev $CI xdp off 2>/dev/null  # kxdpgun leaves its program attached
   sleep 1
-  ip netns exec $C timeout $((DURATION + 15)) "$XDOH_BIN" bench --allow-remote --xdp $CI -d "$W/q.txt" \
-    -q "$OUTSTANDING" -l "$DURATION" -t 1 --json "$W/xdoh.$r.json" $S4 >"$W/xdoh.$r" 2>&1
-  read -r s a < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(int(r["sent"]/r["seconds"]), int(r["qps"]))' "$W/xdoh.$r.json" 2>/dev/null || echo "0 0")
+  ip netns exec $C timeout $((DURATION + 15)) ${PERF:+perf record -g -o $W/perf.$r.data} "$XDOH_BIN" bench --allow-remote --xdp $CI -d "$W/q.txt" \
+    -q "$OUTSTANDING" -l "$DURATION" -t 0.5 --json "$W/xdoh.$r.json" $S4 >"$W/xdoh.$r" 2>&1
+  read -r s a < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); l=r["settings"]["limit_s"]; print(int(r["sent"]/l), int(r["answered"]/l))' "$W/xdoh.$r.json" 2>/dev/null || echo "0 0")
   printf '%-14s %3d %10d %10d\n' "xdoh-bench-xdp" "$r" "$s" "$a"
 done
 echo "raw outputs: $W" >&2
