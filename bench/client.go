@@ -23,6 +23,8 @@ func newTransport(tr string, cfg *Config) (transport, error) {
 	switch tr {
 	case "udp":
 		return newUDP(cfg.Target, cfg)
+	case "udp-xdp":
+		return newXDP(cfg)
 	case "https-get":
 		u, err := newDoHGet(cfg)
 		if err != nil {

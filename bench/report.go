@@ -15,8 +15,11 @@
 // is allocated per query. TCP, DoT, DoH (POST) and DoQ go through xdoh's
 // own upstream clients (forwarder/upstream, client.go), so that the rig
 // exercises the code the forwarder runs; DoH GET, which those clients do
-// not send, goes through net/http (dohget.go). AF_XDP sending is not built
-// yet.
+// not send, goes through net/http (dohget.go). With Config.XDP, Do53 over
+// UDP goes through AF_XDP (xdp.go, transport "udp-xdp"), as kxdpgun sends:
+// one socket per receive queue with datapath/xsk's rings, frames built
+// from headers laid out once, and bpf/'s xdp_bench steering the target's
+// replies back; the slot table and matching are the UDP path's.
 //
 // Queries come from a Source (source.go, pcap.go): a dnsperf query file,
 // looped; the same names drawn with Zipf popularity; random labels under

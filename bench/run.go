@@ -16,8 +16,12 @@ import (
 
 // Config is one run.
 type Config struct {
-	Target  string // "IP[:port]", "udp://…", "tcp://…", "tls://…", "https://…", "quic://…"
-	Get     bool   // DoH: GET instead of POST
+	Target string // "IP[:port]", "udp://…", "tcp://…", "tls://…", "https://…", "quic://…"
+	Get    bool   // DoH: GET instead of POST
+	// XDP, for a Do53 UDP target, sends through AF_XDP on this interface
+	// (transport "udp-xdp"): one socket per receive queue, so Clients
+	// does not apply.
+	XDP     string
 	Source  Source
 	Clients int // sockets or connections (default 1)
 	// Outstanding is the closed loop's queries in flight (default 100
@@ -210,6 +214,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.XDP != "" {
+		if tr != "udp" {
+			return nil, fmt.Errorf("--xdp is for UDP targets, not %s", tr)
+		}
+		tr = "udp-xdp"
+	}
 	if cfg.Clients <= 0 {
 		cfg.Clients = 1
 	}
@@ -256,6 +266,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	defer t.Close()
+	if x, ok := t.(interface{ sockets() int }); ok {
+		rep.Settings.Clients = x.sockets()
+	}
 
 	var total *result
 	rates := []float64{cfg.Rate}

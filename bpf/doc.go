@@ -126,3 +126,8 @@ package bpf
 // The -idirafter paths find asm/types.h on Debian's multiarch layout (amd64,
 // arm64); elsewhere they do not exist and are ignored.
 //go:generate go tool bpf2go -cc clang -target bpfel -type reason -type listener_key -type listener_value -type acl4_key -type acl6_key -type answer_event -type answer_key -type answer xdp xdp.c -- -Wall -Werror -mcpu=v3 -idirafter /usr/include/x86_64-linux-gnu -idirafter /usr/include/aarch64-linux-gnu
+
+// bench.c is `xdoh bench --xdp`'s own program (LoadBench, bench.go): the
+// server's program steers by destination, the load generator needs the
+// replies from its target.
+//go:generate go tool bpf2go -cc clang -target bpfel bench bench.c -- -Wall -Werror -mcpu=v3 -idirafter /usr/include/x86_64-linux-gnu -idirafter /usr/include/aarch64-linux-gnu

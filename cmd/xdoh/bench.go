@@ -42,7 +42,7 @@ transport:
   --ca-file FILE       trust this CA (DoT, DoH, DoQ)
   --tls-server-name N  verify this name instead of the target's host
   --allow-remote       allow a target that is not loopback
-  --xdp IFACE          send UDP through AF_XDP (not built yet)
+  --xdp IFACE          send UDP through AF_XDP on IFACE (root; one socket per queue, -c does not apply)
 output:
   --json FILE          write the report as JSON
   --plot FILE          draw QPS, the latency spectrum and loss (.svg or .png)
@@ -186,6 +186,7 @@ func parseBenchArgs(args []string) (*benchArgs, error) {
 		return nil, usagef("want one TARGET, got %d arguments (xdoh bench -h for help)", len(pos))
 	}
 	b.cfg.Target = pos[0]
+	b.cfg.XDP = b.xdp
 	tr, err := bench.Transport(b.cfg.Target, b.cfg.Get)
 	if err != nil {
 		return nil, usageError{err}
@@ -314,9 +315,6 @@ func cmdBench(args []string, out, progress io.Writer) error {
 	}
 	if !b.allowRemote && !bench.IsLoopback(b.cfg.Target) {
 		return usagef("target %s is not on loopback (127.0.0.0/8, ::1, localhost): refusing to send load there without --allow-remote", b.cfg.Target)
-	}
-	if b.xdp != "" {
-		return fmt.Errorf("--xdp %s: AF_XDP sending is not built yet; use a UDP target without --xdp", b.xdp)
 	}
 	src, err := b.source()
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"unsafe"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
@@ -221,7 +222,7 @@ func (s *Server) startIface(name string) (*iface, error) {
 	if err != nil {
 		return nil, err
 	}
-	queues, err := rxQueues(name)
+	queues, err := RxQueues(name)
 	if err != nil {
 		return nil, err
 	}
@@ -253,7 +254,7 @@ func (s *Server) startIface(name string) (*iface, error) {
 	// that has an XDP program, and the program redirects only to queues
 	// whose socket is in the map, so packets of a queue without one keep
 	// reaching the kernel in the meantime.
-	if ifc.link, ifc.mode, err = attach(prog, ni.Index, s.cfg.Mode); err != nil {
+	if ifc.link, ifc.mode, err = Attach(prog.XDP(), ni.Index, s.cfg.Mode); err != nil {
 		return ifc, err
 	}
 	for q := range queues {
@@ -352,8 +353,10 @@ func (s *Server) TierStats() (TierStats, bool) {
 	return s.tier.stats(), true
 }
 
-// attach links prog to the interface in mode (auto: native, else generic).
-func attach(prog *bpf.Program, index int, mode Mode) (link.Link, Mode, error) {
+// Attach links an XDP program to the interface index in mode (auto:
+// native, else generic) and returns the mode it got. Closing the link
+// detaches it.
+func Attach(prog *ebpf.Program, index int, mode Mode) (link.Link, Mode, error) {
 	try := []Mode{mode}
 	if mode == ModeAuto {
 		try = []Mode{ModeNative, ModeGeneric}
@@ -364,7 +367,7 @@ func attach(prog *bpf.Program, index int, mode Mode) (link.Link, Mode, error) {
 		if m == ModeGeneric {
 			flags = link.XDPGenericMode
 		}
-		l, err := link.AttachXDP(link.XDPOptions{Program: prog.XDP(), Interface: index, Flags: flags})
+		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: index, Flags: flags})
 		if err == nil {
 			return l, m, nil
 		}
@@ -377,11 +380,11 @@ func attach(prog *bpf.Program, index int, mode Mode) (link.Link, Mode, error) {
 	return nil, mode, errors.Join(errs...)
 }
 
-// rxQueues is how many receive queues the interface has: ETHTOOL_GCHANNELS
+// RxQueues is how many receive queues the interface has: ETHTOOL_GCHANNELS
 // (rx or combined channels, like Knot), which follows the calling thread's
 // network namespace; sysfs, which shows the namespace it was mounted in,
 // only for a driver without it.
-func rxQueues(name string) (int, error) {
+func RxQueues(name string) (int, error) {
 	if n, err := ethtoolRxQueues(name); err == nil && n > 0 {
 		return n, nil
 	}
