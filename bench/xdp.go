@@ -232,7 +232,7 @@ func (t *xdpTransport) run(ctx context.Context, p *phase) error {
 		}
 		r.workers[i] = w
 	}
-	p.rec.restart()
+	p.begin()
 	var wg sync.WaitGroup
 	for _, w := range r.workers {
 		wg.Go(w.send)
