@@ -375,13 +375,13 @@ func echoServer(t testing.TB) netip.AddrPort {
 // udpRound sends a batch and receives its answers through a socket's own
 // loops: one closed-loop round.
 func udpRound(s *udpSocket) {
-	n := s.takeFree()
+	n := s.takeFree(udpBatch)
 	s.sendBatch(n)
 	now := s.p.rec.now()
 	for s.inflight.Load() > 0 {
 		_ = s.rc.Read(s.recvFn)
 		for j := range s.rn {
-			s.answer(s.rbufs[j][:s.rmsgs[j].n], now)
+			s.match(s.rbufs[j][:s.rmsgs[j].n], now, s.rt)
 		}
 	}
 	s.rt.flush()

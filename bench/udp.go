@@ -4,14 +4,11 @@ package bench
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -42,13 +39,6 @@ type mmsghdr struct {
 	n   uint32
 }
 
-// udpSlot is one query in flight: its ID is its index.
-type udpSlot struct {
-	busy  atomic.Bool
-	sched atomic.Int64  // ns from the phase's start: the scheduled (open loop) or actual send time
-	qhash atomic.Uint64 // of the question, to match the answer's
-}
-
 // udpTransport runs phases over UDP sockets.
 type udpTransport struct {
 	addr    *net.UDPAddr
@@ -72,21 +62,7 @@ func (t *udpTransport) run(ctx context.Context, p *phase) error {
 	}
 	socks := make([]*udpSocket, n)
 	for i := range socks {
-		// Closed loop: each socket's share of the queries in flight.
-		// Open loop: as many as the rate keeps in flight for the
-		// timeout, with room; at most the 65536 IDs.
-		size := 65536
-		if !p.open() {
-			size = p.outstanding / n
-			if i < p.outstanding%n {
-				size++
-			}
-		} else if p.rate > 0 {
-			size = int(min(65536, max(256, 2*p.rate/float64(n)*p.cfg.Timeout.Seconds())))
-		}
-		if l := p.src.Len(); l > 0 {
-			size = int(min(uint64(size), l/uint64(n)+1))
-		}
+		size := slotTableSize(p, i, n)
 		s, err := newUDPSocket(t.addr, size, p, i, n)
 		if err != nil {
 			for _, s := range socks[:i] {
@@ -111,23 +87,11 @@ func (t *udpTransport) run(ctx context.Context, p *phase) error {
 
 // udpSocket is one connected socket with its sender and receiver.
 type udpSocket struct {
-	p      *phase
-	conn   *net.UDPConn
-	rc     syscall.RawConn
-	slots  []udpSlot
-	free   chan uint16
-	first  uint64 // this socket's queries are first, first+stride, …
-	stride uint64
-
-	inflight   atomic.Int64
-	senderDone atomic.Bool
-	lastSend   atomic.Int64 // ns of the sender's last send
+	slotTable
+	conn *net.UDPConn
+	rc   syscall.RawConn
 
 	// sender-owned
-	st     *tally
-	rng    *rand.Rand
-	seq    uint64
-	ids    [udpBatch]uint16
 	sbufs  [udpBatch][MaxQuery]byte
 	siov   [udpBatch]unix.Iovec
 	smsgs  [udpBatch]mmsghdr
@@ -137,7 +101,6 @@ type udpSocket struct {
 	sendFn func(uintptr) bool
 
 	// receiver-owned
-	rt     *tally
 	rbufs  [udpBatch][udpRecvBuf]byte
 	riov   [udpBatch]unix.Iovec
 	rmsgs  [udpBatch]mmsghdr
@@ -158,22 +121,9 @@ func newUDPSocket(addr *net.UDPAddr, size int, p *phase, i, n int) (*udpSocket, 
 		conn.Close()
 		return nil, fmt.Errorf("UDP socket to %s: %w", addr, err)
 	}
-	s := &udpSocket{
-		p:      p,
-		conn:   conn,
-		rc:     rc,
-		slots:  make([]udpSlot, size),
-		free:   make(chan uint16, size),
-		first:  uint64(i),
-		stride: uint64(n),
-		st:     p.rec.worker(),
-		rng:    rand.New(rand.NewPCG(rand.Uint64(), uint64(i))),
-	}
-	s.rt = &tally{r: p.rec, hist: s.st.hist} // one histogram per socket, written under the recorder's lock
-	s.seq = s.first
-	for id := range size {
-		s.free <- uint16(id)
-	}
+	s := &udpSocket{conn: conn, rc: rc}
+	s.init(p, size, i, n)
+	s.next = s.nextQuery
 	for j := range udpBatch {
 		s.siov[j].Base = &s.sbufs[j][0]
 		s.smsgs[j].hdr.Iov = &s.siov[j]
@@ -231,136 +181,31 @@ func (s *udpSocket) tryRecv(fd uintptr) bool {
 
 // send is the sender goroutine.
 func (s *udpSocket) send() {
-	defer func() {
-		s.st.flush()
-		s.lastSend.Store(s.p.rec.now())
-		s.senderDone.Store(true)
-	}()
+	defer s.senderFinished()
 	p := s.p
 	for {
-		n := 0
+		var n int
 		if p.open() {
-			n = s.takeDue()
-			if n < 0 {
-				return
-			}
+			n = s.takeDue(udpBatch)
 		} else {
-			n = s.takeFree()
-			if n < 0 {
-				return
-			}
+			n = s.takeFree(udpBatch)
 		}
-		if n == 0 {
-			continue
-		}
-		s.sendBatch(n)
-	}
-}
-
-// takeFree (closed loop) waits for at least one free ID and fills the
-// batch with the next queries; -1: the phase is over.
-func (s *udpSocket) takeFree() int {
-	p := s.p
-	var id uint16
-	select {
-	case id = <-s.free:
-	case <-p.stop:
-		return -1
-	}
-	n := 0
-	now := p.rec.now()
-	for {
-		if !p.more(s.seq) {
-			s.free <- id
-			if n == 0 {
-				return -1
-			}
-			return n
-		}
-		q, ok := p.src.Next(s.seq, s.rng, s.sbufs[n][:])
-		if !ok {
-			s.free <- id
-			if n == 0 {
-				return -1
-			}
-			return n
-		}
-		s.seq += s.stride
-		s.fill(n, id, q, now)
-		n++
-		if n == udpBatch {
-			return n
-		}
-		select {
-		case id = <-s.free:
-		default:
-			return n
-		}
-	}
-}
-
-// takeDue (open loop) fills the batch with the queries whose time has
-// come, sleeping until the next one is due; -1: the phase is over.
-func (s *udpSocket) takeDue() int {
-	p := s.p
-	n := 0
-	for n == 0 {
-		if !p.more(s.seq) {
-			return -1
-		}
-		now := p.rec.now()
-		for n < udpBatch && p.more(s.seq) {
-			at := p.sched(s.seq)
-			if at > now {
-				break
-			}
-			var id uint16
-			select {
-			case id = <-s.free:
-			default:
-				// Every ID is in flight: the rig cannot offer this
-				// query. Count it rather than send it late.
-				s.st.unsent()
-				s.seq += s.stride
-				continue
-			}
-			q, ok := p.src.Next(s.seq, s.rng, s.sbufs[n][:])
-			if !ok {
-				s.free <- id
-				return -1
-			}
-			s.fill(n, id, q, at)
-			s.seq += s.stride
-			n++
+		if n < 0 {
+			return
 		}
 		if n > 0 {
-			return n
+			s.sendBatch(n)
 		}
-		if !p.more(s.seq) {
-			return -1
-		}
-		wait := time.Duration(p.sched(s.seq) - now)
-		s.st.flush()
-		select {
-		case <-p.stop:
-			return -1
-		default:
-		}
-		time.Sleep(min(wait, 10*time.Millisecond))
 	}
-	return n
 }
 
-// fill puts query q with ID id in batch position j.
-func (s *udpSocket) fill(j int, id uint16, q []byte, at int64) {
-	binary.BigEndian.PutUint16(q, id)
-	sl := &s.slots[id]
-	sl.sched.Store(at)
-	sl.qhash.Store(questionHash(q))
-	sl.busy.Store(true)
-	s.ids[j] = id
-	s.siov[j].SetLen(len(q))
-	s.inflight.Add(1)
+// nextQuery is the table's next: query seq into the send buffer j.
+func (s *udpSocket) nextQuery(j int, _ uint16, seq uint64, _ int64) ([]byte, bool) {
+	q, ok := s.p.src.Next(seq, s.rng, s.sbufs[j][:])
+	if ok {
+		s.siov[j].SetLen(len(q))
+	}
+	return q, ok
 }
 
 // sendBatch sends the batch's n queries.
@@ -389,17 +234,6 @@ func (s *udpSocket) sendBatch(n int) {
 	s.st.flush()
 }
 
-// release frees a slot; false if it was free already (the receiver or
-// timeout scan got it).
-func (s *udpSocket) release(id uint16) bool {
-	if !s.slots[id].busy.CompareAndSwap(true, false) {
-		return false
-	}
-	s.inflight.Add(-1)
-	s.free <- id
-	return true
-}
-
 // receive is the receiver goroutine: it matches answers and times out
 // queries until the sender is done and nothing is in flight (or the last
 // query's timeout has passed).
@@ -420,7 +254,7 @@ func (s *udpSocket) receive() {
 			time.Sleep(udpScan)
 		}
 		for j := range s.rn {
-			s.answer(s.rbufs[j][:s.rmsgs[j].n], now)
+			s.match(s.rbufs[j][:s.rmsgs[j].n], now, s.rt)
 		}
 		if now-lastScan >= int64(udpScan) || s.rn == 0 {
 			s.scan(now, timeout)
@@ -435,55 +269,6 @@ func (s *udpSocket) receive() {
 				s.scan(now+timeout, timeout) // everything left has had its time
 				s.rt.flush()
 				return
-			}
-		}
-	}
-}
-
-// answer matches one datagram to its query.
-func (s *udpSocket) answer(b []byte, now int64) {
-	if len(b) < 12 || b[2]&0x80 == 0 {
-		s.rt.malformed()
-		return
-	}
-	id := binary.BigEndian.Uint16(b)
-	if int(id) >= len(s.slots) {
-		s.rt.malformed()
-		return
-	}
-	sl := &s.slots[id]
-	if !sl.busy.Load() {
-		s.rt.malformed() // late (timed out) or never asked
-		return
-	}
-	qd := binary.BigEndian.Uint16(b[4:])
-	rcode := int(b[3] & 0xf)
-	if qd != 1 && !(qd == 0 && rcode != 0) {
-		s.rt.malformed()
-		return
-	}
-	if qd == 1 && questionHash(b) != sl.qhash.Load() {
-		s.rt.malformed()
-		return
-	}
-	sched := sl.sched.Load()
-	if !s.release(id) {
-		s.rt.malformed()
-		return
-	}
-	s.rt.answer(now-sched, rcode, len(b))
-}
-
-// scan times out the queries sent before now-timeout.
-func (s *udpSocket) scan(now, timeout int64) {
-	if s.inflight.Load() == 0 {
-		return
-	}
-	for id := range s.slots {
-		sl := &s.slots[id]
-		if sl.busy.Load() && now-sl.sched.Load() >= timeout {
-			if s.release(uint16(id)) {
-				s.rt.timeout()
 			}
 		}
 	}

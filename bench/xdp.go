@@ -7,11 +7,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"runtime"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -176,26 +174,10 @@ func (t *xdpTransport) Close() error {
 // xdpWorker is one socket's queries of a phase: its slot table (IDs are
 // slot indexes, source ports follow from them) and its sender's state.
 type xdpWorker struct {
-	r      *xdpRun
-	s      *xdpSocket
-	slots  []udpSlot
-	free   chan uint16
-	port   uint16 // this socket's first source port
-	first  uint64
-	stride uint64
-
-	inflight   atomic.Int64
-	senderDone atomic.Bool
-	lastSend   atomic.Int64
-
-	// sender-owned
-	st  *tally
-	rng *rand.Rand
-	seq uint64
-	ids [udpBatch]uint16
-	n   int // queries in the batch
-	// receiver-owned (the receiver of the same socket)
-	rt *tally
+	slotTable
+	r    *xdpRun
+	s    *xdpSocket
+	port uint16 // this socket's first source port
 }
 
 // xdpRun is one phase over every socket.
@@ -208,28 +190,9 @@ func (t *xdpTransport) run(ctx context.Context, p *phase) error {
 	n := len(t.socks)
 	r := &xdpRun{p: p, workers: make([]*xdpWorker, n)}
 	for i, s := range t.socks {
-		size := 65536
-		if !p.open() {
-			size = p.outstanding / n
-			if i < p.outstanding%n {
-				size++
-			}
-		} else if p.rate > 0 {
-			size = int(min(65536, max(256, 2*p.rate/float64(n)*p.cfg.Timeout.Seconds())))
-		}
-		if l := p.src.Len(); l > 0 {
-			size = int(min(uint64(size), l/uint64(n)+1))
-		}
-		w := &xdpWorker{
-			r: r, s: s, slots: make([]udpSlot, size), free: make(chan uint16, max(size, 1)),
-			port: uint16(xdpPortBase + i*xdpPorts), first: uint64(i), stride: uint64(n),
-			st: p.rec.worker(), rng: rand.New(rand.NewPCG(rand.Uint64(), uint64(i))),
-		}
-		w.rt = &tally{r: p.rec, hist: w.st.hist}
-		w.seq = w.first
-		for id := range size {
-			w.free <- uint16(id)
-		}
+		w := &xdpWorker{r: r, s: s, port: uint16(xdpPortBase + i*xdpPorts)}
+		w.init(p, slotTableSize(p, i, n), i, n)
+		w.next = w.nextFrame
 		r.workers[i] = w
 	}
 	p.begin()
@@ -244,11 +207,7 @@ func (t *xdpTransport) run(ctx context.Context, p *phase) error {
 
 // send is a socket's sender goroutine.
 func (w *xdpWorker) send() {
-	defer func() {
-		w.st.flush()
-		w.lastSend.Store(w.r.p.rec.now())
-		w.senderDone.Store(true)
-	}()
+	defer w.senderFinished()
 	if len(w.slots) == 0 {
 		return
 	}
@@ -304,123 +263,22 @@ func (w *xdpWorker) transmit(n int) {
 	w.st.flush()
 }
 
-// next writes query seq into a free frame as batch position j with ID id,
-// scheduled at at; false if the source has no more (the frame and ID stay
-// free).
-func (w *xdpWorker) next(j int, id uint16, at int64) bool {
-	s, p := w.s, w.r.p
+// nextFrame is the table's next: query seq into a free frame as batch
+// position j with ID id (the source port follows from it); false if the
+// source has no more (the frame stays free).
+func (w *xdpWorker) nextFrame(j int, id uint16, seq uint64, _ int64) ([]byte, bool) {
+	s := w.s
 	addr, _ := s.frames.Get() // the caller made room
 	pkt := s.sock.Packet(addr)
 	hl := s.dg.Len()
-	q, ok := p.src.Next(w.seq, w.rng, pkt[hl:hl+MaxQuery])
+	q, ok := w.p.src.Next(seq, w.rng, pkt[hl:hl+MaxQuery])
 	if !ok {
 		s.frames.Put(addr)
-		return false
+		return nil, false
 	}
-	binary.BigEndian.PutUint16(q, id)
-	sl := &w.slots[id]
-	sl.sched.Store(at)
-	sl.qhash.Store(questionHash(q))
-	sl.busy.Store(true)
-	w.inflight.Add(1)
-	w.ids[j] = id
+	binary.BigEndian.PutUint16(q, id) // before the checksum
 	s.descs[j] = unix.XDPDesc{Addr: addr, Len: uint32(s.dg.Build(pkt, w.port+id%xdpPorts, len(q)))}
-	return true
-}
-
-// takeFree (closed loop) waits for at least one free ID and fills up to
-// room batch positions; -1: the phase is over.
-func (w *xdpWorker) takeFree(room int) int {
-	p := w.r.p
-	var id uint16
-	select {
-	case id = <-w.free:
-	case <-p.stop:
-		return -1
-	}
-	n := 0
-	now := p.rec.now()
-	for {
-		if !p.more(w.seq) || !w.next(n, id, now) {
-			w.free <- id
-			if n == 0 {
-				return -1
-			}
-			return n
-		}
-		w.seq += w.stride
-		n++
-		if n == room {
-			return n
-		}
-		select {
-		case id = <-w.free:
-		default:
-			return n
-		}
-	}
-}
-
-// takeDue (open loop) fills up to room positions with the queries whose
-// time has come, sleeping until the next is due; -1: the phase is over.
-func (w *xdpWorker) takeDue(room int) int {
-	p := w.r.p
-	n := 0
-	for n == 0 {
-		if !p.more(w.seq) {
-			return -1
-		}
-		now := p.rec.now()
-		for n < room && p.more(w.seq) {
-			at := p.sched(w.seq)
-			if at > now {
-				break
-			}
-			var id uint16
-			select {
-			case id = <-w.free:
-			default:
-				w.st.unsent() // every ID is in flight
-				w.seq += w.stride
-				continue
-			}
-			if !w.next(n, id, at) {
-				w.free <- id
-				return -1
-			}
-			w.seq += w.stride
-			n++
-		}
-		if n > 0 {
-			return n
-		}
-		if !p.more(w.seq) {
-			return -1
-		}
-		wait := time.Duration(p.sched(w.seq) - now)
-		w.st.flush()
-		select {
-		case <-p.stop:
-			return -1
-		default:
-		}
-		if wait > 50*time.Microsecond {
-			time.Sleep(min(wait, 10*time.Millisecond))
-		} else {
-			runtime.Gosched()
-		}
-	}
-	return n
-}
-
-// release frees a slot; false if it was free already.
-func (w *xdpWorker) release(id uint16) bool {
-	if !w.slots[id].busy.CompareAndSwap(true, false) {
-		return false
-	}
-	w.inflight.Add(-1)
-	w.free <- id
-	return true
+	return q, true
 }
 
 // tryRecv is the receiver's poller callback: false waits for packets.
@@ -484,47 +342,11 @@ func (w *xdpWorker) reply(frame []byte, now int64) {
 	}
 	o := w.r.workers[port/xdpPorts]
 	b := v.Payload(frame)
-	if len(b) < 12 || b[2]&0x80 == 0 {
-		w.rt.malformed()
+	if len(b) >= 2 && int(binary.BigEndian.Uint16(b))%xdpPorts != port%xdpPorts {
+		w.rt.malformed() // an ID the port does not go with
 		return
 	}
-	id := binary.BigEndian.Uint16(b)
-	if int(id) >= len(o.slots) || int(id)%xdpPorts != port%xdpPorts {
-		w.rt.malformed()
-		return
-	}
-	sl := &o.slots[id]
-	if !sl.busy.Load() {
-		w.rt.malformed() // late (timed out) or never asked
-		return
-	}
-	qd := binary.BigEndian.Uint16(b[4:])
-	rcode := int(b[3] & 0xf)
-	if qd != 1 && !(qd == 0 && rcode != 0) || qd == 1 && questionHash(b) != sl.qhash.Load() {
-		w.rt.malformed()
-		return
-	}
-	sched := sl.sched.Load()
-	if !o.release(id) {
-		w.rt.malformed()
-		return
-	}
-	w.rt.answer(now-sched, rcode, len(b))
-}
-
-// scan times out this worker's queries sent before now-timeout.
-func (w *xdpWorker) scan(now, timeout int64) {
-	if w.inflight.Load() == 0 {
-		return
-	}
-	for id := range w.slots {
-		sl := &w.slots[id]
-		if sl.busy.Load() && now-sl.sched.Load() >= timeout {
-			if w.release(uint16(id)) {
-				w.rt.timeout()
-			}
-		}
-	}
+	o.match(b, now, w.rt)
 }
 
 // sendersDone reports whether every sender is done, and the last send.
