@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -61,6 +62,7 @@ type benchArgs struct {
 	allowRemote bool
 	xdp         string
 	limitSet    bool
+	cpuProfile  string // hidden: --cpuprofile FILE, a pprof CPU profile of the run
 }
 
 func parseBenchArgs(args []string) (*benchArgs, error) {
@@ -171,6 +173,8 @@ func parseBenchArgs(args []string) (*benchArgs, error) {
 			b.jsonFile, err = value()
 		case flagName == "plot":
 			b.plotFile, err = value()
+		case flagName == "cpuprofile":
+			b.cpuProfile, err = value()
 		default:
 			return nil, usagef("unknown flag %s", a)
 		}
@@ -329,6 +333,17 @@ func cmdBench(args []string, out, progress io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	if b.cpuProfile != "" {
+		f, err := os.Create(b.cpuProfile)
+		if err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	rep, runErr := bench.Run(ctx, b.cfg)
 	if rep == nil {
 		return runErr
