@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -32,6 +33,7 @@ queries (one of):
   --pcap FILE          replay the UDP port 53 queries of a capture, at its timing or -Q
 load:
   -c CLIENTS           sockets or connections (1)
+  -T THREADS           threads running Go code at once, as dnsperf's -T (all CPUs)
   -q OUTSTANDING       closed loop: queries in flight (100)
   -Q QPS               open loop: queries per second, latency from the scheduled time
   --ramp FROM:TO:STEP  open-loop steps of -l seconds each, up to --max-p99 (100ms) or --max-loss (1%)
@@ -63,6 +65,7 @@ type benchArgs struct {
 	xdp         string
 	limitSet    bool
 	cpuProfile  string // hidden: --cpuprofile FILE, a pprof CPU profile of the run
+	threads     int    // -T: GOMAXPROCS for the run; 0: leave it
 }
 
 func parseBenchArgs(args []string) (*benchArgs, error) {
@@ -137,6 +140,8 @@ func parseBenchArgs(args []string) (*benchArgs, error) {
 			b.pcap, err = value()
 		case flagName == "c":
 			b.cfg.Clients, err = intValue()
+		case flagName == "T":
+			b.threads, err = intValue()
 		case flagName == "q":
 			b.cfg.Outstanding, err = intValue()
 		case flagName == "Q":
@@ -333,6 +338,12 @@ func cmdBench(args []string, out, progress io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	if b.threads > 0 {
+		// On loopback the generator shares the CPUs with the server: a
+		// generator that keeps fewer of them busy (dnsperf runs one thread
+		// by default) leaves more to the server.
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(b.threads))
+	}
 	if b.cpuProfile != "" {
 		f, err := os.Create(b.cpuProfile)
 		if err != nil {
