@@ -22,6 +22,9 @@ const (
 	udpReadBuffer      = 1 << 20          // SO_RCVBUF asked for; the kernel may cap it
 	tcpIdleTimeout     = 10 * time.Second // a TCP connection without queries is closed
 	maxPooledSendBuf   = 4096             // larger UDP send buffers are not pooled
+	// maxDeliverUnwritten bounds the answers a TCP reader delivers before
+	// it writes out the queries they queued, when answers keep coming.
+	maxDeliverUnwritten = 64
 )
 
 var (
@@ -297,6 +300,9 @@ func (u *Do53) dialTCP() (*dnsConn, error) {
 		return nil, err
 	}
 	c := newDNSConn(u, nc, true)
+	if c.raw != nil {
+		c.raw.readIdle = c.readIdle
+	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.closed {
@@ -352,6 +358,8 @@ type dnsConn struct {
 	// much of it the socket has taken.
 	out    []byte
 	outOff int
+
+	delivered int // TCP, reader-owned: answers delivered since the reader last wrote out
 }
 
 func newDNSConn(u *Do53, nc net.Conn, tcp bool) *dnsConn {

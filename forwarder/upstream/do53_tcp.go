@@ -6,12 +6,15 @@ package upstream
 // Queries are framed into the connection's pending buffer by whoever
 // submits them (register). Two goroutines write it out: the writer, woken
 // by signal, which may wait for the socket; and the reader, which writes
-// out, without waiting, what the callbacks of the answers it has just
-// delivered have queued. In a closed loop (a load generator, or a
-// forwarder under load) most queries are submitted from those callbacks:
-// they leave in one write from the reader, with no wake-up of the writer
-// on the way. Whoever writes sets writing; the other leaves the socket
-// alone until it is cleared, so that batches go out whole and in order.
+// out, without waiting, what the callbacks of the answers it has
+// delivered have queued, once the socket has no more answers to read. In
+// a closed loop (a load generator, or a forwarder under load) most
+// queries are submitted from those callbacks: they leave together in one
+// write from the reader, with no wake-up of the writer on the way, and
+// the server reads them together. While the reader delivers, signal
+// leaves the writer asleep. Whoever writes sets writing; the other leaves
+// the socket alone until it is cleared, so that batches go out whole and
+// in order.
 
 import (
 	"bufio"
@@ -21,22 +24,23 @@ import (
 	"time"
 )
 
-// readTCP is the connection's only reader. Before each read that has to
-// wait for the socket, it writes out what the answers delivered since the
-// last one have queued.
+// readTCP is the connection's only reader. Over a rawConn it writes out
+// what the answers delivered since the last write have queued when the
+// socket has nothing more to read (readIdle), and after maxDeliverUnwritten
+// answers at the latest; over TLS it wakes the writer before each read
+// that has to wait for the socket.
 func (c *dnsConn) readTCP() {
 	defer c.u.wg.Done()
 	br := bufio.NewReaderSize(c.nc, readBufSize)
 	buf := make([]byte, maxResponseSize)
-	delivering := false
 	for {
-		if delivering && !wholeMessage(br) {
-			delivering = false
+		switch {
+		case c.raw == nil && c.delivered > 0 && !wholeMessage(br):
+			c.delivered = 0
 			c.delivering.Store(false)
-			if err := c.writeOut(false); err != nil {
-				c.shutdown(fmt.Errorf("%w: writing to %s over %s: %w", ErrConnClosed, c.u.dialAddr, c.u.over, err))
-				return
-			}
+			c.wakeWriter()
+		case c.delivered >= maxDeliverUnwritten:
+			c.readIdle()
 		}
 		var l [2]byte
 		_, err := io.ReadFull(br, l[:])
@@ -54,11 +58,27 @@ func (c *dnsConn) readTCP() {
 			c.shutdown(fmt.Errorf("%w: reading from %s over %s: %w", ErrConnClosed, c.u.dialAddr, c.u.over, err))
 			return
 		}
-		if !delivering {
-			delivering = true
+		if c.delivered == 0 {
 			c.delivering.Store(true)
 		}
+		c.delivered++
 		c.deliver(buf[:binary.BigEndian.Uint16(l[:])])
+	}
+}
+
+// readIdle writes out, without waiting, what the answers delivered since
+// the last time have queued (rawConn.readIdle, on the reader's goroutine:
+// the socket has nothing more to read now). A write error is left to the
+// writer, which meets it again and ends the connection: the reader must
+// not close the socket from inside its read.
+func (c *dnsConn) readIdle() {
+	if c.delivered == 0 {
+		return
+	}
+	c.delivered = 0
+	c.delivering.Store(false)
+	if err := c.writeOut(false); err != nil {
+		c.wakeWriter()
 	}
 }
 

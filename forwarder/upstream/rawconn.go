@@ -36,6 +36,9 @@ type rawConn struct {
 	rn   int
 	rerr syscall.Errno
 	rfn  func(uintptr) bool // c.tryRead, bound once
+	// readIdle, if set, runs on the reader's goroutine when a read finds
+	// the socket empty, before it waits. It must not close the connection.
+	readIdle func()
 
 	wmu   sync.Mutex
 	wb    []byte
@@ -99,6 +102,9 @@ func (c *rawConn) tryRead(fd uintptr) bool {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
+			if c.readIdle != nil {
+				c.readIdle()
+			}
 			return false
 		}
 		c.rerr = e
