@@ -8,6 +8,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -31,6 +33,7 @@ queries (one of):
   --pcap FILE          replay the UDP port 53 queries of a capture, at its timing or -Q
 load:
   -c CLIENTS           sockets or connections (1)
+  -T THREADS           threads running Go code at once, as dnsperf's -T (all CPUs)
   -q OUTSTANDING       closed loop: queries in flight (100)
   -Q QPS               open loop: queries per second, latency from the scheduled time
   --ramp FROM:TO:STEP  open-loop steps of -l seconds each, up to --max-p99 (100ms) or --max-loss (1%)
@@ -61,6 +64,8 @@ type benchArgs struct {
 	allowRemote bool
 	xdp         string
 	limitSet    bool
+	cpuProfile  string // hidden: --cpuprofile FILE, a pprof CPU profile of the run
+	threads     int    // -T: GOMAXPROCS for the run; 0: leave it
 }
 
 func parseBenchArgs(args []string) (*benchArgs, error) {
@@ -135,6 +140,8 @@ func parseBenchArgs(args []string) (*benchArgs, error) {
 			b.pcap, err = value()
 		case flagName == "c":
 			b.cfg.Clients, err = intValue()
+		case flagName == "T":
+			b.threads, err = intValue()
 		case flagName == "q":
 			b.cfg.Outstanding, err = intValue()
 		case flagName == "Q":
@@ -171,6 +178,8 @@ func parseBenchArgs(args []string) (*benchArgs, error) {
 			b.jsonFile, err = value()
 		case flagName == "plot":
 			b.plotFile, err = value()
+		case flagName == "cpuprofile":
+			b.cpuProfile, err = value()
 		default:
 			return nil, usagef("unknown flag %s", a)
 		}
@@ -327,6 +336,23 @@ func cmdBench(args []string, out, progress io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	if b.threads > 0 {
+		// On loopback the generator shares the CPUs with the server: a
+		// generator that keeps fewer of them busy (dnsperf runs one thread
+		// by default) leaves more to the server.
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(b.threads))
+	}
+	if b.cpuProfile != "" {
+		f, err := os.Create(b.cpuProfile)
+		if err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	rep, runErr := bench.Run(ctx, b.cfg)
 	if rep == nil {
 		return runErr

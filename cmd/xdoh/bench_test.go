@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -92,6 +93,7 @@ func TestBenchErrors(t *testing.T) {
 		{"unknown flag", []string{"--bogus", "-d", q, "127.0.0.1"}, "unknown flag --bogus", 2},
 		{"flag without value", []string{"127.0.0.1", "-d"}, "-d needs a value", 2},
 		{"bad number", []string{"-c", "zero", "-d", q, "127.0.0.1"}, "want a positive integer", 2},
+		{"bad threads", []string{"-T", "0", "-d", q, "127.0.0.1"}, "want a positive integer", 2},
 		{"bad seconds", []string{"-l", "-1", "-d", q, "127.0.0.1"}, "want seconds", 2},
 		{"no source", []string{"127.0.0.1"}, "want exactly one query source", 2},
 		{"two sources", []string{"-d", q, "--random-sub", "example.com", "127.0.0.1"}, "want exactly one query source", 2},
@@ -158,6 +160,20 @@ func TestBenchAgainstBIND(t *testing.T) {
 	}
 	if rep.Answered == 0 || rep.Rcodes["NOERROR"] != rep.Answered || rep.Settings.Clients != 2 || rep.Settings.Outstanding != 10 || len(rep.Timeline) == 0 {
 		t.Errorf("report %+v", rep)
+	}
+
+	// TCP on one thread, profiled; GOMAXPROCS is restored afterwards.
+	prof := filepath.Join(t.TempDir(), "cpu.prof")
+	procs := runtime.GOMAXPROCS(0)
+	out, err, _ = runBench(t, "-d", q, "-T", "1", "--cpuprofile", prof, "-n", "100", "tcp://"+b.Do53Addr)
+	if err != nil || !strings.Contains(out, "Queries sent:         100") {
+		t.Fatalf("TCP with -T 1 --cpuprofile: %v\n%s", err, out)
+	}
+	if st, err := os.Stat(prof); err != nil || st.Size() == 0 {
+		t.Errorf("profile %s: %v", prof, err)
+	}
+	if p := runtime.GOMAXPROCS(0); p != procs {
+		t.Errorf("GOMAXPROCS %d after -T 1, want %d again", p, procs)
 	}
 
 	// DoH GET with the CA, -n bound, and a plot.

@@ -1,13 +1,11 @@
 package upstream
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -24,6 +22,9 @@ const (
 	udpReadBuffer      = 1 << 20          // SO_RCVBUF asked for; the kernel may cap it
 	tcpIdleTimeout     = 10 * time.Second // a TCP connection without queries is closed
 	maxPooledSendBuf   = 4096             // larger UDP send buffers are not pooled
+	// maxDeliverUnwritten bounds the answers a TCP reader delivers before
+	// it writes out the queries they queued, when answers keep coming.
+	maxDeliverUnwritten = 64
 )
 
 var (
@@ -299,6 +300,9 @@ func (u *Do53) dialTCP() (*dnsConn, error) {
 		return nil, err
 	}
 	c := newDNSConn(u, nc, true)
+	if c.raw != nil {
+		c.raw.readIdle = c.readIdle
+	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.closed {
@@ -314,8 +318,11 @@ func (u *Do53) dialTCP() (*dnsConn, error) {
 
 func (c *dnsConn) usable() bool { return !c.closing.Load() }
 
-// load is 0: TCP connections to a Do53 target take turns.
-func (c *dnsConn) load() int32 { return 0 }
+// load is the queries waiting on the connection: the pool gives the next
+// query to the least loaded one, which is also the one whose reader has
+// just delivered answers, so that the queries their callbacks submit go
+// out in that reader's write (see readTCP).
+func (c *dnsConn) load() int32 { return c.inflight.Load() }
 
 func (u *Do53) removeConn(c *dnsConn) {
 	u.mu.Lock()
@@ -325,31 +332,42 @@ func (u *Do53) removeConn(c *dnsConn) {
 
 // dnsConn is a pooled UDP socket (one reader goroutine; callers write their
 // datagrams themselves) or TCP connection (a reader and a writer goroutine,
-// RFC 7766 framing and pipelining). Responses are matched to waiters by ID
-// and question.
+// RFC 7766 framing and pipelining; see do53_tcp.go). Responses are matched
+// to waiters by ID and question.
 type dnsConn struct {
-	u       *Do53
-	nc      net.Conn
-	tcp     bool
-	closing atomic.Bool   // takes no new queries: dead or retired
-	quit    chan struct{} // closed by shutdown
-	wake    chan struct{} // TCP, cap 1: pending has data
+	u          *Do53
+	nc         net.Conn
+	raw        *rawConn // nc if it is one (not TLS): it can be written without waiting
+	tcp        bool
+	closing    atomic.Bool   // takes no new queries: dead or retired
+	quit       chan struct{} // closed by shutdown
+	wake       chan struct{} // TCP, cap 1: pending has data
+	inflight   atomic.Int32  // len(waiters), for the pool's pick
+	delivering atomic.Bool   // TCP: the reader delivers buffered answers and writes out when done
 
 	mu       sync.Mutex
 	dead     bool
 	err      error // why it died
 	waiters  map[uint16]*waiter
 	uses     int       // UDP: queries so far
-	pending  []byte    // TCP: framed queries for the writer
+	pending  []byte    // TCP: framed queries not yet handed to the socket
 	lastUsed time.Time // TCP: when the last waiter left
+	writing  bool      // TCP: the reader or the writer owns out and writes it
 
-	out []byte // TCP writer-owned: the batch being written
+	// TCP, owned by whoever set writing: the batch being written and how
+	// much of it the socket has taken.
+	out    []byte
+	outOff int
+
+	delivered int // TCP, reader-owned: answers delivered since the reader last wrote out
 }
 
 func newDNSConn(u *Do53, nc net.Conn, tcp bool) *dnsConn {
+	raw, _ := nc.(*rawConn)
 	return &dnsConn{
 		u:        u,
 		nc:       nc,
+		raw:      raw,
 		tcp:      tcp,
 		quit:     make(chan struct{}),
 		wake:     make(chan struct{}, 1),
@@ -379,6 +397,7 @@ func (c *dnsConn) register(w *waiter, query []byte) error {
 	}
 	w.query, w.resp, w.err = query, nil, nil
 	c.waiters[w.id] = w
+	c.inflight.Store(int32(len(c.waiters)))
 	if c.tcp {
 		c.pending = binary.BigEndian.AppendUint16(c.pending, uint16(len(query)))
 		c.pending = append(c.pending, query...)
@@ -395,7 +414,16 @@ func (c *dnsConn) register(w *waiter, query []byte) error {
 	return nil
 }
 
+// signal wakes the writer for a query just queued, unless the reader is
+// delivering answers: it writes out what was queued meanwhile when done.
 func (c *dnsConn) signal() {
+	if !c.delivering.Load() {
+		c.wakeWriter()
+	}
+}
+
+// wakeWriter wakes the writer.
+func (c *dnsConn) wakeWriter() {
 	select {
 	case c.wake <- struct{}{}:
 	default:
@@ -416,6 +444,7 @@ func (c *dnsConn) withdraw(w *waiter) bool {
 
 func (c *dnsConn) removeLocked(id uint16) {
 	delete(c.waiters, id)
+	c.inflight.Store(int32(len(c.waiters)))
 	if len(c.waiters) == 0 && c.tcp {
 		c.lastUsed = time.Now()
 	}
@@ -463,6 +492,7 @@ func (c *dnsConn) shutdown(err error) {
 		victims = append(victims, w)
 	}
 	clear(c.waiters)
+	c.inflight.Store(0)
 	c.mu.Unlock()
 	close(c.quit)
 	c.nc.Close()
@@ -490,74 +520,5 @@ func (c *dnsConn) readUDP() {
 			return
 		}
 		c.deliver(buf[:n])
-	}
-}
-
-// readTCP is the connection's only reader.
-func (c *dnsConn) readTCP() {
-	defer c.u.wg.Done()
-	br := bufio.NewReaderSize(c.nc, readBufSize)
-	buf := make([]byte, maxResponseSize)
-	for {
-		var l [2]byte
-		_, err := io.ReadFull(br, l[:])
-		if n := int(binary.BigEndian.Uint16(l[:])); err == nil && br.Buffered() >= n {
-			_, err = io.ReadFull(br, buf[:n])
-		} else if err == nil {
-			// The rest of the message must follow its length now, not
-			// when the server pleases: a length that lies would hold
-			// the connection and every query on it for good.
-			c.nc.SetReadDeadline(time.Now().Add(c.u.timeout))
-			_, err = io.ReadFull(br, buf[:n])
-			c.nc.SetReadDeadline(time.Time{})
-		}
-		if err != nil {
-			c.shutdown(fmt.Errorf("%w: reading from %s over %s: %w", ErrConnClosed, c.u.dialAddr, c.u.over, err))
-			return
-		}
-		c.deliver(buf[:binary.BigEndian.Uint16(l[:])])
-	}
-}
-
-// writeTCP is the connection's only writer: it writes everything queued
-// since its last write at once, and closes the connection after
-// idleTimeout without queries.
-func (c *dnsConn) writeTCP() {
-	defer c.u.wg.Done()
-	idle := time.NewTimer(c.u.idleTimeout)
-	defer idle.Stop()
-	for {
-		select {
-		case <-c.wake:
-		case <-idle.C:
-			c.mu.Lock()
-			left := c.u.idleTimeout - time.Since(c.lastUsed)
-			if len(c.waiters) > 0 {
-				left = c.u.idleTimeout
-			}
-			c.mu.Unlock()
-			if left <= 0 {
-				c.shutdown(errIdle)
-				return
-			}
-			idle.Reset(left)
-			continue
-		case <-c.quit:
-			return
-		}
-		c.mu.Lock()
-		c.out, c.pending = c.pending, c.out[:0]
-		c.mu.Unlock()
-		if len(c.out) == 0 {
-			continue
-		}
-		err := c.nc.SetWriteDeadline(time.Now().Add(c.u.dialTime))
-		if err == nil {
-			_, err = c.nc.Write(c.out)
-		}
-		if err != nil {
-			c.shutdown(fmt.Errorf("%w: writing to %s over %s: %w", ErrConnClosed, c.u.dialAddr, c.u.over, err))
-			return
-		}
 	}
 }

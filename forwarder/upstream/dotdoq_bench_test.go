@@ -29,6 +29,56 @@ func BenchmarkDoTSubmit(b *testing.B) {
 	benchSubmit(b, f.Target(true))
 }
 
+// BenchmarkDo53TCPSubmit: 64 queries in flight over one Do53 TCP
+// connection, submitted from the benchmark's goroutine.
+func BenchmarkDo53TCPSubmit(b *testing.B) {
+	f := upstreamtest.StartDo53Fault(b, nil, upstreamtest.TCPAnswerAll)
+	benchSubmit(b, f.Target(true))
+}
+
+// BenchmarkDo53TCPClosedLoop: 64 queries in flight over one Do53 TCP
+// connection, each answer's callback submitting the next query, as a
+// load generator's closed loop does.
+func BenchmarkDo53TCPClosedLoop(b *testing.B) {
+	f := upstreamtest.StartDo53Fault(b, nil, upstreamtest.TCPAnswerAll)
+	u := benchUpstream(b, f.Target(true))
+	q := makeQuery(b, "bench.example.", 0x1234)
+	const inflight = 64
+	answered := make(chan struct{}, inflight)
+	var stop atomic.Bool
+	var submitted, failed atomic.Int64
+	var done func(resp []byte, err error)
+	submit := func() {
+		submitted.Add(1)
+		u.Submit(q, 0, done)
+	}
+	done = func(resp []byte, err error) {
+		if err != nil {
+			failed.Add(1)
+		}
+		if !stop.Load() {
+			submit()
+		}
+		answered <- struct{}{}
+	}
+	b.ReportAllocs()
+	for range inflight {
+		submit()
+	}
+	consumed := int64(0)
+	for b.Loop() {
+		<-answered
+		consumed++
+	}
+	stop.Store(true)
+	for ; consumed < submitted.Load(); consumed++ { // the queries still in flight
+		<-answered
+	}
+	if n := failed.Load(); n > 0 {
+		b.Fatalf("%d queries failed", n)
+	}
+}
+
 func BenchmarkDoQSubmit(b *testing.B) {
 	s := upstreamtest.StartDoQServer(b, upstreamtest.DoQServerOptions{}, nil)
 	benchSubmit(b, s.URL())

@@ -36,12 +36,16 @@ type rawConn struct {
 	rn   int
 	rerr syscall.Errno
 	rfn  func(uintptr) bool // c.tryRead, bound once
+	// readIdle, if set, runs on the reader's goroutine when a read finds
+	// the socket empty, before it waits. It must not close the connection.
+	readIdle func()
 
-	wmu  sync.Mutex
-	wb   []byte
-	wn   int
-	werr syscall.Errno
-	wfn  func(uintptr) bool // c.tryWrite, bound once
+	wmu   sync.Mutex
+	wb    []byte
+	wn    int
+	werr  syscall.Errno
+	wfn   func(uintptr) bool // c.tryWrite, bound once
+	nowfn func(uintptr)      // c.tryWrite for Control, bound once
 }
 
 // newRawConn wraps a *net.TCPConn or a connected *net.UDPConn; any other
@@ -66,6 +70,7 @@ func newRawConn(nc net.Conn) net.Conn {
 	}
 	c := &rawConn{Conn: nc, rc: rc, stream: stream}
 	c.rfn, c.wfn = c.tryRead, c.tryWrite
+	c.nowfn = func(fd uintptr) { c.tryWrite(fd) }
 	return c
 }
 
@@ -97,6 +102,9 @@ func (c *rawConn) tryRead(fd uintptr) bool {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
+			if c.readIdle != nil {
+				c.readIdle()
+			}
 			return false
 		}
 		c.rerr = e
@@ -111,6 +119,28 @@ func (c *rawConn) Write(b []byte) (int, error) {
 	c.wmu.Lock()
 	c.wb, c.wn, c.werr = b, 0, 0
 	err := c.rc.Write(c.wfn)
+	n, werr := c.wn, c.werr
+	c.wb = nil
+	c.wmu.Unlock()
+	switch {
+	case err != nil:
+		return n, c.opError("write", err)
+	case werr != 0:
+		return n, c.opError("write", werr)
+	}
+	return n, nil
+}
+
+// writeNow writes as much of b as the socket takes now, without waiting
+// for it: n < len(b) with a nil error when it is full. Deadlines do not
+// apply.
+func (c *rawConn) writeNow(b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	c.wmu.Lock()
+	c.wb, c.wn, c.werr = b, 0, 0
+	err := c.rc.Control(c.nowfn)
 	n, werr := c.wn, c.werr
 	c.wb = nil
 	c.wmu.Unlock()
