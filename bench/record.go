@@ -165,10 +165,19 @@ func (t *tally) failErr(err error) {
 	}
 }
 func (t *tally) malformed() { t.c.errors++; t.c.malformed++ }
+
+// note keeps err's text if it is the first error, without counting it:
+// for an error that belongs to no one query (an ICMP error on a UDP
+// socket), whose queries are counted when they time out.
+func (t *tally) note(err error) {
+	if t.err == "" && err != nil {
+		t.err = err.Error()
+	}
+}
 func (t *tally) unsent()    { t.c.unsent++ }
 
 // empty reports whether there is nothing to flush.
-func (t *tally) empty() bool { return t.n == 0 && t.c == counts{} }
+func (t *tally) empty() bool { return t.n == 0 && t.c == counts{} && t.err == "" }
 
 // flush moves the tally into the recorder.
 func (t *tally) flush() {

@@ -247,8 +247,10 @@ func (s *udpSocket) receive() {
 		err := s.rc.Read(s.recvFn)
 		now := p.rec.now()
 		if err == nil && s.rerr != 0 {
-			// An ICMP error from an earlier send (port unreachable).
-			s.rt.failErr(fmt.Errorf("receiving from %s: %w", s.conn.RemoteAddr(), s.rerr))
+			// An ICMP error from an earlier send (port unreachable): it
+			// names no query; those it concerns are counted as they time
+			// out, so it is only noted.
+			s.rt.note(fmt.Errorf("receiving from %s: %w", s.conn.RemoteAddr(), s.rerr))
 		} else if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 			s.rt.failErr(fmt.Errorf("receiving from %s: %w", s.conn.RemoteAddr(), err))
 			time.Sleep(udpScan)
