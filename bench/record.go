@@ -174,7 +174,7 @@ func (t *tally) note(err error) {
 		t.err = err.Error()
 	}
 }
-func (t *tally) unsent()    { t.c.unsent++ }
+func (t *tally) unsent() { t.c.unsent++ }
 
 // empty reports whether there is nothing to flush.
 func (t *tally) empty() bool { return t.n == 0 && t.c == counts{} && t.err == "" }
