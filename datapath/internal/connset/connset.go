@@ -70,14 +70,14 @@ func (s *Set[C]) Add(c C, client netip.Addr) error {
 	return nil
 }
 
-// Forget removes c; forgetting a connection that is not in the set (any
-// more) does nothing.
-func (s *Set[C]) Forget(c C) {
+// Forget removes c and reports whether it was in the set; forgetting a
+// connection that is not in the set (any more) does nothing.
+func (s *Set[C]) Forget(c C) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	client, ok := s.conns[c]
 	if !ok {
-		return
+		return false
 	}
 	delete(s.conns, c)
 	if client.IsValid() {
@@ -91,6 +91,7 @@ func (s *Set[C]) Forget(c C) {
 		close(s.empty)
 		s.empty = nil
 	}
+	return true
 }
 
 // Len is the number of connections in the set.
@@ -119,8 +120,8 @@ func (s *Set[C]) Range(f func(C) bool) {
 	}
 }
 
-// snapshot lists the connections.
-func (s *Set[C]) snapshot() []C {
+// Snapshot lists the connections.
+func (s *Set[C]) Snapshot() []C {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make([]C, 0, len(s.conns))
@@ -144,14 +145,14 @@ func (s *Set[C]) Shutdown(ctx context.Context, drain, kill func(C)) error {
 	s.closed = true
 	s.mu.Unlock()
 	if first {
-		for _, c := range s.snapshot() {
+		for _, c := range s.Snapshot() {
 			drain(c)
 		}
 	}
 	if s.wait(ctx.Done()) {
 		return nil
 	}
-	for _, c := range s.snapshot() {
+	for _, c := range s.Snapshot() {
 		kill(c)
 	}
 	s.wait(nil)

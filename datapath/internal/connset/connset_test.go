@@ -55,8 +55,9 @@ func TestForgetFreesSlots(t *testing.T) {
 	if err := s.Add(c2, a); !errors.Is(err, ErrPerClient) {
 		t.Fatalf("second from a: %v", err)
 	}
-	s.Forget(c1)
-	s.Forget(c1)
+	if !s.Forget(c1) || s.Forget(c1) {
+		t.Fatal("Forget reports wrong presence")
+	}
 	if s.Len() != 0 || s.Clients() != 0 {
 		t.Fatalf("len %d clients %d after forget", s.Len(), s.Clients())
 	}
