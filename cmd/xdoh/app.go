@@ -183,7 +183,7 @@ func (a *app) startDo53(cur *listener, l config.Listener) error {
 	}
 	s, err := tcp.New(tcp.Config{
 		Name: l.Name, Addrs: l.Do53,
-		TCPIdleTimeout: l.TCP.IdleTimeout.D(), MaxTCPConns: l.TCP.MaxConns, MaxTCPPipeline: l.TCP.MaxPipeline,
+		TCPIdleTimeout: l.TCP.IdleTimeout.D(), MaxTCPConns: l.TCP.MaxConns, MaxTCPConnsPerClient: l.TCP.MaxConnsPerClient, MaxTCPPipeline: l.TCP.MaxPipeline,
 		Loops: l.TCP.Loops, Busy: busy,
 	}, a.sw)
 	if err != nil {
@@ -210,6 +210,9 @@ func (a *app) newDoH(l config.Listener, fips bool) (*doh.Server, error) {
 		Name: l.Name, Addr: l.DoH.Address, Path: l.DoH.Path, FIPS: fips,
 		CertFile: a.pathFor(l.DoH.Cert), KeyFile: a.pathFor(l.DoH.Key), ErrorLog: a.log,
 		MaxConcurrentStreams: uint32(l.DoH.MaxStreams), IdleTimeout: time.Duration(l.DoH.IdleTimeout),
+		MaxConns: l.DoH.MaxConns, MaxConnsPerClient: l.DoH.Conn.MaxConnsPerClient, MaxResetRate: l.DoH.MaxResetsPerSecond,
+		MaxBodySize: l.DoH.MaxBodySize, MaxHeaderBytes: l.DoH.MaxHeaderBytes,
+		ReadHeaderTimeout: l.DoH.Conn.HandshakeTimeout.D(), ReadTimeout: l.DoH.Conn.ReadTimeout.D(), WriteTimeout: l.DoH.Conn.WriteTimeout.D(),
 	}, a.sw)
 	if err != nil {
 		return nil, fmt.Errorf("listener %q: doh: %w", l.Name, err)

@@ -59,6 +59,8 @@ var encKinds = []*encKind{
 				Name: l.Name, Addr: ap.String(), FIPS: protos["dot-fips"],
 				CertFile: a.pathFor(l.DoT.Cert), KeyFile: a.pathFor(l.DoT.Key), ErrorLog: a.log,
 				IdleTimeout: time.Duration(l.DoT.IdleTimeout), MaxConns: l.DoT.MaxConns, MaxPipeline: l.DoT.MaxPipeline,
+				MaxConnsPerClient: l.DoT.Conn.MaxConnsPerClient, HandshakeTimeout: l.DoT.Conn.HandshakeTimeout.D(),
+				ReadTimeout: l.DoT.Conn.ReadTimeout.D(), WriteTimeout: l.DoT.Conn.WriteTimeout.D(),
 			}, a.sw)
 			if err != nil {
 				return nil, fmt.Errorf("listener %q: dot: %w", l.Name, err)
@@ -88,6 +90,8 @@ var encKinds = []*encKind{
 				Name: l.Name, Addr: ap.String(),
 				CertFile: a.pathFor(l.DoQ.Cert), KeyFile: a.pathFor(l.DoQ.Key), ErrorLog: a.log,
 				IdleTimeout: time.Duration(l.DoQ.IdleTimeout), MaxConns: l.DoQ.MaxConns, MaxStreams: l.DoQ.MaxStreams,
+				MaxConnsPerClient: l.DoQ.Conn.MaxConnsPerClient, HandshakeTimeout: l.DoQ.Conn.HandshakeTimeout.D(),
+				StreamReadTimeout: l.DoQ.Conn.ReadTimeout.D(), WriteTimeout: l.DoQ.Conn.WriteTimeout.D(),
 			}, a.sw)
 			if err != nil {
 				return nil, fmt.Errorf("listener %q: doq: %w", l.Name, err)

@@ -135,7 +135,7 @@ func (a *app) collector() *metrics.Collector {
 	c.Gauge("xdoh_cache_entries", "Entries in the cache (of the running pipeline).", nil, cs(func(s cache.Stats) float64 { return float64(s.Entries) }))
 	c.Gauge("xdoh_cache_size_bytes", "Bytes of responses and keys in the cache.", nil, cs(func(s cache.Stats) float64 { return float64(s.Bytes) }))
 
-	c.Dynamic("xdoh_listener_datapath_events_total", "Datapath events by listener: udp_queries, udp_replies, udp_reply_drops, udp_oversize, udp_batches, tcp_queries, tcp_rejected, tcp_idle_closed, tcp_pipeline_full, tcp_backlog_closed, doh_ok, doh_bad_request, doh_unsupported_media, doh_too_large, doh_header_too_large, doh_bad_method, doh_not_found, doh_server_error, doh_handshake_errors, doh_http1_refused, doh_protocol_errors, doh_stream_errors, doh_refused_streams, doh_reset_floods, doh_header_floods, doh_slow_clients, doh_timeouts, doh_idle_closed, dot_connections, dot_refused, dot_handshake_errors, dot_handshake_timeouts, dot_queries, dot_answers, dot_protocol_errors, dot_timeouts, dot_idle_closed, dot_pipeline_full, dot_slow_clients, doq_connections, doq_refused, doq_handshake_errors, doq_handshake_timeouts, doq_queries, doq_answers, doq_protocol_errors, doq_stream_timeouts, doq_idle_closed, doq_write_errors, xsk_queries, xsk_replies, xsk_misses, xsk_malformed, xsk_reply_drops, xsk_truncated.",
+	c.Dynamic("xdoh_listener_datapath_events_total", "Datapath events by listener: udp_queries, udp_replies, udp_reply_drops, udp_oversize, udp_batches, tcp_queries, tcp_rejected, tcp_rejected_per_client, tcp_idle_closed, tcp_pipeline_full, tcp_backlog_closed, doh_ok, doh_bad_request, doh_unsupported_media, doh_too_large, doh_header_too_large, doh_bad_method, doh_not_found, doh_server_error, doh_handshake_errors, doh_http1_refused, doh_connections, doh_refused, doh_refused_per_client, doh_protocol_errors, doh_stream_errors, doh_refused_streams, doh_reset_floods, doh_header_floods, doh_slow_clients, doh_timeouts, doh_idle_closed, dot_connections, dot_refused, dot_refused_per_client, dot_handshake_errors, dot_handshake_timeouts, dot_queries, dot_answers, dot_protocol_errors, dot_timeouts, dot_idle_closed, dot_pipeline_full, dot_slow_clients, doq_connections, doq_refused, doq_refused_per_client, doq_handshake_errors, doq_handshake_timeouts, doq_queries, doq_answers, doq_protocol_errors, doq_stream_timeouts, doq_idle_closed, doq_write_errors, xsk_queries, xsk_replies, xsk_misses, xsk_malformed, xsk_reply_drops, xsk_truncated.",
 		[]string{"listener", "event"}, func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
 			a.mu.Lock()
 			defer a.mu.Unlock()
@@ -240,11 +240,14 @@ func (a *app) collector() *metrics.Collector {
 				}
 			}
 		})
-	c.Dynamic("xdoh_encrypted_connections", "Open DoT and DoQ connections (DoQ: handshakes included) by listener and transport.", []string{"listener", "transport"},
+	c.Dynamic("xdoh_encrypted_connections", "Open DoH, DoT and DoQ connections (DoQ: handshakes included) by listener and transport.", []string{"listener", "transport"},
 		func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
 			a.mu.Lock()
 			defer a.mu.Unlock()
 			for name, l := range a.listeners {
+				if l.doh != nil {
+					ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(l.doh.Stats().Open), name, "doh")
+				}
 				if s, ok := l.dot.(*dot.Server); ok {
 					ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(s.Stats().Open), name, "dot")
 				}
@@ -323,6 +326,7 @@ type listenerIface struct {
 func emitTCP(emit func(string, uint64), s tcp.Stats) {
 	emit("tcp_queries", s.TCPQueries)
 	emit("tcp_rejected", s.TCPRejected)
+	emit("tcp_rejected_per_client", s.TCPRejectedPerClient)
 	emit("tcp_idle_closed", s.TCPIdleClosed)
 	emit("tcp_pipeline_full", s.TCPPipelineFull)
 	emit("tcp_backlog_closed", s.TCPBacklogClosed)
@@ -339,6 +343,9 @@ func emitDoH(emit func(string, uint64), s doh.Stats) {
 	emit("doh_server_error", s.ServerError)
 	emit("doh_handshake_errors", s.HandshakeErrors)
 	emit("doh_http1_refused", s.HTTP1)
+	emit("doh_connections", s.Conns)
+	emit("doh_refused", s.Refused)
+	emit("doh_refused_per_client", s.RefusedPerClient)
 	emit("doh_protocol_errors", s.ProtocolErrors)
 	emit("doh_stream_errors", s.StreamErrors)
 	emit("doh_refused_streams", s.RefusedStreams)
@@ -352,6 +359,7 @@ func emitDoH(emit func(string, uint64), s doh.Stats) {
 func emitDoT(emit func(string, uint64), s dot.Stats) {
 	emit("dot_connections", s.Conns)
 	emit("dot_refused", s.Refused)
+	emit("dot_refused_per_client", s.RefusedPerClient)
 	emit("dot_handshake_errors", s.HandshakeErrors)
 	emit("dot_handshake_timeouts", s.HandshakeTimeouts)
 	emit("dot_queries", s.Queries)
@@ -366,6 +374,7 @@ func emitDoT(emit func(string, uint64), s dot.Stats) {
 func emitDoQ(emit func(string, uint64), s doq.Stats) {
 	emit("doq_connections", s.Conns)
 	emit("doq_refused", s.Refused)
+	emit("doq_refused_per_client", s.RefusedPerClient)
 	emit("doq_handshake_errors", s.HandshakeErrors)
 	emit("doq_handshake_timeouts", s.HandshakeTimeouts)
 	emit("doq_queries", s.Queries)

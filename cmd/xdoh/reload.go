@@ -138,7 +138,7 @@ func dohKey(l config.Listener, protos map[string]bool) string {
 	if l.DoH == nil {
 		return ""
 	}
-	return fmt.Sprint(l.DoH.Address, l.DoH.Path, l.DoH.Cert, l.DoH.Key, protos["doh-fips"])
+	return fmt.Sprint(*l.DoH, protos["doh-fips"]) // limits included: a new server applies them
 }
 
 // change is what a reload does to one listener's datapaths.

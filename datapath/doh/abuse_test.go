@@ -351,9 +351,7 @@ func (e *h2env) dial(t *testing.T, settings ...http2.Setting) *h2client {
 func (e *h2env) settled(t *testing.T) {
 	t.Helper()
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		e.s.mu.Lock()
-		n := len(e.s.conns)
-		e.s.mu.Unlock()
+		n := e.s.conns.Len()
 		g := runtime.NumGoroutine()
 		if n == 0 && g <= e.base {
 			return
@@ -776,13 +774,21 @@ func TestSlowClient(t *testing.T) {
 
 // TestRapidReset (CVE-2023-44487): a client that opens streams and resets
 // them at once while their queries are in flight gets GOAWAY
-// ENHANCE_YOUR_CALM after more than 1000 resets, counted in
-// Stats().ResetFloods; all along, the queries in flight in the handler
-// never exceed MaxConcurrentStreams, however many streams were reset.
+// ENHANCE_YOUR_CALM after more than resetBurst seconds' worth of
+// MaxResetRate (1000 resets by default), counted in Stats().ResetFloods;
+// all along, the queries in flight in the handler never exceed
+// MaxConcurrentStreams, however many streams were reset.
 func TestRapidReset(t *testing.T) {
+	for _, rate := range []int{0, 20} {
+		t.Run(fmt.Sprintf("MaxResetRate %d", rate), func(t *testing.T) { testRapidReset(t, rate) })
+	}
+}
+
+func testRapidReset(t *testing.T, rate int) {
 	const maxStreams = 200
 	h := newHeldHandler(t)
-	e := newEnv(t, Config{MaxConcurrentStreams: maxStreams}, h)
+	e := newEnv(t, Config{MaxConcurrentStreams: maxStreams, MaxResetRate: rate}, h)
+	burst := resetBurst * e.s.cfg.MaxResetRate
 	c := e.dial(t)
 	q := query(t, "async.example.com.", dns.TypeA, nil)
 	id, resets := uint32(1), 0
@@ -806,8 +812,8 @@ func TestRapidReset(t *testing.T) {
 		h.release()
 	}
 	c.readToEnd()
-	if c.goAway.ErrCode != http2.ErrCodeEnhanceYourCalm || resets <= resetBurst {
-		t.Errorf("GOAWAY %v after %d resets, want ENHANCE_YOUR_CALM after more than %d", c.goAway.ErrCode, resets, resetBurst)
+	if c.goAway.ErrCode != http2.ErrCodeEnhanceYourCalm || resets <= burst {
+		t.Errorf("GOAWAY %v after %d resets, want ENHANCE_YOUR_CALM after more than %d", c.goAway.ErrCode, resets, burst)
 	}
 	if st := e.s.Stats(); st.ResetFloods != 1 || st.ProtocolErrors != 1 {
 		t.Errorf("Stats() ResetFloods %d, ProtocolErrors %d; want 1, 1", st.ResetFloods, st.ProtocolErrors)

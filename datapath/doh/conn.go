@@ -39,9 +39,9 @@ const (
 	// query is in flight keeps its slot until the query ends, so resets
 	// cannot raise the work in flight past MaxConcurrentStreams; and a
 	// client that resets more than resetBurst streams, refilled at
-	// resetRate a second, is sent GOAWAY ENHANCE_YOUR_CALM.
-	resetBurst = 1000
-	resetRate  = 100
+	// Config.MaxResetRate a second, is sent GOAWAY ENHANCE_YOUR_CALM.
+	// resetBurst is that many seconds' worth.
+	resetBurst = 10
 
 	lingerTime   = time.Second            // after a GOAWAY for an error: time for the client to read it
 	closingPoll  = 50 * time.Millisecond  // after Shutdown's GOAWAY: how often the reader looks whether all is answered
@@ -119,11 +119,18 @@ type conn struct {
 	quit chan struct{} // closed when the reader ends
 }
 
+// newConn makes a connection ready to be counted; init readies it to
+// serve (apart, so that a refused connection costs no buffers).
 func newConn(s *Server, raw net.Conn) *conn {
-	c := &conn{
-		s: s, raw: raw,
+	return &conn{s: s, raw: raw, client: clientAddr(raw.RemoteAddr().String())}
+}
+
+func (c *conn) init() {
+	s, raw := c.s, c.raw
+	*c = conn{
+		s: s, raw: raw, client: c.client,
 		streams: map[uint32]*stream{}, open: map[uint32]*stream{},
-		recvFree: connWindow, resets: resetBurst,
+		recvFree: connWindow, resets: float64(resetBurst * s.cfg.MaxResetRate),
 		sendWindow: 65535, peerWindow: 65535, peerFrame: 16384,
 		wake: make(chan struct{}, 1), quit: make(chan struct{}),
 	}
@@ -137,7 +144,6 @@ func newConn(s *Server, raw net.Conn) *conn {
 	if !s.plain {
 		c.nc = tls.Server(under, s.tls)
 	}
-	c.client = clientAddr(raw.RemoteAddr().String())
 	c.br = bufio.NewReaderSize(c.nc, readBufSize)
 	c.out.limit, c.out.full = min(flushAt, s.cfg.MaxPending/2), &c.outFull
 	c.fr = http2.NewFramer(&c.out, c.br)
@@ -145,7 +151,6 @@ func newConn(s *Server, raw net.Conn) *conn {
 	c.dec = hpack.NewDecoder(tableSize, c.onField)
 	c.dec.SetMaxStringLength(s.cfg.MaxHeaderBytes)
 	c.enc = hpack.NewEncoder(&c.hbuf)
-	return c
 }
 
 // serve is the reader goroutine: handshake, preface, then frames until the
@@ -174,6 +179,9 @@ func (c *conn) serve() {
 	}
 	p, err := c.br.Peek(len(http2.ClientPreface))
 	if err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) && !c.stop.Load() {
+			c.s.stats.timeouts.Add(1) // a slow (or no) client preface: ReadHeaderTimeout
+		}
 		c.s.log(slog.LevelDebug, "reading the client preface", "client", c.client, "err", err)
 		return
 	}
@@ -659,7 +667,8 @@ func (c *conn) onReset(f *http2.RSTStreamFrame) error {
 		return nil
 	}
 	now := time.Now()
-	c.resets = min(resetBurst, c.resets+now.Sub(c.resetAt).Seconds()*resetRate)
+	rate := float64(c.s.cfg.MaxResetRate)
+	c.resets = min(resetBurst*rate, c.resets+now.Sub(c.resetAt).Seconds()*rate)
 	c.resetAt = now
 	if c.resets--; c.resets < 0 {
 		c.s.stats.resetFloods.Add(1)
@@ -764,7 +773,7 @@ func (c *conn) close() {
 	c.mu.Unlock()
 	c.raw.Close()
 	close(c.quit)
-	c.s.forget(c)
+	c.s.conns.Forget(c)
 }
 
 // shutdown sends GOAWAY: the client opens no more streams, the ones it has

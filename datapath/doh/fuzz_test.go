@@ -75,10 +75,9 @@ func serveRaw(t testing.TB, cert tls.Certificate, input []byte) *h2client {
 	if err := s.Shutdown(ctx); err != nil {
 		t.Errorf("Shutdown: %v", err)
 	}
-	if s.mu.Lock(); len(s.conns) > 0 {
-		t.Errorf("%d connections left after Shutdown", len(s.conns))
+	if n := s.conns.Len(); n > 0 {
+		t.Errorf("%d connections left after Shutdown", n)
 	}
-	s.mu.Unlock()
 	c := newH2(t, struct {
 		io.Reader
 		io.Writer

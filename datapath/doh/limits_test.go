@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -107,7 +108,7 @@ func TestStats(t *testing.T) {
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 	}
-	want := Stats{OK: 2, BadRequest: 3, UnsupportedMediaType: 1, TooLarge: 2, MethodNotAllowed: 1, NotFound: 2}
+	want := Stats{OK: 2, BadRequest: 3, UnsupportedMediaType: 1, TooLarge: 2, MethodNotAllowed: 1, NotFound: 2, Conns: 1, Open: 1}
 	if got := s.Stats(); got != want {
 		t.Errorf("Stats() = %+v\nwant        %+v", got, want)
 	}
@@ -254,4 +255,80 @@ func TestServerIdleTimeout(t *testing.T) {
 	if n := s.Stats().IdleClosed; n != 1 {
 		t.Errorf("Stats().IdleClosed = %d, want 1", n)
 	}
+}
+
+// TestConnLimits: past MaxConns, or MaxConnsPerClient from one address, a
+// connection is reset before its handshake, counted apart; another
+// address still gets in while only the per-client limit is reached, and a
+// closed connection frees its slots.
+func TestConnLimits(t *testing.T) {
+	dialFrom := func(e *h2env, from string) (*tls.Conn, error) {
+		d := &net.Dialer{Timeout: readWait, LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+		c, err := tls.DialWithDialer(d, "tcp", e.s.Addr().String(), &tls.Config{RootCAs: e.pki.Pool, NextProtos: []string{"h2"}})
+		if err == nil {
+			t.Cleanup(func() { c.Close() })
+		}
+		return c, err
+	}
+	t.Run("per client", func(t *testing.T) {
+		e := newEnv(t, Config{MaxConnsPerClient: 2}, nil)
+		first := e.dial(t)
+		e.dial(t)
+		e.waitStats(t, "2 open", func(s Stats) bool { return s.Open == 2 })
+		if _, err := dialFrom(e, "127.0.0.1"); err == nil {
+			t.Fatal("a third connection from 127.0.0.1 completed its handshake")
+		}
+		if _, err := dialFrom(e, "127.0.0.2"); err != nil {
+			t.Fatalf("from 127.0.0.2: %v", err)
+		}
+		if st := e.s.Stats(); st.RefusedPerClient != 1 || st.Refused != 0 || st.Conns != 3 {
+			t.Errorf("Stats() = %+v, want RefusedPerClient 1, Refused 0, Conns 3", st)
+		}
+		first.nc.Close()
+		e.waitStats(t, "2 open", func(s Stats) bool { return s.Open == 2 })
+		if _, err := dialFrom(e, "127.0.0.1"); err != nil {
+			t.Fatalf("after a close: %v", err)
+		}
+	})
+	t.Run("total", func(t *testing.T) {
+		e := newEnv(t, Config{MaxConns: 2}, nil)
+		e.dial(t)
+		if _, err := dialFrom(e, "127.0.0.2"); err != nil {
+			t.Fatal(err)
+		}
+		e.waitStats(t, "2 open", func(s Stats) bool { return s.Open == 2 })
+		if _, err := dialFrom(e, "127.0.0.3"); err == nil {
+			t.Fatal("a third connection completed its handshake")
+		}
+		if st := e.s.Stats(); st.Refused != 1 || st.RefusedPerClient != 0 {
+			t.Errorf("Stats() = %+v, want Refused 1, RefusedPerClient 0", st)
+		}
+	})
+}
+
+// TestSlowPreface (slowloris): a client that completes the TLS handshake
+// and then sends the HTTP/2 preface a few octets at a time, too slowly, is
+// closed once ReadHeaderTimeout has passed since it connected, counted in
+// Timeouts.
+func TestSlowPreface(t *testing.T) {
+	e := newEnv(t, Config{ReadHeaderTimeout: 300 * time.Millisecond}, nil)
+	nc, err := tls.Dial("tcp", e.s.Addr().String(), &tls.Config{RootCAs: e.pki.Pool, NextProtos: []string{"h2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	go func() {
+		for i := 0; i < len(http2.ClientPreface)-1; i++ { // never the whole preface
+			if _, err := nc.Write([]byte{http2.ClientPreface[i]}); err != nil {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	nc.SetReadDeadline(time.Now().Add(readWait))
+	if _, err := io.Copy(io.Discard, nc); errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the server did not close the connection within %v", readWait)
+	}
+	e.waitStats(t, "Timeouts 1", func(s Stats) bool { return s.Timeouts == 1 })
+	e.settled(t)
 }

@@ -38,6 +38,7 @@ import (
 	"sync"
 	"time"
 
+	"xdoh/datapath/internal/connset"
 	"xdoh/datapath/tlsconf"
 	"xdoh/forwarder"
 )
@@ -47,6 +48,9 @@ const (
 	DefaultPath                 = "/dns-query"
 	DefaultMaxBodySize          = 65535
 	DefaultMaxConcurrentStreams = 256
+	DefaultMaxConns             = 1000
+	DefaultMaxConnsPerClient    = 64
+	DefaultMaxResetRate         = 100
 	DefaultIdleTimeout          = 2 * time.Minute
 	DefaultReadHeaderTimeout    = 10 * time.Second
 	DefaultReadTimeout          = 30 * time.Second
@@ -95,6 +99,15 @@ type Config struct {
 
 	MaxBodySize          int    // largest query accepted, octets; default and maximum 65535
 	MaxConcurrentStreams uint32 // HTTP/2 streams per connection; default 256
+	// MaxConns bounds open connections, and MaxConnsPerClient those from
+	// one client address; one more is reset as soon as it is accepted,
+	// before its handshake. Defaults 1000 and 64.
+	MaxConns, MaxConnsPerClient int
+	// MaxResetRate is the rapid-reset bound (CVE-2023-44487): a client
+	// may reset, on average, this many streams a second whose queries are
+	// in flight (with a burst of ten seconds' worth); past it the
+	// connection gets GOAWAY ENHANCE_YOUR_CALM. Default 100.
+	MaxResetRate int
 	// MaxHeaderBytes bounds a request's decoded header list
 	// (SETTINGS_MAX_HEADER_LIST_SIZE; larger gets 431) and, with 16 KiB
 	// more, its encoded header block (larger ends the connection); default:
@@ -136,10 +149,11 @@ type Server struct {
 	stats counters
 	plain bool // tests: HTTP/2 without TLS, with prior knowledge
 
+	conns *connset.Set[*conn]
+
 	mu       sync.Mutex
 	ln       net.Listener
 	closed   bool
-	conns    map[*conn]struct{}
 	wg       sync.WaitGroup // the accept loop and every connection's goroutines
 	serveErr error          // why accepting stopped before Shutdown, if it did
 }
@@ -157,7 +171,8 @@ func New(cfg Config, h Handler) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("doh listener %q: %w", cfg.Name, err)
 	}
-	s := &Server{cfg: cfg, h: h, transport: forwarder.TransportDoH, conns: map[*conn]struct{}{}, certs: certs, tls: certs.TLSConfig()}
+	s := &Server{cfg: cfg, h: h, transport: forwarder.TransportDoH, certs: certs, tls: certs.TLSConfig()}
+	s.conns = connset.New[*conn](cfg.MaxConns, cfg.MaxConnsPerClient)
 	if cfg.FIPS {
 		s.transport = forwarder.TransportDoHFIPS
 	}
@@ -186,6 +201,22 @@ func (c *Config) setDefaults() error {
 	}
 	if c.MaxConcurrentStreams == 0 {
 		c.MaxConcurrentStreams = DefaultMaxConcurrentStreams
+	}
+	for _, n := range []struct {
+		name string
+		v    *int
+		def  int
+	}{
+		{"MaxConns", &c.MaxConns, DefaultMaxConns},
+		{"MaxConnsPerClient", &c.MaxConnsPerClient, DefaultMaxConnsPerClient},
+		{"MaxResetRate", &c.MaxResetRate, DefaultMaxResetRate},
+	} {
+		switch {
+		case *n.v == 0:
+			*n.v = n.def
+		case *n.v < 0:
+			return fmt.Errorf("%s: %d is negative", n.name, *n.v)
+		}
 	}
 	switch {
 	case c.MaxHeaderBytes == 0:
@@ -273,17 +304,29 @@ func (s *Server) accept(ln net.Listener) {
 	}
 }
 
-// serveConn starts serving one client connection; false means the server
-// is shut down (nc is closed).
+// serveConn starts serving one client connection, or resets it when
+// MaxConns are open, or MaxConnsPerClient from its address; false means
+// the server is shut down (nc is closed).
 func (s *Server) serveConn(nc net.Conn) bool {
 	c := newConn(s, nc)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
+	switch err := s.conns.Add(c, c.client.Addr()); {
+	case errors.Is(err, connset.ErrClosed):
 		nc.Close()
 		return false
+	case err != nil:
+		if errors.Is(err, connset.ErrPerClient) {
+			s.stats.refusedPerClient.Add(1)
+		} else {
+			s.stats.refused.Add(1)
+		}
+		if tc, ok := nc.(*net.TCPConn); ok {
+			tc.SetLinger(0) // a reset: the client learns at once, and no TIME_WAIT is kept for it
+		}
+		nc.Close()
+		return true
 	}
-	s.conns[c] = struct{}{}
+	s.stats.conns.Add(1)
+	c.init()
 	s.wg.Add(2)
 	go c.serve()
 	go c.writeLoop()
@@ -295,13 +338,6 @@ func (s *Server) serveConn(nc net.Conn) bool {
 func temporary(err error) bool {
 	var t interface{ Temporary() bool }
 	return errors.As(err, &t) && t.Temporary()
-}
-
-// forget drops a connection that has ended.
-func (s *Server) forget(c *conn) {
-	s.mu.Lock()
-	delete(s.conns, c)
-	s.mu.Unlock()
 }
 
 // Addr returns the address the server listens on, with port 0 resolved, or
@@ -323,29 +359,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closed = true
 	ln := s.ln
-	conns := make([]*conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
 	s.mu.Unlock()
 	if ln != nil {
 		ln.Close()
 	}
-	for _, c := range conns {
-		c.shutdown()
-	}
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		s.mu.Lock()
-		for c := range s.conns {
-			c.raw.Close()
-		}
-		s.mu.Unlock()
-		<-done
-		return fmt.Errorf("doh listener %q: shutting down: %w", s.cfg.Name, ctx.Err())
+	err := s.conns.Shutdown(ctx, (*conn).shutdown, func(c *conn) { c.raw.Close() })
+	s.wg.Wait() // the accept loop, and writer goroutines ending with their connections
+	if err != nil {
+		return fmt.Errorf("doh listener %q: shutting down: %w", s.cfg.Name, err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -16,13 +16,18 @@ type Stats struct {
 	HandshakeErrors      uint64 // TLS handshakes that failed or timed out
 	HTTP1                uint64 // HTTP/1.x requests answered 505
 
+	Conns            uint64 // connections accepted and served
+	Open             uint64 // connections open now
+	Refused          uint64 // connections reset at once: MaxConns were open
+	RefusedPerClient uint64 // connections reset at once: MaxConnsPerClient were open from the client's address
+
 	ProtocolErrors uint64 // connections ended with GOAWAY for an HTTP/2 error
 	StreamErrors   uint64 // streams reset for an HTTP/2 error
 	RefusedStreams uint64 // streams past MaxConcurrentStreams, reset with REFUSED_STREAM
 	ResetFloods    uint64 // connections that reset too many streams (rapid reset)
 	HeaderFloods   uint64 // connections whose header block outgrew the limit (CONTINUATION flood)
 	SlowClients    uint64 // connections cut off for not reading their answers
-	Timeouts       uint64 // requests, or header blocks, not completed in time
+	Timeouts       uint64 // requests, header blocks or client prefaces not completed in time
 	IdleClosed     uint64 // connections closed for idleness
 }
 
@@ -40,6 +45,10 @@ func (s *Server) Stats() Stats {
 		ServerError:          c.serverError.Load(),
 		HandshakeErrors:      c.handshakeErrors.Load(),
 		HTTP1:                c.http1.Load(),
+		Conns:                c.conns.Load(),
+		Open:                 uint64(s.conns.Len()),
+		Refused:              c.refused.Load(),
+		RefusedPerClient:     c.refusedPerClient.Load(),
 		ProtocolErrors:       c.protocolErrors.Load(),
 		StreamErrors:         c.streamErrors.Load(),
 		RefusedStreams:       c.refusedStreams.Load(),
@@ -55,7 +64,7 @@ type counters struct {
 	ok, badRequest, notFound, methodNotAllowed, tooLarge, headerTooLarge,
 	unsupportedMediaType, serverError, handshakeErrors, http1,
 	protocolErrors, streamErrors, refusedStreams, resetFloods, headerFloods,
-	slowClients, timeouts, idleClosed atomic.Uint64
+	slowClients, timeouts, idleClosed, conns, refused, refusedPerClient atomic.Uint64
 }
 
 // count adds one to the counter of an HTTP error status.

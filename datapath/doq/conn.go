@@ -57,7 +57,6 @@ func newConn(s *Server, qc *quic.Conn) *conn {
 // connection with DOQ_NO_ERROR.
 func (c *conn) serve() {
 	defer c.s.wg.Done()
-	defer c.s.forget(c)
 	defer c.cancel()
 	for {
 		st, err := c.qc.AcceptStream(c.ctx)

@@ -17,8 +17,9 @@
 // goroutine, which runs the pipeline's Answer and, for a miss, waits for
 // Resolve's callback: the goroutines are bounded by MaxConns × MaxStreams.
 // A stream that does not deliver its query within StreamReadTimeout is
-// reset with DOQ_REQUEST_CANCELLED; connections past MaxConns are refused
-// during the handshake (CONNECTION_REFUSED); idle connections end after
+// reset with DOQ_REQUEST_CANCELLED; connections past MaxConns, or past
+// MaxConnsPerClient from one address, are refused when their first packet
+// arrives (CONNECTION_REFUSED); idle connections end after
 // IdleTimeout.
 //
 // Files by owner: server.go (listener, lifecycle, limits), conn.go (a
@@ -33,12 +34,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
 
+	"xdoh/datapath/internal/connset"
 	"xdoh/datapath/tlsconf"
 	"xdoh/forwarder"
 )
@@ -47,6 +50,7 @@ import (
 const (
 	DefaultPort              = "853"
 	DefaultMaxConns          = 1000
+	DefaultMaxConnsPerClient = 64
 	DefaultMaxStreams        = 100
 	DefaultIdleTimeout       = 2 * time.Minute
 	DefaultHandshakeTimeout  = 5 * time.Second
@@ -95,6 +99,11 @@ type Config struct {
 	// MaxConns bounds connections, handshakes included; more are refused.
 	// Default 1000.
 	MaxConns int
+	// MaxConnsPerClient bounds the connections from one client address,
+	// handshakes included; more are refused. Default 64. (The address of
+	// a handshake is not verified: a client that spoofs another's address
+	// can hold that address's slots until HandshakeTimeout.)
+	MaxConnsPerClient int
 	// MaxStreams is the number of streams (queries) a connection may have
 	// open at once (QUIC MAX_STREAMS). Default 100.
 	MaxStreams int
@@ -122,15 +131,14 @@ type Server struct {
 	h     Handler
 	certs *tlsconf.Server
 	stats counters
-	jobs  sync.Pool // *job
-	open  atomic.Int64
+	jobs  sync.Pool                // *job
+	conns *connset.Set[*connState] // from the first packet on: handshakes count
 
 	mu       sync.Mutex
 	udp      *net.UDPConn
 	tr       *quic.Transport
 	ln       *quic.Listener
 	closed   bool
-	conns    map[*conn]struct{}
 	wg       sync.WaitGroup // the accept loop and every connection's goroutines
 	serveErr error
 }
@@ -148,7 +156,7 @@ func New(cfg Config, h Handler) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("doq listener %q: %w", cfg.Name, err)
 	}
-	s := &Server{cfg: cfg, h: h, certs: certs, conns: map[*conn]struct{}{}}
+	s := &Server{cfg: cfg, h: h, certs: certs, conns: connset.New[*connState](cfg.MaxConns, cfg.MaxConnsPerClient)}
 	s.jobs.New = func() any { return newJob() }
 	return s, nil
 }
@@ -164,7 +172,7 @@ func (c *Config) setDefaults() error {
 		name string
 		v    *int
 		def  int
-	}{{"MaxConns", &c.MaxConns, DefaultMaxConns}, {"MaxStreams", &c.MaxStreams, DefaultMaxStreams}} {
+	}{{"MaxConns", &c.MaxConns, DefaultMaxConns}, {"MaxConnsPerClient", &c.MaxConnsPerClient, DefaultMaxConnsPerClient}, {"MaxStreams", &c.MaxStreams, DefaultMaxStreams}} {
 		switch {
 		case *n.v == 0:
 			*n.v = n.def
@@ -240,32 +248,71 @@ func (s *Server) Start() error {
 }
 
 // connState follows one connection from its first packet: admit counts it
-// against MaxConns and, when its context ends, tells a failed handshake
+// against the limits and, when its context ends, tells a failed handshake
 // from a connection that was served.
-type connState struct{ accepted atomic.Bool }
+type connState struct {
+	accepted atomic.Bool
+
+	mu      sync.Mutex
+	conn    *conn // once accepted
+	dropped bool  // Shutdown came first: never to be served
+}
+
+// drain is Shutdown's: a served connection closes once its streams are
+// answered; one not accepted yet never will be (the listener is closed),
+// and the transport's close ends it.
+func (s *Server) drain(st *connState) {
+	st.mu.Lock()
+	c := st.conn
+	st.dropped = c == nil
+	st.mu.Unlock()
+	if c != nil {
+		c.stop()
+	} else {
+		s.conns.Forget(st)
+	}
+}
+
+// kill is Shutdown's when its context ends.
+func kill(st *connState) {
+	st.mu.Lock()
+	c := st.conn
+	st.mu.Unlock()
+	if c != nil {
+		c.qc.CloseWithError(CodeNoError, "server shutting down")
+	}
+}
 
 type stateKey struct{}
 
-// errTooManyConns refuses a connection past MaxConns.
-var errTooManyConns = errors.New("MaxConns connections open")
-
 // admit is the transport's ConnContext: it runs when a client's first
 // packet arrives, before the handshake.
-func (s *Server) admit(ctx context.Context, _ *quic.ClientInfo) (context.Context, error) {
-	if s.open.Add(1) > int64(s.cfg.MaxConns) {
-		s.open.Add(-1)
-		s.stats.refused.Add(1)
-		return nil, errTooManyConns
+func (s *Server) admit(ctx context.Context, ci *quic.ClientInfo) (context.Context, error) {
+	var client netip.Addr
+	if ua, ok := ci.RemoteAddr.(*net.UDPAddr); ok {
+		client = ua.AddrPort().Addr()
 	}
 	st := &connState{}
+	if err := s.conns.Add(st, client); err != nil {
+		switch {
+		case errors.Is(err, connset.ErrPerClient):
+			s.stats.refusedPerClient.Add(1)
+		case errors.Is(err, connset.ErrTotal):
+			s.stats.refused.Add(1)
+		}
+		return nil, err
+	}
 	ctx = context.WithValue(ctx, stateKey{}, st)
 	context.AfterFunc(ctx, func() {
-		s.open.Add(-1)
+		s.conns.Forget(st)
 		cause := context.Cause(ctx)
 		var hto *quic.HandshakeTimeoutError
 		var ito *quic.IdleTimeoutError
 		switch {
-		case !st.accepted.Load() && errors.As(cause, &hto):
+		case !st.accepted.Load() && (errors.As(cause, &hto) || errors.As(cause, &ito)):
+			// A handshake the client stopped answering ends on the
+			// handshake's idle timeout; one that takes too long in all,
+			// on its overall timeout.
 			s.stats.handshakeTimeouts.Add(1)
 		case !st.accepted.Load():
 			s.stats.handshakeErrors.Add(1)
@@ -290,29 +337,25 @@ func (s *Server) accept(ln *quic.Listener) {
 			s.mu.Unlock()
 			return
 		}
-		if st, ok := qc.Context().Value(stateKey{}).(*connState); ok {
-			st.accepted.Store(true)
+		st, ok := qc.Context().Value(stateKey{}).(*connState)
+		if !ok {
+			qc.CloseWithError(CodeInternalError, "")
+			continue
 		}
+		st.accepted.Store(true)
 		s.stats.conns.Add(1)
 		c := newConn(s, qc)
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
+		st.mu.Lock()
+		if st.dropped {
+			st.mu.Unlock()
 			qc.CloseWithError(CodeNoError, "")
-			return
+			continue
 		}
-		s.conns[c] = struct{}{}
+		st.conn = c
 		s.wg.Add(1)
-		s.mu.Unlock()
+		st.mu.Unlock()
 		go c.serve()
 	}
-}
-
-// forget drops a connection that has ended.
-func (s *Server) forget(c *conn) {
-	s.mu.Lock()
-	delete(s.conns, c)
-	s.mu.Unlock()
 }
 
 // Addr returns the UDP address the server listens on, with port 0
@@ -334,30 +377,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closed = true
 	ln, tr, udp := s.ln, s.tr, s.udp
-	conns := make([]*conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
 	s.mu.Unlock()
 	if ln != nil {
-		ln.Close()
+		ln.Close() // waits for the handshakes in flight
 	}
-	for _, c := range conns {
-		c.stop()
-	}
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	var err error
-	select {
-	case <-done:
-	case <-ctx.Done():
-		s.mu.Lock()
-		for c := range s.conns {
-			c.qc.CloseWithError(CodeNoError, "server shutting down")
-		}
-		s.mu.Unlock()
-		<-done
-		err = fmt.Errorf("doq listener %q: shutting down: %w", s.cfg.Name, ctx.Err())
+	err := s.conns.Shutdown(ctx, s.drain, kill)
+	s.wg.Wait() // the accept loop, and connections' goroutines ending
+	if err != nil {
+		err = fmt.Errorf("doq listener %q: shutting down: %w", s.cfg.Name, err)
 	}
 	if tr != nil {
 		tr.Close()

@@ -7,6 +7,7 @@ type Stats struct {
 	Conns             uint64 // connections that completed the handshake
 	Open              uint64 // connections now, handshakes included
 	Refused           uint64 // connections refused: MaxConns were open
+	RefusedPerClient  uint64 // connections refused: MaxConnsPerClient were open from the client's address
 	HandshakeErrors   uint64 // handshakes that failed
 	HandshakeTimeouts uint64 // handshakes abandoned for HandshakeTimeout
 	Queries           uint64 // queries read
@@ -22,8 +23,9 @@ func (s *Server) Stats() Stats {
 	c := &s.stats
 	return Stats{
 		Conns:             c.conns.Load(),
-		Open:              uint64(max(0, s.open.Load())),
+		Open:              uint64(s.conns.Len()),
 		Refused:           c.refused.Load(),
+		RefusedPerClient:  c.refusedPerClient.Load(),
 		HandshakeErrors:   c.handshakeErrors.Load(),
 		HandshakeTimeouts: c.handshakeTimeouts.Load(),
 		Queries:           c.queries.Load(),
@@ -36,6 +38,6 @@ func (s *Server) Stats() Stats {
 }
 
 type counters struct {
-	conns, refused, handshakeErrors, handshakeTimeouts, queries, answers,
+	conns, refused, refusedPerClient, handshakeErrors, handshakeTimeouts, queries, answers,
 	protocolErrors, streamTimeouts, idleClosed, writeErrors atomic.Uint64
 }

@@ -60,7 +60,6 @@ func newConn(s *Server, raw net.Conn) *conn {
 	c := &conn{s: s, raw: raw, wake: make(chan struct{}, 1), quit: make(chan struct{})}
 	c.cond.L = &c.mu
 	c.tc = tls.Server(raw, s.tls)
-	c.br = bufio.NewReaderSize(c.tc, readBufSize)
 	c.client = clientAddr(raw.RemoteAddr().String())
 	c.done = c.answered
 	return c
@@ -71,6 +70,7 @@ func newConn(s *Server, raw net.Conn) *conn {
 func (c *conn) serve() {
 	defer c.s.wg.Done()
 	defer c.close()
+	c.br = bufio.NewReaderSize(c.tc, readBufSize) // here, not in newConn: a refused connection costs no buffer
 	c.raw.SetDeadline(time.Now().Add(c.s.cfg.HandshakeTimeout))
 	if err := c.tc.Handshake(); err != nil {
 		switch {
@@ -232,7 +232,7 @@ func (c *conn) drain() {
 func (c *conn) close() {
 	c.kill()
 	close(c.quit)
-	c.s.forget(c)
+	c.s.conns.Forget(c)
 }
 
 // kill marks the connection dead and closes the socket, which ends any read

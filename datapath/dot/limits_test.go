@@ -2,11 +2,15 @@ package dot
 
 import (
 	"crypto/tls"
+	"errors"
 	"net"
+	"os"
+	"syscall"
 	"testing"
 	"time"
 
 	"xdoh/datapath/internal/pipetest"
+	"xdoh/forwarder"
 )
 
 // TestLimits: each bound closes the connection, is counted, and leaves no
@@ -107,4 +111,83 @@ func TestMaxConns(t *testing.T) {
 		t.Errorf("answer ID %d, want 7", m.Id)
 	}
 	_ = b
+}
+
+// TestMaxConnsPerClient: past MaxConnsPerClient from one address a
+// connection is reset before its handshake and counted apart from
+// MaxConns; another address still connects, and a closed connection
+// frees its client's slot.
+func TestMaxConnsPerClient(t *testing.T) {
+	s := start(t, Config{MaxConnsPerClient: 2}, pipetest.Forwarder(t, &pipetest.Upstream{}, nil))
+	a := dial(t, s)
+	dial(t, s)
+	waitFor(t, "two open connections", func() bool { return s.Stats().Open == 2 })
+	tlsCfg := &tls.Config{RootCAs: pki(t).Pool, ServerName: "localhost", NextProtos: []string{ALPN}}
+	if c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", s.Addr().String(), tlsCfg); err == nil {
+		c.Close()
+		t.Fatal("a third connection from 127.0.0.1 completed its handshake")
+	}
+	if st := s.Stats(); st.RefusedPerClient != 1 || st.Refused != 0 || st.Conns != 2 {
+		t.Errorf("stats %+v, want 1 refused per client, 0 refused in total, 2 served", st)
+	}
+	other := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+	c, err := tls.DialWithDialer(other, "tcp", s.Addr().String(), tlsCfg)
+	if err != nil {
+		t.Fatalf("from 127.0.0.2: %v", err)
+	}
+	defer c.Close()
+	c.Write(frame(pipetest.Query(t, pipetest.LocalA, 3)))
+	if m := readAnswer(t, c); m.Id != 3 {
+		t.Errorf("answer ID %d, want 3", m.Id)
+	}
+	a.Close()
+	waitFor(t, "two open connections", func() bool { return s.Stats().Open == 2 })
+	d := dial(t, s)
+	d.Write(frame(pipetest.Query(t, pipetest.LocalA, 4)))
+	if m := readAnswer(t, d); m.Id != 4 {
+		t.Errorf("answer ID %d, want 4", m.Id)
+	}
+}
+
+// bigHandler answers every query at once with a 60 KiB message: a few
+// fill a socket buffer.
+type bigHandler struct{}
+
+func (bigHandler) Answer(r *forwarder.Request, out []byte) ([]byte, bool) {
+	out = out[:60<<10]
+	clear(out)
+	copy(out, r.Msg[:2])
+	out[2] = 0x80 // QR
+	return out, true
+}
+
+func (bigHandler) Resolve(r *forwarder.Request, out []byte, _ func([]byte)) ([]byte, bool) {
+	return bigHandler{}.Answer(r, out)
+}
+
+// TestClientNeverReads: a client that sends queries and reads none of its
+// answers (a tiny receive buffer) is cut off once a write to it takes
+// longer than WriteTimeout, and counted in SlowClients.
+func TestClientNeverReads(t *testing.T) {
+	s := start(t, Config{WriteTimeout: 300 * time.Millisecond}, bigHandler{})
+	d := &net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
+		rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4<<10) })
+		return nil
+	}}
+	c, err := tls.DialWithDialer(d, "tcp", s.Addr().String(), &tls.Config{RootCAs: pki(t).Pool, ServerName: "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	q := frame(pipetest.Query(t, pipetest.LocalA, 1))
+	// Count-based: at most 2000 queries (120 MB of answers), far more
+	// than any socket buffers hold; the server stops reading once stuck.
+	for i := 0; i < 2000 && s.Stats().SlowClients == 0; i++ {
+		c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		if _, err := c.Write(q); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			break // cut off
+		}
+	}
+	waitFor(t, "SlowClients 1", func() bool { return s.Stats().SlowClients == 1 })
+	waitFor(t, "no open connection", func() bool { return s.Stats().Open == 0 })
 }

@@ -11,8 +11,9 @@
 // before it waits for input, or by the connection's writer goroutine for
 // answers that come back from upstream.
 //
-// Everything is bounded: connections (MaxConns; the next one is closed at
-// once and counted), queries in flight per connection (MaxPipeline; past it
+// Everything is bounded: connections, in total (MaxConns) and per client
+// address (MaxConnsPerClient; past either the next one is closed at once and
+// counted), queries in flight per connection (MaxPipeline; past it
 // the reader stops reading, so TCP pushes back on the client), the TLS
 // handshake, a query that has started to arrive (a length prefix that lies),
 // idleness, and each write.
@@ -33,19 +34,21 @@ import (
 	"sync"
 	"time"
 
+	"xdoh/datapath/internal/connset"
 	"xdoh/datapath/tlsconf"
 	"xdoh/forwarder"
 )
 
 // Defaults for zero Config fields.
 const (
-	DefaultPort             = "853"
-	DefaultMaxConns         = 1000
-	DefaultMaxPipeline      = 128
-	DefaultIdleTimeout      = 2 * time.Minute
-	DefaultHandshakeTimeout = 10 * time.Second
-	DefaultReadTimeout      = 10 * time.Second
-	DefaultWriteTimeout     = 10 * time.Second
+	DefaultPort              = "853"
+	DefaultMaxConns          = 1000
+	DefaultMaxConnsPerClient = 64
+	DefaultMaxPipeline       = 128
+	DefaultIdleTimeout       = 2 * time.Minute
+	DefaultHandshakeTimeout  = 10 * time.Second
+	DefaultReadTimeout       = 10 * time.Second
+	DefaultWriteTimeout      = 10 * time.Second
 )
 
 // ALPN is the protocol name DoT offers in TLS (RFC 7858 section 3.2).
@@ -83,6 +86,9 @@ type Config struct {
 	// MaxConns bounds open connections; one more is closed as soon as it
 	// is accepted, before its handshake. Default 1000.
 	MaxConns int
+	// MaxConnsPerClient bounds the open connections from one client
+	// address; one more is closed as MaxConns' is. Default 64.
+	MaxConnsPerClient int
 	// MaxPipeline bounds the queries one connection may have waiting for
 	// upstream; past it the connection is not read until one is answered.
 	// Default 128.
@@ -115,10 +121,11 @@ type Server struct {
 	bufs      sync.Pool // *[]byte of 64 KiB: room for any answer
 	stats     counters
 
+	conns *connset.Set[*conn]
+
 	mu       sync.Mutex
 	ln       net.Listener
 	closed   bool
-	conns    map[*conn]struct{}
 	wg       sync.WaitGroup // the accept loop and every connection's goroutines
 	serveErr error
 }
@@ -136,7 +143,8 @@ func New(cfg Config, h Handler) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dot listener %q: %w", cfg.Name, err)
 	}
-	s := &Server{cfg: cfg, h: h, transport: forwarder.TransportDoT, certs: certs, tls: certs.TLSConfig(), conns: map[*conn]struct{}{}}
+	s := &Server{cfg: cfg, h: h, transport: forwarder.TransportDoT, certs: certs, tls: certs.TLSConfig(),
+		conns: connset.New[*conn](cfg.MaxConns, cfg.MaxConnsPerClient)}
 	if cfg.FIPS {
 		s.transport = forwarder.TransportDoTFIPS
 	}
@@ -155,7 +163,7 @@ func (c *Config) setDefaults() error {
 		name string
 		v    *int
 		def  int
-	}{{"MaxConns", &c.MaxConns, DefaultMaxConns}, {"MaxPipeline", &c.MaxPipeline, DefaultMaxPipeline}} {
+	}{{"MaxConns", &c.MaxConns, DefaultMaxConns}, {"MaxConnsPerClient", &c.MaxConnsPerClient, DefaultMaxConnsPerClient}, {"MaxPipeline", &c.MaxPipeline, DefaultMaxPipeline}} {
 		switch {
 		case *n.v == 0:
 			*n.v = n.def
@@ -248,16 +256,20 @@ func (s *Server) accept(ln net.Listener) {
 }
 
 // serveConn starts serving one client connection, or closes it when
-// MaxConns are open; false means the server is shut down.
+// MaxConns are open, or MaxConnsPerClient from its address; false means
+// the server is shut down.
 func (s *Server) serveConn(nc net.Conn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	switch {
-	case s.closed:
+	c := newConn(s, nc)
+	switch err := s.conns.Add(c, c.client.Addr()); {
+	case errors.Is(err, connset.ErrClosed):
 		nc.Close()
 		return false
-	case len(s.conns) >= s.cfg.MaxConns:
-		s.stats.refused.Add(1)
+	case err != nil:
+		if errors.Is(err, connset.ErrPerClient) {
+			s.stats.refusedPerClient.Add(1)
+		} else {
+			s.stats.refused.Add(1)
+		}
 		if tc, ok := nc.(*net.TCPConn); ok {
 			tc.SetLinger(0) // a reset: the client learns at once, and no TIME_WAIT is kept for it
 		}
@@ -265,19 +277,10 @@ func (s *Server) serveConn(nc net.Conn) bool {
 		return true
 	}
 	s.stats.conns.Add(1)
-	c := newConn(s, nc)
-	s.conns[c] = struct{}{}
 	s.wg.Add(2)
 	go c.serve()
 	go c.writeLoop()
 	return true
-}
-
-// forget drops a connection that has ended.
-func (s *Server) forget(c *conn) {
-	s.mu.Lock()
-	delete(s.conns, c)
-	s.mu.Unlock()
 }
 
 // Addr returns the address the server listens on, with port 0 resolved, or
@@ -299,29 +302,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closed = true
 	ln := s.ln
-	conns := make([]*conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
 	s.mu.Unlock()
 	if ln != nil {
 		ln.Close()
 	}
-	for _, c := range conns {
-		c.shutdown()
-	}
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		s.mu.Lock()
-		for c := range s.conns {
-			c.kill()
-		}
-		s.mu.Unlock()
-		<-done
-		return fmt.Errorf("dot listener %q: shutting down: %w", s.cfg.Name, ctx.Err())
+	err := s.conns.Shutdown(ctx, (*conn).shutdown, (*conn).kill)
+	s.wg.Wait() // the accept loop, and writer goroutines ending with their connections
+	if err != nil {
+		return fmt.Errorf("dot listener %q: shutting down: %w", s.cfg.Name, err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -7,6 +7,7 @@ type Stats struct {
 	Conns             uint64 // connections accepted and served
 	Open              uint64 // connections open now
 	Refused           uint64 // connections closed at once: MaxConns were open
+	RefusedPerClient  uint64 // connections closed at once: MaxConnsPerClient were open from the client's address
 	HandshakeErrors   uint64 // TLS handshakes that failed
 	HandshakeTimeouts uint64 // TLS handshakes not done within HandshakeTimeout
 	Queries           uint64 // queries read
@@ -21,13 +22,12 @@ type Stats struct {
 // Stats returns the server's counters; safe to call at any time.
 func (s *Server) Stats() Stats {
 	c := &s.stats
-	s.mu.Lock()
-	open := len(s.conns)
-	s.mu.Unlock()
+	open := s.conns.Len()
 	return Stats{
 		Conns:             c.conns.Load(),
 		Open:              uint64(open),
 		Refused:           c.refused.Load(),
+		RefusedPerClient:  c.refusedPerClient.Load(),
 		HandshakeErrors:   c.handshakeErrors.Load(),
 		HandshakeTimeouts: c.handshakeTimeouts.Load(),
 		Queries:           c.queries.Load(),
@@ -41,6 +41,6 @@ func (s *Server) Stats() Stats {
 }
 
 type counters struct {
-	conns, refused, handshakeErrors, handshakeTimeouts, queries, answers,
+	conns, refused, refusedPerClient, handshakeErrors, handshakeTimeouts, queries, answers,
 	protocolErrors, timeouts, idleClosed, pipelineFull, slowClients atomic.Uint64
 }

@@ -11,7 +11,8 @@
 // everything buffered with one write(2). Under load that is one system call
 // (and one loopback TCP segment train) per upstream read, not one per
 // answer: the per-answer write was a third of the forwarder's CPU. Connections
-// are capped (MaxTCPConns), idle ones closed (TCPIdleTimeout, checked by the
+// are capped in total (MaxTCPConns) and per client address
+// (MaxTCPConnsPerClient), idle ones closed (TCPIdleTimeout, checked by the
 // engine ticker), and queries in flight per connection bounded
 // (MaxTCPPipeline, past it SERVFAIL). A client that does not read its
 // answers is reset: once 1 MiB waits in gnet beyond the socket's own
@@ -35,6 +36,7 @@ import (
 	gn "github.com/panjf2000/gnet/v2"
 	"golang.org/x/sys/unix"
 
+	"xdoh/datapath/internal/connset"
 	"xdoh/forwarder"
 	"xdoh/internal/dnsmsg"
 )
@@ -75,7 +77,10 @@ type Config struct {
 
 	TCPIdleTimeout time.Duration // default 10s
 	MaxTCPConns    int           // default 1024
-	MaxTCPPipeline int           // queries in flight per TCP conn, default 128
+	// MaxTCPConnsPerClient bounds the connections from one client
+	// address; default 64.
+	MaxTCPConnsPerClient int
+	MaxTCPPipeline       int // queries in flight per TCP conn, default 128
 
 	// Busy, if set, is called with true when the event loops start to have
 	// work and with false when they have none left: the server is busy
@@ -90,6 +95,7 @@ type Config struct {
 // Stats are the datapath's counters.
 type Stats struct {
 	TCPQueries, TCPRejected, TCPIdleClosed, TCPPipelineFull, TCPBacklogClosed uint64
+	TCPRejectedPerClient                                                      uint64 // connections closed at once: MaxTCPConnsPerClient from the client's address
 	TCPConns                                                                  int64
 }
 
@@ -102,16 +108,16 @@ type Server struct {
 
 	booted chan struct{}
 	done   chan error
-	conns  sync.Map // gn.Conn → *tcpState
+	conns  *connset.Set[*tcpState]
 	bufs   sync.Pool
 
-	tcpQ, tcpRejected, tcpIdle, tcpPipe, tcpBacklog atomic.Uint64
-	tcpConns                                        atomic.Int64
-	replyFlushes                                    atomic.Uint64 // writes of buffered upstream answers (tests)
-	holders                                         atomic.Int64  // of Busy: the connections in conns
+	tcpQ, tcpRejected, tcpRejectedClient, tcpIdle, tcpPipe, tcpBacklog atomic.Uint64
+	replyFlushes                                                       atomic.Uint64 // writes of buffered upstream answers (tests)
+	holders                                                            atomic.Int64  // of Busy: the connections in conns
 }
 
 type tcpState struct {
+	c          gn.Conn
 	lastActive atomic.Int64 // unix nanoseconds
 	inflight   atomic.Int32
 	idle       atomic.Bool // the ticker found the connection idle and woke its loop to close it
@@ -147,10 +153,14 @@ func New(cfg Config, h Handler) (*Server, error) {
 	if cfg.MaxTCPConns <= 0 {
 		cfg.MaxTCPConns = 1024
 	}
+	if cfg.MaxTCPConnsPerClient <= 0 {
+		cfg.MaxTCPConnsPerClient = 64
+	}
 	if cfg.MaxTCPPipeline <= 0 {
 		cfg.MaxTCPPipeline = 128
 	}
-	s := &Server{cfg: cfg, h: h, booted: make(chan struct{}), done: make(chan error, 1)}
+	s := &Server{cfg: cfg, h: h, booted: make(chan struct{}), done: make(chan error, 1),
+		conns: connset.New[*tcpState](cfg.MaxTCPConns, cfg.MaxTCPConnsPerClient)}
 	s.bufs.New = func() any { b := make([]byte, 65536+2); return &b }
 	return s, nil
 }
@@ -205,13 +215,11 @@ func (s *Server) Stop(ctx context.Context) error {
 // that gnet did not close with OnClose (it does when its loops end; one
 // closed later finds itself gone from conns).
 func (s *Server) releaseBusy() {
-	s.conns.Range(func(k, _ any) bool {
-		if _, ok := s.conns.LoadAndDelete(k); ok {
-			s.tcpConns.Add(-1)
+	for _, st := range s.conns.Snapshot() {
+		if s.conns.Forget(st) {
 			s.idle()
 		}
-		return true
-	})
+	}
 }
 
 // Name is the listener's name.
@@ -224,7 +232,7 @@ func (s *Server) Addrs() []string { return s.cfg.Addrs }
 func (s *Server) Stats() Stats {
 	return Stats{
 		TCPQueries: s.tcpQ.Load(), TCPRejected: s.tcpRejected.Load(), TCPIdleClosed: s.tcpIdle.Load(), TCPPipelineFull: s.tcpPipe.Load(),
-		TCPConns: s.tcpConns.Load(), TCPBacklogClosed: s.tcpBacklog.Load(),
+		TCPConns: int64(s.conns.Len()), TCPBacklogClosed: s.tcpBacklog.Load(), TCPRejectedPerClient: s.tcpRejectedClient.Load(),
 	}
 }
 
@@ -235,29 +243,31 @@ func (s *Server) OnBoot(eng gn.Engine) gn.Action {
 	return gn.None
 }
 
-// OnOpen admits a TCP connection unless the cap is reached.
+// OnOpen admits a TCP connection unless a cap is reached: in total, or
+// for its client's address.
 func (s *Server) OnOpen(c gn.Conn) ([]byte, gn.Action) {
-	if n := s.tcpConns.Add(1); n > int64(s.cfg.MaxTCPConns) {
-		s.tcpConns.Add(-1)
-		s.tcpRejected.Add(1)
-		return nil, gn.Close
-	}
-	_ = c.SetWriteBuffer(tcpSendBuffer) // best effort: the autotuned default works, only larger
-	st := &tcpState{unread: -1}
-	st.lastActive.Store(time.Now().UnixNano())
+	st := &tcpState{c: c, unread: -1}
 	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 		st.client = a.AddrPort()
 	}
+	if err := s.conns.Add(st, st.client.Addr()); err != nil {
+		if errors.Is(err, connset.ErrPerClient) {
+			s.tcpRejectedClient.Add(1)
+		} else {
+			s.tcpRejected.Add(1)
+		}
+		return nil, gn.Close
+	}
+	_ = c.SetWriteBuffer(tcpSendBuffer) // best effort: the autotuned default works, only larger
+	st.lastActive.Store(time.Now().UnixNano())
 	c.SetContext(st)
-	s.conns.Store(c, st)
 	s.busy()
 	return nil, gn.None
 }
 
 // OnClose forgets a TCP connection.
 func (s *Server) OnClose(c gn.Conn, _ error) gn.Action {
-	if _, ok := s.conns.LoadAndDelete(c); ok {
-		s.tcpConns.Add(-1)
+	if st, ok := c.Context().(*tcpState); ok && s.conns.Forget(st) {
 		s.idle()
 	}
 	return gn.None
@@ -281,11 +291,10 @@ func (s *Server) idle() {
 // on its fd, which only its loop may touch.
 func (s *Server) OnTick() (time.Duration, gn.Action) {
 	deadline := time.Now().Add(-s.cfg.TCPIdleTimeout).UnixNano()
-	s.conns.Range(func(k, v any) bool {
-		st := v.(*tcpState)
+	s.conns.Range(func(st *tcpState) bool {
 		if st.inflight.Load() == 0 && st.lastActive.Load() < deadline && st.idle.CompareAndSwap(false, true) {
 			// An error means the loop is gone (engine stopped): so is c.
-			_ = k.(gn.Conn).Wake(nil)
+			_ = st.c.Wake(nil)
 		}
 		return true
 	})

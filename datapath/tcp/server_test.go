@@ -331,3 +331,48 @@ func TestTCPGarbage(t *testing.T) {
 		}
 	})
 }
+
+// TestTCPConnsPerClient: past MaxTCPConnsPerClient from one address a
+// connection is closed at once and counted apart from MaxTCPConns; another
+// address is still served, and closed connections free their client's
+// slots.
+func TestTCPConnsPerClient(t *testing.T) {
+	s := startServer(t, Config{Name: "t", Addrs: []string{freePort(t, "127.0.0.1")}, MaxTCPConnsPerClient: 2})
+	addr := s.Addrs()[0]
+	var conns []net.Conn
+	for range 3 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	waitStats := func(what string, ok func(Stats) bool) {
+		t.Helper()
+		for end := time.Now().Add(10 * time.Second); !ok(s.Stats()); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(end) {
+				t.Fatalf("timed out waiting for %s: %+v", what, s.Stats())
+			}
+		}
+	}
+	waitStats("one rejected per client, two open", func(st Stats) bool { return st.TCPRejectedPerClient == 1 && st.TCPConns == 2 })
+	exchangeFrom := func(from string) {
+		t.Helper()
+		m := new(dns.Msg)
+		m.SetQuestion("ipv4.aws.example.internal.", dns.TypeA)
+		c := &dns.Client{Net: "tcp", Timeout: 5 * time.Second, Dialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}}
+		if _, _, err := c.Exchange(m, addr); err != nil {
+			t.Fatalf("from %s: %v", from, err)
+		}
+	}
+	exchangeFrom("127.0.0.2")
+	for _, c := range conns {
+		c.Close()
+	}
+	waitStats("no connection open", func(st Stats) bool { return st.TCPConns == 0 })
+	exchangeFrom("127.0.0.1")
+	if st := s.Stats(); st.TCPRejected != 0 || st.TCPRejectedPerClient != 1 {
+		t.Errorf("stats %+v, want 0 rejected in total and 1 per client", st)
+	}
+}

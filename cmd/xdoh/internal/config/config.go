@@ -188,6 +188,38 @@ type DoH struct {
 	// IdleTimeout closes a connection with nothing in flight that sent
 	// nothing for this long, with GOAWAY (default 2m).
 	IdleTimeout Duration `yaml:"idle_timeout"`
+	// MaxConns bounds open connections (default 1000).
+	MaxConns int `yaml:"max_conns"`
+	// MaxResetsPerSecond is the rapid-reset bound (CVE-2023-44487): the
+	// streams with a query in flight a client may reset a second, on
+	// average, with a burst of ten seconds' worth; past it the connection
+	// gets GOAWAY ENHANCE_YOUR_CALM (default 100).
+	MaxResetsPerSecond int `yaml:"max_resets_per_second"`
+	// MaxBodySize bounds a query, POST body or decoded GET parameter, in
+	// octets; larger gets 413 (default and most 65535).
+	MaxBodySize int `yaml:"max_body_size"`
+	// MaxHeaderBytes bounds a request's header list, the GET URL included;
+	// larger gets 431 (default: room for a GET of max_body_size, plus 8 KiB).
+	MaxHeaderBytes int        `yaml:"max_header_bytes"`
+	Conn           ConnLimits `yaml:",inline"`
+}
+
+// ConnLimits are the per-connection abuse limits every stream listener
+// (DoT, DoH, DoQ) shares.
+type ConnLimits struct {
+	// MaxConnsPerClient bounds the open connections from one client
+	// address (default 64).
+	MaxConnsPerClient int `yaml:"max_conns_per_client"`
+	// HandshakeTimeout bounds the TLS handshake (DoH: and the HTTP/2
+	// preface, and a header block) (defaults: DoT and DoH 10s, DoQ 5s).
+	HandshakeTimeout Duration `yaml:"handshake_timeout"`
+	// ReadTimeout bounds the arrival of one query once it has started
+	// (DoH: from HEADERS to the last DATA; DoQ: a stream's query and FIN)
+	// (defaults: DoT and DoQ 10s, DoH 30s).
+	ReadTimeout Duration `yaml:"read_timeout"`
+	// WriteTimeout bounds one write to the client: one that reads none of
+	// its answers for this long is cut off (default 10s).
+	WriteTimeout Duration `yaml:"write_timeout"`
 }
 
 // DoT is an inbound DNS-over-TLS server (RFC 7858).
@@ -202,7 +234,8 @@ type DoT struct {
 	MaxConns int `yaml:"max_conns"`
 	// MaxPipeline bounds the queries one connection may have waiting for
 	// upstream; past it the connection is not read (default 128).
-	MaxPipeline int `yaml:"max_pipeline"`
+	MaxPipeline int        `yaml:"max_pipeline"`
+	Conn        ConnLimits `yaml:",inline"`
 }
 
 // DoQ is an inbound DNS-over-QUIC server (RFC 9250).
@@ -216,7 +249,8 @@ type DoQ struct {
 	MaxConns int `yaml:"max_conns"`
 	// MaxStreams bounds the queries (streams) one connection may have
 	// open at once (default 100).
-	MaxStreams int `yaml:"max_streams"`
+	MaxStreams int        `yaml:"max_streams"`
+	Conn       ConnLimits `yaml:",inline"`
 }
 
 // DefaultEncryptedPort is DoT's and DoQ's port (RFC 7858, RFC 9250).
@@ -235,7 +269,10 @@ func EncryptedAddr(a string) (netip.AddrPort, error) {
 type TCP struct {
 	IdleTimeout Duration `yaml:"idle_timeout"`
 	MaxConns    int      `yaml:"max_conns"`
-	MaxPipeline int      `yaml:"max_pipeline"`
+	// MaxConnsPerClient bounds the connections from one client address
+	// (default 64).
+	MaxConnsPerClient int `yaml:"max_conns_per_client"`
+	MaxPipeline       int `yaml:"max_pipeline"`
 	// Loops is the number of gnet event loops serving TCP (datapath/tcp);
 	// default GOMAXPROCS/2, at least 1. More loops answer more cache hits
 	// in parallel; fewer batch forwarded queries better.
@@ -575,6 +612,15 @@ func (c *Config) Validate() error {
 				if l.DoH.IdleTimeout < 0 {
 					bad(f+".doh.idle_timeout", "%v is negative", time.Duration(l.DoH.IdleTimeout))
 				}
+				for _, lim := range []limit{{"max_conns", l.DoH.MaxConns}, {"max_resets_per_second", l.DoH.MaxResetsPerSecond}, {"max_header_bytes", l.DoH.MaxHeaderBytes}} {
+					if lim.v < 0 || lim.v > 1<<20 {
+						bad(f+".doh."+lim.name, "%d is outside 0..1048576 (0: default)", lim.v)
+					}
+				}
+				if n := l.DoH.MaxBodySize; n != 0 && (n < 12 || n > 65535) {
+					bad(f+".doh.max_body_size", "%d is outside 12..65535 (0: default 65535)", n)
+				}
+				checkConnLimits(f+".doh", l.DoH.Conn, bad)
 				for _, kf := range []struct{ name, path string }{{"cert", l.DoH.Cert}, {"key", l.DoH.Key}} {
 					if kf.path == "" {
 						bad(f+".doh."+kf.name, "is empty")
@@ -595,11 +641,14 @@ func (c *Config) Validate() error {
 			}
 			for _, e := range []encrypted{
 				{"dot", "dot/dot-fips", protos["dot"] || protos["dot-fips"], l.DoT != nil, dt.Address, dt.Cert, dt.Key, dt.IdleTimeout,
-					[]limit{{"max_conns", dt.MaxConns}, {"max_pipeline", dt.MaxPipeline}}},
+					[]limit{{"max_conns", dt.MaxConns}, {"max_pipeline", dt.MaxPipeline}}, dt.Conn},
 				{"doq", "doq", protos["doq"], l.DoQ != nil, dq.Address, dq.Cert, dq.Key, dq.IdleTimeout,
-					[]limit{{"max_conns", dq.MaxConns}, {"max_streams", dq.MaxStreams}}},
+					[]limit{{"max_conns", dq.MaxConns}, {"max_streams", dq.MaxStreams}}, dq.Conn},
 			} {
 				c.checkEncrypted(f+"."+e.section, e, bad)
+				if e.wanted && e.present {
+					checkConnLimits(f+"."+e.section, e.conn, bad)
+				}
 			}
 		}
 		for j, a := range l.Allow {
@@ -656,6 +705,9 @@ func (c *Config) Validate() error {
 		}
 		if l.TCP.Loops < 0 || l.TCP.Loops > 256 {
 			bad(f+".tcp.loops", "%d is not between 0 (default) and 256", l.TCP.Loops)
+		}
+		if l.TCP.MaxConnsPerClient < 0 || l.TCP.MaxConnsPerClient > 1<<20 {
+			bad(f+".tcp.max_conns_per_client", "%d is outside 0..1048576 (0: default 64)", l.TCP.MaxConnsPerClient)
 		}
 		if l.TCP.MaxConns < 0 || l.TCP.MaxPipeline < 0 || l.TCP.IdleTimeout < 0 {
 			bad(f+".tcp", "limits must not be negative")
@@ -856,6 +908,23 @@ type encrypted struct {
 	address, cert, key string
 	idle               Duration
 	limits             []limit
+	conn               ConnLimits
+}
+
+// checkConnLimits checks a listener section's ConnLimits; f names the
+// section.
+func checkConnLimits(f string, l ConnLimits, bad func(field, format string, a ...any)) {
+	if l.MaxConnsPerClient < 0 || l.MaxConnsPerClient > 1<<20 {
+		bad(f+".max_conns_per_client", "%d is outside 0..1048576 (0: default 64)", l.MaxConnsPerClient)
+	}
+	for _, d := range []struct {
+		name string
+		v    Duration
+	}{{"handshake_timeout", l.HandshakeTimeout}, {"read_timeout", l.ReadTimeout}, {"write_timeout", l.WriteTimeout}} {
+		if d.v < 0 {
+			bad(f+"."+d.name, "%v is negative", time.Duration(d.v))
+		}
+	}
 }
 
 type limit struct {

@@ -32,9 +32,18 @@ listeners:
       path: /dns-query
       cert: cert.pem
       key: KEYFILE
+      max_conns: 500
+      max_conns_per_client: 16
+      max_resets_per_second: 50
+      max_body_size: 4096
+      max_header_bytes: 16384
+      handshake_timeout: 3s
+      read_timeout: 4s
+      write_timeout: 5s
     tcp:
       idle_timeout: 30s
       max_conns: 100
+      max_conns_per_client: 10
       max_pipeline: 8
       loops: 3
   - name: plain
@@ -85,7 +94,13 @@ func TestParseFull(t *testing.T) {
 	if l.Name != "inbound" || len(l.Do53) != 2 || l.Do53[1] != "[::1]:5353" || l.DoH == nil || l.DoH.Address != "127.0.0.1:8443" || l.DoH.Path != "/dns-query" {
 		t.Errorf("listener 0 = %+v (doh %+v)", l, l.DoH)
 	}
-	if l.TCP.IdleTimeout.D() != 30*time.Second || l.TCP.MaxConns != 100 || l.TCP.MaxPipeline != 8 || l.TCP.Loops != 3 {
+	wantDoH := DoH{Address: "127.0.0.1:8443", Path: "/dns-query", Cert: "cert.pem", Key: keyAbs, MaxConns: 500, MaxResetsPerSecond: 50,
+		MaxBodySize: 4096, MaxHeaderBytes: 16384,
+		Conn: ConnLimits{MaxConnsPerClient: 16, HandshakeTimeout: Duration(3 * time.Second), ReadTimeout: Duration(4 * time.Second), WriteTimeout: Duration(5 * time.Second)}}
+	if *l.DoH != wantDoH {
+		t.Errorf("doh = %+v\nwant  %+v", *l.DoH, wantDoH)
+	}
+	if l.TCP.IdleTimeout.D() != 30*time.Second || l.TCP.MaxConns != 100 || l.TCP.MaxConnsPerClient != 10 || l.TCP.MaxPipeline != 8 || l.TCP.Loops != 3 {
 		t.Errorf("tcp = %+v", l.TCP)
 	}
 	if p, err := l.ProtocolSet(); err != nil || len(p) != 2 || !p["do53"] || !p["doh"] {
@@ -206,6 +221,11 @@ func TestParseErrors(t *testing.T) {
 		{name: "doh negative idle_timeout", yaml: "listeners:\n  - name: a\n    protocols: [doh]\n    doh: {address: \"127.0.0.1:443\", cert: cert.pem, key: key.pem, idle_timeout: -1s}\n", want: []string{"listeners[0].doh.idle_timeout"}, count: 1},
 		{name: "doh missing cert file", yaml: "listeners:\n  - name: a\n    protocols: [doh]\n    doh: {address: \"127.0.0.1:443\", cert: nope.pem, key: key.pem}\n", want: []string{"listeners[0].doh.cert", "nope.pem"}, count: 1},
 		{name: "doh empty key", yaml: "listeners:\n  - name: a\n    protocols: [doh]\n    doh: {address: \"127.0.0.1:443\", cert: cert.pem}\n", want: []string{"listeners[0].doh.key"}, count: 1},
+		{name: "doh abuse limits", yaml: "listeners:\n  - name: a\n    protocols: [doh]\n    doh: {address: \"127.0.0.1:443\", cert: cert.pem, key: key.pem, max_conns: -1, max_conns_per_client: -2, max_resets_per_second: -1, max_body_size: 70000, max_header_bytes: -1, handshake_timeout: -1s, read_timeout: -1s, write_timeout: -1s}\n",
+			want: []string{"listeners[0].doh.max_conns:", "listeners[0].doh.max_conns_per_client", "listeners[0].doh.max_resets_per_second", "listeners[0].doh.max_body_size", "listeners[0].doh.max_header_bytes", "listeners[0].doh.handshake_timeout", "listeners[0].doh.read_timeout", "listeners[0].doh.write_timeout"}, count: 8},
+		{name: "dot and doq abuse limits", yaml: "listeners:\n  - name: a\n    protocols: [dot, doq]\n    dot: {address: \"127.0.0.1:853\", cert: cert.pem, key: key.pem, max_conns_per_client: -1, handshake_timeout: -1s}\n    doq: {address: \"127.0.0.1:853\", cert: cert.pem, key: key.pem, max_conns_per_client: -1, write_timeout: -1s}\n",
+			want: []string{"listeners[0].dot.max_conns_per_client", "listeners[0].dot.handshake_timeout", "listeners[0].doq.max_conns_per_client", "listeners[0].doq.write_timeout"}, count: 4},
+		{name: "negative tcp max_conns_per_client", yaml: base + "    tcp: {max_conns_per_client: -1}\n", want: []string{"listeners[0].tcp.max_conns_per_client"}, count: 1},
 		{name: "too many tcp loops", yaml: base + "    tcp: {loops: 1000}\n", want: []string{"listeners[0].tcp.loops"}, count: 1},
 		{name: "negative tcp limit", yaml: base + "    tcp: {max_conns: -1}\n", want: []string{"listeners[0].tcp"}, count: 1},
 		{name: "zone file missing", yaml: base + "zones:\n  - name: corp.example\n    file: missing.zone\n", want: []string{"zones[0].file", "missing.zone"}, count: 1},
