@@ -155,7 +155,8 @@ func TestServeStale(t *testing.T) {
 func TestPrefetch(t *testing.T) {
 	clk := newClock()
 	up := newSwitchable(100, 0)
-	f, err := New(Config{Default: []Target{{Up: up}}, Cache: cache.New(cache.Config{Now: clk.now})})
+	c := cache.New(cache.Config{Now: clk.now})
+	f, err := New(Config{Default: []Target{{Up: up}}, Cache: c})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,8 +173,10 @@ func TestPrefetch(t *testing.T) {
 	if c := up.calls.Load(); c != 2 {
 		t.Fatalf("upstream calls %d, want 2 (the prefetch)", c)
 	}
-	time.Sleep(20 * time.Millisecond) // let the refresh land in the cache
-	clk.add(50 * time.Second)         // past the old expiry, within the new one
+	for c.Stats().Inserts < 2 && time.Now().Before(deadline) { // the refresh lands in the cache
+		time.Sleep(5 * time.Millisecond)
+	}
+	clk.add(50 * time.Second) // past the old expiry, within the new one
 	if m := serve(t, f, q, TransportUDP); len(m.Answer) != 1 || m.Answer[0].Header().Ttl != 50 {
 		t.Fatalf("after prefetch: %v", m)
 	}
