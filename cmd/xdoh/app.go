@@ -91,7 +91,7 @@ func (a *app) start(cfg *config.Config) error {
 	if err != nil {
 		return usagef("%v", err)
 	}
-	p, err := buildPipeline(cfg, zs, a.counters, a.queryLogger(cfg), a.invalidateKernel)
+	p, err := buildPipeline(cfg, zs, a.counters, a.queryLogger(cfg), a.invalidateKernel, nil)
 	if err != nil {
 		return err
 	}
