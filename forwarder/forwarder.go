@@ -213,6 +213,11 @@ func (f *Forwarder) Stats() Stats {
 	}
 }
 
+// Inflight is the number of upstream resolutions under way (queries and
+// prefetches; identical queries coalesced onto one count once). A
+// shutdown waits for it to reach zero before it closes the upstreams.
+func (f *Forwarder) Inflight() int { return len(f.inflight) }
+
 // Counters returns the counters this pipeline counts into.
 func (f *Forwarder) Counters() *Counters { return f.c }
 

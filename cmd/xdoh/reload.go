@@ -131,7 +131,7 @@ func (a *app) reload() error {
 		// Only a DoH, DoT or DoQ server re-bound on its own address can fail here.
 		a.log.Error("reload applied with an error", "err", err)
 	}
-	time.AfterFunc(grace, old.close)
+	a.retire(old, grace)
 	a.log.Info("reloaded", "listeners", len(next.Listeners), "rules", len(next.Rules), "zones", len(next.Zones))
 	return nil
 }
