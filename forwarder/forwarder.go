@@ -70,6 +70,11 @@ type Config struct {
 	// DefaultECS is the client-subnet policy of the default targets.
 	DefaultECS ECS
 	Cache      *cache.Cache // nil disables caching
+	// CacheGeneration is the generation this pipeline writes the cache as
+	// (cache.PutAs): a reload that keeps the cache builds the next
+	// pipeline with Cache.Generation()+1, and the retired pipeline's
+	// answers stop landing in it once cache.Invalidate moves on.
+	CacheGeneration uint64
 	// QueryTimeout is the whole budget for answering one client query
 	// (default 4s): targets are tried in order within it.
 	QueryTimeout time.Duration
@@ -207,6 +212,11 @@ func (f *Forwarder) Stats() Stats {
 		CookieValid: f.c.cookies[cookieValidServer].Load(), BadCookie: f.c.badCookie.Load(),
 	}
 }
+
+// Inflight is the number of upstream resolutions under way (queries and
+// prefetches; identical queries coalesced onto one count once). A
+// shutdown waits for it to reach zero before it closes the upstreams.
+func (f *Forwarder) Inflight() int { return len(f.inflight) }
 
 // Counters returns the counters this pipeline counts into.
 func (f *Forwarder) Counters() *Counters { return f.c }
@@ -486,7 +496,7 @@ func (f *Forwarder) answerLocal(r *Request, z Authority, out []byte, maxSize int
 		// Local answers go in the same table: the next one is a hit, with no
 		// unpacking and no allocation. (A zone reload must flush them.)
 		if qend, err := dnsmsg.CheckResponse(b, &r.Q); err == nil {
-			f.cfg.Cache.Put(&r.Q, b, qend)
+			f.cfg.Cache.PutAs(f.cfg.CacheGeneration, &r.Q, b, qend)
 		}
 	}
 	return f.truncate(b, maxSize)

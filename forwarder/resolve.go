@@ -297,7 +297,7 @@ func (f *Forwarder) accept(r *Request, resp []byte, target string, err error) re
 		return result{resp: resp, target: target}
 	}
 	if f.cfg.Cache != nil {
-		f.cfg.Cache.Put(&key, resp, qend)
+		f.cfg.Cache.PutAs(f.cfg.CacheGeneration, &key, resp, qend)
 	}
 	return result{resp: resp, ok: true, target: target, scope: uint8(scope)}
 }

@@ -53,6 +53,9 @@ type app struct {
 	// kernelTiers are the AF_XDP servers (their in-kernel answer tiers),
 	// for the cache's OnChange, which must not take mu.
 	kernelTiers atomic.Pointer[[]*xsk.Server]
+	// retiring are pipelines a reload replaced, closed after their grace
+	// (retire); a shutdown drains them too.
+	retiring sync.Map // *pipeline → struct{}
 }
 
 // listener is the datapaths of one configured listener.
@@ -91,7 +94,7 @@ func (a *app) start(cfg *config.Config) error {
 	if err != nil {
 		return usagef("%v", err)
 	}
-	p, err := buildPipeline(cfg, zs, a.counters, a.queryLogger(cfg), a.invalidateKernel)
+	p, err := buildPipeline(cfg, zs, a.counters, a.queryLogger(cfg), a.invalidateKernel, nil)
 	if err != nil {
 		return err
 	}
@@ -338,9 +341,44 @@ func stopDoH(cur *listener) {
 	cur.doh = nil
 }
 
+// retire closes a replaced pipeline once its queries in flight have had
+// grace to finish.
+func (a *app) retire(p *pipeline, grace time.Duration) {
+	a.retiring.Store(p, struct{}{})
+	time.AfterFunc(grace, func() {
+		if _, ok := a.retiring.LoadAndDelete(p); ok {
+			p.close()
+		}
+	})
+}
+
+// inflight is the number of upstream resolutions under way in every
+// pipeline still open.
+func (a *app) inflight() int {
+	n := 0
+	if p := a.pipe.Load(); p != nil && p.fwd != nil {
+		n += p.fwd.Inflight()
+	}
+	a.retiring.Range(func(k, _ any) bool {
+		if p := k.(*pipeline); p.fwd != nil {
+			n += p.fwd.Inflight()
+		}
+		return true
+	})
+	return n
+}
+
+// stop shuts down within shutdown_timeout, answering what is in flight:
+// every listener that can stop taking queries while it still answers
+// (UDP, which stops reading; DoH, DoT and DoQ, which send GOAWAY or
+// refuse new streams) does so at once, all of them together, and waits for
+// its own misses; then, while the TCP listeners still answer, stop waits
+// for the upstream resolutions in flight to end; then the TCP listeners
+// close, and the upstreams. Past the deadline what is left is dropped.
 func (a *app) stop() {
 	var errs []error
 	if a.mx != nil { // first: a scrape must not wait on a.mu while we stop
+		a.mx.SetReady(false)
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		errs = append(errs, a.mx.Shutdown(ctx))
 		cancel()
@@ -348,26 +386,92 @@ func (a *app) stop() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.stopped = true
+	grace := config.DefaultShutdownTimeout
+	if a.cfg != nil {
+		grace = a.cfg.ShutdownGrace()
+	}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
 	if a.ctl != nil {
 		errs = append(errs, a.ctl.Close())
 	}
+	var wg sync.WaitGroup
+	var emu sync.Mutex
+	run := func(f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil {
+				emu.Lock()
+				errs = append(errs, err)
+				emu.Unlock()
+			}
+		}()
+	}
 	for _, l := range a.listeners {
-		stopDo53(l)
+		run(func() error {
+			var errs []error
+			if l.xsk != nil { // first: its packets then reach the kernel sockets
+				errs = append(errs, l.xsk.Stop(ctx))
+				l.xsk = nil
+			}
+			l.xdpMode = "off"
+			if l.udp != nil {
+				errs = append(errs, l.udp.Stop(ctx))
+				l.udp = nil
+			}
+			return errors.Join(errs...)
+		})
 		if l.doh != nil {
-			stopDoH(l)
+			s := l.doh
+			l.doh = nil
+			run(func() error { return s.Shutdown(ctx) })
 		}
 		for _, k := range encKinds {
-			stopEnc(k.slot(l))
+			if slot := k.slot(l); *slot != nil {
+				s := *slot
+				*slot = nil
+				run(func() error { return s.Shutdown(ctx) })
+			}
+		}
+	}
+	wg.Wait()
+	// The TCP listeners still answer: let the resolutions in flight end.
+	tick := time.NewTicker(5 * time.Millisecond)
+drain:
+	for a.inflight() > 0 {
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			a.log.Warn("shutdown_timeout reached with queries in flight; they are dropped", "inflight", a.inflight(), "shutdown_timeout", grace)
+			break drain
+		}
+	}
+	tick.Stop()
+	for _, l := range a.listeners {
+		if l.tcp != nil {
+			tctx, tcancel := context.WithTimeout(context.Background(), time.Second)
+			errs = append(errs, l.tcp.Stop(tctx))
+			tcancel()
+			l.tcp = nil
 		}
 	}
 	a.publishKernelTiers()
 	if p := a.pipe.Load(); p != nil {
 		p.close()
 	}
+	a.retiring.Range(func(k, _ any) bool {
+		if _, ok := a.retiring.LoadAndDelete(k); ok {
+			k.(*pipeline).close()
+		}
+		return true
+	})
 	if a.qlog != nil {
 		errs = append(errs, a.qlog.Close())
 	}
 	if err := errors.Join(errs...); err != nil {
 		a.log.Warn("stopping", "err", err)
 	}
+	a.log.Info("stopped", "took", time.Since(start).Round(time.Millisecond))
 }

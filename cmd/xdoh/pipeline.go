@@ -23,7 +23,11 @@ import (
 type pipeline struct {
 	fwd   *forwarder.Forwarder
 	cache *cache.Cache
-	ups   []upstream.Upstream
+	// gen is the cache generation this pipeline writes as; a reload that
+	// keeps the cache moves it to gen when the pipeline takes over.
+	gen    uint64
+	routes *routes // what answers each name, for the next reload's comparison
+	ups    []upstream.Upstream
 }
 
 func (p *pipeline) close() {
@@ -62,10 +66,15 @@ func cookies(c config.Cookies) *forwarder.Cookies {
 }
 
 // buildPipeline turns a validated config and its loaded zones (loadZones)
-// into a forwarder (nothing listens). onChange is the cache's OnChange (nil: none).
-func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Counters, qlog forwarder.QueryLogger, onChange func([]byte)) (*pipeline, error) {
+// into a forwarder (nothing listens). onChange is the cache's OnChange (nil:
+// none). keep, if not nil, is the running pipeline's cache, to share
+// (keepCache): the new pipeline writes it as the next generation.
+func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Counters, qlog forwarder.QueryLogger, onChange func([]byte), keep *cache.Cache) (*pipeline, error) {
 	p := &pipeline{}
 	var err error
+	if p.routes, err = newRoutes(cfg, zs); err != nil {
+		return nil, err
+	}
 	fail := func(err error) (*pipeline, error) { p.close(); return nil, err }
 	mkTargets := func(field string, targets []string, caFile, serverName string, timeout config.Duration) ([]forwarder.Target, error) {
 		if timeout == 0 {
@@ -137,7 +146,11 @@ func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Coun
 			return fail(err)
 		}
 	}
-	if cfg.Cache.On() {
+	switch {
+	case keep != nil:
+		p.cache, p.gen = keep, keep.Generation()+1
+		fc.Cache, fc.CacheGeneration = p.cache, p.gen
+	case cfg.Cache.On():
 		p.cache = cache.New(cache.Config{
 			Entries: cfg.Cache.Entries, MaxBytes: cfg.Cache.MaxBytes,
 			MinTTL: cfg.Cache.MinTTL.D(), MaxTTL: cfg.Cache.MaxTTL.D(),

@@ -69,7 +69,9 @@ func (a *app) reload() error {
 			return err
 		}
 	}
-	p, err := buildPipeline(next, zs, a.counters, a.queryLogger(next), a.invalidateKernel)
+	cur := a.pipe.Load()
+	keep := keepCache(cur.cache, a.cfg, next)
+	p, err := buildPipeline(next, zs, a.counters, a.queryLogger(next), a.invalidateKernel, keep)
 	if err != nil {
 		if newQlog != nil {
 			_ = newQlog.Close()
@@ -85,13 +87,22 @@ func (a *app) reload() error {
 		}
 		return err
 	}
-	old := a.pipe.Swap(p)
-	// The kernel's answers come from the old cache: empty them, and keep
-	// them empty until the new pipeline answers.
 	var unlocks []func()
-	for _, s := range a.xskServers() {
-		unlocks = append(unlocks, s.LockKernelCache())
+	if keep != nil {
+		// The cache stays: take out the answers the next rules and zones
+		// give differently (the kernel's copies go with them, through
+		// OnChange), and from now on refuse the running pipeline's
+		// answers, which come from its rules.
+		n := keep.Invalidate(p.gen, changed(cur.routes, p.routes))
+		a.log.Info("cache kept over the reload", "invalidated", n, "entries", keep.Stats().Entries)
+	} else {
+		// A new cache: the kernel's answers come from the old one: empty
+		// them, and keep them empty until the new pipeline answers.
+		for _, s := range a.xskServers() {
+			unlocks = append(unlocks, s.LockKernelCache())
+		}
 	}
+	old := a.pipe.Swap(p)
 	a.sw.Store(p.fwd)
 	for _, u := range unlocks {
 		u()
@@ -120,7 +131,7 @@ func (a *app) reload() error {
 		// Only a DoH, DoT or DoQ server re-bound on its own address can fail here.
 		a.log.Error("reload applied with an error", "err", err)
 	}
-	time.AfterFunc(grace, old.close)
+	a.retire(old, grace)
 	a.log.Info("reloaded", "listeners", len(next.Listeners), "rules", len(next.Rules), "zones", len(next.Zones))
 	return nil
 }

@@ -80,6 +80,17 @@
 // may briefly miss an entry whose way is being rewritten (its tag hint lags
 // the pointer); that costs one upstream query, never a wrong answer, because
 // a hit is confirmed against the entry's full tag and key.
+//
+// # Reloads
+//
+// A configuration reload keeps the cache: Invalidate removes only the
+// entries whose name the caller says changed hands (a rule or zone that
+// differs), and moves the cache to a new generation. Every writer puts as
+// the generation of the pipeline it belongs to (PutAs); a Put of an older
+// generation is refused, and one that published just as Invalidate moved on
+// withdraws its own entry, so a pipeline being retired cannot put back an
+// answer of its old rules after the sweep. The read path does not look at
+// generations: a hit costs what it did.
 package cache
 
 import (
@@ -147,8 +158,10 @@ func (r Result) String() string {
 // Stats are cumulative counters plus the current size.
 type Stats struct {
 	Hits, Misses, Stale, Inserts, Evictions, Prefetches uint64
-	Entries                                             int
-	Bytes                                               int64
+	// Invalidations counts entries removed by Invalidate.
+	Invalidations uint64
+	Entries       int
+	Bytes         int64
 }
 
 const (
@@ -190,7 +203,10 @@ type Cache struct {
 	seq       atomic.Uint64 // orders entries of one key
 	inserts   atomic.Uint64
 	evictions atomic.Uint64
-	_         pad
+	invalid   atomic.Uint64
+	// gen is the oldest generation whose Puts are accepted (Invalidate).
+	gen atomic.Uint64
+	_   pad
 
 	// Written by Get and GetStale.
 	ctr [stripes]stripe
@@ -341,8 +357,17 @@ func (c *Cache) GetStale(q *dnsmsg.Query, out []byte, maxSize int) ([]byte, bool
 
 // Put stores resp, the upstream's answer to q; qend is the offset after its
 // question. resp is copied. Responses that must not be cached are ignored:
-// see cacheTTL.
+// see cacheTTL. It puts as the current generation.
 func (c *Cache) Put(q *dnsmsg.Query, resp []byte, qend int) {
+	c.PutAs(c.gen.Load(), q, resp, qend)
+}
+
+// PutAs is Put on behalf of a writer of generation gen: once Invalidate has
+// moved the cache past gen, the response is not stored.
+func (c *Cache) PutAs(gen uint64, q *dnsmsg.Query, resp []byte, qend int) {
+	if gen < c.gen.Load() {
+		return
+	}
 	ttl, ok := c.cacheTTL(q, resp, qend)
 	if !ok {
 		return
@@ -371,15 +396,62 @@ func (c *Cache) Put(q *dnsmsg.Query, resp []byte, qend int) {
 		e.orig = 0 // not prefetched
 	}
 	c.insert(e, now)
+	if gen < c.gen.Load() {
+		// Invalidate moved on while we published: its sweep may have
+		// passed our way already, so withdraw what we put.
+		c.withdraw(e)
+	}
+}
+
+// Generation is the cache's current generation: a pipeline built to
+// replace the running one writes as Generation()+1 and passes that to
+// Invalidate when it takes over.
+func (c *Cache) Generation() uint64 { return c.gen.Load() }
+
+// Invalidate moves the cache to generation gen (Puts of older generations
+// are refused from now on) and then removes every entry for whose key
+// (dnsmsg.AppendKey's form) drop returns true, reporting each to OnChange.
+// drop nil removes nothing. It returns how many entries it removed. It
+// walks the whole table on the caller's goroutine; readers and writers go
+// on meanwhile.
+func (c *Cache) Invalidate(gen uint64, drop func(key []byte) bool) int {
+	for {
+		cur := c.gen.Load()
+		if gen <= cur || c.gen.CompareAndSwap(cur, gen) {
+			break
+		}
+	}
+	if drop == nil {
+		return 0
+	}
+	n := 0
+	for bi := range c.buckets {
+		b := &c.buckets[bi]
+		for i := range ways {
+			p := b.slot[i].Load()
+			if p == nil || !drop(p.key()) {
+				continue
+			}
+			if b.slot[i].CompareAndSwap(p, nil) {
+				b.syncHint(i)
+				c.account(p, nil)
+				c.invalid.Add(1)
+				c.changed(p)
+				n++
+			}
+		}
+	}
+	return n
 }
 
 // Stats returns the counters.
 func (c *Cache) Stats() Stats {
 	s := Stats{
-		Inserts:   c.inserts.Load(),
-		Evictions: c.evictions.Load(),
-		Entries:   int(c.entries.Load()),
-		Bytes:     c.bytes.Load(),
+		Inserts:       c.inserts.Load(),
+		Evictions:     c.evictions.Load(),
+		Invalidations: c.invalid.Load(),
+		Entries:       int(c.entries.Load()),
+		Bytes:         c.bytes.Load(),
 	}
 	for i := range c.ctr {
 		t := &c.ctr[i]

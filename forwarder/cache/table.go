@@ -184,6 +184,19 @@ func (c *Cache) dedup(b *bucket, e *entry) {
 	}
 }
 
+// withdraw takes e out of its bucket if it is still there.
+func (c *Cache) withdraw(e *entry) {
+	b := &c.buckets[e.tag&c.mask]
+	for i := range ways {
+		if b.slot[i].Load() == e && b.slot[i].CompareAndSwap(e, nil) {
+			b.syncHint(i)
+			c.account(e, nil)
+			c.changed(e)
+			return
+		}
+	}
+}
+
 // victim picks the way for e and the pointer it holds: the same key, an
 // empty way, a dead entry, an expired one, else CLOCK over the ways.
 func (b *bucket) victim(e *entry, now int64) (int, *entry) {

@@ -1,7 +1,12 @@
 package querylog
 
 import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"os"
 	"sync/atomic"
@@ -111,22 +116,58 @@ func (d *dnstapEncoder) marshal() error {
 	return nil
 }
 
-// dnstapFile writes a Frame Streams file. A file holds one stream (START …
-// STOP), so it is truncated on open and on reopen, as dnstap's own tools do.
+// dnstapFile writes a Frame Streams file: one stream of START, data
+// frames and STOP. Opening a file that already holds a stream (a SIGHUP
+// without rotation, a restart) continues that stream: the STOP at its end
+// is cut off and the new data frames follow, so nothing is truncated and
+// the file stays one stream. It cannot start a second stream after the
+// first: readers (BIND's dnstap-read, golang-dnstap) stop at the first
+// STOP and would not show what follows. A file cut off mid-frame (its
+// writer was killed) is cut back to its last whole frame; a file that is
+// not a dnstap Frame Stream is left alone and the open fails.
 type dnstapFile struct {
 	path string
 	f    *os.File
-	w    dnstap.Writer
+	w    *bufio.Writer
 	enc  *dnstapEncoder
 	emit func([]byte) error
 }
 
 var _ sink = (*dnstapFile)(nil)
 
+// Frame Streams control frames (farsightsec/fstrm's control.h).
+const (
+	fsControlStart       = 2
+	fsControlStop        = 3
+	fsControlContentType = 1
+	// fsMaxFrame bounds a data frame when an existing file is read back:
+	// a larger length is damage, and the file is cut there.
+	fsMaxFrame = 1 << 20
+)
+
+// fsStop is the STOP control frame: escape, length 4, type STOP.
+var fsStop = []byte{0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, fsControlStop}
+
+// fsStart is the START control frame with dnstap's content type.
+func fsStart() []byte {
+	ct := dnstap.FSContentType
+	b := binary.BigEndian.AppendUint32(nil, 0)
+	b = binary.BigEndian.AppendUint32(b, uint32(12+len(ct)))
+	b = binary.BigEndian.AppendUint32(b, fsControlStart)
+	b = binary.BigEndian.AppendUint32(b, fsControlContentType)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(ct)))
+	return append(b, ct...)
+}
+
 func openDnstapFile(path, identity string) (*dnstapFile, error) {
 	s := &dnstapFile{path: path, enc: newDnstapEncoder(identity)}
 	s.emit = func(frame []byte) error {
-		_, err := s.w.WriteFrame(frame)
+		var n [4]byte
+		binary.BigEndian.PutUint32(n[:], uint32(len(frame)))
+		if _, err := s.w.Write(n[:]); err != nil {
+			return err
+		}
+		_, err := s.w.Write(frame)
 		return err
 	}
 	if err := s.open(); err != nil {
@@ -136,17 +177,88 @@ func openDnstapFile(path, identity string) (*dnstapFile, error) {
 }
 
 func (s *dnstapFile) open() error {
-	f, err := os.OpenFile(s.path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
+	f, err := os.OpenFile(s.path, os.O_RDWR|os.O_CREATE, 0o640)
 	if err != nil {
 		return err
 	}
-	w, err := dnstap.NewWriter(f, nil)
+	st, err := f.Stat()
+	if err == nil && st.Size() > 0 {
+		var end int64
+		if end, err = fsStreamEnd(f, st.Size()); err == nil {
+			if err = f.Truncate(end); err == nil {
+				_, err = f.Seek(end, io.SeekStart)
+			}
+		}
+		if err != nil {
+			err = fmt.Errorf("continuing the dnstap file %s: %w", s.path, err)
+		}
+	} else if err == nil {
+		_, err = f.Write(fsStart())
+	}
 	if err != nil {
 		f.Close()
 		return err
 	}
-	s.f, s.w = f, w
+	s.f, s.w = f, bufio.NewWriterSize(f, 64<<10)
 	return nil
+}
+
+// fsStreamEnd checks that f (size octets) starts a dnstap Frame Stream and
+// returns where new data frames go: before its STOP, or after its last
+// whole frame when it has none.
+func fsStreamEnd(f *os.File, size int64) (int64, error) {
+	start := fsStart()
+	head := make([]byte, len(start))
+	if _, err := f.ReadAt(head, 0); err != nil || !bytes.Equal(head, start) {
+		return 0, errors.New("it exists and does not start a dnstap Frame Stream (move it away)")
+	}
+	tail := make([]byte, len(fsStop))
+	if size >= int64(len(start)+len(fsStop)) {
+		if _, err := f.ReadAt(tail, size-int64(len(fsStop))); err == nil && bytes.Equal(tail, fsStop) {
+			return size - int64(len(fsStop)), nil
+		}
+	}
+	// No STOP at the end: its writer died. Walk to the last whole frame.
+	r := bufio.NewReader(io.NewSectionReader(f, 0, size))
+	off := int64(len(start))
+	if _, err := r.Discard(len(start)); err != nil {
+		return 0, err
+	}
+	var n [8]byte
+	for {
+		if _, err := io.ReadFull(r, n[:4]); err != nil {
+			return off, nil
+		}
+		l := int64(binary.BigEndian.Uint32(n[:4]))
+		ctl := l == 0
+		if ctl {
+			if _, err := io.ReadFull(r, n[4:8]); err != nil {
+				return off, nil
+			}
+			l = int64(binary.BigEndian.Uint32(n[4:8]))
+		}
+		if l > fsMaxFrame {
+			return off, nil
+		}
+		if ctl && l >= 4 {
+			var typ [4]byte
+			if _, err := io.ReadFull(r, typ[:]); err != nil {
+				return off, nil
+			}
+			if binary.BigEndian.Uint32(typ[:]) == fsControlStop {
+				return 0, errors.New("it holds more than one Frame Stream (move it away)")
+			}
+			l -= 4
+		}
+		if _, err := r.Discard(int(l)); err != nil {
+			return off, nil
+		}
+		if ctl {
+			off += 8 + 4 + l
+		} else {
+			off += 4 + l
+		}
+	}
 }
 
 func (s *dnstapFile) write(r *record) error {
@@ -157,10 +269,10 @@ func (s *dnstapFile) write(r *record) error {
 }
 
 func (s *dnstapFile) flush() error {
-	if fl, ok := s.w.(interface{ Flush() error }); ok {
-		return fl.Flush()
+	if s.w == nil {
+		return nil
 	}
-	return nil
+	return s.w.Flush()
 }
 
 func (s *dnstapFile) reopen() error {
@@ -172,8 +284,8 @@ func (s *dnstapFile) close() error {
 	if s.w == nil {
 		return nil
 	}
-	err := s.w.Close() // writes STOP and flushes
-	err = errors.Join(err, s.f.Close())
+	_, err := s.w.Write(fsStop)
+	err = errors.Join(err, s.w.Flush(), s.f.Close())
 	s.w, s.f = nil, nil
 	return err
 }

@@ -245,7 +245,8 @@ func (l *Logger) release(r *record) {
 }
 
 // Reopen closes and reopens the output files, for SIGHUP after logrotate
-// moved them. A dnstap file is started afresh (it holds one Frame Stream).
+// moved them. A dnstap file still at its path is continued, not truncated:
+// its Frame Stream goes on (see dnstapFile).
 // Records queued meanwhile wait; Log does not block.
 func (l *Logger) Reopen() error {
 	ch := make(chan error, 1)

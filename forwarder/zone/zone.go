@@ -14,6 +14,8 @@
 package zone
 
 import (
+	"crypto/sha256"
+	"io"
 	"slices"
 
 	"github.com/miekg/dns"
@@ -75,4 +77,34 @@ func (n *node) add(rr dns.RR) bool {
 	}
 	n.sets[i].rrs = append(n.sets[i].rrs, rr)
 	return true
+}
+
+// Digest is a SHA-256 over the zone's origin and records in a canonical
+// order: two loads of a zone give the same digest exactly when they answer
+// alike, so a reload can tell a changed zone from an unchanged one.
+func (z *Zone) Digest() [sha256.Size]byte {
+	h := sha256.New()
+	io.WriteString(h, z.origin)
+	names := make([]string, 0, len(z.nodes))
+	for n := range z.nodes {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	var recs []string
+	for _, n := range names {
+		io.WriteString(h, "\x00"+n)
+		for _, s := range z.nodes[n].sets {
+			recs = recs[:0]
+			for _, rr := range s.rrs {
+				recs = append(recs, rr.String())
+			}
+			slices.Sort(recs)
+			for _, r := range recs {
+				io.WriteString(h, "\x00"+r)
+			}
+		}
+	}
+	var d [sha256.Size]byte
+	h.Sum(d[:0])
+	return d
 }

@@ -31,3 +31,19 @@ func AppendKey(dst []byte, q *Query) []byte {
 	}
 	return dst
 }
+
+// KeyName returns the lower-cased wire name at the start of a key made by
+// AppendKey (it aliases key), or nil when key does not start with one.
+func KeyName(key []byte) []byte {
+	for off := 0; off < len(key); {
+		l := int(key[off])
+		if l == 0 {
+			return key[:off+1]
+		}
+		if l > 63 {
+			return nil
+		}
+		off += 1 + l
+	}
+	return nil
+}

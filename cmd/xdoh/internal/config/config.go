@@ -45,6 +45,9 @@ type Config struct {
 	NSID string `yaml:"nsid"`
 	// Cookies configures DNS server cookies (RFC 7873).
 	Cookies Cookies `yaml:"cookies"`
+	// ShutdownTimeout bounds how long SIGTERM waits for queries in
+	// flight to be answered before xdoh exits (default 5s).
+	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
 
 	dir string // directory of the file, for relative paths
 }
@@ -66,6 +69,17 @@ func (c *Config) NSIDBytes() ([]byte, error) {
 		return []byte(h), nil
 	}
 	return []byte(c.NSID), nil
+}
+
+// DefaultShutdownTimeout is shutdown_timeout's default.
+const DefaultShutdownTimeout = 5 * time.Second
+
+// ShutdownGrace is how long a shutdown drains queries in flight.
+func (c *Config) ShutdownGrace() time.Duration {
+	if c.ShutdownTimeout == 0 {
+		return DefaultShutdownTimeout
+	}
+	return c.ShutdownTimeout.D()
 }
 
 // maxNSID bounds the NSID, so that it fits beside any answer that fits.
@@ -542,6 +556,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Procs < 0 || c.Procs > 1024 {
 		bad("procs", "%d is not between 0 (automatic) and 1024", c.Procs)
+	}
+	if d := c.ShutdownTimeout.D(); d < 0 || d > 10*time.Minute {
+		bad("shutdown_timeout", "%v is not between 0s (the default, 5s) and 10m", d)
 	}
 	if len(c.NSID) > maxNSID {
 		bad("nsid", "%d octets; at most %d", len(c.NSID), maxNSID)
