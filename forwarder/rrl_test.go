@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -353,10 +354,9 @@ func BenchmarkRRLCheck(b *testing.B) {
 func BenchmarkRRLCheckParallel(b *testing.B) {
 	l := newRRL(b, RRLConfig{ResponsesPerSecond: 1000})
 	b.ReportAllocs()
-	var next int64
+	var next atomic.Int32
 	b.RunParallel(func(pb *testing.PB) {
-		next++
-		a := netip.AddrFrom4([4]byte{10, 0, byte(next), 1})
+		a := netip.AddrFrom4([4]byte{10, 0, byte(next.Add(1)), 1})
 		now := int64(0)
 		for pb.Next() {
 			now += 1000
