@@ -251,3 +251,67 @@ metrics: {address: %q}
 		t.Errorf("cookie-exempt counter grew by %v, want %d", e-exempt, sent)
 	}
 }
+
+// TestRRLReload: SIGHUP turns rrl on and off; a reload that leaves the
+// rrl section as it was keeps the buckets (a limited prefix gets no fresh
+// burst), one that changes it starts a new table.
+func TestRRLReload(t *testing.T) {
+	dir := t.TempDir()
+	zoneFile, err := filepath.Abs(filepath.Join("demo", "aws.example.internal.zone"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	cfg := filepath.Join(dir, "xdoh.yaml")
+	write := func(nsid, rrl string) {
+		t.Helper()
+		text := fmt.Sprintf("nsid: %s\nlisteners:\n  - {name: edge, do53: [%q]}\nzones: [{name: aws.example.internal, file: %s}]\n%s", nsid, addr, zoneFile, rrl)
+		if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("a", "")
+	stderr := startXdoh(t, addr, "-c", cfg)
+	pid := xdohPID(t, stderr)
+	reloads := 0
+	hup := func() {
+		t.Helper()
+		reloads++
+		if err := exec.Command("kill", "-HUP", pid).Run(); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(10 * time.Second); strings.Count(stderr.String(), `msg=reloaded`) < reloads; time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("reload %d not applied\n%s", reloads, stderr.String())
+			}
+		}
+	}
+	const name = "ipv4.aws.example.internal."
+	const src = "127.0.5.1:0"
+	refill := func(r floodResult) int { return int(math.Ceil(0.5*r.elapsed.Seconds())) + 1 }
+	if r := udpFlood(t, addr, src, name, 40); r.answered != 40 {
+		t.Fatalf("rrl off: %+v, want all 40 answered", r)
+	}
+	const on = "rrl: {enabled: true, responses_per_second: 0.5, burst: 10, slip: 0}\n"
+	write("a", on)
+	hup()
+	start := time.Now()
+	if r := udpFlood(t, addr, src, name, 40); r.answered < 10 || r.answered > 10+refill(r) || r.slipped != 0 {
+		t.Fatalf("rrl on by reload: %+v, want 10 (+ refill) answered, none slipped (slip 0)", r)
+	}
+	write("b", on) // the rrl section as it was
+	hup()
+	if r, limit := udpFlood(t, addr, src, name, 40), int(math.Ceil(0.5*time.Since(start).Seconds()))+1; r.answered > limit {
+		t.Fatalf("reload with the same rrl: %d answered, want at most %d: the buckets were lost", r.answered, limit)
+	}
+	write("b", "rrl: {enabled: true, responses_per_second: 0.5, burst: 20, slip: 0}\n")
+	hup()
+	if r := udpFlood(t, addr, src, name, 40); r.answered < 20 || r.answered > 20+refill(r) {
+		t.Fatalf("reload with a new burst: %+v, want a fresh burst of 20", r)
+	}
+	write("b", "")
+	hup()
+	if r := udpFlood(t, addr, src, name, 40); r.answered != 40 {
+		t.Fatalf("rrl off by reload: %+v, want all 40 answered", r)
+	}
+}
