@@ -11,6 +11,12 @@
 // policy (ecs.go, RFC 7871) decides what subnet goes upstream, and keys the
 // cache and in-flight coalescing by it.
 //
+// Over UDP, where the source address is not proven, two limits apply to
+// what a spoofed query can draw (final): no error answer is larger than its
+// query unless a valid server cookie proves the client, and with RRL
+// (rrl.go) answers beyond a client prefix's rate are dropped or slipped
+// (an empty TC answer), as BIND's rate-limit does.
+//
 // Every datapath (UDP, TCP, DoH) calls Answer and Resolve, which never
 // block: the answer comes back through a callback. ServeDNS, the blocking
 // form, runs the same pipeline for tests and tools.

@@ -46,7 +46,8 @@ func own(r *Request) *Request {
 // Resolve resolves upstream a request that Answer could not answer. It copies
 // what it needs from r (the datapath may reuse r and its buffer as soon as
 // Resolve returns), resolves in the background and calls done with the
-// response (done must copy it before returning, and must not block), and
+// response (nil: send nothing, as when RRL drops it; done must copy it
+// before returning, and must not block), and
 // returns false. done runs on the goroutine that completed the resolution
 // (an upstream connection's reader, or a timer), or on the caller's when
 // every target refused the query at once.
