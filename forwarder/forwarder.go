@@ -283,14 +283,15 @@ func (f *Forwarder) final(r *Request, resp, out []byte) []byte {
 	spoofable := r.Transport == TransportUDP && r.cookie != cookieValidServer
 	if rc := dnsmsg.Rcode(resp); spoofable && rc != dnsmsg.RcodeSuccess && rc != dnsmsg.RcodeNXDomain {
 		limit = min(limit, len(r.Msg))
-		if r.badCookie {
-			return f.badCookieAnswer(r, resp, out, limit)
-		}
 		if len(resp) > len(r.Msg) {
 			resp = dnsmsg.AppendError(reuse(resp, out), r.Msg, r.question(), rc)
 		}
 	}
-	resp = f.withOptions(r, resp, out, limit)
+	if r.badCookie {
+		resp = f.badCookieAnswer(r, resp, out, limit)
+	} else {
+		resp = f.withOptions(r, resp, out, limit)
+	}
 	if f.cfg.RRL != nil && r.Transport == TransportUDP {
 		resp = f.rrlAnswer(r, resp, out)
 	}

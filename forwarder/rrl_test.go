@@ -393,3 +393,28 @@ func BenchmarkServeCacheHitRRL(b *testing.B) {
 		})
 	}
 }
+
+// TestRRLLimitsBadCookie: BADCOOKIE answers (cookies required) are errors
+// to RRL like any other: past the burst they are dropped or slipped.
+func TestRRLLimitsBadCookie(t *testing.T) {
+	f, err := New(Config{
+		Cookies: NewCookies([16]byte{6}, 0, true),
+		RRL:     newRRL(t, RRLConfig{ResponsesPerSecond: 1e-3, Burst: 2, Slip: NoSlip}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := cookieQuery(t, "foo.example.com.", []byte{1, 2, 3, 4, 5, 6, 7, 8})
+	cl := netip.MustParseAddrPort("192.0.2.1:5300")
+	var got []int
+	for range 5 {
+		resp := f.ServeDNS(context.Background(), &Request{Msg: msg, Transport: TransportUDP, Client: cl}, nil)
+		got = append(got, len(resp))
+	}
+	if got[0] == 0 || got[1] == 0 || got[2] != 0 || got[4] != 0 {
+		t.Fatalf("answer sizes %v: want 2 BADCOOKIE answers, then none", got)
+	}
+	if s := f.Stats(); s.BadCookie != 5 || s.RRL.Dropped[rrlErrors] != 3 {
+		t.Fatalf("BADCOOKIE %d, dropped errors %d; want 5 and 3", s.BadCookie, s.RRL.Dropped[rrlErrors])
+	}
+}
