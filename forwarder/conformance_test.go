@@ -381,16 +381,24 @@ func TestConformanceAgainstBIND(t *testing.T) {
 					}
 					return
 				}
+				isErr := xh.Rcode != dns.RcodeSuccess && xh.Rcode != dns.RcodeNameError
+				if tr == forwarder.TransportUDP && xh.Answered && isErr && xh.Options == "" && bh.Options != "" {
+					// Over UDP xdoh is stricter than BIND: an error to a
+					// source no cookie has proven is no larger than the
+					// query, so the server cookie BIND adds has no room.
+					bh.Options, bh.OptionsLen = "", 0
+				}
 				if xh != bh {
 					t.Errorf("query %x\nxdoh: %+v\nBIND: %+v", query, xh, bh)
 				}
-				// An error is no larger than its query, but for the server
-				// cookie RFC 7873 adds to a client cookie (as BIND does).
+				// An error is no larger than its query, but over TCP for
+				// the server cookie RFC 7873 adds to a client cookie (as
+				// BIND does).
 				grow := 0
-				if strings.Contains(xh.Options, "10 ") {
+				if strings.Contains(xh.Options, "10 ") && tr == forwarder.TransportTCP {
 					grow = 16
 				}
-				if xh.Answered && xh.Rcode != dns.RcodeSuccess && xh.Rcode != dns.RcodeNameError && len(x) > len(query)+grow {
+				if xh.Answered && isErr && len(x) > len(query)+grow {
 					t.Errorf("xdoh's error response (%d octets) is larger than the query (%d)", len(x), len(query))
 				}
 				if xh.Answered && binary.BigEndian.Uint16(x) != binary.BigEndian.Uint16(query) {

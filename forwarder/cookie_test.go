@@ -171,8 +171,17 @@ func TestCookiesInAnswers(t *testing.T) {
 	f, ck := build(false)
 	for _, name := range []string{"ipv4.aws.example.internal.", "x.ads.example.", "www.example.com.", "www.example.com." /* cached */, "nope.example.org." /* REFUSED */} {
 		for _, tr := range []Transport{TransportUDP, TransportTCP, TransportDoH} {
-			m := serve(t, f, cookieQuery(t, name, client), tr)
+			q := cookieQuery(t, name, client)
+			m := serve(t, f, q, tr)
 			got := cookieOf(m)
+			if m.Rcode == dns.RcodeRefused && tr == TransportUDP {
+				// An error to an unproven UDP source is no larger than its
+				// query: no room for the server cookie.
+				if got != nil {
+					t.Fatalf("%s over UDP: REFUSED with a cookie %x, grown past the query", name, got)
+				}
+				continue
+			}
 			if len(got) != 24 || string(got[:8]) != string(client) || ck.check(got, addr, time.Now().Unix()) != cookieValidServer {
 				t.Fatalf("%s over %v: cookie %x is not a valid one of ours", name, tr, got)
 			}
@@ -185,8 +194,8 @@ func TestCookiesInAnswers(t *testing.T) {
 			}
 		}
 	}
-	if s := f.Stats(); s.CookieClientOnly != 15 || s.CookieValid != 15 || s.CookieBad != 0 {
-		t.Errorf("cookie counters %d client-only, %d valid, %d bad; want 15, 15, 0", s.CookieClientOnly, s.CookieValid, s.CookieBad)
+	if s := f.Stats(); s.CookieClientOnly != 15 || s.CookieValid != 14 || s.CookieBad != 0 {
+		t.Errorf("cookie counters %d client-only, %d valid, %d bad; want 15, 14, 0", s.CookieClientOnly, s.CookieValid, s.CookieBad)
 	}
 
 	f, _ = build(true)

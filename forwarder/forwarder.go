@@ -11,6 +11,12 @@
 // policy (ecs.go, RFC 7871) decides what subnet goes upstream, and keys the
 // cache and in-flight coalescing by it.
 //
+// Over UDP, where the source address is not proven, two limits apply to
+// what a spoofed query can draw (final): no error answer is larger than its
+// query unless a valid server cookie proves the client, and with RRL
+// (rrl.go) answers beyond a client prefix's rate are dropped or slipped
+// (an empty TC answer), as BIND's rate-limit does.
+//
 // Every datapath (UDP, TCP, DoH) calls Answer and Resolve, which never
 // block: the answer comes back through a callback. ServeDNS, the blocking
 // form, runs the same pipeline for tests and tools.
@@ -97,6 +103,9 @@ type Config struct {
 	// Cookies makes the server cookies of answers to clients that send a
 	// COOKIE option (RFC 7873; nil: none are given).
 	Cookies *Cookies
+	// RRL limits the rate of UDP answers per client prefix (nil: off).
+	// Pass the running pipeline's on reload to keep its buckets.
+	RRL *RRL
 }
 
 // Stats are cumulative pipeline counters.
@@ -109,7 +118,24 @@ type Stats struct {
 	CookieClientOnly, CookieBad, CookieValid uint64
 	// BadCookie counts BADCOOKIE answers (Cookies' require).
 	BadCookie uint64
+	// RRL counts what response-rate limiting did.
+	RRL RRLStats
 }
+
+// RRLStats count what response-rate limiting did. Dropped and Slipped
+// are by the kind of answer, indexed like RRLCategories.
+type RRLStats struct {
+	Dropped, Slipped [3]uint64
+	// CookieExempt counts UDP answers not limited because the query had a
+	// valid server cookie.
+	CookieExempt uint64
+	// Evictions counts prefixes forgotten, while still limited, to make
+	// room for another in the full table.
+	Evictions uint64
+}
+
+// RRLCategories name the kinds of answers RRL counts apart.
+var RRLCategories = [3]string{"responses", "nxdomains", "errors"}
 
 // Forwarder is the pipeline. It is safe for concurrent use.
 type Forwarder struct {
@@ -210,6 +236,11 @@ func (f *Forwarder) Stats() Stats {
 		ACLRefused: f.c.aclRefused.Load(), ACLDropped: f.c.aclDropped.Load(), Logged: f.c.logged.Load(),
 		CookieClientOnly: f.c.cookies[cookieClientOnly].Load(), CookieBad: f.c.cookies[cookieBadServer].Load(),
 		CookieValid: f.c.cookies[cookieValidServer].Load(), BadCookie: f.c.badCookie.Load(),
+		RRL: RRLStats{
+			Dropped:      [3]uint64{f.c.rrlDropped[0].Load(), f.c.rrlDropped[1].Load(), f.c.rrlDropped[2].Load()},
+			Slipped:      [3]uint64{f.c.rrlSlipped[0].Load(), f.c.rrlSlipped[1].Load(), f.c.rrlSlipped[2].Load()},
+			CookieExempt: f.c.rrlCookieExempt.Load(), Evictions: f.c.rrlEvictions.Load(),
+		},
 	}
 }
 
@@ -228,14 +259,132 @@ func (f *Forwarder) Counters() *Counters { return f.c }
 // cache hit Answer allocates nothing.
 func (f *Forwarder) Answer(r *Request, out []byte) ([]byte, bool) {
 	r.start = time.Now()
-	r.owner, r.target, r.cacheHit, r.cookie, r.ecsScope = f, "", false, cookieNone, 0
+	r.owner, r.target, r.cacheHit, r.cookie, r.ecsScope, r.badCookie = f, "", false, cookieNone, 0, false
 	resp, rule, ok := f.fast(r, out)
 	r.rule = rule
 	if ok {
-		resp = f.withOptions(r, resp, out)
+		resp = f.final(r, resp, out)
 		f.finish(r, resp)
 	}
 	return resp, ok
+}
+
+// final turns the pipeline's answer to r into what is sent: the per-client
+// EDNS options (withOptions), then, over UDP, the two limits on what a
+// spoofed source address can draw.
+//
+// Size: an answer to a UDP query without a valid server cookie is no
+// larger than the query unless it is a real answer (NOERROR, NXDOMAIN),
+// so that errors cannot amplify. Options go in only within that size, and
+// an upstream's error answer larger than the query is answered with a bare
+// one of the same RCODE. A BADCOOKIE answer needs its cookie: it goes
+// without the question when that makes it fit, and as an empty TC answer
+// (the client retries over TCP, which needs no cookie) when nothing does.
+//
+// Rate: with RRL, answers beyond the client prefix's rate are dropped, or
+// slipped as an empty TC answer (rrlAnswer).
+//
+// out is where resp was built (nil: resp is the pipeline's own).
+func (f *Forwarder) final(r *Request, resp, out []byte) []byte {
+	if len(resp) < dnsmsg.HeaderLen {
+		return resp
+	}
+	limit := r.MaxResponseSize()
+	spoofable := r.Transport == TransportUDP && r.cookie != cookieValidServer
+	if rc := dnsmsg.Rcode(resp); spoofable && rc != dnsmsg.RcodeSuccess && rc != dnsmsg.RcodeNXDomain {
+		limit = min(limit, len(r.Msg))
+		if len(resp) > len(r.Msg) {
+			resp = dnsmsg.AppendError(reuse(resp, out), r.Msg, r.question(), rc)
+		}
+	}
+	if r.badCookie {
+		resp = f.badCookieAnswer(r, resp, out, limit)
+	} else {
+		resp = f.withOptions(r, resp, out, limit)
+	}
+	if f.cfg.RRL != nil && r.Transport == TransportUDP {
+		resp = f.rrlAnswer(r, resp, out)
+	}
+	return resp
+}
+
+// reuse is where to build a replacement for resp: out when resp was built
+// there, else resp's own array.
+func reuse(resp, out []byte) []byte {
+	if out != nil {
+		return out[:0]
+	}
+	return resp[:0]
+}
+
+// question is r's parsed question for AppendError: nil when only the header
+// parsed.
+func (r *Request) question() *dnsmsg.Query {
+	if r.Q.QEnd == 0 {
+		return nil
+	}
+	return &r.Q
+}
+
+// badCookieAnswer is the BADCOOKIE answer to r with a fresh server cookie
+// (RFC 7873 5.2.3) within limit octets: whole, with the NSID and client
+// subnet that fit; else without the question and the other options; else,
+// as an empty TC answer, none at all.
+func (f *Forwarder) badCookieAnswer(r *Request, resp, out []byte, limit int) []byte {
+	resp = f.withOptions(r, resp, out, limit)
+	if _, ok := dnsmsg.FindOption(resp, dnsmsg.OptionCookie); ok {
+		return resp
+	}
+	q := r.Q
+	q.QEnd = dnsmsg.HeaderLen // AppendError copies no question then
+	resp = dnsmsg.AppendError(reuse(resp, out), r.Msg, &q, dnsmsg.RcodeBadCookie)
+	resp[5] = 0 // QDCOUNT (AppendError counted the empty question)
+	save := r.Q
+	r.Q.NSID, r.Q.ECS = false, nil
+	resp = f.withOptions(r, resp, out, limit)
+	r.Q = save
+	if _, ok := dnsmsg.FindOption(resp, dnsmsg.OptionCookie); ok {
+		return resp
+	}
+	return truncatedAnswer(reuse(resp, out), r)
+}
+
+// truncatedAnswer appends to dst an empty answer to r with TC set: no
+// larger than the query (AppendError), it sends the client to TCP.
+func truncatedAnswer(dst []byte, r *Request) []byte {
+	start := len(dst)
+	dst = dnsmsg.AppendError(dst, r.Msg, r.question(), dnsmsg.RcodeSuccess)
+	dst[start+2] |= dnsmsg.FlagTC >> 8
+	return dst
+}
+
+// rrlAnswer applies response-rate limiting to resp, r's answer over UDP:
+// resp itself, nil (drop) or an empty TC answer (slip). A valid server
+// cookie or an exempt prefix skips the limit.
+func (f *Forwarder) rrlAnswer(r *Request, resp, out []byte) []byte {
+	l := f.cfg.RRL
+	if r.cookie == cookieValidServer {
+		f.c.rrlCookieExempt.Add(1)
+		return resp
+	}
+	a := r.Client.Addr()
+	if l.exempted(a) {
+		return resp
+	}
+	c := rrlCategoryOf(dnsmsg.Rcode(resp))
+	v, evicted := l.check(a, c, l.now(r.start))
+	if evicted {
+		f.c.rrlEvictions.Add(1)
+	}
+	switch v {
+	case rrlDrop:
+		f.c.rrlDropped[c].Add(1)
+		return nil
+	case rrlSlip:
+		f.c.rrlSlipped[c].Add(1)
+		return truncatedAnswer(reuse(resp, out), r)
+	}
+	return resp
 }
 
 // withOptions adds to resp the EDNS options that are per client and per
@@ -244,9 +393,9 @@ func (f *Forwarder) Answer(r *Request, out []byte) ([]byte, bool) {
 // client subnet back with the scope of the answer (RFC 7871 7.2.1; 0 when
 // it is not specific to a subnet). They go within the room out gives (resp is
 // built at the start of out; with out nil, a copy with room is made) and
-// the client's size limit; without room the answer goes without them.
+// max octets; without room the answer goes without them.
 // An error answer to an EDNS version xdoh does not speak gets none.
-func (f *Forwarder) withOptions(r *Request, resp, out []byte) []byte {
+func (f *Forwarder) withOptions(r *Request, resp, out []byte, max int) []byte {
 	nsid := len(f.cfg.NSID) > 0 && r.Q.NSID
 	cookie := f.cfg.Cookies != nil && r.Q.Cookie != nil
 	if !nsid && !cookie && r.Q.ECS == nil || len(resp) == 0 || r.Q.Version != 0 {
@@ -257,7 +406,6 @@ func (f *Forwarder) withOptions(r *Request, resp, out []byte) []byte {
 	} else {
 		resp = resp[:len(resp):min(cap(resp), len(out))]
 	}
-	max := r.MaxResponseSize()
 	if nsid {
 		resp = dnsmsg.AppendOption(resp, dnsmsg.OptionNSID, f.cfg.NSID, max)
 	}
@@ -310,6 +458,7 @@ func (f *Forwarder) checkCookie(r *Request, out []byte) ([]byte, bool) {
 		return nil, false
 	}
 	f.c.badCookie.Add(1)
+	r.badCookie = true
 	return dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeBadCookie), true
 }
 

@@ -72,6 +72,10 @@ type Counters struct {
 	aclRefused, aclDropped, logged atomic.Uint64
 	cookies   [4]atomic.Uint64 // queries by cookieVerdict
 	badCookie atomic.Uint64    // BADCOOKIE answers (Cookies require)
+	// Response-rate limiting: answers dropped and slipped by rrlCategory,
+	// answers exempt by a valid cookie, live entries evicted.
+	rrlDropped, rrlSlipped        [rrlCategories]atomic.Uint64
+	rrlCookieExempt, rrlEvictions atomic.Uint64
 
 	upMu      sync.Mutex
 	upstreams map[string]*TargetStats // by target as configured

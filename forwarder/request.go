@@ -54,16 +54,17 @@ type Request struct {
 	// Q is the parsed view of Msg, filled by the forwarder.
 	Q dnsmsg.Query
 
-	rule     *Rule      // the rule Answer matched, for Resolve (nil: default targets)
-	owner    *Forwarder // the pipeline that answered (a reload may swap in another)
-	start    time.Time  // when the pipeline took the query
-	target   string     // the upstream that answered, for the query log
-	cacheHit bool
-	cookie   cookieVerdict  // what the query's COOKIE option held
-	subnet   [20]byte       // room for Q.Subnet
-	ecsScope uint8          // scope prefix of the answer's client subnet, for the client's ECS echo
-	lidx     int            // the listener's slot in Counters
-	logEntry querylog.Entry // reused for the query log
+	rule      *Rule      // the rule Answer matched, for Resolve (nil: default targets)
+	owner     *Forwarder // the pipeline that answered (a reload may swap in another)
+	start     time.Time  // when the pipeline took the query
+	target    string     // the upstream that answered, for the query log
+	cacheHit  bool
+	cookie    cookieVerdict  // what the query's COOKIE option held
+	badCookie bool           // answered BADCOOKIE (Cookies' require)
+	subnet    [20]byte       // room for Q.Subnet
+	ecsScope  uint8          // scope prefix of the answer's client subnet, for the client's ECS echo
+	lidx      int            // the listener's slot in Counters
+	logEntry  querylog.Entry // reused for the query log
 }
 
 // CacheHit says whether Answer answered r from the cache.

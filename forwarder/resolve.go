@@ -46,7 +46,8 @@ func own(r *Request) *Request {
 // Resolve resolves upstream a request that Answer could not answer. It copies
 // what it needs from r (the datapath may reuse r and its buffer as soon as
 // Resolve returns), resolves in the background and calls done with the
-// response (done must copy it before returning, and must not block), and
+// response (nil: send nothing, as when RRL drops it; done must copy it
+// before returning, and must not block), and
 // returns false. done runs on the goroutine that completed the resolution
 // (an upstream connection's reader, or a timer), or on the caller's when
 // every target refused the query at once.
@@ -62,7 +63,7 @@ func own(r *Request) *Request {
 func (f *Forwarder) Resolve(r *Request, out []byte, done func(resp []byte)) ([]byte, bool) {
 	g := f.groupFor(r.rule)
 	if g == nil {
-		resp := f.withOptions(r, dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeRefused), out)
+		resp := f.final(r, dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeRefused), out)
 		f.finish(r, resp)
 		return resp, true
 	}
@@ -71,14 +72,14 @@ func (f *Forwarder) Resolve(r *Request, out []byte, done func(resp []byte)) ([]b
 	default:
 		f.c.overload.Add(1)
 		f.c.servfail.Add(1)
-		resp := f.withOptions(r, dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeServFail), out)
+		resp := f.final(r, dnsmsg.AppendError(out[:0], r.Msg, &r.Q, dnsmsg.RcodeServFail), out)
 		f.finish(r, resp)
 		return resp, true
 	}
 	ar := own(r)
 	f.c.forwarded.Add(1)
 	f.exchange(ar, g, func(res result) {
-		resp := f.withOptions(ar, f.respond(ar, res, nil), nil)
+		resp := f.final(ar, f.respond(ar, res, nil), nil)
 		f.finish(ar, resp)
 		done(resp)
 		<-f.inflight

@@ -94,7 +94,7 @@ func (a *app) start(cfg *config.Config) error {
 	if err != nil {
 		return usagef("%v", err)
 	}
-	p, err := buildPipeline(cfg, zs, a.counters, a.queryLogger(cfg), a.invalidateKernel, nil)
+	p, err := buildPipeline(cfg, zs, a.counters, a.queryLogger(cfg), a.invalidateKernel, nil, nil)
 	if err != nil {
 		return err
 	}
@@ -255,6 +255,11 @@ func (a *app) startXDP(cur *listener, l config.Listener) error {
 	kc, err := xsk.ParseKernelCacheMode(l.XDP.KernelCache)
 	if err != nil {
 		return fmt.Errorf("listener %q: xdp.kernel_cache: %w", l.Name, err)
+	}
+	if a.cfg != nil && a.cfg.RRL.Enabled && kc == xsk.KernelCacheAuto {
+		// Answers the XDP program sends itself never reach the limiter.
+		kc = xsk.KernelCacheOff
+		a.log.Info("xdp kernel cache off: rrl is enabled", "listener", l.Name)
 	}
 	cfg := xsk.Config{Name: l.Name, Interfaces: l.XDP.Interfaces, Mode: mode, ACLDrop: l.ACLAction == "drop", Log: a.log,
 		KernelCache: xsk.KernelCache{Mode: kc, Entries: l.XDP.KernelCacheEntries,

@@ -47,11 +47,25 @@ func (a *app) collector() *metrics.Collector {
 		{"xdoh_cookie_invalid_total", "Queries with a server cookie that was not ours or had expired.", func(s forwarder.Stats) uint64 { return s.CookieBad }},
 		{"xdoh_cookie_valid_total", "Queries with a valid server cookie of ours.", func(s forwarder.Stats) uint64 { return s.CookieValid }},
 		{"xdoh_badcookie_answers_total", "Queries answered BADCOOKIE (cookies.require).", func(s forwarder.Stats) uint64 { return s.BadCookie }},
+		{"xdoh_rrl_cookie_exempt_total", "UDP answers not rate-limited because the query had a valid server cookie.", func(s forwarder.Stats) uint64 { return s.RRL.CookieExempt }},
+		{"xdoh_rrl_evictions_total", "Client prefixes still being rate-limited that were forgotten to make room in the full RRL table.", func(s forwarder.Stats) uint64 { return s.RRL.Evictions }},
 		{"xdoh_acl_refused_total", "Queries from sources outside a listener's allow list, answered REFUSED.", func(s forwarder.Stats) uint64 { return s.ACLRefused }},
 		{"xdoh_acl_dropped_total", "Queries from sources outside a listener's allow list, dropped.", func(s forwarder.Stats) uint64 { return s.ACLDropped }},
 	} {
 		c.Counter(m.name, m.help, nil, fs(m.get))
 	}
+	rrlByCategory := func(name, help string, get func(forwarder.RRLStats) [3]uint64) {
+		c.Dynamic(name, help, []string{"category"}, func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
+			v := get(a.pipe.Load().fwd.Stats().RRL)
+			for i, cat := range forwarder.RRLCategories {
+				ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v[i]), cat)
+			}
+		})
+	}
+	rrlByCategory("xdoh_rrl_dropped_total", "UDP answers over their client prefix's rate, dropped, by category (responses, nxdomains, errors).",
+		func(s forwarder.RRLStats) [3]uint64 { return s.Dropped })
+	rrlByCategory("xdoh_rrl_slipped_total", "UDP answers over their client prefix's rate, sent empty with TC set (slip), by category.",
+		func(s forwarder.RRLStats) [3]uint64 { return s.Slipped })
 	c.Dynamic("xdoh_responses_total", "Queries answered, by listener, client transport and RCODE (none: no answer sent).",
 		[]string{"listener", "transport", "rcode"}, func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
 			for _, ac := range a.counters.Answers() {

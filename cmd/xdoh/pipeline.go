@@ -7,6 +7,7 @@ package main
 import (
 	"crypto/fips140"
 	"fmt"
+	"reflect"
 	"time"
 
 	"xdoh/cmd/xdoh/internal/config"
@@ -28,6 +29,10 @@ type pipeline struct {
 	gen    uint64
 	routes *routes // what answers each name, for the next reload's comparison
 	ups    []upstream.Upstream
+	// rrl and the section it was built from: the next generation keeps
+	// the limiter, and its buckets, while the section stays the same.
+	rrl    *forwarder.RRL
+	rrlCfg config.RRL
 }
 
 func (p *pipeline) close() {
@@ -65,12 +70,41 @@ func cookies(c config.Cookies) *forwarder.Cookies {
 	return forwarder.NewCookies(c.SecretBytes(), c.RotateEvery(), c.Require)
 }
 
+// rrl is the response-rate limiter of the config's rrl section (nil: off):
+// prev's when the section is the one prev was built from, so that a reload
+// does not hand every limited prefix a fresh burst.
+func rrl(c config.RRL, prev *pipeline) (*forwarder.RRL, error) {
+	if !c.Enabled {
+		return nil, nil
+	}
+	if prev != nil && prev.rrl != nil && reflect.DeepEqual(prev.rrlCfg, c) {
+		return prev.rrl, nil
+	}
+	rc := forwarder.RRLConfig{
+		ResponsesPerSecond: c.ResponsesPerSecond, NXDomainsPerSecond: c.NXDomainsPerSecond, ErrorsPerSecond: c.ErrorsPerSecond,
+		Burst: c.Burst, Slip: c.SlipEvery(), IPv4Prefix: c.IPv4Prefix, IPv6Prefix: c.IPv6Prefix, Entries: c.Entries,
+	}
+	if rc.Slip == 0 {
+		rc.Slip = forwarder.NoSlip
+	}
+	for _, e := range c.Exempt {
+		pfx, _ := config.ParsePrefix(e) // validated
+		rc.Exempt = append(rc.Exempt, pfx)
+	}
+	l, err := forwarder.NewRRL(rc)
+	if err != nil {
+		return nil, fmt.Errorf("rrl: %w", err)
+	}
+	return l, nil
+}
+
 // buildPipeline turns a validated config and its loaded zones (loadZones)
 // into a forwarder (nothing listens). onChange is the cache's OnChange (nil:
-// none). keep, if not nil, is the running pipeline's cache, to share
-// (keepCache): the new pipeline writes it as the next generation.
-func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Counters, qlog forwarder.QueryLogger, onChange func([]byte), keep *cache.Cache) (*pipeline, error) {
-	p := &pipeline{}
+// none). On reload, prev is the running pipeline (nil at start) and keep,
+// if not nil, its cache to share (keepCache): the new pipeline writes it
+// as the next generation.
+func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Counters, qlog forwarder.QueryLogger, onChange func([]byte), prev *pipeline, keep *cache.Cache) (*pipeline, error) {
+	p := &pipeline{rrlCfg: cfg.RRL}
 	var err error
 	if p.routes, err = newRoutes(cfg, zs); err != nil {
 		return nil, err
@@ -101,7 +135,11 @@ func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Coun
 	if err != nil {
 		return fail(err)
 	}
+	if p.rrl, err = rrl(cfg.RRL, prev); err != nil {
+		return fail(err)
+	}
 	fc := forwarder.Config{
+		RRL:           p.rrl,
 		NSID:          nsid,
 		Cookies:       cookies(cfg.Cookies),
 		QueryTimeout:  cfg.Upstream.QueryTimeout.D(),

@@ -58,6 +58,15 @@ func (a *app) reload() error {
 	if !slices.Equal(listenerNames(next), listenerNames(a.cfg)) {
 		return fmt.Errorf("listeners: adding, removing or renaming listeners needs a restart (running: %s)", strings.Join(listenerNames(a.cfg), ", "))
 	}
+	if next.RRL.Enabled && !a.cfg.RRL.Enabled {
+		for _, name := range listenerNames(a.cfg) {
+			if l := a.listeners[name]; l != nil && l.xsk != nil {
+				if _, on := l.xsk.TierStats(); on {
+					return fmt.Errorf("rrl.enabled: listener %q's XDP program answers hot names itself, past any limit: turning rrl on needs a restart (or xdp.kernel_cache: off)", name)
+				}
+			}
+		}
+	}
 	// A query log at a new path is opened now, so a bad one rejects the
 	// reload; one at the same path only after the old logger is closed
 	// (two writers must not share a file).
@@ -71,7 +80,7 @@ func (a *app) reload() error {
 	}
 	cur := a.pipe.Load()
 	keep := keepCache(cur.cache, a.cfg, next)
-	p, err := buildPipeline(next, zs, a.counters, a.queryLogger(next), a.invalidateKernel, keep)
+	p, err := buildPipeline(next, zs, a.counters, a.queryLogger(next), a.invalidateKernel, cur, keep)
 	if err != nil {
 		if newQlog != nil {
 			_ = newQlog.Close()

@@ -48,6 +48,8 @@ type Config struct {
 	// ShutdownTimeout bounds how long SIGTERM waits for queries in
 	// flight to be answered before xdoh exits (default 5s).
 	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
+	// RRL configures response-rate limiting of UDP answers.
+	RRL RRL `yaml:"rrl"`
 
 	dir string // directory of the file, for relative paths
 }
@@ -134,6 +136,44 @@ var processSecret = sync.OnceValue(func() [16]byte {
 	}
 	return s
 })
+
+// RRL configures response-rate limiting (forwarder.RRL): answers over UDP
+// beyond a rate per client prefix are dropped, or every Slip-th of them
+// sent empty with TC set. TCP, DoT, DoH and DoQ, queries with a valid
+// server cookie and Exempt prefixes are never limited.
+type RRL struct {
+	Enabled bool `yaml:"enabled"` // default false
+	// ResponsesPerSecond is the rate of NOERROR answers per prefix
+	// (needed when enabled).
+	ResponsesPerSecond float64 `yaml:"responses_per_second"`
+	// NXDomainsPerSecond and ErrorsPerSecond are the rates of NXDOMAIN and
+	// of error answers (FORMERR, SERVFAIL, NOTIMP, REFUSED, BADCOOKIE), in
+	// buckets of their own; 0: ResponsesPerSecond.
+	NXDomainsPerSecond float64 `yaml:"nxdomains_per_second"`
+	ErrorsPerSecond    float64 `yaml:"errors_per_second"`
+	// Burst is how many answers of each kind a prefix may get at once
+	// (default: one second of responses_per_second).
+	Burst int `yaml:"burst"`
+	// Slip: every Slip-th limited answer goes out empty with TC set, so a
+	// real client retries over TCP; 0 never, 1 always (default 2).
+	Slip *int `yaml:"slip"`
+	// IPv4Prefix and IPv6Prefix group clients (default 24 and 56).
+	IPv4Prefix int `yaml:"ipv4_prefix"`
+	IPv6Prefix int `yaml:"ipv6_prefix"`
+	// Exempt lists CIDRs or addresses never limited.
+	Exempt []string `yaml:"exempt"`
+	// Entries is how many prefixes are tracked at once (default 65536,
+	// about 48 octets each, allocated at start).
+	Entries int `yaml:"entries"`
+}
+
+// SlipEvery is the configured slip (default 2).
+func (r RRL) SlipEvery() int {
+	if r.Slip == nil {
+		return 2
+	}
+	return *r.Slip
+}
 
 // Listener is one inbound endpoint.
 type Listener struct {
@@ -569,6 +609,7 @@ func (c *Config) Validate() error {
 	if r := c.Cookies.RotateEvery(); r != 0 && r < time.Hour {
 		bad("cookies.rotate", "%v: at least 1h (a cookie lives an hour), or 0s for never", r)
 	}
+	c.checkRRL(bad)
 	// unique checks that a section's names are set and distinct.
 	unique := func(section string) func(i int, name string) {
 		seen := map[string]int{}
@@ -834,6 +875,52 @@ func (c *Config) Validate() error {
 		bad("upstream.timeout", "%v is longer than upstream.query_timeout %v", c.Upstream.Timeout.D(), c.Upstream.QueryTimeout.D())
 	}
 	return errors.Join(errs...)
+}
+
+// checkRRL validates the rrl section (its fields even when it is off, so
+// that a mistake shows before it is turned on).
+func (c *Config) checkRRL(bad func(string, string, ...any)) {
+	r := c.RRL
+	const maxRate = 1e7
+	if r.Enabled && r.ResponsesPerSecond == 0 {
+		bad("rrl.responses_per_second", "is needed when rrl is enabled")
+	}
+	for _, f := range []struct {
+		name string
+		v    float64
+	}{{"responses_per_second", r.ResponsesPerSecond}, {"nxdomains_per_second", r.NXDomainsPerSecond}, {"errors_per_second", r.ErrorsPerSecond}} {
+		if !(f.v >= 0 && f.v <= maxRate) {
+			bad("rrl."+f.name, "%v is not between 0 and %g", f.v, maxRate)
+		}
+	}
+	if r.Burst < 0 || r.Burst > 1e7 {
+		bad("rrl.burst", "%d is not between 0 (default) and 10000000", r.Burst)
+	}
+	if s := r.SlipEvery(); s < 0 || s > 10 {
+		bad("rrl.slip", "%d is not between 0 (never) and 10", s)
+	}
+	if p := r.IPv4Prefix; p < 0 || p > 32 {
+		bad("rrl.ipv4_prefix", "%d is not between 1 and 32 (0: default 24)", p)
+	}
+	if p := r.IPv6Prefix; p < 0 || p > 128 {
+		bad("rrl.ipv6_prefix", "%d is not between 1 and 128 (0: default 56)", p)
+	}
+	if n := r.Entries; n != 0 && (n < 64 || n > 1<<24) {
+		bad("rrl.entries", "%d is not between 64 and 16777216 (0: default 65536)", n)
+	}
+	for i, e := range r.Exempt {
+		if _, err := ParsePrefix(e); err != nil {
+			bad(fmt.Sprintf("rrl.exempt[%d]", i), "%v", err)
+		}
+	}
+	if !r.Enabled {
+		return
+	}
+	for i, l := range c.Listeners {
+		if l.XDP != nil && l.XDP.KernelCache == "on" && l.XDPMode() != "off" {
+			bad(fmt.Sprintf("listeners[%d].xdp.kernel_cache", i), "on: answers the XDP program sends itself would escape rrl; set auto or off (rrl turns auto off)")
+		}
+	}
 }
 
 func (c *Config) checkTargets(f string, targets []string, caFile, serverName string, bad func(string, string, ...any)) {

@@ -195,6 +195,11 @@ func TestParseErrors(t *testing.T) {
 		{name: "cookie secret not hex", yaml: "cookies:\n  secret: xyz\nlisteners:\n  - name: a\n    do53: [\"127.0.0.1:53\"]\n", want: []string{"cookies.secret: want 32 hex digits"}, count: 1},
 		{name: "cookie secret short", yaml: "cookies:\n  secret: 0011\nlisteners:\n  - name: a\n    do53: [\"127.0.0.1:53\"]\n", want: []string{"cookies.secret: want 32 hex digits"}, count: 1},
 		{name: "cookie rotation too quick", yaml: "cookies:\n  rotate: 10m\nlisteners:\n  - name: a\n    do53: [\"127.0.0.1:53\"]\n", want: []string{"cookies.rotate: 10m0s: at least 1h"}, count: 1},
+		{name: "rrl enabled without a rate", yaml: base + "rrl: {enabled: true}\n", want: []string{"rrl.responses_per_second: is needed when rrl is enabled"}, count: 1},
+		{name: "rrl fields", yaml: base + "rrl: {enabled: true, responses_per_second: -1, nxdomains_per_second: -2, burst: -1, slip: 11, ipv4_prefix: 33, ipv6_prefix: 129, entries: 10, exempt: [10.0.0.0/8, nonsense]}\n",
+			want: []string{"rrl.responses_per_second: -1", "rrl.nxdomains_per_second: -2", "rrl.burst: -1", "rrl.slip: 11", "rrl.ipv4_prefix: 33", "rrl.ipv6_prefix: 129", "rrl.entries: 10", "rrl.exempt[1]"}, count: 8},
+		{name: "rrl fields checked while off", yaml: base + "rrl: {slip: -1}\n", want: []string{"rrl.slip: -1"}, count: 1},
+		{name: "rrl with the kernel cache on", yaml: base + "    xdp: {interfaces: [eth0], kernel_cache: on}\nrrl: {enabled: true, responses_per_second: 5}\n", want: []string{"listeners[0].xdp.kernel_cache: on: answers the XDP program sends itself would escape rrl"}, count: 1},
 		{name: "ecs mode", yaml: "listeners:\n  - name: a\n    do53: [\"127.0.0.1:53\"]\nrules:\n  - name: r\n    domain: example.com\n    type: forward\n    targets: [\"udp://127.0.0.1:53\"]\n    ecs: geo\n", want: []string{`rules[0].ecs: "geo" is not one of strip, pass, add`}, count: 1},
 		{name: "ecs prefix without add", yaml: "listeners:\n  - name: a\n    do53: [\"127.0.0.1:53\"]\ndefault:\n  targets: [\"udp://127.0.0.1:53\"]\n  ecs: pass\n  ecs_prefix: {ipv4: 20}\n", want: []string{"default.ecs_prefix: only ecs: add uses it"}, count: 1},
 		{name: "ecs prefix range", yaml: "listeners:\n  - name: a\n    do53: [\"127.0.0.1:53\"]\ndefault:\n  targets: [\"udp://127.0.0.1:53\"]\n  ecs: add\n  ecs_prefix: {ipv4: 33, ipv6: 129}\n", want: []string{"default.ecs_prefix.ipv4: 33 is not between 1 and 32", "default.ecs_prefix.ipv6: 129 is not between 1 and 128"}, count: 2},
@@ -430,5 +435,25 @@ func TestNSIDBytes(t *testing.T) {
 		if err != nil || string(got) != tc.want || (tc.want == "") != (got == nil) {
 			t.Errorf("nsid %q: %q, %v; want %q", tc.nsid, got, err, tc.want)
 		}
+	}
+}
+
+// TestRRL: the rrl section as written, off by default, slip 2 unless
+// given (0 is never).
+func TestRRL(t *testing.T) {
+	c, err := Parse([]byte(base), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.RRL.Enabled || c.RRL.SlipEvery() != 2 {
+		t.Errorf("default rrl %+v, slip %d", c.RRL, c.RRL.SlipEvery())
+	}
+	c, err = Parse([]byte(base+"rrl:\n  enabled: true\n  responses_per_second: 5\n  nxdomains_per_second: 2.5\n  burst: 20\n  slip: 0\n  ipv4_prefix: 32\n  ipv6_prefix: 64\n  exempt: [192.0.2.0/24, \"2001:db8::1\"]\n"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := c.RRL
+	if !r.Enabled || r.ResponsesPerSecond != 5 || r.NXDomainsPerSecond != 2.5 || r.Burst != 20 || r.SlipEvery() != 0 || r.IPv4Prefix != 32 || r.IPv6Prefix != 64 || len(r.Exempt) != 2 {
+		t.Errorf("rrl %+v, slip %d", r, r.SlipEvery())
 	}
 }
