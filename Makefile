@@ -4,7 +4,7 @@ BIN     := bin/xdoh
 PKGS    := ./...
 SHARED  ?= ../shared
 
-.PHONY: run test build bench peer-bench doh-bench dot-bench xdp-bench vet fuzz generate clean
+.PHONY: run test build bench bench-latency peer-bench doh-bench dot-bench xdp-bench vet fuzz generate clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/xdoh
@@ -25,6 +25,12 @@ test:
 # Component benchmarks (allocations reported).
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+
+# Latency distributions of dnsperf and xdoh bench side by side (UDP, TCP,
+# DoH POST) against one xdoh on loopback at RATE q/s. RATE, DURATION,
+# CLIENTS, TRANSPORTS, XDOH_BIN.
+bench-latency: build
+	bash bench/latency.sh
 
 # Side-by-side with dnsdist (and BIND's own ceiling) using ../shared/bench.
 peer-bench: build

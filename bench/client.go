@@ -16,27 +16,25 @@ import (
 )
 
 // newTransport picks the transport for a target: the rig's own UDP
-// sockets for Do53 over UDP, xdoh's upstream clients (the ones the
-// forwarder uses) for TCP, DoT, DoH POST and DoQ, and net/http's HTTP/2
-// for DoH GET, which the upstream client does not send.
+// sockets for Do53 over UDP, and xdoh's upstream clients (the ones the
+// forwarder uses) for TCP, DoT, DoH POST and GET, and DoQ.
 func newTransport(tr string, cfg *Config) (transport, error) {
 	switch tr {
 	case "udp":
 		return newUDP(cfg.Target, cfg)
 	case "udp-xdp":
 		return newXDP(cfg)
-	case "https-get":
-		u, err := newDoHGet(cfg)
-		if err != nil {
-			return nil, err
-		}
-		return &clientTransport{up: u}, nil
 	default:
+		var method string
+		if tr == "https-get" {
+			method = upstream.MethodGET
+		}
 		u, err := upstream.New(cfg.Target, upstream.Options{
 			CAFile:     cfg.CAFile,
 			ServerName: cfg.ServerName,
 			Timeout:    cfg.Timeout,
 			Conns:      cfg.Clients,
+			Method:     method,
 			Prewarm:    true,
 		})
 		if err != nil {

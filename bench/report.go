@@ -12,10 +12,10 @@
 // generator must outrun the server it measures: one sender and one
 // receiver goroutine per socket, sendmmsg/recvmmsg batches, the query's
 // ID is its index in the socket's table of queries in flight, and nothing
-// is allocated per query. TCP, DoT, DoH (POST) and DoQ go through xdoh's
-// own upstream clients (forwarder/upstream, client.go), so that the rig
-// exercises the code the forwarder runs; DoH GET, which those clients do
-// not send, goes through net/http (dohget.go). With Config.XDP, Do53 over
+// is allocated per query. TCP, DoT, DoH (POST, or GET with Config.Get)
+// and DoQ go through xdoh's own upstream clients (forwarder/upstream,
+// client.go), so that the rig exercises the code the forwarder runs. With
+// Config.XDP, Do53 over
 // UDP goes through AF_XDP (xdp.go, transport "udp-xdp"), as kxdpgun sends:
 // one socket per receive queue with datapath/xsk's rings, frames built
 // from headers laid out once, and bpf/'s xdp_bench steering the target's

@@ -110,7 +110,7 @@ func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Coun
 		return nil, err
 	}
 	fail := func(err error) (*pipeline, error) { p.close(); return nil, err }
-	mkTargets := func(field string, targets []string, caFile, serverName string, timeout config.Duration) ([]forwarder.Target, error) {
+	mkTargets := func(field string, targets []string, caFile, serverName, method string, timeout config.Duration) ([]forwarder.Target, error) {
 		if timeout == 0 {
 			timeout = cfg.Upstream.Timeout // the rule's own, else the global per-attempt timeout
 		}
@@ -119,6 +119,7 @@ func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Coun
 			up, err := upstream.New(t, upstream.Options{
 				CAFile:     cfg.Path(caFile),
 				ServerName: serverName,
+				Method:     upstreamMethod(method),
 				Timeout:    timeout.D(),
 				Conns:      cfg.Upstream.Conns,
 				Prewarm:    true, // connections ready before the first query
@@ -170,7 +171,7 @@ func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Coun
 		if r.Select, err = selectConfig(rc.Select); err != nil {
 			return fail(fmt.Errorf("rules[%d]: %w", i, err))
 		}
-		if r.Targets, err = mkTargets(fmt.Sprintf("rules[%d]", i), rc.Targets, rc.CAFile, rc.TLSServerName, rc.Timeout); err != nil {
+		if r.Targets, err = mkTargets(fmt.Sprintf("rules[%d]", i), rc.Targets, rc.CAFile, rc.TLSServerName, rc.Method, rc.Timeout); err != nil {
 			return fail(err)
 		}
 		fc.Rules = append(fc.Rules, r)
@@ -180,7 +181,7 @@ func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Coun
 		if fc.DefaultSelect, err = selectConfig(cfg.Default.Select); err != nil {
 			return fail(fmt.Errorf("default: %w", err))
 		}
-		if fc.Default, err = mkTargets("default", cfg.Default.Targets, cfg.Default.CAFile, cfg.Default.TLSServerName, cfg.Default.Timeout); err != nil {
+		if fc.Default, err = mkTargets("default", cfg.Default.Targets, cfg.Default.CAFile, cfg.Default.TLSServerName, cfg.Default.Method, cfg.Default.Timeout); err != nil {
 			return fail(err)
 		}
 	}
@@ -201,6 +202,15 @@ func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Coun
 		return fail(err)
 	}
 	return p, nil
+}
+
+// upstreamMethod is the upstream.Options.Method of a (validated) rule's
+// method: "" (POST) unless it says get.
+func upstreamMethod(method string) string {
+	if method == "get" {
+		return upstream.MethodGET
+	}
+	return ""
 }
 
 // selectConfig turns a rule's selection settings into a group.Config.

@@ -23,8 +23,9 @@ const (
 	maxHeaderBlock    = 16384 - 64 // precomputed header block must fit one HEADERS frame
 )
 
-// DoH is a DNS-over-HTTPS upstream (RFC 8484, POST) over HTTP/2 connections
-// it manages itself. See the package documentation for the design.
+// DoH is a DNS-over-HTTPS upstream (RFC 8484, POST or GET) over HTTP/2
+// connections it manages itself. See the package documentation for the
+// design.
 type DoH struct {
 	target    string
 	dialAddr  string // host:port
@@ -37,7 +38,7 @@ type DoH struct {
 	pingWait  time.Duration // time for a PING ACK
 	rtt       atomic.Int64  // EWMA of PING round trips, ns; 0 before the first
 	pool      connPool[h2Conn, *h2Conn]
-	hdr       headerBlocks
+	hdr       headerBlocks // hdr.get: GET requests, no DATA
 
 	ctx    context.Context // cancelled by Close; parent of dials
 	cancel context.CancelFunc
@@ -64,7 +65,7 @@ func newDoH(target string, opts Options) (*DoH, error) {
 	if err != nil {
 		return nil, err
 	}
-	hdr, err := newHeaderBlocks(authority, path)
+	hdr, err := newHeaderBlocks(authority, path, opts.Method == MethodGET)
 	if err != nil {
 		return nil, err
 	}

@@ -184,6 +184,7 @@ func (c *h2Conn) writeBatch() error {
 		c.hdrLiteral = true
 	}
 	maxFrame := c.peerMaxFrame
+	get := c.d.hdr.get
 	n := 0
 	for _, r := range c.blocked {
 		if r.state != stQueued { // abandoned while queued
@@ -196,14 +197,15 @@ func (c *h2Conn) writeBatch() error {
 			n++
 			continue
 		}
-		if int64(len(r.query)) > c.peerInitWindow {
+		// A GET sends no DATA: flow control does not apply.
+		if !get && int64(len(r.query)) > c.peerInitWindow {
 			c.finishLocked(r, fmt.Errorf("%w: %d bytes exceed the server's stream window of %d",
 				ErrBadQuery, len(r.query), c.peerInitWindow))
 			failed = append(failed, r)
 			n++
 			continue
 		}
-		if int64(len(r.query)) > c.sendWindow {
+		if !get && int64(len(r.query)) > c.sendWindow {
 			break // wait, in order, for the server's WINDOW_UPDATE
 		}
 		r.id, r.state = c.nextID, stSent
@@ -213,7 +215,9 @@ func (c *h2Conn) writeBatch() error {
 			c.draining = true // stream IDs exhausted: the next request dials anew
 			c.closing.Store(true)
 		}
-		c.sendWindow -= int64(len(r.query))
+		if !get {
+			c.sendWindow -= int64(len(r.query))
+		}
 		c.sends = append(c.sends, sendItem{id: r.id, off: len(c.arena), n: len(r.query)})
 		c.arena = append(c.arena, r.query...)
 		n++
@@ -283,6 +287,10 @@ func (c *h2Conn) writeFrames(ctl *ctlFrames, maxFrame int) error {
 			hb = appendHpackInt(hb, 0x20, 5, uint64(c.pendingTable))
 			c.pendingTable = -1
 		}
+		data := c.arena[s.off : s.off+s.n]
+		if c.d.hdr.get {
+			hb = c.d.hdr.appendGetPath(hb, data)
+		}
 		switch {
 		case c.hdrLiteral:
 			hb = append(hb, c.d.hdr.literal...)
@@ -292,12 +300,18 @@ func (c *h2Conn) writeFrames(ctl *ctlFrames, maxFrame int) error {
 		default:
 			hb = append(hb, c.d.hdr.next...)
 		}
+		if c.d.hdr.get {
+			c.hdrBuf = hb
+			if err := writeGetHeaders(fr, s.id, hb, maxFrame); err != nil {
+				return err
+			}
+			continue
+		}
 		hb = appendContentLength(hb, s.n)
 		c.hdrBuf = hb
 		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: s.id, BlockFragment: hb, EndHeaders: true}); err != nil {
 			return err
 		}
-		data := c.arena[s.off : s.off+s.n]
 		for len(data) > maxFrame {
 			if err := fr.WriteData(s.id, false, data[:maxFrame]); err != nil {
 				return err
@@ -309,4 +323,23 @@ func (c *h2Conn) writeFrames(ctl *ctlFrames, maxFrame int) error {
 		}
 	}
 	return c.bw.Flush()
+}
+
+// writeGetHeaders writes a GET's header block, which ends its stream:
+// one HEADERS frame, or, for a query whose URL outgrows the server's
+// largest frame, HEADERS and CONTINUATION frames.
+func writeGetHeaders(fr *http2.Framer, id uint32, hb []byte, maxFrame int) error {
+	first := hb[:min(len(hb), maxFrame)]
+	hb = hb[len(first):]
+	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: first, EndStream: true, EndHeaders: len(hb) == 0}); err != nil {
+		return err
+	}
+	for len(hb) > 0 {
+		frag := hb[:min(len(hb), maxFrame)]
+		hb = hb[len(frag):]
+		if err := fr.WriteContinuation(id, len(hb) == 0, frag); err != nil {
+			return err
+		}
+	}
+	return nil
 }

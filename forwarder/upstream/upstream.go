@@ -26,7 +26,15 @@
 //     The header block is precomputed per connection: the first request
 //     inserts :authority, :path, content-type and accept into the server's
 //     HPACK dynamic table, later ones refer to them with one byte each, and
-//     only content-length is encoded per request.
+//     only content-length is encoded per request. With Options.Method GET
+//     (RFC 8484 4.1) a request is one HEADERS frame that ends its stream
+//     (CONTINUATION frames past the server's frame size), no DATA and no
+//     flow control: :authority and accept are indexed the same way, and
+//     :path, the target's path with ?dns= and the query in base64url
+//     without padding, is encoded per request into the writer's reused
+//     header buffer, as a literal that the server does not index. Either
+//     way the query goes with ID 0 (an HTTP cache can then serve GETs of
+//     one question alike) and the answer gets the caller's ID back.
 //     One exception to the writer writing: a Submit on a connection with
 //     nothing in flight, while the writer is idle, writes its request
 //     itself (the same batch code, under the writer's mutex), which saves a
@@ -296,12 +304,24 @@ type Options struct {
 	// PingTimeout (DoH): how long a PING may wait for its ACK before the
 	// connection is given up (default 2s, at most Timeout).
 	PingTimeout time.Duration
+	// Method (DoH) is MethodPOST (the default, also for "") or
+	// MethodGET: the query in the URL, ?dns= base64url (RFC 8484 4.1).
+	// Either way the query goes with ID 0, which makes GET answers
+	// cacheable by HTTP caches, and the answer gets the caller's ID back.
+	// Other targets take only "" or MethodPOST.
+	Method string
 	// Prewarm makes New start dialling all Conns connections in the
 	// background (DoH, DoT, DoQ and TCP-only Do53), so that the first queries do not
 	// wait for handshakes. New still neither blocks nor fails on the
 	// network; dial errors surface in the queries' callbacks.
 	Prewarm bool
 }
+
+// DoH request methods, for Options.Method.
+const (
+	MethodPOST = "POST"
+	MethodGET  = "GET"
+)
 
 // Defaults for Options.
 const (
@@ -390,6 +410,15 @@ func newUpstream(target string, opts Options) (Upstream, error) {
 	scheme, rest, found := strings.Cut(target, "://")
 	if !found {
 		scheme, rest = "udp", target
+	}
+	switch opts.Method {
+	case "", MethodPOST:
+	case MethodGET:
+		if !strings.EqualFold(scheme, "https") {
+			return nil, fmt.Errorf("method GET is for DoH (https://) targets only")
+		}
+	default:
+		return nil, fmt.Errorf("method %q: want GET or POST", opts.Method)
 	}
 	switch strings.ToLower(scheme) {
 	case "https":

@@ -3,9 +3,11 @@ package upstreamtest
 import (
 	"bytes"
 	"crypto/tls"
+	"encoding/base64"
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -16,13 +18,14 @@ import (
 )
 
 // FakeH2 is a raw HTTP/2 server over TLS built on the Framer, for fault
-// injection: onRequest decides, for every complete request, whether and
-// how it is answered. It runs on the connection's read goroutine; conn
-// counts the connections from 1. PINGs are acknowledged unless SetAckPing
-// says otherwise.
+// injection: onRequest decides, for every complete request (a POST, or a
+// GET in one HEADERS frame), whether and how it is answered. It runs on
+// the connection's read goroutine; conn counts the connections from 1.
+// PINGs are acknowledged unless SetAckPing says otherwise.
 type FakeH2 struct {
 	NConn atomic.Int32 // connections accepted
 	Pings atomic.Int32 // PINGs received, all connections
+	Gets  atomic.Int32 // GET requests (one HEADERS frame each), all connections
 
 	ln        net.Listener
 	settings  []http2.Setting
@@ -166,6 +169,18 @@ func (f *FakeH2) serve(c net.Conn, idx int) {
 			method, path = "", ""
 			if _, err := dec.Write(fr.HeaderBlockFragment()); err != nil {
 				return // HPACK misuse: connection error
+			}
+			if method == "GET" && fr.HeadersEnded() && fr.StreamEnded() {
+				// RFC 8484 4.1 in one HEADERS frame: ?dns=, base64url.
+				b64, ok := strings.CutPrefix(path, "/dns-query?dns=")
+				wire, err := base64.RawURLEncoding.DecodeString(b64)
+				q := new(dns.Msg)
+				if !ok || err != nil || q.Unpack(wire) != nil {
+					return
+				}
+				f.Gets.Add(1)
+				f.onRequest(fc, idx, fr.StreamID, q)
+				continue
 			}
 			if method != "POST" || path != "/dns-query" {
 				return

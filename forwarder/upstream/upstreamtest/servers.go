@@ -8,6 +8,7 @@ package upstreamtest
 import (
 	"bytes"
 	"crypto/tls"
+	"encoding/base64"
 	"encoding/binary"
 	"hash/fnv"
 	"io"
@@ -89,14 +90,32 @@ type dohHandler struct {
 
 func (h dohHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.s.Requests.Add(1)
-	if r.ProtoMajor != 2 || r.Method != http.MethodPost ||
-		r.Header.Get("Content-Type") != DNSMessage || r.Header.Get("Accept") != DNSMessage {
-		http.Error(w, "not an RFC 8484 POST", http.StatusBadRequest)
+	var body []byte
+	switch {
+	case r.ProtoMajor != 2 || r.Header.Get("Accept") != DNSMessage:
+		http.Error(w, "not an RFC 8484 request", http.StatusBadRequest)
 		return
-	}
-	body, err := io.ReadAll(r.Body)
-	if err != nil || r.ContentLength != int64(len(body)) {
-		http.Error(w, "bad body", http.StatusBadRequest)
+	case r.Method == http.MethodGet:
+		h.s.Gets.Add(1)
+		// RFC 8484 4.1: one dns parameter, base64url without padding, no body.
+		v := r.URL.Query()["dns"]
+		var err error
+		if len(v) == 1 {
+			body, err = base64.RawURLEncoding.DecodeString(v[0])
+		}
+		if len(v) != 1 || err != nil || r.ContentLength > 0 || r.Header.Get("Content-Type") != "" {
+			http.Error(w, "not an RFC 8484 GET", http.StatusBadRequest)
+			return
+		}
+	case r.Method == http.MethodPost && r.Header.Get("Content-Type") == DNSMessage:
+		var err error
+		body, err = io.ReadAll(r.Body)
+		if err != nil || r.ContentLength != int64(len(body)) {
+			http.Error(w, "bad body", http.StatusBadRequest)
+			return
+		}
+	default:
+		http.Error(w, "not an RFC 8484 POST or GET", http.StatusBadRequest)
 		return
 	}
 	q := new(dns.Msg)
@@ -131,7 +150,8 @@ func (h dohHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Write(MustPack(AnswerFor(q)))
 }
 
-// DoHServer is an in-process Go HTTPS server answering DNS (RFC 8484 POST)
+// DoHServer is an in-process Go HTTPS server answering DNS (RFC 8484 POST
+// and GET, the query with ID 0)
 // with AnswerFor, except for these names: status500.example. gets HTTP
 // 500, garbage.example. a body that is no DNS message, texttype.example.
 // the answer as text/plain, otherquestion.example. an answer to another
@@ -139,6 +159,7 @@ func (h dohHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 type DoHServer struct {
 	*httptest.Server
 	Requests atomic.Int64
+	Gets     atomic.Int64 // requests by GET
 	Canceled chan string  // names whose request context ended before an answer
 	Conns    atomic.Int64 // TCP connections accepted
 }

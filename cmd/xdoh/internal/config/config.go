@@ -348,10 +348,13 @@ type Rule struct {
 	CAFile  string   `yaml:"ca_file"`
 	// TLSServerName is the name the certificate of a tls://, https:// or
 	// quic:// target must carry, instead of the target's host.
-	TLSServerName string   `yaml:"tls_server_name"`
-	Timeout       Duration `yaml:"timeout"`
-	Select        Select   `yaml:",inline"`
-	Subnet        Subnet   `yaml:",inline"`
+	TLSServerName string `yaml:"tls_server_name"`
+	// Method is how https:// targets get their queries: post (the
+	// default) or get (RFC 8484 4.1, ?dns= base64url).
+	Method  string   `yaml:"method"`
+	Timeout Duration `yaml:"timeout"`
+	Select  Select   `yaml:",inline"`
+	Subnet  Subnet   `yaml:",inline"`
 }
 
 // Group is the default target group.
@@ -360,10 +363,13 @@ type Group struct {
 	CAFile  string   `yaml:"ca_file"`
 	// TLSServerName is the name the certificate of a tls://, https:// or
 	// quic:// target must carry, instead of the target's host.
-	TLSServerName string   `yaml:"tls_server_name"`
-	Timeout       Duration `yaml:"timeout"`
-	Select        Select   `yaml:",inline"`
-	Subnet        Subnet   `yaml:",inline"`
+	TLSServerName string `yaml:"tls_server_name"`
+	// Method is how https:// targets get their queries: post (the
+	// default) or get (RFC 8484 4.1, ?dns= base64url).
+	Method  string   `yaml:"method"`
+	Timeout Duration `yaml:"timeout"`
+	Select  Select   `yaml:",inline"`
+	Subnet  Subnet   `yaml:",inline"`
 }
 
 // Subnet is what a forward rule (or the default) sends upstream of its
@@ -807,13 +813,16 @@ func (c *Config) Validate() error {
 			if len(r.Targets) > 0 {
 				bad(f+".targets", "a %s rule takes no targets", r.Type)
 			}
+			if r.Method != "" {
+				bad(f+".method", "a %s rule sends nothing upstream of its own", r.Type)
+			}
 			if r.Subnet != (Subnet{}) {
 				bad(f+".ecs", "a %s rule sends nothing upstream of its own (system names use default's)", r.Type)
 			}
 		default:
 			bad(f+".type", "%q is not one of forward, system, block", r.Type)
 		}
-		c.checkTargets(f, r.Targets, r.CAFile, r.TLSServerName, bad)
+		c.checkTargets(f, r.Targets, r.CAFile, r.TLSServerName, r.Method, bad)
 		checkSelect(f, r.Select, bad)
 		checkSubnet(f, r.Subnet, bad)
 		if r.Timeout < 0 {
@@ -824,7 +833,7 @@ func (c *Config) Validate() error {
 		if len(c.Default.Targets) == 0 {
 			bad("default.targets", "a default section needs at least one target")
 		}
-		c.checkTargets("default", c.Default.Targets, c.Default.CAFile, c.Default.TLSServerName, bad)
+		c.checkTargets("default", c.Default.Targets, c.Default.CAFile, c.Default.TLSServerName, c.Default.Method, bad)
 		checkSelect("default", c.Default.Select, bad)
 		checkSubnet("default", c.Default.Subnet, bad)
 		if c.Default.Timeout < 0 {
@@ -923,14 +932,23 @@ func (c *Config) checkRRL(bad func(string, string, ...any)) {
 	}
 }
 
-func (c *Config) checkTargets(f string, targets []string, caFile, serverName string, bad func(string, string, ...any)) {
+func (c *Config) checkTargets(f string, targets []string, caFile, serverName, method string, bad func(string, string, ...any)) {
 	for j, t := range targets {
 		if err := CheckTarget(t); err != nil {
 			bad(fmt.Sprintf("%s.targets[%d]", f, j), "%v", err)
 		}
-		if scheme, _, _ := strings.Cut(t, "://"); serverName != "" && scheme != "tls" && scheme != "https" && scheme != "quic" {
+		scheme, _, _ := strings.Cut(t, "://")
+		if serverName != "" && scheme != "tls" && scheme != "https" && scheme != "quic" {
 			bad(f+".tls_server_name", "applies only to tls://, https:// and quic:// targets, and %s.targets[%d] %q is not one", f, j, t)
 		}
+		if method != "" && scheme != "https" {
+			bad(f+".method", "applies only to https:// targets, and %s.targets[%d] %q is not one", f, j, t)
+		}
+	}
+	switch method {
+	case "", "post", "get":
+	default:
+		bad(f+".method", "%q is not one of post, get", method)
 	}
 	if serverName != "" {
 		if _, ok := dns.IsDomainName(serverName); !ok || strings.ContainsAny(serverName, " /:") {

@@ -255,6 +255,10 @@ func TestParseErrors(t *testing.T) {
 		{name: "default negative timeout", yaml: base + "default:\n  targets: [\"1.1.1.1\"]\n  timeout: -2s\n", want: []string{"default.timeout"}, count: 1},
 		{name: "tls_server_name with a Do53 target", yaml: base + "rules:\n  - {name: r, domain: a.example, type: forward, targets: [\"tls://1.1.1.1\", \"udp://1.1.1.1\"], tls_server_name: dns.example}\n", want: []string{"rules[0].tls_server_name", "rules[0].targets[1]"}, count: 1},
 		{name: "default tls_server_name not a name", yaml: base + "default:\n  targets: [\"quic://1.1.1.1\"]\n  tls_server_name: \"a b\"\n", want: []string{"default.tls_server_name"}, count: 1},
+		{name: "method with a Do53 target", yaml: base + "rules:\n  - {name: r, domain: a.example, type: forward, targets: [\"https://10.0.0.54/dns-query\", \"udp://1.1.1.1\"], method: get}\n", want: []string{"rules[0].method", "rules[0].targets[1]"}, count: 1},
+		{name: "method unknown", yaml: base + "rules:\n  - {name: r, domain: a.example, type: forward, targets: [\"https://10.0.0.54/dns-query\"], method: put}\n", want: []string{"rules[0].method", `"put"`, "post, get"}, count: 1},
+		{name: "method on a system rule", yaml: base + "rules:\n  - {name: r, domain: a.example, type: system, method: get}\n", want: []string{"rules[0].method", "system"}, count: 1},
+		{name: "default method upper case", yaml: base + "default:\n  targets: [\"https://10.0.0.54/dns-query\"]\n  method: GET\n", want: []string{"default.method", `"GET"`}, count: 1},
 		{name: "default ca_file missing", yaml: base + "default:\n  targets: [\"1.1.1.1\"]\n  ca_file: /nonexistent/ca.pem\n", want: []string{"default.ca_file"}, count: 1},
 		{name: "cache min above max", yaml: base + "cache:\n  min_ttl: 2h\n  max_ttl: 1h\n", want: []string{"cache.min_ttl", "cache.max_ttl"}, count: 1},
 		{name: "cache negative min", yaml: base + "cache:\n  min_ttl: -5s\n", want: []string{"cache.min_ttl"}, count: 1},
@@ -393,6 +397,16 @@ func TestTLSServerName(t *testing.T) {
 	}
 	if got := c.Default.TLSServerName; got != "dns.quad9.net" {
 		t.Errorf("default.tls_server_name = %q", got)
+	}
+}
+
+func TestMethod(t *testing.T) {
+	c, err := Parse([]byte(base+"rules:\n  - {name: r, domain: a.example, type: forward, targets: [\"https://10.0.0.54/dns-query\"], method: get}\n  - {name: p, domain: b.example, type: forward, targets: [\"https://10.0.0.54/dns-query\"], method: post}\ndefault:\n  targets: [\"https://10.0.0.55/dns-query\"]\n"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Rules[0].Method != "get" || c.Rules[1].Method != "post" || c.Default.Method != "" {
+		t.Errorf("methods %q %q, default %q; want get, post and none", c.Rules[0].Method, c.Rules[1].Method, c.Default.Method)
 	}
 }
 
