@@ -506,12 +506,10 @@ func TestDo53SubmitFaults(t *testing.T) {
 			name: "UDP answers around the deadline",
 			start: func(t *testing.T) (string, Options, func(*testing.T)) {
 				var k atomic.Int64
-				var late sync.WaitGroup
+				late := upstreamtest.NewLater()
 				t.Cleanup(late.Wait)
 				f := upstreamtest.StartDo53Fault(t, func(q *dns.Msg, reply func([]byte)) {
-					late.Add(1)
-					time.AfterFunc(timeout-30*time.Millisecond+time.Duration(k.Add(1)%61)*time.Millisecond, func() {
-						defer late.Done()
+					late.AfterFunc(timeout-30*time.Millisecond+time.Duration(k.Add(1)%61)*time.Millisecond, func() {
 						upstreamtest.UDPAnswer(q, reply)
 					})
 				}, nil)
@@ -525,12 +523,10 @@ func TestDo53SubmitFaults(t *testing.T) {
 			name: "truncated UDP answers around the deadline, TCP ready",
 			start: func(t *testing.T) (string, Options, func(*testing.T)) {
 				var k atomic.Int64
-				var late sync.WaitGroup
+				late := upstreamtest.NewLater()
 				t.Cleanup(late.Wait)
 				f := upstreamtest.StartDo53Fault(t, func(q *dns.Msg, reply func([]byte)) {
-					late.Add(1)
-					time.AfterFunc(timeout-10*time.Millisecond+time.Duration(k.Add(1)%200)*100*time.Microsecond, func() {
-						defer late.Done()
+					late.AfterFunc(timeout-10*time.Millisecond+time.Duration(k.Add(1)%200)*100*time.Microsecond, func() {
 						upstreamtest.UDPTruncate(q, reply)
 					})
 				}, upstreamtest.TCPAnswerAll)
@@ -545,12 +541,10 @@ func TestDo53SubmitFaults(t *testing.T) {
 			name: "TCP answers around the deadline",
 			start: func(t *testing.T) (string, Options, func(*testing.T)) {
 				var k atomic.Int64
-				var late sync.WaitGroup
+				late := upstreamtest.NewLater()
 				f := upstreamtest.StartDo53Fault(t, nil, func(f *upstreamtest.Do53Fault, conn int, q *dns.Msg) upstreamtest.TCPAction {
 					nc := f.Conn(conn)
-					late.Add(1)
-					time.AfterFunc(timeout-30*time.Millisecond+time.Duration(k.Add(1)%61)*time.Millisecond, func() {
-						defer late.Done()
+					late.AfterFunc(timeout-30*time.Millisecond+time.Duration(k.Add(1)%61)*time.Millisecond, func() {
 						upstreamtest.WriteFrame(nc, upstreamtest.MustPack(upstreamtest.AnswerFor(q)))
 					})
 					return upstreamtest.TCPIgnore
@@ -779,12 +773,10 @@ func TestDo53SubmitCloseInFlight(t *testing.T) {
 			name: "answers arriving",
 			start: func(t *testing.T) (string, func() bool) {
 				var k, answers atomic.Int32
-				var late sync.WaitGroup
+				late := upstreamtest.NewLater()
 				t.Cleanup(late.Wait)
 				f := upstreamtest.StartDo53Fault(t, func(q *dns.Msg, reply func([]byte)) {
-					late.Add(1)
-					time.AfterFunc(time.Duration(k.Add(1)%40)*time.Millisecond, func() {
-						defer late.Done()
+					late.AfterFunc(time.Duration(k.Add(1)%40)*time.Millisecond, func() {
 						upstreamtest.UDPAnswer(q, reply)
 						answers.Add(1)
 					})

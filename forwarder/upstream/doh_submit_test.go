@@ -619,13 +619,11 @@ func TestDoHSubmitFaults(t *testing.T) {
 			// The reader and the timer race for every query.
 			name: "answers around the deadline",
 			start: func(t *testing.T) (string, Options, func(*testing.T)) {
-				var late sync.WaitGroup
+				late := upstreamtest.NewLater()
 				var n atomic.Int64
 				f := upstreamtest.StartFakeH2(t, nil, func(fc *upstreamtest.FakeConn, conn int, id uint32, q *dns.Msg) {
-					late.Add(1)
 					delay := timeout - 30*time.Millisecond + time.Duration(n.Add(1)%61)*time.Millisecond
-					time.AfterFunc(delay, func() {
-						defer late.Done()
+					late.AfterFunc(delay, func() {
 						fc.Respond(id, q)
 					})
 				})
@@ -907,12 +905,10 @@ func TestDoHSubmitCloseInFlight(t *testing.T) {
 		{
 			name: "answers arriving",
 			start: func(t *testing.T) (string, Options, func() bool) {
-				var late sync.WaitGroup
+				late := upstreamtest.NewLater()
 				var answers, reqs atomic.Int32
 				f := upstreamtest.StartFakeH2(t, nil, func(fc *upstreamtest.FakeConn, conn int, id uint32, q *dns.Msg) {
-					late.Add(1)
-					time.AfterFunc(time.Duration(reqs.Add(1)%40)*time.Millisecond, func() {
-						defer late.Done()
+					late.AfterFunc(time.Duration(reqs.Add(1)%40)*time.Millisecond, func() {
 						fc.Respond(id, q)
 						answers.Add(1)
 					})

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -318,4 +319,39 @@ func ClosedUDPPort(t testing.TB) string {
 	addr := pc.LocalAddr().String()
 	pc.Close()
 	return addr
+}
+
+// Later runs a fault server's delayed replies and lets a test's cleanup
+// wait for them. A reply asked for once Wait has begun is dropped: the
+// test is over, and a WaitGroup must not grow while it is waited on.
+type Later struct {
+	mu   sync.Mutex
+	wg   sync.WaitGroup
+	done bool
+}
+
+// NewLater returns a Later; register its Wait with t.Cleanup where the
+// replies must have finished (before the server's own cleanup, as a rule).
+func NewLater() *Later { return &Later{} }
+
+// AfterFunc runs f after d, unless Wait has begun.
+func (l *Later) AfterFunc(d time.Duration, f func()) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.done {
+		return
+	}
+	l.wg.Add(1)
+	time.AfterFunc(d, func() {
+		defer l.wg.Done()
+		f()
+	})
+}
+
+// Wait stops new replies and waits for those under way.
+func (l *Later) Wait() {
+	l.mu.Lock()
+	l.done = true
+	l.mu.Unlock()
+	l.wg.Wait()
 }
