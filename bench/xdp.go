@@ -17,18 +17,25 @@ import (
 	"xdoh/datapath/xsk"
 )
 
-// Do53 over UDP through AF_XDP (--xdp IFACE), as kxdpgun sends: one
-// AF_XDP socket per receive queue of the interface, each with a sender
-// goroutine (TX and completion rings, and the frames it sends from) and a
-// receiver goroutine (RX and fill rings). The sender writes each query
-// straight into a UMEM frame behind Ethernet/IP/UDP headers laid out once
-// (xsk.Datagram), with a source port from its socket's range, and kicks
-// the kernel once per batch (copy mode sends in that system call). The
-// bpf/ program xdp_bench steers the target's replies to those ports into
-// the socket of the queue they arrive on, which need not be the one that
-// sent the query: the destination port names the sending socket and the
-// ID its slot, as over sockets (udp.go), whose slot table and matching
-// this shares. Nothing is allocated per query.
+// Do53 over UDP through AF_XDP (--xdp IFACE), as kxdpgun sends: an
+// AF_XDP socket on every receive queue of the interface, the first -c of
+// which send (one by default: on a veth the queue sent on is the peer's
+// receive queue, and a target may serve only some of them). Each sending
+// socket has one goroutine, locked to its thread as kxdpgun's threads
+// are, that owns its rings and frames and those of the receive-only
+// sockets it is given: it sends a batch when one can go, takes back the
+// sent frames, drains the RX rings without blocking, and sleeps in
+// poll(2) only when it could neither send nor receive, until a reply
+// arrives, the open loop's next query is due or the timeout scan is.
+// There is no second goroutine per socket to wake. Each query is written
+// straight into a UMEM frame behind Ethernet/IP/UDP headers laid out
+// once (xsk.Datagram), with a source port from its socket's range, and
+// the kernel is kicked once per batch (copy mode sends in that system
+// call). The bpf/ program xdp_bench steers the target's replies to those
+// ports into the socket of the queue they arrive on, which need not be
+// the one that sent the query: the destination port names the sending
+// socket and the ID its slot, as over sockets (udp.go), whose slot table
+// and matching this shares. Nothing is allocated per query.
 
 const (
 	xdpPortBase  = 42000 // the first source port; each socket has xdpPorts from here on
@@ -172,6 +179,19 @@ type xdpLoop struct {
 }
 
 func (t *xdpTransport) run(ctx context.Context, p *phase) error {
+	loops := t.loops(p)
+	p.begin()
+	var wg sync.WaitGroup
+	for _, l := range loops {
+		wg.Go(l.run)
+	}
+	wg.Wait()
+	return nil
+}
+
+// loops sets up a phase: a loop for each sending socket, the
+// receive-only sockets shared out among them.
+func (t *xdpTransport) loops(p *phase) []*xdpLoop {
 	n := t.senders
 	r := &xdpRun{p: p, workers: make([]*xdpWorker, n)}
 	loops := make([]*xdpLoop, n)
@@ -187,13 +207,7 @@ func (t *xdpTransport) run(ctx context.Context, p *phase) error {
 		l.socks = append(l.socks, s)
 		l.pfds = append(l.pfds, unix.PollFd{Fd: int32(s.sock.FD()), Events: unix.POLLIN})
 	}
-	p.begin()
-	var wg sync.WaitGroup
-	for _, l := range loops {
-		wg.Go(l.run)
-	}
-	wg.Wait()
-	return nil
+	return loops
 }
 
 // run is a loop's goroutine: on its own thread, as kxdpgun's, it sends a
