@@ -75,12 +75,13 @@ func TestXDP(t *testing.T) {
 				t.Errorf("sent %d answered %d, want 20000 each", rep.Sent, rep.Answered)
 			}
 		}},
-		{"ipv4 open loop", "udp://" + p.Server4 + ":53", Config{Rate: 5000, Limit: 2 * time.Second}, func(t *testing.T, rep *Report) {
-			// The schedule's 10000 queries, sent or counted unsent (a
+		{"ipv4 open loop", "udp://" + p.Server4 + ":53", Config{Rate: 2000, Limit: 2 * time.Second}, func(t *testing.T, rep *Report) {
+			// The schedule's 4000 queries, sent or counted unsent (a
 			// late stop on a busy machine may add a few); the rate the
-			// box achieves is the benchmark's business, not this test's.
-			if n := rep.Sent + rep.Unsent; n < 9900 || n > 10500 {
-				t.Errorf("sent %d, unsent %d at 5000 q/s for 2 s", rep.Sent, rep.Unsent)
+			// box achieves is the benchmark's business, not this test's,
+			// so the rate is one a loaded box keeps up with under -race.
+			if n := rep.Sent + rep.Unsent; n < 3960 || n > 4200 {
+				t.Errorf("sent %d, unsent %d at 2000 q/s for 2 s", rep.Sent, rep.Unsent)
 			}
 			if rep.Answered < rep.Sent*8/10 {
 				t.Errorf("%d of %d answered", rep.Answered, rep.Sent)
