@@ -17,7 +17,8 @@
 // client.go), so that the rig exercises the code the forwarder runs. With
 // Config.XDP, Do53 over
 // UDP goes through AF_XDP (xdp.go, transport "udp-xdp"), as kxdpgun sends:
-// one socket per receive queue with datapath/xsk's rings, frames built
+// a socket on every receive queue with datapath/xsk's rings, the first
+// Clients of them sending, one thread per sending socket; frames built
 // from headers laid out once, and bpf/'s xdp_bench steering the target's
 // replies back; the slot table and matching are the UDP path's.
 //

@@ -19,8 +19,8 @@ type Config struct {
 	Target string // "IP[:port]", "udp://…", "tcp://…", "tls://…", "https://…", "quic://…"
 	Get    bool   // DoH: GET instead of POST
 	// XDP, for a Do53 UDP target, sends through AF_XDP on this interface
-	// (transport "udp-xdp"): one socket per receive queue, so Clients
-	// does not apply.
+	// (transport "udp-xdp"): a socket on every receive queue receives,
+	// the first Clients of them send.
 	XDP     string
 	Source  Source
 	Clients int // sockets or connections (default 1)

@@ -376,7 +376,7 @@ func echoServer(t testing.TB) netip.AddrPort {
 // udpRound sends a batch and receives its answers through a socket's own
 // loops: one closed-loop round.
 func udpRound(s *udpSocket) {
-	n := s.takeFree(udpBatch)
+	n := s.takeFree(udpBatch, true)
 	s.sendBatch(n)
 	now := s.p.rec.now()
 	for s.inflight.Load() > 0 {

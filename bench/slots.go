@@ -20,7 +20,8 @@ type udpSlot struct {
 // an answer is matched without a map and nothing is allocated per query.
 // The sender takes queries from the phase's source into free slots
 // (takeFree, takeDue); the receiver matches answers (match) and times
-// queries out (scan).
+// queries out (scan). Sender and receiver may be one goroutine (AF_XDP)
+// or two (UDP sockets).
 type slotTable struct {
 	p      *phase
 	slots  []udpSlot
@@ -102,15 +103,27 @@ func (t *slotTable) fillOne(j int, id uint16, at int64) bool {
 	return true
 }
 
-// takeFree (closed loop) waits for at least one free ID and fills up to
-// room batch positions with the next queries; -1: the phase is over.
-func (t *slotTable) takeFree(room int) int {
+// takeFree (closed loop) fills up to room batch positions with the next
+// queries, one per free ID. With wait it waits for the first free ID;
+// without, it returns 0 when none is free. -1: the phase is over.
+func (t *slotTable) takeFree(room int, wait bool) int {
 	p := t.p
-	var id uint16
-	select {
-	case id = <-t.free:
-	case <-p.stop:
+	if !p.more(t.seq) {
 		return -1
+	}
+	var id uint16
+	if wait {
+		select {
+		case id = <-t.free:
+		case <-p.stop:
+			return -1
+		}
+	} else {
+		select {
+		case id = <-t.free:
+		default:
+			return 0
+		}
 	}
 	n := 0
 	now := p.rec.now()
@@ -135,15 +148,17 @@ func (t *slotTable) takeFree(room int) int {
 }
 
 // takeDue (open loop) fills up to room positions with the queries whose
-// time has come, waiting until the next is due; -1: the phase is over.
-func (t *slotTable) takeDue(room int) int {
+// time has come. With wait it waits until the next one is due; without,
+// it returns 0 when none is (nextDue says when one will be). -1: the
+// phase is over.
+func (t *slotTable) takeDue(room int, wait bool) int {
 	p := t.p
-	n := 0
-	for n == 0 {
+	for {
 		if !p.more(t.seq) {
 			return -1
 		}
 		now := p.rec.now()
+		n := 0
 		for n < room && p.more(t.seq) {
 			at := p.sched(t.seq)
 			if at > now {
@@ -160,30 +175,41 @@ func (t *slotTable) takeDue(room int) int {
 				continue
 			}
 			if !t.fillOne(n, id, at) {
-				return -1
+				return orEnd(n)
 			}
 			n++
 		}
 		if n > 0 {
 			return n
 		}
+		if !wait {
+			return 0
+		}
 		if !p.more(t.seq) {
 			return -1
 		}
-		wait := time.Duration(p.sched(t.seq) - now)
+		d := time.Duration(p.sched(t.seq) - now)
 		t.st.flush()
 		select {
 		case <-p.stop:
 			return -1
 		default:
 		}
-		if wait > 50*time.Microsecond {
-			time.Sleep(min(wait, 10*time.Millisecond))
+		if d > 50*time.Microsecond {
+			time.Sleep(min(d, 10*time.Millisecond))
 		} else {
 			runtime.Gosched()
 		}
 	}
-	return n
+}
+
+// nextDue is when (ns from the phase's start) the open loop's next query
+// is due; false if there is none.
+func (t *slotTable) nextDue() (int64, bool) {
+	if !t.p.more(t.seq) {
+		return 0, false
+	}
+	return t.p.sched(t.seq), true
 }
 
 // orEnd is n, or -1 (the phase is over) when nothing was taken.

@@ -186,9 +186,9 @@ func (s *udpSocket) send() {
 	for {
 		var n int
 		if p.open() {
-			n = s.takeDue(udpBatch)
+			n = s.takeDue(udpBatch, true)
 		} else {
-			n = s.takeFree(udpBatch)
+			n = s.takeFree(udpBatch, true)
 		}
 		if n < 0 {
 			return

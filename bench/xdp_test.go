@@ -5,6 +5,7 @@ package bench
 import (
 	"context"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -49,9 +50,10 @@ func serveDNSIn(t *testing.T, ns, addr string) {
 
 // TestXDP runs --xdp from the client namespace of a veth pair against a
 // DNS server in the other, over IPv4 and IPv6, in a closed loop with a
-// count and an open loop at a rate: every answer comes back through the
-// AF_XDP sockets (the kernel's socket layer never sees one: the program
-// steers them all), NOERROR, and the counts add up.
+// count and an open loop at a rate, sending from one queue or both:
+// every answer comes back through the AF_XDP sockets (the kernel's
+// socket layer never sees one: the program steers them all, whichever
+// queue they arrive on), NOERROR, and the counts add up.
 func TestXDP(t *testing.T) {
 	p := xsktest.NewPair(t, 2)
 	serveDNSIn(t, p.ServerNS, p.Server4)
@@ -63,7 +65,7 @@ func TestXDP(t *testing.T) {
 		cfg    Config
 		check  func(t *testing.T, rep *Report)
 	}{
-		{"ipv4 closed loop", p.Server4, Config{Outstanding: 64, Count: 20000}, func(t *testing.T, rep *Report) {
+		{"ipv4 closed loop, both queues send", p.Server4, Config{Outstanding: 64, Count: 20000, Clients: 2}, func(t *testing.T, rep *Report) {
 			if rep.Sent != 20000 || rep.Answered != 20000 {
 				t.Errorf("sent %d answered %d, want 20000 each", rep.Sent, rep.Answered)
 			}
@@ -73,12 +75,13 @@ func TestXDP(t *testing.T) {
 				t.Errorf("sent %d answered %d, want 20000 each", rep.Sent, rep.Answered)
 			}
 		}},
-		{"ipv4 open loop", "udp://" + p.Server4 + ":53", Config{Rate: 5000, Limit: 2 * time.Second}, func(t *testing.T, rep *Report) {
-			// The schedule's 10000 queries, sent or counted unsent (a
+		{"ipv4 open loop", "udp://" + p.Server4 + ":53", Config{Rate: 2000, Limit: 2 * time.Second}, func(t *testing.T, rep *Report) {
+			// The schedule's 4000 queries, sent or counted unsent (a
 			// late stop on a busy machine may add a few); the rate the
-			// box achieves is the benchmark's business, not this test's.
-			if n := rep.Sent + rep.Unsent; n < 9900 || n > 10500 {
-				t.Errorf("sent %d, unsent %d at 5000 q/s for 2 s", rep.Sent, rep.Unsent)
+			// box achieves is the benchmark's business, not this test's,
+			// so the rate is one a loaded box keeps up with under -race.
+			if n := rep.Sent + rep.Unsent; n < 3960 || n > 4200 {
+				t.Errorf("sent %d, unsent %d at 2000 q/s for 2 s", rep.Sent, rep.Unsent)
 			}
 			if rep.Answered < rep.Sent*8/10 {
 				t.Errorf("%d of %d answered", rep.Answered, rep.Sent)
@@ -96,11 +99,84 @@ func TestXDP(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%v (report %+v)", err, rep)
 			}
-			if rep.Transport != "udp-xdp" || rep.Settings.Clients != 2 {
-				t.Errorf("transport %q with %d sockets, want udp-xdp with 2 (one per queue)", rep.Transport, rep.Settings.Clients)
+			if want := max(c.cfg.Clients, 1); rep.Transport != "udp-xdp" || rep.Settings.Clients != want {
+				t.Errorf("transport %q with %d sending sockets, want udp-xdp with %d", rep.Transport, rep.Settings.Clients, want)
 			}
 			checkSane(t, rep)
 			c.check(t, rep)
 		})
+	}
+}
+
+// echoDNSIn answers every query on addr:53 inside namespace ns with the
+// query itself, flagged as a response: a server that allocates nothing,
+// so that an allocation count sees only the rig's.
+func echoDNSIn(t *testing.T, ns, addr string) {
+	t.Helper()
+	var c *net.UDPConn
+	err := xsktest.In(ns, func() (err error) {
+		c, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr(addr), 53)))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			buf[2] |= 0x80
+			_, _ = c.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+}
+
+// TestXDPNoAllocs: a closed-loop round of the AF_XDP loop (a batch out,
+// its answers in) allocates nothing.
+func TestXDPNoAllocs(t *testing.T) {
+	p := xsktest.NewPair(t, 2)
+	echoDNSIn(t, p.ServerNS, p.Server4)
+	q := listSourceOf(t, fooFile(t))
+	cfg := Config{Target: p.Server4, XDP: p.ClientIf, Source: q, Timeout: 2 * time.Second, Clients: 1}
+	var tr *xdpTransport
+	err := xsktest.In(p.ClientNS, func() (err error) {
+		tr, err = newXDP(&cfg)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	ph := &phase{cfg: &cfg, src: q, outstanding: udpBatch, stop: make(chan struct{}), rec: newRecorder(time.Now())}
+	l := tr.loops(ph)[0]
+	w := l.workers[0]
+	timeout := int64(cfg.Timeout)
+	round := func() {
+		if !w.sendBatch() {
+			t.Fatal("no batch sent with every ID free")
+		}
+		for w.inflight.Load() > 0 {
+			moved := false
+			for _, s := range l.socks {
+				moved = l.receive(s) || moved
+			}
+			now := ph.rec.now()
+			w.scan(now, timeout) // a lost reply ends the round, as a timeout
+			w.rt.flush()
+			if !moved {
+				l.park(now, now)
+			}
+		}
+	}
+	round() // the first second's timeline entry
+	if a := testing.AllocsPerRun(100, round); a != 0 {
+		t.Errorf("%v allocations per round of %d queries", a, udpBatch)
+	}
+	if c := ph.rec.c; c.answered < 100*udpBatch || c.malformed != 0 {
+		t.Errorf("answered %d, malformed %d, timeouts %d", c.answered, c.malformed, c.timeouts)
 	}
 }

@@ -45,7 +45,7 @@ transport:
   --ca-file FILE       trust this CA (DoT, DoH, DoQ)
   --tls-server-name N  verify this name instead of the target's host
   --allow-remote       allow a target that is not loopback
-  --xdp IFACE          send UDP through AF_XDP on IFACE (root; one socket per queue, -c does not apply)
+  --xdp IFACE          send UDP through AF_XDP on IFACE (root): -c queues send, every queue receives
 output:
   --json FILE          write the report as JSON
   --plot FILE          draw QPS, the latency spectrum and loss (.svg or .png)
