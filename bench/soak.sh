@@ -126,6 +126,13 @@ wait_answer() { # $1=port $2=name $3=expected A (Do53), $4=log
   log "ERROR: no answer '$3' for $2 on :$1"; tail -20 "$4" >&2; exit 1
 }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+ticks() { # utime+stime of process $1 (all its threads), in clock ticks
+  local s rest; s=$(<"/proc/$1/stat"); rest=${s##*) }
+  # shellcheck disable=SC2086
+  set -- $rest; echo $((${12} + ${13}))
+}
+busy() { local _c u n sy _r; read -r _c u n sy _r </proc/stat; echo $((u + n + sy)); }
+HZ=$(getconf CLK_TCK)
 
 start_bg "$D/named.log" named -g -c "$D/named/named.conf"
 wait_answer "$BIND_DO53" foo.example.com 172.16.0.10 "$D/named.log"
@@ -177,7 +184,7 @@ echo "max QPS (probe): $(printf '%.0f' "$MAX"); soak rate ${LOAD}%: $RATE QPS" |
 
 # ------------------------------------------------------------ the soak
 echo "t_s,rss_kib" >"$RES/rss.csv"
-HUPS=0 RSS_WARM="" T0=$(date +%s)
+HUPS=0 RSS_WARM="" T0=$(date +%s) X0=$(ticks "$XPID") B0=$(busy)
 run_mix soak "$DURATION" "$RATE"
 next_hup=$HUP_EVERY
 while :; do
@@ -196,7 +203,7 @@ while :; do
   sleep "$SAMPLE_EVERY"
 done
 for p in "${BENCH_PIDS[@]}"; do wait "$p" || true; done
-RSS_END=$(rss_kib "$XPID")
+RSS_END=$(rss_kib "$XPID") X1=$(ticks "$XPID") B1=$(busy) T1=$(date +%s)
 : "${RSS_WARM:=$RSS_END}"
 
 SENT=$(sum_json soak '.sent') ANS=$(sum_json soak '.answered') ERR=$(sum_json soak '.errors')
@@ -211,6 +218,10 @@ GROWTH=$(awk -v a="$RSS_WARM" -v b="$RSS_END" 'BEGIN{printf "%.1f", (b-a)*100/a}
       awk -F'\t' '{printf "%-7s %9s %9s %9s %7s %8s %8s %8s %8s\n", $1,$2,$3,$4,$5,$6,$7,$8,$9}'
   done
   echo "total: sent $SENT, answered $ANS, errors $ERR, timeouts $TMO, unsent $UNSENT over ${DURATION}s at $RATE QPS, $HUPS SIGHUPs"
+  echo "lost (no answer within 2 s): $((SENT - ANS)); errors are mostly late answers (after the 2 s timeout)"
+  awk -v x=$((X1 - X0)) -v b=$((B1 - B0)) -v hz="$HZ" -v s=$((T1 - T0)) -v n="$(nproc)" 'BEGIN{
+    printf "CPU over the soak: xdoh %.0f%% of one core; the whole machine %.0f%% of %d cores (xdoh, BIND, the 4 bench runs and anything else)\n",
+      x*100/hz/s, b*100/hz/s/n, n}'
   echo "RSS after warm-up (${WARMUP}s): $((RSS_WARM / 1024)) MiB, at end: $((RSS_END / 1024)) MiB, growth ${GROWTH}% (limit 10%)"
 } | tee -a "$RES/summary.txt"
 verdict=PASS
