@@ -22,9 +22,10 @@
 #
 # Knobs (env): DURATION (600), WARMUP (min(60, DURATION/4)), PROBE (5),
 #   LOAD (80, percent of the probed maximum), HUP_EVERY (60; 0: no reloads), SAMPLE_EVERY (5),
-#   XDOH_BIN (bin/xdoh), XDOH_PORT (5340), BIND_DOH (8493), BIND_DO53 (5341),
+#   XDOH_BIN (bin/xdoh), XDOH_PORT (5340), BIND_DOH (8493), BIND_DO53 (5341), METRICS_PORT (9340),
 #   WORK (/tmp/bench-peers-work), SHARED (../shared).
-# Output: $WORK/results-soak/<stamp>/ summary.txt, rss.csv, bench-*.json, logs.
+# Output: $WORK/results-soak/<stamp>/ summary.txt, rss.csv, bench-*.json, metrics.txt (xdoh's
+# /metrics at the end; its failure counters are in summary.txt), logs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED:-$root/../shared}
@@ -36,7 +37,7 @@ PROBE=${PROBE:-5}
 LOAD=${LOAD:-80}
 HUP_EVERY=${HUP_EVERY:-60}
 SAMPLE_EVERY=${SAMPLE_EVERY:-5}
-XDOH_PORT=${XDOH_PORT:-5340} BIND_DOH=${BIND_DOH:-8493} BIND_DO53=${BIND_DO53:-5341}
+XDOH_PORT=${XDOH_PORT:-5340} BIND_DOH=${BIND_DOH:-8493} BIND_DO53=${BIND_DO53:-5341} METRICS_PORT=${METRICS_PORT:-9340}
 PKI=$WORK/pki CA=$WORK/pki/ca.pem
 log() { echo "[soak] $*" >&2; }
 
@@ -68,7 +69,7 @@ trap 'exit 130' INT TERM
 start_bg /dev/null bash -c "sleep $((DURATION + PROBE + 120)); echo '[soak] watchdog: time is up' >&2; kill -TERM $$"
 
 port_busy() { ss -Hlnu "sport = :$1" | grep -q . || ss -Hlnt "sport = :$1" | grep -q .; }
-for p in $XDOH_PORT $BIND_DOH $BIND_DO53; do
+for p in $XDOH_PORT $BIND_DOH $BIND_DO53 $METRICS_PORT; do
   port_busy "$p" && { log "port $p is in use - set XDOH_PORT/BIND_DOH/BIND_DO53"; exit 1; }
 done
 
@@ -95,6 +96,7 @@ rules:
   - {name: onprem, domain: example.com, type: forward, targets: ["https://127.0.0.1:$BIND_DOH/dns-query"], ca_file: $CA}
   - {name: bench, domain: bench.example, type: forward, targets: ["https://127.0.0.1:$BIND_DOH/dns-query"], ca_file: $CA}
 cache: {entries: 50000, max_bytes: 33554432}
+metrics: {address: "127.0.0.1:$METRICS_PORT"}
 EOF
 
 cat >"$D/named/named.conf" <<EOF
@@ -222,6 +224,10 @@ GROWTH=$(awk -v a="$RSS_WARM" -v b="$RSS_END" 'BEGIN{printf "%.1f", (b-a)*100/a}
   awk -v x=$((X1 - X0)) -v b=$((B1 - B0)) -v hz="$HZ" -v s=$((T1 - T0)) -v n="$(nproc)" 'BEGIN{
     printf "CPU over the soak: xdoh %.0f%% of one core; the whole machine %.0f%% of %d cores (xdoh, BIND, the 4 bench runs and anything else)\n",
       x*100/hz/s, b*100/hz/s/n, n}'
+  curl -s --max-time 5 "http://127.0.0.1:$METRICS_PORT/metrics" >"$RES/metrics.txt" || true
+  echo "xdoh counters (failures):"
+  grep -E '^xdoh_' "$RES/metrics.txt" | grep -iE 'servfail|overload|upstream_errors|dropped|stale|timeout' |
+    awk '$NF != 0 {print "  " $0}' || true
   echo "RSS after warm-up (${WARMUP}s): $((RSS_WARM / 1024)) MiB, at end: $((RSS_END / 1024)) MiB, growth ${GROWTH}% (limit 10%)"
 } | tee -a "$RES/summary.txt"
 verdict=PASS
