@@ -4,7 +4,7 @@ BIN     := bin/xdoh
 PKGS    := ./...
 SHARED  ?= ../shared
 
-.PHONY: run test build bench bench-latency peer-bench doh-bench dot-bench xdp-bench vet fuzz generate clean
+.PHONY: run test build bench bench-latency peer-bench doh-bench dot-bench xdp-bench faults soak vet fuzz generate clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/xdoh
@@ -50,6 +50,18 @@ dot-bench: build
 # XDP mode) with ../shared/bench-xdp (root; network namespaces it makes).
 xdp-bench: build
 	SHARED=$(SHARED) bash bench/xdp.sh
+
+# Every upstream fault (DoH and Do53) under load against the xdoh binary,
+# alone and paired with BIND 9.18: sent/answered/SERVFAIL/lost per fault, and
+# goroutines/fds/RSS back to baseline. SECONDS_PER_CASE, QPS, ONLY.
+faults:
+	bash bench/faults.sh
+
+# A bounded soak (DURATION seconds, default 600) at ~80% of the measured max
+# QPS over a mix of cache hits, forwarded misses, local answers and NXDOMAIN,
+# with a SIGHUP reload every minute; RSS growth after warm-up must stay < 10%.
+soak: build
+	SHARED=$(SHARED) bash bench/soak.sh
 
 # Every fuzz target in turn, FUZZTIME each (new crashers land in testdata/fuzz).
 FUZZTIME ?= 30s

@@ -51,8 +51,15 @@ type FakeConn struct {
 // certificate; it stops at the end of the test.
 func StartFakeH2(t testing.TB, settings []http2.Setting, onRequest func(fc *FakeConn, conn int, id uint32, q *dns.Msg)) *FakeH2 {
 	t.Helper()
+	return StartFakeH2Cert(t, PKI(t).Cert, settings, onRequest)
+}
+
+// StartFakeH2Cert is StartFakeH2 presenting cert instead of the PKI's
+// (a certificate for another name, or from another CA).
+func StartFakeH2Cert(t testing.TB, cert tls.Certificate, settings []http2.Setting, onRequest func(fc *FakeConn, conn int, id uint32, q *dns.Msg)) *FakeH2 {
+	t.Helper()
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{
-		Certificates: []tls.Certificate{PKI(t).Cert},
+		Certificates: []tls.Certificate{cert},
 		NextProtos:   []string{"h2"},
 	})
 	if err != nil {
