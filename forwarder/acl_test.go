@@ -2,10 +2,14 @@ package forwarder
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net/netip"
 	"testing"
 
 	"github.com/miekg/dns"
+
+	"xdoh/forwarder/upstream"
 )
 
 func TestSourceACL(t *testing.T) {
@@ -71,7 +75,10 @@ func TestSourceACL(t *testing.T) {
 
 func TestUpstreamStats(t *testing.T) {
 	bad, good := failing("bad"), answerA("good", "192.0.2.2")
-	f, err := New(Config{Default: []Target{{Up: bad}, {Up: good}}})
+	busy := &fakeUp{name: "busy", fn: func(context.Context, *dns.Msg) (*dns.Msg, error) {
+		return nil, fmt.Errorf("%w: 256 queries already wait", upstream.ErrBusy)
+	}}
+	f, err := New(Config{Default: []Target{{Up: busy}, {Up: bad}, {Up: good}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,8 +89,11 @@ func TestUpstreamStats(t *testing.T) {
 	for _, u := range f.Counters().Upstreams() {
 		got[u.Target] = u
 	}
-	if b := got["bad"]; b.Attempts != 3 || b.Errors != 3 || b.Up {
+	if b := got["bad"]; b.Attempts != 3 || b.Errors != 3 || b.Up || b.Failures[upstream.Reason(errors.New("x"))] != 3 {
 		t.Fatalf("bad target: %+v", b)
+	}
+	if b := got["busy"]; b.Errors != 3 || upstream.Reasons[1] != upstream.ReasonBusy || b.Failures[1] != 3 || b.Failures[0] != 0 {
+		t.Fatalf("busy target: %+v, want 3 failures as %s", b, upstream.ReasonBusy)
 	}
 	if g := got["good"]; g.Attempts != 3 || g.Errors != 0 || !g.Up || g.Latency.Buckets[len(g.Latency.Buckets)-1] != 3 {
 		t.Fatalf("good target: %+v", g)

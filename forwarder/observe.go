@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"xdoh/forwarder/querylog"
+	"xdoh/forwarder/upstream"
 )
 
 // QueryLogger receives one entry per answered query (forwarder/querylog).
@@ -99,7 +100,8 @@ func NewCounters(listeners ...string) *Counters {
 // TargetStats counts one upstream target's exchanges.
 type TargetStats struct {
 	attempts, errors atomic.Uint64
-	up               atomic.Bool // the last exchange gave a usable answer
+	reasons          [len(upstream.Reasons)]atomic.Uint64 // errors by upstream.Reason
+	up               atomic.Bool                          // the last exchange gave a usable answer
 	latency          histogram
 }
 
@@ -120,10 +122,12 @@ func (c *Counters) target(name string) *TargetStats {
 	return ts
 }
 
-func (ts *TargetStats) record(ok bool, lat time.Duration) {
+func (ts *TargetStats) record(err error, lat time.Duration) {
+	ok := err == nil
 	ts.attempts.Add(1)
 	if !ok {
 		ts.errors.Add(1)
+		ts.reasons[upstream.Reason(err)].Add(1)
 	}
 	ts.up.Store(ok)
 	ts.latency.observe(lat)
@@ -133,8 +137,10 @@ func (ts *TargetStats) record(ok bool, lat time.Duration) {
 type Upstream struct {
 	Target           string
 	Attempts, Errors uint64
-	Up               bool
-	Latency          Latency
+	// Failures are Errors by kind, indexed like upstream.Reasons.
+	Failures [len(upstream.Reasons)]uint64
+	Up       bool
+	Latency  Latency
 }
 
 // Upstreams returns every target's stats.
@@ -143,7 +149,11 @@ func (c *Counters) Upstreams() []Upstream {
 	defer c.upMu.Unlock()
 	var out []Upstream
 	for name, ts := range c.upstreams {
-		out = append(out, Upstream{Target: name, Attempts: ts.attempts.Load(), Errors: ts.errors.Load(), Up: ts.up.Load(), Latency: ts.latency.snapshot()})
+		u := Upstream{Target: name, Attempts: ts.attempts.Load(), Errors: ts.errors.Load(), Up: ts.up.Load(), Latency: ts.latency.snapshot()}
+		for i := range ts.reasons {
+			u.Failures[i] = ts.reasons[i].Load()
+		}
+		out = append(out, u)
 	}
 	return out
 }

@@ -330,7 +330,7 @@ type counting struct {
 func (c *counting) Submit(q []byte, timeout time.Duration, done func([]byte, error)) group.Canceler {
 	start := time.Now()
 	return c.Exchanger.Submit(q, timeout, func(resp []byte, err error) {
-		c.stats.record(err == nil, time.Since(start))
+		c.stats.record(err, time.Since(start))
 		done(resp, err)
 	})
 }

@@ -16,6 +16,7 @@ import (
 	"xdoh/datapath/xsk"
 	"xdoh/forwarder"
 	"xdoh/forwarder/cache"
+	"xdoh/forwarder/upstream"
 )
 
 // collector exports the counters of every part of the app. Everything is
@@ -84,10 +85,12 @@ func (a *app) collector() *metrics.Collector {
 				ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(u.Attempts), u.Target)
 			}
 		})
-	c.Dynamic("xdoh_upstream_errors_total", "Failed exchanges (error, timeout, unusable answer) by upstream target.", []string{"target"},
+	c.Dynamic("xdoh_upstream_errors_total", "Failed exchanges by upstream target and reason: timeout, busy (no room to queue the query), connection_closed, refused_stream, stream_reset, bad_response, bad_query, closed, other.", []string{"target", "reason"},
 		func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
 			for _, u := range a.counters.Upstreams() {
-				ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(u.Errors), u.Target)
+				for i, n := range u.Failures {
+					ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(n), u.Target, upstream.Reasons[i])
+				}
 			}
 		})
 	c.Dynamic("xdoh_upstream_up", "1 while the target is healthy (passive failures and active probes, with hysteresis), by rule group.", []string{"target"},

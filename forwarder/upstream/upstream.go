@@ -362,6 +362,47 @@ var (
 	ErrBusy = errors.New("too many queries in flight to upstream")
 )
 
+// Failure reasons, Reason's answers, for counting failures by kind.
+const (
+	ReasonTimeout     = "timeout"
+	ReasonBusy        = "busy"
+	ReasonConnClosed  = "connection_closed"
+	ReasonRefused     = "refused_stream"
+	ReasonReset       = "stream_reset"
+	ReasonBadResponse = "bad_response"
+	ReasonBadQuery    = "bad_query"
+	ReasonClosed      = "closed"
+	ReasonOther       = "other"
+)
+
+// Reasons lists every reason Reason gives, in a fixed order.
+var Reasons = [...]string{ReasonTimeout, ReasonBusy, ReasonConnClosed, ReasonRefused, ReasonReset, ReasonBadResponse, ReasonBadQuery, ReasonClosed, ReasonOther}
+
+// Reason names the kind of a failed exchange's error, by index into
+// Reasons: ReasonOther for an error none of the above wraps (a dial or TLS
+// error that ended before any query went out, for one).
+func Reason(err error) int {
+	switch {
+	case errors.Is(err, ErrTimeout):
+		return 0
+	case errors.Is(err, ErrBusy):
+		return 1
+	case errors.Is(err, ErrConnClosed):
+		return 2
+	case errors.Is(err, ErrRefused):
+		return 3
+	case errors.Is(err, ErrStreamReset):
+		return 4
+	case errors.Is(err, ErrBadResponse):
+		return 5
+	case errors.Is(err, ErrBadQuery):
+		return 6
+	case errors.Is(err, ErrClosed):
+		return 7
+	}
+	return 8
+}
+
 // Retryable reports whether err means the upstream did not process the query
 // and it is safe and useful to send it again on a fresh connection.
 func Retryable(err error) bool {
