@@ -309,20 +309,14 @@ func (s *Server) accept(ln net.Listener) {
 // the server is shut down (nc is closed).
 func (s *Server) serveConn(nc net.Conn) bool {
 	c := newConn(s, nc)
-	switch err := s.conns.Add(c, c.client.Addr()); {
+	switch err := s.conns.Admit(c, c.client.Addr(), nc); {
 	case errors.Is(err, connset.ErrClosed):
-		nc.Close()
 		return false
+	case errors.Is(err, connset.ErrPerClient):
+		s.stats.refusedPerClient.Add(1)
+		return true
 	case err != nil:
-		if errors.Is(err, connset.ErrPerClient) {
-			s.stats.refusedPerClient.Add(1)
-		} else {
-			s.stats.refused.Add(1)
-		}
-		if tc, ok := nc.(*net.TCPConn); ok {
-			tc.SetLinger(0) // a reset: the client learns at once, and no TIME_WAIT is kept for it
-		}
-		nc.Close()
+		s.stats.refused.Add(1)
 		return true
 	}
 	s.stats.conns.Add(1)

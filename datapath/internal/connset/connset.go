@@ -13,6 +13,7 @@ package connset
 import (
 	"context"
 	"errors"
+	"net"
 	"net/netip"
 	"sync"
 )
@@ -68,6 +69,21 @@ func (s *Set[C]) Add(c C, client netip.Addr) error {
 		s.clients[client]++
 	}
 	return nil
+}
+
+// Admit is Add for a stream listener's accepted connection nc: when c is
+// refused, nc is closed, and reset (SO_LINGER 0) if a limit refused it,
+// so the client learns at once and no TIME_WAIT is kept for it. It
+// returns Add's error.
+func (s *Set[C]) Admit(c C, client netip.Addr, nc net.Conn) error {
+	err := s.Add(c, client)
+	if err != nil {
+		if tc, ok := nc.(*net.TCPConn); ok && !errors.Is(err, ErrClosed) {
+			tc.SetLinger(0)
+		}
+		nc.Close()
+	}
+	return err
 }
 
 // Forget removes c and reports whether it was in the set; forgetting a
