@@ -56,6 +56,9 @@ type app struct {
 	// retiring are pipelines a reload replaced, closed after their grace
 	// (retire); a shutdown drains them too.
 	retiring sync.Map // *pipeline → struct{}
+	// ups are the upstream clients of the running and retiring
+	// pipelines: a reload keeps those whose settings stay.
+	ups upstreams
 }
 
 // listener is the datapaths of one configured listener.
@@ -94,7 +97,7 @@ func (a *app) start(cfg *config.Config) error {
 	if err != nil {
 		return usagef("%v", err)
 	}
-	p, err := buildPipeline(cfg, zs, a.counters, a.queryLogger(cfg), a.invalidateKernel, nil, nil)
+	p, err := buildPipeline(cfg, zs, a.counters, a.queryLogger(cfg), a.invalidateKernel, nil, nil, &a.ups)
 	if err != nil {
 		return err
 	}

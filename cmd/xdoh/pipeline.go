@@ -28,7 +28,14 @@ type pipeline struct {
 	// keeps the cache moves it to gen when the pipeline takes over.
 	gen    uint64
 	routes *routes // what answers each name, for the next reload's comparison
+	// ups are the upstream clients this pipeline uses, upKeys their keys
+	// in reg, which shares them with the other pipelines.
 	ups    []upstream.Upstream
+	upKeys []upKey
+	reg    *upstreams
+	// kept and dialled count the clients taken over from a running
+	// pipeline and those made for this one.
+	kept, dialled int
 	// rrl and the section it was built from: the next generation keeps
 	// the limiter, and its buckets, while the section stays the same.
 	rrl    *forwarder.RRL
@@ -39,9 +46,10 @@ func (p *pipeline) close() {
 	if p.fwd != nil {
 		p.fwd.Close()
 	}
-	for _, u := range p.ups {
-		_ = u.Close()
+	for _, k := range p.upKeys {
+		p.reg.release(k) // closed once no pipeline uses it
 	}
+	p.ups, p.upKeys = nil, nil
 }
 
 func loadZones(cfg *config.Config) ([]*zone.Zone, error) {
@@ -102,9 +110,13 @@ func rrl(c config.RRL, prev *pipeline) (*forwarder.RRL, error) {
 // into a forwarder (nothing listens). onChange is the cache's OnChange (nil:
 // none). On reload, prev is the running pipeline (nil at start) and keep,
 // if not nil, its cache to share (keepCache): the new pipeline writes it
-// as the next generation.
-func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Counters, qlog forwarder.QueryLogger, onChange func([]byte), prev *pipeline, keep *cache.Cache) (*pipeline, error) {
-	p := &pipeline{rrlCfg: cfg.RRL}
+// as the next generation. The upstream clients come from reg: those of
+// targets whose settings the running pipeline has too are shared with it
+// (their connections stay), the others are dialled; closing the pipeline
+// gives them back.
+func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Counters, qlog forwarder.QueryLogger, onChange func([]byte), prev *pipeline, keep *cache.Cache, reg *upstreams) (*pipeline, error) {
+	p := &pipeline{rrlCfg: cfg.RRL, reg: reg}
+	uses := map[upKey]int{} // of each client's settings so far
 	var err error
 	if p.routes, err = newRoutes(cfg, zs); err != nil {
 		return nil, err
@@ -116,18 +128,28 @@ func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Coun
 		}
 		var ts []forwarder.Target
 		for j, t := range targets {
-			up, err := upstream.New(t, upstream.Options{
+			k, err := newUpKey(t, upstream.Options{
 				CAFile:     cfg.Path(caFile),
 				ServerName: serverName,
 				Method:     upstreamMethod(method),
 				Timeout:    timeout.D(),
 				Conns:      cfg.Upstream.Conns,
-				Prewarm:    true, // connections ready before the first query
 			})
+			if err != nil {
+				return nil, fmt.Errorf("%s.ca_file: %w", field, err)
+			}
+			k.n = uses[k]
+			uses[k]++
+			up, dialled, err := reg.acquire(t, k)
 			if err != nil {
 				return nil, fmt.Errorf("%s.targets[%d]: %w", field, j, err)
 			}
-			p.ups = append(p.ups, up)
+			p.ups, p.upKeys = append(p.ups, up), append(p.upKeys, k)
+			if dialled {
+				p.dialled++
+			} else {
+				p.kept++
+			}
 			ts = append(ts, forwarder.Target{Up: up, Timeout: timeout.D()})
 		}
 		return ts, nil

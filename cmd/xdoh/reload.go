@@ -80,7 +80,7 @@ func (a *app) reload() error {
 	}
 	cur := a.pipe.Load()
 	keep := keepCache(cur.cache, a.cfg, next)
-	p, err := buildPipeline(next, zs, a.counters, a.queryLogger(next), a.invalidateKernel, cur, keep)
+	p, err := buildPipeline(next, zs, a.counters, a.queryLogger(next), a.invalidateKernel, cur, keep, &a.ups)
 	if err != nil {
 		if newQlog != nil {
 			_ = newQlog.Close()
@@ -141,6 +141,7 @@ func (a *app) reload() error {
 		a.log.Error("reload applied with an error", "err", err)
 	}
 	a.retire(old, grace)
+	a.log.Info("upstreams kept over the reload", "kept", p.kept, "dialled", p.dialled)
 	a.log.Info("reloaded", "listeners", len(next.Listeners), "rules", len(next.Rules), "zones", len(next.Zones))
 	return nil
 }
