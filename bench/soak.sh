@@ -24,7 +24,7 @@
 # after DURATION + 120 s whatever happens.
 #
 # Knobs (env): DURATION (600), WARMUP (min(60, DURATION/4)), PROBE (5), SEARCH (5),
-#   LOAD (80, percent of the probed maximum), HUP_EVERY (60; 0: no reloads), SAMPLE_EVERY (5),
+#   LOAD (80, percent of the probed maximum), UP_CONNS (2, xdoh's default: upstream.conns, DoH connections to BIND), HUP_EVERY (60; 0: no reloads), SAMPLE_EVERY (5),
 #   XDOH_BIN (bin/xdoh), XDOH_PORT (5340), BIND_DOH (8493), BIND_DO53 (5341), METRICS_PORT (9340),
 #   WORK (/tmp/bench-peers-work), SHARED (../shared).
 # Output: $WORK/results-soak/<stamp>/ summary.txt, rss.csv, bench-*.json, metrics.txt (xdoh's
@@ -38,6 +38,7 @@ DURATION=${DURATION:-600}
 WARMUP=${WARMUP:-$((DURATION / 4 < 60 ? DURATION / 4 : 60))}
 PROBE=${PROBE:-5}
 SEARCH=${SEARCH:-5}
+UP_CONNS=${UP_CONNS:-2}
 LOAD=${LOAD:-80}
 HUP_EVERY=${HUP_EVERY:-60}
 SAMPLE_EVERY=${SAMPLE_EVERY:-5}
@@ -100,6 +101,7 @@ rules:
   - {name: onprem, domain: example.com, type: forward, targets: ["https://127.0.0.1:$BIND_DOH/dns-query"], ca_file: $CA}
   - {name: bench, domain: bench.example, type: forward, targets: ["https://127.0.0.1:$BIND_DOH/dns-query"], ca_file: $CA}
 cache: {entries: 50000, max_bytes: 33554432}
+upstream: {conns: $UP_CONNS}
 metrics: {address: "127.0.0.1:$METRICS_PORT"}
 EOF
 
