@@ -981,26 +981,5 @@ func BenchmarkDo53Submit(b *testing.B) {
 	u := newTestDo53(b, srv.Addr, Options{Timeout: 10 * time.Second})
 	warmDo53(b, u)
 	q := makeQuery(b, "bench.example.", 0x1234)
-	const inflight = 64
-	sem := make(chan struct{}, inflight)
-	var failed atomic.Int64
-	var firstErr atomic.Pointer[error]
-	done := func(resp []byte, err error) {
-		if err != nil {
-			failed.Add(1)
-			firstErr.CompareAndSwap(nil, &err)
-		}
-		<-sem
-	}
-	b.ReportAllocs()
-	for b.Loop() {
-		sem <- struct{}{}
-		u.Submit(q, 0, done)
-	}
-	for range inflight {
-		sem <- struct{}{}
-	}
-	if n := failed.Load(); n > 0 {
-		b.Fatalf("%d queries failed, first: %v", n, *firstErr.Load())
-	}
+	submitInFlight(b, u, q)
 }

@@ -190,28 +190,7 @@ func BenchmarkDoHSubmitGet(b *testing.B) {
 	u := newTestDoH(b, f.URL(), Options{Method: MethodGET, Conns: 1, Timeout: 10 * time.Second})
 	warmUp(b, u)
 	q := makeQuery(b, "bench.example.", 0x1234)
-	const inflight = 64
-	sem := make(chan struct{}, inflight)
-	var failed atomic.Int64
-	var firstErr atomic.Pointer[error]
-	done := func(resp []byte, err error) {
-		if err != nil {
-			failed.Add(1)
-			firstErr.CompareAndSwap(nil, &err)
-		}
-		<-sem
-	}
-	b.ReportAllocs()
-	for b.Loop() {
-		sem <- struct{}{}
-		u.Submit(q, 0, done)
-	}
-	for range inflight {
-		sem <- struct{}{}
-	}
-	if n := failed.Load(); n > 0 {
-		b.Fatalf("%d queries failed, first: %v", n, *firstErr.Load())
-	}
+	submitInFlight(b, u, q)
 	if f.Gets.Load() == 0 {
 		b.Fatal("the server saw no GET")
 	}

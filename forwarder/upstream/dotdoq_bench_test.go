@@ -108,8 +108,12 @@ func benchExchange(b *testing.B, target string) {
 }
 
 func benchSubmit(b *testing.B, target string) {
-	u := benchUpstream(b, target)
-	q := makeQuery(b, "bench.example.", 0x1234)
+	submitInFlight(b, benchUpstream(b, target), makeQuery(b, "bench.example.", 0x1234))
+}
+
+// submitInFlight submits q to u once per benchmark iteration, keeping 64
+// queries in flight, and fails if any query failed.
+func submitInFlight(b *testing.B, u Upstream, q []byte) {
 	const inflight = 64
 	sem := make(chan struct{}, inflight)
 	var failed atomic.Int64
