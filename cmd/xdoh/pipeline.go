@@ -134,6 +134,7 @@ func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Coun
 				Method:     upstreamMethod(method),
 				Timeout:    timeout.D(),
 				Conns:      cfg.Upstream.Conns,
+				MaxWait:    cfg.Upstream.MaxInflight, // a waiting query is in flight too
 			})
 			if err != nil {
 				return nil, fmt.Errorf("%s.ca_file: %w", field, err)

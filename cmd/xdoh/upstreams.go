@@ -27,6 +27,7 @@ type upKey struct {
 	method     string
 	timeout    time.Duration
 	conns      int
+	maxWait    int
 	n          int
 }
 
@@ -37,6 +38,7 @@ func (k upKey) options() upstream.Options {
 		Method:     k.method,
 		Timeout:    k.timeout,
 		Conns:      k.conns,
+		MaxWait:    k.maxWait,
 		Prewarm:    true, // connections ready before the first query
 	}
 }
@@ -44,7 +46,7 @@ func (k upKey) options() upstream.Options {
 // newUpKey is the key of a target with opts (as buildPipeline fills
 // them), reading the CA file if there is one.
 func newUpKey(target string, opts upstream.Options) (upKey, error) {
-	k := upKey{target: target, caFile: opts.CAFile, serverName: opts.ServerName, method: opts.Method, timeout: opts.Timeout, conns: opts.Conns}
+	k := upKey{target: target, caFile: opts.CAFile, serverName: opts.ServerName, method: opts.Method, timeout: opts.Timeout, conns: opts.Conns, maxWait: opts.MaxWait}
 	if k.caFile != "" {
 		b, err := os.ReadFile(k.caFile)
 		if err != nil {

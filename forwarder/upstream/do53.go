@@ -148,7 +148,7 @@ func newDo53Over(target string, addr netip.AddrPort, dialAddr string, tcpOnly bo
 	u.tcp = connPool[dnsConn, *dnsConn]{
 		slots: make([]poolSlot[dnsConn], opts.Conns),
 		what:  over + " connection to " + dialAddr, dialed: dialAddr + " over " + over,
-		maxWait: opts.Conns * maxInflightPerConn,
+		maxWait: opts.MaxWait,
 		spawn:   u.spawn, done: u.wg.Done, dial: u.dialTCP, closed: u.isDone.Load,
 	}
 	if opts.Prewarm {

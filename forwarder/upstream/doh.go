@@ -87,7 +87,7 @@ func newDoH(target string, opts Options) (*DoH, error) {
 	d.pool = connPool[h2Conn, *h2Conn]{
 		slots: make([]poolSlot[h2Conn], opts.Conns),
 		what:  "connection to " + dialAddr, dialed: dialAddr,
-		maxWait: opts.Conns * maxStreamsPerConn,
+		maxWait: opts.MaxWait,
 		spawn:   d.spawn, done: d.wg.Done, dial: d.dialOne, closed: d.isDone.Load,
 	}
 	if opts.Prewarm {

@@ -106,7 +106,7 @@ func newDoQ(target, rest string, opts Options) (*DoQ, error) {
 	d.pool = connPool[doqConn, *doqConn]{
 		slots: make([]poolSlot[doqConn], opts.Conns),
 		what:  "QUIC connection to " + dialAddr, dialed: dialAddr + " over QUIC",
-		maxWait: opts.Conns * maxStreamsPerConn,
+		maxWait: opts.MaxWait,
 		spawn:   d.spawn, done: d.wg.Done, dial: d.dial, closed: d.isDone.Load,
 	}
 	if opts.Prewarm {

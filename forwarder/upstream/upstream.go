@@ -295,6 +295,10 @@ type Options struct {
 	ServerName string         // TLS name to verify (DoH, DoT, DoQ); default: host of the target
 	Timeout    time.Duration  // cap per query (default 2s); Submit's timeout may be shorter
 	Conns      int            // connections (Do53: UDP sockets and TCP connections) per target (default 2)
+	// MaxWait (DoH, DoT, DoQ, Do53 over TCP) bounds the queries that wait
+	// for a connection or a free stream when every connection is full or
+	// still dialling (default 4096); beyond it Submit fails with ErrBusy.
+	MaxWait int
 
 	// PingInterval (DoH): idle time after which a connection is checked
 	// with an HTTP/2 PING (default 15s; negative: only after a stream
@@ -327,6 +331,7 @@ const (
 const (
 	DefaultTimeout      = 2 * time.Second
 	DefaultConns        = 2
+	DefaultMaxWait      = 4096
 	DefaultPingInterval = 15 * time.Second
 	DefaultPingTimeout  = 2 * time.Second
 )
@@ -437,6 +442,12 @@ func newUpstream(target string, opts Options) (Upstream, error) {
 	}
 	if opts.Conns == 0 {
 		opts.Conns = DefaultConns
+	}
+	if opts.MaxWait < 0 {
+		return nil, fmt.Errorf("negative wait queue bound %d", opts.MaxWait)
+	}
+	if opts.MaxWait == 0 {
+		opts.MaxWait = DefaultMaxWait
 	}
 	if opts.PingInterval == 0 {
 		opts.PingInterval = DefaultPingInterval

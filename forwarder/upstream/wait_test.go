@@ -22,8 +22,6 @@ import (
 
 func (p *connPool[E, C]) waiting() int { return int(p.nwait.Load()) }
 
-func (p *connPool[E, C]) setMaxWait(n int) { p.maxWait = n }
-
 // holdDials makes the pool's dials wait until release is called (at the
 // latest when the test ends, before the upstream is closed), and then fail
 // with err if it is not nil.
@@ -46,7 +44,6 @@ func (p *connPool[E, C]) holdDials(t testing.TB, err error) (release func()) {
 // waitPool is what the tests see of a connPool, whatever its connections.
 type waitPool interface {
 	waiting() int
-	setMaxWait(n int)
 	holdDials(t testing.TB, err error) (release func())
 }
 
@@ -162,9 +159,8 @@ func TestSubmitWaitsForDial(t *testing.T) {
 func TestSubmitWaitQueueFull(t *testing.T) {
 	for _, tt := range waitTargets {
 		t.Run(tt.name, func(t *testing.T) {
-			w := tt.start(t, Options{Conns: 1, Timeout: 10 * time.Second})
+			w := tt.start(t, Options{Conns: 1, Timeout: 10 * time.Second, MaxWait: 3})
 			release := w.pool.holdDials(t, nil)
-			w.pool.setMaxWait(3)
 			b := newAsyncBurst(t, w.u, 4, tcNames)
 			for i := range 3 {
 				b.submit(i, 0)
@@ -191,6 +187,27 @@ func TestSubmitWaitQueueFull(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A DoH target that takes nothing for a moment while queries keep coming
+// (here its connection's dial is held) holds them all, many more than its
+// connection has streams, and answers them when it comes back: by default
+// the wait queue is bounded by DefaultMaxWait, not by the connections'
+// streams, so that a stall of a tenth of a second at a few thousand
+// queries per second is not a burst of ErrBusy. (Do53 differs: a full UDP
+// socket or TCP connection, 1024 queries, fails the next one with ErrBusy.)
+func TestDoHSubmitWaitOutlastsStall(t *testing.T) {
+	const n = 1500 // several times one connection's streams (maxStreamsPerConn)
+	w := waitTargets[0].start(t, Options{Conns: 1, Timeout: 10 * time.Second})
+	release := w.pool.holdDials(t, nil)
+	b := newAsyncBurst(t, w.u, n, tcNames)
+	for i := range n {
+		b.submit(i, 0)
+	}
+	waitFor(t, "every query waiting", func() bool { return w.pool.waiting() == n })
+	release()
+	b.wait(t, 10*time.Second)
+	b.check(t, 10*time.Second, func(string) expect { return answered })
 }
 
 // A waiting query leaves the queue at its timeout (ErrTimeout) or on

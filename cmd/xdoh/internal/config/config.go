@@ -422,8 +422,8 @@ func (c Cache) On() bool { return c.Enabled == nil || *c.Enabled }
 type Upstream struct {
 	QueryTimeout Duration `yaml:"query_timeout"` // whole budget per client query
 	Timeout      Duration `yaml:"timeout"`       // default per-attempt timeout
-	MaxInflight  int      `yaml:"max_inflight"`
-	Conns        int      `yaml:"conns"` // DoH connections per target
+	MaxInflight  int      `yaml:"max_inflight"`  // queries upstream at once; also each target's wait queue
+	Conns        int      `yaml:"conns"`         // DoH connections per target
 }
 
 // QueryLog configures the query log (JSON lines with Route 53 Resolver field
