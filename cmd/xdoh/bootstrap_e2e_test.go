@@ -68,7 +68,7 @@ control: {socket: xdoh.sock}
 	before := bind.Stats(t)
 	for range 3 {
 		wantA("foo.example.com.", "172.16.0.10") // rule: DoT
-		wantA("ns.example.com.", "127.0.0.1") // default: DoH
+		wantA("ns.example.com.", "127.0.0.1")    // default: DoH
 	}
 	if d := bind.Stats(t).Sub(before); d.QueriesTCP != 6 || d.QueriesUDP != 0 {
 		t.Errorf("BIND counted %d queries over DoH and DoT and %d over UDP, want 6 and 0", d.QueriesTCP, d.QueriesUDP)

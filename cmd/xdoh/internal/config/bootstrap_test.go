@@ -116,7 +116,7 @@ func TestCheckSelfResolution(t *testing.T) {
 		{name: "targets by IP", listen: "127.0.0.1:53", resolv: "nameserver 127.0.0.1\n",
 			targets: "default:\n  targets: [\"https://192.0.2.10/dns-query\", \"tls://192.0.2.11\", \"192.0.2.12\"]\n"},
 		{name: "each target named", listen: "127.0.0.1:53", resolv: "nameserver 127.0.0.1\n",
-			targets: "rules:\n  - {name: r, domain: a.example, type: forward, targets: [\"tls://192.0.2.11\", \"tls://dot.corp.example\"]}\ndefault:\n  targets: [\"https://dns.corp.example/dns-query\"]\n",
+			targets:  "rules:\n  - {name: r, domain: a.example, type: forward, targets: [\"tls://192.0.2.11\", \"tls://dot.corp.example\"]}\ndefault:\n  targets: [\"https://dns.corp.example/dns-query\"]\n",
 			selfWant: "rules[0].targets[1]: \"tls://dot.corp.example\""},
 	}
 	for i, tt := range tests {
