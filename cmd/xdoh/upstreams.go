@@ -55,11 +55,6 @@ func (k upKey) options() upstream.Options {
 // them), reading the CA file if there is one.
 func newUpKey(target string, opts upstream.Options) (upKey, error) {
 	k := upKey{target: target, caFile: opts.CAFile, serverName: opts.ServerName, method: opts.Method, timeout: opts.Timeout, conns: opts.Conns}
-	var bs []string
-	for _, a := range opts.Bootstrap {
-		bs = append(bs, a.String())
-	}
-	k.bootstrap = strings.Join(bs, ",")
 	if k.caFile != "" {
 		b, err := os.ReadFile(k.caFile)
 		if err != nil {
@@ -67,6 +62,11 @@ func newUpKey(target string, opts upstream.Options) (upKey, error) {
 		}
 		k.caSum = sha256.Sum256(b)
 	}
+	var bs []string
+	for _, a := range opts.Bootstrap {
+		bs = append(bs, a.String())
+	}
+	k.bootstrap = strings.Join(bs, ",")
 	return k, nil
 }
 
