@@ -32,8 +32,9 @@ const dashboardFile = "../../deploy/grafana/xdoh.json"
 // xdoh_xsk_*) have samples only while XDP is attached, which needs an
 // interface of a test network namespace and a kernel with AF_XDP: those
 // are checked against the descriptors the app's collector registers
-// (Describe), the same list /metrics draws from, and the XDP end-to-end
-// tests (xdp_e2e_test.go) scrape them for real.
+// (Describe), the same list /metrics draws from; xdp_e2e_test.go and
+// xdp_tier_e2e_test.go scrape several of them from an xdoh with XDP
+// attached.
 func TestDashboardMetrics(t *testing.T) {
 	exprs := dashboardExprs(t)
 	used := map[string][]string{} // metric → the panels that use it
