@@ -369,7 +369,7 @@ type Group struct {
 	// TLSServerName is the name the certificate of a tls://, https:// or
 	// quic:// target must carry, instead of the target's host.
 	TLSServerName string `yaml:"tls_server_name"`
-	// Bootstrap lists the IP addresses that the rule's https://, tls://
+	// Bootstrap lists the IP addresses that the default https://, tls://
 	// and quic:// targets named by host are dialled at, instead of
 	// resolving the host (which stays the TLS name and DoH's :authority):
 	// see CheckSelfResolution for when they are needed.
