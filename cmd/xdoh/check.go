@@ -13,6 +13,7 @@ import (
 func cmdCheck(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	path := fs.String("c", "", "config file")
+	resolvConf := fs.String("resolv-conf", config.ResolvConf, "the system resolver's configuration, to refuse upstreams named by host that would resolve through xdoh itself")
 	if err := fs.Parse(args); err != nil {
 		return usagef("%v", err)
 	}
@@ -21,6 +22,9 @@ func cmdCheck(args []string, out io.Writer) error {
 	}
 	cfg, err := config.Load(*path)
 	if err != nil {
+		return usagef("%v", err)
+	}
+	if err := cfg.CheckSelfResolution(*resolvConf); err != nil {
 		return usagef("%v", err)
 	}
 	if _, err := loadZones(cfg); err != nil {

@@ -55,6 +55,8 @@ func (a *app) collector() *metrics.Collector {
 	} {
 		c.Counter(m.name, m.help, nil, fs(m.get))
 	}
+	c.Gauge("xdoh_forwarder_upstream_inflight", "Upstream resolutions under way in every pipeline still open; past upstream.max_inflight, queries get SERVFAIL (xdoh_forwarder_overload_total).", nil,
+		func() float64 { return float64(a.inflight()) })
 	rrlByCategory := func(name, help string, get func(forwarder.RRLStats) [3]uint64) {
 		c.Dynamic(name, help, []string{"category"}, func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
 			v := get(a.pipe.Load().fwd.Stats().RRL)

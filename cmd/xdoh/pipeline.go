@@ -122,7 +122,7 @@ func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Coun
 		return nil, err
 	}
 	fail := func(err error) (*pipeline, error) { p.close(); return nil, err }
-	mkTargets := func(field string, targets []string, caFile, serverName, method string, timeout config.Duration) ([]forwarder.Target, error) {
+	mkTargets := func(field string, targets []string, caFile, serverName, method string, bootstrap []string, timeout config.Duration) ([]forwarder.Target, error) {
 		if timeout == 0 {
 			timeout = cfg.Upstream.Timeout // the rule's own, else the global per-attempt timeout
 		}
@@ -131,6 +131,7 @@ func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Coun
 			k, err := newUpKey(t, upstream.Options{
 				CAFile:     cfg.Path(caFile),
 				ServerName: serverName,
+				Bootstrap:  config.BootstrapAddrs(bootstrap),
 				Method:     upstreamMethod(method),
 				Timeout:    timeout.D(),
 				Conns:      cfg.Upstream.Conns,
@@ -194,7 +195,7 @@ func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Coun
 		if r.Select, err = selectConfig(rc.Select); err != nil {
 			return fail(fmt.Errorf("rules[%d]: %w", i, err))
 		}
-		if r.Targets, err = mkTargets(fmt.Sprintf("rules[%d]", i), rc.Targets, rc.CAFile, rc.TLSServerName, rc.Method, rc.Timeout); err != nil {
+		if r.Targets, err = mkTargets(fmt.Sprintf("rules[%d]", i), rc.Targets, rc.CAFile, rc.TLSServerName, rc.Method, rc.Bootstrap, rc.Timeout); err != nil {
 			return fail(err)
 		}
 		fc.Rules = append(fc.Rules, r)
@@ -204,7 +205,7 @@ func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Coun
 		if fc.DefaultSelect, err = selectConfig(cfg.Default.Select); err != nil {
 			return fail(fmt.Errorf("default: %w", err))
 		}
-		if fc.Default, err = mkTargets("default", cfg.Default.Targets, cfg.Default.CAFile, cfg.Default.TLSServerName, cfg.Default.Method, cfg.Default.Timeout); err != nil {
+		if fc.Default, err = mkTargets("default", cfg.Default.Targets, cfg.Default.CAFile, cfg.Default.TLSServerName, cfg.Default.Method, cfg.Default.Bootstrap, cfg.Default.Timeout); err != nil {
 			return fail(err)
 		}
 	}

@@ -38,6 +38,9 @@ type runFlags struct {
 	demo     bool
 	pprof    string
 	metrics  string
+	// resolvConf is the system resolver's file, for
+	// config.CheckSelfResolution.
+	resolvConf string
 }
 
 func parseRunFlags(args []string) (*runFlags, error) {
@@ -51,6 +54,7 @@ func parseRunFlags(args []string) (*runFlags, error) {
 	fs.IntVar(&f.conns, "conns", 0, "DoH connections per upstream target (upstream.conns; default 2)")
 	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus /metrics, /healthz, /readyz on IP:PORT")
 	fs.StringVar(&f.pprof, "pprof", "", "serve net/http/pprof on this loopback address (debugging)")
+	fs.StringVar(&f.resolvConf, "resolv-conf", config.ResolvConf, "the system resolver's configuration, to refuse upstreams named by host that would resolve through xdoh itself")
 	fs.BoolVar(&f.demo, "demo", false, "run the seed's topology on loopback with an in-process on-prem DoH resolver")
 	if err := fs.Parse(args); err != nil {
 		return nil, usagef("%v", err)
@@ -98,6 +102,12 @@ func cmdRun(args []string) error {
 	defer stop()
 
 	var cfg *config.Config
+	validate := func(c *config.Config) error {
+		if err := c.Validate(); err != nil {
+			return err
+		}
+		return c.CheckSelfResolution(f.resolvConf)
+	}
 	load := func() (*config.Config, error) { // the config a reload reads
 		if f.config == "" {
 			return nil, fmt.Errorf("no config file to reload (started without -c)")
@@ -107,7 +117,7 @@ func cmdRun(args []string) error {
 			return nil, err
 		}
 		f.layer(c)
-		if err := c.Validate(); err != nil {
+		if err := validate(c); err != nil {
 			return nil, err
 		}
 		return c, nil
@@ -121,14 +131,14 @@ func cmdRun(args []string) error {
 		}
 		defer cleanup()
 		f.layer(cfg)
-		err = cfg.Validate()
+		err = validate(cfg)
 	case f.config != "":
 		cfg, err = load()
 	default:
 		cfg = &config.Config{}
 		cfg.SetDir(".")
 		f.layer(cfg)
-		err = cfg.Validate()
+		err = validate(cfg)
 	}
 	if err != nil {
 		return usagef("%v", err)

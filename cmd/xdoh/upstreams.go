@@ -7,7 +7,9 @@ package main
 import (
 	"crypto/sha256"
 	"fmt"
+	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,6 +26,7 @@ type upKey struct {
 	caFile     string
 	caSum      [sha256.Size]byte
 	serverName string
+	bootstrap  string // the addresses, comma-separated: a key must be comparable
 	method     string
 	timeout    time.Duration
 	conns      int
@@ -32,9 +35,16 @@ type upKey struct {
 }
 
 func (k upKey) options() upstream.Options {
+	var bootstrap []netip.Addr
+	if k.bootstrap != "" {
+		for _, a := range strings.Split(k.bootstrap, ",") {
+			bootstrap = append(bootstrap, netip.MustParseAddr(a)) // from newUpKey
+		}
+	}
 	return upstream.Options{
 		CAFile:     k.caFile,
 		ServerName: k.serverName,
+		Bootstrap:  bootstrap,
 		Method:     k.method,
 		Timeout:    k.timeout,
 		Conns:      k.conns,
@@ -54,6 +64,11 @@ func newUpKey(target string, opts upstream.Options) (upKey, error) {
 		}
 		k.caSum = sha256.Sum256(b)
 	}
+	var bs []string
+	for _, a := range opts.Bootstrap {
+		bs = append(bs, a.String())
+	}
+	k.bootstrap = strings.Join(bs, ",")
 	return k, nil
 }
 

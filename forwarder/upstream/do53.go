@@ -48,6 +48,7 @@ type Do53 struct {
 	target      string
 	addr        netip.AddrPort // UDP; the zero value for DoT
 	dialAddr    string         // host:port of TCP or TLS connections
+	ep          *endpoint      // where they go
 	over        string         // "TCP" or "TLS", for errors
 	tlsConf     *tls.Config    // DoT: connections run TLS; nil: plain TCP
 	tcpOnly     bool
@@ -93,7 +94,8 @@ type waiter struct {
 }
 
 func newDo53(target string, addr netip.AddrPort, tcpOnly bool, opts Options) *Do53 {
-	return newDo53Over(target, addr, addr.String(), tcpOnly, nil, opts)
+	ep := &endpoint{host: addr.Addr().String(), port: addr.Port()}
+	return newDo53Over(target, addr, addr.String(), ep, tcpOnly, nil, opts)
 }
 
 // newDoT builds a DNS-over-TLS upstream (RFC 7858, RFC 8310) for
@@ -112,12 +114,16 @@ func newDoT(target, rest string, opts Options) (*Do53, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newDo53Over(target, netip.AddrPort{}, dialAddr, true, conf, opts), nil
+	ep, err := newEndpoint(dialAddr, opts.Bootstrap)
+	if err != nil {
+		return nil, err
+	}
+	return newDo53Over(target, netip.AddrPort{}, dialAddr, ep, true, conf, opts), nil
 }
 
-// newDo53Over builds a Do53 upstream whose stream connections go to
-// dialAddr, over TLS with tlsConf if it is not nil.
-func newDo53Over(target string, addr netip.AddrPort, dialAddr string, tcpOnly bool, tlsConf *tls.Config, opts Options) *Do53 {
+// newDo53Over builds a Do53 upstream whose stream connections go to ep
+// (dialAddr), over TLS with tlsConf if it is not nil.
+func newDo53Over(target string, addr netip.AddrPort, dialAddr string, ep *endpoint, tcpOnly bool, tlsConf *tls.Config, opts Options) *Do53 {
 	over := "TCP"
 	if tlsConf != nil {
 		over = "TLS"
@@ -126,6 +132,7 @@ func newDo53Over(target string, addr netip.AddrPort, dialAddr string, tcpOnly bo
 		target:      target,
 		addr:        addr,
 		dialAddr:    dialAddr,
+		ep:          ep,
 		over:        over,
 		tlsConf:     tlsConf,
 		tcpOnly:     tcpOnly,
@@ -287,10 +294,9 @@ func (u *Do53) dialTCP() (*dnsConn, error) {
 	var nc net.Conn
 	var err error
 	if u.tlsConf != nil {
-		nc, _, err = dialTLS(ctx, u.dialAddr, u.tlsConf, nil)
+		nc, _, err = dialTLS(ctx, u.ep, u.tlsConf, nil)
 	} else {
-		var dialer net.Dialer
-		nc, err = dialer.DialContext(ctx, "tcp", u.dialAddr)
+		nc, err = u.ep.dialTCP(ctx)
 		if err == nil {
 			nc = newRawConn(nc)
 		}

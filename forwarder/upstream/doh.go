@@ -29,6 +29,7 @@ const (
 type DoH struct {
 	target    string
 	dialAddr  string // host:port
+	ep        *endpoint
 	authority string
 	path      string
 	tlsConf   *tls.Config
@@ -65,6 +66,10 @@ func newDoH(target string, opts Options) (*DoH, error) {
 	if err != nil {
 		return nil, err
 	}
+	ep, err := newEndpoint(dialAddr, opts.Bootstrap)
+	if err != nil {
+		return nil, err
+	}
 	hdr, err := newHeaderBlocks(authority, path, opts.Method == MethodGET)
 	if err != nil {
 		return nil, err
@@ -72,6 +77,7 @@ func newDoH(target string, opts Options) (*DoH, error) {
 	d := &DoH{
 		target:      target,
 		dialAddr:    dialAddr,
+		ep:          ep,
 		authority:   authority,
 		path:        path,
 		tlsConf:     conf,
@@ -196,7 +202,7 @@ func (h *h2Conn) load() int32 { return h.inflight.Load() }
 // dialConn connects, runs the TLS handshake (ALPN h2 required) and the
 // HTTP/2 preface exchange; the returned connection is not started yet.
 func (d *DoH) dialConn(ctx context.Context) (*h2Conn, error) {
-	tc, sock, err := dialTLS(ctx, d.dialAddr, d.tlsConf, d.wrapConn)
+	tc, sock, err := dialTLS(ctx, d.ep, d.tlsConf, d.wrapConn)
 	if err != nil {
 		return nil, err
 	}
@@ -213,14 +219,13 @@ func (d *DoH) dialConn(ctx context.Context) (*h2Conn, error) {
 	return c, nil
 }
 
-// dialTLS connects to addr over TCP (TCP_NODELAY, the socket read and
+// dialTLS connects to ep over TCP (TCP_NODELAY, the socket read and
 // written with raw system calls, wrapped by wrap if not nil) and runs the
 // TLS handshake with conf, within ctx: the connection of a DoH or a DoT
 // upstream. It returns the raw socket too (nil if it could not be made
 // raw).
-func dialTLS(ctx context.Context, addr string, conf *tls.Config, wrap func(net.Conn) net.Conn) (*tls.Conn, *rawConn, error) {
-	var dialer net.Dialer
-	raw, err := dialer.DialContext(ctx, "tcp", addr)
+func dialTLS(ctx context.Context, ep *endpoint, conf *tls.Config, wrap func(net.Conn) net.Conn) (*tls.Conn, *rawConn, error) {
+	raw, err := ep.dialTCP(ctx)
 	if err != nil {
 		return nil, nil, err
 	}

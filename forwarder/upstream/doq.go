@@ -45,8 +45,7 @@ var errDoQProtocol = errors.New("DoQ protocol error")
 type DoQ struct {
 	target   string
 	dialAddr string // host:port
-	host     string // to resolve at each dial
-	port     uint16
+	ep       *endpoint
 	tlsConf  *tls.Config
 	quicConf *quic.Config // read at each dial (tests change it before the first)
 	timeout  time.Duration
@@ -82,13 +81,14 @@ func newDoQ(target, rest string, opts Options) (*DoQ, error) {
 	if opts.PingInterval > 0 {
 		keepAlive = min(keepAlive, opts.PingInterval)
 	}
-	_, ps, _ := net.SplitHostPort(dialAddr)
-	port, _ := parsePort(ps) // parseHostPort checked it
+	ep, err := newEndpoint(dialAddr, opts.Bootstrap)
+	if err != nil {
+		return nil, err
+	}
 	d := &DoQ{
 		target:   target,
 		dialAddr: dialAddr,
-		host:     host,
-		port:     port,
+		ep:       ep,
 		tlsConf:  conf,
 		timeout:  opts.Timeout,
 		dialTime: max(2*opts.Timeout, time.Second),
@@ -163,27 +163,34 @@ func (d *DoQ) spawn() bool {
 func (d *DoQ) dial() (*doqConn, error) {
 	ctx, cancel := context.WithTimeout(d.ctx, d.dialTime)
 	defer cancel()
-	ua, err := net.DefaultResolver.LookupNetIP(ctx, "ip", d.host)
-	if err != nil || len(ua) == 0 {
-		return nil, fmt.Errorf("resolving %s: %w", d.host, err)
+	type dialled struct {
+		qc *quic.Conn
+		pc *net.UDPConn
 	}
-	raddr := net.UDPAddrFromAddrPort(netip.AddrPortFrom(ua[0].Unmap(), d.port))
-	network, level, opt := "udp4", unix.IPPROTO_IP, unix.IP_RECVERR
-	if raddr.IP.To4() == nil {
-		network, level, opt = "udp6", unix.IPPROTO_IPV6, unix.IPV6_RECVERR
-	}
-	pc, err := net.ListenUDP(network, nil)
+	dc, err := dialEach(ctx, d.ep, func(ctx context.Context, a netip.AddrPort) (dialled, error) {
+		raddr := net.UDPAddrFromAddrPort(a)
+		network, level, opt := "udp4", unix.IPPROTO_IP, unix.IP_RECVERR
+		if a.Addr().Is6() {
+			network, level, opt = "udp6", unix.IPPROTO_IPV6, unix.IPV6_RECVERR
+		}
+		pc, err := net.ListenUDP(network, nil)
+		if err != nil {
+			return dialled{}, fmt.Errorf("opening UDP socket: %w", err)
+		}
+		if rc, err := pc.SyscallConn(); err == nil {
+			rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), level, opt, 1) }) // best effort
+		}
+		qc, err := quic.Dial(ctx, pc, raddr, d.tlsConf, d.quicConf)
+		if err != nil {
+			pc.Close()
+			return dialled{}, err
+		}
+		return dialled{qc, pc}, nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("opening UDP socket: %w", err)
-	}
-	if rc, err := pc.SyscallConn(); err == nil {
-		rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), level, opt, 1) }) // best effort
-	}
-	qc, err := quic.Dial(ctx, pc, raddr, d.tlsConf, d.quicConf)
-	if err != nil {
-		pc.Close()
 		return nil, err
 	}
+	qc, pc := dc.qc, dc.pc
 	if p := qc.ConnectionState().TLS.NegotiatedProtocol; p != "doq" {
 		qc.CloseWithError(doqProtocolError, "")
 		pc.Close()

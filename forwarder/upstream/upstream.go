@@ -200,6 +200,15 @@
 // wait queue for the dial, as DoH's do; a TCP connection with 1024 queries
 // in flight fails more with [ErrBusy] at once, as a socket does.
 //
+// # Addresses
+//
+// A DoH, DoT or DoQ target named by host is resolved by the system
+// resolver at each dial, so a changed address is picked up by the next
+// connection; with Options.Bootstrap its connections go to those
+// addresses instead and nothing is resolved (endpoint.go). Either way a
+// dial tries the addresses in order, each with its share of the dial's
+// time, and the host name is what TLS verifies.
+//
 // # Files
 //
 //   - upstream.go: the Upstream interface, Exchange, Options, errors, New.
@@ -216,7 +225,8 @@
 //   - doq.go: the DoQ upstream, its QUIC connections and their reader;
 //     doq_query.go: DoQ.Submit and a query's life on its stream.
 //   - pool.go: the connection pool and its wait queue; backoff.go: dial
-//     backoff; rawconn.go: sockets read and written with raw system calls;
+//     backoff; endpoint.go: the addresses a dial tries; rawconn.go:
+//     sockets read and written with raw system calls;
 //     wire.go: checks of a response against its query.
 package upstream
 
@@ -314,6 +324,15 @@ type Options struct {
 	// cacheable by HTTP caches, and the answer gets the caller's ID back.
 	// Other targets take only "" or MethodPOST.
 	Method string
+	// Bootstrap (DoH, DoT, DoQ targets named by host) are the addresses
+	// the target's connections are dialled at instead of resolving its
+	// host, so that a forwarder need not resolve its own upstream's name
+	// through itself. The host stays the TLS server name, what the
+	// certificate is verified for and DoH's :authority. Each dial starts
+	// with the next address in turn (the connections spread over them)
+	// and tries the others in order if it fails. Empty: the host is
+	// resolved by the system resolver at each dial.
+	Bootstrap []netip.Addr
 	// Prewarm makes New start dialling all Conns connections in the
 	// background (DoH, DoT, DoQ and TCP-only Do53), so that the first queries do not
 	// wait for handshakes. New still neither blocks nor fails on the
@@ -476,6 +495,9 @@ func newUpstream(target string, opts Options) (Upstream, error) {
 	case "https":
 		return newDoH(target, opts)
 	case "udp", "tcp":
+		if len(opts.Bootstrap) > 0 {
+			return nil, errors.New("bootstrap addresses are for https, tls and quic targets named by host")
+		}
 		ap, err := parseIPPort(rest, 53)
 		if err != nil {
 			return nil, err

@@ -46,6 +46,9 @@ type BINDOptions struct {
 	// default cookie-algorithm, siphash24: RFC 9018's server cookie).
 	// Empty: BIND draws its own.
 	CookieSecret string
+	// CertHosts are more names for BIND's certificate, beside 127.0.0.1
+	// and localhost (BootstrapHost, say).
+	CertHosts []string
 }
 
 // DefaultZoneExampleCom is the zone served when BINDOptions.Zones is empty.
@@ -69,7 +72,7 @@ type BIND struct {
 	DoHURL   string // "https://127.0.0.1:PORT/dns-query" (HTTP/2 only, POST and GET)
 	DoTAddr  string // "127.0.0.1:PORT": DNS over TLS (RFC 7858), the same certificate as DoH
 	Do53Addr string // "127.0.0.1:PORT" (UDP+TCP)
-	CAFile   string // PEM of the private CA that signed BIND's cert (SAN IP:127.0.0.1, DNS:localhost)
+	CAFile   string // PEM of the private CA that signed BIND's cert (SAN IP:127.0.0.1, DNS:localhost, CertHosts)
 	StatsURL string // "http://127.0.0.1:PORT/json/v1"
 	PID      int    // named's PID (= its process group id)
 
@@ -131,7 +134,7 @@ func StartBIND(t testing.TB, opts BINDOptions) *BIND {
 		t.Skip("upstreamtest: named (BIND 9, Debian package bind9) is not installed")
 	}
 	dir := t.TempDir()
-	pki, err := tlsconf.NewPKI("127.0.0.1", "localhost")
+	pki, err := tlsconf.NewPKI(append([]string{"127.0.0.1", "localhost"}, opts.CertHosts...)...)
 	if err != nil {
 		t.Fatalf("upstreamtest: %v", err)
 	}

@@ -29,10 +29,15 @@ import (
 // DNSMessage is RFC 8484's media type.
 const DNSMessage = "application/dns-message"
 
-var testPKI = sync.OnceValues(func() (*tlsconf.PKI, error) { return tlsconf.NewPKI("127.0.0.1", "localhost") })
+// BootstrapHost is a name the test servers' certificate carries that no
+// resolver knows (.test is reserved, RFC 2606): a target named by it
+// reaches them only through bootstrap addresses.
+const BootstrapHost = "dns.test"
 
-// PKI returns the CA and server certificate (127.0.0.1, localhost) that
-// the test servers present, one per test binary.
+var testPKI = sync.OnceValues(func() (*tlsconf.PKI, error) { return tlsconf.NewPKI("127.0.0.1", "localhost", BootstrapHost) })
+
+// PKI returns the CA and server certificate (127.0.0.1, localhost,
+// BootstrapHost) that the test servers present, one per test binary.
 func PKI(t testing.TB) *tlsconf.PKI {
 	t.Helper()
 	p, err := testPKI()

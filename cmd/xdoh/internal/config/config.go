@@ -349,6 +349,11 @@ type Rule struct {
 	// TLSServerName is the name the certificate of a tls://, https:// or
 	// quic:// target must carry, instead of the target's host.
 	TLSServerName string `yaml:"tls_server_name"`
+	// Bootstrap lists the IP addresses that the rule's https://, tls://
+	// and quic:// targets named by host are dialled at, instead of
+	// resolving the host (which stays the TLS name and DoH's :authority):
+	// see CheckSelfResolution for when they are needed.
+	Bootstrap []string `yaml:"bootstrap"`
 	// Method is how https:// targets get their queries: post (the
 	// default) or get (RFC 8484 4.1, ?dns= base64url).
 	Method  string   `yaml:"method"`
@@ -364,6 +369,11 @@ type Group struct {
 	// TLSServerName is the name the certificate of a tls://, https:// or
 	// quic:// target must carry, instead of the target's host.
 	TLSServerName string `yaml:"tls_server_name"`
+	// Bootstrap lists the IP addresses that the default https://, tls://
+	// and quic:// targets named by host are dialled at, instead of
+	// resolving the host (which stays the TLS name and DoH's :authority):
+	// see CheckSelfResolution for when they are needed.
+	Bootstrap []string `yaml:"bootstrap"`
 	// Method is how https:// targets get their queries: post (the
 	// default) or get (RFC 8484 4.1, ?dns= base64url).
 	Method  string   `yaml:"method"`
@@ -816,13 +826,16 @@ func (c *Config) Validate() error {
 			if r.Method != "" {
 				bad(f+".method", "a %s rule sends nothing upstream of its own", r.Type)
 			}
+			if len(r.Bootstrap) > 0 {
+				bad(f+".bootstrap", "a %s rule sends nothing upstream of its own", r.Type)
+			}
 			if r.Subnet != (Subnet{}) {
 				bad(f+".ecs", "a %s rule sends nothing upstream of its own (system names use default's)", r.Type)
 			}
 		default:
 			bad(f+".type", "%q is not one of forward, system, block", r.Type)
 		}
-		c.checkTargets(f, r.Targets, r.CAFile, r.TLSServerName, r.Method, bad)
+		c.checkTargets(f, r.Targets, r.CAFile, r.TLSServerName, r.Method, r.Bootstrap, bad)
 		checkSelect(f, r.Select, bad)
 		checkSubnet(f, r.Subnet, bad)
 		if r.Timeout < 0 {
@@ -833,7 +846,7 @@ func (c *Config) Validate() error {
 		if len(c.Default.Targets) == 0 {
 			bad("default.targets", "a default section needs at least one target")
 		}
-		c.checkTargets("default", c.Default.Targets, c.Default.CAFile, c.Default.TLSServerName, c.Default.Method, bad)
+		c.checkTargets("default", c.Default.Targets, c.Default.CAFile, c.Default.TLSServerName, c.Default.Method, c.Default.Bootstrap, bad)
 		checkSelect("default", c.Default.Select, bad)
 		checkSubnet("default", c.Default.Subnet, bad)
 		if c.Default.Timeout < 0 {
@@ -932,10 +945,12 @@ func (c *Config) checkRRL(bad func(string, string, ...any)) {
 	}
 }
 
-func (c *Config) checkTargets(f string, targets []string, caFile, serverName, method string, bad func(string, string, ...any)) {
+func (c *Config) checkTargets(f string, targets []string, caFile, serverName, method string, bootstrap []string, bad func(string, string, ...any)) {
 	for j, t := range targets {
 		if err := CheckTarget(t); err != nil {
 			bad(fmt.Sprintf("%s.targets[%d]", f, j), "%v", err)
+		} else if len(bootstrap) > 0 && TargetHost(t) == "" {
+			bad(f+".bootstrap", "applies only to https://, tls:// and quic:// targets named by host, and %s.targets[%d] %q is not one", f, j, t)
 		}
 		scheme, _, _ := strings.Cut(t, "://")
 		if serverName != "" && scheme != "tls" && scheme != "https" && scheme != "quic" {
@@ -949,6 +964,19 @@ func (c *Config) checkTargets(f string, targets []string, caFile, serverName, me
 	case "", "post", "get":
 	default:
 		bad(f+".method", "%q is not one of post, get", method)
+	}
+	seen := map[netip.Addr]bool{}
+	for j, b := range bootstrap {
+		a, err := netip.ParseAddr(b)
+		switch {
+		case err != nil || a.Zone() != "":
+			bad(fmt.Sprintf("%s.bootstrap[%d]", f, j), "%q is not an IP address", b)
+		case a.IsUnspecified() || a.IsMulticast():
+			bad(fmt.Sprintf("%s.bootstrap[%d]", f, j), "%q cannot be dialled", b)
+		case seen[a.Unmap()]:
+			bad(fmt.Sprintf("%s.bootstrap[%d]", f, j), "%q is listed twice", b)
+		}
+		seen[a.Unmap()] = true
 	}
 	if serverName != "" {
 		if _, ok := dns.IsDomainName(serverName); !ok || strings.ContainsAny(serverName, " /:") {
@@ -1021,6 +1049,47 @@ func CheckTarget(t string) error {
 		return nil
 	}
 	return fmt.Errorf("%q is neither an https:// URL nor an IP address with optional port", t)
+}
+
+// TargetHost is the host name of an https://, tls:// or quic:// target
+// (valid by CheckTarget) named by host, which is resolved to dial it; ""
+// for a target given by IP address and for Do53 targets.
+func TargetHost(t string) string {
+	scheme, rest, _ := strings.Cut(t, "://")
+	var host string
+	switch scheme {
+	case "https":
+		u, err := url.Parse(t)
+		if err != nil {
+			return ""
+		}
+		host = u.Hostname()
+	case "tls", "quic":
+		if _, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(rest, "["), "]")); err == nil {
+			return ""
+		}
+		u, err := url.Parse("x://" + rest)
+		if err != nil {
+			return ""
+		}
+		host = u.Hostname()
+	default:
+		return ""
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return ""
+	}
+	return host
+}
+
+// BootstrapAddrs parses a (validated) bootstrap list.
+func BootstrapAddrs(bootstrap []string) []netip.Addr {
+	var as []netip.Addr
+	for _, b := range bootstrap {
+		a, _ := netip.ParseAddr(b) // validated
+		as = append(as, a.Unmap())
+	}
+	return as
 }
 
 // encrypted is a listener's dot or doq section, for checkEncrypted.
