@@ -247,3 +247,40 @@ func TestConfigKeysWalker(t *testing.T) {
 		})
 	}
 }
+
+// yamlBlock matches a fenced yaml block in Markdown, its indentation
+// (a block inside a list item) and its body.
+var yamlBlock = regexp.MustCompile("(?ms)^([ \t]*)```yaml\n(.*?)^[ \t]*```")
+
+// TestDocsYAMLDecodes: every yaml block in the README and docs/ decodes
+// strictly as a config, so that no page shows a key xdoh does not have.
+func TestDocsYAMLDecodes(t *testing.T) {
+	root := filepath.Join("..", "..", "..", "..")
+	pages, err := filepath.Glob(filepath.Join(root, "docs", "*.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pages = append(pages, filepath.Join(root, "README.md"))
+	blocks := 0
+	for _, page := range pages {
+		b, err := os.ReadFile(page)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range yamlBlock.FindAllSubmatchIndex(b, -1) {
+			blocks++
+			indent := string(b[m[2]:m[3]])
+			var body strings.Builder
+			for line := range strings.Lines(string(b[m[4]:m[5]])) {
+				body.WriteString(strings.TrimPrefix(line, indent))
+			}
+			if _, err := decode([]byte(body.String()), ""); err != nil {
+				line := 1 + strings.Count(string(b[:m[0]]), "\n")
+				t.Errorf("%s:%d: the yaml block does not decode as a config: %v", page, line, err)
+			}
+		}
+	}
+	if blocks == 0 {
+		t.Fatal("no yaml blocks found: the pattern or the paths are wrong")
+	}
+}
