@@ -2,6 +2,7 @@ package forwarder
 
 import (
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -278,14 +279,23 @@ func (f *Forwarder) finish(r *Request, resp []byte) {
 	f.c.logged.Add(1)
 }
 
+// upstreamTransport names the protocol of an upstream target as the query
+// log's upstream_transport field does, with the names of Transport.
 func upstreamTransport(target string) string {
+	scheme, _, found := strings.Cut(target, "://")
 	switch {
 	case target == "":
 		return ""
-	case len(target) > 8 && target[:8] == "https://":
+	case !found, scheme == "udp":
+		return "UDP"
+	case scheme == "https":
 		return "DoH"
-	case len(target) > 6 && target[:6] == "tcp://":
+	case scheme == "tls":
+		return "DoT"
+	case scheme == "quic":
+		return "DoQ"
+	case scheme == "tcp":
 		return "TCP"
 	}
-	return "UDP"
+	return scheme
 }
