@@ -6,12 +6,14 @@
 # The router runs BIRD 2 with deploy/bird/router.conf (ECMP, merge paths);
 # each instance runs xdoh (its own nsid), BIRD with deploy/bird/instance.conf
 # and deploy/bird/xdoh-anycast-check, announcing 10.53.53.53/32. 32 client
-# flows (source ports) send 100 q/s each with the NSID option for about 6 s;
-# after 1.5 s one instance is killed with SIGKILL, 2 s later started again.
-# The table: per instance, the flows it had, queries answered before the
-# kill, after it and after the restart, and lost; then the loss window.
-# The test fails when the survivor's flows lose a query, when a loss falls
-# outside the kill-to-withdrawal span, or when the window exceeds 1 s.
+# flows (source ports) send 100 q/s each with the NSID option for about 7 s;
+# after 1.5 s one instance is killed with SIGKILL, 2 s later started again;
+# once it is back, the other is drained by stopping its check (SIGTERM).
+# The table: per instance, the flows it had before the kill, the queries it
+# answered before the kill, after it, after the restart and after the drain,
+# and the queries its flows lost; then the loss window. The test fails when
+# a query is lost outside the kill-to-withdrawal span or by a flow of the
+# survivor, or when the window exceeds 1.5 s.
 #
 # Knobs (env): RUNS (default 1): the scenario this many times, a table each.
 set -euo pipefail
