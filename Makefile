@@ -58,8 +58,8 @@ faults:
 	bash bench/faults.sh
 
 # Two xdoh instances behind ECMP and anycast (BIRD 2, deploy/bird/) in
-# network namespaces (root): one killed under load; per instance the queries
-# answered before, after and after its restart, and the loss window. RUNS.
+# network namespaces (root): one killed under load, started again, the other
+# drained; the queries each answered per phase, and the loss window. RUNS.
 anycast:
 	bash bench/anycast.sh
 
