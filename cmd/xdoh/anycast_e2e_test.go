@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -241,7 +242,9 @@ metrics: {address: "127.0.0.1:9153"}
 	n.waitNextHops(t, 2, 15*time.Second, logs...)
 
 	load := startAnycastLoad(t, n.client)
-	time.Sleep(1500 * time.Millisecond)
+	// The check's phase at the kill decides the window: a random one, as
+	// in life (the route came up right after a check).
+	time.Sleep(1500*time.Millisecond + rand.N(500*time.Millisecond))
 	victim, survivor := insts[0], insts[1]
 	killAt := time.Now()
 	if err := syscall.Kill(victim.xdoh.Process.Pid, syscall.SIGKILL); err != nil {
