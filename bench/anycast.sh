@@ -15,7 +15,9 @@
 # a query is lost outside the kill-to-withdrawal span or by a flow of the
 # survivor, or when the window exceeds 1.5 s.
 #
-# Knobs (env): RUNS (default 1): the scenario this many times, a table each.
+# Knobs (env): RUNS (default 1): the scenario this many times, a table each;
+# CHECK_INTERVAL, CHECK_TIMEOUT, CHECK_FALL, CHECK_RISE reach the check
+# (deploy/bird/xdoh-anycast-check; unset, its defaults).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
