@@ -4,7 +4,7 @@ BIN     := bin/xdoh
 PKGS    := ./...
 SHARED  ?= ../shared
 
-.PHONY: run test build bench bench-latency peer-bench doh-bench dot-bench xdp-bench faults soak vet fuzz generate clean
+.PHONY: run test build bench bench-latency peer-bench doh-bench dot-bench xdp-bench faults anycast soak vet fuzz generate clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/xdoh
@@ -56,6 +56,12 @@ xdp-bench: build
 # goroutines/fds/RSS back to baseline. SECONDS_PER_CASE, QPS, ONLY.
 faults:
 	bash bench/faults.sh
+
+# Two xdoh instances behind ECMP and anycast (BIRD 2, deploy/bird/) in
+# network namespaces (root): one killed under load, started again, the other
+# drained; the queries each answered per phase, and the loss window. RUNS.
+anycast:
+	bash bench/anycast.sh
 
 # A bounded soak (DURATION seconds, default 600) at ~80% of the measured max
 # QPS over a mix of cache hits, forwarded misses, local answers and NXDOMAIN,
