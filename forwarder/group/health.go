@@ -15,7 +15,7 @@ type target struct {
 
 	// Read without locking by selection and hedging.
 	healthy atomic.Bool
-	drained atomic.Bool // taken out of rotation by the operator (Group.SetDrained)
+	drained atomic.Bool  // taken out of rotation by the operator (Group.SetDrained)
 	ewma    atomic.Int64 // ns; 0 = never answered
 	p95     atomic.Int64 // ns; 0 = not enough samples
 
