@@ -87,6 +87,7 @@ func (a *app) reload() error {
 		}
 		return err
 	}
+	gone := a.applyDrains(p)
 	grace := a.grace() // of the running config: its queries may still be in flight
 	plan, err := a.prepare(next)
 	if err != nil {
@@ -118,6 +119,10 @@ func (a *app) reload() error {
 	}
 	p.fwd.StartHealthChecks()
 	a.cfg = next
+	for _, t := range gone {
+		delete(a.drained, t)
+		a.log.Info("drained target no longer in the config; forgotten", "target", t)
+	}
 	switch {
 	case !qlChanged && a.qlog != nil:
 		if err := a.qlog.Reopen(); err != nil { // SIGHUP after logrotate
