@@ -32,17 +32,22 @@ func TestCtl(t *testing.T) {
 	dead := closedUDPPort(t) // ICMP port unreachable: its queries fail at once
 	sock := filepath.Join(dir, "x.sock")
 	cfgPath := filepath.Join(dir, "x.yaml")
-	cfg := fmt.Sprintf(`listeners: [{name: in, do53: [%q]}]
+	writeCfg := func(pair string) {
+		t.Helper()
+		cfg := fmt.Sprintf(`listeners: [{name: in, do53: [%q]}]
 rules:
-  - {name: pair, domain: example.com, type: forward, targets: [%q, %q], policy: round_robin, hedge: "off"}
+  - {name: pair, domain: example.com, type: forward, targets: [%s], policy: round_robin, hedge: "off"}
   - {name: dead, domain: dead.example, type: forward, targets: [%q]}
 metrics: {address: %q}
 control: {socket: %s, mode: "0660", group: "%d"}
-`, addr, bindA.Do53Addr, bindB.Do53Addr, dead, maddr, sock, os.Getgid())
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
+`, addr, pair, dead, maddr, sock, os.Getgid())
+		if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
-	startXdoh(t, addr, "-c", cfgPath)
+	bothTargets := fmt.Sprintf("%q, %q", bindA.Do53Addr, bindB.Do53Addr)
+	writeCfg(bothTargets)
+	stderr := startXdoh(t, addr, "-c", cfgPath)
 
 	ctl := func(args ...string) (string, error) {
 		t.Helper()
@@ -303,6 +308,22 @@ control: {socket: %s, mode: "0660", group: "%d"}
 		if _, err := ctl("upstream", "drain", "127.0.0.1:1"); err == nil || !strings.Contains(err.Error(), "no target") {
 			t.Errorf("draining an unknown target: %v", err)
 		}
+		// A drained target that a reload removes is forgotten: put back
+		// in the config, it takes queries.
+		mustCtl("upstream", "drain", bindA.Do53Addr)
+		writeCfg(fmt.Sprintf("%q", bindB.Do53Addr))
+		mustCtl("reload")
+		writeCfg(bothTargets)
+		mustCtl("reload")
+		if f := targets()[bindA.Do53Addr]; f[2] != "up" {
+			t.Errorf("removed while drained, then added back: A is %v, want up", f)
+		}
+		if a, b := spread(6); a != 3 || b != 3 {
+			t.Errorf("removed while drained, then added back: A %d, B %d; want 3 and 3", a, b)
+		}
+		if !strings.Contains(stderr.String(), "drained target no longer in the config") {
+			t.Errorf("no log line for the forgotten drain:\n%s", stderr.String())
+		}
 	})
 
 	t.Run("bounds", func(t *testing.T) {
@@ -333,7 +354,6 @@ control: {socket: %s, mode: "0660", group: "%d"}
 			}
 			held = append(held, c)
 		}
-		time.Sleep(100 * time.Millisecond) // let the server accept them all
 		if got := raw("stats\n"); !strings.Contains(got, "control connections are open already") {
 			t.Errorf("connection %d: %q, want it turned away", maxConns+1, got)
 		}
@@ -344,9 +364,14 @@ control: {socket: %s, mode: "0660", group: "%d"}
 		for _, c := range held {
 			c.Close()
 		}
-		time.Sleep(100 * time.Millisecond)
-		if got := raw("stats\n"); !strings.HasPrefix(got, "uptime") {
-			t.Errorf("after the held connections closed: %q", got)
+		for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			got := raw("stats\n")
+			if strings.HasPrefix(got, "uptime") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("after the held connections closed: %q", got)
+			}
 		}
 	})
 }

@@ -485,6 +485,7 @@ func TestControlMode(t *testing.T) {
 		{"control: {socket: x.sock}\n", 0o600},
 		{"control: {socket: x.sock, mode: \"0660\", group: \"0\"}\n", 0o660},
 		{"control: {socket: x.sock, mode: \"666\"}\n", 0o666},
+		{"control: {socket: x.sock, mode: 0640}\n", 0o640}, // unquoted: the same digits
 	} {
 		c, err := Parse([]byte("listeners: [{name: a, do53: [\"127.0.0.1:53\"]}]\n"+tc.yaml), "")
 		if err == nil {
