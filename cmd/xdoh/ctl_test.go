@@ -305,6 +305,18 @@ control: {socket: %s, mode: "0660", group: "%d"}
 		if f := targets()[bindA.Do53Addr]; f[2] != "up" {
 			t.Errorf("undrained: A is %v", f)
 		}
+		// The socket is made at start: a reload does not change it.
+		text, err := os.ReadFile(cfgPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(cfgPath, []byte(strings.Replace(string(text), `mode: "0660"`, `mode: "0600"`, 1)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ctl("reload"); err == nil || !strings.Contains(err.Error(), "control: changing it needs a restart") {
+			t.Errorf("reload with a new control.mode: %v, want it refused", err)
+		}
+		writeCfg(bothTargets)
 		if _, err := ctl("upstream", "drain", "127.0.0.1:1"); err == nil || !strings.Contains(err.Error(), "no target") {
 			t.Errorf("draining an unknown target: %v", err)
 		}

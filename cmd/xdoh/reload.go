@@ -52,6 +52,9 @@ func (a *app) reload() error {
 	if err := config.CheckMigration(a.cfg, next); err != nil {
 		return err
 	}
+	if next.Control != a.cfg.Control {
+		return errors.New("control: changing it needs a restart (the socket is made at start)")
+	}
 	if next.Procs != a.cfg.Procs {
 		return fmt.Errorf("procs: changing it needs a restart (running: %d)", a.cfg.Procs)
 	}

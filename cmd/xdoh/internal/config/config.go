@@ -441,7 +441,7 @@ type QueryLog struct {
 func (q QueryLog) On() bool { return q.Path != "" || q.DnstapSocket != "" || q.DnstapFile != "" }
 
 // Control configures the control socket of `xdoh ctl` and `xdoh reload`.
-// Read at start only.
+// Read at start only: a reload that changes it is refused.
 type Control struct {
 	Socket string `yaml:"socket"` // unix socket path; empty: off
 	// Mode is the socket's permission bits, in octal ("0660"; default
