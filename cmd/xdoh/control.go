@@ -22,9 +22,10 @@ package main
 //	reload                       read the config file again (as SIGHUP)
 //
 // At most maxConns connections are served at once (more are told so and
-// closed); a connection has ctlTimeout to send its request and get its
-// answer, and a dump, which streams, ctlTimeout for each chunk it writes.
-// Counters come from the same places the Prometheus metrics read.
+// closed); a client has ctlTimeout to send its request and to take each
+// chunk of the answer (a dump streams: it is bounded per chunk, not as a
+// whole). Counters come from the same places the Prometheus metrics read;
+// nothing here counts on its own.
 
 import (
 	"bufio"
@@ -209,7 +210,7 @@ func (a *app) ctlStats(w io.Writer) error {
 		}
 		fmt.Fprintf(tw, "answers %s\t%s\n", tr, strings.Join(parts, ", "))
 	}
-	fmt.Fprintf(tw, "local\t%d\t(zones; blocked %d)\n", fs.Local, fs.Blocked)
+	fmt.Fprintf(tw, "local\t%d from zones, %d blocked\n", fs.Local, fs.Blocked)
 	if p.cache != nil {
 		cs := p.cache.Stats()
 		ratio := 0.0
@@ -224,7 +225,7 @@ func (a *app) ctlStats(w io.Writer) error {
 	fmt.Fprintf(tw, "upstream\t%d forwarded, %d in flight\t(errors %d, servfail %d, coalesced %d, prefetches %d)\n",
 		fs.Forwarded, a.inflight(), fs.UpstreamErrors, fs.ServFail, fs.Coalesced, fs.Prefetches)
 	r := fs.RRL
-	fmt.Fprintf(tw, "limits\trrl dropped %d, slipped %d\t(responses %d/%d, nxdomains %d/%d, errors %d/%d)\n",
+	fmt.Fprintf(tw, "rrl\tdropped %d, slipped %d\t(dropped/slipped: responses %d/%d, nxdomains %d/%d, errors %d/%d)\n",
 		r.Dropped[0]+r.Dropped[1]+r.Dropped[2], r.Slipped[0]+r.Slipped[1]+r.Slipped[2],
 		r.Dropped[0], r.Slipped[0], r.Dropped[1], r.Slipped[1], r.Dropped[2], r.Slipped[2])
 	fmt.Fprintf(tw, "limits\toverload %d, acl refused %d, acl dropped %d\n", fs.Overload, fs.ACLRefused, fs.ACLDropped)
@@ -307,7 +308,7 @@ func appendEntry(dst []byte, e cache.Entry) []byte {
 		return append(dst, "; an entry whose key does not parse\n"...)
 	}
 	dst = dnsmsg.AppendPresentation(dst, name)
-	dst = fmt.Appendf(dst, " %s %s %d %s ", dns.TypeToString[qt], dns.ClassToString[qc], e.TTL, rcodeString(e.Rcode))
+	dst = fmt.Appendf(dst, " %s %s %d %s ", dns.Type(qt), dns.Class(qc), e.TTL, rcodeString(e.Rcode))
 	var fl []string
 	for _, f := range []struct {
 		bit  byte

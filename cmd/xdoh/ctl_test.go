@@ -198,9 +198,9 @@ control: {socket: %s, mode: "0660", group: "%d"}
 		if n, m := field(`(?m)^answers UDP\s+.*NOERROR (\d+)`), metricValue(t, maddr, `xdoh_responses_total{listener="in",rcode="NOERROR",transport="UDP"}`); float64(n) != m {
 			t.Errorf("stats UDP NOERROR %d, metrics %v", n, m)
 		}
-		for _, want := range []string{"uptime", "hit ratio", "in flight", "rrl dropped 0", "overload 0"} {
-			if !strings.Contains(out, want) {
-				t.Errorf("stats has no %q:\n%s", want, out)
+		for _, want := range []string{`(?m)^uptime\s+\d+s$`, `hit ratio \d+\.\d%`, `\d+ in flight`, `(?m)^rrl\s+dropped 0, slipped 0`, `overload 0`} {
+			if !regexp.MustCompile(want).MatchString(out) {
+				t.Errorf("stats has no %s:\n%s", want, out)
 			}
 		}
 	})
