@@ -342,6 +342,10 @@ control: {socket: %s, mode: "0660", group: "%d"}
 		if _, err := ctl("frobnicate"); err == nil || !strings.Contains(err.Error(), "unknown command") {
 			t.Errorf("unknown command: %v", err)
 		}
+		// -c FILE finds the socket through the config's control.socket.
+		if out, err := exec.Command(xdohBin, "ctl", "-c", cfgPath, "upstreams").Output(); err != nil || !strings.HasPrefix(string(out), "TARGET") {
+			t.Errorf("xdoh ctl -c: %v %q", err, out)
+		}
 		raw := func(req string) string {
 			t.Helper()
 			c, err := net.Dial("unix", sock)
