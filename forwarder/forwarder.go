@@ -144,6 +144,7 @@ type Forwarder struct {
 	inflight chan struct{}
 	defGroup *group.Group   // the default targets (nil: none)
 	groups   []*group.Group // every group, for health checks
+	gnames   []string       // groups[i]'s rule name ("default" for defGroup)
 
 	seed      maphash.Seed
 	flights   [flightShards]flightShard
@@ -210,10 +211,12 @@ func New(cfg Config) (*Forwarder, error) {
 				return nil, err
 			}
 			f.groups = append(f.groups, r.grp)
+			f.gnames = append(f.gnames, r.Name)
 		}
 	}
 	if f.defGroup != nil {
 		f.groups = append(f.groups, f.defGroup)
+		f.gnames = append(f.gnames, "default")
 	}
 	for i := range f.flights {
 		f.flights[i].m = make(map[string]*flight)
@@ -690,13 +693,35 @@ func (f *Forwarder) Close() {
 	}
 }
 
-// Health returns the state of every target of every group.
-func (f *Forwarder) Health() []group.State {
-	var out []group.State
-	for _, g := range f.groups {
-		out = append(out, g.States()...)
+// TargetState is one target of one rule's group.
+type TargetState struct {
+	Rule string // the forward rule's name, or "default" for the default targets
+	group.State
+}
+
+// Health returns the state of every target of every group: the forward
+// rules' in configured order, then the default targets'.
+func (f *Forwarder) Health() []TargetState {
+	var out []TargetState
+	for i, g := range f.groups {
+		for _, st := range g.States() {
+			out = append(out, TargetState{Rule: f.gnames[i], State: st})
+		}
 	}
 	return out
+}
+
+// SetDrained takes target (as configured) out of rotation in every group
+// that has it, or puts it back (group.Group.SetDrained), and returns in
+// how many groups it found it.
+func (f *Forwarder) SetDrained(target string, on bool) int {
+	n := 0
+	for _, g := range f.groups {
+		if g.SetDrained(target, on) > 0 {
+			n++
+		}
+	}
+	return n
 }
 
 // reply copies an upstream response into out for the client: its ID, its

@@ -59,6 +59,11 @@ type app struct {
 	// ups are the upstream clients of the running and retiring
 	// pipelines: a reload keeps those whose settings stay.
 	ups upstreams
+	// drained are the targets the operator drained (xdoh ctl upstream
+	// drain), guarded by mu: each reload drains them in the pipeline it
+	// builds, and forgets those its config no longer has.
+	drained map[string]bool
+	started time.Time
 }
 
 // listener is the datapaths of one configured listener.
@@ -76,7 +81,7 @@ type listener struct {
 }
 
 func newApp(log *slog.Logger, load func() (*config.Config, error)) *app {
-	return &app{log: log, load: load, listeners: map[string]*listener{}}
+	return &app{log: log, load: load, listeners: map[string]*listener{}, drained: map[string]bool{}, started: time.Now()}
 }
 
 // start builds everything from cfg and starts listening.
@@ -123,7 +128,7 @@ func (a *app) start(cfg *config.Config) error {
 		return err
 	}
 	if cfg.Control.Socket != "" {
-		if a.ctl, err = listenControl(cfg.Path(cfg.Control.Socket), a); err != nil {
+		if a.ctl, err = listenControl(cfg.Path(cfg.Control.Socket), cfg.Control, a); err != nil {
 			return err
 		}
 	}

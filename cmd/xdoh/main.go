@@ -2,7 +2,8 @@
 //
 //	xdoh run   -c xdoh.yaml | --listen ADDR --upstream URL [--ca-file F] [--no-cache] | --demo
 //	xdoh check -c xdoh.yaml
-//	xdoh reload -s /run/xdoh.sock
+//	xdoh ctl   -s /run/xdoh.sock stats | cache flush|dump ... | upstreams | upstream drain|undrain T | reload
+//	xdoh reload -s /run/xdoh.sock   (xdoh ctl reload)
 //	xdoh query [@server[:port]] NAME [TYPE] [--tcp] [--doh URL] [--ca-file F]
 //	xdoh bench [-d FILE | --random-sub D | --pcap F] [-c N] [-q N | -Q QPS] [-l S] TARGET
 //
@@ -31,7 +32,10 @@ const usage = `xdoh — edge DNS forwarder (Do53/DoH in, DoH/Do53 out)
 usage:
   xdoh run   [-c FILE] [--listen IP:PORT]... [--upstream URL]... [--ca-file F] [--no-cache] [--demo]
   xdoh check -c FILE
-  xdoh reload -s SOCKET | -c FILE      (also: kill -HUP)
+  xdoh ctl   -s SOCKET | -c FILE COMMAND   operator commands on the control socket:
+             stats | cache flush [NAME [TYPE]] | cache dump [NAME] | upstreams |
+             upstream drain|undrain TARGET | reload
+  xdoh reload -s SOCKET | -c FILE      (xdoh ctl reload; also: kill -HUP)
   xdoh query [@server[:port]] NAME [TYPE] [--tcp] [--doh URL] [--ca-file F] [--timeout D]
   xdoh bench [-d FILE | --random-sub D | --pcap F] [-c N] [-q N | -Q QPS] [-l S] [--json F] TARGET
 `
@@ -51,6 +55,8 @@ func main() {
 		err = cmdQuery(os.Args[2:], os.Stdout)
 	case "bench":
 		err = cmdBench(os.Args[2:], os.Stdout, os.Stderr)
+	case "ctl":
+		err = cmdCtl(os.Args[2:], os.Stdout)
 	case "reload":
 		err = cmdReload(os.Args[2:], os.Stdout)
 	case "-h", "--help", "help":

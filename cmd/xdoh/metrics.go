@@ -143,6 +143,7 @@ func (a *app) collector() *metrics.Collector {
 	c.Counter("xdoh_cache_inserts_total", "Responses stored.", nil, cc(func(s cache.Stats) uint64 { return s.Inserts }))
 	c.Counter("xdoh_cache_evictions_total", "Entries evicted to make room.", nil, cc(func(s cache.Stats) uint64 { return s.Evictions }))
 	c.Counter("xdoh_cache_invalidations_total", "Entries a reload removed because the rule or zone that answers their name changed.", nil, cc(func(s cache.Stats) uint64 { return s.Invalidations }))
+	c.Counter("xdoh_cache_flushed_total", "Entries removed by the operator (xdoh ctl cache flush).", nil, cc(func(s cache.Stats) uint64 { return s.Flushed }))
 	c.Counter("xdoh_cache_prefetches_total", "Hits that triggered a prefetch.", nil, cc(func(s cache.Stats) uint64 { return s.Prefetches }))
 	c.Gauge("xdoh_gomaxprocs", "CPUs running Go code at once (GOMAXPROCS); with procs: 0 on 2 CPUs, 2 while TCP clients are connected, else 1.", nil,
 		func() float64 { return float64(runtime.GOMAXPROCS(0)) })

@@ -52,6 +52,9 @@ func (a *app) reload() error {
 	if err := config.CheckMigration(a.cfg, next); err != nil {
 		return err
 	}
+	if next.Control != a.cfg.Control {
+		return errors.New("control: changing it needs a restart (the socket is made at start)")
+	}
 	if next.Procs != a.cfg.Procs {
 		return fmt.Errorf("procs: changing it needs a restart (running: %d)", a.cfg.Procs)
 	}
@@ -87,6 +90,7 @@ func (a *app) reload() error {
 		}
 		return err
 	}
+	gone := a.applyDrains(p)
 	grace := a.grace() // of the running config: its queries may still be in flight
 	plan, err := a.prepare(next)
 	if err != nil {
@@ -118,6 +122,10 @@ func (a *app) reload() error {
 	}
 	p.fwd.StartHealthChecks()
 	a.cfg = next
+	for _, t := range gone {
+		delete(a.drained, t)
+		a.log.Info("drained target no longer in the config; forgotten", "target", t)
+	}
 	switch {
 	case !qlChanged && a.qlog != nil:
 		if err := a.qlog.Reopen(); err != nil { // SIGHUP after logrotate

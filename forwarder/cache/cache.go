@@ -91,6 +91,12 @@
 // withdraws its own entry, so a pipeline being retired cannot put back an
 // answer of its old rules after the sweep. The read path does not look at
 // generations: a hit costs what it did.
+//
+// # Operator's view
+//
+// Flush removes what the operator names (everything, a name's subtree, one
+// type) with the same sweep, without a new generation; Range walks the
+// entries for a dump. Both run beside readers and writers, lock-free.
 package cache
 
 import (
@@ -158,10 +164,11 @@ func (r Result) String() string {
 // Stats are cumulative counters plus the current size.
 type Stats struct {
 	Hits, Misses, Stale, Inserts, Evictions, Prefetches uint64
-	// Invalidations counts entries removed by Invalidate.
-	Invalidations uint64
-	Entries       int
-	Bytes         int64
+	// Invalidations counts entries removed by Invalidate; Flushed those
+	// removed by Flush.
+	Invalidations, Flushed uint64
+	Entries                int
+	Bytes                  int64
 }
 
 const (
@@ -204,6 +211,7 @@ type Cache struct {
 	inserts   atomic.Uint64
 	evictions atomic.Uint64
 	invalid   atomic.Uint64
+	flushed   atomic.Uint64
 	// gen is the oldest generation whose Puts are accepted (Invalidate).
 	gen atomic.Uint64
 	_   pad
@@ -424,6 +432,25 @@ func (c *Cache) Invalidate(gen uint64, drop func(key []byte) bool) int {
 	if drop == nil {
 		return 0
 	}
+	return c.sweep(drop, &c.invalid)
+}
+
+// Flush removes every entry for whose key (dnsmsg.AppendKey's form) drop
+// returns true, every entry when drop is nil, reporting each to OnChange;
+// it returns how many it removed (Stats.Flushed). It is the operator's
+// flush: the generation stays, so an answer already on its way from
+// upstream when Flush runs may be stored just after it, as it would be
+// had its query come a moment later. It walks the whole table on the
+// caller's goroutine; readers and writers go on meanwhile.
+func (c *Cache) Flush(drop func(key []byte) bool) int {
+	if drop == nil {
+		drop = func([]byte) bool { return true }
+	}
+	return c.sweep(drop, &c.flushed)
+}
+
+// sweep removes the entries drop selects, counting them in ctr.
+func (c *Cache) sweep(drop func(key []byte) bool, ctr *atomic.Uint64) int {
 	n := 0
 	for bi := range c.buckets {
 		b := &c.buckets[bi]
@@ -435,7 +462,7 @@ func (c *Cache) Invalidate(gen uint64, drop func(key []byte) bool) int {
 			if b.slot[i].CompareAndSwap(p, nil) {
 				b.syncHint(i)
 				c.account(p, nil)
-				c.invalid.Add(1)
+				ctr.Add(1)
 				c.changed(p)
 				n++
 			}
@@ -444,12 +471,44 @@ func (c *Cache) Invalidate(gen uint64, drop func(key []byte) bool) int {
 	return n
 }
 
+// Entry is one stored answer as Range shows it.
+type Entry struct {
+	// Key is the entry's key (dnsmsg.AppendKey's form: name, type,
+	// class, flags, client subnet); it is valid only during the call.
+	Key   []byte
+	Rcode int
+	// TTL is the seconds until the entry expires; 0 or less: expired,
+	// answered only stale (Config.StaleWindow).
+	TTL int64
+}
+
+// Range calls fn for every entry that can still answer (fresh, or expired
+// within the stale window), in table order, until fn returns false. It
+// takes no lock: entries stored or removed meanwhile may or may not be
+// seen. It counts nothing and changes no entry.
+func (c *Cache) Range(fn func(Entry) bool) {
+	now := c.now().Unix()
+	for bi := range c.buckets {
+		b := &c.buckets[bi]
+		for i := range ways {
+			p := b.slot[i].Load()
+			if p == nil || now >= p.staleUntil {
+				continue
+			}
+			if !fn(Entry{Key: p.key(), Rcode: dnsmsg.Rcode(p.resp()), TTL: p.expires - now}) {
+				return
+			}
+		}
+	}
+}
+
 // Stats returns the counters.
 func (c *Cache) Stats() Stats {
 	s := Stats{
 		Inserts:       c.inserts.Load(),
 		Evictions:     c.evictions.Load(),
 		Invalidations: c.invalid.Load(),
+		Flushed:       c.flushed.Load(),
 		Entries:       int(c.entries.Load()),
 		Bytes:         c.bytes.Load(),
 	}

@@ -79,6 +79,18 @@ type aslot struct {
 	gen    int      // which launch of the chain is in the slot
 	cancel Canceler // the attempt's, once Submit has returned
 	lost   bool     // overtaken before its Canceler was stored: cancel it then
+	// live: the attempt counts in t.inflight; cleared, and the count
+	// taken back, when it is settled or abandoned, whichever comes first.
+	live bool
+}
+
+// release takes o's attempt out of its target's in-flight count, once;
+// c.mu held.
+func (o *aslot) release() {
+	if o.live {
+		o.live = false
+		o.t.inflight.Add(-1)
+	}
 }
 
 // launch starts an attempt at the next target with c.mu held, and releases
@@ -109,10 +121,11 @@ func (c *chain) launch(hedge bool) {
 	}
 	c.launches++
 	gen := c.launches
-	c.slots[s] = aslot{t: t, start: now, busy: true, gen: gen}
+	c.slots[s] = aslot{t: t, start: now, busy: true, gen: gen, live: true}
 	c.inflight++
 	c.o.tried = t.name
 	t.attempts.Add(1)
+	t.inflight.Add(1)
 	if hedge {
 		t.hedges.Add(1)
 	}
@@ -170,6 +183,7 @@ func (c *chain) hedge(armed int) {
 func (c *chain) reply(s int, resp []byte, err error) {
 	g := c.g
 	c.mu.Lock()
+	c.slots[s].release() // a loser's was released when it was abandoned
 	if c.finished {
 		c.mu.Unlock()
 		return // a loser: abandoned when the winner answered
@@ -197,6 +211,7 @@ func (c *chain) reply(s int, resp []byte, err error) {
 		for i := range c.slots {
 			if o := &c.slots[i]; o.busy {
 				o.busy = false
+				o.release()
 				o.t.overtaken(now.Sub(o.start))
 				losers[i], o.cancel = o.cancel, nil
 				o.lost = losers[i] == nil // launch cancels it when Submit returns
@@ -258,6 +273,7 @@ func (c *chain) Cancel() bool {
 	for i := range c.slots {
 		if o := &c.slots[i]; o.busy {
 			o.busy = false
+			o.release()
 			inflight[i], o.cancel = o.cancel, nil
 			o.lost = inflight[i] == nil // launch cancels it when Submit returns
 		}

@@ -684,10 +684,12 @@ func TestExchangeAsyncConcurrent(t *testing.T) {
 	}
 	var wg sync.WaitGroup
 	var calls []*asyncCall
+	var groups []*Group
 	var mu sync.Mutex
 	for i, p := range []Policy{Ordered, RoundRobin, Fastest} {
 		for j, hd := range []time.Duration{-1, 0, 2 * ms} {
 			g := mustNew(t, timed(20*ms, fs...), Config{Policy: p, HedgeDelay: hd, HedgeBudget: 0.5, FailAfter: 1000})
+			groups = append(groups, g)
 			for k := range 20 {
 				wg.Go(func() {
 					c := startAsync(g, []byte("q"), time.Duration(5+(i+j+k)%4*15)*ms)
@@ -707,6 +709,15 @@ func TestExchangeAsyncConcurrent(t *testing.T) {
 		}
 		if c.err != nil && !errors.Is(c.err, ErrNoAnswer) {
 			t.Errorf("error %v does not wrap %v", c.err, ErrNoAnswer)
+		}
+	}
+	// Answered, failed, overtaken or timed out: every attempt has left
+	// its target's in-flight count (the silent target's at its timeout).
+	for _, g := range groups {
+		for _, st := range g.States() {
+			if st.Inflight != 0 {
+				t.Errorf("%s: %d attempts in flight after every query ended", st.Target, st.Inflight)
+			}
 		}
 	}
 	waitGoroutines(t, base)

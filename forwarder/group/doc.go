@@ -18,6 +18,13 @@
 // every target is down, and a down target is only tried after every healthy
 // one has failed.
 //
+// A target the operator drained ([Group.SetDrained]) is in no order: it
+// gets no new query, hedge or probe, up or down, as dnsdist's setDown
+// does; what was sent to it before runs to its end ([State].Inflight shows
+// it reaching zero). With every target drained a query fails at once with
+// [ErrDrained] (the forwarder answers SERVFAIL, or a stale answer): a
+// drain is meant, unlike a failure, so it is not second-guessed.
+//
 //   - [Ordered]: configured order (primary, then backups).
 //   - [RoundRobin]: the healthy targets in configured order, rotated by
 //     one per query (an atomic per-group counter), so load spreads evenly

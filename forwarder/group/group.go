@@ -125,6 +125,9 @@ var (
 	ErrNoAnswer = errors.New("no target answered")
 	// ErrRejected: a target's response was judged Bad.
 	ErrRejected = errors.New("response rejected")
+	// ErrDrained: every target of the group is drained (SetDrained), so
+	// the query was not sent anywhere. It is wrapped with ErrNoAnswer.
+	ErrDrained = errors.New("every target is drained")
 )
 
 // Group chooses among the targets of one rule. It is safe for concurrent use.
@@ -148,7 +151,10 @@ type Group struct {
 type State struct {
 	Target   string
 	Up       bool
+	Drained  bool          // taken out of rotation (SetDrained)
 	EWMA     time.Duration // 0 until the first answer
+	P95      time.Duration // recent p95 of query round trips; 0 until 16 answers
+	Inflight int64         // attempts sent to it and not yet answered or abandoned
 	Attempts uint64        // query attempts sent to it, hedges included; probes not
 	Failures uint64        // attempts that failed: error, timeout, Bad response
 	Hedges   uint64        // hedged attempts sent to it
@@ -223,11 +229,30 @@ func (g *Group) States() []State {
 	out := make([]State, len(g.targets))
 	for i, t := range g.targets {
 		out[i] = State{
-			Target: t.name, Up: t.healthy.Load(), EWMA: time.Duration(t.ewma.Load()),
+			Target: t.name, Up: t.healthy.Load(), Drained: t.drained.Load(),
+			EWMA: time.Duration(t.ewma.Load()), P95: time.Duration(t.p95.Load()), Inflight: t.inflight.Load(),
 			Attempts: t.attempts.Load(), Failures: t.failures.Load(), Hedges: t.hedges.Load(),
 		}
 	}
 	return out
+}
+
+// SetDrained takes every member named target (its String) out of rotation
+// (on) or puts it back, and returns how many it found. A drained target
+// gets no new query, no hedge and no probe, whether it is up or down;
+// attempts already sent to it run to their end. Its health stays as it
+// was. When every target is drained, a query fails at once with
+// ErrDrained: draining is the operator's word, and a drained target is not
+// a last resort the way a down one is.
+func (g *Group) SetDrained(target string, on bool) int {
+	n := 0
+	for _, t := range g.targets {
+		if t.name == target {
+			t.drained.Store(on)
+			n++
+		}
+	}
+	return n
 }
 
 // Exchange is ExchangeAsync for a caller that waits: it returns what
@@ -307,6 +332,8 @@ func (o *outcome) result(cerr error) ([]byte, string, error) {
 		return o.fallback, o.fallbackFrom, nil
 	}
 	switch {
+	case o.tried == "" && cerr == nil: // no target to try
+		return nil, "", fmt.Errorf("%w: %w", ErrNoAnswer, ErrDrained)
 	case o.lastErr == nil:
 		return nil, o.tried, fmt.Errorf("%w: %w", ErrNoAnswer, cerr)
 	case cerr != nil && !errors.Is(o.lastErr, cerr):

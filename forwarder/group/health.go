@@ -15,10 +15,14 @@ type target struct {
 
 	// Read without locking by selection and hedging.
 	healthy atomic.Bool
+	drained atomic.Bool  // taken out of rotation by the operator (Group.SetDrained)
 	ewma    atomic.Int64 // ns; 0 = never answered
 	p95     atomic.Int64 // ns; 0 = not enough samples
 
 	attempts, failures, hedges atomic.Uint64
+	// inflight counts the attempts started and not yet settled or
+	// abandoned; each chain slot moves it once each way (aslot.live).
+	inflight atomic.Int64
 
 	mu    sync.Mutex // guards what follows; written only with it held: healthy, ewma, p95
 	fails int        // consecutive failures

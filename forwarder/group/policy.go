@@ -44,15 +44,18 @@ func (p Policy) String() string {
 
 // order appends to dst the indices of the targets in the order a query
 // tries them: the healthy ones per the policy, then the down ones in
-// configured order. nUp is the number of healthy ones. Each target's health
-// is read once, so every target appears exactly once.
+// configured order; drained ones not at all. nUp is the number of healthy
+// ones. Each target's health is read once, so every target appears at
+// most once.
 func (g *Group) order(dst []int) (order []int, nUp int) {
 	var downBuf [maxStackTargets]int
 	down := downBuf[:0]
 	for i, t := range g.targets {
-		if t.healthy.Load() {
+		switch {
+		case t.drained.Load(): // no new queries at all
+		case t.healthy.Load():
 			dst = append(dst, i)
-		} else {
+		default:
 			down = append(down, i)
 		}
 	}

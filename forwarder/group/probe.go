@@ -11,12 +11,12 @@ import (
 )
 
 // probeRound probes, concurrently, every down target (every target with
-// ProbeAll) and returns when all probes have ended.
+// ProbeAll) that is not drained, and returns when all probes have ended.
 func (g *Group) probeRound(ctx context.Context) {
 	var wg sync.WaitGroup
 	for _, t := range g.targets {
-		if t.healthy.Load() && !g.cfg.ProbeAll {
-			continue
+		if t.drained.Load() || t.healthy.Load() && !g.cfg.ProbeAll {
+			continue // a drained target is left alone (its maintenance may be under way)
 		}
 		wg.Go(func() { g.probe(ctx, t) })
 	}

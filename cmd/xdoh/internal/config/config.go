@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -449,9 +450,26 @@ type QueryLog struct {
 // On reports whether any query-log output is configured.
 func (q QueryLog) On() bool { return q.Path != "" || q.DnstapSocket != "" || q.DnstapFile != "" }
 
-// Control configures the control socket used by `xdoh reload`.
+// Control configures the control socket of `xdoh ctl` and `xdoh reload`.
+// Read at start only: a reload that changes it is refused.
 type Control struct {
 	Socket string `yaml:"socket"` // unix socket path; empty: off
+	// Mode is the socket's permission bits, in octal ("0660"; default
+	// "0600"): who may connect, since connecting needs write permission.
+	// The owner keeps read and write.
+	Mode string `yaml:"mode"`
+	// Group, a group name or numeric ID, owns the socket (default: the
+	// process's), so that with mode "0660" an operators' group can use it.
+	Group string `yaml:"group"`
+}
+
+// FileMode is the socket's permission bits (Mode, validated).
+func (c Control) FileMode() os.FileMode {
+	if c.Mode == "" {
+		return 0o600
+	}
+	m, _ := strconv.ParseUint(c.Mode, 8, 32)
+	return os.FileMode(m)
 }
 
 // Metrics configures the Prometheus endpoint (/metrics, /healthz, /readyz).
@@ -626,6 +644,12 @@ func (c *Config) Validate() error {
 		bad("cookies.rotate", "%v: at least 1h (a cookie lives an hour), or 0s for never", r)
 	}
 	c.checkRRL(bad)
+	if m, err := strconv.ParseUint(c.Control.Mode, 8, 32); c.Control.Mode != "" && (err != nil || m > 0o777 || m&0o600 != 0o600) {
+		bad("control.mode", "%q: want octal permission bits that keep the owner's read and write, such as \"0600\" or \"0660\"", c.Control.Mode)
+	}
+	if c.Control.Socket == "" && (c.Control.Mode != "" || c.Control.Group != "") {
+		bad("control.socket", "is empty, yet control.mode or control.group is set")
+	}
 	// unique checks that a section's names are set and distinct.
 	unique := func(section string) func(i int, name string) {
 		seen := map[string]int{}

@@ -175,6 +175,10 @@ func TestParseErrors(t *testing.T) {
 		{name: "removed udp_engine", yaml: base + "    udp_engine: mmsg\n", want: []string{"listeners[0].udp_engine: line 5: removed, recvmmsg is the only Do53 UDP datapath", "delete the setting"}, count: 1},
 		{name: "removed udp_engine in two listeners", yaml: base + "    udp_engine: gnet\n  - name: b\n    do53: [\"127.0.0.1:54\"]\n    udp_sockets: 2\n    udp_engine: gnet\n", want: []string{"listeners[0].udp_engine: line 5:", "listeners[1].udp_engine: line 9:"}, count: 2},
 		{name: "bad duration", yaml: base + "upstream:\n  timeout: 5 seconds\n", want: []string{`"5 seconds"`, "duration"}},
+		{name: "control mode not octal", yaml: base + "control: {socket: x.sock, mode: \"0689\"}\n", want: []string{"control.mode", `"0689"`}, count: 1},
+		{name: "control mode without owner rw", yaml: base + "control: {socket: x.sock, mode: \"0460\"}\n", want: []string{"control.mode"}, count: 1},
+		{name: "control mode too wide", yaml: base + "control: {socket: x.sock, mode: \"1777\"}\n", want: []string{"control.mode"}, count: 1},
+		{name: "control group without socket", yaml: base + "control: {group: ops}\n", want: []string{"control.socket: is empty"}, count: 1},
 		{name: "duration as a mapping", yaml: base + "cache:\n  min_ttl: {a: 1}\n", want: []string{"duration"}},
 		{name: "number as a duration", yaml: base + "cache:\n  max_ttl: 30\n", want: []string{`"30"`, "duration"}},
 		{name: "string for an int", yaml: base + "cache:\n  entries: many\n", want: []string{"many"}},
@@ -469,5 +473,29 @@ func TestRRL(t *testing.T) {
 	r := c.RRL
 	if !r.Enabled || r.ResponsesPerSecond != 5 || r.NXDomainsPerSecond != 2.5 || r.Burst != 20 || r.SlipEvery() != 0 || r.IPv4Prefix != 32 || r.IPv6Prefix != 64 || len(r.Exempt) != 2 {
 		t.Errorf("rrl %+v, slip %d", r, r.SlipEvery())
+	}
+}
+
+// TestControlMode: the socket's mode defaults to 0600 and takes octal text.
+func TestControlMode(t *testing.T) {
+	for _, tc := range []struct {
+		yaml string
+		want os.FileMode
+	}{
+		{"control: {socket: x.sock}\n", 0o600},
+		{"control: {socket: x.sock, mode: \"0660\", group: \"0\"}\n", 0o660},
+		{"control: {socket: x.sock, mode: \"666\"}\n", 0o666},
+		{"control: {socket: x.sock, mode: 0640}\n", 0o640}, // unquoted: the same digits
+	} {
+		c, err := Parse([]byte("listeners: [{name: a, do53: [\"127.0.0.1:53\"]}]\n"+tc.yaml), "")
+		if err == nil {
+			err = c.Validate()
+		}
+		if err != nil {
+			t.Fatalf("%q: %v", tc.yaml, err)
+		}
+		if got := c.Control.FileMode(); got != tc.want {
+			t.Errorf("%q: mode %o, want %o", tc.yaml, got, tc.want)
+		}
 	}
 }
