@@ -5,6 +5,7 @@
 //	xdoh reload -s /run/xdoh.sock
 //	xdoh query [@server[:port]] NAME [TYPE] [--tcp] [--doh URL] [--ca-file F]
 //	xdoh bench [-d FILE | --random-sub D | --pcap F] [-c N] [-q N | -Q QPS] [-l S] TARGET
+//	xdoh version
 //
 // It is the composition root: it reads the config, builds the forwarder
 // pipeline, the upstreams and zones, and starts the datapaths. Everything else
@@ -34,6 +35,7 @@ usage:
   xdoh reload -s SOCKET | -c FILE      (also: kill -HUP)
   xdoh query [@server[:port]] NAME [TYPE] [--tcp] [--doh URL] [--ca-file F] [--timeout D]
   xdoh bench [-d FILE | --random-sub D | --pcap F] [-c N] [-q N | -Q QPS] [-l S] [--json F] TARGET
+  xdoh version
 `
 
 func main() {
@@ -53,6 +55,8 @@ func main() {
 		err = cmdBench(os.Args[2:], os.Stdout, os.Stderr)
 	case "reload":
 		err = cmdReload(os.Args[2:], os.Stdout)
+	case "version":
+		err = cmdVersion(os.Stdout)
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return

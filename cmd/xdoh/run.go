@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/coreos/go-systemd/v22/daemon"
+
 	"xdoh/cmd/xdoh/internal/config"
 	"xdoh/cmd/xdoh/internal/procs"
 )
@@ -143,6 +145,7 @@ func cmdRun(args []string) error {
 		a.stop()
 		return err
 	}
+	notify(a, daemon.SdNotifyReady) // every listener answers (ready.go)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -150,12 +153,15 @@ func cmdRun(args []string) error {
 		select {
 		case <-ctx.Done():
 			log.Info("shutting down")
+			notify(a, daemon.SdNotifyStopping)
 			a.stop()
 			return nil
 		case <-hup:
+			notify(a, daemon.SdNotifyReloading)
 			if err := a.reload(); err != nil {
 				log.Error("reload rejected; the running config stays", "err", err)
 			}
+			notify(a, daemon.SdNotifyReady) // the new config, or the running one
 		}
 	}
 }
