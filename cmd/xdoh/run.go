@@ -141,14 +141,14 @@ func cmdRun(args []string) error {
 		defer a.procs.Close()
 	}
 	log.Info("procs", "gomaxprocs", runtime.GOMAXPROCS(0), "cpus", runtime.NumCPU(), "governed", a.procs != nil)
+	hup := make(chan os.Signal, 1) // before start: a SIGHUP during it reloads after
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	if err := a.start(cfg); err != nil {
 		a.stop()
 		return err
 	}
 	notify(a, daemon.SdNotifyReady) // every listener answers (ready.go)
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	for {
 		select {
 		case <-ctx.Done():

@@ -24,6 +24,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"xdoh/datapath/xsk/xsktest"
 	"xdoh/forwarder/upstream"
 )
 
@@ -239,6 +240,138 @@ func queryAll(t *testing.T, addr, dohAddr, dotAddr, doqAddr string, roots *x509.
 			err = r.Unpack(b)
 		}
 		check(target, r, err)
+	}
+}
+
+// unitCaps is the AmbientCapabilities of a unit file's text.
+func unitCaps(text string) []string {
+	var caps []string
+	for _, l := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(l, "AmbientCapabilities="); ok {
+			caps = append(caps, strings.Fields(v)...)
+		}
+	}
+	return caps
+}
+
+// TestSystemdXDPCapabilities runs xdoh as an unprivileged user with the
+// capabilities the unit and its XDP drop-in grant, on a veth in namespaces
+// of the test's own with xdp mode native: it answers through AF_XDP. Then
+// without each of the drop-in's capabilities in turn: the start fails.
+func TestSystemdXDPCapabilities(t *testing.T) {
+	for _, tool := range []string{"setpriv", "prlimit"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed (util-linux)", tool)
+		}
+	}
+	p := xsktest.NewPair(t, 1)
+	unit, err := os.ReadFile("../../deploy/systemd/xdoh.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dropIn, err := os.ReadFile("../../deploy/systemd/xdoh.service.d/xdp.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, xdpCaps := unitCaps(string(unit)), unitCaps(string(dropIn))
+	if len(base) == 0 || len(xdpCaps) == 0 {
+		t.Fatalf("no AmbientCapabilities in the unit (%v) or the drop-in (%v)", base, xdpCaps)
+	}
+	// A directory the unprivileged user can read, with the binary in it.
+	dir, err := os.MkdirTemp("", "xdoh-caps-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin, err := os.ReadFile(xdohBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zone, err := os.ReadFile(filepath.Join("demo", "aws.example.internal.zone"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf(`listeners:
+  - name: edge
+    protocols: [do53]
+    do53: ["%s:53"]
+    xdp: {mode: native, interfaces: [%s]}
+zones: [{name: aws.example.internal, file: zone}]
+`, p.Server4, p.ServerIf)
+	for name, b := range map[string][]byte{"xdoh": bin, "zone": zone, "xdoh.yaml": []byte(cfg)} {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// run starts xdoh as nobody with caps; it returns the log once xdoh
+	// is running or has exited, and whether it is running.
+	run := func(t *testing.T, caps []string) (string, bool) {
+		var set []string
+		for _, c := range caps {
+			set = append(set, "+"+strings.ToLower(strings.TrimPrefix(c, "CAP_")))
+		}
+		list := "-all," + strings.Join(set, ",")
+		logFile := filepath.Join(t.TempDir(), "xdoh.log")
+		// RLIMIT_MEMLOCK as systemd's default (8 MiB), below one UMEM.
+		_, exited := startInNS(t, p.ServerNS, logFile, "prlimit", "--memlock=8388608:8388608", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+			"--inh-caps="+list, "--ambient-caps="+list, "--bounding-set="+list, "--no-new-privs",
+			filepath.Join(dir, "xdoh"), "run", "-c", filepath.Join(dir, "xdoh.yaml"))
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			log, _ := os.ReadFile(logFile)
+			select {
+			case <-exited:
+				log, _ = os.ReadFile(logFile)
+				return string(log), false
+			default:
+			}
+			if strings.Contains(string(log), `msg="xdoh running"`) {
+				return string(log), true
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("xdoh neither ran nor exited within 20 s:\n%s", log)
+			}
+		}
+	}
+
+	t.Run("all", func(t *testing.T) { // its xdoh stops (and detaches) at the subtest's end
+		log, ok := run(t, append(base, xdpCaps...))
+		if !ok || !strings.Contains(log, `transport="do53 (udp) via af_xdp"`) {
+			t.Fatalf("with %v xdoh does not serve through AF_XDP:\n%s", append(base, xdpCaps...), log)
+		}
+		var r *dns.Msg
+		err := xsktest.In(p.ClientNS, func() error {
+			var err error
+			r, _, err = (&dns.Client{Timeout: 2 * time.Second}).Exchange(new(dns.Msg).SetQuestion("ipv4.aws.example.internal.", dns.TypeA), p.Server4+":53")
+			return err
+		})
+		if err != nil || len(r.Answer) != 1 || !strings.Contains(r.Answer[0].String(), "10.2.1.10") {
+			t.Fatalf("query through AF_XDP: %v %v", r, err)
+		}
+	})
+	// What fails without each (the drop-in's comments say why it is there).
+	why := map[string]string{
+		"CAP_BPF":       "map create: operation not permitted",
+		"CAP_PERFMON":   "load program: permission denied",
+		"CAP_NET_ADMIN": "operation not permitted",
+		"CAP_NET_RAW":   "creating AF_XDP socket: operation not permitted",
+		"CAP_IPC_LOCK":  "registering the UMEM",
+	}
+	for i, c := range xdpCaps {
+		t.Run("without "+c, func(t *testing.T) {
+			caps := append(append([]string(nil), base...), xdpCaps[:i]...)
+			caps = append(caps, xdpCaps[i+1:]...)
+			log, ok := run(t, caps)
+			if ok {
+				t.Fatalf("xdoh started with xdp mode native without %s:\n%s", c, log)
+			}
+			if !strings.Contains(log, "xdp on "+p.ServerIf) || !strings.Contains(log, why[c]) {
+				t.Fatalf("without %s xdoh failed, but not setting up XDP for want of it (%q):\n%s", c, why[c], log)
+			}
+			t.Log(tail(log, 1))
+		})
 	}
 }
 
