@@ -9,7 +9,8 @@
 //
 // It is the composition root: it reads the config, builds the forwarder
 // pipeline, the upstreams and zones, and starts the datapaths. Everything else
-// lives in packages.
+// lives in packages. Under systemd (deploy/systemd/xdoh.service, Type=notify)
+// it sends READY=1 once every listener answers queries (ready.go).
 package main
 
 import (

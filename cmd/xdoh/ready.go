@@ -5,6 +5,10 @@ package main
 // a DNS query sent to it over each of its transports, not merely once the
 // sockets are bound: a bound socket whose event loop has not started yet,
 // or a TLS listener whose certificate cannot be served, answers nothing.
+// The queries come from this host, so on an XDP listener they reach the
+// kernel sockets (over lo), not the AF_XDP path. A SIGHUP reload is framed
+// by RELOADING=1 and READY=1 (run.go); the datapaths it starts are not
+// probed again.
 
 import (
 	"context"
@@ -116,11 +120,8 @@ func (a *app) probes() ([]probe, error) {
 			if err != nil {
 				return nil, fmt.Errorf("readiness: listener %q: %w", l.Name, err)
 			}
-			path := t.path
-			if t.scheme == "https" && path == "" {
-				path = "/dns-query"
-			}
-			ps = append(ps, probe{listener: l.Name, target: t.scheme + "://" + ap.String() + path, roots: roots, name: name})
+			// A DoH target without a path asks /dns-query, the server's default too.
+			ps = append(ps, probe{listener: l.Name, target: t.scheme + "://" + ap.String() + t.path, roots: roots, name: name})
 		}
 	}
 	return ps, nil
