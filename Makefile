@@ -3,11 +3,15 @@ GO      ?= go
 BIN     := bin/xdoh
 PKGS    := ./...
 SHARED  ?= ../shared
+# `xdoh version`: the release from git (the commit and Go version come from
+# the build info, so -buildvcs=auto overrides a GOFLAGS=-buildvcs=false).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+GOBUILD := $(GO) build -buildvcs=auto -ldflags '-X main.version=$(VERSION)'
 
-.PHONY: run test build bench bench-latency peer-bench doh-bench dot-bench xdp-bench faults anycast soak vet fuzz generate clean
+.PHONY: run test build bench bench-latency peer-bench doh-bench dot-bench xdp-bench faults anycast soak vet fuzz generate clean deb rpm
 
 build:
-	$(GO) build -o $(BIN) ./cmd/xdoh
+	$(GOBUILD) -o $(BIN) ./cmd/xdoh
 
 # The seed's topology on one machine: xdoh on 127.0.0.1:5300 (UDP+TCP) with the
 # local zone aws.example.internal, forwarding example.com over DoH to an
@@ -87,5 +91,22 @@ vet:
 generate:
 	$(GO) generate ./bpf/...
 
+# Packages (deploy/nfpm.yaml) under bin/pkg: a static binary in /usr/bin,
+# the systemd unit, /etc/xdoh/xdoh.yaml and the xdoh system user. The
+# package version is the tag without its v (1.2.3+4.gabc1234 past it), or
+# 0.0.0+git<commit> before the first tag.
+NFPM        := $(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.48.0
+PKG_VERSION ?= $(shell case "$(VERSION)" in (v[0-9]*) echo "$(VERSION)" | sed 's/^v//; s/-/+/; s/-/./g';; (*) echo "0.0.0+git$(VERSION)" | sed 's/-/./g';; esac)
+
+bin/pkg/xdoh: FORCE
+	CGO_ENABLED=0 $(GOBUILD) -trimpath -o $@ ./cmd/xdoh
+
+deb rpm: bin/pkg/xdoh
+	rm -f bin/pkg/*.$@
+	XDOH_PKG_VERSION='$(PKG_VERSION)' XDOH_PKG_ARCH=$$($(GO) env GOARCH) $(NFPM) pkg -f deploy/nfpm.yaml -p $@ -t bin/pkg/
+
 clean:
 	rm -rf bin
+
+.PHONY: FORCE
+FORCE:

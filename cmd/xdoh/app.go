@@ -132,6 +132,17 @@ func (a *app) start(cfg *config.Config) error {
 			return err
 		}
 	}
+	// Ready once every listener answers (ready.go).
+	ps, err := a.probes()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	err = awaitAnswers(ctx, ps)
+	cancel()
+	if err != nil {
+		return err
+	}
 	if a.mx != nil {
 		a.mx.SetReady(true)
 	}

@@ -80,7 +80,8 @@ func (s *syncBuffer) String() string {
 }
 
 // startXdoh runs `xdoh run args…` in its own process group, waits until addr
-// answers over UDP, and stops it at cleanup. It returns the stderr buffer.
+// answers over UDP and xdoh says it is running, and stops it at cleanup. It
+// returns the stderr buffer.
 func startXdoh(t *testing.T, addr string, args ...string) *syncBuffer {
 	t.Helper()
 	return startXdohEnv(t, addr, nil, args...)
@@ -124,7 +125,9 @@ func startXdohCmd(t *testing.T, addr string, cmd *exec.Cmd) *syncBuffer {
 			t.Fatalf("xdoh exited at start: %v\n%s", waitErr, stderr.String())
 		default:
 		}
-		if _, _, err := (&dns.Client{Timeout: 200 * time.Millisecond}).Exchange(probe, addr); err == nil {
+		// Listeners answer a moment before the start is over (ready.go).
+		if _, _, err := (&dns.Client{Timeout: 200 * time.Millisecond}).Exchange(probe, addr); err == nil &&
+			strings.Contains(stderr.String(), `msg="xdoh running"`) {
 			return stderr
 		}
 		time.Sleep(50 * time.Millisecond)

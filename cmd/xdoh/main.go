@@ -6,10 +6,12 @@
 //	xdoh reload -s /run/xdoh.sock   (xdoh ctl reload)
 //	xdoh query [@server[:port]] NAME [TYPE] [--tcp] [--doh URL] [--ca-file F]
 //	xdoh bench [-d FILE | --random-sub D | --pcap F] [-c N] [-q N | -Q QPS] [-l S] TARGET
+//	xdoh version
 //
 // It is the composition root: it reads the config, builds the forwarder
 // pipeline, the upstreams and zones, and starts the datapaths. Everything else
-// lives in packages.
+// lives in packages. Under systemd (deploy/systemd/xdoh.service, Type=notify)
+// it sends READY=1 once every listener answers queries (ready.go).
 package main
 
 import (
@@ -38,6 +40,7 @@ usage:
   xdoh reload -s SOCKET | -c FILE      (xdoh ctl reload; also: kill -HUP)
   xdoh query [@server[:port]] NAME [TYPE] [--tcp] [--doh URL] [--ca-file F] [--timeout D]
   xdoh bench [-d FILE | --random-sub D | --pcap F] [-c N] [-q N | -Q QPS] [-l S] [--json F] TARGET
+  xdoh version
 `
 
 func main() {
@@ -59,6 +62,8 @@ func main() {
 		err = cmdCtl(os.Args[2:], os.Stdout)
 	case "reload":
 		err = cmdReload(os.Args[2:], os.Stdout)
+	case "version":
+		err = cmdVersion(os.Stdout)
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/coreos/go-systemd/v22/daemon"
+
 	"xdoh/cmd/xdoh/internal/config"
 	"xdoh/cmd/xdoh/internal/procs"
 )
@@ -149,23 +151,27 @@ func cmdRun(args []string) error {
 		defer a.procs.Close()
 	}
 	log.Info("procs", "gomaxprocs", runtime.GOMAXPROCS(0), "cpus", runtime.NumCPU(), "governed", a.procs != nil)
+	hup := make(chan os.Signal, 1) // before start: a SIGHUP during it reloads after
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	if err := a.start(cfg); err != nil {
 		a.stop()
 		return err
 	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+	notify(a, daemon.SdNotifyReady) // every listener answers (ready.go)
 	for {
 		select {
 		case <-ctx.Done():
 			log.Info("shutting down")
+			notify(a, daemon.SdNotifyStopping)
 			a.stop()
 			return nil
 		case <-hup:
+			notify(a, daemon.SdNotifyReloading)
 			if err := a.reload(); err != nil {
 				log.Error("reload rejected; the running config stays", "err", err)
 			}
+			notify(a, daemon.SdNotifyReady) // the new config, or the running one
 		}
 	}
 }

@@ -85,8 +85,8 @@ func (c *Collector) Registry() (*prometheus.Registry, error) {
 	return reg, nil
 }
 
-// Server serves /metrics, /healthz (the process is up) and /readyz (the
-// listeners are bound: SetReady was called).
+// Server serves /metrics, /healthz (the process is up) and /readyz (every
+// listener answers queries: SetReady was called).
 type Server struct {
 	srv   *http.Server
 	ln    net.Listener
