@@ -101,28 +101,13 @@ func startXdohCmd(t *testing.T, addr string, cmd *exec.Cmd) *syncBuffer {
 	t.Helper()
 	stderr := &syncBuffer{}
 	cmd.Stderr = stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{}) // closed when the process has ended
-	var waitErr error
-	go func() { waitErr = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(5 * time.Second):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-exited
-		}
-	})
+	exited, waitErr := startProc(t, cmd)
 	probe := new(dns.Msg).SetQuestion("probe.invalid.", dns.TypeA)
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
 		case <-exited:
-			t.Fatalf("xdoh exited at start: %v\n%s", waitErr, stderr.String())
+			t.Fatalf("xdoh exited at start: %v\n%s", waitErr(), stderr.String())
 		default:
 		}
 		// Listeners answer a moment before the start is over (ready.go).
@@ -134,6 +119,30 @@ func startXdohCmd(t *testing.T, addr string, cmd *exec.Cmd) *syncBuffer {
 	}
 	t.Fatalf("xdoh did not answer on %s within 10s\n%s", addr, stderr.String())
 	return nil
+}
+
+// startProc starts cmd in its own process group and stops the group at
+// cleanup (SIGTERM, then SIGKILL after 5 s). exited is closed when the
+// process has ended; waitErr is then what Wait returned.
+func startProc(t *testing.T, cmd *exec.Cmd) (exited <-chan struct{}, waitErr func() error) {
+	t.Helper()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	var err error
+	go func() { err = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-done
+		}
+	})
+	return done, func() error { <-done; return err }
 }
 
 func hostPort(t *testing.T, addr string) (string, string) {

@@ -121,20 +121,7 @@ metrics: {address: %q}
 	cmd := exec.Command(xdohBin, "run", "-c", cfg)
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sockPath)
 	cmd.Stderr = stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{}) // closed when the process has ended
-	var waitErr error
-	go func() { waitErr = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		select {
-		case <-exited:
-		case <-time.After(5 * time.Second):
-		}
-	})
+	exited, waitErr := startProc(t, cmd)
 
 	next("READY=1")
 	// The process's own readiness queries were answered over every
@@ -189,8 +176,8 @@ metrics: {address: %q}
 	next("STOPPING=1")
 	select {
 	case <-exited:
-		if waitErr != nil {
-			t.Fatalf("xdoh exited: %v\n%s", waitErr, stderr.String())
+		if err := waitErr(); err != nil {
+			t.Fatalf("xdoh exited: %v\n%s", err, stderr.String())
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatalf("xdoh did not stop\n%s", stderr.String())
