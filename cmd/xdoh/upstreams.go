@@ -30,6 +30,7 @@ type upKey struct {
 	method     string
 	timeout    time.Duration
 	conns      int
+	maxConns   int
 	maxWait    int
 	n          int
 }
@@ -48,6 +49,7 @@ func (k upKey) options() upstream.Options {
 		Method:     k.method,
 		Timeout:    k.timeout,
 		Conns:      k.conns,
+		MaxConns:   k.maxConns,
 		MaxWait:    k.maxWait,
 		Prewarm:    true, // connections ready before the first query
 	}
@@ -56,7 +58,7 @@ func (k upKey) options() upstream.Options {
 // newUpKey is the key of a target with opts (as buildPipeline fills
 // them), reading the CA file if there is one.
 func newUpKey(target string, opts upstream.Options) (upKey, error) {
-	k := upKey{target: target, caFile: opts.CAFile, serverName: opts.ServerName, method: opts.Method, timeout: opts.Timeout, conns: opts.Conns, maxWait: opts.MaxWait}
+	k := upKey{target: target, caFile: opts.CAFile, serverName: opts.ServerName, method: opts.Method, timeout: opts.Timeout, conns: opts.Conns, maxConns: opts.MaxConns, maxWait: opts.MaxWait}
 	if k.caFile != "" {
 		b, err := os.ReadFile(k.caFile)
 		if err != nil {
@@ -120,6 +122,20 @@ func (r *upstreams) release(k upKey) {
 	delete(r.m, k)
 	r.mu.Unlock()
 	_ = s.up.Close() // outside the lock: a close may wait for its connections
+}
+
+// connections returns the connections open to each target whose client
+// reports them (DoH), summed over its clients.
+func (r *upstreams) connections() map[string]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[string]int{}
+	for k, s := range r.m {
+		if c, ok := s.up.(interface{ Connections() int }); ok {
+			out[k.target] += c.Connections()
+		}
+	}
+	return out
 }
 
 // len is the number of clients open.

@@ -11,6 +11,7 @@ import (
 	"xdoh/cmd/xdoh/internal/config"
 	"xdoh/forwarder"
 	"xdoh/forwarder/upstream"
+	"xdoh/forwarder/upstream/upstreamtest"
 )
 
 // TestPipelineSharesUpstreams: a pipeline built beside a running one
@@ -116,5 +117,38 @@ default: {targets: [%q]}
 	p4.close()
 	if reg.len() != 0 {
 		t.Errorf("%d clients open after every pipeline closed, want 0", reg.len())
+	}
+}
+
+// TestUpstreamConnections: the registry reports the connections open to
+// each DoH target, summed over the clients that share it (each rule has
+// its own), as xdoh_upstream_connections shows them; here BIND 9.18 over
+// DoH with upstream.conns 2 and two rules: four.
+func TestUpstreamConnections(t *testing.T) {
+	b := upstreamtest.StartBIND(t, upstreamtest.BINDOptions{})
+	cfg, err := config.Parse(fmt.Appendf(nil, `listeners: [{name: in, do53: ["127.0.0.1:0"]}]
+rules:
+  - {name: a, domain: a.example, type: forward, targets: [%[1]q], ca_file: %[2]s}
+  - {name: b, domain: b.example, type: forward, targets: [%[1]q], ca_file: %[2]s}
+upstream: {conns: 2}
+`, b.DoHURL, b.CAFile), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := &upstreams{}
+	p, err := buildPipeline(cfg, nil, forwarder.NewCounters("in"), nil, nil, nil, nil, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.close()
+	deadline := time.Now().Add(10 * time.Second)
+	for reg.connections()[b.DoHURL] != 4 { // prewarmed: no query needed
+		if time.Now().After(deadline) {
+			t.Fatalf("connections %v, want 4 to %s", reg.connections(), b.DoHURL)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := len(reg.connections()); n != 1 {
+		t.Errorf("connections %v: want only the DoH target", reg.connections())
 	}
 }
