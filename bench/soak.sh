@@ -28,7 +28,8 @@
 #   LOAD (80, percent of the probed maximum), UP_CONNS (2, xdoh's default: upstream.conns, DoH connections to BIND), HUP_EVERY (60; 0: no reloads), SAMPLE_EVERY (5),
 #   XDOH_BIN (bin/xdoh), XDOH_PORT (5340), BIND_DOH (8493), BIND_DO53 (5341), METRICS_PORT (9340),
 #   WORK (/tmp/bench-peers-work), SHARED (../shared).
-# Output: $WORK/results-soak/<stamp>/ summary.txt, rss.csv, bench-*.json, metrics.txt (xdoh's
+# Output: $WORK/results-soak/<stamp>/ summary.txt, rss.csv, timeline.csv (per second:
+# in-flight, overload, upstream latency, CPU of xdoh and named, steal), bench-*.json, metrics.txt (xdoh's
 # /metrics at the end; its failure counters are in summary.txt), logs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -143,7 +144,7 @@ ticks() { # utime+stime of process $1 (all its threads), in clock ticks
 busy() { local _c u n sy _r; read -r _c u n sy _r </proc/stat; echo $((u + n + sy)); }
 HZ=$(getconf CLK_TCK)
 
-start_bg "$D/named.log" named -g -c "$D/named/named.conf"
+start_bg "$D/named.log" named -g -c "$D/named/named.conf"; NPID=$BG
 wait_answer "$BIND_DO53" foo.example.com 172.16.0.10 "$D/named.log"
 start_bg "$D/xdoh.log" "$BIN" run -c "$D/xdoh.yaml"; XPID=$BG
 wait_answer "$XDOH_PORT" name0.aws.example.internal 10.2.0.1 "$D/xdoh.log"
@@ -216,6 +217,30 @@ RATE=$((MAX * LOAD / 100))
 ((RATE > 0)) || { log "no clean rate found below $CLOSED QPS"; exit 1; }
 echo "max QPS: $MAX clean in open loop (closed loop: $CLOSED); soak rate ${LOAD}%: $RATE QPS" | tee -a "$RES/summary.txt" >&2
 
+# ------------------------------------------------------------ the timeline
+# Once a second, in its own process group: xdoh's upstream in-flight gauge
+# and counters (overload, forwarded, upstream exchanges and their summed
+# time, so per-second mean upstream latency), its connections to BIND
+# (both targets use the same BIND, so 2 x upstream.conns when none are
+# extra), the CPU ticks xdoh and named
+# used, and the machine's busy and steal ticks (time the hypervisor gave
+# to others). Columns are cumulative except inflight; timeline.csv.
+timeline() { # $1=xdoh pid $2=named pid $3=out
+  echo "t_s,inflight,overload,forwarded,up_count,up_sum_s,up_conns,xdoh_ticks,named_ticks,busy_ticks,steal_ticks" >"$3"
+  local t0 m s rest
+  t0=$(date +%s.%N)
+  while sleep 1; do
+    m=$(curl -s --max-time 0.5 "http://127.0.0.1:$METRICS_PORT/metrics" | awk '
+      /^xdoh_forwarder_upstream_inflight /{i=$2} /^xdoh_forwarder_overload_total /{o=$2}
+      /^xdoh_forwarder_forwarded_total /{f=$2}
+      /^xdoh_upstream_duration_seconds_count/{c+=$2} /^xdoh_upstream_duration_seconds_sum/{u+=$2}
+      /^xdoh_upstream_connections/{n+=$2}
+      END{printf "%d,%d,%d,%d,%.3f,%d", i, o, f, c, u, n}')
+    read -r _c u n sy _i _w _q _sq st _r </proc/stat
+    echo "$(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN{printf "%.1f", a-b}'),$m,$(ticks "$1" 2>/dev/null || echo 0),$(ticks "$2" 2>/dev/null || echo 0),$((u + n + sy)),$st" >>"$3"
+  done
+}
+
 # ------------------------------------------------------------ the soak
 echo "t_s,rss_kib" >"$RES/rss.csv"
 HUPS=0 RSS_WARM="" T0=$(date +%s) X0=$(ticks "$XPID") B0=$(busy)
@@ -223,6 +248,9 @@ HUPS=0 RSS_WARM="" T0=$(date +%s) X0=$(ticks "$XPID") B0=$(busy)
 # (the search's lossy trials count failures too).
 curl -s --max-time 5 "http://127.0.0.1:$METRICS_PORT/metrics" >"$RES/metrics-start.txt" || true
 run_mix soak "$DURATION" "$RATE"
+SOAK_BENCH=("${BENCH_PIDS[@]}")
+start_bg /dev/null bash -c "$(declare -f timeline ticks); METRICS_PORT=$METRICS_PORT timeline $XPID $NPID $RES/timeline.csv"
+BENCH_PIDS=("${SOAK_BENCH[@]}")
 next_hup=$HUP_EVERY
 while :; do
   alive=0
