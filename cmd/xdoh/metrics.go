@@ -120,7 +120,7 @@ func (a *app) collector() *metrics.Collector {
 				ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(n), t)
 			}
 		})
-	c.Dynamic("xdoh_upstream_connections", "Connections open to each DoH target: upstream.conns kept, and up to upstream.max_conns while every stream is busy.", []string{"target"},
+	c.Dynamic("xdoh_upstream_connections", "Connections open to each DoH target (upstream.conns per rule that uses it, fewer while one redials).", []string{"target"},
 		func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
 			for t, n := range a.ups.connections() {
 				ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(n), t)

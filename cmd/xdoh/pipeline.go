@@ -135,7 +135,6 @@ func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Coun
 				Method:     upstreamMethod(method),
 				Timeout:    timeout.D(),
 				Conns:      cfg.Upstream.Conns,
-				MaxConns:   cfg.Upstream.MaxConns,
 				MaxWait:    cfg.Upstream.MaxInflight, // a waiting query is in flight too
 			})
 			if err != nil {

@@ -30,7 +30,6 @@ type upKey struct {
 	method     string
 	timeout    time.Duration
 	conns      int
-	maxConns   int
 	maxWait    int
 	n          int
 }
@@ -49,7 +48,6 @@ func (k upKey) options() upstream.Options {
 		Method:     k.method,
 		Timeout:    k.timeout,
 		Conns:      k.conns,
-		MaxConns:   k.maxConns,
 		MaxWait:    k.maxWait,
 		Prewarm:    true, // connections ready before the first query
 	}
@@ -58,7 +56,7 @@ func (k upKey) options() upstream.Options {
 // newUpKey is the key of a target with opts (as buildPipeline fills
 // them), reading the CA file if there is one.
 func newUpKey(target string, opts upstream.Options) (upKey, error) {
-	k := upKey{target: target, caFile: opts.CAFile, serverName: opts.ServerName, method: opts.Method, timeout: opts.Timeout, conns: opts.Conns, maxConns: opts.MaxConns, maxWait: opts.MaxWait}
+	k := upKey{target: target, caFile: opts.CAFile, serverName: opts.ServerName, method: opts.Method, timeout: opts.Timeout, conns: opts.Conns, maxWait: opts.MaxWait}
 	if k.caFile != "" {
 		b, err := os.ReadFile(k.caFile)
 		if err != nil {

@@ -153,10 +153,10 @@ func newDo53Over(target string, addr netip.AddrPort, dialAddr string, ep *endpoi
 		return &b
 	}
 	u.tcp = connPool[dnsConn, *dnsConn]{
-		slots: make([]poolSlot[dnsConn], opts.Conns), keep: opts.Conns,
-		what: over + " connection to " + dialAddr, dialed: dialAddr + " over " + over,
+		slots: make([]poolSlot[dnsConn], opts.Conns),
+		what:  over + " connection to " + dialAddr, dialed: dialAddr + " over " + over,
 		maxWait: opts.MaxWait,
-		spawn:   u.spawn, done: u.wg.Done, dial: func(bool) (*dnsConn, error) { return u.dialTCP() }, closed: u.isDone.Load,
+		spawn:   u.spawn, done: u.wg.Done, dial: u.dialTCP, closed: u.isDone.Load,
 	}
 	if opts.Prewarm {
 		if tcpOnly {
@@ -329,9 +329,6 @@ func (c *dnsConn) usable() bool { return !c.closing.Load() }
 // just delivered answers, so that the queries their callbacks submit go
 // out in that reader's write (see readTCP).
 func (c *dnsConn) load() int32 { return c.inflight.Load() }
-
-// full is false: a full Do53 connection fails a query with ErrBusy instead.
-func (c *dnsConn) full() bool { return false }
 
 func (u *Do53) removeConn(c *dnsConn) {
 	u.mu.Lock()

@@ -13,15 +13,14 @@ import (
 
 // Limits of the DoH client.
 const (
-	maxStreamsPerConn = 256              // our own cap on concurrent streams per connection
-	extraConnIdle     = 30 * time.Second // an extra connection (Options.MaxConns) with no new stream for this long closes
-	maxResponseSize   = 65535            // largest DNS message
-	streamRecvWindow  = 1 << 20          // SETTINGS_INITIAL_WINDOW_SIZE we advertise
-	connRecvWindow    = 1 << 24          // connection receive window after our WINDOW_UPDATE
-	maxClientStreamID = 1<<31 - 1        // last usable client stream ID
-	writeBufSize      = 32 << 10         // bufio.Writer per connection
-	readBufSize       = 16 << 10         // bufio.Reader per connection
-	maxHeaderBlock    = 16384 - 64       // precomputed header block must fit one HEADERS frame
+	maxStreamsPerConn = 256        // our own cap on concurrent streams per connection
+	maxResponseSize   = 65535      // largest DNS message
+	streamRecvWindow  = 1 << 20    // SETTINGS_INITIAL_WINDOW_SIZE we advertise
+	connRecvWindow    = 1 << 24    // connection receive window after our WINDOW_UPDATE
+	maxClientStreamID = 1<<31 - 1  // last usable client stream ID
+	writeBufSize      = 32 << 10   // bufio.Writer per connection
+	readBufSize       = 16 << 10   // bufio.Reader per connection
+	maxHeaderBlock    = 16384 - 64 // precomputed header block must fit one HEADERS frame
 )
 
 // DoH is a DNS-over-HTTPS upstream (RFC 8484, POST or GET) over HTTP/2
@@ -38,7 +37,6 @@ type DoH struct {
 	dialTime  time.Duration
 	pingEvery time.Duration // idle time before a keepalive PING; <= 0: none
 	pingWait  time.Duration // time for a PING ACK
-	extraIdle time.Duration // an extra connection closes after this long without a new stream
 	rtt       atomic.Int64  // EWMA of PING round trips, ns; 0 before the first
 	pool      connPool[h2Conn, *h2Conn]
 	hdr       headerBlocks // hdr.get: GET requests, no DATA
@@ -87,15 +85,14 @@ func newDoH(target string, opts Options) (*DoH, error) {
 		dialTime:    max(2*opts.Timeout, time.Second),
 		pingEvery:   opts.PingInterval,
 		pingWait:    opts.PingTimeout,
-		extraIdle:   extraConnIdle,
 		hdr:         hdr,
 		conns:       make(map[*h2Conn]struct{}),
 		maxStreamID: maxClientStreamID,
 	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.pool = connPool[h2Conn, *h2Conn]{
-		slots: make([]poolSlot[h2Conn], opts.MaxConns), keep: opts.Conns,
-		what: "connection to " + dialAddr, dialed: dialAddr,
+		slots: make([]poolSlot[h2Conn], opts.Conns),
+		what:  "connection to " + dialAddr, dialed: dialAddr,
 		maxWait: opts.MaxWait,
 		spawn:   d.spawn, done: d.wg.Done, dial: d.dialOne, closed: d.isDone.Load,
 	}
@@ -168,9 +165,8 @@ const (
 	stAbandoned          // the caller gave up or it timed out; nobody completes it
 )
 
-// dialOne dials, registers and starts one connection for the pool; an
-// extra one watches its own idleness (watchIdle).
-func (d *DoH) dialOne(extra bool) (*h2Conn, error) {
+// dialOne dials, registers and starts one connection for the pool.
+func (d *DoH) dialOne() (*h2Conn, error) {
 	ctx, cancel := context.WithTimeout(d.ctx, d.dialTime)
 	c, err := d.dialConn(ctx)
 	cancel()
@@ -185,9 +181,6 @@ func (d *DoH) dialOne(extra bool) (*h2Conn, error) {
 	}
 	d.conns[c] = struct{}{}
 	c.start()
-	if extra {
-		c.watchIdle()
-	}
 	return c, nil
 }
 
@@ -205,9 +198,6 @@ func (d *DoH) spawn() bool {
 func (h *h2Conn) usable() bool { return !h.closing.Load() }
 
 func (h *h2Conn) load() int32 { return h.inflight.Load() }
-
-// full reports whether every stream the connection may have is taken.
-func (h *h2Conn) full() bool { return h.inflight.Load() >= h.limit.Load() }
 
 // dialConn connects, runs the TLS handshake (ALPN h2 required) and the
 // HTTP/2 preface exchange; the returned connection is not started yet.

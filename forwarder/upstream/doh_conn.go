@@ -36,7 +36,6 @@ type h2Conn struct {
 
 	closing  atomic.Bool  // no new streams: draining or dead
 	inflight atomic.Int32 // active, readable without the lock (connection choice)
-	limit    atomic.Int32 // maxStreams, readable without the lock (full)
 	born     time.Time    // monotonic base of lastRead
 	lastRead atomic.Int64 // when the reader last got a frame, ns since born
 
@@ -56,8 +55,6 @@ type h2Conn struct {
 	pingOut        bool    // our PING awaits its ACK
 	pingData       [8]byte // its payload (random); written by the writer only
 	pingSent       time.Time
-	idleTimer      *time.Timer // an extra connection's idleness check (watchIdle); nil for kept ones
-	idleMark       uint32      // nextID at the last check
 
 	// Writer-owned.
 	batch        []*request
@@ -99,7 +96,6 @@ func newH2Conn(d *DoH, nc net.Conn) *h2Conn {
 		hCLen:          -1,
 		born:           time.Now(),
 	}
-	c.limit.Store(maxStreamsPerConn)
 	c.fr = http2.NewFramer(c.bw, bufio.NewReaderSize(nc, readBufSize))
 	c.fr.SetMaxReadFrameSize(16384) // the default we advertise
 	c.fr.SetReuseFrames()           // DATA payloads are copied out at once
@@ -175,34 +171,6 @@ func (c *h2Conn) start() {
 	go c.writeLoop()
 }
 
-// watchIdle makes an extra connection, one the pool opened while every
-// kept one was full, retire once it has opened no stream for d.extraIdle:
-// it drains, and the writer closes it when its last stream ends. The pool
-// gives extra connections queries only while the kept ones are full, so
-// they go idle when the load falls.
-func (c *h2Conn) watchIdle() {
-	c.mu.Lock()
-	c.idleMark = c.nextID
-	c.idleTimer = time.AfterFunc(c.d.extraIdle, c.checkIdle)
-	c.mu.Unlock()
-}
-
-func (c *h2Conn) checkIdle() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.dead || c.draining {
-		return
-	}
-	if c.nextID != c.idleMark || c.active > 0 {
-		c.idleMark = c.nextID
-		c.idleTimer.Reset(c.d.extraIdle)
-		return
-	}
-	c.draining = true
-	c.closing.Store(true)
-	c.signal() // the writer closes it: nothing is in flight
-}
-
 func (c *h2Conn) signal() {
 	select {
 	case c.wake <- struct{}{}:
@@ -255,9 +223,6 @@ func (c *h2Conn) shutdown(err error) {
 	}
 	c.dead, c.err = true, err
 	c.closing.Store(true)
-	if c.idleTimer != nil {
-		c.idleTimer.Stop()
-	}
 	victims := make([]*request, 0, len(c.streams))
 	for _, r := range c.streams {
 		victims = append(victims, r)

@@ -330,7 +330,6 @@ func (c *h2Conn) applySettingsLocked(f *http2.SettingsFrame) error {
 		switch s.ID {
 		case http2.SettingMaxConcurrentStreams:
 			c.maxStreams = int(min(s.Val, maxStreamsPerConn))
-			c.limit.Store(int32(c.maxStreams))
 		case http2.SettingInitialWindowSize:
 			c.peerInitWindow = int64(s.Val)
 		case http2.SettingMaxFrameSize:

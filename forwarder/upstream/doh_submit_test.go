@@ -241,13 +241,12 @@ func answerProblem(resp []byte, name string, id uint16) string {
 	return ""
 }
 
-// warmUp connects every kept slot of u, so that Submit takes the fast
-// path.
+// warmUp connects every slot of u, so that Submit takes the fast path.
 func warmUp(t testing.TB, u *DoH) {
 	t.Helper()
 	waitFor(t, "every connection up", func() bool {
 		u.pool.prewarm() // again after a failed dial
-		for i := range u.pool.keep {
+		for i := range u.pool.slots {
 			if u.pool.usable(&u.pool.slots[i]) == nil {
 				return false
 			}
@@ -898,7 +897,7 @@ func TestDoHSubmitCloseInFlight(t *testing.T) {
 				var reqs atomic.Int32
 				f := upstreamtest.StartFakeH2(t, []http2.Setting{{ID: http2.SettingMaxConcurrentStreams, Val: 4}},
 					func(*upstreamtest.FakeConn, int, uint32, *dns.Msg) { reqs.Add(1) })
-				return f.URL(), Options{Conns: 1, MaxConns: 1}, func() bool { return reqs.Load() == 4 }
+				return f.URL(), Options{Conns: 1}, func() bool { return reqs.Load() == 4 }
 			},
 			warm: true,
 			want: expect{is: ErrClosed},

@@ -392,7 +392,7 @@ func TestDoHMaxConcurrentStreams(t *testing.T) {
 				fc.Respond(id, q)
 			})
 		})
-	u := newTestDoH(t, f.URL(), Options{Conns: 1, MaxConns: 1})
+	u := newTestDoH(t, f.URL(), Options{Conns: 1})
 	var cw sync.WaitGroup
 	for i := range 10 {
 		cw.Go(func() {
@@ -408,104 +408,6 @@ func TestDoHMaxConcurrentStreams(t *testing.T) {
 	cw.Wait()
 	if p := peak.Load(); p > 2 {
 		t.Errorf("server saw %d concurrent streams, allowed 2", p)
-	}
-}
-
-// When every stream of every connection is busy and queries wait, the
-// client opens extra connections, one dial at a time, up to MaxConns;
-// they take the waiting queries, and close once idle while the kept
-// connection stays.
-func TestDoHOpensExtraConnections(t *testing.T) {
-	type held struct {
-		fc *upstreamtest.FakeConn
-		id uint32
-		q  *dns.Msg
-	}
-	var mu sync.Mutex
-	var reqs []held
-	perConn := map[int]int{}
-	f := upstreamtest.StartFakeH2(t, []http2.Setting{{ID: http2.SettingMaxConcurrentStreams, Val: 2}},
-		func(fc *upstreamtest.FakeConn, conn int, id uint32, q *dns.Msg) {
-			mu.Lock()
-			reqs = append(reqs, held{fc, id, q})
-			perConn[conn]++
-			mu.Unlock()
-		})
-	u := newTestDoH(t, f.URL(), Options{Conns: 1, MaxConns: 3, Timeout: 10 * time.Second})
-	u.extraIdle = 200 * time.Millisecond
-	warmUp(t, u) // the kept connection is up
-	const n = 10
-	b := newAsyncBurst(t, u, n, numberedNames("x"))
-	for i := range n {
-		b.submit(i, 0)
-	}
-	// 3 connections x 2 streams are busy; the rest wait.
-	waitFor(t, "6 queries held at the server", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(reqs) == 6
-	})
-	time.Sleep(50 * time.Millisecond) // a fourth dial would have shown by now
-	if got := f.NConn.Load(); got != 3 {
-		t.Fatalf("%d connections, want MaxConns (3)", got)
-	}
-	if w := u.pool.waiting(); w != n-6 {
-		t.Errorf("%d queries waiting, want %d", w, n-6)
-	}
-	mu.Lock()
-	for c := 1; c <= 3; c++ {
-		if perConn[c] != 2 {
-			t.Errorf("connection %d got %d queries, want 2 (its stream limit): %v", c, perConn[c], perConn)
-		}
-	}
-	mu.Unlock()
-	var nAns int
-	for nAns < n {
-		waitFor(t, "requests at the server", func() bool {
-			mu.Lock()
-			defer mu.Unlock()
-			return len(reqs) > 0
-		})
-		mu.Lock()
-		for _, r := range reqs {
-			r.fc.Respond(r.id, r.q)
-			nAns++
-		}
-		reqs = reqs[:0]
-		mu.Unlock()
-	}
-	b.wait(t, 5*time.Second)
-	b.check(t, u.timeout, always(answered))
-	b.checkOnce(t)
-
-	// Idle, the two extra connections close; the kept one stays.
-	waitFor(t, "extra connections closed", func() bool {
-		u.mu.Lock()
-		defer u.mu.Unlock()
-		return len(u.conns) == 1
-	})
-	go func() { // answer whatever comes from now on
-		for {
-			mu.Lock()
-			for _, r := range reqs {
-				r.fc.Respond(r.id, r.q)
-			}
-			reqs = reqs[:0]
-			mu.Unlock()
-			select {
-			case <-t.Context().Done():
-				return
-			case <-time.After(time.Millisecond):
-			}
-		}
-	}()
-	resp, err := Exchange(context.Background(), u, makeQuery(t, "after.example.", 7))
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkAnswer(t, resp, "after.example.", 7)
-	if got := f.NConn.Load(); got != 3 {
-		t.Errorf("%d connections after the extra ones closed, want 3: a lone query needs no new one", got)
 	}
 }
 

@@ -104,10 +104,10 @@ func newDoQ(target, rest string, opts Options) (*DoQ, error) {
 	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.pool = connPool[doqConn, *doqConn]{
-		slots: make([]poolSlot[doqConn], opts.Conns), keep: opts.Conns,
-		what: "QUIC connection to " + dialAddr, dialed: dialAddr + " over QUIC",
+		slots: make([]poolSlot[doqConn], opts.Conns),
+		what:  "QUIC connection to " + dialAddr, dialed: dialAddr + " over QUIC",
 		maxWait: opts.MaxWait,
-		spawn:   d.spawn, done: d.wg.Done, dial: func(bool) (*doqConn, error) { return d.dial() }, closed: d.isDone.Load,
+		spawn:   d.spawn, done: d.wg.Done, dial: d.dial, closed: d.isDone.Load,
 	}
 	if opts.Prewarm {
 		d.pool.prewarm()
@@ -257,10 +257,6 @@ type finished struct {
 func (c *doqConn) usable() bool { return !c.closing.Load() }
 
 func (c *doqConn) load() int32 { return c.inflight.Load() }
-
-// full is false: a DoQ connection waits for the server to allow another
-// stream (openStream) rather than open extra connections.
-func (c *doqConn) full() bool { return false }
 
 // openStream returns a new stream for a query. When the server's stream
 // limit (its MAX_STREAMS) is reached it returns nil, and unless one runs

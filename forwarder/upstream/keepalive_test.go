@@ -160,7 +160,7 @@ func TestDoHPrewarm(t *testing.T) {
 	}
 	waitFor(t, "3 connections before the first exchange", func() bool { return f.NConn.Load() == 3 })
 	waitFor(t, "connections in their slots", func() bool {
-		for i := range u.pool.keep {
+		for i := range u.pool.slots {
 			if u.pool.slots[i].conn.Load() == nil {
 				return false
 			}

@@ -8,25 +8,14 @@ import (
 	"time"
 )
 
-// connPool is a fixed number of connection slots shared by DoH, DoQ and
-// Do53 over TCP. The first keep slots are kept connected: a query goes to
-// the usable one with the fewest queries on it (ties rotate): when
-// connections end up on server threads of unequal speed — BIND 9.18
-// spreads connections over per-thread listening sockets by a hash, so two
-// of them may share a thread — the faster ones take more. A kept slot
-// without a usable connection is dialled in the background (one dial at a
-// time per slot, with the target's backoff after failures); while it
+// connPool is a fixed number of connection slots shared by DoH and Do53 over
+// TCP. A query goes to the usable connection with the fewest queries on it
+// (ties rotate): when connections end up on server threads of unequal speed
+// — BIND 9.18 spreads connections over per-thread listening sockets by a
+// hash, so two of them may share a thread — the faster ones take more. A
+// slot without a usable connection is dialled in the background (one dial
+// at a time per slot, with the target's backoff after failures); while it
 // dials, queries use another slot's connection.
-//
-// The slots past keep (DoH's Options.MaxConns) hold extra connections,
-// opened only under load: when every kept connection is full (all the
-// streams its server allows are busy) and queries wait, the pool dials an
-// extra slot, one dial at a time, as Go's own HTTP/2 client opens another
-// connection when a server's stream limit is reached. A query takes an
-// extra connection only while the least loaded kept one is full, the
-// first extra one with room in slot order, so that load concentrates on
-// the first extras and the last go idle first; the connection retires
-// itself once idle (DoH: no new stream for extraIdle).
 //
 // A query that no connection can take now (none is up yet, or, for DoH,
 // every one has all the streams it may have; a full Do53 connection fails
@@ -58,10 +47,8 @@ type connPool[E any, C interface {
 	*E
 	usable() bool
 	load() int32 // queries on the connection now
-	full() bool  // it takes no query now: every stream it may have is busy (false if it never refuses)
 }] struct {
-	slots   []poolSlot[E] // kept slots, then extra ones
-	keep    int           // slots kept connected; the rest open under load (see grow)
+	slots   []poolSlot[E]
 	next    atomic.Uint32
 	backoff backoff
 	what    string // "connection to host:port", for errors while waiting
@@ -76,9 +63,8 @@ type connPool[E any, C interface {
 	done   func()
 	closed func() bool
 	// dial connects and, unless the owner closed meanwhile, registers and
-	// starts the connection; extra: for a slot past keep, so it retires
-	// itself when idle. Its errors are wrapped by the pool.
-	dial func(extra bool) (C, error)
+	// starts the connection. Its errors are wrapped by the pool.
+	dial func() (C, error)
 
 	dials      atomic.Int32 // dials running
 	nwait      atomic.Int32 // requests in the wait queue, readable without wmu
@@ -132,10 +118,9 @@ func (p *connPool[E, C]) fail(err error) error {
 	return err
 }
 
-// prewarm starts dialling every kept slot; errors are the next query's
-// business.
+// prewarm starts dialling every slot; errors are the next query's business.
 func (p *connPool[E, C]) prewarm() {
-	for i := range p.keep {
+	for i := range p.slots {
 		_ = p.startDial(&p.slots[i])
 	}
 }
@@ -165,7 +150,7 @@ func (p *connPool[E, C]) startDial(s *poolSlot[E]) error {
 // connection, or fails them with the dial's error (see drainLocked).
 func (p *connPool[E, C]) run(s *poolSlot[E]) {
 	defer p.done()
-	c, err := p.dial(p.extra(s))
+	c, err := p.dial()
 	if err != nil {
 		err = fmt.Errorf("dialing %s: %w", p.dialed, err)
 	}
@@ -180,16 +165,6 @@ func (p *connPool[E, C]) run(s *poolSlot[E]) {
 	p.kick()
 }
 
-// extra reports whether s is past the kept slots.
-func (p *connPool[E, C]) extra(s *poolSlot[E]) bool {
-	for i := range p.keep {
-		if &p.slots[i] == s {
-			return false
-		}
-	}
-	return true
-}
-
 // tryGet returns a connection that takes new queries if one is ready now,
 // nil otherwise; it starts dialling a slot without one.
 func (p *connPool[E, C]) tryGet() C {
@@ -200,14 +175,12 @@ func (p *connPool[E, C]) tryGet() C {
 	return c
 }
 
-// pick returns the kept connection with the fewest queries on it,
+// pick returns the usable connection with the fewest queries on it,
 // starting from the next slot in rotation so that ties take turns, and the
-// first kept slot it found without a usable connection (nil if none).
-// Without a usable connection it returns nil and the rotation's slot. If
-// that connection is full, or there is none, the first extra one with room
-// is returned instead, if there is one.
+// first slot it found without a usable connection (nil if none). Without a
+// usable connection it returns nil and the rotation's slot.
 func (p *connPool[E, C]) pick() (C, *poolSlot[E]) {
-	n := uint32(p.keep)
+	n := uint32(len(p.slots))
 	i := p.next.Add(1) % n
 	var best C
 	var bestLoad int32
@@ -225,40 +198,10 @@ func (p *connPool[E, C]) pick() (C, *poolSlot[E]) {
 			best, bestLoad = c, l
 		}
 	}
-	if best == nil || best.full() {
-		for i := p.keep; i < len(p.slots); i++ {
-			if c := p.usable(&p.slots[i]); c != nil && !c.full() {
-				best = c
-				break
-			}
-		}
-	}
 	if best != nil && empty != nil {
 		_ = p.startDial(empty) // refill the slot; best serves meanwhile
 	}
 	return best, empty
-}
-
-// grow starts dialling an extra slot, unless one dials already or every
-// extra slot is connected: drainLocked calls it when the connection it
-// picked refused the first waiting query (every connection is full).
-func (p *connPool[E, C]) grow() {
-	var free *poolSlot[E]
-	for i := p.keep; i < len(p.slots); i++ {
-		s := &p.slots[i]
-		s.mu.Lock()
-		dialing := s.dialing
-		s.mu.Unlock()
-		if dialing {
-			return
-		}
-		if free == nil && p.usable(s) == nil {
-			free = s
-		}
-	}
-	if free != nil {
-		_ = p.startDial(free) // after a failed dial, the backoff says no
-	}
 }
 
 // wait puts request w at the back of the wait queue until deadline, with
@@ -348,9 +291,6 @@ func (p *connPool[E, C]) drainLocked() (failed []*waitNode[C]) {
 		}
 		ok, err := n.req.take(c)
 		if !ok {
-			if c.full() {
-				p.grow()
-			}
 			return failed
 		}
 		p.unlinkLocked(n)

@@ -11,10 +11,8 @@
 // Options.Conns TLS connections to its target, dialled lazily by the first
 // query that needs one (or all at once in the background by New with
 // Options.Prewarm; Close cancels those dials), and gives each query to the
-// usable connection with the fewest queries on it (pool.go). While every
-// stream of those is busy and queries wait, it opens extra connections,
-// up to Options.MaxConns, which close again once idle. Each connection
-// has exactly two goroutines:
+// usable connection with the fewest queries on it (pool.go). Each
+// connection has exactly two goroutines:
 //
 //   - The writer owns every write. Callers put their request on a bounded
 //     queue; the writer takes the first one and then everything else that
@@ -307,11 +305,6 @@ type Options struct {
 	ServerName string         // TLS name to verify (DoH, DoT, DoQ); default: host of the target
 	Timeout    time.Duration  // cap per query (default 2s); Submit's timeout may be shorter
 	Conns      int            // connections (Do53: UDP sockets and TCP connections) per target (default 2)
-	// MaxConns (DoH) bounds the connections to the target: past Conns,
-	// kept open, the client opens more while every stream of every
-	// connection is busy and queries wait, and closes them again once
-	// idle (default 4 × Conns; at least Conns).
-	MaxConns int
 	// MaxWait (DoH, DoT, DoQ, Do53 over TCP) bounds the queries that wait
 	// for a connection or a free stream when every connection is full or
 	// still dialling (default 4096); beyond it Submit fails with ErrBusy.
@@ -357,7 +350,6 @@ const (
 const (
 	DefaultTimeout      = 2 * time.Second
 	DefaultConns        = 2
-	DefaultMaxConns     = 4 // times Conns
 	DefaultMaxWait      = 4096
 	DefaultPingInterval = 15 * time.Second
 	DefaultPingTimeout  = 2 * time.Second
@@ -469,12 +461,6 @@ func newUpstream(target string, opts Options) (Upstream, error) {
 	}
 	if opts.Conns == 0 {
 		opts.Conns = DefaultConns
-	}
-	if opts.MaxConns < 0 || opts.MaxConns > 0 && opts.MaxConns < opts.Conns {
-		return nil, fmt.Errorf("maximum of %d connections is below the %d kept open", opts.MaxConns, opts.Conns)
-	}
-	if opts.MaxConns == 0 {
-		opts.MaxConns = DefaultMaxConns * opts.Conns
 	}
 	if opts.MaxWait < 0 {
 		return nil, fmt.Errorf("negative wait queue bound %d", opts.MaxWait)

@@ -88,8 +88,8 @@ func TestNewOptions(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := u.(*DoH)
-	if d.timeout != DefaultTimeout || d.pool.keep != DefaultConns || len(d.pool.slots) != DefaultMaxConns*DefaultConns {
-		t.Errorf("defaults: timeout %v, %d conns kept, %d at most", d.timeout, d.pool.keep, len(d.pool.slots))
+	if d.timeout != DefaultTimeout || len(d.pool.slots) != DefaultConns {
+		t.Errorf("defaults: timeout %v, %d conns", d.timeout, len(d.pool.slots))
 	}
 	if d.tlsConf.ServerName != "127.0.0.1" || d.tlsConf.ClientSessionCache == nil {
 		t.Errorf("TLS config: %+v", d.tlsConf)

@@ -31,12 +31,12 @@ func (p *connPool[E, C]) holdDials(t testing.TB, err error) (release func()) {
 	release = func() { once.Do(func() { close(gate) }) }
 	t.Cleanup(release)
 	dial := p.dial
-	p.dial = func(extra bool) (C, error) {
+	p.dial = func() (C, error) {
 		<-gate
 		if err != nil {
 			return nil, err
 		}
-		return dial(extra)
+		return dial()
 	}
 	return release
 }
@@ -344,7 +344,7 @@ func TestDoHSubmitWaitsForStream(t *testing.T) {
 			names = append(names, q.Question[0].Name)
 			mu.Unlock()
 		})
-	u := newTestDoH(t, f.URL(), Options{Conns: 1, MaxConns: 1, Timeout: 10 * time.Second}) // one connection: no extra ones
+	u := newTestDoH(t, f.URL(), Options{Conns: 1, Timeout: 10 * time.Second})
 	warmUp(t, u)
 	const n = 100
 	b := newAsyncBurst(t, u, n, numberedNames("s"))

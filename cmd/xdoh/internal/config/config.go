@@ -434,8 +434,7 @@ type Upstream struct {
 	QueryTimeout Duration `yaml:"query_timeout"` // whole budget per client query
 	Timeout      Duration `yaml:"timeout"`       // default per-attempt timeout
 	MaxInflight  int      `yaml:"max_inflight"`  // queries upstream at once; also each target's wait queue
-	Conns        int      `yaml:"conns"`         // connections per target, kept open
-	MaxConns     int      `yaml:"max_conns"`     // DoH: connections per target under load (default 4 × conns)
+	Conns        int      `yaml:"conns"`         // DoH connections per target
 }
 
 // QueryLog configures the query log (JSON lines with Route 53 Resolver field
@@ -917,13 +916,6 @@ func (c *Config) Validate() error {
 	}
 	if c.Upstream.Conns < 0 {
 		bad("upstream.conns", "must not be negative")
-	}
-	keep := c.Upstream.Conns
-	if keep == 0 {
-		keep = 2 // upstream.DefaultConns
-	}
-	if c.Upstream.MaxConns < 0 || c.Upstream.MaxConns > 0 && c.Upstream.MaxConns < keep {
-		bad("upstream.max_conns", "%d is below upstream.conns (%d); 0 means 4 × conns", c.Upstream.MaxConns, keep)
 	}
 	if c.Upstream.QueryTimeout > 0 && c.Upstream.Timeout > c.Upstream.QueryTimeout {
 		bad("upstream.timeout", "%v is longer than upstream.query_timeout %v", c.Upstream.Timeout.D(), c.Upstream.QueryTimeout.D())

@@ -272,8 +272,6 @@ func TestParseErrors(t *testing.T) {
 		{name: "upstream negative query_timeout", yaml: base + "upstream:\n  query_timeout: -1s\n", want: []string{"upstream.query_timeout"}, count: 1},
 		{name: "upstream negative inflight", yaml: base + "upstream:\n  max_inflight: -1\n", want: []string{"upstream.max_inflight"}, count: 1},
 		{name: "upstream negative conns", yaml: base + "upstream:\n  conns: -3\n", want: []string{"upstream.conns"}, count: 1},
-		{name: "upstream max_conns below conns", yaml: base + "upstream:\n  conns: 4\n  max_conns: 3\n", want: []string{"upstream.max_conns", "below upstream.conns (4)"}, count: 1},
-		{name: "upstream max_conns below default conns", yaml: base + "upstream:\n  max_conns: 1\n", want: []string{"upstream.max_conns", "(2)"}, count: 1},
 		{
 			name: "several at once",
 			yaml: "listeners:\n  - name: a\n    do53: [\"nope\"]\nrules:\n  - {name: r, domain: a.example, type: forward, targets: [\"ftp://x\"]}\ncache:\n  entries: -1\n",
