@@ -25,7 +25,7 @@
 # after DURATION + 120 s whatever happens.
 #
 # Knobs (env): DURATION (600), WARMUP (min(60, DURATION/4)), PROBE (60), SEARCH (5),
-#   LOAD (80, percent of the probed maximum), UP_CONNS (2, xdoh's default: upstream.conns, DoH connections to BIND), HUP_EVERY (60; 0: no reloads), SAMPLE_EVERY (5),
+#   LOAD (80, percent of the probed maximum), RATE (unset; set: no search, soak at RATE QPS), UP_CONNS (2, xdoh's default: upstream.conns, DoH connections to BIND), HUP_EVERY (60; 0: no reloads), SAMPLE_EVERY (5),
 #   XDOH_BIN (bin/xdoh), XDOH_PORT (5340), BIND_DOH (8493), BIND_DO53 (5341), METRICS_PORT (9340),
 #   WORK (/tmp/bench-peers-work), SHARED (../shared).
 # Output: $WORK/results-soak/<stamp>/ summary.txt, rss.csv, timeline.csv (per second:
@@ -184,6 +184,10 @@ sum_json() { # $1=prefix $2=jq expression -> sum over the streams
   echo "$s"
 }
 
+if [[ -n ${RATE:-} ]]; then
+  log "RATE=$RATE: no search, the soak runs at $RATE QPS"
+  echo "soak rate (RATE): $RATE QPS" | tee -a "$RES/summary.txt" >&2
+else
 log "probing the maximum QPS of the mix for ${PROBE}s (closed loop, 4 streams x 2 sockets x 50 in flight)"
 run_mix probe "$PROBE" 0
 for p in "${BENCH_PIDS[@]}"; do wait "$p" || true; done
@@ -216,6 +220,7 @@ MAX=$LO
 RATE=$((MAX * LOAD / 100))
 ((RATE > 0)) || { log "no clean rate found below $CLOSED QPS"; exit 1; }
 echo "max QPS: $MAX clean in open loop (closed loop: $CLOSED); soak rate ${LOAD}%: $RATE QPS" | tee -a "$RES/summary.txt" >&2
+fi
 
 # ------------------------------------------------------------ the timeline
 # Once a second, in its own process group: xdoh's upstream in-flight gauge
