@@ -113,10 +113,19 @@
 // answers flag and an allow list is answered from the map only for allowed
 // sources). An empty allow list allows everyone, so it sets neither flag.
 //
+// # Reuseport steering
+//
+// reuseport_steer (reuseport.c, SteerReuseport) is not an XDP program: an
+// sk_reuseport program on the SO_REUSEPORT group of a Do53 address that
+// gives each datagram to one of the attaching process's sockets (a
+// REUSEPORT_SOCKARRAY, indexed by the flow hash), so that an older xdoh's
+// sockets in the group receive nothing while it drains during an
+// overlapping restart.
+//
 // # Regenerating
 //
-// xdp_bpfel.go and xdp_bpfel.o are generated and committed, so building needs
-// no clang. After changing xdp.c run `make generate` (go generate ./bpf/...),
+// The *_bpfel.go and *_bpfel.o files are generated and committed, so
+// building needs no clang. After changing a .c file run `make generate` (go generate ./bpf/...),
 // which needs clang, llvm-strip and libbpf's headers (Debian: clang llvm
 // libbpf-dev). The output is reproducible: the same clang gives the same
 // bytes. The C structs and enum reason reach Go through bpf2go's -type: the
@@ -131,3 +140,7 @@ package bpf
 // server's program steers by destination, the load generator needs the
 // replies from its target.
 //go:generate go tool bpf2go -cc clang -target bpfel bench bench.c -- -Wall -Werror -mcpu=v3 -idirafter /usr/include/x86_64-linux-gnu -idirafter /usr/include/aarch64-linux-gnu
+
+// reuseport.c steers a SO_REUSEPORT group of UDP sockets to the newest
+// xdoh's (SteerReuseport, reuseport.go), for restarts that lose nothing.
+//go:generate go tool bpf2go -cc clang -target bpfel reuseport reuseport.c -- -Wall -Werror -mcpu=v3 -idirafter /usr/include/x86_64-linux-gnu -idirafter /usr/include/aarch64-linux-gnu

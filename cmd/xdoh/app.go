@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"xdoh/bpf"
 	"xdoh/cmd/xdoh/internal/config"
 	"xdoh/cmd/xdoh/internal/metrics"
 	"xdoh/cmd/xdoh/internal/procs"
@@ -211,7 +212,7 @@ func (a *app) startDo53(cur *listener, l config.Listener) error {
 	if err != nil {
 		return fmt.Errorf("listener %q: %w", l.Name, err)
 	}
-	u, err := udp.New(udp.Config{Name: l.Name, Addrs: l.Do53, Sockets: l.UDPSockets, Wait: wait}, a.sw)
+	u, err := udp.New(udp.Config{Name: l.Name, Addrs: l.Do53, Sockets: l.UDPSockets, Wait: wait, Steer: a.steerDo53(l.Name)}, a.sw)
 	if err != nil {
 		return fmt.Errorf("listener %q: %w", l.Name, err)
 	}
@@ -225,6 +226,21 @@ func (a *app) startDo53(cur *listener, l config.Listener) error {
 	cur.tcp, cur.udp = s, u
 	a.log.Info("listening", "listener", l.Name, "transport", "do53 (udp+tcp)", "addrs", strings.Join(l.Do53, " "))
 	return nil
+}
+
+// steerDo53 returns the udp.Config.Steer of listener name: the newest
+// sockets on an address take all its datagrams (bpf.SteerReuseport), so
+// that an xdoh started beside a running one (an overlapping restart)
+// takes over without the old one's sockets dropping what the kernel gave
+// them. Without CAP_BPF the kernel keeps choosing by hash among both.
+func (a *app) steerDo53(name string) func(netip.AddrPort, []int) {
+	return func(addr netip.AddrPort, fds []int) {
+		if err := bpf.SteerReuseport(fds); err != nil {
+			a.log.Info("do53 sockets not steered: an overlapping restart may lose queries", "listener", name, "addr", addr, "err", err)
+			return
+		}
+		a.log.Debug("do53 sockets steered", "listener", name, "addr", addr, "sockets", len(fds))
+	}
 }
 
 func (a *app) newDoH(l config.Listener, fips bool) (*doh.Server, error) {

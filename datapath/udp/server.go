@@ -107,6 +107,12 @@ type Config struct {
 	Sockets int
 	Batch   int  // datagrams per recvmmsg/sendmmsg; default 32, at most 1024
 	Wait    Wait // how a loop waits for datagrams; default WaitAuto
+	// Steer, if set, is called by Start, once the loops run, with the
+	// sockets of each address, to make the kernel give that address's
+	// datagrams to them alone and none to other processes' sockets in
+	// the same SO_REUSEPORT group (bpf.SteerReuseport: an overlapping
+	// restart then loses nothing). It must not keep the descriptors.
+	Steer func(addr netip.AddrPort, fds []int)
 }
 
 // Wait is how a loop waits for datagrams (see the package documentation).
@@ -212,6 +218,7 @@ func (s *Server) Start() error {
 	}
 	var socks []*socket
 	var locals []netip.AddrPort
+	var groups [][]int // descriptors per address, for Steer
 	fail := func(err error) error {
 		for _, so := range socks {
 			so.close()
@@ -219,15 +226,18 @@ func (s *Server) Start() error {
 		return fmt.Errorf("starting do53 listener %q: %w", s.cfg.Name, err)
 	}
 	for i, ap := range s.addrs {
+		var fds []int
 		for j := 0; j < s.cfg.Sockets; j++ {
 			so, err := listen(ap, s.cfg.Wait)
 			if err != nil {
 				return fail(fmt.Errorf("do53[%d] %s: socket %d: %w", i, ap, j, err))
 			}
 			socks = append(socks, so)
+			fds = append(fds, so.fd)
 			ap = so.local // port 0: the others join the port the first got
 		}
 		locals = append(locals, ap)
+		groups = append(groups, fds)
 	}
 	s.started = true
 	s.socks, s.locals = socks, locals
@@ -250,6 +260,11 @@ func (s *Server) Start() error {
 		s.wg.Wait()
 		close(s.done)
 	}()
+	if s.cfg.Steer != nil {
+		for i, fds := range groups {
+			s.cfg.Steer(locals[i], fds)
+		}
+	}
 	return nil
 }
 

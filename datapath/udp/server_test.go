@@ -386,6 +386,42 @@ func serverGoroutines() int {
 	return strings.Count(string(buf[:runtime.Stack(buf, true)]), "created by xdoh/datapath/udp.(*Server).Start")
 }
 
+// TestSteer: Start hands Config.Steer the sockets of each address, once
+// the loops run, with the address they are bound to.
+func TestSteer(t *testing.T) {
+	f, _ := newForwarder(t)
+	type call struct {
+		addr netip.AddrPort
+		fds  []int
+	}
+	var calls []call
+	s, err := New(Config{Name: "t", Addrs: loopbackAddrs(), Sockets: 3, Steer: func(addr netip.AddrPort, fds []int) {
+		calls = append(calls, call{addr, append([]int(nil), fds...)})
+	}}, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Stop(context.Background()) })
+	locals := s.LocalAddrs()
+	if len(calls) != len(locals) {
+		t.Fatalf("Steer called %d times, want once per address (%d)", len(calls), len(locals))
+	}
+	for i, c := range calls {
+		if c.addr != locals[i] || len(c.fds) != 3 {
+			t.Errorf("call %d: %v with %d sockets, want %v with 3", i, c.addr, len(c.fds), locals[i])
+		}
+		for j, fd := range c.fds {
+			if so := s.socks[3*i+j]; so.fd != fd || so.local != locals[i] {
+				t.Errorf("call %d socket %d: fd %d, want %d bound to %v", i, j, fd, so.fd, locals[i])
+			}
+		}
+	}
+	exchange(t, locals[0], "ipv4.aws.example.internal.") // the loops run
+}
+
 // TestStop checks that Stop wakes loops blocked in recvmmsg at once (by
 // shutdown(SHUT_RD)), that the loops are gone and their sockets closed.
 func TestStop(t *testing.T) {
