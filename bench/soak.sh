@@ -25,7 +25,7 @@
 # after DURATION + 120 s whatever happens.
 #
 # Knobs (env): DURATION (600), WARMUP (min(60, DURATION/4)), PROBE (60), SEARCH (5),
-#   LOAD (80, percent of the probed maximum), RATE (unset; set: no search, soak at RATE QPS), UP_CONNS (2, xdoh's default: upstream.conns, DoH connections to BIND), HUP_EVERY (60; 0: no reloads), SAMPLE_EVERY (5),
+#   LOAD (80, percent of the probed maximum), RATE (unset; set: no search, soak at RATE QPS), UP_CONNS (2, xdoh's default: upstream.conns, DoH connections to BIND), UP_METHOD (post; or get), HUP_EVERY (60; 0: no reloads), SAMPLE_EVERY (5),
 #   XDOH_BIN (bin/xdoh), XDOH_PORT (5340), BIND_DOH (8493), BIND_DO53 (5341), METRICS_PORT (9340),
 #   WORK (/tmp/bench-peers-work), SHARED (../shared).
 # Output: $WORK/results-soak/<stamp>/ summary.txt, rss.csv, timeline.csv (per second:
@@ -41,6 +41,7 @@ WARMUP=${WARMUP:-$((DURATION / 4 < 60 ? DURATION / 4 : 60))}
 PROBE=${PROBE:-60} # RFC 2544 section 24: each trial at least 60 s
 SEARCH=${SEARCH:-5}
 UP_CONNS=${UP_CONNS:-2}
+UP_METHOD=${UP_METHOD:-post}
 LOAD=${LOAD:-80}
 HUP_EVERY=${HUP_EVERY:-60}
 SAMPLE_EVERY=${SAMPLE_EVERY:-5}
@@ -100,8 +101,8 @@ listeners:
 zones:
   - {name: aws.example.internal, file: $ZONE}
 rules:
-  - {name: onprem, domain: example.com, type: forward, targets: ["https://127.0.0.1:$BIND_DOH/dns-query"], ca_file: $CA}
-  - {name: bench, domain: bench.example, type: forward, targets: ["https://127.0.0.1:$BIND_DOH/dns-query"], ca_file: $CA}
+  - {name: onprem, domain: example.com, type: forward, targets: ["https://127.0.0.1:$BIND_DOH/dns-query"], ca_file: $CA, method: $UP_METHOD}
+  - {name: bench, domain: bench.example, type: forward, targets: ["https://127.0.0.1:$BIND_DOH/dns-query"], ca_file: $CA, method: $UP_METHOD}
 cache: {entries: 50000, max_bytes: 33554432}
 upstream: {conns: $UP_CONNS}
 metrics: {address: "127.0.0.1:$METRICS_PORT"}
