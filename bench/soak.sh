@@ -11,7 +11,8 @@
 # First the mix runs closed-loop for PROBE seconds, an upper bound; then
 # SEARCH open-loop runs of PROBE seconds bisect below it for the maximum:
 # the highest rate the mix runs clean at (at most 0.01% lost, late or
-# SERVFAIL; RFC 2544's throughput). Then each stream runs open-loop at its
+# SERVFAIL; RFC 2544's throughput), which a repeated trial must confirm
+# (10% lower after a lossy repeat, up to CONFIRM trials). Then each stream runs open-loop at its
 # share (hits 50%, misses 20%, local 20%, nx 10%) of LOAD% of that maximum
 # for DURATION seconds. xdoh gets
 # a SIGHUP every HUP_EVERY seconds and its RSS (/proc/PID/status VmRSS) is
@@ -25,6 +26,7 @@
 # after DURATION + 120 s whatever happens.
 #
 # Knobs (env): DURATION (600), WARMUP (min(60, DURATION/4)), PROBE (60), SEARCH (5),
+#   CONFIRM (3: repeats of the maximum's trial, 10% lower after each lossy one),
 #   LOAD (80, percent of the probed maximum), RATE (unset; set: no search, soak at RATE QPS), UP_CONNS (2, xdoh's default: upstream.conns, DoH connections to BIND), UP_METHOD (post; or get), HUP_EVERY (60; 0: no reloads), SAMPLE_EVERY (5),
 #   XDOH_BIN (bin/xdoh), XDOH_PORT (5340), BIND_DOH (8493), BIND_DO53 (5341), METRICS_PORT (9340),
 #   WORK (/tmp/bench-peers-work), SHARED (../shared).
@@ -40,6 +42,7 @@ DURATION=${DURATION:-600}
 WARMUP=${WARMUP:-$((DURATION / 4 < 60 ? DURATION / 4 : 60))}
 PROBE=${PROBE:-60} # RFC 2544 section 24: each trial at least 60 s
 SEARCH=${SEARCH:-5}
+CONFIRM=${CONFIRM:-3}
 UP_CONNS=${UP_CONNS:-2}
 UP_METHOD=${UP_METHOD:-post}
 LOAD=${LOAD:-80}
@@ -73,8 +76,8 @@ stop_pg() {
 cleanup() { local pg; for pg in ${STARTED[@]+"${STARTED[@]}"}; do stop_pg "$pg"; done; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-# A watchdog in its own process group: the script ends by DURATION + PROBE x (SEARCH + 1) + 120 s.
-start_bg /dev/null bash -c "sleep $((DURATION + PROBE * (SEARCH + 1) + 120)); echo '[soak] watchdog: time is up' >&2; kill -TERM $$"
+# A watchdog in its own process group: the script ends by DURATION + PROBE x (SEARCH + CONFIRM + 1) + 120 s.
+start_bg /dev/null bash -c "sleep $((DURATION + PROBE * (SEARCH + CONFIRM + 1) + 120)); echo '[soak] watchdog: time is up' >&2; kill -TERM $$"
 
 port_busy() { ss -Hlnu "sport = :$1" | grep -q . || ss -Hlnt "sport = :$1" | grep -q .; }
 for p in $XDOH_PORT $BIND_DOH $BIND_DO53 $METRICS_PORT; do
@@ -218,6 +221,17 @@ for step in $(seq "$SEARCH"); do
   log "search $step: $TRY QPS open loop: $verdict"
 done
 MAX=$LO
+# A trial can be lucky on a shared box: the maximum must be clean a second
+# time. If the repeat is not, 10% less is tried, at most CONFIRM times.
+for c in $(seq "$CONFIRM"); do
+  ((MAX > 0)) || break
+  run_mix "confirm$c" "$PROBE" "$MAX"
+  for p in "${BENCH_PIDS[@]}"; do wait "$p" || true; done
+  if clean "confirm$c"; then log "confirm $c: $MAX QPS clean again"; break; fi
+  log "confirm $c: $MAX QPS lossy this time"
+  MAX=$((MAX * 9 / 10))
+  ((c < CONFIRM)) || MAX=0
+done
 RATE=$((MAX * LOAD / 100))
 ((RATE > 0)) || { log "no clean rate found below $CLOSED QPS"; exit 1; }
 echo "max QPS: $MAX clean in open loop (closed loop: $CLOSED); soak rate ${LOAD}%: $RATE QPS" | tee -a "$RES/summary.txt" >&2
