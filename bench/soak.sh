@@ -267,6 +267,10 @@ HUPS=0 RSS_WARM="" T0=$(date +%s) X0=$(ticks "$XPID") B0=$(busy)
 # xdoh's counters now, so that the summary shows what the soak itself added
 # (the search's lossy trials count failures too).
 curl -s --max-time 5 "http://127.0.0.1:$METRICS_PORT/metrics" >"$RES/metrics-start.txt" || true
+# The kernel's UDP counters (this network namespace), to tell queries or
+# answers dropped in a socket buffer from ones xdoh never answered.
+udp_snmp() { awk '/^Udp:/ {if (!h) {for (i = 2; i <= NF; i++) n[i] = $i; h = 1} else for (i = 2; i <= NF; i++) printf "%s=%s ", n[i], $i}' /proc/net/snmp; }
+SNMP0=$(udp_snmp)
 run_mix soak "$DURATION" "$RATE"
 SOAK_BENCH=("${BENCH_PIDS[@]}")
 start_bg /dev/null bash -c "$(declare -f timeline ticks); METRICS_PORT=$METRICS_PORT timeline $XPID $NPID $RES/timeline.csv"
@@ -289,6 +293,7 @@ while :; do
 done
 for p in "${BENCH_PIDS[@]}"; do wait "$p" || true; done
 RSS_END=$(rss_kib "$XPID") X1=$(ticks "$XPID") B1=$(busy) T1=$(date +%s)
+SNMP1=$(udp_snmp)
 : "${RSS_WARM:=$RSS_END}"
 
 SENT=$(sum_json soak '.sent') ANS=$(sum_json soak '.answered') ERR=$(sum_json soak '.errors')
@@ -313,6 +318,9 @@ GROWTH=$(awk -v a="$RSS_WARM" -v b="$RSS_END" 'BEGIN{printf "%.1f", (b-a)*100/a}
   grep -hE '^xdoh_' "$RES/metrics-start.txt" "$RES/metrics.txt" |
     grep -iE 'servfail|overload|upstream_errors|dropped|stale|timeout' |
     awk '{v[$1] = (seen[$1]++ ? $NF - v[$1] : $NF)} END {for (k in v) if (seen[k] == 2 && v[k] != 0) print "  " k, v[k]}' | sort || true
+  echo "kernel UDP drops during the soak (/proc/net/snmp):$(for k in InErrors RcvbufErrors SndbufErrors; do
+    a=$(tr ' ' '\n' <<<"$SNMP0" | sed -n "s/^$k=//p"); b=$(tr ' ' '\n' <<<"$SNMP1" | sed -n "s/^$k=//p"); printf ' %s %s' "$k" $((b - a))
+  done)"
   echo "RSS after warm-up (${WARMUP}s): $((RSS_WARM / 1024)) MiB, at end: $((RSS_END / 1024)) MiB, growth ${GROWTH}% (limit 10%)"
 } | tee -a "$RES/summary.txt"
 verdict=PASS
