@@ -244,9 +244,11 @@ fi
 # (both targets use the same BIND, so 2 x upstream.conns when none are
 # extra), the CPU ticks xdoh and named
 # used, and the machine's busy and steal ticks (time the hypervisor gave
-# to others). Columns are cumulative except inflight; timeline.csv.
+# to others), and the drops counted on xdoh's UDP sockets (ss skmem d: a
+# full receive buffer). Columns are cumulative except inflight and
+# up_conns; timeline.csv.
 timeline() { # $1=xdoh pid $2=named pid $3=out
-  echo "t_s,inflight,overload,forwarded,up_count,up_sum_s,up_conns,xdoh_ticks,named_ticks,busy_ticks,steal_ticks" >"$3"
+  echo "t_s,inflight,overload,forwarded,up_count,up_sum_s,up_conns,xdoh_ticks,named_ticks,busy_ticks,steal_ticks,xdoh_udp_drops" >"$3"
   local t0 m s rest
   t0=$(date +%s.%N)
   while sleep 1; do
@@ -257,7 +259,8 @@ timeline() { # $1=xdoh pid $2=named pid $3=out
       /^xdoh_upstream_connections/{n+=$2}
       END{printf "%d,%d,%d,%d,%.3f,%d", i, o, f, c, u, n}')
     read -r _c u n sy _i _w _q _sq st _r </proc/stat
-    echo "$(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN{printf "%.1f", a-b}'),$m,$(ticks "$1" 2>/dev/null || echo 0),$(ticks "$2" 2>/dev/null || echo 0),$((u + n + sy)),$st" >>"$3"
+    d=$(ss -uamnH "sport = :$XDOH_PORT" | grep -o 'skmem:([^)]*)' | grep -o ',d[0-9]*' | tr -d ',d' | awk '{s += $1} END {print s + 0}')
+    echo "$(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN{printf "%.1f", a-b}'),$m,$(ticks "$1" 2>/dev/null || echo 0),$(ticks "$2" 2>/dev/null || echo 0),$((u + n + sy)),$st,$d" >>"$3"
   done
 }
 
@@ -273,7 +276,7 @@ udp_snmp() { awk '/^Udp:/ {if (!h) {for (i = 2; i <= NF; i++) n[i] = $i; h = 1} 
 SNMP0=$(udp_snmp)
 run_mix soak "$DURATION" "$RATE"
 SOAK_BENCH=("${BENCH_PIDS[@]}")
-start_bg /dev/null bash -c "$(declare -f timeline ticks); METRICS_PORT=$METRICS_PORT timeline $XPID $NPID $RES/timeline.csv"
+start_bg /dev/null bash -c "$(declare -f timeline ticks); METRICS_PORT=$METRICS_PORT XDOH_PORT=$XDOH_PORT timeline $XPID $NPID $RES/timeline.csv"
 BENCH_PIDS=("${SOAK_BENCH[@]}")
 next_hup=$HUP_EVERY
 while :; do

@@ -328,6 +328,9 @@ zones: [{name: aws.example.internal, file: zone}]
 		if !ok || !strings.Contains(log, `transport="do53 (udp) via af_xdp"`) {
 			t.Fatalf("with %v xdoh does not serve through AF_XDP:\n%s", append(base, xdpCaps...), log)
 		}
+		if strings.Contains(log, "do53 sockets not steered") { // bpf.SteerReuseport needs CAP_BPF too
+			t.Errorf("with %v xdoh cannot steer its Do53 sockets for restarts:\n%s", append(base, xdpCaps...), log)
+		}
 		var r *dns.Msg
 		err := xsktest.In(p.ClientNS, func() error {
 			var err error
