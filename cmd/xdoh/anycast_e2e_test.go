@@ -163,7 +163,7 @@ func shippedConf(t *testing.T, name string, set map[string]string) string {
 type anycastInstance struct {
 	ns, nsid, conf, dir string
 	xdoh, check         *exec.Cmd
-	exited              chan struct{}
+	exited              <-chan struct{}
 	logs                []string
 }
 

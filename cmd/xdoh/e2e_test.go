@@ -121,12 +121,13 @@ func startXdohCmd(t *testing.T, addr string, cmd *exec.Cmd) *syncBuffer {
 	return nil
 }
 
-// startProc starts cmd in its own process group and stops the group at
-// cleanup (SIGTERM, then SIGKILL after 5 s). exited is closed when the
-// process has ended; waitErr is then what Wait returned.
+// startProc starts cmd in its own process group (killed if the test
+// process dies) and stops the group at cleanup (SIGTERM, then SIGKILL
+// after 5 s). exited is closed when the process has ended; waitErr is
+// then what Wait returned.
 func startProc(t *testing.T, cmd *exec.Cmd) (exited <-chan struct{}, waitErr func() error) {
 	t.Helper()
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

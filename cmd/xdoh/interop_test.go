@@ -345,22 +345,7 @@ newServer({
 	out := &syncBuffer{}
 	cmd := exec.Command("dnsdist", "--supervised", "--disable-syslog", "-C", conf)
 	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	stop := func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(5 * time.Second):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-exited
-		}
-	}
-	defer stop()
+	exited, waitErr := startProc(t, cmd)
 
 	// Wait until dnsdist answers through xdoh, with the name its health
 	// check uses (so not counted below).
@@ -369,9 +354,8 @@ newServer({
 	deadline := time.Now().Add(6 * time.Second)
 	for {
 		select {
-		case err := <-exited:
-			exited <- err
-			t.Fatalf("dnsdist exited: %v\n%s", err, out.String())
+		case <-exited:
+			t.Fatalf("dnsdist exited: %v\n%s", waitErr(), out.String())
 		default:
 		}
 		var err error

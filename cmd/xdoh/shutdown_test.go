@@ -91,19 +91,7 @@ shutdown_timeout: %s
 	cmd := exec.Command(xdohBin, "run", "-c", cfgPath)
 	stderr := &syncBuffer{}
 	cmd.Stderr = stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		select {
-		case <-exited:
-		case <-time.After(5 * time.Second):
-		}
-	})
+	exited, waitErr := startProc(t, cmd)
 	// Ready: an AXFR over UDP is answered FORMERR at once, without the
 	// upstream.
 	probe := new(dns.Msg).SetQuestion("probe.invalid.", dns.TypeAXFR)
@@ -175,8 +163,8 @@ shutdown_timeout: %s
 	}
 	t.Logf("in flight at SIGTERM: %d, answered: %d", sent, answered)
 	select {
-	case err := <-exited:
-		if err != nil {
+	case <-exited:
+		if err := waitErr(); err != nil {
 			t.Errorf("xdoh exited with %v\n%s", err, stderr.String())
 		}
 	case <-time.After(10 * time.Second):

@@ -90,29 +90,16 @@ metrics: {address: "%s"}
 // startInNS runs name args… inside ns in its own process group, output to
 // logFile, and stops it (SIGTERM, then SIGKILL) at cleanup. It returns the
 // command and a channel closed when it has exited.
-func startInNS(t *testing.T, ns, logFile, name string, args ...string) (*exec.Cmd, chan struct{}) {
+func startInNS(t *testing.T, ns, logFile, name string, args ...string) (*exec.Cmd, <-chan struct{}) {
 	t.Helper()
 	out, err := os.Create(logFile)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { out.Close() }) // after startProc's cleanup has stopped the process
 	cmd := xsktest.Command(ns, name, args...)
 	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); out.Close(); close(exited) }()
-	t.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(5 * time.Second):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-exited
-		}
-	})
+	exited, _ := startProc(t, cmd)
 	return cmd, exited
 }
 
@@ -137,7 +124,7 @@ func waitAnswer(t *testing.T, ns, addr, port, name, qtype, want string) {
 
 // start runs xdoh in the server namespace and waits until it answers from
 // its local zone.
-func (s *xdpSetup) start(t *testing.T) (*exec.Cmd, chan struct{}, string) {
+func (s *xdpSetup) start(t *testing.T) (*exec.Cmd, <-chan struct{}, string) {
 	t.Helper()
 	logFile := filepath.Join(s.dir, fmt.Sprintf("xdoh-%d.log", time.Now().UnixNano()))
 	cmd, exited := startInNS(t, s.p.ServerNS, logFile, xdohBin, "run", "-c", s.conf)
@@ -344,7 +331,7 @@ func TestXDPKill9LeavesNothingAttached(t *testing.T) {
 func TestXDPAlreadyAttached(t *testing.T) {
 	s := newXDPSetup(t, "native")
 	s.start(t)
-	second := func(mode string) (string, chan struct{}) {
+	second := func(mode string) (string, <-chan struct{}) {
 		conf := filepath.Join(s.dir, "second-"+mode+".yaml")
 		b, _ := os.ReadFile(s.conf)
 		text := strings.Replace(string(b), "mode: native", "mode: "+mode, 1)

@@ -218,7 +218,6 @@ func (s *Server) Start() error {
 	}
 	var socks []*socket
 	var locals []netip.AddrPort
-	var groups [][]int // descriptors per address, for Steer
 	fail := func(err error) error {
 		for _, so := range socks {
 			so.close()
@@ -226,18 +225,15 @@ func (s *Server) Start() error {
 		return fmt.Errorf("starting do53 listener %q: %w", s.cfg.Name, err)
 	}
 	for i, ap := range s.addrs {
-		var fds []int
 		for j := 0; j < s.cfg.Sockets; j++ {
 			so, err := listen(ap, s.cfg.Wait)
 			if err != nil {
 				return fail(fmt.Errorf("do53[%d] %s: socket %d: %w", i, ap, j, err))
 			}
 			socks = append(socks, so)
-			fds = append(fds, so.fd)
 			ap = so.local // port 0: the others join the port the first got
 		}
 		locals = append(locals, ap)
-		groups = append(groups, fds)
 	}
 	s.started = true
 	s.socks, s.locals = socks, locals
@@ -261,8 +257,13 @@ func (s *Server) Start() error {
 		close(s.done)
 	}()
 	if s.cfg.Steer != nil {
-		for i, fds := range groups {
-			s.cfg.Steer(locals[i], fds)
+		n := s.cfg.Sockets // each address's sockets, in order
+		for i, ap := range locals {
+			fds := make([]int, n)
+			for j, so := range socks[i*n : (i+1)*n] {
+				fds[j] = so.fd
+			}
+			s.cfg.Steer(ap, fds)
 		}
 	}
 	return nil
