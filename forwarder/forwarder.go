@@ -261,7 +261,10 @@ func (f *Forwarder) Counters() *Counters { return f.c }
 // means the query must go upstream: call Resolve with the same request. On a
 // cache hit Answer allocates nothing.
 func (f *Forwarder) Answer(r *Request, out []byte) ([]byte, bool) {
-	r.start = time.Now()
+	r.start = r.Received
+	if r.start.IsZero() {
+		r.start = time.Now()
+	}
 	r.owner, r.target, r.cacheHit, r.cookie, r.ecsScope, r.badCookie = f, "", false, cookieNone, 0, false
 	resp, rule, ok := f.fast(r, out)
 	r.rule = rule

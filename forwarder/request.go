@@ -50,6 +50,10 @@ type Request struct {
 	Transport Transport
 	Client    netip.AddrPort
 	Listener  string
+	// Received is when the datapath read the query, the start of its
+	// latency and of its upstream deadline. A datapath that reads queries
+	// in batches sets it once per batch; zero: Answer reads the clock.
+	Received time.Time
 
 	// Q is the parsed view of Msg, filled by the forwarder.
 	Q dnsmsg.Query

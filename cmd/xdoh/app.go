@@ -291,12 +291,16 @@ func (a *app) startXDP(cur *listener, l config.Listener) error {
 	if err != nil {
 		return fmt.Errorf("listener %q: xdp.kernel_cache: %w", l.Name, err)
 	}
+	aff, err := xsk.ParseAffinity(l.XDP.Affinity)
+	if err != nil {
+		return fmt.Errorf("listener %q: xdp.affinity: %w", l.Name, err)
+	}
 	if a.cfg != nil && a.cfg.RRL.Enabled && kc == xsk.KernelCacheAuto {
 		// Answers the XDP program sends itself never reach the limiter.
 		kc = xsk.KernelCacheOff
 		a.log.Info("xdp kernel cache off: rrl is enabled", "listener", l.Name)
 	}
-	cfg := xsk.Config{Name: l.Name, Interfaces: l.XDP.Interfaces, Mode: mode, ACLDrop: l.ACLAction == "drop", Log: a.log,
+	cfg := xsk.Config{Name: l.Name, Interfaces: l.XDP.Interfaces, Mode: mode, ACLDrop: l.ACLAction == "drop", Log: a.log, Affinity: aff,
 		KernelCache: xsk.KernelCache{Mode: kc, Entries: l.XDP.KernelCacheEntries,
 			MaxAnswer: l.XDP.KernelCacheMaxAnswer, Hits: l.XDP.KernelCacheHits}}
 	for _, d := range l.Do53 {
@@ -324,7 +328,7 @@ func (a *app) startXDP(cur *listener, l config.Listener) error {
 	cur.xdpMode = modes[l.XDP.Interfaces[0]]
 	_, tier := s.TierStats()
 	a.log.Info("listening", "listener", l.Name, "transport", "do53 (udp) via af_xdp",
-		"interfaces", strings.Join(l.XDP.Interfaces, " "), "mode", cur.xdpMode, "kernel_cache", tier)
+		"interfaces", strings.Join(l.XDP.Interfaces, " "), "mode", cur.xdpMode, "kernel_cache", tier, "affinity", aff.String())
 	return nil
 }
 

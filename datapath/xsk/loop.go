@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -46,6 +47,10 @@ type loop struct {
 	frames   *Frames // UMEM frames owned by no ring
 	unkicked int     // replies queued on the TX ring since the last kick
 
+	bindTo int          // the CPU the loop runs on (-1: any), set before run
+	cpu    atomic.Int32 // bindTo once the loop's thread is bound, else -1
+	tid    atomic.Int32 // that thread's id (0: not bound)
+
 	ob       *outbox
 	inflight atomic.Int64 // misses whose done has not run its course
 	hot      *hotTable    // cache hits per question, for the kernel tier (nil: off)
@@ -77,6 +82,8 @@ func newLoop(so *Socket, s *Server, queue, mtu int) (*loop, error) {
 		fill:   make([]uint64, max(s.cfg.Batch, s.cfg.RingSize)),
 		frames: NewFrames(so.FrameSize(), so.NumFrames()),
 	}
+	l.bindTo = -1
+	l.cpu.Store(-1)
 	l.recvFn = l.tryRecv
 	l.ob = newOutbox(l)
 	go l.ob.run() // ended by close, also when Start fails
@@ -90,6 +97,9 @@ func newLoop(so *Socket, s *Server, queue, mtu int) (*loop, error) {
 
 // run receives and answers batches until the server stops.
 func (l *loop) run() {
+	if l.bindTo >= 0 {
+		l.bind()
+	}
 	for {
 		n := l.recv()
 		if l.srv.stopping.Load() && n == 0 {
@@ -97,6 +107,23 @@ func (l *loop) run() {
 		}
 		l.process(n)
 	}
+}
+
+// bind moves the loop onto an OS thread of its own, bound to CPU bindTo.
+// The thread stays locked to the goroutine: it ends with the loop, and no
+// other goroutine ever runs with its affinity. On failure (a CPU taken
+// away since Start read the set) the loop runs unbound and says so.
+func (l *loop) bind() {
+	runtime.LockOSThread()
+	var set unix.CPUSet
+	set.Set(l.bindTo)
+	if err := unix.SchedSetaffinity(0, &set); err != nil {
+		runtime.UnlockOSThread()
+		l.srv.log().Warn("xdp: loop not bound to its CPU", "listener", l.name, "queue", l.queue, "cpu", l.bindTo, "err", err)
+		return
+	}
+	l.tid.Store(int32(unix.Gettid()))
+	l.cpu.Store(int32(l.bindTo))
 }
 
 // recv waits in Go's poller until the RX ring has descriptors (or the
@@ -135,6 +162,7 @@ func (l *loop) wake() { _ = l.file.SetReadDeadline(time.Unix(1, 0)) }
 func (l *loop) process(n int) {
 	l.tx = l.tx[:0]
 	var queries, malformed, truncated uint64
+	now := time.Now() // one clock read a batch (the forwarder's start time)
 	for i := range n {
 		d := l.rx[i]
 		queries++
@@ -150,6 +178,7 @@ func (l *loop) process(n int) {
 			Transport: forwarder.TransportUDP,
 			Client:    v.Client(pkt),
 			Listener:  l.name,
+			Received:  now,
 		}
 		resp, ok := l.srv.h.Answer(&l.req, l.out)
 		if ok && l.hot != nil && len(resp) > 0 && l.req.CacheHit() {
@@ -246,7 +275,10 @@ func (l *loop) reap() {
 // for replies of misses. mu held.
 func (l *loop) refill(want int) {
 	reserve := l.sock.NumFrames() / 4
-	k := min(want, l.frames.Len()-reserve, len(l.fill))
+	// Only what the ring has room for: taking more off the free list
+	// and putting it back costs a copy of up to a ring's worth a batch.
+	room := int(l.sock.fill.free(uint32(want)))
+	k := min(want, l.frames.Len()-reserve, len(l.fill), room)
 	if k <= 0 {
 		return
 	}

@@ -215,6 +215,7 @@ func TestParseErrors(t *testing.T) {
 		{name: "xdp interface twice", yaml: base + "    xdp: {interfaces: [eth0, eth0]}\n", want: []string{"listeners[0].xdp.interfaces[1]", "twice"}, count: 1},
 		{name: "xdp bad interface name", yaml: base + "    xdp: {interfaces: [\"a/b\"]}\n", want: []string{"listeners[0].xdp.interfaces[0]"}, count: 1},
 		{name: "bad kernel_cache", yaml: base + "    xdp: {interfaces: [eth0], kernel_cache: yes}\n", want: []string{"listeners[0].xdp.kernel_cache:", `"yes"`}, count: 1},
+		{name: "bad affinity", yaml: base + "    xdp: {interfaces: [eth0], affinity: cpu0}\n", want: []string{"listeners[0].xdp.affinity:", `"cpu0"`}, count: 1},
 		{name: "kernel_cache_entries too many", yaml: base + "    xdp: {interfaces: [eth0], kernel_cache_entries: 2000000}\n", want: []string{"listeners[0].xdp.kernel_cache_entries"}, count: 1},
 		{name: "kernel_cache_max_answer too big", yaml: base + "    xdp: {interfaces: [eth0], kernel_cache_max_answer: 1500}\n", want: []string{"listeners[0].xdp.kernel_cache_max_answer", "1232"}, count: 1},
 		{name: "kernel_cache_hits negative", yaml: base + "    xdp: {interfaces: [eth0], kernel_cache_hits: -1}\n", want: []string{"listeners[0].xdp.kernel_cache_hits"}, count: 1},
