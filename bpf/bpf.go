@@ -87,6 +87,7 @@ func Load(opts Options) (*Program, error) {
 		return nil, fmt.Errorf("loading the XDP program: %d answer entries is out of range [1, %d]", a, MaxAnswerEntries)
 	}
 	spec.Maps[xdpMapXsks].MaxEntries = uint32(q)
+	spec.Maps[xdpMapQueueCpus].MaxEntries = uint32(q)
 	// The LRU keeps up to 128 free nodes per CPU and evicts to refill
 	// them before it is full: headroom so that the a entries userspace
 	// bounds itself to stay.

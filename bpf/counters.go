@@ -68,6 +68,19 @@ func (p *Program) Counters() (Counters, error) {
 	return c, nil
 }
 
+// QueueCPUs reads, for each CPU, how many packets it has redirected to the
+// socket of queue since Load: the CPU whose softirq fills that socket's RX
+// ring. out must hold one entry per possible CPU (ebpf.PossibleCPU).
+func (p *Program) QueueCPUs(queue int, out []uint64) error {
+	if queue < 0 || queue >= p.queues {
+		return fmt.Errorf("reading queue %d's CPUs: the program has %d queues", queue, p.queues)
+	}
+	if err := p.objs.QueueCpus.Lookup(uint32(queue), out); err != nil {
+		return fmt.Errorf("reading queue %d's CPUs: %w", queue, err)
+	}
+	return nil
+}
+
 // sumPerCPU reads entries 0 to len(out)-1 of a per-CPU array of u64 in one
 // batch and sums each over the CPUs into out. keys and vals are scratch
 // (len(out) and len(out) × possible CPUs long); nil allocates them.

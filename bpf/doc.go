@@ -27,7 +27,8 @@
 // size) falls back to the kernel.
 //
 // Every packet increments exactly one per-CPU counter, under a Reason;
-// Program.Counters sums them at scrape time.
+// Program.Counters sums them at scrape time. A redirected packet also
+// counts in queue_cpus under its rx queue, on the CPU that ran the program.
 //
 // # The answer tier
 //
@@ -85,6 +86,9 @@
 //	        The value (u32) is unused.
 //	xsks  XSKMAP, Options.Queues entries (default 64): rx queue → AF_XDP socket
 //	counters  PERCPU_ARRAY, NumReasons entries: u64 packets per Reason
+//	queue_cpus  PERCPU_ARRAY, Options.Queues entries: u64 packets redirected
+//	        to the queue's socket, per CPU (Program.QueueCPUs): the CPU whose
+//	        softirq fills that socket's RX ring, which its loop follows
 //	answers  LRU_HASH, Options.AnswerEntries (default 4096, at most 65536)
 //	        + 128 per possible CPU: the LRU evicts to keep that many free
 //	        nodes per CPU, and userspace bounds itself to AnswerEntries

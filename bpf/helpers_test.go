@@ -9,6 +9,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 )
 
 // XDP actions (enum xdp_action).
@@ -225,4 +226,27 @@ func csum(b []byte) uint16 {
 		s = s&0xffff + s>>16
 	}
 	return uint16(s)
+}
+
+// lastCPU binds the calling thread (locked by the caller) to the last CPU
+// the process may use and returns it: BPF_PROG_RUN runs on the caller's CPU.
+func lastCPU(tb testing.TB) int {
+	tb.Helper()
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		tb.Fatal(err)
+	}
+	cpu := -1
+	for c, n := 0, 0; n < set.Count(); c++ {
+		if set.IsSet(c) {
+			cpu, n = c, n+1
+		}
+	}
+	var one unix.CPUSet
+	one.Set(cpu)
+	if err := unix.SchedSetaffinity(0, &one); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = unix.SchedSetaffinity(0, &set) })
+	return cpu
 }

@@ -3,6 +3,7 @@ package bpf
 import (
 	"fmt"
 	"net/netip"
+	"runtime"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -181,7 +182,11 @@ func TestRedirect(t *testing.T) {
 	defer unix.Close(fd)
 	frame := pkt{src: ap("192.0.2.1:1"), dst: ap("203.0.113.1:53"), payload: query(t)}.bytes()
 
-	// BPF_PROG_RUN runs on rx queue 0 (of the loopback device).
+	// BPF_PROG_RUN runs on rx queue 0 (of the loopback device), on the
+	// calling thread's CPU: pinned, so queue_cpus can be checked.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	cpu := lastCPU(t)
 	if err := p.SetSocket(0, fd); err != nil {
 		t.Fatal(err)
 	}
@@ -200,6 +205,29 @@ func TestRedirect(t *testing.T) {
 	}
 	if verdict, got := run(t, p, frame); got != ReasonPassNoSocket || verdict != xdpPass {
 		t.Errorf("socket deleted: got %s (verdict %d), want pass_no_socket", got, verdict)
+	}
+	// Only the redirect counted, on queue 0, by this CPU.
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for q := range 4 {
+		per := make([]uint64, ncpu)
+		if err := p.QueueCPUs(q, per); err != nil {
+			t.Fatal(err)
+		}
+		for c, n := range per {
+			want := uint64(0)
+			if q == 0 && c == cpu {
+				want = 1
+			}
+			if n != want {
+				t.Errorf("queue_cpus[%d] on CPU %d = %d, want %d", q, c, n, want)
+			}
+		}
+	}
+	if err := p.QueueCPUs(4, make([]uint64, ncpu)); err == nil {
+		t.Error("QueueCPUs(4) on 4 queues: no error")
 	}
 	if err := p.SetSocket(4, fd); err == nil {
 		t.Error("SetSocket(4) on 4 queues: no error")

@@ -124,6 +124,16 @@ struct {
 	__uint(max_entries, REASON_MAX);
 } counters SEC(".maps");
 
+// queue_cpus counts, per rx queue and per CPU, the packets redirected to
+// the queue's socket: which CPU's softirq fills that socket's RX ring
+// (userspace binds the queue's loop to it). Load sets max_entries.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 64);
+} queue_cpus SEC(".maps");
+
 #define ANSWER_NAME_MAX 128 // wire names longer than this are not answered here
 #define ANSWER_MAX 1232     // the largest response an answers entry holds
 
@@ -786,7 +796,9 @@ redirect:
 	// With XDP_PASS as the flags' fallback, a queue without a socket
 	// (or one past max_entries) reaches the kernel.
 	verdict = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
-	if (verdict == XDP_REDIRECT)
+	if (verdict == XDP_REDIRECT) {
+		bump(&queue_cpus, ctx->rx_queue_index);
 		return count(REASON_REDIRECT, XDP_REDIRECT);
+	}
 	return count(REASON_PASS_NO_SOCKET, XDP_PASS);
 }

@@ -114,6 +114,7 @@ const (
 	xdpMapAnswers           = "answers"
 	xdpMapCounters          = "counters"
 	xdpMapListeners         = "listeners"
+	xdpMapQueueCpus         = "queue_cpus"
 	xdpMapScratch           = "scratch"
 	xdpMapXsks              = "xsks"
 	xdpProgXdpDns           = "xdp_dns"
@@ -179,6 +180,7 @@ type xdpMapSpecs struct {
 	Answers        *ebpf.MapSpec `ebpf:"answers"`
 	Counters       *ebpf.MapSpec `ebpf:"counters"`
 	Listeners      *ebpf.MapSpec `ebpf:"listeners"`
+	QueueCpus      *ebpf.MapSpec `ebpf:"queue_cpus"`
 	Scratch        *ebpf.MapSpec `ebpf:"scratch"`
 	Xsks           *ebpf.MapSpec `ebpf:"xsks"`
 }
@@ -220,6 +222,7 @@ type xdpMaps struct {
 	Answers        *ebpf.Map `ebpf:"answers"`
 	Counters       *ebpf.Map `ebpf:"counters"`
 	Listeners      *ebpf.Map `ebpf:"listeners"`
+	QueueCpus      *ebpf.Map `ebpf:"queue_cpus"`
 	Scratch        *ebpf.Map `ebpf:"scratch"`
 	Xsks           *ebpf.Map `ebpf:"xsks"`
 }
@@ -233,6 +236,7 @@ func (m *xdpMaps) Close() error {
 		m.Answers,
 		m.Counters,
 		m.Listeners,
+		m.QueueCpus,
 		m.Scratch,
 		m.Xsks,
 	)

@@ -257,6 +257,14 @@ func (a *app) collector() *metrics.Collector {
 				}
 			}
 		})
+	c.Dynamic("xdoh_xsk_loop_cpu", "The CPU each AF_XDP queue's loop is bound to, following the CPU that fills its ring (xdp.affinity auto); -1: not bound.",
+		[]string{"listener", "interface", "queue"}, func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
+			for _, x := range a.xdpInterfaces() {
+				for _, so := range x.iface.Sockets {
+					ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(so.CPU), x.listener, x.iface.Name, strconv.Itoa(so.Queue))
+				}
+			}
+		})
 	c.Dynamic("xdoh_tcp_connections", "Open Do53 TCP connections by listener.", []string{"listener"},
 		func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
 			a.mu.Lock()

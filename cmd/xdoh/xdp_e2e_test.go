@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -231,6 +232,17 @@ func TestXDPEndToEnd(t *testing.T) {
 			}
 			if v := metric(m1, `xdoh_listener_datapath_events_total{event="tcp_queries",listener="edge"}`); v < float64(len(tests)) {
 				t.Errorf("TCP queries through the kernel: %v, want ≥ %d", v, len(tests))
+			}
+			// Each queue's loop CPU: -1 (not bound) or a CPU of this machine.
+			cpus := grepLines(m1, `xdoh_xsk_loop_cpu{interface="`+s.p.ServerIf+`",listener="edge",`)
+			if cpus == "" {
+				t.Errorf("no xdoh_xsk_loop_cpu samples\n%s", grepLines(m1, "xdoh_xsk"))
+			}
+			for _, line := range strings.Split(cpus, "\n") {
+				f := strings.Fields(line)
+				if v, err := strconv.Atoi(f[len(f)-1]); err != nil || v < -1 || v >= runtime.NumCPU() {
+					t.Errorf("xdoh_xsk_loop_cpu: %q", line)
+				}
 			}
 
 			if _, err := exec.LookPath("dnsperf"); err != nil {

@@ -64,14 +64,12 @@
 //
 // A loop (loop.go) serves one socket on one goroutine, parked in Go's
 // network poller (the socket's descriptor is non-blocking and pollable)
-// while the RX ring is empty, so it works at one P. With AffinityQueue
-// (the default) the goroutine runs on an OS thread of its own bound to one
-// CPU, queue q's to the q-th the process may use, where a NIC's queue q
-// interrupt usually runs: the softirq that fills the RX ring and the kick
-// that sends the TX ring then share that CPU's caches with the loop. (On a
-// veth the softirq runs on the sender's CPU; docs/performance.md has what
-// binding does there.) Parking costs a bound loop two thread hand-offs
-// instead of none. Per
+// while the RX ring is empty, so it works at one P. With AffinityAuto (the
+// default; follow.go) a loop whose queue's packets nearly all come from
+// one CPU's softirq (a NIC's queue interrupt, a veth's sender) runs on an
+// OS thread of its own bound to that CPU, so the RX ring, the frames and
+// the transmit kick stay in its caches; parking then costs two thread
+// hand-offs instead of none. Per
 // batch it parses each frame, asks the forwarder's non-blocking Answer with
 // the query read in place in the UMEM, and writes a hit (cache, zone,
 // block, FORMERR) into the same frame with [Reply]; the replies go on the

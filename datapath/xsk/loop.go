@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -47,9 +46,15 @@ type loop struct {
 	frames   *Frames // UMEM frames owned by no ring
 	unkicked int     // replies queued on the TX ring since the last kick
 
-	bindTo int          // the CPU the loop runs on (-1: any), set before run
-	cpu    atomic.Int32 // bindTo once the loop's thread is bound, else -1
-	tid    atomic.Int32 // that thread's id (0: not bound)
+	want  atomic.Int32 // the CPU the follower wants the loop on (-1: any)
+	bound int32        // the CPU the loop's thread is bound to (-1: none); the loop's
+	cpu   atomic.Int32 // bound, for readers
+	tid   atomic.Int32 // the bound thread's id (0: not bound)
+	// allowed and prevCPUs are the follower's (follow.go): the CPUs xdoh
+	// may use, and the queue's per-CPU redirect counts at its last read.
+	allowed    unix.CPUSet
+	prevCPUs   []uint64
+	bindFailed atomic.Bool
 
 	ob       *outbox
 	inflight atomic.Int64 // misses whose done has not run its course
@@ -82,7 +87,8 @@ func newLoop(so *Socket, s *Server, queue, mtu int) (*loop, error) {
 		fill:   make([]uint64, max(s.cfg.Batch, s.cfg.RingSize)),
 		frames: NewFrames(so.FrameSize(), so.NumFrames()),
 	}
-	l.bindTo = -1
+	l.want.Store(-1)
+	l.bound = -1
 	l.cpu.Store(-1)
 	l.recvFn = l.tryRecv
 	l.ob = newOutbox(l)
@@ -97,9 +103,6 @@ func newLoop(so *Socket, s *Server, queue, mtu int) (*loop, error) {
 
 // run receives and answers batches until the server stops.
 func (l *loop) run() {
-	if l.bindTo >= 0 {
-		l.bind()
-	}
 	for {
 		n := l.recv()
 		if l.srv.stopping.Load() && n == 0 {
@@ -109,26 +112,12 @@ func (l *loop) run() {
 	}
 }
 
-// bind moves the loop onto an OS thread of its own, bound to CPU bindTo.
-// The thread stays locked to the goroutine: it ends with the loop, and no
-// other goroutine ever runs with its affinity. On failure (a CPU taken
-// away since Start read the set) the loop runs unbound and says so.
-func (l *loop) bind() {
-	runtime.LockOSThread()
-	var set unix.CPUSet
-	set.Set(l.bindTo)
-	if err := unix.SchedSetaffinity(0, &set); err != nil {
-		runtime.UnlockOSThread()
-		l.srv.log().Warn("xdp: loop not bound to its CPU", "listener", l.name, "queue", l.queue, "cpu", l.bindTo, "err", err)
-		return
-	}
-	l.tid.Store(int32(unix.Gettid()))
-	l.cpu.Store(int32(l.bindTo))
-}
-
 // recv waits in Go's poller until the RX ring has descriptors (or the
 // server stops) and takes up to a batch of them.
 func (l *loop) recv() int {
+	if w := l.want.Load(); w != l.bound {
+		l.rebind(w)
+	}
 	if n := l.sock.Receive(l.rx); n > 0 {
 		return n
 	}

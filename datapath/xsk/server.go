@@ -70,34 +70,35 @@ func (m Mode) String() string {
 type Affinity int
 
 const (
-	// AffinityQueue runs the loop of receive queue q on an OS thread of
-	// its own, bound to the q-th of the CPUs the process may use (modulo
-	// their number): the CPU where a NIC's queue q interrupt usually runs
-	// its NAPI poll, which fills the socket's RX ring and, after each kick,
-	// sends from the TX ring. Rings and frames then stay in one CPU's
-	// caches instead of crossing to another on every packet (Knot DNS binds
-	// its XDP workers the same way).
-	AffinityQueue Affinity = iota
+	// AffinityAuto binds each queue's loop to the CPU whose softirq fills
+	// its RX ring, while one does: the XDP program counts its redirects
+	// per queue and CPU, and once a second (follow.go) a loop whose queue
+	// got at least 90% of its packets from one CPU, a CPU xdoh may use,
+	// moves onto an OS thread of its own bound to that CPU; it is unbound
+	// when no CPU keeps 75%. On a NIC that is the CPU of the queue's
+	// interrupt; on a veth, the sender's. Rings and frames then stay in
+	// one CPU's caches, and the kick that transmits runs there too.
+	AffinityAuto Affinity = iota
 	// AffinityOff leaves the loops to Go's scheduler, on any CPU.
 	AffinityOff
 )
 
-// ParseAffinity reads a config affinity (queue, off).
+// ParseAffinity reads a config affinity (auto, off).
 func ParseAffinity(s string) (Affinity, error) {
 	switch s {
-	case "", "queue":
-		return AffinityQueue, nil
+	case "", "auto":
+		return AffinityAuto, nil
 	case "off":
 		return AffinityOff, nil
 	}
-	return 0, fmt.Errorf("%q is not one of queue, off", s)
+	return 0, fmt.Errorf("%q is not one of auto, off", s)
 }
 
 func (a Affinity) String() string {
 	if a == AffinityOff {
 		return "off"
 	}
-	return "queue"
+	return "auto"
 }
 
 // Config for one listener's AF_XDP datapath.
@@ -115,7 +116,7 @@ type Config struct {
 	Frames, RingSize int
 	// Batch is the most descriptors one loop iteration takes (default 64).
 	Batch int
-	// Affinity binds each queue's loop to a CPU (default AffinityQueue).
+	// Affinity binds each queue's loop to a CPU (default AffinityAuto).
 	Affinity Affinity
 	// KernelCache is the in-kernel answer tier: hot cached answers sent
 	// by the XDP program itself (XDP_TX). It needs a Handler that is also
@@ -165,7 +166,8 @@ type Server struct {
 	started  bool
 	stopped  bool
 	ifaces   []*iface
-	tier     *tier // nil: no interface runs the in-kernel tier
+	tier     *tier     // nil: no interface runs the in-kernel tier
+	follow   *follower // nil: AffinityOff
 	wg       sync.WaitGroup
 	stopping atomic.Bool
 }
@@ -242,6 +244,11 @@ func (s *Server) Start() (err error) {
 	if err := s.startTier(); err != nil {
 		return err
 	}
+	if s.cfg.Affinity == AffinityAuto {
+		if err := s.startFollow(); err != nil {
+			return err
+		}
+	}
 	for _, ifc := range s.ifaces {
 		for _, l := range ifc.loops {
 			s.wg.Add(1)
@@ -294,10 +301,6 @@ func (s *Server) startIface(name string) (*iface, error) {
 	if ifc.link, ifc.mode, err = Attach(prog.XDP(), ni.Index, s.cfg.Mode); err != nil {
 		return ifc, err
 	}
-	cpus, err := s.loopCPUs()
-	if err != nil {
-		return ifc, err
-	}
 	for q := range queues {
 		so, err := Open(SocketConfig{Ifindex: ni.Index, Queue: q, NumFrames: s.cfg.Frames, RingSize: s.cfg.RingSize})
 		if err != nil {
@@ -308,35 +311,13 @@ func (s *Server) startIface(name string) (*iface, error) {
 			_ = so.Close()
 			return ifc, err
 		}
-		if len(cpus) > 0 {
-			l.bindTo = cpus[q%len(cpus)]
-		}
+
 		ifc.loops = append(ifc.loops, l)
 		if err := prog.SetSocket(q, so.FD()); err != nil {
 			return ifc, fmt.Errorf("registering the socket of queue %d: %w", q, err)
 		}
 	}
 	return ifc, nil
-}
-
-// loopCPUs lists the CPUs the loops are bound to, queue q's to
-// cpus[q mod len]: with AffinityQueue, those the process may run on, in
-// order; none with AffinityOff.
-func (s *Server) loopCPUs() ([]int, error) {
-	if s.cfg.Affinity == AffinityOff {
-		return nil, nil
-	}
-	var set unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &set); err != nil {
-		return nil, fmt.Errorf("reading the CPUs xdoh may use: %w", err)
-	}
-	var cpus []int
-	for c := 0; c < len(set)*64 && len(cpus) < set.Count(); c++ {
-		if set.IsSet(c) {
-			cpus = append(cpus, c)
-		}
-	}
-	return cpus, nil
 }
 
 // startTier turns the in-kernel answer tier on where the config wants it:
@@ -536,6 +517,9 @@ func (s *Server) Stop(ctx context.Context) error {
 	s.stopped = true
 	if s.tier != nil {
 		s.tier.close()
+	}
+	if s.follow != nil {
+		s.follow.close()
 	}
 	for _, ifc := range s.ifaces {
 		if ifc.link != nil {

@@ -218,8 +218,8 @@ type XDP struct {
 	// KernelCacheHits is how many cache hits within a second make an
 	// answer hot enough for it (default 8).
 	KernelCacheHits int `yaml:"kernel_cache_hits"`
-	// Affinity is queue (the default: queue q's loop runs on a thread
-	// bound to the q-th CPU xdoh may use) or off (loops on any CPU).
+	// Affinity is auto (the default: each queue's loop follows the CPU
+	// whose softirq fills its ring, see xsk.AffinityAuto) or off.
 	Affinity string `yaml:"affinity"`
 }
 
@@ -785,9 +785,9 @@ func (c *Config) Validate() error {
 				bad(f+".xdp.kernel_cache", "%q is not one of auto, on, off", l.XDP.KernelCache)
 			}
 			switch l.XDP.Affinity {
-			case "", "queue", "off":
+			case "", "auto", "off":
 			default:
-				bad(f+".xdp.affinity", "%q is not one of queue, off", l.XDP.Affinity)
+				bad(f+".xdp.affinity", "%q is not one of auto, off", l.XDP.Affinity)
 			}
 			if n := l.XDP.KernelCacheEntries; n < 0 || n > 65536 {
 				bad(f+".xdp.kernel_cache_entries", "%d is not between 0 (default) and 65536", n)
