@@ -7,9 +7,12 @@
 #
 # Two harness runs. The first: xdp-echo (the setup's ceiling), knot-sock,
 # knot-xdp, xdoh-xdp (this config with `xdp: {mode: $XDP_MODE, kernel_cache:
-# off}` on the server veth: AF_XDP only) and xdoh-tier (the same with
+# off}` on the server veth: AF_XDP only; affinity auto: each queue's loop
+# follows the CPU that fills its ring) and xdoh-tier (the same with
 # kernel_cache on: hot answers from the XDP program). The second: xdoh-sock
-# (the config without the xdp block), with the same loads. The harness runs
+# (the config without the xdp block) and xdoh-unbound (xdoh-xdp with
+# affinity off: loops wherever Go's scheduler puts them), with the same
+# loads. The harness runs
 # kxdpgun before dnsperf, and kxdpgun's XDP program stays on the client veth:
 # native XDP_TX on a veth needs one there for dnsperf to get the tier's
 # answers.
@@ -34,7 +37,7 @@ listeners:
     protocols: [do53]
     do53: ["$LISTEN4:$PORT", "[$LISTEN6]:$PORT"]
 YAML
-[ "${XDP:-off}" = on ] && echo "    xdp: {mode: $XDP_MODE, interfaces: [$IFACE], kernel_cache: $KC}"
+[ "${XDP:-off}" = on ] && echo "    xdp: {mode: $XDP_MODE, interfaces: [$IFACE], kernel_cache: $KC, affinity: ${AFF:-auto}}"
 cat <<YAML
 zones:
   - {name: $ZONE_NAME, file: $ZONE_FILE}
@@ -49,5 +52,6 @@ xdp_cmd="bash -c 'ip link set dev \$IFACE xdp off; exec $BIN run -c \$TARGET_CON
 TARGET_NAME=xdoh-xdp TARGET_CONF_CMD="XDP=on KC=off bash $conf/conf.sh" TARGET_CMD=$xdp_cmd \
 TARGET2_NAME=xdoh-tier TARGET2_CONF_CMD="XDP=on KC=on bash $conf/conf.sh" TARGET2_CMD=$xdp_cmd \
   bash "$SHARED/bench-xdp/run.sh"
-PEERS=target TARGET_NAME=xdoh-sock TARGET_CONF_CMD="bash $conf/conf.sh" TARGET_CMD="$BIN run -c \$TARGET_CONF" \
+PEERS="target target2" TARGET_NAME=xdoh-sock TARGET_CONF_CMD="bash $conf/conf.sh" TARGET_CMD="$BIN run -c \$TARGET_CONF" \
+TARGET2_NAME=xdoh-unbound TARGET2_CONF_CMD="XDP=on KC=off AFF=off bash $conf/conf.sh" TARGET2_CMD=$xdp_cmd \
   bash "$SHARED/bench-xdp/run.sh"

@@ -16,14 +16,15 @@ import (
 // another CPU pulls every descriptor and frame across, and its kick (which
 // in copy mode runs the device's transmit path) wakes that CPU again. The
 // program counts its redirects per queue and CPU (bpf's queue_cpus); the
-// follower reads them every followEvery and tells each loop where to run:
+// follower reads them every followEvery (one system call per queue) and
+// tells each loop where to run:
 // on one CPU while that CPU delivers nearly all of the queue's packets,
 // anywhere otherwise (senders spread over CPUs, or too few packets to
 // tell). The loop moves itself (rebind) when it next looks for packets.
 
 var (
-	followEvery = time.Second  // how often the counts are read
-	followMin   = uint64(1000) // packets in an interval below which nothing changes
+	followEvery = 250 * time.Millisecond // how often the counts are read
+	followMin   = uint64(250)            // packets in an interval below which nothing changes (1000/s)
 )
 
 const (

@@ -72,7 +72,7 @@ type Affinity int
 const (
 	// AffinityAuto binds each queue's loop to the CPU whose softirq fills
 	// its RX ring, while one does: the XDP program counts its redirects
-	// per queue and CPU, and once a second (follow.go) a loop whose queue
+	// per queue and CPU, and every 250 ms (follow.go) a loop whose queue
 	// got at least 90% of its packets from one CPU, a CPU xdoh may use,
 	// moves onto an OS thread of its own bound to that CPU; it is unbound
 	// when no CPU keeps 75%. On a NIC that is the CPU of the queue's
