@@ -151,8 +151,16 @@ type Stats struct {
 
 const (
 	defaultBatch = 32
-	maxBatch     = 1024 // UIO_MAXIOV, the kernel's limit for sendmmsg/recvmmsg
-	sockBuf      = 4 << 20
+	maxBatch     = 1024    // UIO_MAXIOV, the kernel's limit for sendmmsg/recvmmsg
+	sockBuf      = 4 << 20 // SO_SNDBUF asked for
+	// rcvBuf is the SO_RCVBUF asked for: queries that arrive while the
+	// loop cannot run (a busy or paused box) wait here, and past it the
+	// kernel drops them (RcvbufErrors). 16 MiB (the kernel doubles it for
+	// its bookkeeping) hold about half a second of small queries at
+	// 50,000 a second. SO_RCVBUFFORCE (CAP_NET_ADMIN, as Unbound does for
+	// so-rcvbuf) passes net.core.rmem_max; without it the kernel caps the
+	// size there (Debian's default: 208 KiB).
+	rcvBuf = 16 << 20
 )
 
 // Server serves one listener's addresses.
@@ -411,8 +419,11 @@ func listen(ap netip.AddrPort, wait Wait) (*socket, error) {
 		}
 		so.pktinfo = true
 	}
-	// Best effort: the kernel caps these at net.core.[rw]mem_max.
-	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, sockBuf)
+	// Best effort: without CAP_NET_ADMIN the kernel caps these at
+	// net.core.[rw]mem_max.
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvBuf) != nil {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, rcvBuf)
+	}
 	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, sockBuf)
 
 	var sa unix.Sockaddr

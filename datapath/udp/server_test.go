@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 
 	"xdoh/forwarder"
 	"xdoh/forwarder/cache"
@@ -420,6 +423,36 @@ func TestSteer(t *testing.T) {
 		}
 	}
 	exchange(t, locals[0], "ipv4.aws.example.internal.") // the loops run
+}
+
+// TestReceiveBuffer: each socket's receive buffer is rcvBuf (doubled by
+// the kernel) when the process may force it (root, CAP_NET_ADMIN), else
+// what net.core.rmem_max allows.
+func TestReceiveBuffer(t *testing.T) {
+	f, _ := newForwarder(t)
+	s, err := New(Config{Name: "t", Addrs: loopbackAddrs(), Sockets: 2}, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Stop(context.Background()) })
+	want := 2 * rcvBuf
+	if b, err := os.ReadFile("/proc/sys/net/core/rmem_max"); err == nil && unix.Geteuid() != 0 {
+		if m, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			want = 2 * min(rcvBuf, m)
+		}
+	}
+	for _, so := range s.socks {
+		got, err := unix.GetsockoptInt(so.fd, unix.SOL_SOCKET, unix.SO_RCVBUF)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Errorf("socket %v: SO_RCVBUF %d, want %d (euid %d)", so.local, got, want, unix.Geteuid())
+		}
+	}
 }
 
 // TestStop checks that Stop wakes loops blocked in recvmmsg at once (by
