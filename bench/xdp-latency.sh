@@ -4,7 +4,8 @@
 # program) and off (AF_XDP), on ../shared/bench-xdp/netns.sh's veth pair.
 # Native XDP_TX frames on a veth arrive only if the peer has an XDP program:
 # an XDP_PASS one (built with clang) goes on the client's end. Root; every
-# process is stopped by its process group; DURATION (5) bounds each run.
+# process is stopped by its process group; DURATION (5) bounds each run;
+# AFF (auto) is the listener's xdp.affinity.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED:-$root/../shared}
@@ -36,7 +37,7 @@ listeners:
   - name: bench
     protocols: [do53]
     do53: ["169.254.53.2:53", "[fd53::2]:53"]
-    xdp: {mode: native, interfaces: [xdps0], kernel_cache: $kc}
+    xdp: {mode: native, interfaces: [xdps0], kernel_cache: $kc, affinity: ${AFF:-auto}}
 zones:
   - {name: aws.example.internal, file: $w/aws.example.internal.zone}
 Y
