@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"runtime"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -228,12 +229,16 @@ func csum(b []byte) uint16 {
 	return uint16(s)
 }
 
-// lastCPU binds the calling thread (locked by the caller) to the last CPU
-// the process may use and returns it: BPF_PROG_RUN runs on the caller's CPU.
+// lastCPU locks the calling goroutine to its thread, binds the thread to
+// the last CPU the process may use and returns it (BPF_PROG_RUN runs on
+// the caller's CPU). Cleanup restores the thread's affinity, then unlocks
+// it: the thread goes back to the pool as it came.
 func lastCPU(tb testing.TB) int {
 	tb.Helper()
+	runtime.LockOSThread()
 	var set unix.CPUSet
 	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		runtime.UnlockOSThread()
 		tb.Fatal(err)
 	}
 	cpu := -1
@@ -245,8 +250,13 @@ func lastCPU(tb testing.TB) int {
 	var one unix.CPUSet
 	one.Set(cpu)
 	if err := unix.SchedSetaffinity(0, &one); err != nil {
+		runtime.UnlockOSThread()
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { _ = unix.SchedSetaffinity(0, &set) })
+	tb.Cleanup(func() {
+		if unix.SchedSetaffinity(0, &set) == nil {
+			runtime.UnlockOSThread()
+		} // else the thread stays locked and ends with the test's goroutine
+	})
 	return cpu
 }

@@ -3,7 +3,6 @@ package bpf
 import (
 	"fmt"
 	"net/netip"
-	"runtime"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -184,8 +183,6 @@ func TestRedirect(t *testing.T) {
 
 	// BPF_PROG_RUN runs on rx queue 0 (of the loopback device), on the
 	// calling thread's CPU: pinned, so queue_cpus can be checked.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	cpu := lastCPU(t)
 	if err := p.SetSocket(0, fd); err != nil {
 		t.Fatal(err)

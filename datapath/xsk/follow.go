@@ -17,10 +17,10 @@ import (
 // in copy mode runs the device's transmit path) wakes that CPU again. The
 // program counts its redirects per queue and CPU (bpf's queue_cpus); the
 // follower reads them every followEvery (one system call per queue) and
-// tells each loop where to run:
-// on one CPU while that CPU delivers nearly all of the queue's packets,
-// anywhere otherwise (senders spread over CPUs, or too few packets to
-// tell). The loop moves itself (rebind) when it next looks for packets.
+// tells each loop where to run: on one CPU while that CPU delivers nearly
+// all of the queue's packets, anywhere when senders spread over CPUs; too
+// few packets to tell change nothing (an idle queue keeps its binding).
+// The loop moves itself (rebind) when it next looks for packets.
 
 var (
 	followEvery = 250 * time.Millisecond // how often the counts are read

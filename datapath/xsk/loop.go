@@ -115,7 +115,7 @@ func (l *loop) run() {
 // recv waits in Go's poller until the RX ring has descriptors (or the
 // server stops) and takes up to a batch of them.
 func (l *loop) recv() int {
-	if w := l.want.Load(); w != l.bound {
+	if w := l.want.Load(); w != l.bound && !l.bindFailed.Load() {
 		l.rebind(w)
 	}
 	if n := l.sock.Receive(l.rx); n > 0 {
