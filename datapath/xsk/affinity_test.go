@@ -175,6 +175,10 @@ func TestServerFollowsSender(t *testing.T) {
 					t.Errorf("Interfaces: queue %d on CPU %d, want %d", so.Queue, so.CPU, cpu)
 				}
 			}
+			tid := int(l.tid.Load())
+			if a, err := unix.SchedGetAttr(tid, 0); err != nil || a.Policy != unix.SCHED_BATCH {
+				t.Errorf("bound thread %d: policy %+v (%v), want SCHED_BATCH", tid, a, err)
+			}
 			// From two CPUs in turn: about half each, below followKeep.
 			deadline = time.Now().Add(5 * time.Second)
 			for time.Now().Before(deadline) {
@@ -185,6 +189,13 @@ func TestServerFollowsSender(t *testing.T) {
 			}
 			if on != "" || l.cpu.Load() != -1 {
 				t.Fatalf("queue %d still bound (thread on CPUs %q, reports %d) after 5 s of queries from CPUs %d and %d", l.queue, on, l.cpu.Load(), cpus[0], cpu)
+			}
+			// The thread went back to the pool as it came (if it still exists).
+			if a, err := unix.SchedGetAttr(tid, 0); err == nil && a.Policy != 0 {
+				t.Errorf("unbound thread %d: policy %d, want SCHED_OTHER", tid, a.Policy)
+			}
+			if got, err := threadCPUs(tid); err == nil && got == strconv.Itoa(cpu) {
+				t.Errorf("unbound thread %d still on CPU %s only", tid, got)
 			}
 		})
 	}

@@ -129,8 +129,15 @@ func followCPU(cur int, delta []uint64, allowed *unix.CPUSet) int {
 // onto an OS thread of its own bound to that CPU, or back to Go's
 // scheduler. A bound thread stays locked to the goroutine, so no other
 // goroutine runs with its affinity; unbinding restores the thread's
-// affinity before it goes back to the pool. A failure (a CPU taken away
-// since Start) is logged once and ends the following for this loop.
+// affinity and policy before it goes back to the pool. A failure (a CPU
+// taken away since Start) is logged once and ends the following for this
+// loop.
+//
+// A bound thread runs SCHED_BATCH (best effort): woken by the softirq that
+// fills its ring, it does not preempt the task running on its CPU (on a
+// veth the sender; ksoftirqd under load) but waits for that task's slice
+// to end or for it to block, so packets gather into larger batches, like
+// a NIC's interrupt moderation. An idle CPU runs it at once.
 func (l *loop) rebind(want int32) {
 	var set unix.CPUSet
 	if want >= 0 {
@@ -150,12 +157,26 @@ func (l *loop) rebind(want int32) {
 		l.srv.log().Warn("xdp: loop not moved to its queue's CPU; it stays where it is", "listener", l.name, "queue", l.queue, "cpu", want, "err", err)
 		return
 	}
+	wasBound := l.bound >= 0
 	l.bound = want
 	l.cpu.Store(want)
 	if want < 0 {
+		if l.policy != nil {
+			_ = unix.SchedSetAttr(0, l.policy, 0)
+			l.policy = nil
+		}
 		l.tid.Store(0)
 		runtime.UnlockOSThread()
 		return
+	}
+	if !wasBound {
+		if a, err := unix.SchedGetAttr(0, 0); err == nil && a.Policy == 0 { // SCHED_OTHER
+			batch := *a
+			batch.Policy = unix.SCHED_BATCH
+			if unix.SchedSetAttr(0, &batch, 0) == nil {
+				l.policy = a
+			}
+		}
 	}
 	l.tid.Store(int32(unix.Gettid()))
 }

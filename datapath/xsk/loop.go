@@ -55,6 +55,7 @@ type loop struct {
 	allowed    unix.CPUSet
 	prevCPUs   []uint64
 	bindFailed atomic.Bool
+	policy     *unix.SchedAttr // the bound thread's policy before SCHED_BATCH (nil: unchanged); the loop's
 
 	ob       *outbox
 	inflight atomic.Int64 // misses whose done has not run its course
