@@ -68,7 +68,9 @@
 // default; follow.go) a loop whose queue's packets nearly all come from
 // one CPU's softirq (a NIC's queue interrupt, a veth's sender) runs on an
 // OS thread of its own bound to that CPU, so the RX ring, the frames and
-// the transmit kick stay in its caches; parking then costs two thread
+// the transmit kick stay in its caches. That thread runs SCHED_BATCH: woken
+// by the softirq, it does not preempt the task on its CPU, and packets
+// gather into larger batches. Parking costs a bound loop two thread
 // hand-offs instead of none. Per
 // batch it parses each frame, asks the forwarder's non-blocking Answer with
 // the query read in place in the UMEM, and writes a hit (cache, zone,
