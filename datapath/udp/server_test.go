@@ -430,14 +430,7 @@ func TestSteer(t *testing.T) {
 // scratch socket), else what net.core.rmem_max allows.
 func TestReceiveBuffer(t *testing.T) {
 	f, _ := newForwarder(t)
-	s, err := New(Config{Name: "t", Addrs: loopbackAddrs(), Sockets: 2}, f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Stop(context.Background()) })
+	s := startServer(t, Config{Name: "t", Addrs: loopbackAddrs(), Sockets: 2}, f)
 	want := 2 * rcvBuf
 	probe, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
 	if err != nil {

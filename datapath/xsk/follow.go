@@ -53,7 +53,6 @@ func (s *Server) startFollow() error {
 	}
 	for _, ifc := range s.ifaces {
 		for _, l := range ifc.loops {
-			l.allowed = f.allowed
 			l.prevCPUs = make([]uint64, ncpu)
 		}
 	}
@@ -143,7 +142,7 @@ func (l *loop) rebind(want int32) {
 	if want >= 0 {
 		set.Set(int(want))
 	} else {
-		set = l.allowed
+		set = l.srv.follow.allowed // only the follower asks for a move
 	}
 	if l.bound < 0 {
 		runtime.LockOSThread()

@@ -47,15 +47,14 @@ type loop struct {
 	unkicked int     // replies queued on the TX ring since the last kick
 
 	want  atomic.Int32 // the CPU the follower wants the loop on (-1: any)
-	bound int32        // the CPU the loop's thread is bound to (-1: none); the loop's
+	bound int32        // the CPU the loop's thread is bound to (-1: none); loop goroutine only
 	cpu   atomic.Int32 // bound, for readers
 	tid   atomic.Int32 // the bound thread's id (0: not bound)
-	// allowed and prevCPUs are the follower's (follow.go): the CPUs xdoh
-	// may use, and the queue's per-CPU redirect counts at its last read.
-	allowed    unix.CPUSet
+	// prevCPUs is the follower's (follow.go): the queue's per-CPU
+	// redirect counts at its last read.
 	prevCPUs   []uint64
 	bindFailed atomic.Bool
-	policy     *unix.SchedAttr // the bound thread's policy before SCHED_BATCH (nil: unchanged); the loop's
+	policy     *unix.SchedAttr // the bound thread's policy before SCHED_BATCH (nil: unchanged); loop goroutine only
 
 	ob       *outbox
 	inflight atomic.Int64 // misses whose done has not run its course
@@ -267,7 +266,7 @@ func (l *loop) refill(want int) {
 	reserve := l.sock.NumFrames() / 4
 	// Only what the ring has room for: taking more off the free list
 	// and putting it back costs a copy of up to a ring's worth a batch.
-	room := int(l.sock.fill.free(uint32(want)))
+	room := l.sock.FillRoom(want)
 	k := min(want, l.frames.Len()-reserve, len(l.fill), room)
 	if k <= 0 {
 		return

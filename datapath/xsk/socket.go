@@ -322,6 +322,12 @@ func (s *Socket) Fill(addrs []uint64) int {
 	return int(n)
 }
 
+// FillRoom returns how many addresses Fill would take now, up to n: the
+// free entries of the fill ring.
+func (s *Socket) FillRoom(n int) int {
+	return int(min(s.fill.free(uint32(n)), uint32(n)))
+}
+
 // Transmit queues up to len(descs) packets on the TX ring, kicks the kernel
 // when it needs it (always in copy mode) and returns how many were queued;
 // the rest stay the caller's. Each descriptor must lie inside one frame.
