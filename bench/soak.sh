@@ -27,11 +27,14 @@
 #
 # Knobs (env): DURATION (600), WARMUP (min(60, DURATION/4)), PROBE (60), SEARCH (5),
 #   CONFIRM (3: repeats of the maximum's trial, 10% lower after each lossy one),
+#   DIRECT (100: queries/s sent over DoH straight to BIND during the soak, beside xdoh, to tell
+#   a pause of BIND from one of xdoh's upstream path; 0: none; not in the verdict),
 #   LOAD (80, percent of the probed maximum), RATE (unset; set: no search, soak at RATE QPS), UP_CONNS (2, xdoh's default: upstream.conns, DoH connections to BIND), UP_METHOD (post; or get), HUP_EVERY (60; 0: no reloads), SAMPLE_EVERY (5),
 #   XDOH_BIN (bin/xdoh), XDOH_PORT (5340), BIND_DOH (8493), BIND_DO53 (5341), METRICS_PORT (9340),
 #   WORK (/tmp/bench-peers-work), SHARED (../shared).
 # Output: $WORK/results-soak/<stamp>/ summary.txt, rss.csv, timeline.csv (per second:
-# in-flight, overload, upstream latency, CPU of xdoh and named, steal), bench-*.json, metrics.txt (xdoh's
+# in-flight, overload, upstream latency, CPU of xdoh and named, steal), bench-*.json,
+# direct.json (the DIRECT stream), metrics.txt (xdoh's
 # /metrics at the end; its failure counters are in summary.txt), logs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -45,6 +48,7 @@ SEARCH=${SEARCH:-5}
 CONFIRM=${CONFIRM:-3}
 UP_CONNS=${UP_CONNS:-2}
 UP_METHOD=${UP_METHOD:-post}
+DIRECT=${DIRECT:-100}
 LOAD=${LOAD:-80}
 HUP_EVERY=${HUP_EVERY:-60}
 SAMPLE_EVERY=${SAMPLE_EVERY:-5}
@@ -276,6 +280,11 @@ udp_snmp() { awk '/^Udp:/ {if (!h) {for (i = 2; i <= NF; i++) n[i] = $i; h = 1} 
 SNMP0=$(udp_snmp)
 run_mix soak "$DURATION" "$RATE"
 SOAK_BENCH=("${BENCH_PIDS[@]}")
+if ((DIRECT > 0)); then # BIND's own latency, per second, for comparing with xdoh's upstream path
+  start_bg "$RES/direct.log" "$BIN" bench --random-sub bench.example -c 1 -T 1 -Q "$DIRECT" -l "$DURATION" -t 2 \
+    --ca-file "$CA" --json "$RES/direct.json" "https://127.0.0.1:$BIND_DOH/dns-query"
+  SOAK_BENCH+=("$BG")
+fi
 start_bg /dev/null bash -c "$(declare -f timeline ticks); METRICS_PORT=$METRICS_PORT XDOH_PORT=$XDOH_PORT timeline $XPID $NPID $RES/timeline.csv"
 BENCH_PIDS=("${SOAK_BENCH[@]}")
 next_hup=$HUP_EVERY
@@ -324,6 +333,13 @@ GROWTH=$(awk -v a="$RSS_WARM" -v b="$RSS_END" 'BEGIN{printf "%.1f", (b-a)*100/a}
   echo "kernel UDP drops during the soak (/proc/net/snmp):$(for k in InErrors RcvbufErrors SndbufErrors; do
     a=$(tr ' ' '\n' <<<"$SNMP0" | sed -n "s/^$k=//p"); b=$(tr ' ' '\n' <<<"$SNMP1" | sed -n "s/^$k=//p"); printf ' %s %s' "$k" $((b - a))
   done)"
+  if [[ -f $RES/direct.json ]]; then
+    jq -r '"BIND direct over DoH (\(.settings.rate|floor) q/s, not in the verdict): sent \(.sent), answered \(.answered), p99 \(.latency.p99_ms) ms, max \(.latency.max_ms) ms, seconds with p99 over 100 ms: \([.timeline[] | select(.p99_ms > 100)] | length)"' "$RES/direct.json"
+    # The misses' worst seconds beside BIND's own in the same second.
+    jq -rs '(.[0].timeline | map({(.t|tostring): .p99_ms}) | add) as $d | .[1].timeline
+      | map(select(.p99_ms > 200)) | sort_by(-.p99_ms) | .[:5][]
+      | "  misses p99 \(.p99_ms) ms at \(.t) s; BIND direct p99 then \($d[.t|tostring] // "-") ms"' "$RES/direct.json" "$RES/soak-misses.json"
+  fi
   echo "RSS after warm-up (${WARMUP}s): $((RSS_WARM / 1024)) MiB, at end: $((RSS_END / 1024)) MiB, growth ${GROWTH}% (limit 10%)"
 } | tee -a "$RES/summary.txt"
 verdict=PASS

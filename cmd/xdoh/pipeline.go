@@ -5,6 +5,7 @@ package main
 // the next beside the running one.
 
 import (
+	"cmp"
 	"crypto/fips140"
 	"fmt"
 	"reflect"
@@ -122,6 +123,9 @@ func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Coun
 		return nil, err
 	}
 	fail := func(err error) (*pipeline, error) { p.close(); return nil, err }
+	// The in-flight bound, and each target's wait queue with it: a waiting
+	// query is in flight too.
+	maxInflight := cmp.Or(cfg.Upstream.MaxInflight, forwarder.DefaultMaxInflight)
 	mkTargets := func(field string, targets []string, caFile, serverName, method string, bootstrap []string, timeout config.Duration) ([]forwarder.Target, error) {
 		if timeout == 0 {
 			timeout = cfg.Upstream.Timeout // the rule's own, else the global per-attempt timeout
@@ -135,7 +139,7 @@ func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Coun
 				Method:     upstreamMethod(method),
 				Timeout:    timeout.D(),
 				Conns:      cfg.Upstream.Conns,
-				MaxWait:    cfg.Upstream.MaxInflight, // a waiting query is in flight too
+				MaxWait:    maxInflight,
 			})
 			if err != nil {
 				return nil, fmt.Errorf("%s.ca_file: %w", field, err)
@@ -169,7 +173,7 @@ func buildPipeline(cfg *config.Config, zs []*zone.Zone, counters *forwarder.Coun
 		Cookies:       cookies(cfg.Cookies),
 		QueryTimeout:  cfg.Upstream.QueryTimeout.D(),
 		TargetTimeout: cfg.Upstream.Timeout.D(),
-		MaxInflight:   cfg.Upstream.MaxInflight,
+		MaxInflight:   maxInflight,
 		Counters:      counters,
 	}
 	if qlog != nil {
