@@ -24,19 +24,20 @@ import (
 // forwarded misses at twice the rate the bound lasts for fill it. The
 // bound must be reached and never passed, the queries past it answered
 // SERVFAIL at once and counted as overload, every query answered (none
-// lost), and the memory held at the bound must stay within
-// floodHeapPerQuery bytes of heap per query in flight, with no goroutine
-// per query; afterwards in-flight and goroutines return to where they
-// were. It logs the heap and RSS per query in flight, which is what
-// sizes the default (docs/configuration.md, upstream.max_inflight).
+// lost), and the live heap with the bound full (after a collection forced
+// through --pprof) must stay within floodHeapPerQuery bytes per query in
+// flight, with no goroutine per query; afterwards in-flight and
+// goroutines return to where they were. It logs the heap and RSS per
+// query in flight, which is what sizes the default
+// (forwarder.DefaultMaxInflight).
 func TestInflightBoundFlood(t *testing.T) {
 	const (
 		bound        = 4096
 		queryTimeout = 2 * time.Second
-		// Heap per query in flight at most (bytes): the pipeline's copy of
-		// the request, the target group's attempt, the DoH request with its
-		// timer and the pool's wait node come to a few KiB; a goroutine or
-		// a 64 KiB buffer per query would not fit.
+		// Live heap per query in flight at most (bytes): the pipeline's
+		// copy of the request, the target group's attempt, the DoH request
+		// with its timer and the pool's wait node come to a few KiB; a
+		// 64 KiB buffer per query would not fit.
 		floodHeapPerQuery = 8 << 10
 	)
 	silent := upstreamtest.StartFakeH2(t, nil, func(*upstreamtest.FakeConn, int, uint32, *dns.Msg) {})
@@ -45,7 +46,7 @@ func TestInflightBoundFlood(t *testing.T) {
 	if err := os.WriteFile(caFile, upstreamtest.PKI(t).CAPEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	addr, metricsAddr := freeAddr(t), freeAddr(t)
+	addr, metricsAddr, pprofAddr := freeAddr(t), freeAddr(t), freeAddr(t)
 	cfg := fmt.Sprintf(`listeners:
   - name: in
     protocols: [do53]
@@ -59,21 +60,33 @@ metrics: {address: %q}
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(xdohBin, "run", "-c", cfgPath)
+	cmd := exec.Command(xdohBin, "run", "--pprof", pprofAddr, "-c", cfgPath)
 	stderr := startXdohCmd(t, addr, cmd)
 	pid := strconv.Itoa(cmd.Process.Pid)
 
-	scrape := func() string {
-		resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + metricsAddr + "/metrics")
+	get := func(url string) (string, error) {
+		resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(url)
 		if err != nil {
-			t.Fatalf("scraping xdoh: %v", err)
+			return "", err
 		}
 		defer resp.Body.Close()
 		b, err := io.ReadAll(resp.Body)
+		return string(b), err
+	}
+	scrape := func() string {
+		m, err := get("http://" + metricsAddr + "/metrics")
 		if err != nil {
-			t.Fatal(err)
+			t.Errorf("scraping xdoh: %v", err)
 		}
-		return string(b)
+		return m
+	}
+	// liveHeap forces a collection in xdoh (net/http/pprof does for
+	// heap?gc=1) and returns the heap in use after it: what is live.
+	liveHeap := func() float64 {
+		if _, err := get("http://" + pprofAddr + "/debug/pprof/heap?gc=1"); err != nil {
+			t.Errorf("forcing a collection: %v", err)
+		}
+		return metric(scrape(), "go_memstats_heap_inuse_bytes ")
 	}
 	// The baseline after a first flood of a tenth of the bound, so that
 	// pools, buffers and the connections have their working size.
@@ -105,25 +118,26 @@ metrics: {address: %q}
 		}
 	}
 	m0 := idle()
+	heap0, over0 := liveHeap(), metric(m0, "xdoh_forwarder_overload_total ")
 	base, err := sampleProc(pid, metricsAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	heap0, over0 := metric(m0, "go_memstats_heap_inuse_bytes "), metric(m0, "xdoh_forwarder_overload_total ")
 
 	// The flood: the bound fills in half the query timeout and stays full
-	// for the other half; the sampler keeps the fullest moment.
+	// for the other half, when the sampler takes the live heap once.
 	rate := 2 * bound / queryTimeout.Seconds()
-	type peak struct {
-		inflight, heap float64
-		proc           procSample
-	}
-	var top peak
+	var (
+		maxInflight float64
+		full        bool // measured with the bound full
+		heapFull    float64
+		procFull    procSample
+	)
 	stop := make(chan struct{})
 	sampled := make(chan struct{})
 	go func() {
 		defer close(sampled)
-		tick := time.NewTicker(50 * time.Millisecond)
+		tick := time.NewTicker(25 * time.Millisecond)
 		defer tick.Stop()
 		for {
 			select {
@@ -131,18 +145,19 @@ metrics: {address: %q}
 				return
 			case <-tick.C:
 			}
-			m := scrape()
-			n := metric(m, "xdoh_forwarder_upstream_inflight ")
+			n := metric(scrape(), "xdoh_forwarder_upstream_inflight ")
+			maxInflight = max(maxInflight, n)
 			if n > bound {
 				t.Errorf("in-flight %v past max_inflight %d", n, bound)
 			}
-			if n >= top.inflight {
+			if n == bound && !full {
+				full, heapFull = true, liveHeap()
 				p, err := sampleProc(pid, metricsAddr)
 				if err != nil {
 					t.Errorf("sampling xdoh: %v", err)
 					return
 				}
-				top = peak{n, metric(m, "go_memstats_heap_inuse_bytes "), p}
+				procFull = p
 			}
 		}
 	}()
@@ -158,14 +173,16 @@ metrics: {address: %q}
 		t.Fatal(err)
 	}
 
-	perHeap := (top.heap - heap0) / top.inflight
-	perRSS := float64(top.proc.rssKiB-base.rssKiB) * 1024 / top.inflight
-	t.Logf("flood: %d q/s for %v: sent %d, answered %d (%v); peak in-flight %.0f: heap %.1f -> %.1f MiB (%.0f B per query), RSS %.1f -> %.1f MiB (%.0f B per query), goroutines %d -> %d",
-		int(rate), queryTimeout, rep.Sent, rep.Answered, rep.Rcodes, top.inflight, heap0/(1<<20), top.heap/(1<<20), perHeap,
-		float64(base.rssKiB)/1024, float64(top.proc.rssKiB)/1024, perRSS, base.goroutines, top.proc.goroutines)
-	if top.inflight != bound {
-		t.Errorf("peak in-flight %.0f: the flood should have filled max_inflight %d", top.inflight, bound)
+	t.Logf("flood: %d q/s for %v: sent %d, answered %d (%v); in-flight at most %.0f", int(rate), queryTimeout,
+		rep.Sent, rep.Answered, rep.Rcodes, maxInflight)
+	if !full {
+		t.Fatalf("in-flight reached %.0f: the flood should have filled max_inflight %d", maxInflight, bound)
 	}
+	perHeap := (heapFull - heap0) / bound
+	perRSS := float64(procFull.rssKiB-base.rssKiB) * 1024 / bound
+	t.Logf("%d queries in flight: live heap %.1f -> %.1f MiB (%.0f B per query), RSS %.1f -> %.1f MiB (%.0f B per query), goroutines %d -> %d",
+		bound, heap0/(1<<20), heapFull/(1<<20), perHeap, float64(base.rssKiB)/1024, float64(procFull.rssKiB)/1024, perRSS,
+		base.goroutines, procFull.goroutines)
 	if lost := rep.Sent - rep.Answered; lost > 0 || rep.Unsent > 0 {
 		t.Errorf("sent %d, answered %d: %d lost, %d unsent (first error %q)", rep.Sent, rep.Answered, lost, rep.Unsent, rep.FirstError)
 	}
@@ -178,8 +195,8 @@ metrics: {address: %q}
 	if perHeap > floodHeapPerQuery {
 		t.Errorf("%.0f bytes of heap per query in flight, want at most %d", perHeap, floodHeapPerQuery)
 	}
-	if g := top.proc.goroutines - base.goroutines; g > leakGoroutines {
-		t.Errorf("%d more goroutines with %.0f queries in flight: a goroutine per query?", g, top.inflight)
+	if g := procFull.goroutines - base.goroutines; g > leakGoroutines {
+		t.Errorf("%d more goroutines with %d queries in flight: a goroutine per query?", g, bound)
 	}
 	if after.goroutines > base.goroutines+leakGoroutines {
 		t.Errorf("goroutines %d after the flood, %d before", after.goroutines, base.goroutines)
