@@ -30,7 +30,8 @@
 # Knobs (env): DURATION (600), WARMUP (min(60, DURATION/4)), PROBE (60), SEARCH (5),
 #   MAX_P99 (100: ms, the p99 every stream must stay within for a trial to be clean, as
 #   `xdoh bench --ramp`'s --max-p99), CONFIRM (3: repeats of the maximum's trial, 10% lower after each lossy one),
-#   DIRECT (100: queries/s sent over DoH straight to BIND during the soak, beside xdoh, to tell
+#   DIRECT (100: queries/s sent over DoH straight to BIND during the soak, on 8 connections so that
+#   BIND spreads them over its threads, beside xdoh, to tell
 #   a pause of BIND from one of xdoh's upstream path; 0: none; not in the verdict),
 #   LOAD (80, percent of the probed maximum), RATE (unset; set: no search, soak at RATE QPS), UP_CONNS (2, xdoh's default: upstream.conns, DoH connections to BIND), UP_METHOD (post; or get), HUP_EVERY (60; 0: no reloads), SAMPLE_EVERY (5),
 #   XDOH_BIN (bin/xdoh), XDOH_PORT (5340), BIND_DOH (8493), BIND_DO53 (5341), METRICS_PORT (9340),
@@ -292,7 +293,7 @@ SNMP0=$(udp_snmp)
 run_mix soak "$DURATION" "$RATE"
 SOAK_BENCH=("${BENCH_PIDS[@]}")
 if ((DIRECT > 0)); then # BIND's own latency, per second, for comparing with xdoh's upstream path
-  start_bg "$RES/direct.log" "$BIN" bench --random-sub bench.example -c 1 -T 1 -Q "$DIRECT" -l "$DURATION" -t 2 \
+  start_bg "$RES/direct.log" "$BIN" bench --random-sub bench.example -c 8 -T 1 -Q "$DIRECT" -l "$DURATION" -t 2 \
     --ca-file "$CA" --json "$RES/direct.json" "https://127.0.0.1:$BIND_DOH/dns-query"
   SOAK_BENCH+=("$BG")
 fi
