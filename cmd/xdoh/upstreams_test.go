@@ -152,3 +152,39 @@ upstream: {conns: 2}
 		t.Errorf("connections %v: want only the DoH target", reg.connections())
 	}
 }
+
+// TestPipelineInflightBound: each target's wait queue gets the in-flight
+// bound, the default one (forwarder.DefaultMaxInflight) when the config
+// sets none, not the upstream library's own default.
+func TestPipelineInflightBound(t *testing.T) {
+	for _, tc := range []struct {
+		upstream string
+		want     int
+	}{
+		{"", forwarder.DefaultMaxInflight},
+		{"upstream: {max_inflight: 100}\n", 100},
+	} {
+		// Nothing listens on these ports: the clients are made, their
+		// dials fail, which is all this test needs.
+		cfg, err := config.Parse([]byte(`listeners: [{name: in, do53: ["127.0.0.1:0"]}]
+rules:
+  - {name: corp, domain: corp.example, type: forward, targets: ["https://127.0.0.1:1/dns-query", "127.0.0.1:2"]}
+`+tc.upstream), t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := buildPipeline(cfg, nil, forwarder.NewCounters("in"), nil, nil, nil, nil, &upstreams{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(p.upKeys) != 2 {
+			t.Errorf("%q: %d upstream keys, want 2", tc.upstream, len(p.upKeys))
+		}
+		for _, k := range p.upKeys {
+			if k.maxWait != tc.want {
+				t.Errorf("%q: %s waits for at most %d queries, want %d", tc.upstream, k.target, k.maxWait, tc.want)
+			}
+		}
+		p.close()
+	}
+}
