@@ -262,6 +262,10 @@ func (f *Forwarder) Stats() Stats {
 // shutdown waits for it to reach zero before it closes the upstreams.
 func (f *Forwarder) Inflight() int { return len(f.inflight) }
 
+// MaxInflight is the bound on Inflight (Config.MaxInflight, or its
+// default).
+func (f *Forwarder) MaxInflight() int { return cap(f.inflight) }
+
 // Counters returns the counters this pipeline counts into.
 func (f *Forwarder) Counters() *Counters { return f.c }
 

@@ -80,6 +80,7 @@ func TestDashboardMetrics(t *testing.T) {
 	for _, want := range []string{
 		"xdoh_responses_total", "xdoh_query_duration_seconds_bucket", "xdoh_cache_hits_total", "xdoh_cache_misses_total",
 		"xdoh_upstream_duration_seconds_bucket", "xdoh_upstream_errors_total", "xdoh_upstream_up", "xdoh_forwarder_upstream_inflight",
+		"xdoh_forwarder_upstream_inflight_limit",
 		"xdoh_forwarder_overload_total", "xdoh_forwarder_servfail_total", "xdoh_rrl_dropped_total", "xdoh_rrl_slipped_total",
 		"xdoh_listener_datapath_events_total", "xdoh_xdp_mode", "xdoh_xdp_packets_total", "xdoh_xdp_kernel_answers_total",
 	} {

@@ -118,6 +118,9 @@ metrics: {address: %q}
 		}
 	}
 	m0 := idle()
+	if l := metric(m0, "xdoh_forwarder_upstream_inflight_limit "); l != bound {
+		t.Errorf("xdoh_forwarder_upstream_inflight_limit %v, want max_inflight %d", l, bound)
+	}
 	heap0, over0 := liveHeap(), metric(m0, "xdoh_forwarder_overload_total ")
 	base, err := sampleProc(pid, metricsAddr)
 	if err != nil {

@@ -57,6 +57,8 @@ func (a *app) collector() *metrics.Collector {
 	}
 	c.Gauge("xdoh_forwarder_upstream_inflight", "Upstream resolutions under way in every pipeline still open; past upstream.max_inflight, queries get SERVFAIL (xdoh_forwarder_overload_total).", nil,
 		func() float64 { return float64(a.inflight()) })
+	c.Gauge("xdoh_forwarder_upstream_inflight_limit", "upstream.max_inflight of the running pipeline: the bound on xdoh_forwarder_upstream_inflight, and on each target's wait queue.", nil,
+		func() float64 { return float64(a.pipe.Load().fwd.MaxInflight()) })
 	rrlByCategory := func(name, help string, get func(forwarder.RRLStats) [3]uint64) {
 		c.Dynamic(name, help, []string{"category"}, func(d *prometheus.Desc, ch chan<- prometheus.Metric) {
 			v := get(a.pipe.Load().fwd.Stats().RRL)
