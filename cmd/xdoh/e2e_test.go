@@ -7,6 +7,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -41,15 +42,21 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// freeAddr returns 127.0.0.1:PORT free for UDP and TCP.
+// freeAddr returns 127.0.0.1:PORT free for UDP and TCP. The port is drawn
+// below the kernel's ephemeral range (ip_local_port_range): a port taken
+// from that range and released, as listening on port 0 gives, can be
+// handed to any socket that binds port 0 or connects meanwhile (another
+// test package's, running in parallel), and xdoh then failed to start
+// with "address already in use".
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	for i := 0; i < 20; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	lo, hi := 10000, ephemeralLow()
+	for range 200 {
+		a := fmt.Sprintf("127.0.0.1:%d", lo+rand.IntN(hi-lo))
+		l, err := net.Listen("tcp", a)
 		if err != nil {
-			t.Fatal(err)
+			continue
 		}
-		a := l.Addr().String()
 		u, err := net.ListenPacket("udp", a)
 		l.Close()
 		if err == nil {
@@ -59,6 +66,20 @@ func freeAddr(t *testing.T) string {
 	}
 	t.Fatal("no free port")
 	return ""
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range (32768,
+// Linux's default, if it cannot be read or leaves no room below it).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	var lo int
+	if _, err := fmt.Sscan(string(b), &lo); err != nil || lo <= 11000 {
+		return 32768
+	}
+	return lo
 }
 
 // syncBuffer is a bytes.Buffer safe to read while the process writes to it.
