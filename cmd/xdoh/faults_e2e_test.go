@@ -375,19 +375,26 @@ func sampleProc(pid, metricsAddr string) (procSample, error) {
 			s.rssKiB, _ = strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
 		}
 	}
-	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + metricsAddr + "/metrics")
+	text, err := httpText("http://" + metricsAddr + "/metrics")
 	if err != nil {
 		return s, err
 	}
-	defer resp.Body.Close()
-	text, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return s, err
-	}
-	if s.goroutines = int(metric(string(text), "go_goroutines ")); s.goroutines < 0 {
+	if s.goroutines = int(metric(text, "go_goroutines ")); s.goroutines < 0 {
 		return s, fmt.Errorf("no go_goroutines in xdoh's /metrics")
 	}
 	return s, nil
+}
+
+// httpText returns the body of a GET of url (xdoh's /metrics or pprof),
+// without calling into testing: samplers run on goroutines of their own.
+func httpText(url string) (string, error) {
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
 }
 
 // Leak tolerance: after a fault, within leakWait, the process must be

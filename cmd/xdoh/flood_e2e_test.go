@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -64,17 +62,8 @@ metrics: {address: %q}
 	stderr := startXdohCmd(t, addr, cmd)
 	pid := strconv.Itoa(cmd.Process.Pid)
 
-	get := func(url string) (string, error) {
-		resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(url)
-		if err != nil {
-			return "", err
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		return string(b), err
-	}
 	scrape := func() string {
-		m, err := get("http://" + metricsAddr + "/metrics")
+		m, err := httpText("http://" + metricsAddr + "/metrics")
 		if err != nil {
 			t.Errorf("scraping xdoh: %v", err)
 		}
@@ -83,7 +72,7 @@ metrics: {address: %q}
 	// liveHeap forces a collection in xdoh (net/http/pprof does for
 	// heap?gc=1) and returns the heap in use after it: what is live.
 	liveHeap := func() float64 {
-		if _, err := get("http://" + pprofAddr + "/debug/pprof/heap?gc=1"); err != nil {
+		if _, err := httpText("http://" + pprofAddr + "/debug/pprof/heap?gc=1"); err != nil {
 			t.Errorf("forcing a collection: %v", err)
 		}
 		return metric(scrape(), "go_memstats_heap_inuse_bytes ")
